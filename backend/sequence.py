@@ -1,0 +1,124 @@
+"""The MeshSequence data contract and its validation.
+
+A sequence is ``K`` frames of one triangle mesh with constant topology; frame 0 is the anchor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class SequenceError(ValueError):
+    """Raised when an input sequence (or file holding one) breaks the data contract."""
+
+
+@dataclass
+class MeshSequence:
+    """An animated triangle mesh with constant topology.
+
+    Attributes:
+        verts: float32 ``[K, V, 3]`` vertex positions per frame; frame 0 is the anchor.
+        faces: int32 ``[F, 3]`` triangle vertex indices shared by every frame.
+        fps: frames per second of the clip, if known.
+        name: a readable name (file stem, object name).
+        extras: optional side data a loader found (e.g. ground-truth ``joints [K,J,3]``,
+            ``parents [J]``, ``joint_names``, ``weights [V,J]``); never required.
+    """
+
+    verts: np.ndarray
+    faces: np.ndarray
+    fps: float | None = None
+    name: str = "sequence"
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.verts, self.faces = validate_arrays(self.verts, self.faces, self.name)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.verts.shape[0])
+
+    @property
+    def n_verts(self) -> int:
+        return int(self.verts.shape[1])
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    @property
+    def anchor(self) -> np.ndarray:
+        """float32 ``[V, 3]`` anchor-frame vertices."""
+        return self.verts[0]
+
+    def subset(self, frames: slice | np.ndarray) -> "MeshSequence":
+        """A new sequence holding only the chosen frames (the first chosen frame becomes the anchor)."""
+        verts = self.verts[frames]
+        extras = dict(self.extras)
+        if "joints" in extras:
+            extras["joints"] = np.asarray(extras["joints"])[frames]
+        return MeshSequence(verts, self.faces, self.fps, self.name, extras)
+
+
+def validate_arrays(verts, faces, name: str = "sequence") -> tuple[np.ndarray, np.ndarray]:
+    """Check arrays against the MeshSequence contract and return them as float32/int32.
+
+    Args:
+        verts: ``[K, V, 3]`` (a single ``[V, 3]`` frame is accepted and gets K = 1), or a list of
+            per-frame ``[V_k, 3]`` arrays (rejected if the vertex counts differ).
+        faces: ``[F, 3]`` vertex indices.
+    Raises:
+        SequenceError: naming the problem.
+    """
+    if isinstance(verts, (list, tuple)):
+        if len(verts) == 0:
+            raise SequenceError(f"{name}: the sequence has no frames")
+        counts = [np.asarray(v).shape[0] if np.ndim(v) == 2 else -1 for v in verts]
+        for k, c in enumerate(counts):
+            if c != counts[0]:
+                raise SequenceError(
+                    f"{name}: vertex count changes between frames: frame 0 has {counts[0]} vertices, "
+                    f"frame {k} has {c} (topology must be constant)")
+        verts = np.stack([np.asarray(v) for v in verts])
+    verts = np.asarray(verts)
+    if verts.ndim == 2:
+        verts = verts[None]
+    if verts.ndim != 3 or verts.shape[-1] != 3:
+        raise SequenceError(f"{name}: verts must have shape [K, V, 3], got {list(verts.shape)}")
+    if verts.shape[0] < 1:
+        raise SequenceError(f"{name}: the sequence has no frames")
+    if verts.shape[1] < 4:
+        raise SequenceError(f"{name}: a mesh needs at least 4 vertices, got {verts.shape[1]}")
+    if not np.issubdtype(verts.dtype, np.number):
+        raise SequenceError(f"{name}: verts must be numeric, got dtype {verts.dtype}")
+    verts = verts.astype(np.float32, copy=False)
+    finite = np.isfinite(verts).all(axis=(1, 2))
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise SequenceError(f"{name}: vertex positions contain NaN or Inf (first in frame {bad})")
+
+    faces = np.asarray(faces)
+    if faces.ndim != 2 or faces.shape[-1] != 3:
+        if faces.size == 0:
+            raise SequenceError(f"{name}: the mesh has no faces")
+        raise SequenceError(f"{name}: faces must have shape [F, 3] (triangles), got {list(faces.shape)}")
+    if faces.shape[0] < 1:
+        raise SequenceError(f"{name}: the mesh has no faces")
+    if not np.issubdtype(faces.dtype, np.integer):
+        if np.issubdtype(faces.dtype, np.floating) and np.all(np.mod(faces, 1) == 0):
+            faces = faces.astype(np.int64)
+        else:
+            raise SequenceError(f"{name}: face indices must be integers, got dtype {faces.dtype}")
+    n_verts = verts.shape[1]
+    if faces.min() < 0 or faces.max() >= n_verts:
+        raise SequenceError(
+            f"{name}: face index out of range: indices span [{int(faces.min())}, {int(faces.max())}] "
+            f"but the mesh has {n_verts} vertices")
+    faces = faces.astype(np.int32, copy=False)
+
+    extent = verts[0].max(axis=0) - verts[0].min(axis=0)
+    if float(extent.max()) <= 1e-8 * max(1.0, float(np.abs(verts[0]).max())):
+        raise SequenceError(f"{name}: the anchor frame's bounding box has zero size (degenerate scale)")
+    return verts, faces

@@ -1,0 +1,146 @@
+"""The Skeleton data contract: joints, parent tree, names, and tree utilities."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class SkeletonError(ValueError):
+    """Raised when joints/parents do not form a valid single-rooted tree."""
+
+
+@dataclass
+class Skeleton:
+    """A joint tree.
+
+    Attributes:
+        joints: float32 ``[J, 3]`` joint positions.
+        parents: int32 ``[J]`` parent index per joint, ``-1`` for the single root; a parent precedes
+            its children.
+        names: ``J`` readable joint names.
+    """
+
+    joints: np.ndarray
+    parents: np.ndarray
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.joints = np.asarray(self.joints, dtype=np.float32).reshape(-1, 3)
+        self.parents = np.asarray(self.parents, dtype=np.int32).reshape(-1)
+        if not self.names:
+            self.names = [f"joint_{j:02d}" for j in range(len(self.parents))]
+        validate_tree(self.parents, n_joints=len(self.joints))
+        if len(self.names) != len(self.parents):
+            raise SkeletonError(f"{len(self.names)} names for {len(self.parents)} joints")
+
+    @property
+    def n_joints(self) -> int:
+        return int(self.joints.shape[0])
+
+    def bones(self) -> np.ndarray:
+        """int ``[J-1, 2]`` (parent, child) pairs."""
+        child = np.flatnonzero(self.parents >= 0)
+        return np.stack([self.parents[child], child], axis=1)
+
+
+def validate_tree(parents: np.ndarray, n_joints: int | None = None, require_topological: bool = True) -> None:
+    """Check that ``parents [J]`` is one tree with a single root (``-1``).
+
+    Raises:
+        SkeletonError: naming the problem.
+    """
+    parents = np.asarray(parents).reshape(-1)
+    J = len(parents)
+    if J == 0:
+        raise SkeletonError("skeleton has no joints")
+    if n_joints is not None and n_joints != J:
+        raise SkeletonError(f"{n_joints} joint positions but {J} parent entries")
+    roots = np.flatnonzero(parents < 0)
+    if len(roots) != 1:
+        raise SkeletonError(f"skeleton must have exactly one root, found {len(roots)}")
+    if np.any(parents >= J):
+        raise SkeletonError(f"parent index out of range (J = {J})")
+    if np.any(parents == np.arange(J)):
+        raise SkeletonError("a joint is its own parent")
+    if require_topological:
+        bad = np.flatnonzero((parents >= 0) & (parents >= np.arange(J)))
+        if len(bad):
+            raise SkeletonError(f"joint {int(bad[0])} comes before its parent {int(parents[bad[0]])}")
+    else:  # cycle check by walking up from every joint
+        for j in range(J):
+            seen, p = 0, j
+            while p >= 0:
+                p = int(parents[p])
+                seen += 1
+                if seen > J:
+                    raise SkeletonError(f"parents contain a cycle through joint {j}")
+
+
+def is_valid_tree(parents: np.ndarray) -> bool:
+    """True when ``parents`` is a single-rooted tree in topological order."""
+    try:
+        validate_tree(parents)
+        return True
+    except SkeletonError:
+        return False
+
+
+def topological_order(parents: np.ndarray) -> np.ndarray:
+    """A permutation ``order [J]`` (breadth-first from the root) so that parents precede children."""
+    parents = np.asarray(parents).reshape(-1)
+    validate_tree(parents, require_topological=False)
+    children: list[list[int]] = [[] for _ in parents]
+    for j, p in enumerate(parents):
+        if p >= 0:
+            children[int(p)].append(j)
+    order, queue = [], deque([int(np.flatnonzero(parents < 0)[0])])
+    while queue:
+        j = queue.popleft()
+        order.append(j)
+        queue.extend(children[j])
+    return np.asarray(order, dtype=np.int64)
+
+
+def reorder(joints: np.ndarray, parents: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute a skeleton so that new joint ``i`` is old joint ``order[i]``; parents are remapped."""
+    order = np.asarray(order)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    old_parents = np.asarray(parents)[order]
+    new_parents = np.where(old_parents >= 0, inverse[np.maximum(old_parents, 0)], -1)
+    return np.asarray(joints)[order], new_parents.astype(np.int32)
+
+
+def tree_distances(parents: np.ndarray) -> np.ndarray:
+    """Unweighted shortest-path distances ``[J, J]`` between joints of the tree (paper §4 ``D``)."""
+    parents = np.asarray(parents).reshape(-1)
+    J = len(parents)
+    adj: list[list[int]] = [[] for _ in range(J)]
+    for j, p in enumerate(parents):
+        if p >= 0:
+            adj[j].append(int(p))
+            adj[int(p)].append(j)
+    dist = np.full((J, J), -1, dtype=np.int32)
+    for s in range(J):
+        dist[s, s] = 0
+        queue = deque([s])
+        while queue:
+            u = queue.popleft()
+            for v in adj[u]:
+                if dist[s, v] < 0:
+                    dist[s, v] = dist[s, u] + 1
+                    queue.append(v)
+    return dist
+
+
+def depths(parents: np.ndarray) -> np.ndarray:
+    """Depth ``[J]`` of each joint (root = 0); parents must precede children."""
+    parents = np.asarray(parents).reshape(-1)
+    d = np.zeros(len(parents), dtype=np.int32)
+    for j, p in enumerate(parents):
+        if p >= 0:
+            d[j] = d[p] + 1
+    return d
