@@ -1,0 +1,72 @@
+"""What the rigger returns: one rig for a whole sequence, plus its stability report.
+
+This is the contract between ``backend.rig`` (producer) and its consumers: the CLI and glTF export,
+the subprocess server (which writes it as ``.npz`` with :meth:`RigResult.save`), and the Blender
+add-on's armature builder and heatmap.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ARRAY_FIELDS = ("anchor_verts", "faces", "joints", "parents", "weights", "bone_transforms",
+                "frame_joints_count", "recon_error", "skin_instability")
+
+
+@dataclass
+class RigResult:
+    """One rig for a sequence, in the user's units.
+
+    Attributes:
+        anchor_verts: float32 ``[V, 3]`` the anchor frame (the rest pose of the rig).
+        faces: int32 ``[F, 3]``.
+        joints: float32 ``[J, 3]`` canonical joint positions (anchor frame).
+        parents: int32 ``[J]``, ``-1`` for the root; parents precede children.
+        joint_names: ``J`` readable bone names.
+        weights: float32 ``[V, J]`` rows on the simplex, at most ``max_influences`` non-zero.
+        bone_transforms: float32 ``[K, J, 4, 4]`` rigid transforms from anchor space to frame ``k``
+            such that ``linear_blend_skinning(anchor_verts, weights, bone_transforms)`` reproduces frame k.
+        frame_joints_count: int32 ``[K]`` joints predicted on each frame (topology-flicker diagnostics).
+        recon_error: float32 ``[K, V]`` per-vertex reconstruction error / anchor box diagonal.
+        skin_instability: float32 ``[K, V]`` in [0, 1]: half the L1 between frame-k weights and the
+            anchor teacher (paper Fig. 5); frame 0 is 0.
+        fps: frames per second.
+        stats: JSON-serializable summary (joints, frames, recon_mean, pjdd, ... and per-frame curves).
+    """
+
+    anchor_verts: np.ndarray
+    faces: np.ndarray
+    joints: np.ndarray
+    parents: np.ndarray
+    joint_names: list[str]
+    weights: np.ndarray
+    bone_transforms: np.ndarray
+    frame_joints_count: np.ndarray
+    recon_error: np.ndarray
+    skin_instability: np.ndarray
+    fps: float = 30.0
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.bone_transforms.shape[0])
+
+    def save(self, path: str | Path) -> None:
+        """Write as an uncompressed ``.npz`` (names and stats as JSON strings)."""
+        arrays = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
+        np.savez(path, **arrays, joint_names=np.asarray(self.joint_names, dtype=str),
+                 fps=np.float32(self.fps), stats=np.asarray(json.dumps(self.stats)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RigResult":
+        with np.load(path, allow_pickle=False) as data:
+            missing = [n for n in ARRAY_FIELDS + ("joint_names", "fps", "stats") if n not in data.files]
+            if missing:
+                raise ValueError(f"{path}: not a rig result file (missing {', '.join(missing)})")
+            kwargs = {name: data[name] for name in ARRAY_FIELDS}
+            return cls(**kwargs, joint_names=[str(s) for s in data["joint_names"]],
+                       fps=float(data["fps"]), stats=json.loads(str(data["stats"])))
