@@ -14,6 +14,10 @@ class SequenceError(ValueError):
     """Raised when an input sequence (or file holding one) breaks the data contract."""
 
 
+# Extras whose first axis is the frame axis (``[K, ...]``): they follow a frame selection.
+PER_FRAME_EXTRAS = ("joints", "times", "skin_mats", "bone_transforms")
+
+
 @dataclass
 class MeshSequence:
     """An animated triangle mesh with constant topology.
@@ -57,8 +61,9 @@ class MeshSequence:
         """A new sequence holding only the chosen frames (the first chosen frame becomes the anchor)."""
         verts = self.verts[frames]
         extras = dict(self.extras)
-        if "joints" in extras:
-            extras["joints"] = np.asarray(extras["joints"])[frames]
+        for key in PER_FRAME_EXTRAS:
+            if key in extras and np.ndim(extras[key]) >= 1 and len(extras[key]) == self.n_frames:
+                extras[key] = np.asarray(extras[key])[frames]
         return MeshSequence(verts, self.faces, self.fps, self.name, extras)
 
 

@@ -1,0 +1,227 @@
+"""Folders of per-frame ``.obj`` / ``.ply`` meshes (one file per frame), and single mesh files.
+
+Files are ordered naturally (``frame_2`` before ``frame_10``). Vertex order is kept exactly as in the
+files: OBJ is read by a small parser here (texture/normal indices are ignored, so UV seams do not
+split vertices), PLY through trimesh with ``process=False``. Quads and n-gons are triangulated as
+fans ``(v0, v_i, v_i+1)``; faces are read from the first frame only, so the triangulation is the
+same on every frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from backend.io.common import FrameSelection, build_sequence, frame_indices
+from backend.sequence import MeshSequence, SequenceError
+
+log = logging.getLogger(__name__)
+
+MESH_SUFFIXES = (".obj", ".ply")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers by value: ``frame_2`` < ``frame_10``."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple((0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts)
+
+
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """The per-frame mesh files of a folder in natural order.
+
+    Raises:
+        SequenceError: missing folder, no mesh files, or a mix of ``.obj`` and ``.ply``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SequenceError(f"{folder}: no such folder")
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MESH_SUFFIXES]
+    if not files:
+        raise SequenceError(f"{folder}: the folder holds no .obj or .ply frame files")
+    kinds = {p.suffix.lower() for p in files}
+    if len(kinds) > 1:
+        raise SequenceError(f"{folder}: the folder mixes .obj and .ply files; keep one format per sequence")
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def read_obj(path: str | Path, with_faces: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read vertex positions (and triangulated faces) of a Wavefront OBJ file.
+
+    Returns:
+        ``verts float32 [V, 3]`` in file order, and ``faces int32 [F, 3]`` (None if ``with_faces`` is False).
+        Polygons become fans; ``v/vt/vn`` references use the position index; negative (relative)
+        indices are resolved.
+    Raises:
+        SequenceError: unreadable file, malformed vertex/face line, face index out of range.
+    """
+    verts, faces, _ = _parse_obj(Path(path), with_faces)
+    return verts, faces
+
+
+def _parse_obj(path: Path, with_faces: bool) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """:func:`read_obj` plus the number of polygon (``f``) lines, counted even when faces are skipped."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SequenceError(f"{path}: cannot read file: {exc}") from exc
+    vert_tokens: list[list[bytes]] = []
+    tris: list[tuple[int, int, int]] = []
+    n_polygons = 0
+    for lineno, line in enumerate(data.splitlines(), start=1):
+        if not line:
+            continue
+        if line[0] in (32, 9):  # leading blank
+            line = line.lstrip()
+        head = line[:2]
+        if head == b"v " or head == b"v\t":
+            vert_tokens.append(line.split()[1:4])
+        elif head == b"f " or head == b"f\t":
+            n_polygons += 1
+            if not with_faces:
+                continue
+            refs = line.split()[1:]
+            if len(refs) < 3:
+                raise SequenceError(f"{path}:{lineno}: a face needs at least 3 vertices: {line[:80]!r}")
+            n_so_far = len(vert_tokens)
+            try:
+                ids = [int(r.split(b"/", 1)[0]) for r in refs]
+            except ValueError as exc:
+                raise SequenceError(f"{path}:{lineno}: malformed face line {line[:80]!r}") from exc
+            if 0 in ids:
+                raise SequenceError(f"{path}:{lineno}: OBJ indices start at 1, found 0 in {line[:80]!r}")
+            ids = [i - 1 if i > 0 else n_so_far + i for i in ids]  # 1-based, or relative when negative
+            if min(ids) < 0:
+                raise SequenceError(f"{path}:{lineno}: relative face index out of range in {line[:80]!r}")
+            for i in range(1, len(ids) - 1):
+                tris.append((ids[0], ids[i], ids[i + 1]))
+    if not vert_tokens:
+        raise SequenceError(f"{path}: no vertices ('v' lines) found; not an OBJ mesh or the file is empty")
+    try:
+        verts = np.array(vert_tokens, dtype=np.float64)
+    except ValueError as exc:
+        bad = next((i for i, t in enumerate(vert_tokens) if len(t) < 3), None)
+        where = f" (vertex {bad + 1} has fewer than 3 coordinates)" if bad is not None else ""
+        raise SequenceError(f"{path}: malformed vertex line{where}; truncated or corrupt file?") from exc
+    if verts.ndim != 2 or verts.shape[1] != 3:
+        raise SequenceError(f"{path}: malformed vertex lines (expected 'v x y z')")
+    faces = None
+    if with_faces:
+        faces = np.asarray(tris, dtype=np.int64).reshape(-1, 3)
+        if faces.size and faces.max() >= len(verts):
+            raise SequenceError(f"{path}: face index {int(faces.max()) + 1} is out of range "
+                                f"(the file has {len(verts)} vertices)")
+        faces = faces.astype(np.int32)
+    return verts.astype(np.float32), faces, n_polygons
+
+
+def write_obj(path: str | Path, verts: np.ndarray, faces: np.ndarray) -> None:
+    """Write ``verts [V, 3]`` and ``faces [F, 3]`` (0-based) as an OBJ file."""
+    verts = np.asarray(verts, dtype=np.float32)
+    faces = np.asarray(faces, dtype=np.int64) + 1
+    with open(path, "w", encoding="ascii") as fh:
+        fh.write("".join("v %.9g %.9g %.9g\n" % tuple(v) for v in verts.tolist()))
+        fh.write("".join("f %d %d %d\n" % tuple(f) for f in faces.tolist()))
+
+
+def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a PLY mesh with trimesh (``process=False``: vertex order kept). Returns verts [V,3], faces [F,3]."""
+    import trimesh
+
+    path = Path(path)
+    try:
+        mesh = trimesh.load_mesh(path, file_type="ply", process=False)
+    except SequenceError:
+        raise
+    except Exception as exc:  # trimesh raises many different types for bad files
+        raise SequenceError(f"{path}: cannot parse PLY file (truncated or corrupt?): {exc}") from exc
+    verts = np.asarray(getattr(mesh, "vertices", np.zeros((0, 3))), dtype=np.float32)
+    faces = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))), dtype=np.int64)
+    if verts.ndim != 2 or len(verts) == 0:
+        raise SequenceError(f"{path}: the PLY file holds no vertices")
+    return verts, faces.reshape(-1, 3).astype(np.int32)
+
+
+def write_ply(path: str | Path, verts: np.ndarray, faces: np.ndarray) -> None:
+    """Write a binary PLY mesh (vertex order kept)."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64), process=False)
+    mesh.export(str(path), file_type="ply")
+
+
+def read_mesh(path: str | Path, with_faces: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one ``.obj``/``.ply`` mesh: ``verts float32 [V, 3]``, ``faces int32 [F, 3]`` (or None)."""
+    verts, faces, _ = _read_frame(Path(path), with_faces)
+    return verts, faces
+
+
+def _read_frame(path: Path, with_faces: bool) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """``(verts, faces or None, polygon count)``; the count lets later frames be checked cheaply."""
+    suffix = path.suffix.lower()
+    if suffix == ".obj":
+        return _parse_obj(path, with_faces)
+    if suffix == ".ply":
+        verts, faces = read_ply(path)
+        return verts, (faces if with_faces else None), len(faces)
+    raise SequenceError(f"{path}: unsupported mesh file type {suffix!r} (use .obj or .ply)")
+
+
+def load_mesh_file(path: str | Path, fps: float | None = None) -> MeshSequence:
+    """A single ``.obj``/``.ply`` mesh as a one-frame sequence."""
+    verts, faces = read_mesh(path)
+    return build_sequence(verts[None], faces, path, fps)
+
+
+def load_mesh_folder(folder: str | Path, fps: float | None = None,
+                     frames: FrameSelection = None) -> MeshSequence:
+    """Load a folder of per-frame ``.obj`` or ``.ply`` files as one sequence.
+
+    Args:
+        folder: directory with one mesh file per frame (natural order).
+        fps: frames per second (files carry none).
+        frames: optional selection of frames (indices into the sorted file list); only those are read.
+    Returns:
+        :class:`MeshSequence` ``verts float32 [K, V, 3]``, faces of the first selected frame;
+        ``extras["frame_files"]`` lists the file names used.
+    Raises:
+        SequenceError: no frames, unreadable file, or a vertex count that changes (names the first bad file).
+    """
+    folder = Path(folder)
+    files = list_frame_files(folder)
+    idx = frame_indices(len(files), frames, folder)
+    first = files[idx[0]]
+    v0, faces, n_poly = _read_frame(first, with_faces=True)
+    verts = np.empty((len(idx), v0.shape[0], 3), dtype=np.float32)
+    verts[0] = v0
+    for row, k in enumerate(idx[1:], start=1):
+        vk, _, n_poly_k = _read_frame(files[k], with_faces=False)
+        if vk.shape[0] != v0.shape[0]:
+            raise SequenceError(
+                f"{folder}: vertex count changes at frame {int(k)} ({files[k].name}: {vk.shape[0]} vertices) "
+                f"but frame {int(idx[0])} ({first.name}) has {v0.shape[0]}; topology must be constant")
+        if n_poly_k != n_poly:
+            raise SequenceError(
+                f"{folder}: face count changes at frame {int(k)} ({files[k].name}: {n_poly_k} faces) but frame "
+                f"{int(idx[0])} ({first.name}) has {n_poly}; truncated file or different topology?")
+        verts[row] = vk
+    log.info("read %d frames from %s", len(idx), folder)
+    return build_sequence(verts, faces, folder, fps, {"frame_files": [files[k].name for k in idx]},
+                          name=folder.resolve().name)
+
+
+def save_mesh_folder(seq: MeshSequence, folder: str | Path, fmt: str = "obj") -> Path:
+    """Write one ``.obj`` or ``.ply`` file per frame (``<name>_0000.obj`` ...) into ``folder``."""
+    fmt = fmt.lower().lstrip(".")
+    if fmt not in ("obj", "ply"):
+        raise ValueError(f"unsupported frame format {fmt!r} (use 'obj' or 'ply')")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(4, len(str(seq.n_frames - 1)))
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", seq.name) or "frame"
+    writer = write_obj if fmt == "obj" else write_ply
+    for k in range(seq.n_frames):
+        writer(folder / f"{stem}_{k:0{width}d}.{fmt}", seq.verts[k], seq.faces)
+    return folder

@@ -1,0 +1,95 @@
+"""Static skeleton quality (paper §10.6): CD-J2J, CD-J2B, CD-B2B.
+
+All three are symmetric Chamfer distances (the mean of the two directed average nearest-neighbour
+distances) in the anchor-normalized frame (longest side of the anchor box = 1). Bones are sampled
+every ``step`` (0.005) along each parent-child segment, endpoints included. Parent vectors may be
+forests; a skeleton without any bone contributes its joints as its only "bone" points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+BONE_STEP = 0.005
+
+
+def chamfer(a: np.ndarray, b: np.ndarray) -> float:
+    """Symmetric Chamfer distance ``(mean_a min_b ||a-b|| + mean_b min_a ||a-b||) / 2`` of ``a [N,3]``, ``b [M,3]``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 3)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 3)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("chamfer: empty point set")
+    d_ab = cKDTree(b).query(a, k=1)[0]
+    d_ba = cKDTree(a).query(b, k=1)[0]
+    return float(0.5 * (d_ab.mean() + d_ba.mean()))
+
+
+def sample_bones(joints: np.ndarray, parents: np.ndarray, step: float = BONE_STEP) -> np.ndarray:
+    """Points every ``step`` along each bone (parent -> child), endpoints included.
+
+    A bone of length ``l`` gets ``max(2, ceil(l / step) + 1)`` evenly spaced points.
+
+    Args:
+        joints: float ``[J, 3]``.
+        parents: int ``[J]`` (``-1`` = root; forests allowed).
+    Returns:
+        float64 ``[P, 3]``; the joints themselves when there is no bone.
+    """
+    joints = np.asarray(joints, dtype=np.float64).reshape(-1, 3)
+    parents = np.asarray(parents).reshape(-1)
+    if len(parents) != len(joints):
+        raise ValueError(f"sample_bones: {len(joints)} joints but {len(parents)} parents")
+    if step <= 0:
+        raise ValueError(f"sample_bones: step must be > 0, got {step}")
+    child = np.flatnonzero(parents >= 0)
+    if len(child) == 0:
+        return joints.copy()
+    out = []
+    for c in child:
+        a, b = joints[parents[c]], joints[c]
+        n = max(2, int(np.ceil(np.linalg.norm(b - a) / step)) + 1)
+        t = np.linspace(0.0, 1.0, n)[:, None]
+        out.append(a + t * (b - a))
+    return np.concatenate(out, axis=0)
+
+
+def cd_j2j(pred_joints: np.ndarray, gt_joints: np.ndarray) -> float:
+    """CD-J2J: symmetric Chamfer between predicted and ground-truth joints."""
+    return chamfer(pred_joints, gt_joints)
+
+
+def cd_j2b(pred_joints: np.ndarray, gt_joints: np.ndarray, gt_parents: np.ndarray, step: float = BONE_STEP) -> float:
+    """CD-J2B: symmetric Chamfer between predicted joints and points sampled on ground-truth bones."""
+    return chamfer(pred_joints, sample_bones(gt_joints, gt_parents, step))
+
+
+def cd_b2b(pred_joints: np.ndarray, pred_parents: np.ndarray, gt_joints: np.ndarray, gt_parents: np.ndarray,
+           step: float = BONE_STEP) -> float:
+    """CD-B2B: symmetric Chamfer between points sampled on predicted and on ground-truth bones."""
+    return chamfer(sample_bones(pred_joints, pred_parents, step), sample_bones(gt_joints, gt_parents, step))
+
+
+@dataclass
+class StaticSkeletonQuality:
+    """CD-J2J / CD-J2B / CD-B2B of one skeleton (J2B and B2B are None without parent vectors)."""
+
+    cd_j2j: float
+    cd_j2b: float | None
+    cd_b2b: float | None
+
+
+def static_skeleton_quality(pred_joints: np.ndarray, gt_joints: np.ndarray, pred_parents: np.ndarray | None = None,
+                            gt_parents: np.ndarray | None = None, step: float = BONE_STEP) -> StaticSkeletonQuality:
+    """All three static Chamfer metrics; inputs must already be anchor-normalized.
+
+    Args:
+        pred_joints: float ``[J, 3]``; gt_joints: float ``[J_gt, 3]``.
+        pred_parents: int ``[J]`` (needed for CD-B2B); gt_parents: int ``[J_gt]`` (needed for J2B, B2B).
+    """
+    j2b = cd_j2b(pred_joints, gt_joints, gt_parents, step) if gt_parents is not None else None
+    b2b = (cd_b2b(pred_joints, pred_parents, gt_joints, gt_parents, step)
+           if gt_parents is not None and pred_parents is not None else None)
+    return StaticSkeletonQuality(cd_j2j(pred_joints, gt_joints), j2b, b2b)
