@@ -1,0 +1,564 @@
+"""The subprocess backend: rigging requests over stdin/stdout, one JSON message per line.
+
+Blender's bundled Python has no torch, so the add-on starts this server with a configured Python::
+
+    python -m backend.server [--device auto|cpu|cuda] [--checkpoints DIR] [--workdir DIR]
+
+Protocol (every message is one JSON object on one line, UTF-8):
+
+* Requests (client -> server): ``{"id": <int|str>, "method": <name>, "params": {...}}``.
+* Replies (server -> client), each carrying the request's ``id``:
+
+  - ``{"id": ..., "type": "result", "result": {...}}`` once per successful request;
+  - ``{"id": ..., "type": "error", "error": {"code": ..., "message": ...}}`` once per failed request;
+  - ``{"id": ..., "type": "progress", "stage": <str>, "fraction": <float in [0, 1]>}`` while a rig runs;
+  - ``{"type": "heartbeat", "busy": <bool>}`` every ``--heartbeat`` seconds while a rig runs, so that a
+    client can tell a long computation from a hung process.
+
+* On start the server writes ``{"type": "ready", "version": ..., "pid": ...}``.
+
+Methods: ``ping``, ``info`` (versions, device, checkpoints), ``rig`` (``input``: path of an ``.npz`` with
+``verts float32 [K, V, 3]`` and ``faces int32 [F, 3]`` (optional ``fps``, ``name``); ``output``: optional
+path of the result ``.npz`` (default: a file in the server's temp folder); ``options``: rig options),
+``cancel`` (the running rig, or the one whose ``id`` is given) and ``shutdown``.
+
+The server never dies on a bad request: bad JSON, an unknown method, a missing file or an invalid
+sequence each give a structured error. Rigging runs in a worker thread so that ``cancel``, ``ping``
+and ``info`` are answered while it works; the rigger (and the models it loads) lives as long as the
+server, so consecutive requests do not reload checkpoints. One rig runs at a time (``busy`` otherwise).
+End of input (the client went away) shuts the server down like ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from backend import __version__
+from backend.sequence import MeshSequence, SequenceError
+
+log = logging.getLogger("backend.server")
+
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode:
+    """The ``error.code`` values the server sends."""
+
+    BAD_JSON = "bad_json"  # a line that is not JSON
+    BAD_REQUEST = "bad_request"  # JSON, but not a request object (no method, params not an object, ...)
+    UNKNOWN_METHOD = "unknown_method"
+    INVALID_PARAMS = "invalid_params"  # a parameter or rig option is missing, unknown or of the wrong type
+    FILE_NOT_FOUND = "file_not_found"
+    BAD_FILE = "bad_file"  # the input exists but is not a readable .npz with verts and faces
+    INVALID_SEQUENCE = "invalid_sequence"  # the arrays break the MeshSequence contract
+    BUSY = "busy"  # a rig is already running
+    CANCELLED = "cancelled"
+    RIGGER_UNAVAILABLE = "rigger_unavailable"  # backend.rig cannot be imported
+    MODELS_UNAVAILABLE = "models_unavailable"  # the checkpoints are missing, corrupt or do not match
+    RIG_FAILED = "rig_failed"  # the rigger raised
+    INTERNAL = "internal"
+
+
+class RequestError(Exception):
+    """A request failed; carries the structured ``code`` and a readable ``message``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ServerConfig:
+    """Command-line settings of the server."""
+
+    device: str = "auto"  # default device for rigs: auto | cpu | cuda
+    checkpoints: Path | None = None  # checkpoint folder handed to the rigger (None: its default)
+    workdir: Path | None = None  # where result files go when a request names no output (None: a temp folder)
+    heartbeat_s: float = 2.0  # seconds between heartbeats while a rig runs
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the input
+# ----------------------------------------------------------------------------------------------
+
+
+def load_sequence_npz(path: str | os.PathLike) -> MeshSequence:
+    """Read a request's input ``.npz`` into a validated :class:`MeshSequence`.
+
+    The file holds ``verts float32 [K, V, 3]``, ``faces int32 [F, 3]`` and optionally ``fps`` (scalar)
+    and ``name`` (string scalar).
+
+    Raises:
+        RequestError: ``file_not_found``, ``bad_file`` or ``invalid_sequence``, naming the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RequestError(ErrorCode.FILE_NOT_FOUND, f"input file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("verts", "faces") if k not in data.files]
+            if missing:
+                raise RequestError(ErrorCode.BAD_FILE,
+                                   f"{path}: missing array(s) {', '.join(missing)} (need verts [K,V,3] and faces [F,3])")
+            verts, faces = data["verts"], data["faces"]
+            fps = float(data["fps"]) if "fps" in data.files else None
+            name = str(data["name"]) if "name" in data.files else path.stem
+    except RequestError:
+        raise
+    except Exception as exc:  # zip/npy format errors, pickled objects, truncated files
+        raise RequestError(ErrorCode.BAD_FILE, f"{path}: not a readable .npz file ({exc})") from exc
+    try:
+        return MeshSequence(verts, faces, fps=fps, name=name)
+    except SequenceError as exc:
+        raise RequestError(ErrorCode.INVALID_SEQUENCE, str(exc)) from exc
+
+
+# ----------------------------------------------------------------------------------------------
+# The rigger: backend.rig, loaded once and kept
+# ----------------------------------------------------------------------------------------------
+
+
+class Rigger:
+    """Holds ``backend.rig`` for the server's lifetime and builds its ``RigConfig`` from request options."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self._module = None
+        self._import_error: str | None = None
+
+    @property
+    def module(self):
+        """The imported ``backend.rig`` module. Raises RequestError(rigger_unavailable) if it cannot load."""
+        if self._module is None:
+            try:
+                self._module = importlib.import_module("backend.rig")
+            except Exception as exc:  # ImportError, or a failure while importing torch/models
+                self._import_error = f"{type(exc).__name__}: {exc}"
+                raise RequestError(ErrorCode.RIGGER_UNAVAILABLE,
+                                   f"the rigging pipeline (backend.rig) cannot be loaded: {self._import_error}") from exc
+        return self._module
+
+    def option_names(self) -> list[str]:
+        """The rig options a request may set (the fields of ``backend.rig.RigConfig``)."""
+        return [f.name for f in dataclasses.fields(self.module.RigConfig)]
+
+    def make_config(self, options: dict[str, Any]):
+        """A ``RigConfig`` from the request's ``options``, the server's device and checkpoint folder.
+
+        Raises:
+            RequestError: ``invalid_params`` for an unknown option or a value of the wrong type.
+        """
+        config_cls = self.module.RigConfig
+        fields = {f.name: f for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise RequestError(ErrorCode.INVALID_PARAMS,
+                               f"unknown rig option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}")
+        defaults = config_cls()
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            values[name] = _coerce_option(name, value, getattr(defaults, name))
+        if "device" in fields and "device" not in values and self.config.device != "auto":
+            values["device"] = self.config.device
+        folder = self.checkpoint_dir()
+        if folder is not None and "checkpoint_dir" in fields and "checkpoint_dir" not in values:
+            values["checkpoint_dir"] = str(folder)
+        try:
+            config = dataclasses.replace(defaults, **values)
+            if hasattr(config, "validate"):
+                config.validate()
+        except (TypeError, ValueError) as exc:
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"invalid rig options: {exc}") from exc
+        return config
+
+    def checkpoint_dir(self) -> Path | None:
+        """The checkpoint folder rigs use: the server's ``--checkpoints``, else the rigger's default.
+
+        A relative default (``checkpoints``) is looked up in the working directory, then in the
+        checkout holding the ``backend`` package, so a server started from anywhere (e.g. by Blender)
+        finds ``<checkout>/checkpoints``.
+        """
+        if self.config.checkpoints is not None:
+            return Path(self.config.checkpoints).expanduser().resolve()
+        try:
+            default = getattr(self.module.RigConfig(), "checkpoint_dir", None)
+        except RequestError:
+            return None
+        if not default:
+            return None
+        path = Path(default).expanduser()
+        if path.is_absolute() or path.is_dir():
+            return path.resolve()
+        return (Path(__file__).resolve().parent.parent / path).resolve()
+
+    def rig(self, seq: MeshSequence, options: dict[str, Any], progress: Callable[[str, float], None],
+            should_cancel: Callable[[], bool]):
+        """Run ``backend.rig.rig_sequence`` and return its ``RigResult``."""
+        config = self.make_config(options)
+        return self.module.rig_sequence(seq, config, progress=progress, should_cancel=should_cancel)
+
+    def is_cancel_exception(self, exc: BaseException) -> bool:
+        cancelled = getattr(self._module, "RigCancelled", None) if self._module is not None else None
+        return cancelled is not None and isinstance(exc, cancelled)
+
+
+def _coerce_option(name: str, value: Any, default: Any) -> Any:
+    """Check a JSON option value against the type of the config default (ints may be given as floats)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be an integer, got {value!r}")
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, (str, Path)):
+        if not isinstance(value, str):
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be a string, got {value!r}")
+        return type(default)(value) if isinstance(default, Path) else value
+    if isinstance(default, (tuple, list)):
+        if not isinstance(value, list):
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be a list, got {value!r}")
+        return type(default)(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The server
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """The rig request being worked on."""
+
+    request_id: Any
+    thread: threading.Thread
+    cancel: threading.Event
+
+
+class Server:
+    """Reads requests from ``stdin``, writes replies to ``stdout`` (both text streams, one JSON per line)."""
+
+    def __init__(self, config: ServerConfig, stdin: TextIO, stdout: TextIO):
+        self.config = config
+        self.stdin = stdin
+        self.stdout = stdout
+        self.rigger = Rigger(config)
+        self._write_lock = threading.Lock()
+        self._job_lock = threading.Lock()
+        self._job: _Job | None = None
+        self._stop = threading.Event()
+        self._tempdir: tempfile.TemporaryDirectory | None = None
+        self._methods: dict[str, Callable[[Any, dict], dict | None]] = {
+            "ping": self._ping,
+            "info": self._info,
+            "rig": self._rig,
+            "cancel": self._cancel,
+            "shutdown": self._shutdown,
+        }
+
+    # -- output -----------------------------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        """Write one message as one line (thread-safe)."""
+        line = json.dumps(message, allow_nan=False, default=_json_default)
+        with self._write_lock:
+            try:
+                self.stdout.write(line + "\n")
+                self.stdout.flush()
+            except (BrokenPipeError, ValueError, OSError):  # the client is gone
+                self._stop.set()
+
+    def send_error(self, request_id: Any, code: str, message: str) -> None:
+        self.send({"id": request_id, "type": "error", "error": {"code": code, "message": message}})
+
+    # -- main loop --------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Answer requests until ``shutdown`` or end of input. Returns the process exit status."""
+        self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()})
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
+        while not self._stop.is_set():
+            line = self.stdin.readline()
+            if line == "":  # end of input: the client closed the pipe or died
+                log.info("end of input; shutting down")
+                break
+            if line.strip():
+                self.handle_line(line)
+        self._stop.set()
+        self._finish_job(cancel=True)
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+        return 0
+
+    def handle_line(self, line: str) -> None:
+        """Parse and dispatch one request line; every failure becomes an error reply."""
+        try:
+            request = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.send_error(None, ErrorCode.BAD_JSON, f"request is not valid JSON: {exc.msg} at column {exc.colno}"
+                            if isinstance(exc, json.JSONDecodeError) else f"request is not valid UTF-8 JSON: {exc}")
+            return
+        if not isinstance(request, dict):
+            self.send_error(None, ErrorCode.BAD_REQUEST,
+                            f"a request must be a JSON object with 'id' and 'method', got {type(request).__name__}")
+            return
+        request_id = request.get("id")
+        if request_id is not None and (isinstance(request_id, bool) or not isinstance(request_id, (int, str))):
+            self.send_error(None, ErrorCode.BAD_REQUEST, "'id' must be an integer or a string")
+            return
+        method = request.get("method")
+        if not isinstance(method, str):
+            self.send_error(request_id, ErrorCode.BAD_REQUEST, "a request needs a 'method' string")
+            return
+        params = request.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            self.send_error(request_id, ErrorCode.BAD_REQUEST, "'params' must be a JSON object")
+            return
+        handler = self._methods.get(method)
+        if handler is None:
+            self.send_error(request_id, ErrorCode.UNKNOWN_METHOD,
+                            f"unknown method {method!r}; known methods: {', '.join(self._methods)}")
+            return
+        try:
+            result = handler(request_id, params)
+        except RequestError as exc:
+            self.send_error(request_id, exc.code, exc.message)
+            return
+        except Exception as exc:  # a bug: report it, keep serving
+            log.error("internal error in %s: %s", method, traceback.format_exc())
+            self.send_error(request_id, ErrorCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
+            return
+        if result is not None:
+            self.send({"id": request_id, "type": "result", "result": result})
+
+    # -- methods ----------------------------------------------------------------------------
+
+    def _ping(self, request_id: Any, params: dict) -> dict:
+        return {"pong": True, "time": time.time(), "busy": self._busy()}
+
+    def _info(self, request_id: Any, params: dict) -> dict:
+        return collect_info(self.config, self.rigger)
+
+    def _rig(self, request_id: Any, params: dict) -> None:
+        unknown = sorted(set(params) - {"input", "output", "options"})
+        if unknown:
+            raise RequestError(ErrorCode.INVALID_PARAMS,
+                               f"unknown rig parameter(s) {', '.join(unknown)}; expected input, output, options")
+        source = params.get("input")
+        if not isinstance(source, str) or not source:
+            raise RequestError(ErrorCode.INVALID_PARAMS, "rig needs 'input': the path of an .npz with verts and faces")
+        output = params.get("output")
+        if output is not None and not isinstance(output, str):
+            raise RequestError(ErrorCode.INVALID_PARAMS, "'output' must be a path string")
+        options = params.get("options", {}) or {}
+        if not isinstance(options, dict):
+            raise RequestError(ErrorCode.INVALID_PARAMS, "'options' must be a JSON object")
+        if output is not None and not Path(output).parent.is_dir():
+            raise RequestError(ErrorCode.FILE_NOT_FOUND, f"output folder does not exist: {Path(output).parent}")
+        # Validate everything that is cheap before going busy, so that bad requests fail at once.
+        seq = load_sequence_npz(source)
+        self.rigger.make_config(options)
+        out_path = Path(output) if output else self._default_output(request_id)
+        with self._job_lock:
+            if self._job is not None and self._job.thread.is_alive():
+                raise RequestError(ErrorCode.BUSY, f"a rig is already running (request {self._job.request_id!r})")
+            cancel = threading.Event()
+            thread = threading.Thread(target=self._run_rig, args=(request_id, seq, options, out_path, cancel),
+                                      name=f"rig-{request_id}", daemon=True)
+            self._job = _Job(request_id, thread, cancel)
+            thread.start()
+        return None  # the worker sends the reply
+
+    def _cancel(self, request_id: Any, params: dict) -> dict:
+        target = params.get("id")
+        with self._job_lock:
+            job = self._job
+            running = job is not None and job.thread.is_alive()
+            if not running or (target is not None and target != job.request_id):
+                return {"cancelled": False, "id": target}
+            job.cancel.set()
+            return {"cancelled": True, "id": job.request_id}
+
+    def _shutdown(self, request_id: Any, params: dict) -> dict:
+        self._stop.set()
+        self._finish_job(cancel=True)
+        return {"shutdown": True}
+
+    # -- rig worker -------------------------------------------------------------------------
+
+    def _run_rig(self, request_id: Any, seq: MeshSequence, options: dict, out_path: Path,
+                 cancel: threading.Event) -> None:
+        last = {"t": 0.0, "stage": None}
+
+        def progress(stage: str, fraction: float) -> None:
+            fraction = float(min(max(fraction, 0.0), 1.0)) if np.isfinite(fraction) else 0.0
+            now = time.monotonic()
+            # At most ~20 messages a second, but always the first message of a stage and the last one.
+            if stage != last["stage"] or fraction >= 1.0 or now - last["t"] > 0.05:
+                last.update(t=now, stage=stage)
+                self.send({"id": request_id, "type": "progress", "stage": str(stage), "fraction": fraction})
+
+        start = time.monotonic()
+        try:
+            result = self.rigger.rig(seq, options, progress, cancel.is_set)
+            if cancel.is_set():
+                raise RequestError(ErrorCode.CANCELLED, "the rig was cancelled")
+            result.save(out_path)
+            stats = dict(result.stats)
+            stats.setdefault("joints", int(len(result.joint_names)))
+            stats.setdefault("frames", int(result.n_frames))
+            self.send({"id": request_id, "type": "result",
+                       "result": {"output": str(out_path), "stats": stats, "seconds": time.monotonic() - start}})
+        except RequestError as exc:
+            self.send_error(request_id, exc.code, exc.message)
+        except Exception as exc:
+            if self.rigger.is_cancel_exception(exc) or cancel.is_set():
+                self.send_error(request_id, ErrorCode.CANCELLED, "the rig was cancelled")
+            elif isinstance(exc, SequenceError):
+                self.send_error(request_id, ErrorCode.INVALID_SEQUENCE, str(exc))
+            elif type(exc).__name__ == "CheckpointError":
+                self.send_error(request_id, ErrorCode.MODELS_UNAVAILABLE, f"the rigging models cannot be loaded: {exc}")
+            else:
+                log.error("rig failed: %s", traceback.format_exc())
+                self.send_error(request_id, ErrorCode.RIG_FAILED, f"rigging failed: {type(exc).__name__}: {exc}")
+
+    def _finish_job(self, cancel: bool, timeout: float = 30.0) -> None:
+        with self._job_lock:
+            job = self._job
+        if job is None:
+            return
+        if cancel:
+            job.cancel.set()
+        job.thread.join(timeout)
+
+    def _busy(self) -> bool:
+        job = self._job
+        return job is not None and job.thread.is_alive()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.config.heartbeat_s):
+            if self._busy():
+                self.send({"type": "heartbeat", "busy": True})
+
+    def _default_output(self, request_id: Any) -> Path:
+        if self.config.workdir is not None:
+            folder = Path(self.config.workdir)
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            if self._tempdir is None:
+                self._tempdir = tempfile.TemporaryDirectory(prefix="sprig_server_")
+            folder = Path(self._tempdir.name)
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(request_id))
+        return folder / f"rig_{safe}_{int(time.time() * 1000)}.npz"
+
+
+def collect_info(config: ServerConfig, rigger: Rigger | None = None) -> dict:
+    """Versions, compute device and checkpoint files, for ``info`` (and the add-on's "Check backend")."""
+    info: dict[str, Any] = {
+        "backend_version": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "pid": os.getpid(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        cuda = bool(torch.cuda.is_available())
+        info["cuda_available"] = cuda
+        if cuda:
+            info["cuda_device"] = torch.cuda.get_device_name(0)
+        mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        info["device"] = config.device if config.device != "auto" else ("cuda" if cuda else "mps" if mps else "cpu")
+    except Exception as exc:  # torch missing or broken: the server still answers
+        info["torch"] = None
+        info["torch_error"] = f"{type(exc).__name__}: {exc}"
+        info["device"] = "cpu"
+    if rigger is not None:
+        try:
+            rigger.module  # noqa: B018 - imports backend.rig once
+            info["rigger"] = True
+            info["rig_options"] = rigger.option_names()
+        except RequestError as exc:
+            info["rigger"] = False
+            info["rigger_error"] = exc.message
+    folder = rigger.checkpoint_dir() if rigger is not None else config.checkpoints
+    info["checkpoints"] = list_checkpoints(folder)
+    if folder is not None:
+        info["checkpoint_dir"] = str(folder)
+    return info
+
+
+def list_checkpoints(folder: Path | None) -> list[dict]:
+    """The checkpoint files (``.safetensors``, ``.pt``, ``.pth``, ``.ckpt``) in ``folder`` with their sizes."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix in {".safetensors", ".pt", ".pth", ".ckpt"})
+    return [{"name": str(p.relative_to(folder)), "bytes": p.stat().st_size} for p in files]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="SPRig backend server: JSON lines on stdin/stdout.")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--checkpoints", type=Path, default=None, help="checkpoint folder for the rigger")
+    parser.add_argument("--workdir", type=Path, default=None, help="folder for result files (default: a temp folder)")
+    parser.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats while rigging")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    # stdout carries the protocol only: anything else printed (by libraries) goes to stderr.
+    protocol_out = io.TextIOWrapper(os.fdopen(os.dup(sys.stdout.fileno()), "wb"), encoding="utf-8",
+                                    line_buffering=True)
+    sys.stdout = sys.stderr
+    os.dup2(sys.stderr.fileno(), 1)
+    protocol_in = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = ServerConfig(device=args.device, checkpoints=args.checkpoints, workdir=args.workdir,
+                          heartbeat_s=args.heartbeat)
+    return Server(config, protocol_in, protocol_out).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

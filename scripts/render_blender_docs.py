@@ -1,0 +1,209 @@
+"""Render the documentation figures of the Blender extension headless with Workbench (bpy wheel).
+
+    python scripts/render_blender_docs.py                       # -> docs/blender_heatmap.png, docs/blender_armature.png
+    python scripts/render_blender_docs.py --clip robotexpressive_dance --frames 24 --frame 12 --rig backend
+
+A realdata clip is loaded into Blender as a shape-key animated mesh, rigged through the extension
+(``--rig backend``: the Rig Sequence operator with the subprocess backend and the checkpoints in
+``--checkpoints``; ``--rig artist``: the clip's own artist rig converted to a rig result, for when no
+trained checkpoints exist; ``auto`` picks ``backend`` when ``backend.rig`` imports and the checkpoint
+folder holds the SPRig or base models), and two frames are rendered:
+
+* the stability heatmap on the rigged mesh (colour attribute, Solid/Workbench, attribute colours), with
+  a colour bar added to the image afterwards (the viewport legend is an overlay that renders do not draw);
+* the armature over the mesh. Workbench does not render armatures, so each posed bone is drawn as a
+  temporary octahedron mesh placed from the pose bone's matrix and length, inside the wireframe mesh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+log = logging.getLogger("render_blender_docs")
+
+
+def frame_camera(scene, points: np.ndarray, margin: float = 1.15):
+    """An orthographic camera looking horizontally at ``points [N, 3]`` from the side of the longer axis."""
+    import bpy
+
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    center, extent = (lo + hi) / 2, hi - lo
+    cam_data = bpy.data.cameras.new("docs_camera")
+    cam_data.type = "ORTHO"
+    cam = bpy.data.objects.new("docs_camera", cam_data)
+    scene.collection.objects.link(cam)
+    distance = 4.0 * float(extent.max())
+    aspect = scene.render.resolution_x / scene.render.resolution_y
+    if extent[0] >= extent[1]:  # long along X: look along +Y (from the front, Blender's -Y side)
+        cam.location = (center[0], center[1] - distance, center[2])
+        cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
+        width = extent[0]
+    else:  # long along Y: look along -X
+        cam.location = (center[0] + distance, center[1], center[2])
+        cam.rotation_euler = (math.pi / 2, 0.0, math.pi / 2)
+        width = extent[1]
+    cam_data.ortho_scale = margin * max(float(width), float(extent[2]) * aspect)
+    cam_data.clip_end = 10.0 * distance
+    scene.camera = cam
+    return cam
+
+
+def bone_octahedra(armature_obj, color=(1.0, 0.45, 0.05, 1.0)):
+    """A temporary mesh object with one octahedron per posed bone (for renders, which skip armatures)."""
+    import bpy
+    from mathutils import Vector
+
+    verts, faces = [], []
+    for pose_bone in armature_obj.pose.bones:
+        matrix = armature_obj.matrix_world @ pose_bone.matrix  # bone space: Y along the bone
+        length = pose_bone.length
+        r = 0.1 * length
+        # head, a ring of four vertices a tenth of the way along the bone, tail
+        local = [(0, 0, 0), (r, r, 0), (0, r, r), (-r, r, 0), (0, r, -r), (0, length, 0)]
+        base = len(verts)
+        verts += [tuple(matrix @ Vector(p)) for p in local]
+        for a in range(4):
+            b = (a + 1) % 4
+            faces.append((base, base + 1 + a, base + 1 + b))
+            faces.append((base + 5, base + 1 + b, base + 1 + a))
+    mesh = bpy.data.meshes.new("docs_bones")
+    mesh.from_pydata(verts, [], faces)
+    mesh.update()
+    obj = bpy.data.objects.new("docs_bones", mesh)
+    obj.color = color
+    bpy.context.scene.collection.objects.link(obj)
+    return obj
+
+
+def add_colorbar(path: Path, vmax: float, label: str) -> None:
+    """Paint a horizontal colour bar with its scale into the bottom-left of the image at ``path``."""
+    from PIL import Image, ImageDraw
+
+    from sprig_blender import convert
+
+    image = Image.open(path).convert("RGBA")
+    draw = ImageDraw.Draw(image)
+    x0, y0, width, height = 20, image.height - 50, 260, 14
+    ramp = convert.heat_colors(np.linspace(0.0, vmax, width), vmax)[:, :3]
+    srgb = np.where(ramp <= 0.0031308, 12.92 * ramp, 1.055 * np.power(ramp, 1 / 2.4) - 0.055)  # linear -> sRGB
+    for i in range(width):
+        draw.line([(x0 + i, y0), (x0 + i, y0 + height)], fill=tuple(int(255 * c) for c in srgb[i]) + (255,))
+    draw.text((x0, y0 - 16), label, fill=(20, 20, 20, 255))
+    draw.text((x0, y0 + height + 3), "0 (stable)", fill=(20, 20, 20, 255))
+    draw.text((x0 + width - 70, y0 + height + 3), f"{vmax:.3g}", fill=(20, 20, 20, 255))
+    image.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clip", default="khronos_fox_run", help="realdata clip name (without .npz)")
+    parser.add_argument("--frames", type=int, default=28, help="number of frames of the clip to rig")
+    parser.add_argument("--frame", type=int, default=14, help="scene frame to render (1-based)")
+    parser.add_argument("--rig", choices=["auto", "backend", "artist"], default="auto")
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints", help="for --rig backend")
+    parser.add_argument("--mode", choices=["auto", "INSTABILITY", "RECON"], default="auto", help="heatmap values")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--size", type=int, nargs=2, default=(960, 720))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import bpy
+    from test_blender_scenes import (evaluated_world_verts, ground_truth_rig, realdata_sequence, reset_scene,
+                                     set_backend, shape_key_object)
+
+    from sprig_blender import builder, export, heatmap
+
+    rig = args.rig
+    if rig == "auto":
+        trained = any((args.checkpoints / f"skeleton_{w}.safetensors").is_file() for w in ("sprig", "base"))
+        rig = "backend" if importlib.util.find_spec("backend.rig") is not None and trained else "artist"
+        log.info("rig: %s", rig)
+    reset_scene()
+    scene = bpy.context.scene
+    verts, faces, raw = realdata_sequence(args.clip, args.frames)
+    source = shape_key_object(args.clip, verts, faces)
+    if rig == "backend":
+        set_backend("SUBPROCESS", checkpoints=args.checkpoints)
+        scene.sprig.device = "cpu"
+        result = bpy.ops.sprig.rig_sequence()
+        if result != {"FINISHED"}:
+            raise SystemExit(f"rigging failed: {result}")
+    else:
+        frames = export.frame_list(scene.frame_start, scene.frame_end, 1)
+        builder.build_rig(bpy.context, source, ground_truth_rig(raw, verts), frames)
+    rigged = bpy.data.objects[f"{args.clip}_rigged"]
+    armature = bpy.data.objects[f"{args.clip}_rig"]
+    stats = json.loads(rigged["sprig_stats"])
+    source.hide_render = True
+    mode = args.mode if args.mode != "auto" else ("INSTABILITY" if rig == "backend" else "RECON")
+
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.render.resolution_x, scene.render.resolution_y = args.size
+    scene.render.resolution_percentage = 100
+    scene.render.film_transparent = False
+    scene.display.shading.light = "STUDIO"
+    scene.world = bpy.data.worlds.new("docs_world")
+    scene.world.color = (0.9, 0.9, 0.9)
+    scene.frame_set(args.frame)
+    frame_camera(scene, np.concatenate([evaluated_world_verts(rigged),
+                                        np.array([b.head for b in armature.pose.bones])]))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    # 1. heatmap
+    settings = bpy.context.window_manager.sprig_heatmap
+    settings.mode = mode
+    settings.enabled = True
+    scene.frame_set(args.frame)
+    values, vmax = heatmap.current_values(rigged, args.frame, mode)
+    heat_path = args.output_dir / "blender_heatmap.png"
+    scene.render.filepath = str(heat_path)
+    bpy.ops.render.render(write_still=True)
+    label = f"{heatmap.MODE_LABELS[mode]}, frame {args.frame} ({'SPRig backend' if rig == 'backend' else 'artist rig'})"
+    add_colorbar(heat_path, vmax, label)
+    log.info("wrote %s (%s: mean %.4g, max %.4g at frame %d)", heat_path, mode, values.mean(), values.max(), args.frame)
+    settings.enabled = False
+
+    # 2. armature over the mesh
+    # Two passes composited like the viewport's "In Front": the mesh, then the bones alone on a
+    # transparent film, laid over it.
+    bones = bone_octahedra(armature)
+    rigged.color = (0.62, 0.66, 0.72, 1.0)
+    shading = scene.display.shading
+    shading.color_type = "OBJECT"
+    arm_path = args.output_dir / "blender_armature.png"
+    bones_path = args.output_dir / "blender_armature_bones.tmp.png"
+    bones.hide_render = True
+    scene.render.filepath = str(arm_path)
+    bpy.ops.render.render(write_still=True)
+    bones.hide_render, rigged.hide_render = False, True
+    scene.render.film_transparent = True
+    scene.render.image_settings.color_mode = "RGBA"
+    scene.render.filepath = str(bones_path)
+    bpy.ops.render.render(write_still=True)
+    bpy.data.objects.remove(bones, do_unlink=True)
+    from PIL import Image
+
+    mesh_image = Image.open(arm_path).convert("RGBA")
+    bones_image = Image.open(bones_path).convert("RGBA")
+    mesh_image = Image.blend(mesh_image, Image.new("RGBA", mesh_image.size, (235, 235, 235, 255)), 0.35)
+    Image.alpha_composite(mesh_image, bones_image).convert("RGB").save(arm_path)
+    bones_path.unlink()
+    log.info("wrote %s (%d bones, stats %s)", arm_path, len(armature.data.bones),
+             {k: stats[k] for k in ("joints", "recon_mean") if k in stats})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

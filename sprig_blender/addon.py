@@ -1,0 +1,41 @@
+"""Registration of the extension's classes, properties and handlers (called from ``__init__``)."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import heatmap, operators, panel, preferences, properties, runner
+
+CLASSES = (*properties.classes, *preferences.classes, *operators.classes, *panel.classes)
+
+
+@persistent
+def on_load_pre(*_args) -> None:
+    """Before a file loads: stop any running job, remove the heatmap's handlers, forget cached values."""
+    operators.cancel_active_job()
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is not None and getattr(wm, "sprig_heatmap", None) is not None and wm.sprig_heatmap.enabled:
+        wm.sprig_heatmap["enabled"] = False  # no update callback: the handlers are removed just below
+    heatmap.disable(None)
+    heatmap.clear_cache()
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    properties.register_properties()
+    if on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(on_load_pre)
+
+
+def unregister() -> None:
+    operators.cancel_active_job()
+    heatmap.disable(None)
+    heatmap.clear_cache()
+    runner.discard_backend()
+    while on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(on_load_pre)
+    properties.unregister_properties()
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

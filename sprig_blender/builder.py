@@ -1,0 +1,275 @@
+"""Build Blender data from a rig result: rigged mesh copy, Armature, vertex groups, modifier, Action.
+
+Everything is created in a new collection. If anything fails, every data-block created so far is
+removed again, so an error leaves the file as it was. The source object is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import bpy
+import mathutils
+import numpy as np
+
+from . import convert, heatmap
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """The result does not fit the object it should rig (the message says why)."""
+
+
+@dataclass
+class BuiltRig:
+    """What :func:`build_rig` created."""
+
+    collection: bpy.types.Collection
+    mesh_object: bpy.types.Object
+    armature_object: bpy.types.Object
+    action: bpy.types.Action
+    bone_names: list[str]
+
+
+@dataclass
+class _Created:
+    """Data-blocks created so far, for clean-up on failure."""
+
+    objects: list = field(default_factory=list)
+    meshes: list = field(default_factory=list)
+    armatures: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    collections: list = field(default_factory=list)
+
+    def remove_all(self) -> None:
+        for obj in self.objects:
+            if obj.name in bpy.data.objects:
+                bpy.data.objects.remove(obj, do_unlink=True)
+        for items, store in ((self.meshes, bpy.data.meshes), (self.armatures, bpy.data.armatures),
+                             (self.actions, bpy.data.actions), (self.collections, bpy.data.collections)):
+            for item in items:
+                try:
+                    store.remove(item, do_unlink=True)
+                except (ReferenceError, RuntimeError):
+                    pass
+
+
+def validate_result(result, n_verts: int, n_frames: int) -> None:
+    """Check a result's array shapes against the exported sequence.
+
+    Raises:
+        BuildError: naming the mismatch.
+    """
+    J = len(result.joint_names)
+    checks = [
+        ("anchor_verts", result.anchor_verts.shape, (n_verts, 3)),
+        ("joints", result.joints.shape, (J, 3)),
+        ("parents", result.parents.shape, (J,)),
+        ("weights", result.weights.shape, (n_verts, J)),
+        ("bone_transforms", result.bone_transforms.shape, (n_frames, J, 4, 4)),
+        ("recon_error", result.recon_error.shape, (n_frames, n_verts)),
+        ("skin_instability", result.skin_instability.shape, (n_frames, n_verts)),
+    ]
+    for name, got, want in checks:
+        if tuple(got) != want:
+            raise BuildError(f"the backend returned {name} of shape {list(got)}, expected {list(want)}")
+    if J < 1:
+        raise BuildError("the backend returned a skeleton with no joints")
+    parents = np.asarray(result.parents)
+    if np.any(parents >= np.arange(J)):
+        raise BuildError("the backend's skeleton is not ordered parents-first")
+
+
+def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[int],
+              stats: dict | None = None) -> BuiltRig:
+    """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``.
+
+    Args:
+        source: the animated mesh object that was exported (read only).
+        result: rig in world space: ``anchor_verts [V, 3]``, ``faces``, ``joints [J, 3]``, ``parents [J]``,
+            ``joint_names``, ``weights [V, J]``, ``bone_transforms [K, J, 4, 4]``, ``recon_error [K, V]``,
+            ``skin_instability [K, V]``, ``stats``.
+        frames: ``K`` scene frames the result's frames correspond to (``frames[0]`` is the anchor).
+    Raises:
+        BuildError: the result does not fit; nothing is left behind.
+    """
+    anchor = np.asarray(result.anchor_verts, dtype=np.float32)
+    validate_result(result, n_verts=anchor.shape[0], n_frames=len(frames))
+    created = _Created()
+    view_layer = context.view_layer
+    previous_active = view_layer.objects.active
+    previous_selected = [o for o in context.selected_objects]
+    try:
+        built = _build(context, source, result, frames, stats or dict(result.stats), created)
+    except Exception:
+        if context.mode != "OBJECT" and bpy.ops.object.mode_set.poll():
+            bpy.ops.object.mode_set(mode="OBJECT")
+        created.remove_all()
+        if previous_active is not None and previous_active.name in view_layer.objects:
+            view_layer.objects.active = previous_active
+        for obj in previous_selected:
+            if obj.name in view_layer.objects:
+                obj.select_set(True)
+        raise
+    return built
+
+
+def _build(context, source, result, frames, stats, created: _Created) -> BuiltRig:
+    scene = context.scene
+    base = source.name
+    anchor = np.asarray(result.anchor_verts, dtype=np.float64)
+
+    collection = bpy.data.collections.new(f"{base}_SPRig")
+    created.collections.append(collection)
+    scene.collection.children.link(collection)
+
+    mesh_obj = _rigged_mesh(context, source, frames[0], anchor, created)
+    collection.objects.link(mesh_obj)
+
+    arm_data = bpy.data.armatures.new(f"{base}_rig")
+    created.armatures.append(arm_data)
+    arm_obj = bpy.data.objects.new(f"{base}_rig", arm_data)
+    created.objects.append(arm_obj)
+    collection.objects.link(arm_obj)
+    arm_data.display_type = "OCTAHEDRAL"
+    arm_obj.show_in_front = True
+
+    diag = float(np.linalg.norm(anchor.max(axis=0) - anchor.min(axis=0)))
+    bone_names = _edit_bones(context, arm_obj, result, min_length=max(1e-3 * diag, 1e-6))
+
+    _vertex_groups(mesh_obj, bone_names, np.asarray(result.weights, dtype=np.float32))
+    mesh_obj.parent = arm_obj
+    mesh_obj.matrix_parent_inverse = mathutils.Matrix.Identity(4)
+    modifier = mesh_obj.modifiers.new("SPRig Armature", "ARMATURE")
+    modifier.object = arm_obj
+    modifier.use_vertex_groups = True
+
+    rest = np.array([np.array(arm_data.bones[name].matrix_local, dtype=np.float64) for name in bone_names])
+    action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents),
+                        np.asarray(result.bone_transforms, dtype=np.float64), frames, f"{base}_motion", created)
+
+    heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.skin_instability, dtype=np.float32),
+                            np.asarray(result.recon_error, dtype=np.float32))
+    stats = dict(stats)
+    stats.setdefault("joints", len(bone_names))
+    stats.setdefault("frames", len(frames))
+    for obj in (mesh_obj, arm_obj):
+        obj["sprig_stats"] = json.dumps(stats, default=float)
+        obj["sprig_source"] = source.name
+    mesh_obj["sprig_armature"] = arm_obj.name
+
+    for obj in context.selected_objects:
+        obj.select_set(False)
+    arm_obj.select_set(True)
+    context.view_layer.objects.active = arm_obj
+    return BuiltRig(collection, mesh_obj, arm_obj, action, bone_names)
+
+
+def _rigged_mesh(context, source, anchor_frame: int, anchor: np.ndarray, created: _Created) -> bpy.types.Object:
+    """A mesh object ``<name>_rigged`` holding the evaluated source at the anchor frame, in world space."""
+    scene = context.scene
+    original_frame, original_subframe = scene.frame_current, scene.frame_subframe
+    try:
+        scene.frame_set(anchor_frame)
+        depsgraph = context.evaluated_depsgraph_get()
+        evaluated = source.evaluated_get(depsgraph)
+        mesh = bpy.data.meshes.new_from_object(evaluated, preserve_all_data_layers=True, depsgraph=depsgraph)
+        created.meshes.append(mesh)
+        mesh.transform(evaluated.matrix_world)
+    finally:
+        scene.frame_set(original_frame, subframe=original_subframe)
+    mesh.name = f"{source.name}_rigged"
+    if len(mesh.vertices) != anchor.shape[0]:
+        raise BuildError(f"'{source.name}' has {len(mesh.vertices)} vertices at the anchor frame but the rig has "
+                         f"{anchor.shape[0]}")
+    mesh.vertices.foreach_set("co", anchor.astype(np.float32).ravel())
+    mesh.update()
+    obj = bpy.data.objects.new(f"{source.name}_rigged", mesh)
+    created.objects.append(obj)
+    obj.vertex_groups.clear()  # groups carried over from the source's own deformation
+    return obj
+
+
+def _edit_bones(context, arm_obj, result, min_length: float) -> list[str]:
+    """Create bones (heads on joints, tails from :func:`convert.bone_tails`, consistent rolls)."""
+    joints = np.asarray(result.joints, dtype=np.float64)
+    parents = np.asarray(result.parents)
+    tails = convert.bone_tails(joints, parents, min_length)
+    roll_axes = convert.roll_reference_axes(joints, tails)
+    view_layer = context.view_layer
+    for obj in context.selected_objects:
+        obj.select_set(False)
+    view_layer.objects.active = arm_obj
+    arm_obj.select_set(True)
+    bpy.ops.object.mode_set(mode="EDIT")
+    try:
+        edit_bones = arm_obj.data.edit_bones
+        names: list[str] = []
+        for j, name in enumerate(result.joint_names):
+            bone = edit_bones.new(str(name) or f"joint_{j:02d}")
+            bone.head = joints[j]
+            bone.tail = tails[j]
+            bone.align_roll(roll_axes[j])
+            bone.use_deform = True
+            if parents[j] >= 0:
+                bone.parent = edit_bones[names[parents[j]]]
+                bone.use_connect = False  # bones translate freely: the motion fit is per-bone rigid
+            names.append(bone.name)  # Blender may shorten or de-duplicate names
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+    if len(arm_obj.data.bones) != len(names):
+        raise BuildError(f"Blender kept {len(arm_obj.data.bones)} of {len(names)} bones")
+    return names
+
+
+def _vertex_groups(mesh_obj, bone_names: list[str], weights: np.ndarray) -> None:
+    """One vertex group per bone holding that bone's non-zero weights ``weights [V, J]``."""
+    for j, name in enumerate(bone_names):
+        group = mesh_obj.vertex_groups.new(name=name)
+        column = weights[:, j]
+        for v in np.flatnonzero(column > 0.0).tolist():
+            group.add([v], float(column[v]), "REPLACE")
+
+
+def _keyframes(arm_obj, bone_names, rest, parents, transforms, frames, action_name, created) -> bpy.types.Action:
+    """Key location + rotation quaternion (+ scale if the transforms scale) per bone at each frame."""
+    basis = convert.pose_basis_matrices(rest, parents, transforms)  # [K, J, 4, 4]
+    K, J = basis.shape[:2]
+    loc = np.zeros((K, J, 3))
+    quat = np.zeros((K, J, 4))
+    scale = np.ones((K, J, 3))
+    for j in range(J):
+        previous = None
+        for k in range(K):
+            t, q, s = mathutils.Matrix(basis[k, j].tolist()).decompose()
+            if previous is not None:
+                q.make_compatible(previous)  # shortest path between consecutive keys
+            previous = q
+            loc[k, j], quat[k, j], scale[k, j] = t, q, s
+    keyed_scale = bool(np.abs(scale - 1.0).max() > 1e-4)
+
+    action = bpy.data.actions.new(action_name)
+    created.actions.append(action)
+    arm_obj.animation_data_create()
+    arm_obj.animation_data.action = action
+    frames_f = np.asarray(frames, dtype=np.float64)
+    channels = [("location", loc), ("rotation_quaternion", quat)] + ([("scale", scale)] if keyed_scale else [])
+    for j, name in enumerate(bone_names):
+        pose_bone = arm_obj.pose.bones[name]
+        pose_bone.rotation_mode = "QUATERNION"
+        for prop, values in channels:
+            path = f'pose.bones["{bpy.utils.escape_identifier(name)}"].{prop}'
+            for axis in range(values.shape[2]):
+                curve = action.fcurve_ensure_for_datablock(arm_obj, path, index=axis, group_name=name)
+                curve.keyframe_points.add(K)
+                co = np.stack([frames_f, values[:, j, axis]], axis=1).ravel()
+                curve.keyframe_points.foreach_set("co", co)
+                curve.keyframe_points.foreach_set("interpolation", [_LINEAR] * K)
+                curve.update()
+    return action
+
+
+_LINEAR = 1  # enum value of 'LINEAR' in Keyframe.interpolation

@@ -1,0 +1,152 @@
+"""Pure data conversion between a rig result and Blender's armature conventions (no bpy).
+
+Kept apart from the Blender-facing code so it can be read and tested without Blender. Nothing here
+fits or predicts a rig: it only re-expresses the backend's skeleton and bone transforms in the form
+Blender stores them (bone heads/tails, pose-bone basis matrices) and maps per-vertex values to colours.
+
+Conventions: the armature object and the rigged mesh sit at the world origin with identity transforms,
+so armature space is world space. A bone's rest matrix ``B_j`` (Blender's ``Bone.matrix_local``) has
+its head at joint ``j``; the backend's ``T_kj`` maps anchor (rest) space to frame ``k``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def children_lists(parents: np.ndarray) -> list[list[int]]:
+    """Children of each joint, from ``parents int [J]`` (``-1`` for roots; forests allowed)."""
+    children: list[list[int]] = [[] for _ in range(len(parents))]
+    for j, p in enumerate(np.asarray(parents).tolist()):
+        if p >= 0:
+            children[p].append(j)
+    return children
+
+
+def bone_tails(joints: np.ndarray, parents: np.ndarray, min_length: float) -> np.ndarray:
+    """Tail positions ``float64 [J, 3]`` for bones whose heads are ``joints [J, 3]``.
+
+    * one child: the tail sits on the child's joint; several children: on their mean;
+    * a leaf, or a joint whose children's mean falls on it (e.g. hips between two legs): continues
+      its parent bone's direction for half the parent bone's length;
+    * a root whose children's mean falls on it: toward the farthest child; a lone root: up (+Z).
+
+    Every bone is at least ``min_length`` long (Blender deletes zero-length bones).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents)
+    children = children_lists(parents)
+    tails = np.zeros_like(joints)
+    up = np.array([0.0, 0.0, 1.0])
+    for j in range(len(joints)):
+        head = joints[j]
+        kids = children[j]
+        direction, length = None, 0.0
+        if kids:  # toward the children's mean
+            offset = joints[kids].mean(axis=0) - head
+            length = float(np.linalg.norm(offset))
+            direction = offset / length if length >= min_length else None
+        if direction is None and parents[j] >= 0:  # a leaf, or children all around: continue the parent bone
+            offset = head - joints[parents[j]]
+            parent_len = float(np.linalg.norm(offset))
+            if parent_len >= min_length:
+                direction, length = offset / parent_len, 0.5 * parent_len
+        if direction is None and kids:  # a root with children all around it: toward the farthest child
+            far = kids[int(np.argmax(np.linalg.norm(joints[kids] - head, axis=1)))]
+            offset = joints[far] - head
+            length = float(np.linalg.norm(offset))
+            direction = offset / length if length >= min_length else None
+        if direction is None:
+            direction, length = up, 0.0
+        tails[j] = head + direction * max(length, min_length)
+    return tails
+
+
+def roll_reference_axes(heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    """The world axis each bone's local Z should face (for ``EditBone.align_roll``), ``float64 [J, 3]``.
+
+    Bones lying roughly horizontal get Z up (+Z); bones close to vertical get Z toward the front (-Y),
+    Blender's usual rigging convention, so rolls are consistent across the skeleton.
+    """
+    direction = np.asarray(tails, dtype=np.float64) - np.asarray(heads, dtype=np.float64)
+    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-12)
+    vertical = np.abs(direction[:, 2]) > 0.7
+    return np.where(vertical[:, None], np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
+
+
+def pose_basis_matrices(rest: np.ndarray, parents: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+    """Pose-bone basis matrices ``float64 [K, J, 4, 4]`` that reproduce the backend's bone transforms.
+
+    Blender poses a bone as ``P_j = P_p (B_p^-1 B_j) L_j`` (``L_j`` = ``PoseBone.matrix_basis``) and
+    deforms a vertex by ``P_j B_j^-1``. Requiring ``P_j B_j^-1 = T_kj`` gives the bone-local transform
+    ``T_kp^-1 T_kj`` (inverse parent global times global), expressed in the bone's rest basis:
+    ``L_j = B_j^-1 (T_kp^-1 T_kj) B_j`` (for a root, ``B_j^-1 T_kj B_j``).
+
+    Args:
+        rest: ``[J, 4, 4]`` rest matrices ``B_j`` in armature space (``Bone.matrix_local``).
+        parents: ``[J]`` parent indices, ``-1`` for roots.
+        transforms: ``[K, J, 4, 4]`` anchor-to-frame-k bone transforms ``T_kj``.
+    """
+    rest = np.asarray(rest, dtype=np.float64)
+    transforms = np.asarray(transforms, dtype=np.float64)
+    parents = np.asarray(parents)
+    local = transforms.copy()
+    has_parent = parents >= 0
+    if has_parent.any():
+        parent_inv = np.linalg.inv(transforms[:, parents[has_parent]])
+        local[:, has_parent] = parent_inv @ transforms[:, has_parent]
+    return np.linalg.inv(rest)[None] @ local @ rest[None]
+
+
+def global_pose_matrices(rest: np.ndarray, transforms: np.ndarray) -> np.ndarray:
+    """Armature-space pose matrices ``P_kj = T_kj B_j``, ``float64 [K, J, 4, 4]`` (what Blender should show)."""
+    return np.asarray(transforms, dtype=np.float64) @ np.asarray(rest, dtype=np.float64)[None]
+
+
+# Colour ramp for the heatmap: blue (stable / low error) -> red (unstable / high error). Linear RGB.
+HEAT_STOPS = np.array([
+    [0.02, 0.06, 0.55],
+    [0.05, 0.35, 0.90],
+    [0.20, 0.75, 0.55],
+    [0.95, 0.80, 0.10],
+    [0.85, 0.05, 0.04],
+], dtype=np.float32)
+
+
+def heat_colors(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Map values ``[V]`` on ``[0, vmax]`` to RGBA ``float32 [V, 4]`` (clipped; alpha 1)."""
+    t = np.clip(np.asarray(values, dtype=np.float32) / max(float(vmax), 1e-12), 0.0, 1.0)
+    pos = t * (len(HEAT_STOPS) - 1)
+    lo = np.minimum(pos.astype(np.int64), len(HEAT_STOPS) - 2)
+    frac = (pos - lo)[:, None]
+    rgb = HEAT_STOPS[lo] * (1.0 - frac) + HEAT_STOPS[lo + 1] * frac
+    return np.concatenate([rgb, np.ones((len(t), 1), dtype=np.float32)], axis=1).astype(np.float32)
+
+
+def auto_heat_max(values: np.ndarray) -> float:
+    """A colour-scale maximum for ``values [K, V]``: the 99th percentile (never 0)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return 1.0
+    top = float(np.percentile(values, 99.0))
+    if not np.isfinite(top) or top <= 0:
+        top = float(np.max(values)) if np.isfinite(np.max(values)) else 0.0
+    return top if top > 0 else 1.0
+
+
+def values_at_frame(frames: np.ndarray, values: np.ndarray, frame: float) -> np.ndarray:
+    """Per-vertex values ``[V]`` at a scene ``frame`` from per-key values ``values [K, V]`` at ``frames [K]``.
+
+    Exact on keyed frames, linear in between, held before the first and after the last key.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    values = np.asarray(values)
+    if frame <= frames[0]:
+        return values[0]
+    if frame >= frames[-1]:
+        return values[-1]
+    k = int(np.searchsorted(frames, frame, side="right")) - 1
+    if frames[k] == frame:
+        return values[k]
+    t = (frame - frames[k]) / (frames[k + 1] - frames[k])
+    return ((1.0 - t) * values[k] + t * values[k + 1]).astype(values.dtype)

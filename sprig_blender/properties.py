@@ -1,0 +1,89 @@
+"""Scene options of a rig run, and runtime state (progress, heatmap toggle) on the window manager."""
+
+from __future__ import annotations
+
+import bpy
+
+from . import heatmap
+
+
+class SPRIG_SceneSettings(bpy.types.PropertyGroup):
+    """Options of the Rig Sequence operator, saved with the scene."""
+
+    use_scene_range: bpy.props.BoolProperty(
+        name="Scene Range", default=True, description="Rig the scene's frame range (else the range below)")
+    frame_start: bpy.props.IntProperty(name="Start", default=1, description="First frame (the anchor)")
+    frame_end: bpy.props.IntProperty(name="End", default=250, description="Last frame")
+    frame_step: bpy.props.IntProperty(name="Step", default=1, min=1, soft_max=10,
+                                      description="Use every n-th frame (in-between frames are interpolated)")
+    max_influences: bpy.props.IntProperty(name="Max Influences", default=4, min=1, max=8,
+                                          description="Bones per vertex at most (4 like glTF and game engines)")
+    refine_motion: bpy.props.BoolProperty(
+        name="Refine Motion", default=True,
+        description="Alternate transform and weight refinement to lower the reconstruction error")
+    device: bpy.props.EnumProperty(
+        name="Device", default="auto",
+        items=[("auto", "Auto", "GPU if the backend has one, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+    rig_object: bpy.props.PointerProperty(name="Last Rig", type=bpy.types.Object,
+                                          description="Rigged mesh made by the last run")
+
+    def frame_range(self, scene: bpy.types.Scene) -> tuple[int, int, int]:
+        if self.use_scene_range:
+            return scene.frame_start, scene.frame_end, self.frame_step
+        return self.frame_start, self.frame_end, self.frame_step
+
+    def rig_options(self) -> dict:
+        """Options sent to the backend (fields of ``backend.rig.RigConfig``)."""
+        return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
+                "device": self.device}
+
+
+def _heatmap_toggle(self, context):
+    if self.enabled:
+        heatmap.enable(context)
+    else:
+        heatmap.disable(context)
+
+
+def _heatmap_refresh(self, context):
+    if self.enabled:
+        heatmap.enable(context)
+
+
+class SPRIG_HeatmapSettings(bpy.types.PropertyGroup):
+    """Heatmap display state (not saved in files: the handlers do not survive a file load)."""
+
+    enabled: bpy.props.BoolProperty(name="Stability Heatmap", default=False, update=_heatmap_toggle,
+                                    description="Colour rigged meshes per frame: blue stable, red unstable")
+    mode: bpy.props.EnumProperty(
+        name="Show", default="INSTABILITY", update=_heatmap_refresh,
+        items=[("INSTABILITY", "Skinning Instability", "Half L1 between this frame's weights and the anchor's"),
+               ("RECON", "Reconstruction Error", "Distance between the rig's playback and the input, / box diagonal")])
+    scale_max: bpy.props.FloatProperty(name="Scale Max", default=0.0, min=0.0, soft_max=1.0, precision=4,
+                                       update=_heatmap_refresh,
+                                       description="Value shown as full red (0: the 99th percentile of the clip)")
+
+
+class SPRIG_Runtime(bpy.types.PropertyGroup):
+    """Progress of the running job and the last backend check."""
+
+    running: bpy.props.BoolProperty(default=False)
+    stage: bpy.props.StringProperty(default="")
+    progress: bpy.props.FloatProperty(default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    backend_status: bpy.props.StringProperty(default="")
+
+
+classes = (SPRIG_SceneSettings, SPRIG_HeatmapSettings, SPRIG_Runtime)
+
+
+def register_properties() -> None:
+    bpy.types.Scene.sprig = bpy.props.PointerProperty(type=SPRIG_SceneSettings)
+    bpy.types.WindowManager.sprig_heatmap = bpy.props.PointerProperty(type=SPRIG_HeatmapSettings)
+    bpy.types.WindowManager.sprig_runtime = bpy.props.PointerProperty(type=SPRIG_Runtime)
+
+
+def unregister_properties() -> None:
+    for owner, name in ((bpy.types.WindowManager, "sprig_runtime"), (bpy.types.WindowManager, "sprig_heatmap"),
+                        (bpy.types.Scene, "sprig")):
+        if hasattr(owner, name):
+            delattr(owner, name)

@@ -1,0 +1,322 @@
+"""Running the rig off Blender's UI thread: the subprocess client or the in-process pipeline.
+
+A :class:`RigJob` runs one rig in a worker thread and is polled from a modal operator's timer (or
+waited on in ``execute``). Progress, the result and errors travel through a queue; the job never
+touches Blender data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+try:  # the copy bundled into the extension by scripts/build_extension.py
+    from ._backend import client as backend_client
+except ImportError:  # running from a source checkout, where the backend package is importable
+    try:
+        from backend import client as backend_client
+    except ImportError:
+        backend_client = None
+
+log = logging.getLogger(__name__)
+
+
+class BackendSetupError(RuntimeError):
+    """The backend cannot be used as configured (the message says what to change)."""
+
+
+@dataclass
+class BackendSettings:
+    """What the add-on preferences say about the backend."""
+
+    mode: str = "AUTO"  # AUTO | SUBPROCESS | IN_PROCESS
+    python: str = ""  # Python executable for the subprocess backend
+    backend_path: str = ""  # folder holding the backend package (a source checkout), optional
+    checkpoints: str = ""  # checkpoint folder, optional
+    device: str = "auto"
+    hang_timeout_s: float = 60.0
+
+    def client_config(self) -> "backend_client.ClientConfig":
+        return backend_client.ClientConfig(python=self.python, backend_path=self.backend_path or None,
+                                           device=self.device, checkpoints=self.checkpoints or None,
+                                           hang_timeout_s=self.hang_timeout_s)
+
+
+# -- backends -----------------------------------------------------------------------------------
+
+_TORCH_IMPORTABLE: bool | None = None
+
+
+def torch_importable() -> bool:
+    """Whether ``import torch`` works inside this Python (checked once)."""
+    global _TORCH_IMPORTABLE
+    if _TORCH_IMPORTABLE is None:
+        try:
+            importlib.import_module("torch")
+            _TORCH_IMPORTABLE = True
+        except Exception as exc:  # ImportError, or a broken binary
+            log.info("torch is not importable in Blender (%s); using the subprocess backend", exc)
+            _TORCH_IMPORTABLE = False
+    return _TORCH_IMPORTABLE
+
+
+def _ensure_backend_path(settings: BackendSettings) -> None:
+    if settings.backend_path and settings.backend_path not in sys.path:
+        sys.path.insert(0, settings.backend_path)
+
+
+def resolve_mode(settings: BackendSettings) -> str:
+    """``SUBPROCESS`` or ``IN_PROCESS`` for the settings' mode (AUTO: in-process when torch and the
+    backend's rig pipeline import inside Blender)."""
+    if settings.mode != "AUTO":
+        return settings.mode
+    if torch_importable():
+        _ensure_backend_path(settings)
+        try:
+            importlib.import_module("backend.rig")
+            return "IN_PROCESS"
+        except Exception as exc:
+            log.info("backend.rig is not importable in Blender (%s); using the subprocess backend", exc)
+    return "SUBPROCESS"
+
+
+class SubprocessBackend:
+    """The backend server, started once and kept (with its loaded models) until settings change."""
+
+    def __init__(self, settings: BackendSettings):
+        if backend_client is None:
+            raise BackendSetupError("the backend client is missing from this add-on build; rebuild the extension")
+        if not settings.python:
+            raise BackendSetupError("set the backend Python executable in the SPRig add-on preferences")
+        self.settings = settings
+        self.client = backend_client.BackendClient(settings.client_config())
+
+    def start(self) -> None:
+        self.client.start()
+
+    def info(self) -> dict:
+        return self.client.info()
+
+    def rig(self, verts: np.ndarray, faces: np.ndarray, options: dict, name: str, fps: float,
+            progress, cancel_event: threading.Event):
+        return self.client.rig(verts, faces, options, fps=fps, name=name, on_progress=progress)
+
+    def cancel(self) -> None:
+        self.client.cancel()
+
+    def alive(self) -> bool:
+        return self.client.running
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class InProcessBackend:
+    """Calls ``backend.rig.rig_sequence`` inside Blender (when torch imports here)."""
+
+    def __init__(self, settings: BackendSettings):
+        _ensure_backend_path(settings)
+        try:
+            self.rig_module = importlib.import_module("backend.rig")
+            self.sequence_module = importlib.import_module("backend.sequence")
+        except Exception as exc:
+            raise BackendSetupError(f"the in-process backend cannot import backend.rig: {exc}") from exc
+        self.settings = settings
+
+    def start(self) -> None:
+        pass
+
+    def _server_config(self):
+        server = importlib.import_module("backend.server")
+        return server, server.ServerConfig(device=self.settings.device, checkpoints=self.settings.checkpoints or None)
+
+    def info(self) -> dict:
+        server, config = self._server_config()
+        return server.collect_info(config, server.Rigger(config))
+
+    def rig(self, verts: np.ndarray, faces: np.ndarray, options: dict, name: str, fps: float,
+            progress, cancel_event: threading.Event):
+        seq = self.sequence_module.MeshSequence(verts, faces, fps=fps, name=name)
+        server, config = self._server_config()
+        rig_config = server.Rigger(config).make_config(options)
+        return self.rig_module.rig_sequence(seq, rig_config, progress=progress, should_cancel=cancel_event.is_set)
+
+    def cancel(self) -> None:
+        pass  # the cancel event passed to rig() is read by the pipeline
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+_BACKEND: SubprocessBackend | InProcessBackend | None = None
+_BACKEND_KEY: tuple | None = None
+_BACKEND_LOCK = threading.Lock()
+
+
+def get_backend(settings: BackendSettings) -> SubprocessBackend | InProcessBackend:
+    """The shared backend for these settings (a new one when settings changed or the old one died)."""
+    global _BACKEND, _BACKEND_KEY
+    mode = resolve_mode(settings)
+    key = (mode, settings.python, settings.backend_path, settings.checkpoints, settings.device)
+    with _BACKEND_LOCK:
+        if _BACKEND is not None and (_BACKEND_KEY != key or not _BACKEND.alive()):
+            _BACKEND.close()
+            _BACKEND = None
+        if _BACKEND is None:
+            _BACKEND = SubprocessBackend(settings) if mode == "SUBPROCESS" else InProcessBackend(settings)
+            _BACKEND_KEY = key
+        return _BACKEND
+
+
+def discard_backend(backend: Any | None = None) -> None:
+    """Stop the shared backend (all of it, or only if it is ``backend``)."""
+    global _BACKEND, _BACKEND_KEY
+    with _BACKEND_LOCK:
+        if _BACKEND is not None and (backend is None or backend is _BACKEND):
+            try:
+                _BACKEND.close()
+            finally:
+                _BACKEND, _BACKEND_KEY = None, None
+
+
+def check_backend(settings: BackendSettings) -> dict:
+    """Start (or reuse) the backend and return its ``info`` (versions, device, checkpoints)."""
+    backend = get_backend(settings)
+    try:
+        backend.start()
+        info = backend.info()
+    except Exception:
+        discard_backend(backend)
+        raise
+    info["mode"] = "subprocess" if isinstance(backend, SubprocessBackend) else "in-process"
+    return info
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-paragraph message for the user."""
+    if backend_client is not None and isinstance(exc, backend_client.BackendError):
+        return str(exc)
+    message = getattr(exc, "message", None)  # the server's RequestError, in-process
+    if isinstance(message, str):
+        return message
+    return str(exc) if isinstance(exc, (RuntimeError, ValueError)) else f"{type(exc).__name__}: {exc}"
+
+
+# -- the job ------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobEvent:
+    kind: str  # progress | done | error | cancelled
+    stage: str = ""
+    fraction: float = 0.0
+    result: Any = None
+    message: str = ""
+
+
+@dataclass
+class RigJob:
+    """One rig running in a worker thread.
+
+    Attributes:
+        verts: float32 ``[K, V, 3]``; faces: int32 ``[F, 3]``; options: rig options for the backend.
+    """
+
+    backend: SubprocessBackend | InProcessBackend
+    verts: np.ndarray
+    faces: np.ndarray
+    options: dict
+    name: str = "sequence"
+    fps: float = 24.0
+    state: str = "pending"  # pending | running | done | error | cancelled
+    stage: str = ""
+    fraction: float = 0.0
+    result: Any = None
+    message: str = ""
+    _events: queue.Queue = field(default_factory=queue.Queue)
+    _cancel: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.state = "running"
+        self._thread = threading.Thread(target=self._work, name="sprig-rig", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        def progress(stage: str, fraction: float) -> None:
+            self._events.put(JobEvent("progress", stage=stage, fraction=fraction))
+
+        try:
+            self.backend.start()
+            result = self.backend.rig(self.verts, self.faces, self.options, self.name, self.fps, progress,
+                                      self._cancel)
+            if self._cancel.is_set():
+                self._events.put(JobEvent("cancelled", message="rigging cancelled"))
+            else:
+                self._events.put(JobEvent("done", result=result))
+        except Exception as exc:
+            cancelled = self._cancel.is_set() or getattr(exc, "code", None) == "cancelled" or \
+                type(exc).__name__ == "RigCancelled"
+            if cancelled:
+                self._events.put(JobEvent("cancelled", message="rigging cancelled"))
+            else:
+                log.warning("rig failed: %s", exc)
+                if isinstance(self.backend, SubprocessBackend) and not self.backend.alive():
+                    discard_backend(self.backend)
+                elif backend_client is not None and isinstance(exc, backend_client.BackendHung):
+                    discard_backend(self.backend)
+                self._events.put(JobEvent("error", message=describe_error(exc)))
+
+    def cancel(self) -> None:
+        """Ask the backend to stop; the job ends in state ``cancelled`` shortly after."""
+        if self.state == "running" and not self._cancel.is_set():
+            self._cancel.set()
+            try:
+                self.backend.cancel()
+            except Exception as exc:  # the backend may already be gone
+                log.info("cancel: %s", exc)
+
+    def poll(self) -> list[JobEvent]:
+        """Drain the events that arrived since the last poll and update ``state``/``stage``/``fraction``."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                break
+            events.append(event)
+            if event.kind == "progress":
+                self.stage, self.fraction = event.stage, event.fraction
+            else:
+                self.state = {"done": "done", "error": "error", "cancelled": "cancelled"}[event.kind]
+                self.result, self.message = event.result, event.message
+        return events
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "error", "cancelled")
+
+    def wait(self, timeout: float | None = None, on_event=None) -> None:
+        """Block until the job finishes (for ``execute`` and scripts), forwarding events to ``on_event``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
+            if self.finished:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                deadline = None
+            time.sleep(0.05)

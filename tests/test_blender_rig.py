@@ -1,0 +1,396 @@
+"""Rig Sequence in Blender (bpy wheel, headless): builder, heatmap, error paths, end to end via the subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from test_blender_scenes import (armature_tube, data_counts, disable_addon, evaluated_world_verts,  # noqa: E402
+                                 ground_truth_rig, realdata_sequence, reset_scene, set_backend, shape_key_object)
+
+pytestmark = pytest.mark.blender
+HAS_RIGGER = importlib.util.find_spec("backend.rig") is not None
+needs_rigger = pytest.mark.skipif(not HAS_RIGGER, reason="rigger not available")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Untrained tiny checkpoints (see tests/test_server.py): the real pipeline runs, rig quality is not judged."""
+    from test_server import write_untrained_checkpoints
+
+    return write_untrained_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture
+def scene():
+    reset_scene()
+    yield bpy.context.scene
+    from sprig_blender import runner
+
+    runner.discard_backend()
+    disable_addon()
+
+
+def weight_sums(mesh_obj) -> np.ndarray:
+    """Sum of vertex-group weights per vertex, ``[V]``."""
+    return np.array([sum(g.weight for g in v.groups) for v in mesh_obj.data.vertices])
+
+
+def playback_error(source, rigged, frames: list[int]) -> np.ndarray:
+    """Per-vertex distance between the rigged mesh and the source at each frame, / anchor box diagonal ``[K, V]``."""
+    scene = bpy.context.scene
+    scene.frame_set(frames[0])
+    anchor = evaluated_world_verts(source)
+    diag = float(np.linalg.norm(anchor.max(axis=0) - anchor.min(axis=0)))
+    errors = []
+    for frame in frames:
+        scene.frame_set(frame)
+        errors.append(np.linalg.norm(evaluated_world_verts(rigged) - evaluated_world_verts(source), axis=1) / diag)
+    return np.array(errors)
+
+
+def check_rig(built_mesh, armature, source, joints: int, names: list[str] | None = None) -> None:
+    """Structure every rig must have: bones, hierarchy, groups on the simplex, modifier, action, names."""
+    assert built_mesh.name == f"{source.name}_rigged" and armature.type == "ARMATURE"
+    assert len(armature.data.bones) == joints
+    if names is not None:
+        assert [b.name for b in armature.data.bones] == names
+    assert all(b.length > 0 for b in armature.data.bones)
+    assert sorted(g.name for g in built_mesh.vertex_groups) == sorted(b.name for b in armature.data.bones)
+    np.testing.assert_allclose(weight_sums(built_mesh), 1.0, atol=1e-4)
+    modifiers = [m for m in built_mesh.modifiers if m.type == "ARMATURE"]
+    assert len(modifiers) == 1 and modifiers[0].object == armature
+    action = armature.animation_data.action
+    assert action is not None and action.name == f"{source.name}_motion"
+    assert built_mesh.users_collection[0] == armature.users_collection[0] != source.users_collection[0]
+
+
+# -- builder from a real artist rig -------------------------------------------------------------
+
+
+def test_builder_reproduces_an_artist_rig(scene):
+    from sprig_blender import builder, export
+
+    verts, faces, raw = realdata_sequence("khronos_fox_run")
+    result = ground_truth_rig(raw, verts)
+    source = shape_key_object("fox", verts, faces)
+    source_keys = len(source.data.shape_keys.key_blocks)
+    frames = export.frame_list(1, len(verts), 1)
+    exported = export.export_frames(bpy.context, source, frames)
+    before = data_counts()
+    start = time.perf_counter()
+    built = builder.build_rig(bpy.context, source, result, exported.frames)
+    build_s = time.perf_counter() - start
+
+    check_rig(built.mesh_object, built.armature_object, source, joints=len(result.joint_names),
+              names=result.joint_names)
+    after = data_counts()
+    assert {k: after[k] - before[k] for k in after} == {
+        "objects": 2, "meshes": 1, "armatures": 1, "actions": 1, "collections": 1, "materials": 0,
+        "scene_objects": 2, "frame": 0}
+    bones = built.armature_object.data.bones
+    for j, p in enumerate(result.parents):  # hierarchy follows the backend's parents
+        assert (bones[j].parent.name if bones[j].parent else None) == (result.joint_names[p] if p >= 0 else None)
+    np.testing.assert_allclose(np.array([b.head_local for b in bones]), result.joints, atol=1e-3)
+    from sprig_blender import convert
+
+    children = convert.children_lists(result.parents)
+    min_length = 1e-3 * np.linalg.norm(np.ptp(result.anchor_verts, axis=0))
+    for j, kids in enumerate(children):  # a bone with one child ends on it (unless they coincide)
+        if len(kids) == 1 and np.linalg.norm(result.joints[kids[0]] - result.joints[j]) > min_length:
+            np.testing.assert_allclose(bones[j].tail_local, result.joints[kids[0]], atol=1e-3)
+    tails = np.array([b.tail_local for b in bones])
+    reference = convert.roll_reference_axes(result.joints, tails)
+    z_axes = np.array([b.matrix_local.col[2][:3] for b in bones])
+    assert np.all(np.einsum("ij,ij->i", z_axes, reference) > 0)  # rolls: local Z toward the reference axis
+    # vertex groups hold the backend's weights
+    groups = {g.index: g.name for g in built.mesh_object.vertex_groups}
+    column = {name: j for j, name in enumerate(built.bone_names)}
+    for v in (0, 100, 289):
+        dense = np.zeros(len(bones))
+        for g in built.mesh_object.data.vertices[v].groups:
+            dense[column[groups[g.group]]] = g.weight
+        np.testing.assert_allclose(dense, result.weights[v], atol=1e-6)
+    # keys at every exported frame, quaternion + location per bone
+    curves = list(built.action.layers[0].strips[0].channelbag(built.action.slots[0]).fcurves)
+    assert len(curves) == 7 * len(bones)
+    assert all([k.co[0] for k in c.keyframe_points] == frames for c in curves)
+    # playback equals the input up to the rig's own (measured) reconstruction error
+    err = playback_error(source, built.mesh_object, frames)
+    assert np.abs(err - result.recon_error).max() < 1e-5
+    # the source is untouched
+    assert source.modifiers[:] == [] and len(source.data.shape_keys.key_blocks) == source_keys
+    assert source.parent is None and not source.vertex_groups
+    assert build_s < 5.0
+
+
+def test_builder_failure_leaves_nothing_behind(scene):
+    from sprig_blender import builder
+
+    verts, faces, raw = realdata_sequence("khronos_fox_run", 6)
+    fox_result = ground_truth_rig(raw, verts)
+    other_verts, other_faces, _ = realdata_sequence("khronos_cesiumman_walk", 6)
+    source = shape_key_object("man", other_verts, other_faces)
+    before = data_counts()
+    with pytest.raises(builder.BuildError, match="2338 vertices at the anchor frame but the rig has 290"):
+        builder.build_rig(bpy.context, source, fox_result, list(range(1, 7)))  # fails after creating data
+    assert data_counts() == before
+    assert bpy.context.view_layer.objects.active == source
+    with pytest.raises(builder.BuildError, match="bone_transforms of shape"):
+        builder.build_rig(bpy.context, source, fox_result, list(range(1, 4)))
+    assert data_counts() == before
+
+
+# -- heatmap --------------------------------------------------------------------------------------
+
+
+def test_heatmap_follows_frames_and_backend_values(scene):
+    from sprig_blender import builder, convert, heatmap
+
+    verts, faces, raw = realdata_sequence("khronos_fox_survey", 12)
+    result = ground_truth_rig(raw, verts)
+    result.skin_instability = np.random.default_rng(0).random(result.recon_error.shape).astype(np.float32) ** 4
+    result.skin_instability[0] = 0.0
+    source = shape_key_object("fox", verts, faces)
+    built = builder.build_rig(bpy.context, source, result, list(range(1, 13)))
+    mesh = built.mesh_object.data
+    settings = bpy.context.window_manager.sprig_heatmap
+    settings.mode = "RECON"
+    settings.enabled = True
+    assert heatmap.on_frame_change in bpy.app.handlers.frame_change_post
+    assert scene.display.shading.color_type == "VERTEX"
+    vmax = convert.auto_heat_max(result.recon_error)
+
+    def colors():
+        out = np.empty(len(mesh.vertices) * 4, dtype=np.float32)
+        mesh.color_attributes[heatmap.COLOR_ATTRIBUTE].data.foreach_get("color", out)
+        return out.reshape(-1, 4)
+
+    def values():
+        out = np.empty(len(mesh.vertices), dtype=np.float32)
+        mesh.attributes[heatmap.VALUE_ATTRIBUTE].data.foreach_get("value", out)
+        return out
+
+    seen = []
+    for k in (3, 7, 11):
+        scene.frame_set(k + 1)
+        np.testing.assert_allclose(values(), result.recon_error[k], rtol=1e-6)
+        np.testing.assert_allclose(colors(), convert.heat_colors(result.recon_error[k], vmax), atol=1e-6)
+        seen.append(colors())
+    assert np.abs(seen[0] - seen[1]).max() > 0.05  # the colours change with the frame
+    assert mesh.color_attributes.active_color.name == heatmap.COLOR_ATTRIBUTE
+    heatmap.draw_legend()  # the viewport legend is a no-op in background mode (no GPU context)
+
+    settings.mode = "INSTABILITY"  # mode switch recolours at once
+    np.testing.assert_allclose(values(), result.skin_instability[11], rtol=1e-6)  # frame 12
+    scene.frame_set(1)
+    np.testing.assert_allclose(colors()[:, :3], np.broadcast_to(convert.HEAT_STOPS[0], (len(mesh.vertices), 3)),
+                               atol=1e-6)  # anchor frame: all stable (blue)
+    scene.frame_set(6)
+    bpy.context.window_manager.sprig_heatmap.scale_max = 0.5
+    np.testing.assert_allclose(colors(), convert.heat_colors(result.skin_instability[5], 0.5), atol=1e-6)
+
+    settings.enabled = False
+    assert heatmap.on_frame_change not in bpy.app.handlers.frame_change_post
+    assert scene.display.shading.color_type == "MATERIAL"  # the factory setting, restored
+    frozen = colors().copy()
+    scene.frame_set(9)
+    np.testing.assert_array_equal(colors(), frozen)
+
+
+def test_heatmap_handlers_are_removed_on_file_load(scene, tmp_path):
+    from sprig_blender import builder, heatmap
+
+    verts, faces, raw = realdata_sequence("khronos_fox_run", 4)
+    source = shape_key_object("fox", verts, faces)
+    builder.build_rig(bpy.context, source, ground_truth_rig(raw, verts), [1, 2, 3, 4])
+    bpy.context.window_manager.sprig_heatmap.enabled = True
+    assert heatmap.on_frame_change in bpy.app.handlers.frame_change_post
+    path = str(tmp_path / "rigged.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    assert heatmap.on_frame_change not in bpy.app.handlers.frame_change_post
+    assert not bpy.context.window_manager.sprig_heatmap.enabled
+    rigged = bpy.data.objects["fox_rigged"]  # the heat data was saved with the mesh
+    assert heatmap.has_heat_data(rigged)
+    bpy.context.window_manager.sprig_heatmap.enabled = True  # and can be shown again after loading
+    bpy.context.scene.frame_set(3)
+    assert heatmap.on_frame_change in bpy.app.handlers.frame_change_post
+
+
+# -- errors leave the scene unchanged -----------------------------------------------------------
+
+
+def run_operator() -> str:
+    """Run Rig Sequence (blocking); return '' on success or the error it reported."""
+    try:
+        result = bpy.ops.sprig.rig_sequence()
+    except RuntimeError as exc:
+        return str(exc)
+    return "" if result == {"FINISHED"} else f"returned {result}"
+
+
+def test_operator_errors_leave_the_scene_unchanged(scene):
+    set_backend("SUBPROCESS")
+    obj = armature_tube(n_frames=6)
+    camera = bpy.data.objects.new("camera", bpy.data.cameras.new("camera"))
+    scene.collection.objects.link(camera)
+    checks = []
+
+    def attempt(expect: str) -> None:
+        before = data_counts()
+        message = run_operator()
+        checks.append((expect, message))
+        assert expect in message, message
+        assert data_counts() == before
+
+    bpy.context.view_layer.objects.active = None
+    attempt("no active object")
+    bpy.context.view_layer.objects.active = camera
+    attempt("'camera' is not a mesh")
+    bpy.context.view_layer.objects.active = obj
+    scene.sprig.use_scene_range = False
+    scene.sprig.frame_start = scene.sprig.frame_end = 3
+    attempt("need at least 2 frames")
+    scene.sprig.use_scene_range = True
+    build = obj.modifiers.new("Build", "BUILD")
+    build.frame_start, build.frame_duration = -3, 20
+    attempt("topology changes at frame 2")
+    obj.modifiers.remove(build)
+    set_backend("SUBPROCESS", python="/no/such/python")
+    attempt("backend Python executable not found: '/no/such/python'")
+    prefs = bpy.context.preferences.addons["sprig_blender"].preferences
+    prefs.python_executable = ""
+    attempt("set the backend Python executable")
+    assert obj.modifiers[0].type == "ARMATURE" and len(obj.modifiers) == 1
+
+
+# -- through the subprocess backend: needs the rigging pipeline ---------------------------------
+
+
+def _source_for_job():
+    verts, faces, _ = realdata_sequence("khronos_fox_survey", 6)
+    return shape_key_object("walker", verts, faces)
+
+
+def _run_job_and(source, interrupt: str):
+    """Start a RigJob on ``source``; on its first progress message ``cancel`` it or ``kill`` the server."""
+    from sprig_blender import export, preferences, runner
+
+    exported = export.export_frames(bpy.context, source, export.frame_list(1, 6, 1))
+    backend = runner.get_backend(preferences.backend_settings(bpy.context))
+    job = runner.RigJob(backend, exported.verts, exported.faces, bpy.context.scene.sprig.rig_options(), name="walker")
+    job.start()
+    deadline = time.monotonic() + 120
+    while job.state == "running" and not job.stage and time.monotonic() < deadline:
+        job.poll()
+        time.sleep(0.01)
+    assert job.stage, f"no progress before the job ended: {job.state} {job.message}"
+    if interrupt == "cancel":
+        job.cancel()
+    else:
+        os.kill(backend.client.process.pid, signal.SIGKILL)
+    job.wait(timeout=120)
+    return job
+
+
+@needs_rigger
+def test_cancel_leaves_the_scene_unchanged(scene, checkpoints):
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    source = _source_for_job()
+    before = data_counts()
+    job = _run_job_and(source, "cancel")
+    assert job.state == "cancelled" and job.result is None
+    assert data_counts() == before
+
+
+@needs_rigger
+def test_backend_crash_mid_run_gives_a_readable_error(scene, checkpoints):
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    source = _source_for_job()
+    before = data_counts()
+    job = _run_job_and(source, "kill")
+    assert job.state == "error" and "the backend stopped during the request (killed by SIGKILL)" in job.message
+    assert data_counts() == before
+    from sprig_blender import runner
+
+    assert runner._BACKEND is None  # the dead server is dropped; the next run starts a fresh one
+    assert run_operator() == ""  # and rigging works again
+    assert "walker_rigged" in bpy.data.objects
+
+
+@needs_rigger
+def test_end_to_end_generated_armature_mesh(scene, checkpoints):
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    source = armature_tube(n_frames=6)
+    original = evaluated_world_verts(source)
+    assert run_operator() == ""
+    rigged = bpy.data.objects["tube_rigged"]
+    armature = bpy.data.objects["tube_rig"]
+    stats = json.loads(rigged["sprig_stats"])
+    check_rig(rigged, armature, source, joints=stats["joints"])
+    recon = np.asarray(rigged.data["sprig_heat_recon"]).reshape(6, -1)
+    err = playback_error(source, rigged, list(range(1, 7)))
+    assert np.abs(err - recon).max() < 1e-4
+    assert bpy.context.scene.sprig.rig_object == rigged
+    bpy.context.scene.frame_set(1)
+    np.testing.assert_allclose(evaluated_world_verts(source), original, atol=1e-6)  # source untouched
+    assert [m.type for m in source.modifiers] == ["ARMATURE"] and len(source.vertex_groups) == 3
+
+
+@needs_rigger
+def test_end_to_end_realdata_sequence(scene, checkpoints):
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    verts, faces, raw = realdata_sequence("khronos_fox_run", 6)
+    source = shape_key_object("fox", verts, faces)
+    assert run_operator() == ""
+    rigged = bpy.data.objects["fox_rigged"]
+    armature = bpy.data.objects["fox_rig"]
+    stats = json.loads(rigged["sprig_stats"])
+    check_rig(rigged, armature, source, joints=stats["joints"])
+    recon = np.asarray(rigged.data["sprig_heat_recon"]).reshape(6, -1)
+    err = playback_error(source, rigged, list(range(1, 7)))
+    assert np.abs(err - recon).max() < 1e-4
+    # the heatmap shows the backend's values for the frame
+    from sprig_blender import heatmap
+
+    bpy.context.window_manager.sprig_heatmap.enabled = True
+    bpy.context.scene.frame_set(5)
+    values = np.empty(len(rigged.data.vertices), dtype=np.float32)
+    rigged.data.attributes[heatmap.VALUE_ATTRIBUTE].data.foreach_get("value", values)
+    instability = np.asarray(rigged.data["sprig_heat_instability"]).reshape(6, -1)
+    np.testing.assert_allclose(values, instability[4], rtol=1e-6)
+
+
+@needs_rigger
+def test_in_process_backend_rigs_and_cancels(scene, checkpoints):
+    """AUTO mode runs in-process when torch imports inside Blender (true for the bpy wheel in this venv)."""
+    from sprig_blender import export, preferences, runner
+
+    set_backend("AUTO", checkpoints=checkpoints)
+    settings = preferences.backend_settings(bpy.context)
+    assert runner.resolve_mode(settings) == "IN_PROCESS"
+    verts, faces, _ = realdata_sequence("khronos_fox_run", 6)
+    source = shape_key_object("fox", verts, faces)
+    assert run_operator() == ""
+    rigged = bpy.data.objects["fox_rigged"]
+    stats = json.loads(rigged["sprig_stats"])
+    check_rig(rigged, bpy.data.objects["fox_rig"], source, joints=stats["joints"])
+    err = playback_error(source, rigged, list(range(1, 7)))
+    assert np.abs(err - np.asarray(rigged.data["sprig_heat_recon"]).reshape(6, -1)).max() < 1e-4
+    # cancel reaches the pipeline through should_cancel
+    before = data_counts()
+    exported = export.export_frames(bpy.context, source, [1, 2, 3, 4, 5, 6])
+    job = runner.RigJob(runner.get_backend(settings), exported.verts, exported.faces, {"device": "cpu"}, name="fox")
+    job.start()
+    job.cancel()
+    job.wait(timeout=60)
+    assert job.state == "cancelled" and data_counts() == before
