@@ -22,7 +22,9 @@ def linear_blend_skinning(rest_verts: np.ndarray, weights: np.ndarray, transform
     rest = np.asarray(rest_verts, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     # Blend the 3x4 matrices per vertex, then apply: cheaper than posing J copies of the mesh.
-    blended = np.einsum("vj,kjab->kvab", w, transforms[:, :, :3, :])  # [K, V, 3, 4]
+    K, J = transforms.shape[:2]
+    flat = transforms[:, :, :3, :].transpose(1, 0, 2, 3).reshape(J, K * 12)  # [J, K*12]
+    blended = (w @ flat).reshape(len(w), K, 3, 4).transpose(1, 0, 2, 3)  # [K, V, 3, 4], one BLAS product
     posed = np.einsum("kvab,vb->kva", blended[..., :3], rest) + blended[..., 3]
     posed = posed.astype(np.float32)
     return posed[0] if single else posed

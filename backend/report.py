@@ -1,0 +1,339 @@
+"""A self-contained HTML report of one rig: error and stability curves, heatmaps, skeleton over the mesh.
+
+    from backend.report import write_report
+    write_report(result, "report.html")
+
+Every figure is drawn with matplotlib (Agg) and embedded as a base64 PNG, so the page has no external
+files. Input is a :class:`backend.rig_result.RigResult` (curves come from ``result.stats`` when
+``backend.rig`` produced it, and are recomputed from the arrays where they are missing).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.fit import skin_anchor
+from backend.rig_result import RigResult
+
+log = logging.getLogger(__name__)
+
+STABILITY_KEYS = (("pjdd", "PJDD (Eq. 28)"), ("blrd", "BLRD (Eq. 29)"), ("gsd", "GSD (Eq. 30)"),
+                  ("jad", "JAD (Eq. 31)"), ("mcjd", "MCJD"))
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection, PolyCollection
+
+    return plt, PolyCollection, LineCollection
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _matplotlib()[0].close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"/>'
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def _arr(values, n: int | None = None) -> np.ndarray:
+    """List with None -> float array with NaN."""
+    if values is None:
+        return np.full(n or 0, np.nan)
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh drawing
+
+
+class _MeshView:
+    """An orthographic view of the mesh: ``up_axis`` vertical, the longer remaining axis horizontal (the
+    shorter one for ``side``), the third is depth; large meshes are simplified for drawing."""
+
+    def __init__(self, anchor: np.ndarray, faces: np.ndarray, max_faces: int = 20000, side: bool = False,
+                 up_axis: int = 1):
+        extent = np.ptp(anchor, axis=0)
+        others = [a for a in range(3) if a != up_axis]
+        horiz = max(others, key=lambda a: extent[a]) if not side else min(others, key=lambda a: extent[a])
+        depth = [a for a in others if a != horiz][0]
+        self.axes = (horiz, up_axis, depth)
+        self.faces = np.asarray(faces)
+        self.vertex_map = None
+        if len(faces) > max_faces:
+            self.faces, self.vertex_map = _simplify(anchor, faces, max_faces)
+
+    def polys(self, verts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Projected triangles ``[F, 3, 2]`` back to front, their order, and flat shade values ``[F]``."""
+        v = verts if self.vertex_map is None else verts[self.vertex_map]
+        tri = v[self.faces]  # [F, 3, 3]
+        h, u, d = self.axes
+        depth = tri[:, :, d].mean(1)
+        order = np.argsort(depth)  # far (small depth) first; the viewer looks down -depth
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        shade = 0.35 + 0.65 * np.abs(n[:, d])
+        return tri[order][:, :, [h, u]], order, shade[order]
+
+
+def _simplify(anchor: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lighter mesh for drawing: simplified faces indexing (nearest) original vertices."""
+    try:
+        import fast_simplification
+        from scipy.spatial import cKDTree
+
+        pts, fcs = fast_simplification.simplify(np.asarray(anchor, np.float32), np.asarray(faces, np.int32),
+                                                target_reduction=1.0 - max_faces / len(faces))
+        _, nearest = cKDTree(anchor).query(pts)
+        return np.asarray(fcs, dtype=np.int64), np.asarray(nearest, dtype=np.int64)
+    except Exception as exc:  # fall back to a random face subset (the picture gets holes)
+        log.debug("simplification for drawing failed (%s); drawing a face subset", exc)
+        keep = np.random.default_rng(0).choice(len(faces), max_faces, replace=False)
+        return np.asarray(faces)[np.sort(keep)], np.arange(len(anchor))
+
+
+def _draw_mesh(ax, view: _MeshView, verts: np.ndarray, values: np.ndarray | None = None, vmax: float = 1.0,
+               cmap: str = "coolwarm"):
+    plt, PolyCollection, _ = _matplotlib()
+    polys, order, shade = view.polys(verts)
+    if values is None:
+        colors = np.stack([shade * 0.85] * 3 + [np.ones_like(shade)], 1)
+    else:
+        vals = values if view.vertex_map is None else values[view.vertex_map]
+        face_vals = vals[view.faces].mean(1)[order]
+        colors = plt.get_cmap(cmap)(np.clip(face_vals / max(vmax, 1e-12), 0, 1))
+        colors[:, :3] *= (0.55 + 0.45 * shade)[:, None]
+    ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="none", antialiased=False))
+    lo, hi = polys.reshape(-1, 2).min(0), polys.reshape(-1, 2).max(0)
+    pad = 0.03 * float((hi - lo).max())
+    ax.set_xlim(lo[0] - pad, hi[0] + pad)
+    ax.set_ylim(lo[1] - pad, hi[1] + pad)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _curves_figure(result: RigResult) -> str:
+    plt = _matplotlib()[0]
+    st = result.stats or {}
+    K = result.n_frames
+    recon_mean = _arr(st.get("recon_mean_per_frame")) if st.get("recon_mean_per_frame") else result.recon_error.mean(1)
+    recon_max = _arr(st.get("recon_max_per_frame")) if st.get("recon_max_per_frame") else result.recon_error.max(1)
+    inst = result.skin_instability.mean(1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
+    ax = axes[0]
+    ax.plot(np.arange(K), 100 * recon_mean, label="mean", color="tab:blue")
+    ax.plot(np.arange(K), 100 * recon_max, label="max", color="tab:red", alpha=0.7)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("% of anchor box diagonal")
+    ax.set_title("Reconstruction error (LBS of the rig vs input)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    ax.plot(np.arange(K), inst, color="tab:purple", label="mean over vertices")
+    evaluated = st.get("skin_frames")
+    if evaluated and len(evaluated) < K:
+        ax.plot(evaluated, inst[evaluated], "o", color="tab:purple", ms=3,
+                label="predicted frames (others interpolated)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("half L1 to anchor teacher")
+    ax.set_title("Skinning instability")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _stability_figure(stats: dict) -> str | None:
+    stab = stats.get("stability")
+    if not stab or len(stab.get("frames", [])) < 2:
+        return None
+    plt = _matplotlib()[0]
+    frames = np.asarray(stab["frames"])
+    gt = stats.get("gt")
+    fig, axes = plt.subplots(1, len(STABILITY_KEYS) + 1, figsize=(3.0 * (len(STABILITY_KEYS) + 1), 2.9))
+    for ax, (key, label) in zip(axes, STABILITY_KEYS):
+        ax.plot(frames[1:], _arr(stab.get(key))[1:], "o-", ms=3, label="predicted")
+        if gt:
+            ax.plot(frames[1:], _arr(gt.get(key))[1:], "s--", ms=3, color="gray", label="ground truth")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("frame", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    ax = axes[-1]
+    ax.step(frames, stab.get("n_joints", []), where="mid")
+    flick = np.asarray(stab.get("flicker", []), dtype=bool)
+    if flick.any():
+        ax.plot(frames[flick], np.asarray(stab["n_joints"])[flick], "rx", label="topology differs")
+        ax.legend(fontsize=7)
+    ax.set_title("joints per frame", fontsize=9)
+    ax.set_xlabel("frame", fontsize=8)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _pick_frames(result: RigResult, count: int = 4) -> list[int]:
+    K = result.n_frames
+    if K <= 1:
+        return [0]
+    evaluated = (result.stats or {}).get("skin_frames") or list(range(K))
+    evaluated = [f for f in evaluated if 0 < f < K] or list(range(1, K))
+    worst = int(max(evaluated, key=lambda f: float(result.skin_instability[f].mean())))
+    spaced = [evaluated[int(i)] for i in np.linspace(0, len(evaluated) - 1, count)]
+    picked = sorted(set([worst] + spaced))
+    while len(picked) > count:
+        picked.remove(next(f for f in picked if f != worst))
+    return picked
+
+
+def _heatmap_figure(result: RigResult, posed: np.ndarray, view: _MeshView, frames: list[int]) -> str:
+    plt = _matplotlib()[0]
+    inst_max = max(float(result.skin_instability[frames].max()), 0.05)  # floor: do not magnify noise
+    err_max = max(float(result.recon_error[frames].max()), 1e-9)
+    fig, axes = plt.subplots(2, len(frames), figsize=(3.2 * len(frames), 6.4), squeeze=False)
+    for i, f in enumerate(frames):
+        _draw_mesh(axes[0, i], view, posed[f], result.skin_instability[f], inst_max)
+        axes[0, i].set_title(f"frame {f}\ninstability mean {result.skin_instability[f].mean():.3f}", fontsize=8)
+        _draw_mesh(axes[1, i], view, posed[f], result.recon_error[f], err_max, cmap="viridis")
+        axes[1, i].set_title(f"frame {f}\nrecon error mean {100 * result.recon_error[f].mean():.3f}%", fontsize=8)
+    import matplotlib as mpl
+
+    for row, (vmax, cmap, label) in enumerate(((inst_max, "coolwarm", "skinning instability"),
+                                               (100 * err_max, "viridis", "recon error (% diagonal)"))):
+        sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, vmax), cmap=cmap)
+        fig.colorbar(sm, ax=list(axes[row]), shrink=0.8, label=label)
+    return _png(fig)
+
+
+def _skeleton_figure(result: RigResult, views: list[_MeshView]) -> str:
+    plt, _, LineCollection = _matplotlib()
+    fig, axes = plt.subplots(1, len(views), figsize=(4.6 * len(views), 5.2), squeeze=False)
+    joints, parents = np.asarray(result.joints), np.asarray(result.parents)
+    for ax, view in zip(axes[0], views):
+        _draw_mesh(ax, view, result.anchor_verts)
+        h, u, _ = view.axes
+        child = np.flatnonzero(parents >= 0)
+        segs = np.stack([joints[parents[child]][:, [h, u]], joints[child][:, [h, u]]], 1)
+        ax.add_collection(LineCollection(segs, colors="tab:orange", linewidths=2.0))
+        ax.scatter(joints[:, h], joints[:, u], s=14, c="tab:red", zorder=3)
+        root = np.flatnonzero(parents < 0)
+        ax.scatter(joints[root, h], joints[root, u], s=60, marker="*", c="black", zorder=4)
+        ax.set_title(f"{'XYZ'[h]}{'XYZ'[u]} view", fontsize=9)
+    fig.suptitle(f"canonical skeleton on the anchor frame ({len(joints)} joints)", fontsize=10)
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Page
+
+
+def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
+    st = result.stats or {}
+    stab = st.get("stability") or {}
+    rows = [
+        ("sequence", _fmt(st.get("name", ""))), ("frames", _fmt(result.n_frames)),
+        ("vertices / faces", f"{len(result.anchor_verts)} / {len(result.faces)}"),
+        ("joints", _fmt(len(result.joints))), ("models", _fmt(st.get("models", "n/a"))),
+        ("reconstruction error mean / max", f"{100 * float(result.recon_error.mean()):.4f}% / "
+                                            f"{100 * float(result.recon_error.max()):.3f}% of the box diagonal"),
+        ("skinning instability (mean, non-anchor frames)", _fmt(st.get("skin_instability_mean"))),
+    ]
+    for title, block in (("paper protocol, frames 0-2", stab.get("paper_3frame")),
+                         (f"report frames {stab.get('frames', [])}", stab.get("clip"))):
+        if block:
+            rows.append((f"PJDD / BLRD / GSD / JAD ({title})",
+                         " / ".join(_fmt(block.get(k)) for k in ("pjdd", "blrd", "gsd", "jad"))))
+            rows.append((f"topology flicker ({title})", _fmt(block.get("topology_flicker"))))
+    if stab.get("clip"):
+        rows.append(("MCJD (report frames)", _fmt(stab["clip"].get("mcjd"))))
+    gt = st.get("gt") or {}
+    for title, block in (("frames 0-2", gt.get("paper_3frame")), ("report frames", gt.get("clip"))):
+        if block:
+            rows.append((f"ground-truth motion, PJDD / BLRD / GSD / JAD / MCJD ({title})",
+                         " / ".join(_fmt(block.get(k)) for k in ("pjdd", "blrd", "gsd", "jad", "mcjd"))))
+    if st.get("seconds") is not None:
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in (st.get("stage_seconds") or {}).items())
+        rows.append(("time", f"{st['seconds']:.2f} s ({stages})"))
+    return rows
+
+
+def render_report(result: RigResult, title: str | None = None, max_faces: int = 20000, up_axis: int = 1) -> str:
+    """The report as one HTML string (figures inline).
+
+    Args:
+        result: the rig.
+        title: page title (default: the sequence name).
+        max_faces: meshes with more faces are simplified for drawing.
+        up_axis: the vertical axis of the pictures (1 = +Y up as in glTF; 2 for Blender's Z up).
+    """
+    st = result.stats or {}
+    title = title or f"SPRig report: {st.get('name', 'sequence')}"
+    anchor = np.asarray(result.anchor_verts, dtype=np.float64)
+    front = _MeshView(anchor, result.faces, max_faces, up_axis=up_axis)
+    side = _MeshView(anchor, result.faces, max_faces, side=True, up_axis=up_axis)
+    frames = _pick_frames(result)
+    posed = np.empty((result.n_frames, len(anchor), 3))
+    posed[frames] = skin_anchor(anchor, result.weights, np.asarray(result.bone_transforms)[frames])
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse}"
+        "td{border-bottom:1px solid #ddd;padding:3px 10px}td:first-child{color:#555}img{max-width:100%}"
+        "h2{margin-top:28px}.note{color:#666;font-size:90%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><table>",
+        *[f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in _summary_rows(result)],
+        "</table>",
+        "<h2>Per-frame error and skinning stability</h2>", _img(_curves_figure(result), "per-frame curves"),
+    ]
+    stab_png = _stability_figure(st)
+    if stab_png:
+        parts += ["<h2>Skeleton stability per frame</h2>",
+                  "<p class='note'>Each report frame's generated skeleton against the anchor's, after rigid "
+                  "alignment (paper Eq. 28-31). Over a whole clip these also count the creature's own articulation; "
+                  "MCJD compares with the anchor joints carried by the mesh's local motion instead. Grey: the same "
+                  "metrics for the ground-truth skeleton, when the input had one.</p>", _img(stab_png, "stability")]
+    if result.n_frames > 1:
+        parts += ["<h2>Heatmaps</h2>",
+                  "<p class='note'>Top: skinning instability (blue stable, red unstable). Bottom: reconstruction "
+                  "error. Frames drawn as the rig's own deformation of the anchor.</p>",
+                  _img(_heatmap_figure(result, posed, front, frames), "heatmaps")]
+    parts += ["<h2>Skeleton</h2>", _img(_skeleton_figure(result, [front, side]), "skeleton"), "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(result: RigResult, path: str | Path, title: str | None = None, up_axis: int = 1) -> Path:
+    """Write :func:`render_report` to ``path`` (UTF-8) and return the path."""
+    path = Path(path)
+    path.write_text(render_report(result, title, up_axis=up_axis), encoding="utf-8")
+    log.info("wrote report %s", path)
+    return path

@@ -1,0 +1,440 @@
+"""The rigger: one animated mesh sequence in, one rig (skeleton, weights, per-frame bone transforms) and
+its stability report out.
+
+Pipeline (DESIGN.md "Inference pipeline"):
+
+1. normalize every frame by the anchor's bounding box; sample ``n_points`` surface points on the anchor
+   (seeded) and carry them to every frame through their (face, barycentric) pairs;
+2. skeleton: the generator runs on the anchor (the canonical skeleton) and on a set of report frames
+   (the anchor, frames 1-2 for the paper's 3-frame protocol, and evenly spaced others);
+3. skinning at the mesh vertices (queried directly, no nearest-sample copies): the anchor prediction
+   is the teacher and becomes the rig's weights after pruning to ``max_influences``; predictions on
+   other frames (all, or an even subsample) give the per-vertex instability heatmap;
+4. motion: per-frame rigid bone transforms fitted to the input frames (:mod:`backend.fit`), optionally
+   refining transforms and weights;
+5. report: per-frame reconstruction error, the paper's per-frame skeleton stability (PJDD/BLRD/GSD/JAD,
+   topology flicker), motion-compensated joint drift, skinning instability;
+6. everything back to the user's units.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from backend.fit import FitCancelled, FitConfig, fit_motion, prune_weights, reconstruction_error
+from backend.metrics import motion_compensated_joint_drift, skeleton_stability
+from backend.normalize import anchor_normalize
+from backend.rig_result import RigResult
+from backend.sampling import points_on_frames, sample_surface, vertex_normals
+from backend.sequence import MeshSequence
+from backend.skeleton import SkeletonError, depths, validate_tree
+
+log = logging.getLogger(__name__)
+
+PAPER_PROTOCOL_FRAMES = 3  # paper §5.1: the anchor and the next two frames
+CPU_REPORT_FRAMES = 4  # skeleton frames for the report when the models run on a CPU (auto setting)
+CPU_SKIN_FRAMES = 4  # skinning frames for the heatmap when the models run on a CPU (auto setting)
+
+
+class RigCancelled(RuntimeError):
+    """Raised by :func:`rig_sequence` when its ``should_cancel`` callback returns True."""
+
+
+@dataclass
+class RigConfig:
+    """Options of :func:`rig_sequence` (plain JSON types: the server and the add-on send them as JSON).
+
+    Attributes:
+        n_points: surface samples per frame given to the models (the training preset's value).
+        seed: seed of the surface sampling and of torch (same seed and input -> same rig).
+        device: ``auto`` | ``cpu`` | ``cuda`` for the models.
+        max_influences: non-zero weights per vertex after pruning (4 like glTF and game engines).
+        refine: alternate transform/weight refinement after the rigid start (lower error; the weights
+            then differ from the network's prediction).
+        refine_iters: at most this many refinement alternations.
+        models: ``sprig`` (fine-tuned), ``base`` (the static rigger run frame by frame: the paper's
+            baseline) or ``auto`` (SPRig when its files exist, else base).
+        frames_for_report: frames whose skeleton is generated for the stability report (anchor and
+            frames 1-2 included, the rest evenly spaced); 0 = every frame; -1 = auto (every frame on
+            a GPU, ``CPU_REPORT_FRAMES`` on a CPU).
+        skin_frames: frames whose weights are predicted for the instability heatmap (evenly spaced,
+            anchor included); 0 = every frame; -1 = auto (every frame on a GPU, ``CPU_SKIN_FRAMES``
+            on a CPU). Frames in between are linearly interpolated; the predicted ones are listed in
+            ``stats["skin_frames"]``.
+        skin_joints: joints given to the skinning network on non-anchor frames: ``anchor`` (the
+            canonical anchor joints, as in the paper's Eq. 4) or ``posed`` (anchor joints moved by the
+            fitted bone transforms).
+        checkpoint_dir: folder holding ``skeleton_<models>.safetensors`` and ``skinning_<models>.safetensors``.
+        max_joints: longest skeleton the generator may emit.
+        batch_frames: frames per skeleton-generator batch.
+    """
+
+    n_points: int = 512
+    seed: int = 0
+    device: str = "auto"
+    max_influences: int = 4
+    refine: bool = True
+    refine_iters: int = 8
+    models: str = "sprig"
+    frames_for_report: int = -1
+    skin_frames: int = -1
+    skin_joints: str = "anchor"
+    checkpoint_dir: str = "checkpoints"
+    max_joints: int = 64
+    batch_frames: int = 8
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        if self.n_points < 16:
+            raise ValueError(f"n_points must be >= 16, got {self.n_points}")
+        if self.max_influences < 1:
+            raise ValueError(f"max_influences must be >= 1, got {self.max_influences}")
+        if self.refine_iters < 0:
+            raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
+        if self.models not in ("sprig", "base", "auto"):
+            raise ValueError(f"models must be 'sprig', 'base' or 'auto', got {self.models!r}")
+        if self.skin_joints not in ("anchor", "posed"):
+            raise ValueError(f"skin_joints must be 'anchor' or 'posed', got {self.skin_joints!r}")
+        if self.max_joints < 1 or self.batch_frames < 1:
+            raise ValueError("max_joints and batch_frames must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and cancellation
+
+# (stage, share of the whole run) in pipeline order
+_STAGES = (("normalize", 0.02), ("sample", 0.03), ("skeleton", 0.25), ("skinning", 0.08), ("fit", 0.20),
+           ("heatmap", 0.25), ("report", 0.17))
+
+
+class _Progress:
+    """Maps per-stage fractions to one overall fraction and polls the cancel callback."""
+
+    def __init__(self, callback: Callable[[str, float], None] | None, should_cancel: Callable[[], bool] | None):
+        self.callback = callback
+        self.should_cancel = should_cancel
+        self.start: dict[str, float] = {}
+        total = 0.0
+        for name, share in _STAGES:
+            self.start[name] = total
+            total += share
+        self.share = dict(_STAGES)
+        self.timings: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self._stage: str | None = None
+
+    def check(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise RigCancelled(f"rigging cancelled during {self._stage or 'setup'}")
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.check()
+        if stage != self._stage:
+            now = time.perf_counter()
+            if self._stage is not None:
+                self.timings[self._stage] = now - self._t0
+            self._t0, self._stage = now, stage
+        if self.callback is not None:
+            overall = self.start[stage] + self.share[stage] * min(max(fraction, 0.0), 1.0)
+            self.callback(stage, float(min(overall, 1.0)))
+
+    def finish(self) -> None:
+        if self._stage is not None:
+            self.timings[self._stage] = time.perf_counter() - self._t0
+        if self.callback is not None:
+            self.callback("done", 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+
+
+def get_models(config: RigConfig):
+    """Load (once per checkpoint folder, choice, device and file dates) the skeleton generator and the
+    skinning network. Raises ``backend.models.checkpoint.CheckpointError`` naming missing/corrupt files."""
+    from backend.models.inference import CHECKPOINT_NAMES, load_models
+
+    folder = Path(config.checkpoint_dir).expanduser().resolve()
+    stamps = tuple(sorted((p.name, p.stat().st_mtime_ns) for names in CHECKPOINT_NAMES.values() for n in names
+                          if (p := folder / n).is_file()))
+    key = (str(folder), config.models, config.device, stamps)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = load_models(folder, which=config.models, device=config.device)
+    return _MODEL_CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def select_frames(n_frames: int, count: int, always: tuple[int, ...] = (0,)) -> np.ndarray:
+    """Sorted frame indices: ``always`` (those < ``n_frames``) plus evenly spaced later frames up to the
+    last one, ``count`` in all (every frame when ``count <= 0`` or ``count >= n_frames``)."""
+    if count <= 0 or count >= n_frames:
+        return np.arange(n_frames)
+    chosen = {f for f in always if f < n_frames}
+    remaining = count - len(chosen)
+    if remaining > 0:
+        start = max(chosen) if chosen else 0
+        spaced = np.round(np.linspace(start, n_frames - 1, remaining + 1)[1:]).astype(int)
+        chosen.update(int(f) for f in spaced)
+        extra = (f for f in range(n_frames) if f not in chosen)
+        while len(chosen) < count:  # rounding collisions on short clips
+            chosen.add(next(extra))
+    return np.asarray(sorted(chosen), dtype=np.int64)[:max(count, len(always))]
+
+
+def resolve_frame_counts(config: "RigConfig", device: str) -> tuple[int, int]:
+    """``(frames_for_report, skin_frames)`` with ``-1`` (auto) resolved: every frame on a GPU; on a CPU
+    ``CPU_REPORT_FRAMES`` skeleton frames and ``CPU_SKIN_FRAMES`` skinning frames (the networks dominate
+    the run time there)."""
+    gpu = str(device).startswith("cuda")
+    report = config.frames_for_report
+    skin = config.skin_frames
+    if report < 0:
+        report = 0 if gpu else CPU_REPORT_FRAMES
+    if skin < 0:
+        skin = 0 if gpu else CPU_SKIN_FRAMES
+    return report, skin
+
+
+def skin_instability(frame_weights: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """Per-vertex instability ``[..., V]`` in [0, 1]: half the L1 distance between frame weights
+    ``[..., V, J]`` and the anchor teacher ``[V, J]`` (paper Fig. 5 heatmap, halved to lie in [0, 1])."""
+    return (0.5 * np.abs(np.asarray(frame_weights, dtype=np.float32) - teacher).sum(axis=-1)).clip(0.0, 1.0)
+
+
+def _interpolate_frames(values: np.ndarray, frames: np.ndarray, n_frames: int) -> np.ndarray:
+    """Per-vertex values ``[len(frames), V]`` at ``frames`` -> ``[n_frames, V]`` by linear interpolation in time."""
+    if len(frames) == n_frames:
+        return values
+    out = np.empty((n_frames, values.shape[1]), dtype=np.float32)
+    right = np.clip(np.searchsorted(frames, np.arange(n_frames)), 1, len(frames) - 1)
+    left = right - 1
+    span = np.maximum(frames[right] - frames[left], 1)
+    t = np.clip((np.arange(n_frames) - frames[left]) / span, 0.0, 1.0)[:, None]
+    out[:] = (1 - t) * values[left] + t * values[right]
+    out[frames] = values
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays -> Python, NaN/Inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    return value
+
+
+def _joint_names(parents: np.ndarray) -> list[str]:
+    """Readable bone names: ``root``, then ``bone_<index>_d<depth>``."""
+    d = depths(parents)
+    return ["root" if p < 0 else f"bone_{j:02d}_d{int(d[j])}" for j, p in enumerate(parents)]
+
+
+def stability_report(verts_n: np.ndarray, frames: np.ndarray, skeletons: list[tuple[np.ndarray, np.ndarray]],
+                     ) -> dict[str, Any]:
+    """Skeleton stability of the skeletons generated on ``frames`` (frame 0 first), normalized units.
+
+    Returns per-frame lists (aligned with ``frames``) of PJDD/BLRD/GSD/JAD (Eq. 28-31), joint counts,
+    topology flicker and MCJD, and their means: on the paper's protocol (frames 0-2, when they are all
+    in ``frames``) and over all report frames.
+    """
+    joints = [np.asarray(j, dtype=np.float64) for j, _ in skeletons]
+    parents = [np.asarray(p) for _, p in skeletons]
+    stab = skeleton_stability(joints, parents)
+    drift = motion_compensated_joint_drift(verts_n[frames], joints)
+    out: dict[str, Any] = {
+        "frames": frames.tolist(),
+        "pjdd": stab.pjdd, "blrd": stab.blrd, "gsd": stab.gsd, "jad": stab.jad,
+        "n_joints": stab.n_joints, "flicker": stab.flicker.astype(int), "mcjd": drift.per_frame,
+        "clip": {**stab.summary(), "mcjd": drift.mean},
+    }
+    protocol = list(range(PAPER_PROTOCOL_FRAMES))
+    if list(frames[:PAPER_PROTOCOL_FRAMES]) == protocol:
+        out["paper_3frame"] = stab.summary(PAPER_PROTOCOL_FRAMES)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
+                 progress: Callable[[str, float], None] | None = None,
+                 should_cancel: Callable[[], bool] | None = None, models=None) -> RigResult:
+    """Rig an animated mesh sequence.
+
+    Args:
+        seq: a validated :class:`MeshSequence` (frame 0 is the anchor). Ground-truth joints in
+            ``seq.extras["joints"]`` (``[K, J, 3]``, user units), when present, are scored beside the
+            prediction in ``stats["gt"]``.
+        config: :class:`RigConfig` (defaults when None).
+        progress: called as ``progress(stage, fraction)`` with the overall fraction in [0, 1].
+        should_cancel: polled often; when it returns True, :class:`RigCancelled` is raised.
+        models: an object with ``generate_skeletons`` and ``predict_weights`` (see
+            ``backend.models.inference.RiggerModels``); loaded from ``config.checkpoint_dir`` when None.
+    Returns:
+        :class:`RigResult` in the user's units.
+    Raises:
+        RigCancelled, ValueError (bad options), ``CheckpointError`` (models cannot be loaded).
+    """
+    cfg = config or RigConfig()
+    cfg.validate()
+    if not isinstance(seq, MeshSequence):
+        raise TypeError(f"rig_sequence needs a MeshSequence, got {type(seq).__name__}")
+    track = _Progress(progress, should_cancel)
+    t_start = time.perf_counter()
+    K, V = seq.n_frames, seq.n_verts
+    faces = seq.faces
+
+    track("normalize", 0.0)
+    verts_n, box = anchor_normalize(seq.verts)  # float32 [K, V, 3]
+    anchor = verts_n[0]
+    diag = float(np.linalg.norm(np.ptp(anchor.astype(np.float64), axis=0)))
+    if models is None:
+        models = get_models(cfg)
+    _seed_torch(cfg.seed)
+
+    track("sample", 0.0)
+    n_report, n_skin = resolve_frame_counts(cfg, str(getattr(models, "device", "cpu")))
+    report_frames = select_frames(K, n_report, always=(0, 1, 2))
+    skin_frames = select_frames(K, n_skin)
+    needed = np.union1d(report_frames, skin_frames)
+    slot = {int(f): i for i, f in enumerate(needed)}
+    samples = sample_surface(anchor, faces, cfg.n_points, seed=cfg.seed)
+    points, normals = points_on_frames(verts_n[needed], faces, samples)  # [F, N, 3]
+    track("sample", 1.0)
+
+    # -- skeletons: anchor (canonical) and report frames
+    skeletons: list[tuple[np.ndarray, np.ndarray]] = []
+    for s in range(0, len(report_frames), cfg.batch_frames):
+        track("skeleton", s / len(report_frames))
+        idx = [slot[int(f)] for f in report_frames[s:s + cfg.batch_frames]]
+        skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints))
+    track("skeleton", 1.0)
+    joints0 = np.asarray(skeletons[0][0], dtype=np.float32).reshape(-1, 3)
+    parents0 = np.asarray(skeletons[0][1], dtype=np.int32).reshape(-1)
+    try:
+        validate_tree(parents0, n_joints=len(joints0))
+    except SkeletonError as exc:
+        raise RuntimeError(f"the skeleton generator returned an invalid anchor skeleton: {exc}") from exc
+    J = len(parents0)
+    log.info("%s: anchor skeleton has %d joints", seq.name, J)
+
+    # -- anchor teacher weights (at the vertices)
+    track("skinning", 0.0)
+    vn0 = vertex_normals(anchor, faces)
+    teacher = np.asarray(models.predict_weights(anchor, vn0, points[slot[0]], normals[slot[0]], joints0, parents0),
+                         dtype=np.float32)
+    if teacher.shape != (V, J):
+        raise RuntimeError(f"the skinning network returned weights of shape {list(teacher.shape)}, expected [{V}, {J}]")
+    rig_weights = prune_weights(teacher, cfg.max_influences)
+    track("skinning", 1.0)
+
+    # -- motion fit
+    fit_cfg = FitConfig(max_influences=cfg.max_influences, refine_iters=cfg.refine_iters if cfg.refine else 0)
+    track("fit", 0.0)
+    try:
+        fit = fit_motion(anchor, verts_n, rig_weights, parents0, joints0, faces, fit_cfg,
+                         progress=lambda f: track("fit", f), should_cancel=should_cancel)
+    except FitCancelled as exc:
+        raise RigCancelled(str(exc)) from exc
+    transforms_n = fit.transforms  # float64 [K, J, 4, 4], normalized space
+
+    # -- per-frame skinning for the instability heatmap
+    track("heatmap", 0.0)
+    instability = np.zeros((K, V), dtype=np.float32)
+    later = [int(f) for f in skin_frames if f != 0]
+    evaluated = np.zeros((len(skin_frames), V), dtype=np.float32)
+    if later:
+        posed_joints = None
+        if cfg.skin_joints == "posed":
+            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], joints0.astype(np.float64))
+                            + transforms_n[:, :, :3, 3]).astype(np.float32)
+        for i, f in enumerate(later):
+            track("heatmap", i / len(later))
+            vn = vertex_normals(verts_n[f], faces)
+            jf = joints0 if posed_joints is None else posed_joints[f]
+            wf = models.predict_weights(verts_n[f], vn, points[slot[f]], normals[slot[f]], jf, parents0)
+            evaluated[i + 1] = skin_instability(wf, teacher)
+        instability = _interpolate_frames(evaluated, skin_frames, K)
+    track("heatmap", 1.0)
+
+    # -- report
+    track("report", 0.0)
+    weights = fit.weights
+    recon = reconstruction_error(anchor, verts_n, weights, transforms_n) / np.float32(diag)  # [K, V]
+    frame_joints_count = np.full(K, -1, dtype=np.int32)
+    frame_joints_count[report_frames] = [len(p) for _, p in skeletons]
+    track("report", 0.3)
+    stats: dict[str, Any] = {
+        "name": seq.name, "frames": K, "vertices": V, "faces": int(len(faces)), "joints": J,
+        "models": cfg.models, "config": asdict(cfg),
+        "recon_mean": float(recon.mean()), "recon_max": float(recon.max()),
+        "recon_mean_per_frame": recon.mean(axis=1), "recon_max_per_frame": recon.max(axis=1),
+        "recon_unit": "fraction of the anchor bounding-box diagonal",
+        "fit_rmse_history": [r / diag for r in fit.rmse_history], "fit_seconds": fit.seconds,
+        "bones_borrowing_motion": int(fit.borrowed.sum()),
+        "skin_frames": skin_frames.tolist(),
+        "skin_instability_mean": float(instability[1:].mean()) if K > 1 else None,
+        "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 else None,
+    }
+    if K > 1:
+        stab = stability_report(verts_n, report_frames, skeletons)
+        stats["stability"] = stab
+        stats["pjdd"] = stab.get("paper_3frame", {}).get("pjdd")
+        stats["topology_flicker"] = stab["clip"]["topology_flicker"]
+        stats["mcjd"] = stab["clip"]["mcjd"]
+        gt_joints = seq.extras.get("joints") if isinstance(seq.extras, dict) else None
+        if gt_joints is not None and np.shape(gt_joints)[0] == K:
+            gt_parents = seq.extras.get("parents")
+            gt = [(box.apply(np.asarray(gt_joints)[f]), np.asarray(gt_parents) if gt_parents is not None
+                   else np.full(np.shape(gt_joints)[1], -1)) for f in report_frames]
+            stats["gt"] = stability_report(verts_n, report_frames, gt)
+    else:
+        stats.update(pjdd=None, topology_flicker=None, mcjd=None, stability=None)
+    track("report", 1.0)
+    track.finish()
+    stats["seconds"] = time.perf_counter() - t_start
+    stats["stage_seconds"] = dict(track.timings)
+
+    return RigResult(
+        anchor_verts=np.asarray(seq.verts[0], dtype=np.float32),
+        faces=np.asarray(faces, dtype=np.int32),
+        joints=box.invert(joints0),
+        parents=parents0.astype(np.int32),
+        joint_names=_joint_names(parents0),
+        weights=weights.astype(np.float32),
+        bone_transforms=box.invert_transforms(transforms_n),
+        frame_joints_count=frame_joints_count,
+        recon_error=recon,
+        skin_instability=instability.astype(np.float32),
+        fps=float(seq.fps) if seq.fps else 30.0,
+        stats=_clean(stats),
+    )
+
+
+def _seed_torch(seed: int) -> None:
+    """Seed torch if the models use it (already imported); never imports it just for that."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)

@@ -1,0 +1,181 @@
+"""Motion fitting side by side with Dem Bones (smooth skinning decomposition, PyPI ``py-dem-bones``).
+
+Both tools get the same sequence with the anchor (frame 0) as rest pose and the same bone count (the
+ground-truth skeleton's joint count). Dem Bones solves weights and transforms from scratch (its best
+setting: ``transAffine = 0``, default iterations). Ours is run from the ground-truth skeleton with
+
+* ``heuristic``: weights from a simple distance-to-bone heuristic (a fair fit-only comparison), and
+* ``gt-weights``: the artist's / generator's weights (what the fit gives when the skinning network
+  predicts good weights),
+
+both with the default refinement (8 alternations at most; the heuristic also with 30); and, when
+trained checkpoints are given with ``--checkpoints``, the full pipeline (``rig_sequence``: predicted
+skeleton and weights). Reported per sequence: mean and max reconstruction error in % of the anchor's
+bounding-box diagonal, wall time and CPU time (process time of all threads; less sensitive to other load
+on the machine), and the ratios ours / Dem Bones.
+
+    python bench/bench_fit_vs_dembones.py [--procedural 2] [--checkpoints DIR] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backend.fit import FitConfig, fit_motion, prune_weights, reconstruction_error  # noqa: E402
+
+REALDATA = Path("/work/shared/realdata")
+
+
+def load_sequences(n_procedural: int) -> list[dict]:
+    """Real clips (ground-truth rigs) plus procedural creatures when ``training.data`` is importable."""
+    seqs = []
+    for path in sorted(REALDATA.glob("*.npz")):
+        d = np.load(path)
+        parents = d["parents"].copy()
+        roots = np.flatnonzero(parents < 0)
+        parents[roots[1:]] = roots[0]  # a forest (the horse's IK bones) becomes one tree
+        seqs.append(dict(name=path.stem, verts=d["verts"].astype(np.float64), faces=d["faces"],
+                         joints=d["joints"][0].astype(np.float64), parents=parents, weights=d["weights"]))
+    if n_procedural > 0:
+        try:
+            from training.data.corpus import CorpusConfig, generate_creature
+        except ImportError as exc:
+            print(f"(procedural creatures skipped: training.data not importable: {exc})")
+            return seqs
+        families = ("quadruped", "humanoid", "dragon", "spider", "bird", "snake")
+        for i in range(n_procedural):
+            rec = generate_creature(i, seed=2024, config=CorpusConfig(
+                n_frames=60, verts=(10000, 10000), families=(families[i % len(families)],), secondary_prob=0.0,
+                max_joints=24))
+            seqs.append(dict(name=f"procedural_{rec.family}", verts=rec.verts.astype(np.float64), faces=rec.faces,
+                             joints=rec.joints[0].astype(np.float64), parents=rec.parents, weights=rec.weights))
+    return seqs
+
+
+def heuristic_weights(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, power: float = 6.0,
+                      max_influences: int = 4) -> np.ndarray:
+    """Distance heuristic: bone ``j`` owns the segments from joint ``j`` to its children (a leaf: the joint
+    itself); ``w_vj ~ (d_min / d_vj)^power`` over the ``max_influences`` closest bones."""
+    J = len(parents)
+    dist = np.full((len(anchor), J), np.inf)
+    for j in range(J):
+        children = np.flatnonzero(parents == j)
+        ends = joints[children] if len(children) else joints[j][None]
+        for end in ends:
+            seg = end - joints[j]
+            t = np.clip(((anchor - joints[j]) @ seg) / max(float(seg @ seg), 1e-12), 0.0, 1.0)
+            d = np.linalg.norm(anchor - (joints[j] + t[:, None] * seg), axis=1)
+            dist[:, j] = np.minimum(dist[:, j], d)
+    eps = 1e-3 * float(np.ptp(anchor, axis=0).max())
+    w = ((dist.min(1, keepdims=True) + eps) / (dist + eps)) ** power
+    return prune_weights(w, max_influences)
+
+
+def timed(fn):
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def error_pct(verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray) -> tuple[float, float]:
+    diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
+    e = reconstruction_error(verts[0], verts, weights, transforms) / diag
+    return 100.0 * float(e.mean()), 100.0 * float(e.max())
+
+
+def run_dembones(seq: dict, iterations: int) -> dict:
+    from py_dem_bones import solve_skinning
+    from py_dem_bones._py_dem_bones import DemBones
+
+    solver = DemBones()
+    solver.transAffine = 0.0
+    verts = seq["verts"]
+    res, wall, cpu = timed(lambda: solve_skinning(verts[0], verts, len(seq["parents"]), faces=seq["faces"],
+                                                  max_influences=4, iterations=iterations, solver=solver))
+    mean, mx = error_pct(verts, res.weights.T, res.transforms)
+    return dict(mean=mean, max=mx, wall=wall, cpu=cpu, bones=int(res.weights.shape[0]))
+
+
+def run_ours(seq: dict, weights: np.ndarray, config: FitConfig) -> dict:
+    verts = seq["verts"]
+    fit, wall, cpu = timed(lambda: fit_motion(verts[0], verts, weights, seq["parents"], seq["joints"], seq["faces"],
+                                              config))
+    mean, mx = error_pct(verts, fit.weights, fit.transforms)
+    return dict(mean=mean, max=mx, wall=wall, cpu=cpu, alternations=len(fit.rmse_history) - 1)
+
+
+def run_pipeline(seq: dict, checkpoints: Path) -> dict:
+    from backend.rig import RigConfig, rig_sequence
+    from backend.sequence import MeshSequence
+
+    ms = MeshSequence(seq["verts"].astype(np.float32), seq["faces"], name=seq["name"])
+    res, wall, cpu = timed(lambda: rig_sequence(ms, RigConfig(checkpoint_dir=str(checkpoints))))
+    return dict(mean=100 * float(res.recon_error.mean()), max=100 * float(res.recon_error.max()), wall=wall, cpu=cpu,
+                fit_wall=res.stats.get("fit_seconds"), joints=len(res.joints))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--procedural", type=int, default=2, help="procedural creatures to add (0: real clips only)")
+    parser.add_argument("--dembones-iters", type=int, default=30, help="Dem Bones global iterations (its default 30)")
+    parser.add_argument("--checkpoints", type=Path, default=None, help="also run the full pipeline with these models")
+    parser.add_argument("--only", default=None, help="run only sequences whose name contains this")
+    parser.add_argument("--json", type=Path, default=None, help="write all numbers here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if importlib.util.find_spec("py_dem_bones") is None:
+        print("py-dem-bones is not installed: `.venv/bin/pip install py-dem-bones`")
+        return 1
+    seqs = [s for s in load_sequences(args.procedural) if args.only is None or args.only in s["name"]]
+    pipeline_ok = args.checkpoints is not None and any(args.checkpoints.glob("*.safetensors"))
+    if not pipeline_ok:
+        print("(full pipeline skipped: no trained checkpoints given; pass --checkpoints DIR)")
+    config = FitConfig()
+    long_config = FitConfig(refine_iters=30, tol=1e-4)
+    rows = []
+    hdr = (f"{'sequence':28s} {'K':>3s} {'V':>6s} {'J':>3s} | {'method':19s} {'mean %':>9s} {'max %':>8s} "
+           f"{'wall s':>7s} {'cpu s':>7s} | {'err/DB':>7s} {'wall/DB':>7s} {'cpu/DB':>7s}")
+    print(hdr)
+    print("-" * len(hdr))
+    for seq in seqs:
+        K, V = seq["verts"].shape[:2]
+        J = len(seq["parents"])
+        results = {"dembones": run_dembones(seq, args.dembones_iters)}
+        heur = heuristic_weights(seq["verts"][0], seq["joints"], seq["parents"])
+        results["ours heuristic"] = run_ours(seq, heur, config)
+        results["ours heuristic 30it"] = run_ours(seq, heur, long_config)
+        results["ours gt-weights"] = run_ours(seq, seq["weights"], config)
+        if pipeline_ok:
+            results["ours pipeline"] = run_pipeline(seq, args.checkpoints)
+        db = results["dembones"]
+        for name, r in results.items():
+            ratio = "" if name == "dembones" else (
+                f"{r['mean'] / max(db['mean'], 1e-12):7.2f} {r['wall'] / db['wall']:7.2f} "
+                f"{r['cpu'] / max(db['cpu'], 1e-9):7.2f}")
+            print(f"{seq['name'][:28]:28s} {K:3d} {V:6d} {J:3d} | {name:19s} {r['mean']:9.4g} {r['max']:8.3g} "
+                  f"{r['wall']:7.2f} {r['cpu']:7.2f} | {ratio}")
+        rows.append(dict(name=seq["name"], frames=int(K), verts=int(V), joints=int(J), results=results))
+        sys.stdout.flush()
+    print("\nerror/DB: mean reconstruction error relative to Dem Bones (< 1 is better); wall/DB, cpu/DB: time ratios.")
+    for name in ("ours heuristic", "ours heuristic 30it", "ours gt-weights"):
+        ratios = [r["results"][name]["mean"] / max(r["results"]["dembones"]["mean"], 1e-12) for r in rows]
+        walls = [r["results"][name]["wall"] / r["results"]["dembones"]["wall"] for r in rows]
+        print(f"{name:19s}: error ratio median {np.median(ratios):.2f} (max {np.max(ratios):.2f}), "
+              f"wall ratio median {np.median(walls):.2f} (max {np.max(walls):.2f})")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Motion fitting (backend/fit.py): rigid starts, monotone refinement, sparse simplex weights, local poses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.fit import (
+    FitConfig,
+    candidate_bones,
+    fit_motion,
+    from_local_pose,
+    matrix_to_quaternion,
+    project_simplex,
+    prune_weights,
+    quaternion_to_matrix,
+    reconstruction_error,
+    to_local_pose,
+    _to_sparse_rows,
+)
+from backend.lbs import linear_blend_skinning
+
+REALDATA = Path("/work/shared/realdata")
+REAL_FILES = sorted(REALDATA.glob("*.npz"))
+
+
+def random_rotations(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    q = rng.normal(size=shape + (4,))
+    return quaternion_to_matrix(q)
+
+
+def tube_sequence(n_frames: int = 10, rings: int = 24, around: int = 10, n_bones: int = 6, seed: int = 0):
+    """A bending tube skinned to a bone chain by linear LBS of its own rest pose (frame 0 = rest).
+
+    Returns ``frames [K, V, 3]``, ``faces``, ``joints [J, 3]``, ``parents [J]``, GT ``weights [V, J]``.
+    """
+    rng = np.random.default_rng(seed)
+    xs = np.linspace(0.0, 1.0, rings)
+    th = np.linspace(0.0, 2 * np.pi, around, endpoint=False)
+    r = 0.06 * (1 + 0.2 * np.sin(7 * xs))[:, None]
+    rest = np.stack([np.repeat(xs[:, None], around, 1), r * np.cos(th), r * np.sin(th)], -1).reshape(-1, 3)
+    faces = []
+    for i in range(rings - 1):
+        for j in range(around):
+            a, b = i * around + j, i * around + (j + 1) % around
+            faces += [[a, b, b + around], [a, b + around, a + around]]
+    faces = np.asarray(faces, dtype=np.int32)
+    joints = np.stack([np.linspace(0, 1, n_bones, endpoint=False), np.zeros(n_bones), np.zeros(n_bones)], 1)
+    parents = np.arange(-1, n_bones - 1)
+    t = rest[:, 0] * n_bones - 0.5
+    lo = np.clip(np.floor(t).astype(int), 0, n_bones - 1)
+    hi = np.clip(lo + 1, 0, n_bones - 1)
+    f = np.clip(t - lo, 0, 1)
+    w = np.zeros((len(rest), n_bones))
+    np.add.at(w, (np.arange(len(rest)), lo), 1 - f)
+    np.add.at(w, (np.arange(len(rest)), hi), f)
+    time = np.linspace(0, 2 * np.pi, n_frames, endpoint=False)
+    angle = 0.4 * np.sin(time[:, None] + 0.7 * np.arange(n_bones)[None]) * (time[:, None] > 0)
+    axis = rng.normal(size=(n_bones, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    quat = np.concatenate([np.cos(angle / 2)[..., None], np.sin(angle / 2)[..., None] * axis[None]], -1)
+    local_t = np.zeros((n_frames, n_bones, 3))
+    local_t[:, 1:] = joints[1:] - joints[parents[1:]]
+    local_t[:, 0] = joints[0] + 0.05 * np.sin(time)[:, None]
+    T = from_local_pose(quat, local_t, joints, parents)
+    frames = linear_blend_skinning(rest, w, T)
+    return frames.astype(np.float64), faces, joints, parents.astype(np.int32), w
+
+
+def load_real(path: Path):
+    d = np.load(path)
+    parents = d["parents"].copy()
+    roots = np.flatnonzero(parents < 0)
+    parents[roots[1:]] = roots[0]  # the horse's IK bones hang off the root: make one tree
+    return d, parents
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prune_weights_top_k_and_simplex():
+    rng = np.random.default_rng(0)
+    w = rng.random((50, 9))
+    w[3] = 0.0  # a row with no weight
+    w[4, :] = -1.0
+    w[4, 7] = -0.5
+    p = prune_weights(w, 4)
+    assert p.dtype == np.float32
+    assert np.allclose(p.sum(1), 1.0, atol=1e-6)
+    assert ((p > 0).sum(1) <= 4).all()
+    assert (p >= 0).all()
+    # the kept entries are the four largest of the row
+    row = w[10]
+    assert set(np.flatnonzero(p[10])) == set(np.argsort(-row)[:4])
+    assert p[4, 7] == 1.0  # all-negative row goes to its largest raw value
+    with pytest.raises(ValueError, match="max_influences"):
+        prune_weights(w, 0)
+
+
+def test_project_simplex_matches_definition():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=(200, 6))
+    mask = rng.random((200, 6)) < 0.7
+    mask[:, 0] = True
+    x = project_simplex(y, mask)
+    assert np.allclose(x.sum(1), 1.0)
+    assert (x[~mask] == 0).all() and (x >= 0).all()
+    # optimality: no feasible random point on the masked simplex is closer to y
+    for _ in range(50):
+        z = rng.random((200, 6)) * mask
+        z /= z.sum(1, keepdims=True)
+        assert (np.sum((x - y) ** 2, 1) <= np.sum((z - y) ** 2, 1) + 1e-12).all()
+
+
+@pytest.mark.skipif(not REAL_FILES, reason="no real sequences in /work/shared/realdata")
+@pytest.mark.parametrize("path", REAL_FILES, ids=[p.stem for p in REAL_FILES])
+def test_fit_reproduces_real_frames_from_gt_rig(path):
+    """Given the artist's weights and skeleton, the rigid fit reproduces every frame, and after a few
+    transform sweeps it is at least as good as the artist's own bone motion re-expressed with the anchor
+    as rest pose (T_k = S_k S_0^-1)."""
+    d, parents = load_real(path)
+    verts = d["verts"].astype(np.float64)
+    diag = np.linalg.norm(np.ptp(verts[0], 0))
+    start = fit_motion(verts[0], verts, d["weights"], parents, d["joints"][0], d["faces"], FitConfig(refine_iters=0))
+    err0 = reconstruction_error(verts[0], verts, start.weights, start.transforms) / diag
+    assert err0.mean() < 0.005  # Kabsch start alone: < 0.5 % of the diagonal on average
+    fit = fit_motion(verts[0], verts, d["weights"], parents, d["joints"][0], d["faces"],
+                     FitConfig(refine_iters=5, refine_weights=False))
+    err = reconstruction_error(verts[0], verts, fit.weights, fit.transforms) / diag
+    assert err.mean() < 0.003 and err.mean() <= err0.mean() + 1e-9
+    skin = np.zeros(d["skin_mats"].shape[:2] + (4, 4))
+    skin[..., :3, :] = d["skin_mats"]
+    skin[..., 3, 3] = 1.0
+    gt_T = skin @ np.linalg.inv(skin[0])[None]
+    err_gt = reconstruction_error(verts[0], verts, d["weights"], gt_T) / diag
+    assert np.sqrt((err ** 2).mean()) <= np.sqrt((err_gt ** 2).mean()) + 1e-6
+    # transforms are rigid: orthonormal rotations with det +1, last row [0, 0, 0, 1]
+    R = fit.transforms[..., :3, :3]
+    assert np.allclose(R @ np.swapaxes(R, -1, -2), np.eye(3), atol=1e-9)
+    assert np.allclose(np.linalg.det(R), 1.0, atol=1e-9)
+    assert np.allclose(fit.transforms[..., 3, :], [0, 0, 0, 1])
+
+
+def test_refinement_never_raises_error_and_keeps_sparse_simplex_rows():
+    frames, faces, joints, parents, w_gt = tube_sequence()
+    anchor = frames[0]
+    # a crude start: Gaussian falloff from the joints, far from the true weights
+    d = np.linalg.norm(anchor[:, None] - joints[None], axis=-1)
+    logits = -(d / 0.15) ** 2
+    w0 = np.exp(logits - logits.max(1, keepdims=True))
+    w0 /= w0.sum(1, keepdims=True)
+    cfg = FitConfig(max_influences=3, refine_iters=6, tol=0.0)
+    fit = fit_motion(anchor, frames, w0, parents, joints, faces, cfg)
+    hist = np.asarray(fit.rmse_history)
+    assert len(hist) == 7
+    assert (np.diff(hist) <= 1e-12 * hist[0]).all(), hist
+    assert hist[-1] < 0.5 * hist[0]
+    W = fit.weights
+    assert W.shape == w0.shape and (W >= 0).all()
+    assert np.allclose(W.sum(1), 1.0, atol=1e-5)
+    assert ((W > 0).sum(1) <= 3).all()
+    # support stays inside the candidates: initial (pruned) support + tree neighbours
+    p0 = prune_weights(w0, 3)
+    cand, mask = candidate_bones(*_to_sparse_rows(p0, 3), parents)
+    allowed = np.zeros_like(W, dtype=bool)
+    for c in range(cand.shape[1]):
+        allowed[np.flatnonzero(mask[:, c]), cand[mask[:, c], c]] = True
+    assert not (W > 0)[~allowed].any()
+    # the reported history is the real error of the returned rig
+    err = reconstruction_error(anchor, frames, W, fit.transforms)
+    assert np.isclose(np.sqrt((err.astype(np.float64) ** 2).mean()), hist[-1], rtol=1e-4)
+
+
+def test_exact_lbs_motion_is_recovered():
+    """Frames made by LBS of the anchor itself: the fit from the true weights drives the error to ~0."""
+    frames, faces, joints, parents, w_gt = tube_sequence(n_frames=8)
+    fit = fit_motion(frames[0], frames, w_gt, parents, joints, faces,
+                     FitConfig(refine_iters=10, tol=0.0, refine_weights=False))
+    err = reconstruction_error(frames[0], frames, fit.weights, fit.transforms)
+    assert err.max() < 1e-5  # the tube is 1 long
+    assert fit.rmse_history[-1] < 1e-3 * fit.rmse_history[0]
+    # alternating with the weights (no smoothing) also converges toward the exact rig
+    fit = fit_motion(frames[0], frames, w_gt, parents, joints, faces,
+                     FitConfig(refine_iters=10, tol=0.0, smoothness=0.0, smooth_slack=0.0))
+    assert fit.rmse_history[-1] < 0.05 * fit.rmse_history[0]
+    assert np.abs(fit.weights - w_gt).sum(1).mean() < 0.05
+
+
+def test_weak_bones_borrow_parent_or_nearest_motion():
+    frames, faces, joints, parents, w_gt = tube_sequence(n_frames=6, n_bones=6)
+    w = w_gt.copy()
+    # bone 3 loses all its weight to bone 2, and the root loses its weight to bone 1
+    w[:, 2] += w[:, 3]
+    w[:, 3] = 0.0
+    w[:, 1] += w[:, 0]
+    w[:, 0] = 0.0
+    fit = fit_motion(frames[0], frames, w, parents, joints, faces, FitConfig(refine_iters=0))
+    assert fit.borrowed.tolist() == [True, False, False, True, False, False]
+    assert np.allclose(fit.transforms[:, 3], fit.transforms[:, 2])  # parent
+    assert np.allclose(fit.transforms[:, 0], fit.transforms[:, 1])  # nearest supported bone
+
+
+def test_local_pose_round_trip_is_exact():
+    rng = np.random.default_rng(3)
+    J, K = 9, 7
+    parents = np.array([-1, 0, 1, 1, 0, 4, 5, 2, 3])
+    joints = rng.normal(size=(J, 3))
+    T = np.zeros((K, J, 4, 4))
+    T[..., :3, :3] = random_rotations(rng, (K, J))
+    T[..., :3, 3] = rng.normal(size=(K, J, 3))
+    T[..., 3, 3] = 1.0
+    quat, trans = to_local_pose(T, joints, parents)
+    assert quat.shape == (K, J, 4) and trans.shape == (K, J, 3)
+    assert np.allclose(np.linalg.norm(quat, axis=-1), 1.0)
+    assert np.abs(from_local_pose(quat, trans, joints, parents) - T).max() < 1e-12
+    # the other direction (quaternions up to sign)
+    q2, t2 = to_local_pose(from_local_pose(quat, trans, joints, parents), joints, parents)
+    assert np.abs(np.abs(np.sum(q2 * quat, -1)) - 1).max() < 1e-12
+    assert np.abs(t2 - trans).max() < 1e-12
+    # hemisphere continuity over frames
+    assert (np.sum(quat[1:] * quat[:-1], -1) >= 0).all()
+    # rest pose: identity rotations, translations = offsets to the parent
+    q_rest, t_rest = to_local_pose(np.broadcast_to(np.eye(4), (1, J, 4, 4)), joints, parents)
+    assert np.allclose(q_rest, [1, 0, 0, 0])
+    assert np.allclose(t_rest[0, 0], joints[0])
+    assert np.allclose(t_rest[0, 1:], joints[1:] - joints[parents[1:]])
+
+
+def test_quaternion_conversions_cover_all_branches():
+    rng = np.random.default_rng(4)
+    R = random_rotations(rng, (500,))
+    # include 180-degree turns, where the trace branch fails
+    R[:3] = np.diag([1.0, -1.0, -1.0]), np.diag([-1.0, 1.0, -1.0]), np.diag([-1.0, -1.0, 1.0])
+    q = matrix_to_quaternion(R)
+    assert (q[:, 0] >= 0).all()
+    assert np.abs(quaternion_to_matrix(q) - R).max() < 1e-12
+
+
+def test_fit_rejects_bad_input():
+    frames, faces, joints, parents, w = tube_sequence(n_frames=3)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        fit_motion(frames[0], frames, w[:, :3], parents, joints, faces)
+    with pytest.raises(ValueError, match="frames must have shape"):
+        fit_motion(frames[0], frames[:, :10], w, parents, joints, faces)
+    bad = frames.copy()
+    bad[1, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        fit_motion(frames[0], bad, w, parents, joints, faces)
+    with pytest.raises(ValueError, match="root"):
+        fit_motion(frames[0], frames, w, np.zeros(len(parents), dtype=int), joints, faces)
+
+
+def test_fit_is_deterministic():
+    frames, faces, joints, parents, w = tube_sequence(n_frames=5)
+    a = fit_motion(frames[0], frames, w, parents, joints, faces)
+    b = fit_motion(frames[0], frames, w, parents, joints, faces)
+    assert np.array_equal(a.transforms, b.transforms) and np.array_equal(a.weights, b.weights)

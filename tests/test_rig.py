@@ -1,0 +1,195 @@
+"""The rigging pipeline (backend/rig.py) and its HTML report (backend/report.py).
+
+The networks here are the real skeleton generator and skinning network at a tiny size with seeded
+random (untrained) parameters: the tests check the pipeline's contract (shapes, simplex weights,
+rigid transforms, units, determinism, cancellation, the report), not rig quality, which needs the
+trained checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+import numpy as np
+import pytest
+import torch
+
+from backend.fit import reconstruction_error
+from backend.models.inference import RiggerModels
+from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
+from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
+from backend.report import render_report, write_report
+from backend.rig import RigCancelled, RigConfig, rig_sequence, select_frames
+from backend.rig_result import RigResult
+from backend.sequence import MeshSequence
+from backend.skeleton import validate_tree
+
+torch.set_num_threads(1)
+
+TINY_SKEL = SkeletonGeneratorConfig(d_model=32, n_heads=2, n_latents=8, n_enc_layers=1, n_dec_layers=1,
+                                    n_freq=4, mlp_ratio=2, max_joints=12)
+TINY_SKIN = SkinningNetworkConfig(d_model=32, n_heads=2, n_latents=8, n_shape_layers=1, n_joint_layers=1,
+                                  n_point_layers=1, n_freq=4, mlp_ratio=2)
+FAST = dict(n_points=128, refine_iters=3, max_joints=12)
+
+
+@pytest.fixture(scope="module")
+def models() -> RiggerModels:
+    torch.manual_seed(0)
+    return RiggerModels(skeleton=SkeletonGenerator(TINY_SKEL), skinning=SkinningNetwork(TINY_SKIN),
+                        device=torch.device("cpu"))
+
+
+def box(center, size):
+    """Closed box: 8 vertices, 12 triangles."""
+    c, s = np.asarray(center, float), np.asarray(size, float) / 2
+    v = c + s * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    f = [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+         [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
+    return v, np.asarray(f)
+
+
+def rotation_z(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+
+def multipart_sequence(n_frames: int = 6, scale: float = 40.0) -> MeshSequence:
+    """A disconnected 'robot': body, head and two arms as separate boxes, the arms swinging rigidly
+    about their shoulders, in arbitrary user units (scale) with an offset."""
+    parts = [box([0, 0, 0], [1.0, 1.6, 0.6]), box([0, 1.15, 0], [0.6, 0.6, 0.6]),
+             box([0.8, 0.3, 0], [0.5, 1.2, 0.4]), box([-0.8, 0.3, 0], [0.5, 1.2, 0.4])]
+    verts, faces, owner, off = [], [], [], 0
+    for i, (v, f) in enumerate(parts):
+        verts.append(v)
+        faces.append(f + off)
+        owner += [i] * len(v)
+        off += len(v)
+    rest = np.concatenate(verts)
+    faces = np.concatenate(faces)
+    owner = np.asarray(owner)
+    shoulders = {2: np.array([0.8, 0.9, 0]), 3: np.array([-0.8, 0.9, 0])}
+    frames = []
+    for k in range(n_frames):
+        x = rest.copy()
+        for part, pivot in shoulders.items():
+            sel = owner == part
+            angle = (0.6 if part == 2 else -0.6) * np.sin(0.5 * k)
+            x[sel] = (x[sel] - pivot) @ rotation_z(angle).T + pivot
+        x += np.array([0.05 * k, 0, 0])  # walk forward
+        frames.append(x)
+    verts = np.stack(frames) * scale + np.array([100.0, -20.0, 5.0])
+    return MeshSequence(verts.astype(np.float32), faces, fps=24.0, name="robot")
+
+
+def check_contract(result: RigResult, seq: MeshSequence, max_influences: int = 4) -> None:
+    K, V = seq.n_frames, seq.n_verts
+    J = len(result.joints)
+    validate_tree(result.parents, n_joints=J)
+    assert len(result.joint_names) == J and len(set(result.joint_names)) == J
+    assert result.weights.shape == (V, J) and result.weights.dtype == np.float32
+    assert (result.weights >= 0).all() and np.allclose(result.weights.sum(1), 1, atol=1e-5)
+    assert ((result.weights > 0).sum(1) <= max_influences).all()
+    assert result.bone_transforms.shape == (K, J, 4, 4)
+    R = result.bone_transforms[..., :3, :3].astype(np.float64)
+    assert np.allclose(R @ np.swapaxes(R, -1, -2), np.eye(3), atol=1e-4)  # rigid, in user units
+    assert result.recon_error.shape == (K, V) and result.skin_instability.shape == (K, V)
+    assert (result.skin_instability >= 0).all() and (result.skin_instability <= 1).all()
+    assert (result.skin_instability[0] == 0).all()
+    assert np.array_equal(result.anchor_verts, seq.verts[0])
+    # the reported error is the error of the returned rig, measured in user units
+    diag = np.linalg.norm(np.ptp(seq.verts[0].astype(np.float64), 0))
+    err = reconstruction_error(result.anchor_verts, seq.verts, result.weights, result.bone_transforms) / diag
+    assert np.allclose(err, result.recon_error, atol=2e-5)
+
+
+def test_multipart_mesh_rigs(models, tmp_path):
+    seq = multipart_sequence()
+    steps: list[tuple[str, float]] = []
+    result = rig_sequence(seq, RigConfig(**FAST), progress=lambda s, f: steps.append((s, f)), models=models)
+    check_contract(result, seq)
+    # joints come back in the user's units: inside (or near) the user's bounding box
+    lo, hi = seq.verts[0].min(0), seq.verts[0].max(0)
+    size = (hi - lo).max()
+    assert ((result.joints > lo - size) & (result.joints < hi + size)).all()
+    # progress: known stages, overall fraction never goes back, ends at 1
+    fractions = [f for _, f in steps]
+    assert {s for s, _ in steps} >= {"normalize", "sample", "skeleton", "skinning", "fit", "heatmap", "report", "done"}
+    assert all(b >= a - 1e-12 for a, b in zip(fractions, fractions[1:])) and fractions[-1] == 1.0
+    st = result.stats
+    assert st["frames"] == 6 and st["joints"] == len(result.joints)
+    hist = st["fit_rmse_history"]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(hist, hist[1:]))  # refinement never raised the error
+    assert st["stability"]["frames"][:3] == [0, 1, 2] and st["pjdd"] is not None
+    # the result survives the .npz round trip used by the server
+    result.save(tmp_path / "rig.npz")
+    back = RigResult.load(tmp_path / "rig.npz")
+    assert np.array_equal(back.bone_transforms, result.bone_transforms) and back.stats == result.stats
+
+
+def test_single_frame_sequence(models):
+    seq = multipart_sequence(n_frames=1)
+    result = rig_sequence(seq, RigConfig(**FAST), models=models)
+    check_contract(result, seq)
+    assert result.n_frames == 1
+    assert result.stats["pjdd"] is None and result.stats["stability"] is None
+    assert result.stats["skin_instability_mean"] is None
+    assert result.recon_error.max() < 1e-5  # the anchor reproduces itself
+
+
+def test_same_seed_same_rig(models):
+    seq = multipart_sequence(n_frames=4)
+    cfg = RigConfig(**FAST, seed=7)
+    a = rig_sequence(seq, cfg, models=models)
+    b = rig_sequence(seq, cfg, models=models)
+    for name in ("joints", "parents", "weights", "bone_transforms", "recon_error", "skin_instability"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("stage", ["sample", "skeleton", "skinning", "fit", "heatmap", "report"])
+def test_cancel_raises_rig_cancelled(models, stage):
+    seq = multipart_sequence(n_frames=4)
+    seen: list[str] = []
+    with pytest.raises(RigCancelled):
+        rig_sequence(seq, RigConfig(**FAST), progress=lambda s, f: seen.append(s),
+                     should_cancel=lambda: bool(seen) and seen[-1] == stage, models=models)
+    assert seen[-1] == stage
+
+
+def test_bad_options_are_named(models):
+    seq = multipart_sequence(n_frames=2)
+    with pytest.raises(ValueError, match="models"):
+        rig_sequence(seq, RigConfig(models="best"), models=models)
+    with pytest.raises(ValueError, match="max_influences"):
+        rig_sequence(seq, RigConfig(max_influences=0), models=models)
+
+
+def test_frame_selection():
+    assert select_frames(48, 5, (0, 1, 2)).tolist() == [0, 1, 2, 24, 47]
+    assert select_frames(48, 0).tolist() == list(range(48))
+    assert select_frames(2, 5, (0, 1, 2)).tolist() == [0, 1]
+    assert select_frames(10, 3).tolist() == [0, 4, 9]
+
+
+def test_posed_skin_joints_and_subsampled_heatmap(models):
+    seq = multipart_sequence(n_frames=7)
+    result = rig_sequence(seq, RigConfig(**FAST, skin_frames=3, skin_joints="posed"), models=models)
+    check_contract(result, seq)
+    assert result.stats["skin_frames"] == [0, 3, 6]
+    inst = result.skin_instability
+    assert np.allclose(inst[1], inst[3] / 3, atol=1e-6) and np.allclose(inst[5], (inst[3] + 2 * inst[6]) / 3, atol=1e-6)
+
+
+def test_report_is_self_contained_html(models, tmp_path):
+    seq = multipart_sequence()
+    seq.extras["joints"] = np.repeat(np.array([[[100.0, -20.0, 5.0], [100.0, 30.0, 5.0]]]), seq.n_frames, 0)
+    seq.extras["parents"] = np.array([-1, 0])
+    result = rig_sequence(seq, RigConfig(**FAST), models=models)
+    assert result.stats["gt"]["clip"]["pjdd"] == pytest.approx(0.0, abs=1e-9)  # a still GT skeleton
+    path = write_report(result, tmp_path / "report.html")
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and "robot" in text
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 4  # curves, skeleton stability, heatmaps, skeleton
+    assert "http" not in text.replace("http-equiv", "")  # nothing external
+    # a large-mesh path: drawing with simplification keeps working
+    assert "<img" in render_report(result, max_faces=20)
