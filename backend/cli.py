@@ -1,5 +1,6 @@
 """The ``sprig`` command line.
 
+    sprig rig INPUT -o OUT.glb [--report R.html] [--json S.json] [--frames 0:60:2] [--models sprig|base]
     sprig eval FILE.npz [--json OUT.json] [--frames 0:48] [--protocol-frames 3] [--correspondence auto]
 
 Each subcommand registers itself with an ``add_<name>_command(subparsers)`` function that sets
@@ -71,7 +72,14 @@ def add_eval_command(subparsers) -> None:
     p.set_defaults(func=_run_eval)
 
 
-COMMANDS: list[Callable] = [add_eval_command]
+def add_rig_command(subparsers) -> None:
+    """Register ``sprig rig`` (defined in :mod:`backend.rig_command`)."""
+    from .rig_command import add_rig_command as add
+
+    add(subparsers)
+
+
+COMMANDS: list[Callable] = [add_rig_command, add_eval_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,4 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main so that subcommand modules and this one share CommandError.
+    from backend.cli import main as _main
+
+    sys.exit(_main())

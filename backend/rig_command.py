@@ -1,0 +1,169 @@
+"""``sprig rig``: rig one sequence (or every sequence in a folder) and write GLB / HTML / JSON outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .io import SUPPORTED_SUFFIXES, load_sequence
+from .io.gltf import save_rigged_gltf
+from .rig_result import RigResult
+from .sequence import SequenceError
+
+
+SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
+                "topology_flicker", "mcjd", "skin_l1", "skin_symkl", "skin_instability_mean", "seconds")
+
+
+def parse_frame_slice(text: str | None) -> slice | None:
+    """``"START:END[:STEP]"`` -> slice (empty fields mean open ends); None passes through."""
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"--frames must look like START:END or START:END:STEP, got {text!r}")
+    try:
+        values = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise ValueError(f"--frames must hold integers, got {text!r}") from None
+    if len(values) == 3 and values[2] is not None and values[2] <= 0:
+        raise ValueError("--frames step must be positive")
+    return slice(*values)
+
+
+def find_sequences(folder: Path) -> list[Path]:
+    """Sequences in a folder: loadable files, and sub-folders of per-frame .obj/.ply files."""
+    found = []
+    for child in sorted(folder.iterdir()):
+        if child.is_file() and child.suffix.lower() in SUPPORTED_SUFFIXES and child.suffix.lower() not in (".obj", ".ply"):
+            found.append(child)
+        elif child.is_dir() and any(p.suffix.lower() in (".obj", ".ply") for p in child.iterdir()):
+            found.append(child)
+    if not found and any(p.suffix.lower() in (".obj", ".ply") for p in folder.iterdir()):
+        return [folder]  # the folder itself is one sequence of frame files
+    return found
+
+
+def summary(result: RigResult) -> dict:
+    """The ``--json`` summary: the documented keys first, then the rest of the stats."""
+    stats = result.stats
+    stab = stats.get("stability") or {}
+    paper = stab.get("paper_3frame") or {}
+    out = {key: stats.get(key) for key in SUMMARY_KEYS}
+    for key in ("blrd", "gsd", "jad"):
+        out[key] = paper.get(key)
+    out["skin_l1"] = stats.get("skin_l1")
+    out["skin_symkl"] = stats.get("skin_symkl")
+    out["stats"] = stats
+    return out
+
+
+def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) -> RigResult:
+    """Load, rig and write the outputs of one sequence."""
+    from .rig import RigConfig, rig_sequence
+
+    seq = load_sequence(path, frames=parse_frame_slice(args.frames))
+    config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
+                       models=args.models, checkpoint_dir=str(args.checkpoints))
+    bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=args.quiet)
+
+    def progress(stage: str, fraction: float) -> None:
+        bar.set_postfix_str(stage)
+        bar.update(int(fraction * 100) - bar.n)
+
+    try:
+        result = rig_sequence(seq, config, progress=progress, models=models)
+    finally:
+        bar.close()
+    out_glb.parent.mkdir(parents=True, exist_ok=True)
+    save_rigged_gltf(out_glb, result.anchor_verts, result.faces, result.joints, result.parents,
+                     result.joint_names, result.weights, result.bone_transforms, fps=result.fps,
+                     mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
+    if args.report is not None:
+        from .report import write_report
+        write_report(result, _per_input(args.report, out_glb, ".html"), title=seq.name)
+    if args.json is not None:
+        target = _per_input(args.json, out_glb, ".json")
+        target.write_text(json.dumps(summary(result), indent=1) + "\n")
+    return result
+
+
+def _per_input(option: Path, out_glb: Path, suffix: str) -> Path:
+    """In batch mode an output option names a folder; otherwise a file."""
+    return option / (out_glb.stem + suffix) if option.suffix == "" else option
+
+
+def run_rig(args: argparse.Namespace) -> int:
+    from .cli import CommandError
+
+    try:
+        parse_frame_slice(args.frames)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if args.max_influences < 1:
+        raise CommandError("--max-influences must be at least 1")
+    if not args.input.exists():
+        raise CommandError(f"input not found: {args.input}")
+    inputs = find_sequences(args.input) if args.input.is_dir() else [args.input]
+    if not inputs:
+        raise CommandError(f"no sequences found in {args.input}")
+    batch = len(inputs) > 1 or inputs[0] != args.input
+    if batch and args.output.suffix:
+        raise CommandError("with a folder as INPUT, -o must name an output folder")
+
+    from .models.inference import load_models
+    try:
+        models = load_models(args.checkpoints, which=args.models, device=args.device)
+    except Exception as exc:  # missing/corrupt checkpoint: a readable one-liner
+        raise CommandError(str(exc)) from None
+
+    failures: list[tuple[Path, str]] = []
+    for path in tqdm(inputs, desc="sequences", unit="seq", disable=args.quiet or not batch):
+        out = args.output / f"{path.stem}_rigged.glb" if batch else args.output
+        start = time.perf_counter()
+        try:
+            result = rig_one(path, out, args, models=models)
+        except (SequenceError, ValueError, RuntimeError, OSError) as exc:
+            if not batch:
+                raise CommandError(f"{path}: {exc}") from None
+            failures.append((path, str(exc)))
+            continue
+        if not args.quiet:
+            s = result.stats
+            tqdm.write(f"{path.name}: {s['joints']} joints, {s['frames']} frames, recon mean "
+                       f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
+                       f"PJDD(0-2) {s.get('pjdd')}, {time.perf_counter() - start:.1f} s -> {out}")
+    if failures:
+        tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed:")
+        for path, message in failures:
+            tqdm.write(f"  {path}: {message}")
+        return 1
+    return 0
+
+
+def add_rig_command(subparsers) -> None:
+    """Register ``sprig rig``."""
+    p = subparsers.add_parser(
+        "rig", help="rig an animated mesh sequence: one skeleton, weights and animation (GLB)",
+        description="Rig INPUT (any format load_sequence reads, or a folder of them) and write a skinned, "
+                    "animated GLB that plays the sequence back.")
+    p.add_argument("input", type=Path, metavar="INPUT")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.glb",
+                   help="output GLB (a folder when INPUT is a folder)")
+    p.add_argument("--report", type=Path, metavar="REPORT.html", help="self-contained HTML report")
+    p.add_argument("--json", type=Path, metavar="SUMMARY.json", help="summary numbers as JSON")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--frames", metavar="START:END:STEP", help="rig only these frames (the first is the anchor)")
+    p.add_argument("--max-influences", type=int, default=4)
+    p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                   help="alternate transform and weight refinement (default on)")
+    p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",
+                   help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
+    p.add_argument("--checkpoints", type=Path, default=Path(__file__).resolve().parent.parent / "checkpoints",
+                   help="checkpoint folder (default: the repository's checkpoints/)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=run_rig)
