@@ -1,10 +1,13 @@
-"""Demo of the evaluation protocol on a real artist rig: ``python -m backend.demo``.
+"""The demo behind ``make demo``: ``python -m backend.demo``.
 
-Builds two eval-input files from the Khronos Fox "Run" clip (``../shared/realdata`` next to the
-repository): the artist's own per-frame joints and weights as the "prediction", and a copy with 1%
-Gaussian joint jitter (of the anchor box's longest side) and multiplicative weight noise. Both are
-scored with :func:`backend.evaluate.evaluate` against the artist's anchor skeleton and weights; the
-tables are printed and everything is written to ``demo_output/``.
+1. Rigs the bundled sample (``samples/quadruped_walk.npz``, a generated walking quadruped) with the
+   checkpoints in ``checkpoints/`` and writes ``demo_output/<name>_rigged.glb`` and an HTML report
+   (skipped, with the reason, when no checkpoints are present).
+2. Scores two per-frame rigs of the same clip with the evaluation protocol: the ground-truth rig's own
+   per-frame joints and weights as the "prediction", and a copy with 1% Gaussian joint jitter (of the
+   anchor box's longest side) and multiplicative weight noise; tables printed, files in ``demo_output/``.
+
+``--clip`` takes any rigged ``.npz`` in the same layout, e.g. ``../shared/realdata/khronos_fox_run.npz``.
 """
 
 from __future__ import annotations
@@ -23,16 +26,14 @@ from .normalize import AnchorBox
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
-REALDATA = REPO.parent / "shared" / "realdata"
-CLIP = "khronos_fox_run.npz"
+SAMPLE = REPO / "samples" / "quadruped_walk.npz"
 
 
 def load_realdata_clip(path: Path) -> dict[str, np.ndarray]:
     """The arrays of one real rigged clip (``verts, faces, joints [K,J,3], parents, weights``)."""
     if not path.is_file():
         raise FileNotFoundError(
-            f"real clip not found: {path} (expected the shared real-data folder at {path.parent}; "
-            "pass --clip PATH to use another rigged .npz)")
+            f"rigged clip not found: {path} (pass --clip PATH to use another rigged .npz)")
     data = np.load(path, allow_pickle=False)
     missing = [k for k in ("verts", "faces", "joints", "parents", "weights") if k not in data.files]
     if missing:
@@ -68,10 +69,34 @@ SUMMARY_KEYS = ("pjdd", "pjdd_clip", "blrd", "gsd", "jad", "topology_flicker", "
                 "skin_l1", "skin_symkl", "skin_precision", "skin_recall", "skin_avg_l1")
 
 
+def rig_clip(clip: Path, out: Path, checkpoints: Path) -> None:
+    """Rig ``clip`` with the checkpoints and write the GLB and the HTML report (logs why when it cannot)."""
+    from .io import load_sequence
+    from .io.gltf import save_rigged_gltf
+    from .models.checkpoint import CheckpointError
+    from .report import write_report
+    from .rig import RigConfig, rig_sequence
+
+    seq = load_sequence(clip)
+    try:
+        result = rig_sequence(seq, RigConfig(models="auto", checkpoint_dir=str(checkpoints)))
+    except CheckpointError as exc:
+        logger.warning("not rigging %s: %s (train them with `python training/run.py`)", clip.name, exc)
+        return
+    glb = save_rigged_gltf(out / f"{clip.stem}_rigged.glb", result.anchor_verts, result.faces, result.joints,
+                           result.parents, result.joint_names, result.weights, result.bone_transforms, fps=result.fps)
+    report = write_report(result, out / f"{clip.stem}_report.html", title=clip.stem)
+    s = result.stats
+    sys.stdout.write(f"rigged {clip.name}: {s['joints']} joints, {s['frames']} frames, reconstruction error mean "
+                     f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
+                     f"{s['seconds']:.1f} s -> {glb}, {report}\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clip", type=Path, default=REALDATA / CLIP, help="a rigged real clip .npz")
+    parser.add_argument("--clip", type=Path, default=SAMPLE, help="a rigged clip .npz (default: the bundled sample)")
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="output folder")
+    parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints", help="checkpoint folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -80,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"demo: error: {exc}\n")
         return 2
     stem = args.clip.stem
+    args.out.mkdir(parents=True, exist_ok=True)
+    rig_clip(args.clip, args.out, args.checkpoints)
     runs = {"artist": artist_input(clip, f"{stem} (artist rig)"),
             "jitter1pct": jittered_input(clip, f"{stem} (1% joint jitter + weight noise)")}
     results = {}
