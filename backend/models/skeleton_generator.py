@@ -1,0 +1,334 @@
+"""Skeleton generator G_theta (paper §3.1, Eq. 1): point cloud -> autoregressive joint tokens.
+
+A Perceiver-style encoder turns ``N`` oriented surface points into ``n_latents`` feature tokens
+``F_k``; a causal (GPT-style) transformer decoder cross-attends to them and predicts the token stream
+``p(t_i | t_<i, F_k)``. Generation uses a key/value cache and constrained decoding, so every output is
+a valid single-rooted tree in canonical depth-first order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backend.models.layers import MLP, Attention, FourierEmbedding, PerceiverEncoder, init_weights
+from backend.models.tokenizer import SkeletonTokenizer, merge_duplicate_joints
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SkeletonGeneratorConfig:
+    """Architecture of G_theta.
+
+    Attributes:
+        n_disc: coordinate bins (paper: 128).
+        max_joints: longest skeleton (64); fixes the positional table (4 * max_joints + 2 tokens).
+        d_model: width of every token.
+        n_heads: attention heads.
+        n_latents: latent tokens the point encoder produces.
+        n_enc_layers: self-attention blocks over the latents.
+        n_dec_layers: decoder blocks (causal self-attention + cross-attention + MLP).
+        n_freq: Fourier octaves for point and coordinate embeddings.
+        mlp_ratio: MLP hidden width / d_model.
+        dropout: dropout in MLPs (0 for small data).
+    """
+
+    n_disc: int = 128
+    max_joints: int = 64
+    d_model: int = 192
+    n_heads: int = 6
+    n_latents: int = 64
+    n_enc_layers: int = 2
+    n_dec_layers: int = 4
+    n_freq: int = 8
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def tokenizer(self) -> SkeletonTokenizer:
+        return SkeletonTokenizer(n_disc=self.n_disc, max_joints=self.max_joints)
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention (with an optional KV cache), cross-attention to the point latents, MLP."""
+
+    def __init__(self, cfg: SkeletonGeneratorConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.self_attn = nn.LayerNorm(d), Attention(d, cfg.n_heads)
+        self.norm2, self.cross_attn = nn.LayerNorm(d), Attention(d, cfg.n_heads, cross=True)
+        self.norm3, self.mlp = nn.LayerNorm(d), MLP(d, cfg.mlp_ratio, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor],
+                cache: dict | None = None) -> torch.Tensor:
+        """``x [B, L, d]``; with ``cache`` the L new tokens are appended after ``cache['len']`` old ones."""
+        h = self.norm1(x)
+        if cache is None:
+            x = x + self.self_attn(h, is_causal=True)
+        else:
+            q, k_new, v_new = self.self_attn.project_qkv(h)
+            start, L = cache["len"], x.shape[1]
+            cache["k"][:, :, start:start + L] = k_new
+            cache["v"][:, :, start:start + L] = v_new
+            k, v = cache["k"][:, :, :start + L], cache["v"][:, :, :start + L]
+            mask = None
+            if L > 1:  # several new tokens: causal among themselves, full view of the past
+                q_pos = torch.arange(start, start + L, device=x.device)[:, None]
+                mask = torch.arange(start + L, device=x.device)[None, :] <= q_pos
+            x = x + self.self_attn.attend(q, k, v, mask=mask)
+        q = self.cross_attn.split(self.cross_attn.q(self.norm2(x)))
+        x = x + self.cross_attn.attend(q, *cross_kv)
+        return x + self.mlp(self.norm3(x))
+
+
+class SkeletonGenerator(nn.Module):
+    """G_theta: ``forward(points, normals, tokens) -> logits`` and constrained ``generate``."""
+
+    def __init__(self, cfg: SkeletonGeneratorConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or SkeletonGeneratorConfig()
+        self.tokenizer = cfg.tokenizer
+        d = cfg.d_model
+        self.encoder = PerceiverEncoder(d, cfg.n_heads, cfg.n_latents, cfg.n_enc_layers, cfg.n_freq,
+                                        cfg.mlp_ratio, cfg.dropout)
+        self.tok_emb = nn.Embedding(self.tokenizer.vocab_size, d)
+        self.pos_emb = nn.Embedding(self.tokenizer.max_len, d)
+        self.slot_emb = nn.Embedding(5, d)
+        self.coord_fourier = FourierEmbedding(cfg.n_freq)
+        self.coord_proj = nn.Linear(self.coord_fourier.out_dim, d)
+        self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.n_dec_layers)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, self.tokenizer.vocab_size, bias=False)
+        init_weights(self)
+        slots = torch.as_tensor(self.tokenizer.slot_types(self.tokenizer.max_len))
+        self.register_buffer("slot_of_pos", slots, persistent=False)
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def encode_points(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+        """Point features ``F_k``: latents float ``[B, n_latents, d]`` of ``points, normals [B, N, 3]``."""
+        if points.shape != normals.shape or points.ndim != 3 or points.shape[-1] != 3:
+            raise ValueError(f"points and normals must both be [B, N, 3], got {list(points.shape)} "
+                             f"and {list(normals.shape)}")
+        return self.encoder(torch.cat([points, normals], dim=-1))
+
+    def embedding_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token table ``[vocab, d]`` and position table ``[max_len, d]``.
+
+        A coordinate bin's embedding is its learned vector plus a projection of Fourier features of
+        the bin centre (neighbouring bins start out similar); a position's is its learned vector plus
+        its slot (BOS / x / y / z / parent) vector.
+        """
+        n = self.cfg.n_disc
+        w = self.tok_emb.weight
+        centres = (torch.arange(n, device=w.device, dtype=w.dtype) + 0.5) / n - 0.5
+        coord = self.coord_proj(self.coord_fourier(centres[:, None].expand(n, 3)))
+        table = torch.cat([self.tok_emb.weight[:n] + coord, self.tok_emb.weight[n:]], dim=0)
+        return table, self.pos_emb.weight + self.slot_emb(self.slot_of_pos)
+
+    def embed_tokens(self, tokens: torch.Tensor, start: int = 0,
+                     tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Embeddings ``[B, L, d]`` of ``tokens [B, L]`` placed at positions ``start .. start+L-1``."""
+        L = tokens.shape[1]
+        if start + L > self.tokenizer.max_len:
+            raise ValueError(f"token sequence of length {start + L} exceeds the model's maximum "
+                             f"{self.tokenizer.max_len} (max_joints = {self.cfg.max_joints})")
+        tok_table, pos_table = tables if tables is not None else self.embedding_tables()
+        return F.embedding(tokens, tok_table) + pos_table[start:start + L][None]
+
+    def cross_kv(self, latents: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention keys/values of the latents (computed once per frame)."""
+        return [blk.cross_attn.project_kv(latents) for blk in self.blocks]
+
+    # ---- teacher forcing ----------------------------------------------------------------------
+    def forward(self, points: torch.Tensor, normals: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits of Eq. 1.
+
+        Args:
+            points: float ``[B, N, 3]`` anchor-normalized surface points of a frame.
+            normals: float ``[B, N, 3]`` unit normals.
+            tokens: int64 ``[B, L]`` token ids starting with BOS (PAD after EOS).
+        Returns:
+            logits float ``[B, L, vocab]``; position ``i`` scores token ``i + 1``.
+        """
+        return self.decode_logits(self.encode_points(points, normals), tokens)
+
+    def decode_logits(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, L, vocab]`` for ``tokens [B, L]`` given precomputed ``latents [B, M, d]``."""
+        x = self.embed_tokens(tokens)
+        for blk, kv in zip(self.blocks, self.cross_kv(latents)):
+            x = blk(x, kv)
+        return self.head(self.norm(x))
+
+    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
+        shape = (batch, self.cfg.n_heads, self.tokenizer.max_len, self.cfg.d_model // self.cfg.n_heads)
+        return [{"k": torch.zeros(shape, device=device, dtype=dtype),
+                 "v": torch.zeros(shape, device=device, dtype=dtype), "len": 0} for _ in self.blocks]
+
+    def step(self, tokens: torch.Tensor, cross_kv: list, cache: list[dict],
+             tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Feed new ``tokens [B, L]`` through the cache; returns logits ``[B, L, vocab]``.
+
+        ``tables`` (from :meth:`embedding_tables`) can be passed to skip rebuilding them every step.
+        """
+        start = cache[0]["len"]
+        x = self.embed_tokens(tokens, start, tables)
+        for blk, kv, c in zip(self.blocks, cross_kv, cache):
+            x = blk(x, kv, c)
+        for c in cache:
+            c["len"] = start + tokens.shape[1]
+        return self.head(self.norm(x))
+
+    # ---- constrained generation ---------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, points: torch.Tensor, normals: torch.Tensor, max_joints: int = 64,
+                 min_joints: int = 1, temperature: float = 0.0, use_cache: bool = True, dfs_constraint: bool = True,
+                 generator: torch.Generator | None = None,
+                 return_stats: bool = False) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
+        """Decode one skeleton per frame with constrained (greedy by default) decoding.
+
+        Constraints: coordinate slots emit only bins; the first parent slot emits only the root
+        label; later parent slots emit only an earlier joint (with ``dfs_constraint`` only the
+        previous joint or one of its ancestors, i.e. canonical depth-first order); EOS only between
+        joints, after at least one joint; at ``max_joints`` EOS is forced. Every output is therefore
+        a valid tree. Joints closer than half a bin to an earlier joint are merged afterwards.
+
+        Args:
+            points, normals: float ``[B, N, 3]``.
+            max_joints: joint limit (at most the model's ``max_joints``).
+            min_joints: EOS is allowed only after this many joints (clipped to ``max_joints``).
+            temperature: 0 for greedy, else sampling temperature.
+            use_cache: use the KV cache (False recomputes the whole prefix every step).
+            return_stats: also return a dict of per-sample counts (greedy decoding only):
+                ``constraint_overrides`` (steps where the unconstrained argmax was not allowed),
+                ``validity_overrides`` (steps where it would have broken the tree or the token
+                grammar, i.e. the output needed the constraints to be valid), ``merged`` joints and
+                ``hit_limit`` (decoding stopped at ``max_joints`` without EOS).
+        Returns:
+            list of ``(joints float32 [J, 3] normalized, parents int32 [J])`` (and the stats dict).
+        """
+        self_training = self.training
+        self.eval()
+        tk = self.tokenizer
+        max_joints = int(min(max_joints, tk.max_joints))
+        if max_joints < 1:
+            raise ValueError("max_joints must be at least 1")
+        min_joints = int(min(max(1, min_joints), max_joints))
+        B, device = points.shape[0], points.device
+        latents = self.encode_points(points, normals)
+        kv = self.cross_kv(latents) if use_cache else None
+        tables = self.embedding_tables() if use_cache else None
+        cache = self.new_cache(B, device, latents.dtype) if use_cache else None
+        seq = torch.full((B, 1), tk.bos, dtype=torch.long, device=device)
+        n_joints = [0] * B
+        chain: list[list[int]] = [[] for _ in range(B)]  # root -> last joint path
+        finished = [False] * B
+        overrides, invalid = [0] * B, [0] * B
+        step_tokens = seq
+        for t in range(4 * max_joints + 1):
+            if use_cache:
+                logits = self.step(step_tokens, kv, cache, tables)[:, -1].float()
+            else:
+                logits = self.decode_logits(latents, seq)[:, -1].float()
+            # valid: what keeps the output a tree; allowed: valid and (optionally) canonical DFS order
+            valid = torch.zeros(B, tk.vocab_size, dtype=torch.bool)
+            slot = t % 4  # 0..2 coordinates, 3 parent; t = 4 j + slot
+            for b in range(B):
+                if finished[b]:
+                    valid[b, tk.pad] = True
+                elif slot == 0:
+                    if n_joints[b] < max_joints:
+                        valid[b, : tk.n_disc] = True
+                    if n_joints[b] >= 1:
+                        valid[b, tk.eos] = True
+                elif slot < 3:
+                    valid[b, : tk.n_disc] = True
+                elif n_joints[b] == 0:
+                    valid[b, tk.parent_token(-1)] = True
+                else:
+                    valid[b, tk.parent_offset + 1: tk.parent_offset + 1 + n_joints[b]] = True
+            allowed = valid.clone()
+            for b in range(B):
+                if finished[b]:
+                    continue
+                if slot == 0 and n_joints[b] < min_joints:
+                    allowed[b, tk.eos] = False
+                if slot == 3 and n_joints[b] > 0 and dfs_constraint:
+                    allowed[b, tk.parent_offset + 1: tk.parent_offset + 1 + n_joints[b]] = False
+                    allowed[b, [tk.parent_token(p) for p in chain[b]]] = True
+            allowed, valid = allowed.to(device), valid.to(device)
+            masked = logits.masked_fill(~allowed, float("-inf"))
+            if temperature > 0:
+                probs = torch.softmax(masked / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                nxt = masked.argmax(dim=-1)
+            free = logits.argmax(dim=-1)
+            free_valid = valid.gather(1, free[:, None])[:, 0].tolist()
+            nxt_list, free_list = nxt.tolist(), free.tolist()
+            for b in range(B):
+                if finished[b]:
+                    continue
+                if temperature == 0 and free_list[b] != nxt_list[b]:
+                    overrides[b] += 1
+                if temperature == 0 and not free_valid[b]:
+                    invalid[b] += 1
+                tok = nxt_list[b]
+                if tok == tk.eos:
+                    finished[b] = True
+                elif slot == 3:
+                    p = tok - tk.parent_offset - 1
+                    j = n_joints[b]
+                    chain[b] = (chain[b][: chain[b].index(p) + 1] if p >= 0 else []) + [j]
+                    n_joints[b] += 1
+            step_tokens = nxt[:, None]
+            seq = torch.cat([seq, step_tokens], dim=1)
+            if all(finished):
+                break
+        self.train(self_training)
+        out, merged, hit = [], [], []
+        for b in range(B):
+            toks = seq[b].tolist()
+            hit.append(not finished[b])
+            if not finished[b]:
+                toks.append(tk.eos)
+            joints, parents = tk.decode(toks)
+            J0 = len(parents)
+            joints, parents = merge_duplicate_joints(joints, parents, tol=0.5 * tk.bin_size)
+            merged.append(J0 - len(parents))
+            out.append((joints.astype(np.float32), parents.astype(np.int32)))
+        if return_stats:
+            return out, {"constraint_overrides": overrides, "validity_overrides": invalid, "merged": merged,
+                         "hit_limit": hit}
+        return out
+
+
+def skeleton_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int,
+                        parent_weight: float = 1.0) -> torch.Tensor:
+    """Teacher-forced autoregressive cross-entropy of Eq. 1 (mean over non-PAD targets).
+
+    Args:
+        logits: ``[B, L, vocab]`` from :meth:`SkeletonGenerator.forward`.
+        tokens: int64 ``[B, L]`` the same token ids (targets are ``tokens[:, 1:]``).
+        pad_id: PAD id (ignored targets).
+        parent_weight: weight of parent-slot targets (the SPRig alpha; 1 for plain pretraining).
+    Returns:
+        scalar loss.
+    """
+    target = tokens[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                         reduction="none").view_as(target)
+    weight = (target != pad_id).float()
+    if parent_weight != 1.0:
+        pos = torch.arange(1, tokens.shape[1], device=tokens.device)
+        is_parent = ((pos - 1) % 4 == 3)[None].expand_as(target)
+        weight = weight * torch.where(is_parent, parent_weight, 1.0)
+    return (ce * weight).sum() / weight.sum().clamp_min(1.0)

@@ -1,0 +1,228 @@
+"""SPRig fine-tuning stages: every loss term trains a tiny model, and both smoke stages run and resume.
+
+The stage runs use a tiny procedural corpus written by the data stage's generator and freshly
+initialized (untrained) smoke-size base models saved as real checkpoints: the stages' code paths
+(pseudo-labels, teachers, decoding, losses, checkpoints, resume) are the ones a full run takes.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from backend.models.checkpoint import load_model, read_checkpoint, save_model
+from backend.models.inference import RiggerModels
+from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
+from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
+from backend.normalize import AnchorBox
+from training import sprig_skeleton as SK
+from training import sprig_skinning as SN
+from training.data.corpus import CorpusConfig, generate_creature
+from training.data.generate import generate_corpus
+from training.losses import skinning_losses as KL
+from training.presets import get_preset
+
+TINY_SKEL = SkeletonGeneratorConfig(n_disc=32, max_joints=16, d_model=32, n_heads=2, n_latents=8, n_enc_layers=1,
+                                    n_dec_layers=1, n_freq=2, mlp_ratio=2)
+TINY_SKIN = SkinningNetworkConfig(d_model=32, n_heads=2, n_latents=8, n_shape_layers=1, n_joint_layers=1,
+                                  n_point_layers=1, n_freq=2, mlp_ratio=2)
+TINY_CORPUS = dict(frames=(5, 5), verts=(250, 400), grid_cells=36, shard_size=8, workers=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids spin-waiting on the shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def creatures():
+    cfg = CorpusConfig(n_creatures=2, **TINY_CORPUS)
+    return [generate_creature(i, 0, cfg) for i in range(2)]
+
+
+def optimize(params, loss_fn, steps: int = 8, lr: float = 3e-3) -> tuple[float, float]:
+    opt = torch.optim.Adam(params, lr=lr)
+    first = None
+    for _ in range(steps):
+        loss = loss_fn()
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in params if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+        first = float(loss.detach()) if first is None else first
+        opt.step()
+    with torch.no_grad():
+        last = float(loss_fn().detach())
+    return first, last
+
+
+# --- skeleton terms on a tiny generator ---------------------------------------------------------
+
+def skeleton_batch(creatures, gen: SkeletonGenerator):
+    clips = []
+    for rec in creatures:
+        box = AnchorBox.fit(rec.verts[0])
+        verts = box.apply(rec.verts[[0, 2, 4]])
+        # a fixed anchor label (12 ground-truth joints here; the stage uses the frozen base model's rig)
+        tokens = gen.tokenizer.encode(box.apply(rec.joints[0, :12]), rec.parents[:12])
+        clips.append(SK.Clip(f"c{rec.index}", verts, rec.faces, tokens))
+    return SK.make_batch(clips, 64, 0, gen.tokenizer, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("term", ["anchor", "sym", "geom"])
+def test_skeleton_terms_finite_with_gradients_and_decrease(creatures, term):
+    torch.manual_seed(0)
+    gen = SkeletonGenerator(TINY_SKEL)
+    batch = skeleton_batch(creatures, gen)
+    cfg = SK.make_config("smoke", max_joints=6)
+    rng = np.random.default_rng(0)
+    decoded = SK.decode_frames(gen, batch, cfg) if term == "geom" else None  # held fixed while optimizing
+    params = [p for n, p in gen.named_parameters() if not n.startswith("encoder.")]
+    first, last = optimize(params, lambda: SK.forward_losses(gen, gen, batch, cfg, rng, decoded)[term])
+    assert math.isfinite(first) and last < first
+
+
+def test_skeleton_training_loss_ablation_switches(creatures):
+    torch.manual_seed(0)
+    gen = SkeletonGenerator(TINY_SKEL)
+    batch = skeleton_batch(creatures, gen)
+    rng = np.random.default_rng(0)
+    full, parts = SK.training_loss(gen, gen, batch, SK.make_config("smoke", max_joints=6), rng, with_geom=True)
+    assert {"anchor", "sym", "token", "geom", "geom_dir", "geom_len", "geom_ch"} <= set(parts)
+    assert parts["total"] == pytest.approx(parts["token"] + 0.5 * parts["geom"], rel=1e-5)
+    _, p_nogeom = SK.training_loss(gen, gen, batch, SK.make_config("smoke", no_geom=True), rng, with_geom=True)
+    assert "geom" not in p_nogeom and p_nogeom["total"] == pytest.approx(p_nogeom["token"], rel=1e-5)
+    _, p_notok = SK.training_loss(gen, gen, batch, SK.make_config("smoke", no_token=True, max_joints=6), rng,
+                                  with_geom=True)
+    assert p_notok["total"] == pytest.approx(0.5 * p_notok["geom"], rel=1e-5)
+    _, p_label = SK.training_loss(gen, gen, batch, SK.make_config("smoke", max_joints=6, geom_anchor="label"), rng,
+                                  with_geom=True)
+    assert math.isfinite(p_label["geom"]) and p_label["geom"] != pytest.approx(parts["geom"])
+    _, p_a1 = SK.training_loss(gen, gen, batch, SK.make_config("smoke", alpha=1.0), rng, with_geom=False)
+    assert p_a1["anchor"] != pytest.approx(parts["anchor"])
+    with pytest.raises(ValueError, match="nothing to train"):
+        SK.make_config("smoke", no_geom=True, no_token=True)
+
+
+# --- skinning terms on a tiny network ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def skin_batch(creatures):
+    torch.manual_seed(1)
+    teacher_net = SkinningNetwork(TINY_SKIN).eval()
+    models = RiggerModels(skeleton=None, skinning=teacher_net, device=torch.device("cpu"))
+    clips = []
+    for rec in creatures:
+        box = AnchorBox.fit(rec.verts[0])
+        verts, joints = box.apply(rec.verts[[0, 2, 4]]), box.apply(rec.joints[0])
+        clips.append(SN.build_clip(f"c{rec.index}", verts, rec.faces, joints, rec.parents, models, 48, 48, seed=3))
+    return SN.collate(clips, torch.device("cpu"))
+
+
+TERMS = {
+    "sym": lambda w, y, m, prior: KL.sym_kl_loss(w, y, m),
+    "l1": lambda w, y, m, prior: KL.l1_loss(w, y, m),
+    "anchor": lambda w, y, m, prior: KL.anchor_skin_loss(w, y, m),
+    "ent": lambda w, y, m, prior: KL.entropy_loss(w, m),
+    "prior": lambda w, y, m, prior: KL.prior_loss(w, prior, m),
+}
+
+
+@pytest.mark.parametrize("term", sorted(TERMS))
+def test_skinning_terms_finite_with_gradients_and_decrease(skin_batch, term):
+    torch.manual_seed(2)
+    student = SkinningNetwork(TINY_SKIN)
+    b = skin_batch
+    m = KL.batch_topk_mask(b["teacher"], b["valid"])
+    y = KL.masked_renormalize(b["teacher"], m)
+    prior = KL.averaged_prior(KL.proximity_prior(b["query"][..., :3], b["joints"], b["parents"], b["valid"]))
+
+    def loss():
+        w = KL.masked_renormalize(SN.predict_frames(student, b), m[:, None])
+        return TERMS[term](w, y, m, prior)
+
+    first, last = optimize(list(student.parameters()), loss)
+    assert last < first
+
+
+def test_skinning_total_loss_decreases(skin_batch):
+    torch.manual_seed(3)
+    student = SkinningNetwork(TINY_SKIN)
+    cfg = SN.make_config("smoke")
+    first, last = optimize(list(student.parameters()), lambda: SN.training_loss(student, skin_batch, cfg, 10.0)[0])
+    assert last < first
+    _, parts = SN.training_loss(student, skin_batch, cfg, 1.0)
+    assert parts["prior_factor"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="switched off"):
+        SN.make_config("smoke", loss={"use_sym": False, "use_l1": False, "use_anchor": False, "use_ent": False,
+                                      "use_prior": False})
+
+
+# --- the smoke stages ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sprig_run")
+    generate_corpus(root / "corpus", CorpusConfig(n_creatures=6, val_fraction=0.3, test_fraction=0.0, **TINY_CORPUS),
+                    progress=False)
+    P = get_preset("smoke")
+    torch.manual_seed(0)
+    prov = {"preset_config": P.to_dict(), "note": "freshly initialized for the stage test"}
+    save_model(SkeletonGenerator(P.skeleton), root / "checkpoints/skeleton_base.safetensors", "pretrain", prov)
+    save_model(SkinningNetwork(P.skinning), root / "checkpoints/skinning_base.safetensors", "pretrain", prov)
+    return root
+
+
+FAST_SKEL = dict(steps=2, max_train_clips=2, n_val_clips=1, val_every=2, ckpt_every=1, max_joints=6, n_points=64)
+FAST_SKIN = dict(steps=2, max_train_clips=2, n_val_clips=1, val_every=2, ckpt_every=1, max_joints=8, n_query=32,
+                 n_shape=48)
+
+
+def test_sprig_skeleton_smoke_stage_runs_and_resumes(workdir):
+    first = SK.run_stage("smoke", workdir, "cpu", stop_after=1, **FAST_SKEL)
+    assert first["step"] == 1 and not first["complete"] and first["checkpoint"] is None
+    done = SK.run_stage("smoke", workdir, "cpu", **FAST_SKEL)
+    assert done["step"] == 2 and done["complete"]
+    model, info = load_model(done["checkpoint"], expected="skeleton_generator")
+    assert info.stage == "sprig-skeleton" and info.provenance["step"] == 2
+    lines = [json.loads(x) for x in (workdir / "sprig_skeleton" / "log.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "total" in x]
+    assert [x["step"] for x in train] == [1, 2]  # the resumed run continued at step 2
+    assert all(math.isfinite(x["total"]) and "geom" in x for x in train)
+    assert any("val_pjdd" in x for x in lines)
+    # the frozen encoder did not move; the decoder did
+    base, _ = read_checkpoint(workdir / "checkpoints/skeleton_base.safetensors")
+    tuned = model.state_dict()
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("blocks."))
+
+
+def test_sprig_skinning_smoke_stage_runs_and_resumes(workdir):
+    # an ablation run (no prior) writing its own checkpoint and state, killed after one step, resumed
+    abl = dict(FAST_SKIN, loss={"use_prior": False}, state_dir="ablation_noprior",
+               out_checkpoint="checkpoints/skinning_noprior.safetensors")
+    first = SN.run_stage("smoke", workdir, "cpu", stop_after=1, **abl)
+    assert first["step"] == 1 and not first["complete"] and first["clips"] == 2
+    done = SN.run_stage("smoke", workdir, "cpu", **abl)
+    assert done["step"] == 2 and done["complete"]
+    assert done["checkpoint"].endswith("skinning_noprior.safetensors")
+    _, info = load_model(done["checkpoint"], expected="skinning_network")
+    assert info.stage == "sprig-skinning" and info.provenance["step"] == 2
+    assert info.provenance["config"]["loss"]["use_prior"] is False
+    lines = [json.loads(x) for x in (workdir / "ablation_noprior" / "log.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "total" in x]
+    assert [x["step"] for x in train] == [1, 2]
+    assert all(math.isfinite(x[k]) for x in train for k in ("sym", "l1", "anchor", "ent", "prior"))
+    vals = [x for x in lines if "val_l1" in x]
+    assert vals and all(math.isfinite(v["val_symkl"]) for v in vals)
+    # the default smoke preset of the stage runs to completion
+    full = SN.run_stage("smoke", workdir, "cpu", **{**FAST_SKIN, "steps": 1})
+    assert full["complete"] and (workdir / "checkpoints/skinning_sprig.safetensors").is_file()

@@ -1,0 +1,252 @@
+"""Static evaluation of the base rigger (``python training/run.py --stage eval-static``).
+
+Frame by frame on random frames of the corpus test split and of the real artist rigs
+(``../shared/realdata/*.npz`` next to the repository, evaluation only): each frame is normalized by
+its own bounding box, the skeleton generator decodes a skeleton (greedy, constrained) that is scored
+against the frame's ground truth with CD-J2J / CD-J2B / CD-B2B and the joint-count error, and the
+skinning network predicts weights at every mesh vertex given the ground-truth skeleton, scored with
+Precision / Recall / average L1 (``backend.metrics``).
+
+Besides the metrics it reports how often decoding needed its constraints: ``unconstrained_valid`` is
+the share of frames where the unconstrained greedy token kept the token grammar and the tree valid at
+every step (the output would have been a valid tree without any masking), ``canonical_free`` where it
+also followed the canonical depth-first order, ``merge_free`` where no duplicate joints were merged.
+
+Writes ``workdir/eval_static/results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from backend.metrics import static_skeleton_quality, static_skinning_quality
+from backend.models.inference import RiggerModels, load_models
+from backend.models.tokenizer import TokenizerError
+from backend.skeleton import reorder, topological_order
+from training.presets import PretrainConfig, get_preset
+from training.pretrain import FrameSample, prepare_frame
+
+log = logging.getLogger(__name__)
+REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
+
+ACCEPTANCE = {"cd_j2j": 0.035, "cd_j2b": 0.030, "cd_b2b": 0.025, "skin_precision": 0.85, "skin_recall": 0.80,
+              "skin_l1": 0.35, "unconstrained_valid": 0.99}
+
+
+@dataclass
+class EvalConfig:
+    """How much to evaluate.
+
+    Attributes:
+        n_corpus_frames: random test-split frames (one record per frame, cycling through records).
+        n_real_frames: random frames per real clip.
+        n_points: surface samples per frame (as in pretraining).
+        batch: frames per generation batch.
+        seed: frame choice and sampling.
+    """
+
+    n_corpus_frames: int = 200
+    n_real_frames: int = 8
+    n_points: int = 512
+    batch: int = 8
+    seed: int = 1
+
+
+EVAL_PRESETS = {"smoke": EvalConfig(n_corpus_frames=6, n_real_frames=1, n_points=256, batch=6),
+                "default": EvalConfig(), "large": EvalConfig(n_corpus_frames=1000, n_real_frames=16, n_points=2048)}
+
+
+def forest_to_tree(joints: np.ndarray, parents: np.ndarray, weights: np.ndarray | None = None):
+    """Make a single tree: re-parent every extra root to the nearest joint outside its own subtree.
+
+    The root with the largest subtree stays the root; the result is put in topological order.
+
+    Args:
+        joints: float ``[J, 3]``; parents: int ``[J]`` (several ``-1`` allowed); weights: ``[V, J]``.
+    Returns:
+        ``joints [J, 3]``, ``parents int32 [J]`` and the weights with columns permuted alike.
+    """
+    parents = np.asarray(parents, dtype=np.int64).copy()
+    J = len(parents)
+
+    def root_of(j: int) -> int:
+        while parents[j] >= 0:
+            j = int(parents[j])
+        return j
+
+    roots = [int(r) for r in np.flatnonzero(parents < 0)]
+    if len(roots) > 1:
+        owner = np.array([root_of(j) for j in range(J)])
+        main = max(roots, key=lambda r: int((owner == r).sum()))
+        for r in roots:
+            if r == main:
+                continue
+            owner = np.array([root_of(j) for j in range(J)])
+            outside = np.flatnonzero(owner != r)
+            d = np.linalg.norm(joints[outside] - joints[r], axis=1)
+            parents[r] = int(outside[np.argmin(d)])
+    order = topological_order(parents)
+    joints, parents = reorder(joints, parents, order)
+    if weights is not None:
+        weights = np.asarray(weights)[:, order]
+    return joints, parents.astype(np.int32), weights
+
+
+def score_frames(models: RiggerModels, frames: list[tuple[FrameSample, np.ndarray, np.ndarray, np.ndarray]],
+                 batch: int, desc: str) -> dict:
+    """Score skeleton generation and skinning on prepared frames.
+
+    Args:
+        frames: ``(sample, verts [V, 3], vertex normals [V, 3], gt weights [V, J])`` per frame, all
+            normalized like ``sample``.
+    """
+    rows = []
+    for s in tqdm(range(0, len(frames), batch), desc=desc, leave=False):
+        chunk = frames[s:s + batch]
+        pts = torch.from_numpy(np.stack([f[0].points for f in chunk])).to(models.device)
+        nrm = torch.from_numpy(np.stack([f[0].normals for f in chunk])).to(models.device)
+        t0 = time.time()
+        gens, stats = models.skeleton.generate(pts, nrm, return_stats=True)
+        t_gen = (time.time() - t0) / len(chunk)
+        for i, ((pj, pp), (fs, verts, vnrm, gt_w)) in enumerate(zip(gens, chunk)):
+            q = static_skeleton_quality(pj, fs.joints, pp, fs.parents)
+            w = models.predict_weights(verts, vnrm, fs.points, fs.normals, fs.joints, fs.parents)
+            sk = static_skinning_quality(w, gt_w)
+            rows.append({"record": fs.record, "frame": fs.frame, "cd_j2j": q.cd_j2j, "cd_j2b": q.cd_j2b,
+                         "cd_b2b": q.cd_b2b, "joints_pred": len(pp), "joints_gt": len(fs.parents),
+                         "joint_count_err": abs(len(pp) - len(fs.parents)),
+                         "unconstrained_valid": stats["validity_overrides"][i] == 0,
+                         "canonical_free": stats["constraint_overrides"][i] == 0,
+                         "merge_free": stats["merged"][i] == 0, "hit_limit": stats["hit_limit"][i],
+                         "skin_precision": sk.precision, "skin_recall": sk.recall, "skin_l1": sk.avg_l1,
+                         "gen_seconds": t_gen})
+    return summarize(rows)
+
+
+def summarize(rows: list[dict]) -> dict:
+    if not rows:
+        return {"n_frames": 0}
+    keys = ["cd_j2j", "cd_j2b", "cd_b2b", "joint_count_err", "unconstrained_valid", "canonical_free", "merge_free",
+            "hit_limit",
+            "skin_precision", "skin_recall", "skin_l1", "gen_seconds"]
+    out = {"n_frames": len(rows)}
+    for k in keys:
+        out[k] = float(np.nanmean([float(r[k]) for r in rows]))
+    out["joints_pred_mean"] = float(np.mean([r["joints_pred"] for r in rows]))
+    out["joints_gt_mean"] = float(np.mean([r["joints_gt"] for r in rows]))
+    out["valid_tree"] = 1.0  # constrained decoding: every output is a tree by construction
+    out["frames"] = rows
+    return out
+
+
+def corpus_frames(corpus, cfg: EvalConfig, tokenizer) -> list:
+    ids = [int(i) for i in corpus.indices("test")]
+    if not ids:
+        raise RuntimeError(f"corpus at {corpus.root} has no test split")
+    rng = np.random.default_rng(cfg.seed)
+    pcfg = PretrainConfig(n_points=cfg.n_points, n_query=2)
+    frames, cache = [], {}
+    for i in range(cfg.n_corpus_frames):
+        index = ids[i % len(ids)]
+        if index not in cache:
+            cache.clear()
+            cache[index] = corpus.load(index)
+        rec = cache[index]
+        k = int(rng.integers(rec.verts.shape[0]))
+        try:
+            frames.append(_frame(rec.verts[k], rec.faces, rec.joints[k], rec.parents, rec.weights, rng, pcfg,
+                                 tokenizer, index, k))
+        except TokenizerError as exc:
+            log.warning("test record %d skipped: %s", index, exc)
+    return frames
+
+
+def _frame(verts, faces, joints, parents, weights, rng, pcfg, tokenizer, record, k):
+    from backend.normalize import AnchorBox
+    from backend.sampling import vertex_normals
+
+    fs = prepare_frame(verts, faces, joints, parents, weights, rng, pcfg, tokenizer, augment=False)
+    fs.record, fs.frame = record, k
+    nverts = AnchorBox.fit(verts).apply(verts)
+    return fs, nverts, vertex_normals(nverts, faces), np.asarray(weights, dtype=np.float32)
+
+
+def real_frames(path: Path, cfg: EvalConfig, tokenizer) -> list:
+    from backend.io.npz import load_npz
+
+    seq = load_npz(path)
+    ex = seq.extras
+    if "joints" not in ex or "weights" not in ex:
+        return []
+    rng = np.random.default_rng([cfg.seed, len(path.stem)])
+    pcfg = PretrainConfig(n_points=cfg.n_points, n_query=2)
+    out = []
+    for k in rng.choice(seq.n_frames, size=min(cfg.n_real_frames, seq.n_frames), replace=False):
+        joints, parents, weights = forest_to_tree(np.asarray(ex["joints"])[k], ex["parents"], ex["weights"])
+        out.append(_frame(seq.verts[k], seq.faces, joints, parents, weights, rng, pcfg, tokenizer, -1, int(k)))
+    return out
+
+
+def run_stage(preset: str, workdir: Path, device: str = "auto", checkpoint_dir: Path | None = None,
+              realdata_dir: Path | None = None) -> dict:
+    """Evaluate ``checkpoint_dir`` (default ``workdir/checkpoints``) base models; write results."""
+    from training.data.corpus import Corpus
+
+    workdir = Path(workdir)
+    cfg = EVAL_PRESETS[preset]
+    get_preset(preset)  # validates the name
+    models = load_models(checkpoint_dir or workdir / "checkpoints", which="base", device=device)
+    tokenizer = models.skeleton.tokenizer
+    results = {"preset": preset, "checkpoint": str(models.skeleton_info.path),
+               "checkpoint_provenance": {k: models.skeleton_info.provenance.get(k)
+                                         for k in ("step", "total_steps", "complete", "commit")},
+               "acceptance": ACCEPTANCE}
+    corpus = Corpus(workdir / "corpus")
+    results["corpus_test"] = score_frames(models, corpus_frames(corpus, cfg, tokenizer), cfg.batch, "corpus test")
+    realdata_dir = Path(realdata_dir) if realdata_dir else REALDATA
+    real = {}
+    for path in sorted(realdata_dir.glob("*.npz")) if realdata_dir.is_dir() else []:
+        frames = real_frames(path, cfg, tokenizer)
+        if frames:
+            real[path.stem] = score_frames(models, frames, cfg.batch, path.stem)
+    if real:
+        all_rows = [r for v in real.values() for r in v["frames"]]
+        results["realdata"] = {"all": summarize(all_rows), **real}
+    else:
+        log.warning("no real rigs found in %s; realdata part skipped", realdata_dir)
+    out = workdir / "eval_static"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown_table(results))
+    log.info("static evaluation:\n%s", markdown_table(results))
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    cols = ["n_frames", "cd_j2j", "cd_j2b", "cd_b2b", "joint_count_err", "joints_pred_mean", "joints_gt_mean",
+            "unconstrained_valid", "canonical_free", "merge_free", "skin_precision", "skin_recall", "skin_l1", "gen_seconds"]
+    lines = ["| set | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    sets = [("corpus test", results.get("corpus_test", {}))]
+    sets += [(f"real: {k}", v) for k, v in results.get("realdata", {}).items()]
+    for name, r in sets:
+        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    lines.append("")
+    lines.append("acceptance: " + ", ".join(f"{k} {'<=' if k.startswith('cd') or k == 'skin_l1' else '>='} {v}"
+                                           for k, v in ACCEPTANCE.items()))
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)

@@ -1,0 +1,551 @@
+"""Stage 1: pretrain the base static rigger (skeleton generator + skinning network) frame by frame.
+
+    python training/run.py --stage pretrain --preset default
+    torchrun --nproc_per_node 4 training/run.py --stage pretrain --preset large     # multi-GPU
+    python -m training.pretrain --preset smoke --workdir runs/smoke --steps 10       # with overrides
+
+Every training sample is one random frame of a corpus creature: the frame is rotated about the up
+axis (Y), normalized by its own bounding box (the paper's anchor normalization with that frame as
+the anchor), scaled/shifted a little, and sampled (points + normals). The skeleton generator learns
+the frame's ground-truth joints with teacher-forced cross-entropy (Eq. 1); the skinning network
+learns the ground-truth weights given the ground-truth skeleton with a KL loss (Eq. 4).
+
+Outputs under ``workdir``: ``pretrain/state.pt`` (resumable state, written atomically),
+``pretrain/log.jsonl`` (losses and validation), and ``checkpoints/skeleton_base.safetensors`` +
+``checkpoints/skinning_base.safetensors`` (exported at every validation and at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # `python training/pretrain.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backend.metrics import static_skeleton_quality, static_skinning_quality
+from backend.models.checkpoint import load_training_state, save_model, save_training_state
+from backend.models.inference import resolve_device
+from backend.models.skeleton_generator import SkeletonGenerator, skeleton_token_loss
+from backend.models.skinning_network import SkinningNetwork, skinning_kl_loss
+from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
+from backend.normalize import AnchorBox
+from backend.sampling import SurfaceSamples, barycentric_interpolate, points_on_frames, sample_surface
+from backend.skeleton import tree_distances
+from training.presets import OptimConfig, PretrainConfig, Preset, get_preset
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---- one training frame ----------------------------------------------------------------------------
+
+@dataclass
+class FrameSample:
+    """One normalized, sampled frame with its targets.
+
+    Attributes:
+        points, normals: float32 ``[N, 3]`` surface samples (skeleton input, skinning shape context).
+        tokens: int64 ``[L]`` ground-truth skeleton tokens.
+        joints: float32 ``[J, 3]`` ground-truth joints (normalized); parents: int ``[J]``.
+        query: float32 ``[Q, 6]`` skinning queries (position + normal); query_weights: float32 ``[Q, J]``.
+        record: corpus index; frame: frame index.
+    """
+
+    points: np.ndarray
+    normals: np.ndarray
+    tokens: np.ndarray
+    joints: np.ndarray
+    parents: np.ndarray
+    query: np.ndarray
+    query_weights: np.ndarray
+    record: int = -1
+    frame: int = -1
+
+
+def rotation_about_up(angle: float) -> np.ndarray:
+    """float64 ``[3, 3]`` rotation by ``angle`` radians about +Y."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def vertex_corners(faces: np.ndarray, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every vertex one face using it and the vertex's slot in that face (``-1`` if unused).
+
+    Returns:
+        ``face int64 [V]`` and ``slot int64 [V]``.
+    """
+    face = np.full(n_verts, -1, dtype=np.int64)
+    slot = np.zeros(n_verts, dtype=np.int64)
+    for r in range(3):
+        face[faces[:, r]] = np.arange(len(faces))
+        slot[faces[:, r]] = r
+    return face, slot
+
+
+def prepare_frame(verts: np.ndarray, faces: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+                  weights: np.ndarray, rng: np.random.Generator, cfg: PretrainConfig,
+                  tokenizer: SkeletonTokenizer, augment: bool = True) -> FrameSample:
+    """Normalize, augment and sample one frame.
+
+    Args:
+        verts: float ``[V, 3]`` the frame's vertices; faces: int ``[F, 3]``.
+        joints: float ``[J, 3]`` the frame's joints; parents: int ``[J]`` (single root).
+        weights: float ``[V, J]`` ground-truth skinning.
+        rng: source of the augmentation and the sampling.
+        augment: random rotation about Y, scale and shift jitter (off for validation).
+    Raises:
+        TokenizerError: the skeleton cannot be tokenized (e.g. too many joints).
+    """
+    verts = np.asarray(verts, dtype=np.float64)
+    joints = np.asarray(joints, dtype=np.float64)
+    if augment and cfg.rotate_up:
+        rot = rotation_about_up(rng.uniform(0.0, 2.0 * math.pi))
+        verts, joints = verts @ rot.T, joints @ rot.T
+    box = AnchorBox.fit(verts)
+    verts, joints = box.apply(verts).astype(np.float64), box.apply(joints).astype(np.float64)
+    if augment:
+        scale = rng.uniform(*cfg.scale_jitter)
+        verts, joints = verts * scale, joints * scale
+        lo, hi = verts.min(0), verts.max(0)
+        low = np.maximum(-0.5 - lo, -cfg.shift_jitter)
+        high = np.minimum(0.5 - hi, cfg.shift_jitter)
+        shift = rng.uniform(np.minimum(low, high), np.maximum(low, high))
+        verts, joints = verts + shift, joints + shift
+    verts = verts.astype(np.float32)
+    joints = joints.astype(np.float32)
+    tokens = tokenizer.encode(joints, parents)
+    # One sampling pass for everything: N shape points, Q/2 surface queries and Q/2 mesh vertices
+    # (a vertex is the sample at a corner of one of its faces, so it gets its vertex normal).
+    n_vert = cfg.n_query // 2
+    n_surf = cfg.n_query - n_vert
+    surf = sample_surface(verts, faces, cfg.n_points + n_surf, seed=int(rng.integers(2**31)))
+    corner_face, corner_slot = vertex_corners(faces, len(verts))
+    usable = np.flatnonzero(corner_face >= 0)
+    vidx = usable[rng.choice(len(usable), size=n_vert, replace=len(usable) < n_vert)]
+    bary = np.zeros((n_vert, 3), np.float32)
+    bary[np.arange(n_vert), corner_slot[vidx]] = 1.0
+    samples = SurfaceSamples(np.concatenate([surf.face_index, corner_face[vidx]]),
+                             np.concatenate([surf.barycentric, bary]))
+    pts, nrm = points_on_frames(verts, faces, samples)
+    points, normals = pts[:cfg.n_points], nrm[:cfg.n_points]
+    weights = np.asarray(weights, dtype=np.float32)
+    q_samples = SurfaceSamples(surf.face_index[cfg.n_points:], surf.barycentric[cfg.n_points:])
+    q_w = np.concatenate([barycentric_interpolate(weights, faces, q_samples), weights[vidx]], axis=0)
+    q_w = q_w / np.maximum(q_w.sum(1, keepdims=True), 1e-12)
+    query = np.concatenate([pts[cfg.n_points:], nrm[cfg.n_points:]], axis=1).astype(np.float32)
+    return FrameSample(points, normals, tokens, joints, np.asarray(parents, dtype=np.int64), query,
+                       q_w.astype(np.float32))
+
+
+def collate_skeleton(samples: list[FrameSample], tokenizer: SkeletonTokenizer, device) -> dict[str, torch.Tensor]:
+    """Batch for the generator: ``points, normals [B, N, 3]``, ``tokens [B, L]`` (PAD-padded)."""
+    return {
+        "points": torch.from_numpy(np.stack([s.points for s in samples])).to(device),
+        "normals": torch.from_numpy(np.stack([s.normals for s in samples])).to(device),
+        "tokens": torch.from_numpy(tokenizer.pad_batch([s.tokens for s in samples])).to(device),
+    }
+
+
+def collate_skinning(samples: list[FrameSample], device) -> dict[str, torch.Tensor]:
+    """Batch for H_phi with joints padded to the largest skeleton (``valid`` marks real joints)."""
+    B, J = len(samples), max(len(s.parents) for s in samples)
+    Q = samples[0].query.shape[0]
+    joints = np.zeros((B, J, 3), np.float32)
+    parents = np.full((B, J), -1, np.int64)
+    valid = np.zeros((B, J), bool)
+    dist_ = np.full((B, J, J), -1, np.int64)
+    target = np.zeros((B, Q, J), np.float32)
+    for b, s in enumerate(samples):
+        n = len(s.parents)
+        joints[b, :n], parents[b, :n], valid[b, :n] = s.joints, s.parents, True
+        dist_[b, :n, :n] = tree_distances(s.parents)
+        target[b, :, :n] = s.query_weights
+    shape = np.concatenate([np.stack([s.points for s in samples]), np.stack([s.normals for s in samples])], -1)
+    t = {"query": np.stack([s.query for s in samples]), "shape": shape, "joints": joints, "parents": parents,
+         "valid": valid, "tree_dist": dist_, "target": target}
+    return {k: torch.from_numpy(v).to(device) for k, v in t.items()}
+
+
+class FrameSampler:
+    """Draws training frames from a corpus split; the frames of step ``t`` depend only on (seed, rank, t).
+
+    Records are chosen per block of ``frames_per_record`` steps and reused inside the block with
+    fresh frames and augmentation, so a small in-memory cache absorbs most loading.
+    """
+
+    def __init__(self, corpus, split: str, cfg: PretrainConfig, tokenizer: SkeletonTokenizer,
+                 rank: int = 0, world: int = 1):
+        self.corpus, self.cfg, self.tokenizer = corpus, cfg, tokenizer
+        self.ids = [int(i) for i in corpus.indices(split)]
+        if not self.ids:
+            raise RuntimeError(f"corpus {getattr(corpus, 'root', '')} has no '{split}' records; run the data stage")
+        self.rank, self.world = rank, world
+        self.cache: OrderedDict[int, object] = OrderedDict()
+        self.bad: set[int] = set()
+
+    def record(self, index: int):
+        if index in self.cache:
+            self.cache.move_to_end(index)
+            return self.cache[index]
+        rec = self.corpus.load(index)
+        self.cache[index] = rec
+        while len(self.cache) > self.cfg.record_cache:
+            self.cache.popitem(last=False)
+        return rec
+
+    def sample(self, index: int, frame: int | None, rng: np.random.Generator, augment: bool) -> FrameSample:
+        rec = self.record(index)
+        k = int(rng.integers(rec.verts.shape[0])) if frame is None else frame
+        s = prepare_frame(rec.verts[k], rec.faces, rec.joints[k], rec.parents, rec.weights, rng, self.cfg,
+                          self.tokenizer, augment=augment)
+        s.record, s.frame = index, k
+        return s
+
+    def batch(self, step: int, size: int) -> list[FrameSample]:
+        block = step // max(1, self.cfg.frames_per_record)
+        out = []
+        for b in range(size):
+            pick = np.random.default_rng([self.cfg.seed, self.rank, self.world, block, b])
+            rng = np.random.default_rng([self.cfg.seed, self.rank, self.world, step, b, 1])
+            for attempt in range(50):
+                index = self.ids[int(pick.integers(len(self.ids)))]
+                if index in self.bad:
+                    continue
+                try:
+                    out.append(self.sample(index, None, rng, augment=True))
+                    break
+                except TokenizerError as exc:
+                    log.warning("skipping corpus record %d: %s", index, exc)
+                    self.bad.add(index)
+            else:
+                raise RuntimeError("could not draw a usable training frame in 50 attempts")
+        return out
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """Collated training batches for steps ``start .. end - 1`` (CPU tensors), in step order."""
+
+    def __init__(self, sampler: FrameSampler, start: int, end: int, cfg: PretrainConfig):
+        super().__init__()
+        self.sampler, self.start, self.end, self.cfg = sampler, start, end, cfg
+
+    def __iter__(self):
+        cfg, tk = self.cfg, self.sampler.tokenizer
+        for step in range(self.start, self.end):
+            samples = self.sampler.batch(step, max(cfg.skeleton_batch, cfg.skinning_batch))
+            yield (collate_skeleton(samples[:cfg.skeleton_batch], tk, "cpu"),
+                   collate_skinning(samples[:cfg.skinning_batch], "cpu"))
+
+
+def batch_stream(sampler: FrameSampler, start: int, end: int, cfg: PretrainConfig):
+    """Iterator over the batches of steps ``start .. end - 1``; with ``cfg.data_workers > 0`` they
+    are prepared in a background process while the models train."""
+    data = StepBatches(sampler, start, end, cfg)
+    if cfg.data_workers <= 0:
+        return iter(data)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4)
+    return iter(loader)
+
+
+def validation_frames(sampler: FrameSampler, corpus, cfg: PretrainConfig) -> list[FrameSample]:
+    """Fixed, un-augmented validation frames from the ``val`` split (``test`` if there is none)."""
+    split = "val" if len(corpus.indices("val")) else "test"
+    ids = [int(i) for i in corpus.indices(split)]
+    if not ids:
+        log.warning("corpus has no val/test records; validation is skipped")
+        return []
+    rng = np.random.default_rng([cfg.seed, 12345])
+    frames = []
+    for i in range(cfg.n_val_frames * 3):
+        if len(frames) == cfg.n_val_frames:
+            break
+        index = ids[i % len(ids)] if i < len(ids) else ids[int(rng.integers(len(ids)))]
+        rec = sampler.record(index)
+        k = int(rng.integers(rec.verts.shape[0]))
+        try:
+            frames.append(sampler.sample(index, k, rng, augment=False))
+        except TokenizerError as exc:
+            log.warning("validation: skipping record %d: %s", index, exc)
+    return frames
+
+
+# ---- optimisation -------------------------------------------------------------------------------------
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warmup for ``warmup_steps``, then cosine decay to ``min_lr_ratio * lr`` at ``total``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings and other 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "emb" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+
+
+@torch.no_grad()
+def validate(skel: SkeletonGenerator, skin: SkinningNetwork, frames: list[FrameSample],
+             tokenizer: SkeletonTokenizer, device, batch: int, n_generate: int, autocast) -> dict:
+    """Teacher-forced CE / token accuracy, skinning KL / L1 / precision / recall, and greedy CD-J2J."""
+    skel.eval(), skin.eval()
+    ce, acc, kl, l1, prec, rec = [], [], [], [], [], []
+    for s in range(0, len(frames), batch):
+        chunk = frames[s:s + batch]
+        sb = collate_skeleton(chunk, tokenizer, device)
+        with autocast():
+            logits = skel(sb["points"], sb["normals"], sb["tokens"])
+        ce.append(skeleton_token_loss(logits, sb["tokens"], tokenizer.pad).item())
+        tgt = sb["tokens"][:, 1:]
+        mask = tgt != tokenizer.pad
+        acc.append(((logits[:, :-1].argmax(-1) == tgt) & mask).sum().item() / mask.sum().item())
+        kb = collate_skinning(chunk, device)
+        with autocast():
+            lg = skin(kb["query"], kb["shape"], kb["joints"], kb["parents"], kb["valid"], kb["tree_dist"],
+                      return_logits=True)
+        kl.append(skinning_kl_loss(lg, kb["target"]).item())
+        w = torch.softmax(lg.float(), -1).cpu().numpy()
+        for b, fs in enumerate(chunk):
+            n = len(fs.parents)
+            q = static_skinning_quality(w[b, :, :n], fs.query_weights)
+            prec.append(q.precision), rec.append(q.recall), l1.append(q.avg_l1)
+    out = {"val_skeleton_ce": float(np.mean(ce)), "val_token_acc": float(np.mean(acc)),
+           "val_skinning_kl": float(np.mean(kl)), "val_skin_precision": float(np.nanmean(prec)),
+           "val_skin_recall": float(np.nanmean(rec)), "val_skin_l1": float(np.mean(l1))}
+    gen_frames = frames[:n_generate]
+    if gen_frames:
+        pts = torch.from_numpy(np.stack([f.points for f in gen_frames])).to(device)
+        nrm = torch.from_numpy(np.stack([f.normals for f in gen_frames])).to(device)
+        j2j, b2b, jerr = [], [], []
+        for s in range(0, len(gen_frames), batch):
+            for (pj, pp), f in zip(skel.generate(pts[s:s + batch], nrm[s:s + batch]), gen_frames[s:s + batch]):
+                qm = static_skeleton_quality(pj, f.joints, pp, f.parents)
+                j2j.append(qm.cd_j2j), b2b.append(qm.cd_b2b), jerr.append(abs(len(pp) - len(f.parents)))
+        out.update({"val_cd_j2j": float(np.mean(j2j)), "val_cd_b2b": float(np.mean(b2b)),
+                    "val_joint_count_err": float(np.mean(jerr))})
+    skel.train(), skin.train()
+    return out
+
+
+# ---- the stage ------------------------------------------------------------------------------------------
+
+def git_commit() -> dict:
+    """Commit hash and whether the working tree differs from it, untracked files included
+    (``unknown`` outside a checkout)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        return {"commit": sha or "unknown", "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed when launched by torchrun (``WORLD_SIZE > 1``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dev = resolve_device(device)
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+    return rank, world, dev
+
+
+def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_after: int | None = None,
+              **overrides) -> dict:
+    """Pretrain both models; resumes from ``workdir/pretrain/state.pt`` when it exists.
+
+    Args:
+        preset: preset name (``smoke`` / ``default`` / ``large``) or a :class:`Preset`.
+        workdir: run folder; the corpus is read from ``workdir/corpus``.
+        device: ``auto`` | ``cpu`` | ``cuda``.
+        stop_after: stop after this many steps as if killed (resume tests); the run stays incomplete.
+        **overrides: :class:`PretrainConfig` fields to change (e.g. ``steps=10``).
+    Returns:
+        the last validation metrics and paths of the exported checkpoints.
+    """
+    from training.data.corpus import Corpus
+
+    P = get_preset(preset, **overrides) if isinstance(preset, str) else preset
+    cfg = P.pretrain
+    workdir = Path(workdir)
+    rank, world, dev = setup_distributed(device)
+    if P.num_threads > 0:
+        torch.set_num_threads(P.num_threads)
+    out_dir, ckpt_dir = workdir / "pretrain", workdir / "checkpoints"
+    state_path, log_path = out_dir / "state.pt", out_dir / "log.jsonl"
+    corpus_root = workdir / "corpus"
+    corpus = Corpus(corpus_root)
+    tokenizer = P.skeleton.tokenizer
+    torch.manual_seed(cfg.seed)
+    skel, skin = SkeletonGenerator(P.skeleton).to(dev), SkinningNetwork(P.skinning).to(dev)
+    opt_skel, opt_skin = make_optimizer(skel, P.skeleton_optim), make_optimizer(skin, P.skinning_optim)
+    step, history = 0, []
+    if state_path.is_file():
+        state = load_training_state(state_path, map_location=dev)
+        if state.get("preset") != P.name:
+            raise RuntimeError(f"{state_path} belongs to preset {state.get('preset')!r}, not {P.name!r}; "
+                               "use another workdir or delete it")
+        skel.load_state_dict(state["skeleton"]), skin.load_state_dict(state["skinning"])
+        opt_skel.load_state_dict(state["opt_skeleton"]), opt_skin.load_state_dict(state["opt_skinning"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        step, history = int(state["step"]), json.loads(state.get("history", "[]"))
+        if rank == 0:
+            log.info("resuming pretraining from step %d of %d (%s)", step, cfg.steps, state_path)
+    n_skel = sum(p.numel() for p in skel.parameters())
+    n_skin = sum(p.numel() for p in skin.parameters())
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log.info("pretrain preset %s on %s x%d: skeleton %.2f M params, skinning %.2f M params, %d steps",
+                 P.name, dev, world, n_skel / 1e6, n_skin / 1e6, cfg.steps)
+    skel_m = DDP(skel) if world > 1 else skel
+    skin_m = DDP(skin) if world > 1 else skin
+    use_amp = P.amp and dev.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+    sampler = FrameSampler(corpus, "train", cfg, tokenizer, rank, world)
+    val_frames = validation_frames(sampler, corpus, cfg) if rank == 0 else []
+    provenance = {"preset": P.name, "total_steps": cfg.steps, "corpus": str(corpus_root),
+                  "corpus_train_records": len(sampler.ids), "world_size": world, "device": dev.type,
+                  "torch": torch.__version__, "skeleton_params": n_skel, "skinning_params": n_skin,
+                  "preset_config": P.to_dict(), **git_commit()}
+
+    def save_state() -> None:
+        if rank == 0:
+            save_training_state(state_path, {
+                "step": step, "preset": P.name, "skeleton": skel.state_dict(), "skinning": skin.state_dict(),
+                "opt_skeleton": opt_skel.state_dict(), "opt_skinning": opt_skin.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
+
+    exported = {"step": -1, "paths": {}}
+
+    def export(metrics: dict) -> dict:
+        if exported["step"] == step:
+            return exported["paths"]
+        paths = {}
+        if rank == 0:
+            prov = {**provenance, "step": step, "complete": step >= cfg.steps,
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "validation": metrics}
+            for name, model in (("skeleton_base", skel), ("skinning_base", skin)):
+                paths[name] = str(ckpt_dir / f"{name}.safetensors")
+                save_model(model, paths[name], stage="pretrain", provenance=prov)
+        exported.update(step=step, paths=paths)
+        return paths
+
+    def log_line(entry: dict) -> None:
+        history.append(entry)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    last_val: dict = next((h for h in reversed(history) if "val_skeleton_ce" in h), {})
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain[{P.name}]", disable=rank != 0, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 60.0)  # sparse updates in log files
+    t_last, run_loss = time.time(), []
+    skel.train(), skin.train()
+    batches = batch_stream(sampler, step, end, cfg)
+    while step < end:
+        sb, kb = next(batches)
+        sb = {k: v.to(dev, non_blocking=True) for k, v in sb.items()}
+        kb = {k: v.to(dev, non_blocking=True) for k, v in kb.items()}
+        for group, opt in ((opt_skel.param_groups, P.skeleton_optim), (opt_skin.param_groups, P.skinning_optim)):
+            for g in group:
+                g["lr"] = lr_at(step, cfg.steps, opt)
+        with autocast():
+            logits = skel_m(sb["points"], sb["normals"], sb["tokens"])
+        loss_skel = skeleton_token_loss(logits, sb["tokens"], tokenizer.pad)
+        opt_skel.zero_grad(set_to_none=True)
+        loss_skel.backward()
+        gn_skel = torch.nn.utils.clip_grad_norm_(skel.parameters(), P.skeleton_optim.grad_clip)
+        opt_skel.step()
+        with autocast():
+            lg = skin_m(kb["query"], kb["shape"], kb["joints"], kb["parents"], kb["valid"], kb["tree_dist"],
+                        return_logits=True)
+        loss_skin = skinning_kl_loss(lg, kb["target"])
+        opt_skin.zero_grad(set_to_none=True)
+        loss_skin.backward()
+        gn_skin = torch.nn.utils.clip_grad_norm_(skin.parameters(), P.skinning_optim.grad_clip)
+        opt_skin.step()
+        if not (torch.isfinite(loss_skel) and torch.isfinite(loss_skin)):
+            raise FloatingPointError(f"non-finite loss at step {step}: skeleton {loss_skel.item()}, "
+                                     f"skinning {loss_skin.item()}")
+        step += 1
+        run_loss.append((loss_skel.item(), loss_skin.item()))
+        bar.update(1)
+        if rank == 0 and (step % cfg.log_every == 0 or step == end):
+            now = time.time()
+            ls, lk = np.mean(run_loss, axis=0)
+            entry = {"step": step, "skeleton_ce": float(ls), "skinning_kl": float(lk),
+                     "lr": lr_at(step - 1, cfg.steps, P.skeleton_optim), "grad_norm_skeleton": float(gn_skel),
+                     "grad_norm_skinning": float(gn_skin), "s_per_step": (now - t_last) / len(run_loss)}
+            log_line(entry)
+            bar.set_postfix(skel=f"{ls:.3f}", skin=f"{lk:.3f}")
+            t_last, run_loss = now, []
+        if rank == 0 and val_frames and (step % cfg.val_every == 0 or step == cfg.steps):
+            last_val = {"step": step, **validate(skel, skin, val_frames, tokenizer, dev, cfg.skeleton_batch,
+                                                 cfg.n_val_generate, autocast)}
+            log_line(last_val)
+            log.info("step %d validation: %s", step, {k: round(v, 4) for k, v in last_val.items() if k != "step"})
+            export(last_val)
+        if step % cfg.ckpt_every == 0 or step == end:
+            save_state()
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    paths = {}
+    if step >= cfg.steps:
+        paths = export(last_val)
+        if rank == 0:
+            log.info("pretraining complete (%d steps): %s", step, paths)
+    if world > 1:
+        dist.barrier()
+    return {"step": step, "complete": step >= cfg.steps, "validation": last_val, "checkpoints": paths}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Pretrain the base static rigger (stage 1).")
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--workdir", type=Path, required=True, help="run folder holding corpus/ (e.g. runs/default)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, help="override the preset's step count")
+    parser.add_argument("--num-threads", type=int, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    P = get_preset(args.preset, **({"steps": args.steps} if args.steps else {}))
+    if args.num_threads:
+        P.num_threads = args.num_threads
+    result = run_stage(P, args.workdir, args.device)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0 if result["step"] > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
