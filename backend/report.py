@@ -253,6 +253,58 @@ def _skeleton_figure(result: RigResult, views: list[_MeshView]) -> str:
     return _png(fig)
 
 
+def joint_drift_values(result: RigResult) -> np.ndarray | None:
+    """Per-joint MCJD ``float64 [J]`` of the canonical joints from ``result.stats["joint_drift"]`` (None when
+    the stats have none or their length is not the rig's joint count)."""
+    values = (result.stats or {}).get("joint_drift")
+    if not values or len(values) != len(result.joints):
+        return None
+    values = _arr(values)
+    return values if np.isfinite(values).any() else None
+
+
+def _drift_figure(result: RigResult, drift: np.ndarray, view: _MeshView, n_labels: int = 3) -> str:
+    """The canonical skeleton over the anchor with joints coloured by their drift, and the drift per joint."""
+    import matplotlib as mpl
+
+    plt, _, LineCollection = _matplotlib()
+    joints, parents = np.asarray(result.joints), np.asarray(result.parents)
+    names = list(result.joint_names) if len(result.joint_names) == len(joints) else [str(j) for j in range(len(joints))]
+    vmax = max(float(np.nanmax(drift)), 1e-12)
+    norm = mpl.colors.Normalize(0.0, vmax)
+    cmap = plt.get_cmap("coolwarm")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    ax = axes[0]
+    _draw_mesh(ax, view, result.anchor_verts)
+    h, u, _ = view.axes
+    child = np.flatnonzero(parents >= 0)
+    segs = np.stack([joints[parents[child]][:, [h, u]], joints[child][:, [h, u]]], 1)
+    ax.add_collection(LineCollection(segs, colors="0.35", linewidths=1.5))
+    order = np.argsort(np.nan_to_num(drift, nan=-1.0))  # highest drift drawn on top
+    ax.scatter(joints[order, h], joints[order, u], s=36, c=cmap(norm(np.nan_to_num(drift[order]))),
+               edgecolors="black", linewidths=0.4, zorder=3)
+    for j in order[::-1][:n_labels]:
+        ax.annotate(names[j], (joints[j, h], joints[j, u]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()  # keep joints outside the mesh in view
+    pad = 0.05 * float(np.ptp(joints[:, [h, u]], axis=0).max() if len(joints) > 1 else 1.0)
+    ax.set_xlim(min(x0, joints[:, h].min() - pad), max(x1, joints[:, h].max() + pad))
+    ax.set_ylim(min(y0, joints[:, u].min() - pad), max(y1, joints[:, u].max() + pad))
+    ax.set_title("canonical joints coloured by drift", fontsize=9)
+    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.8, label="joint drift (MCJD)")
+    ax = axes[1]
+    idx = np.arange(len(drift))
+    ax.bar(idx, np.nan_to_num(drift), color=cmap(norm(np.nan_to_num(drift))), edgecolor="none")
+    ax.set_xlabel("joint", fontsize=8)
+    ax.set_ylabel("drift (anchor-box units)", fontsize=8)
+    ax.set_title("drift per joint, mean over report frames", fontsize=9)
+    if len(drift) <= 40:
+        ax.set_xticks(idx)
+        ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _png(fig)
+
+
 # ---------------------------------------------------------------------------------------------
 # Page
 
@@ -276,6 +328,11 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
             rows.append((f"topology flicker ({title})", _fmt(block.get("topology_flicker"))))
     if stab.get("clip"):
         rows.append(("MCJD (report frames)", _fmt(stab["clip"].get("mcjd"))))
+    drift = joint_drift_values(result)
+    if drift is not None:
+        worst = int(np.nanargmax(drift))
+        rows.append(("joint drift min / max (joint)", f"{_fmt(float(np.nanmin(drift)))} / {_fmt(float(drift[worst]))} "
+                                                      f"({html.escape(str(result.joint_names[worst]))})"))
     gt = st.get("gt") or {}
     for title, block in (("frames 0-2", gt.get("paper_3frame")), ("report frames", gt.get("clip"))):
         if block:
@@ -327,6 +384,13 @@ def render_report(result: RigResult, title: str | None = None, max_faces: int = 
                   "<p class='note'>Top: skinning instability (blue stable, red unstable). Bottom: reconstruction "
                   "error. Frames drawn as the rig's own deformation of the anchor.</p>",
                   _img(_heatmap_figure(result, posed, front, frames), "heatmaps")]
+    drift = joint_drift_values(result)
+    if drift is not None:
+        parts += ["<h2>Joint drift (MCJD per joint)</h2>",
+                  "<p class='note'>For each canonical (anchor) joint: the distance from the joint carried by the "
+                  "mesh's local motion to the nearest joint generated on each report frame, averaged over those "
+                  "frames, in anchor-box units (blue low, red high). High values mark joints the per-frame "
+                  "skeletons do not keep in place.</p>", _img(_drift_figure(result, drift, front), "joint drift")]
     parts += ["<h2>Skeleton</h2>", _img(_skeleton_figure(result, [front, side]), "skeleton"), "</body></html>"]
     return "\n".join(parts)
 

@@ -256,7 +256,8 @@ def stability_report(verts_n: np.ndarray, frames: np.ndarray, skeletons: list[tu
 
     Returns per-frame lists (aligned with ``frames``) of PJDD/BLRD/GSD/JAD (Eq. 28-31), joint counts,
     topology flicker and MCJD, and their means: on the paper's protocol (frames 0-2, when they are all
-    in ``frames``) and over all report frames.
+    in ``frames``) and over all report frames; ``"joint_drift"`` is the MCJD per joint of the first
+    skeleton (``[J_0]``, anchor-box units, averaged over the other frames) from the same drift call.
     """
     joints = [np.asarray(j, dtype=np.float64) for j, _ in skeletons]
     parents = [np.asarray(p) for _, p in skeletons]
@@ -266,7 +267,7 @@ def stability_report(verts_n: np.ndarray, frames: np.ndarray, skeletons: list[tu
         "frames": frames.tolist(),
         "pjdd": stab.pjdd, "blrd": stab.blrd, "gsd": stab.gsd, "jad": stab.jad,
         "n_joints": stab.n_joints, "flicker": stab.flicker.astype(int), "mcjd": drift.per_frame,
-        "clip": {**stab.summary(), "mcjd": drift.mean},
+        "clip": {**stab.summary(), "mcjd": drift.mean}, "joint_drift": drift.per_joint,
     }
     protocol = list(range(PAPER_PROTOCOL_FRAMES))
     if list(frames[:PAPER_PROTOCOL_FRAMES]) == protocol:
@@ -404,6 +405,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         stats["pjdd"] = stab.get("paper_3frame", {}).get("pjdd")
         stats["topology_flicker"] = stab["clip"]["topology_flicker"]
         stats["mcjd"] = stab["clip"]["mcjd"]
+        stats["joint_drift"] = stab["joint_drift"]  # [J], one value per canonical (anchor) joint
         gt_joints = seq.extras.get("joints") if isinstance(seq.extras, dict) else None
         if gt_joints is not None and np.shape(gt_joints)[0] == K:
             gt_parents = seq.extras.get("parents")
@@ -411,7 +413,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                    else np.full(np.shape(gt_joints)[1], -1)) for f in report_frames]
             stats["gt"] = stability_report(verts_n, report_frames, gt)
     else:
-        stats.update(pjdd=None, topology_flicker=None, mcjd=None, stability=None)
+        stats.update(pjdd=None, topology_flicker=None, mcjd=None, joint_drift=None, stability=None)
     track("report", 1.0)
     track.finish()
     stats["seconds"] = time.perf_counter() - t_start

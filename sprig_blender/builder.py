@@ -160,6 +160,7 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
         obj["sprig_stats"] = json.dumps(stats, default=float)
         obj["sprig_source"] = source.name
     mesh_obj["sprig_armature"] = arm_obj.name
+    arm_obj[heatmap.BONE_NAMES_KEY] = list(bone_names)  # joint order, for per-joint values such as drift
 
     for obj in context.selected_objects:
         obj.select_set(False)

@@ -123,6 +123,30 @@ def heat_colors(values: np.ndarray, vmax: float) -> np.ndarray:
     return np.concatenate([rgb, np.ones((len(t), 1), dtype=np.float32)], axis=1).astype(np.float32)
 
 
+def linear_to_srgb(rgb: np.ndarray) -> np.ndarray:
+    """Linear RGB ``[..., 3]`` in [0, 1] -> sRGB-encoded (gamma) RGB, ``float32`` (the IEC 61966-2-1 curve)."""
+    c = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)
+    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1.0 / 2.4) - 0.055).astype(np.float32)
+
+
+def bone_heat_colors(values: np.ndarray, vmax: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bone colours for per-bone values ``[J]`` on ``[0, vmax]``, with the mesh heatmap's ramp.
+
+    Blender stores custom bone colours sRGB-encoded, so the linear ramp of :func:`heat_colors` is
+    encoded first. Missing values (NaN) are drawn as 0.
+
+    Returns:
+        ``(normal, select, active)``, each sRGB ``float32 [J, 3]``: the ramp colour, and the same colour
+        moved 35% / 60% toward white for selected / active bones.
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64).reshape(-1), nan=0.0)
+    linear = heat_colors(values, vmax)[:, :3].astype(np.float64)
+    normal = linear_to_srgb(linear)
+    select = linear_to_srgb(linear + 0.35 * (1.0 - linear))
+    active = linear_to_srgb(linear + 0.60 * (1.0 - linear))
+    return normal, select, active
+
+
 def auto_heat_max(values: np.ndarray) -> float:
     """A colour-scale maximum for ``values [K, V]``: the 99th percentile (never 0)."""
     values = np.asarray(values, dtype=np.float64)

@@ -6,10 +6,16 @@ is on, a ``frame_change_post`` handler writes the current frame's values into tw
 every rigged mesh in the scene: ``sprig_heat`` (colour, blue = stable, red = unstable; shown in Solid
 mode with the attribute colour type) and ``sprig_heat_value`` (the raw value). A ``POST_PIXEL`` draw
 handler paints a legend and the current frame's numbers in the 3D views (never in background mode).
+
+The ``DRIFT`` mode colours bones instead: each bone of a rigged armature takes the colour of its joint's
+motion-compensated drift (``stats["joint_drift"]`` from the backend, one value per canonical joint, stored
+as JSON in the armature's ``sprig_stats``) through custom pose-bone colours. The meshes are left alone in
+that mode, and the bones' previous colours are put back when the mode changes or the heatmap is turned off.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -24,7 +30,11 @@ COLOR_ATTRIBUTE = "sprig_heat"
 VALUE_ATTRIBUTE = "sprig_heat_value"
 FRAMES_KEY = "sprig_heat_frames"
 DATA_KEYS = {"INSTABILITY": "sprig_heat_instability", "RECON": "sprig_heat_recon"}
-MODE_LABELS = {"INSTABILITY": "Skinning instability", "RECON": "Reconstruction error"}
+DRIFT_MODE = "DRIFT"
+MODE_LABELS = {"INSTABILITY": "Skinning instability", "RECON": "Reconstruction error",
+               DRIFT_MODE: "Joint drift (MCJD)"}
+STATS_KEY = "sprig_stats"
+BONE_NAMES_KEY = "sprig_bone_names"  # bone names in joint order, written by the builder
 
 
 @dataclass
@@ -36,10 +46,29 @@ class HeatData:
     vmax: float
 
 
+@dataclass
+class DriftData:
+    """Joint drift of one rigged armature: ``bone_names [J]`` in joint order, ``values float64 [J]``
+    (anchor-box units; NaN where the backend had none) and the clip's MCJD (NaN when absent)."""
+
+    bone_names: list[str]
+    values: np.ndarray
+    clip_mcjd: float
+
+    @property
+    def vmax(self) -> float:
+        """Colour-scale maximum: the largest drift (1 when there is none above 0)."""
+        finite = self.values[np.isfinite(self.values)]
+        top = float(finite.max()) if finite.size else 0.0
+        return top if top > 0 else 1.0
+
+
 class _State:
     draw_handle = None
     cache: dict[tuple[str, str], HeatData] = {}
+    drift_cache: dict[str, tuple[str, DriftData | None]] = {}  # armature -> (stats JSON, parsed drift)
     saved_shading: list[tuple] = []  # (shading struct owner, type, color_type) to restore
+    saved_bones: dict[str, tuple] = {}  # armature -> (object, show_bone_colors, {bone: (palette, n, s, a)})
     draw_failed = False
 
 
@@ -105,10 +134,115 @@ def heat_objects(scene: bpy.types.Scene) -> list[bpy.types.Object]:
     return [obj for obj in scene.objects if has_heat_data(obj)]
 
 
+# -- joint drift on bones -----------------------------------------------------------------------
+
+
+def joint_drift(obj: bpy.types.Object | None) -> DriftData | None:
+    """The backend's per-joint drift of a rigged armature (None when ``obj`` is not one, or its stats have
+    no ``joint_drift`` matching its bones, e.g. a single-frame rig)."""
+    if obj is None or obj.type != "ARMATURE" or STATS_KEY not in obj:
+        return None
+    text = str(obj[STATS_KEY])
+    cached = _State.drift_cache.get(obj.name_full)
+    if cached is not None and cached[0] == text:
+        return cached[1]
+    data = None
+    try:
+        stats = json.loads(text)
+    except ValueError:
+        stats = {}
+    values = stats.get("joint_drift") if isinstance(stats, dict) else None
+    if isinstance(values, list) and values:
+        names = list(obj[BONE_NAMES_KEY]) if BONE_NAMES_KEY in obj else [b.name for b in obj.data.bones]
+        if len(names) != len(values):
+            log.warning("%s: %d joint drift values for %d bones; not shown", obj.name, len(values), len(names))
+        else:
+            clip = stats.get("mcjd")
+            data = DriftData(bone_names=[str(n) for n in names],
+                             values=np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64),
+                             clip_mcjd=float(clip) if isinstance(clip, (int, float)) else float("nan"))
+    _State.drift_cache[obj.name_full] = (text, data)
+    return data
+
+
+def drift_armatures(scene: bpy.types.Scene) -> list[bpy.types.Object]:
+    """Rigged armatures with joint drift in ``scene``."""
+    return [obj for obj in scene.objects if obj.type == "ARMATURE" and joint_drift(obj) is not None]
+
+
+def armature_of(obj: bpy.types.Object | None) -> bpy.types.Object | None:
+    """The rigged armature shown for ``obj``: itself, or the armature a rigged mesh was built with."""
+    if obj is None:
+        return None
+    if obj.type == "ARMATURE":
+        return obj
+    name = obj.get("sprig_armature")
+    arm = bpy.data.objects.get(name) if isinstance(name, str) else None
+    if arm is None and obj.parent is not None and obj.parent.type == "ARMATURE":
+        arm = obj.parent
+    return arm
+
+
+def drift_scale(data: DriftData) -> float:
+    """The drift shown as full red: the heatmap's Scale Max when set, else the largest joint drift."""
+    settings = getattr(getattr(bpy.context, "window_manager", None), "sprig_heatmap", None)
+    return settings.scale_max if settings is not None and settings.scale_max > 0 else data.vmax
+
+
+def color_bones(obj: bpy.types.Object) -> bool:
+    """Colour ``obj``'s pose bones by their joint's drift (custom colours); the previous colours are saved
+    once, for :func:`restore_bones`. Returns False when ``obj`` has no drift to show."""
+    data = joint_drift(obj)
+    if data is None:
+        return False
+    bones = obj.pose.bones
+    if obj.name_full not in _State.saved_bones:
+        saved = {}
+        for name in data.bone_names:
+            pb = bones.get(name)
+            if pb is not None:
+                c = pb.color.custom
+                saved[name] = (pb.color.palette, tuple(c.normal), tuple(c.select), tuple(c.active))
+        _State.saved_bones[obj.name_full] = (obj, bool(obj.data.show_bone_colors), saved)
+    normal, select, active = convert.bone_heat_colors(data.values, drift_scale(data))
+    for j, name in enumerate(data.bone_names):
+        pb = bones.get(name)
+        if pb is None:
+            continue
+        pb.color.palette = "CUSTOM"
+        pb.color.custom.normal = normal[j].tolist()
+        pb.color.custom.select = select[j].tolist()
+        pb.color.custom.active = active[j].tolist()
+    obj.data.show_bone_colors = True
+    obj.update_tag()
+    return True
+
+
+def restore_bones() -> None:
+    """Put back the bone colours saved by :func:`color_bones` (armatures deleted since are skipped)."""
+    for obj, show_colors, saved in _State.saved_bones.values():
+        try:
+            bones = obj.pose.bones
+            for name, (palette, normal, select, active) in saved.items():
+                pb = bones.get(name)
+                if pb is None:
+                    continue
+                pb.color.custom.normal = normal
+                pb.color.custom.select = select
+                pb.color.custom.active = active
+                pb.color.palette = palette
+            obj.data.show_bone_colors = show_colors
+            obj.update_tag()
+        except (ReferenceError, AttributeError, TypeError):
+            pass  # the armature is gone
+    _State.saved_bones = {}
+
+
 def on_frame_change(scene: bpy.types.Scene, depsgraph=None) -> None:
-    """``frame_change_post`` handler: recolour every rigged mesh for the new frame."""
+    """``frame_change_post`` handler: recolour every rigged mesh for the new frame (nothing to do in the
+    ``DRIFT`` mode: the drift is one value per joint for the whole clip)."""
     settings = bpy.context.window_manager.sprig_heatmap
-    if not settings.enabled:
+    if not settings.enabled or settings.mode == DRIFT_MODE:
         return
     frame = scene.frame_current + scene.frame_subframe
     for obj in heat_objects(scene):
@@ -122,26 +256,35 @@ def on_frame_change(scene: bpy.types.Scene, depsgraph=None) -> None:
 
 
 def enable(context: bpy.types.Context) -> int:
-    """Install the handlers, colour the scene's rigged meshes, switch 3D views to attribute colours.
+    """Install the handlers and show the current mode (also called when the mode or scale changes).
 
-    Returns the number of meshes coloured.
+    Mesh modes colour the scene's rigged meshes and switch 3D views to attribute colours (the bones get
+    their own colours back); the ``DRIFT`` mode colours the rigged armatures' bones and gives the 3D views
+    their shading back. Returns the number of meshes or armatures coloured.
     """
     if on_frame_change not in bpy.app.handlers.frame_change_post:
         bpy.app.handlers.frame_change_post.append(on_frame_change)
-    _show_attribute_colors(context)
     if not bpy.app.background and _State.draw_handle is None:
         _State.draw_handle = bpy.types.SpaceView3D.draw_handler_add(draw_legend, (), "WINDOW", "POST_PIXEL")
         _State.draw_failed = False
-    objects = heat_objects(context.scene)
     mode = context.window_manager.sprig_heatmap.mode
-    for obj in objects:
-        apply(obj, context.scene.frame_current, mode)
+    if mode == DRIFT_MODE:
+        _restore_shading()
+        count = sum(color_bones(obj) for obj in drift_armatures(context.scene))
+    else:
+        restore_bones()
+        _show_attribute_colors(context)
+        objects = heat_objects(context.scene)
+        for obj in objects:
+            apply(obj, context.scene.frame_current, mode)
+        count = len(objects)
     _redraw(context)
-    return len(objects)
+    return count
 
 
 def disable(context: bpy.types.Context | None = None) -> None:
-    """Remove the handlers and restore the 3D views' shading (the colour attribute stays on the mesh)."""
+    """Remove the handlers, restore the 3D views' shading and the bones' colours (the colour attribute
+    stays on the mesh)."""
     while on_frame_change in bpy.app.handlers.frame_change_post:
         bpy.app.handlers.frame_change_post.remove(on_frame_change)
     if _State.draw_handle is not None:
@@ -150,6 +293,18 @@ def disable(context: bpy.types.Context | None = None) -> None:
         except (ValueError, RuntimeError):
             pass
         _State.draw_handle = None
+    _restore_shading()
+    restore_bones()
+    if context is not None:
+        _redraw(context)
+
+
+def clear_cache() -> None:
+    _State.cache.clear()
+    _State.drift_cache.clear()
+
+
+def _restore_shading() -> None:
     for owner, shading_type, color_type in _State.saved_shading:
         try:
             owner.type = shading_type
@@ -157,12 +312,6 @@ def disable(context: bpy.types.Context | None = None) -> None:
         except (ReferenceError, AttributeError, TypeError):
             pass  # the space or scene is gone
     _State.saved_shading = []
-    if context is not None:
-        _redraw(context)
-
-
-def clear_cache() -> None:
-    _State.cache.clear()
 
 
 def _show_attribute_colors(context: bpy.types.Context) -> None:
@@ -200,17 +349,46 @@ def draw_legend() -> None:
         log.warning("heatmap legend disabled: %s", exc)
 
 
+def legend(context) -> tuple[float, list[str]] | None:
+    """The legend of the current mode: colour-scale maximum and text lines (the one nearest the colour bar
+    first), or None when the heatmap is off or nothing in the scene has data for the mode."""
+    settings = context.window_manager.sprig_heatmap
+    if not settings.enabled:
+        return None
+    if settings.mode == DRIFT_MODE:
+        arms = drift_armatures(context.scene)
+        if not arms:
+            return None
+        arm = armature_of(context.active_object)
+        obj = arm if arm in arms else arms[0]
+        data = joint_drift(obj)
+        values = data.values
+        worst = int(np.nanargmax(values)) if np.isfinite(values).any() else 0
+        return drift_scale(data), [
+            f"SPRig: {MODE_LABELS[DRIFT_MODE]}  ({obj.name})",
+            f"drift {float(np.nanmin(values)):.4g} - {float(np.nanmax(values)):.4g}  "
+            f"(max at {data.bone_names[worst]}; clip MCJD {data.clip_mcjd:.4g})",
+        ]
+    objects = heat_objects(context.scene)
+    if not objects:
+        return None
+    obj = context.active_object if context.active_object in objects else objects[0]
+    values, vmax = current_values(obj, context.scene.frame_current, settings.mode)
+    return vmax, [
+        f"SPRig: {MODE_LABELS[settings.mode]}  ({obj.name})",
+        f"frame {context.scene.frame_current}: mean {float(values.mean()):.4g}  max {float(values.max()):.4g}",
+    ]
+
+
 def _draw_legend(context) -> None:
     import blf
     import gpu
     from gpu_extras.batch import batch_for_shader
 
-    settings = context.window_manager.sprig_heatmap
-    objects = heat_objects(context.scene)
-    if not settings.enabled or not objects:
+    shown = legend(context)
+    if shown is None:
         return
-    obj = context.active_object if context.active_object in objects else objects[0]
-    values, vmax = current_values(obj, context.scene.frame_current, settings.mode)
+    vmax, text = shown
 
     x0, y0, width, height, steps = 20, 40, 200, 12, 24
     positions, colors, indices = [], [], []
@@ -231,13 +409,8 @@ def _draw_legend(context) -> None:
     font = 0
     blf.size(font, 12)
     blf.color(font, 1.0, 1.0, 1.0, 1.0)
-    lines = [
-        (x0, y0 - 16, "0"),
-        (x0 + width - 30, y0 - 16, f"{vmax:.3g}"),
-        (x0, y0 + height + 8, f"SPRig: {MODE_LABELS[settings.mode]}  ({obj.name})"),
-        (x0, y0 + height + 24, f"frame {context.scene.frame_current}: mean {float(values.mean()):.4g}  "
-                               f"max {float(values.max()):.4g}"),
-    ]
+    lines = [(x0, y0 - 16, "0"), (x0 + width - 30, y0 - 16, f"{vmax:.3g}")]
+    lines += [(x0, y0 + height + 8 + 16 * i, line) for i, line in enumerate(text)]
     for x, y, text in lines:
         blf.position(font, x, y, 0)
         blf.draw(font, text)

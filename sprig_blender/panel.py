@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import bpy
+import numpy as np
 
 from . import heatmap, operators
 
@@ -113,7 +114,17 @@ class SPRIG_PT_heatmap(bpy.types.Panel):
         layout.prop(settings, "mode", text="")
         layout.prop(settings, "scale_max")
         rigged = _rig_object(context)
-        if settings.enabled and rigged is not None and heatmap.has_heat_data(rigged):
+        if settings.enabled and settings.mode == heatmap.DRIFT_MODE:
+            armature = heatmap.armature_of(rigged)
+            data = heatmap.joint_drift(armature)
+            col = layout.column(align=True)
+            if data is None:
+                col.label(text="No joint drift in this rig's stats", icon="INFO")
+            else:
+                worst = int(np.nanargmax(data.values)) if np.isfinite(data.values).any() else 0
+                col.label(text=f"Drift {float(np.nanmin(data.values)):.4g} - {float(np.nanmax(data.values)):.4g}")
+                col.label(text=f"max at {data.bone_names[worst]}  (red at {heatmap.drift_scale(data):.3g})")
+        elif settings.enabled and rigged is not None and heatmap.has_heat_data(rigged):
             values, vmax = heatmap.current_values(rigged, context.scene.frame_current, settings.mode)
             col = layout.column(align=True)
             col.label(text=f"Frame {context.scene.frame_current}: mean {float(values.mean()):.4g}")

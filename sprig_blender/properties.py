@@ -58,10 +58,13 @@ class SPRIG_HeatmapSettings(bpy.types.PropertyGroup):
     mode: bpy.props.EnumProperty(
         name="Show", default="INSTABILITY", update=_heatmap_refresh,
         items=[("INSTABILITY", "Skinning Instability", "Half L1 between this frame's weights and the anchor's"),
-               ("RECON", "Reconstruction Error", "Distance between the rig's playback and the input, / box diagonal")])
+               ("RECON", "Reconstruction Error", "Distance between the rig's playback and the input, / box diagonal"),
+               ("DRIFT", "Joint Drift (MCJD)",
+                "Colour the armature's bones by their joint's motion-compensated drift over the clip")])
     scale_max: bpy.props.FloatProperty(name="Scale Max", default=0.0, min=0.0, soft_max=1.0, precision=4,
                                        update=_heatmap_refresh,
-                                       description="Value shown as full red (0: the 99th percentile of the clip)")
+                                       description="Value shown as full red (0: the clip's 99th percentile; "
+                                                   "the largest joint drift in the Joint Drift mode)")
 
 
 class SPRIG_Runtime(bpy.types.PropertyGroup):

@@ -86,3 +86,14 @@ def test_heat_colors_and_frame_lookup():
     np.testing.assert_allclose(convert.values_at_frame(frames, values, 99), [2.0, 5.0])  # and after
     assert convert.auto_heat_max(np.zeros((3, 4))) == 1.0
     assert convert.auto_heat_max(np.linspace(0, 1, 101)[None]) == pytest.approx(0.99)
+
+
+def test_bone_heat_colors_use_the_mesh_ramp_in_srgb():
+    np.testing.assert_allclose(convert.linear_to_srgb(np.array([0.0, 0.0031308, 0.5, 1.0])),
+                               [0.0, 0.04045, 0.735357, 1.0], atol=1e-5)
+    normal, select, active = convert.bone_heat_colors(np.array([0.0, 0.2, np.nan, 0.4]), vmax=0.4)
+    assert normal.shape == select.shape == active.shape == (4, 3)
+    np.testing.assert_allclose(normal, convert.linear_to_srgb(convert.heat_colors([0.0, 0.2, 0.0, 0.4], 0.4)[:, :3]))
+    np.testing.assert_allclose(normal[3], convert.linear_to_srgb(convert.HEAT_STOPS[-1]))  # top value: red
+    np.testing.assert_allclose(normal[2], normal[0])  # a missing value is drawn as 0
+    assert np.all(active >= select) and np.all(select >= normal)  # selected/active: lighter

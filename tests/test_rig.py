@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from backend.fit import reconstruction_error
+from backend.metrics import motion_compensated_joint_drift
 from backend.models.inference import RiggerModels
 from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
 from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
+from backend.normalize import anchor_normalize
 from backend.report import render_report, write_report
 from backend.rig import RigCancelled, RigConfig, rig_sequence, select_frames
 from backend.rig_result import RigResult
@@ -126,12 +128,47 @@ def test_multipart_mesh_rigs(models, tmp_path):
     assert np.array_equal(back.bone_transforms, result.bone_transforms) and back.stats == result.stats
 
 
+class _RecordingModels:
+    """The real models, keeping every skeleton they generate (in call order) for a direct metric call."""
+
+    def __init__(self, models: RiggerModels):
+        self.models, self.skeletons = models, []
+        self.device = models.device
+
+    def generate_skeletons(self, *args, **kwargs):
+        out = self.models.generate_skeletons(*args, **kwargs)
+        self.skeletons.extend(out)
+        return out
+
+    def predict_weights(self, *args, **kwargs):
+        return self.models.predict_weights(*args, **kwargs)
+
+
+def test_joint_drift_in_stats_equals_the_metric(models):
+    seq = multipart_sequence()
+    recording = _RecordingModels(models)
+    result = rig_sequence(seq, RigConfig(**FAST), models=recording)
+    st = result.stats
+    frames = st["stability"]["frames"]
+    assert len(recording.skeletons) == len(frames)
+    drift = motion_compensated_joint_drift(anchor_normalize(seq.verts)[0][frames],
+                                           [j for j, _ in recording.skeletons])
+    assert len(st["joint_drift"]) == len(result.joints) == len(result.joint_names)
+    np.testing.assert_allclose(st["joint_drift"], drift.per_joint, rtol=1e-9, atol=1e-12)
+    assert st["stability"]["mcjd"][0] is None  # the anchor frame has no drift
+    np.testing.assert_allclose(st["stability"]["mcjd"][1:], drift.per_frame[1:], rtol=1e-9, atol=1e-12)
+    assert st["mcjd"] == pytest.approx(drift.mean) and all(v >= 0 for v in st["joint_drift"])
+    html = render_report(result)
+    assert "Joint drift (MCJD per joint)" in html and "joint drift min / max" in html
+
+
 def test_single_frame_sequence(models):
     seq = multipart_sequence(n_frames=1)
     result = rig_sequence(seq, RigConfig(**FAST), models=models)
     check_contract(result, seq)
     assert result.n_frames == 1
     assert result.stats["pjdd"] is None and result.stats["stability"] is None
+    assert result.stats["joint_drift"] is None
     assert result.stats["skin_instability_mean"] is None
     assert result.recon_error.max() < 1e-5  # the anchor reproduces itself
 
@@ -189,7 +226,7 @@ def test_report_is_self_contained_html(models, tmp_path):
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and "robot" in text
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 4  # curves, skeleton stability, heatmaps, skeleton
+    assert len(images) == 5  # curves, skeleton stability, heatmaps, joint drift, skeleton
     assert "http" not in text.replace("http-equiv", "")  # nothing external
     # a large-mesh path: drawing with simplification keeps working
     assert "<img" in render_report(result, max_faces=20)
