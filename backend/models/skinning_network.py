@@ -9,7 +9,8 @@ Three streams exchange information:
 * **point**: one token per query point (position + normal), attending to the shape and joint tokens.
 
 A query's weight logits are a bilinear score between its token and each joint token minus a learned,
-per-joint multiple of its distance to the bones the joint drives; invalid joints are masked, and a softmax
+per-joint multiple of its distance to the bones the joint drives, plus a learned per-joint multiple of
+how squarely its normal faces away from those bones (a visibility cue, as in bone-heat skinning); invalid joints are masked, and a softmax
 makes every row a distribution over the valid joints. Queries are arbitrary points, so weights are
 predicted at mesh vertices directly.
 """
@@ -69,18 +70,46 @@ def point_to_bone_distance(points: torch.Tensor, joints: torch.Tensor, parents: 
         points: ``[B, Q, 3]``; joints: ``[B, J, 3]``; parents: int ``[B, J]`` (``-1`` root/padding);
         valid: bool ``[B, J]``.
     """
+    return bone_geometry(points, None, joints, parents, valid)[0]
+
+
+def bone_geometry(points: torch.Tensor, normals: torch.Tensor | None, joints: torch.Tensor, parents: torch.Tensor,
+                  valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Distance ``[B, Q, J]`` to the bones each joint drives and how much each point faces away from them.
+
+    ``facing[b, q, j]`` is the cosine between the point's normal and the direction from the closest
+    point of joint ``j``'s nearest driven bone to the point: close to 1 on the surface wrapped around
+    that bone, lower for surface of another body part that merely passes near it.
+
+    Args:
+        points: ``[B, Q, 3]``; normals: unit ``[B, Q, 3]`` or None (then ``facing`` is None);
+        joints: ``[B, J, 3]``; parents: int ``[B, J]`` (``-1`` root/padding); valid: bool ``[B, J]``.
+    Returns:
+        ``dist [B, Q, J]`` and ``facing [B, Q, J]`` (or None).
+    """
     B, J = parents.shape
-    d_joint = torch.cdist(points, joints)  # [B, Q, J]
+    to_joint = points[:, :, None, :] - joints[:, None, :, :]  # [B, Q, J, 3]
+    d_joint = to_joint.norm(dim=-1)
     has_parent = (parents >= 0) & valid
     par = parents.clamp(min=0)
     head = torch.gather(joints, 1, par[..., None].expand(-1, -1, 3))  # parent position per child [B, J, 3]
     seg = joints - head  # [B, J, 3]
     rel = points[:, :, None, :] - head[:, None, :, :]  # [B, Q, J, 3]
     t = ((rel * seg[:, None]).sum(-1) / (seg * seg).sum(-1).clamp_min(1e-12)[:, None]).clamp(0.0, 1.0)
-    d_seg = (rel - t[..., None] * seg[:, None]).norm(dim=-1)  # [B, Q, J] indexed by child
-    d_seg = d_seg.masked_fill(~has_parent[:, None, :], float("inf"))
+    off = rel - t[..., None] * seg[:, None]  # closest point on the segment -> point, [B, Q, J(child), 3]
+    d_seg = off.norm(dim=-1).masked_fill(~has_parent[:, None, :], float("inf"))
     owner = par[:, None, :].expand_as(d_seg)
-    return d_joint.scatter_reduce(2, owner, d_seg, reduce="amin", include_self=True)
+    dist = d_joint.scatter_reduce(2, owner, d_seg, reduce="amin", include_self=True)
+    if normals is None:
+        return dist, None
+    cos_joint = (to_joint * normals[:, :, None, :]).sum(-1) / d_joint.clamp_min(1e-9)
+    cos_seg = (off * normals[:, :, None, :]).sum(-1) / d_seg.clamp_min(1e-9)
+    # the facing of the segment that achieves the owner's minimum (the joint point if that is closest)
+    best = d_seg <= torch.gather(dist, 2, owner)
+    from_seg = torch.full_like(dist, -2.0).scatter_reduce(2, owner, torch.where(best, cos_seg, -2.0),
+                                                         reduce="amax", include_self=True)
+    facing = torch.where(from_seg > -2.0, from_seg, cos_joint)
+    return dist, facing
 
 
 class SkinningNetwork(nn.Module):
@@ -108,8 +137,10 @@ class SkinningNetwork(nn.Module):
         self.norm_p, self.norm_j = nn.LayerNorm(d), nn.LayerNorm(d)
         self.proj_p, self.proj_j = nn.Linear(d, d), nn.Linear(d, d)
         self.beta_head = nn.Linear(d, 1)  # per-joint adjustment of the distance scale
+        self.facing_head = nn.Linear(d, 1)  # per-joint weight of the facing cue
         init_weights(self)
         nn.init.zeros_(self.beta_head.weight)
+        nn.init.zeros_(self.facing_head.weight)
         # Distance prior: logits start as -beta * distance with beta = 40 (in anchor-normalized units),
         # the best single scale for bone-heat weights of the procedural corpus (KL 0.35 vs 0.99 at 10).
         self.log_beta = nn.Parameter(torch.tensor(math.log(40.0)))
@@ -153,9 +184,10 @@ class SkinningNetwork(nn.Module):
         x = self.norm_p(x)
         score = torch.einsum("bqd,bjd->bqj", self.proj_p(x), self.proj_j(joint_tokens)).float()
         score = score / math.sqrt(self.cfg.d_model)
-        dist = point_to_bone_distance(query[..., :3].float(), joints.float(), parents, valid)
+        dist, facing = bone_geometry(query[..., :3].float(), query[..., 3:6].float(), joints.float(), parents, valid)
         beta = (self.log_beta + self.beta_head(joint_tokens).squeeze(-1).float()).exp()  # [B, J]
-        logits = score - beta[:, None, :] * dist
+        gamma = self.facing_head(joint_tokens).squeeze(-1).float()  # [B, J]
+        logits = score - beta[:, None, :] * dist + gamma[:, None, :] * facing
         return logits.masked_fill(~valid[:, None, :], float("-inf"))
 
     def logits(self, query: torch.Tensor, shape: torch.Tensor, joints: torch.Tensor, parents: torch.Tensor,
