@@ -68,16 +68,18 @@ def barycentric_interpolate(values: np.ndarray, faces: np.ndarray, samples: Surf
 def vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area-weighted unit vertex normals ``[..., V, 3]`` for ``verts [..., V, 3]``."""
     verts = np.asarray(verts, dtype=np.float32)
+    lead, n_verts = verts.shape[:-2], verts.shape[-2]
     tri = verts[..., faces, :]  # [..., F, 3, 3]
     face_n = np.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :])  # area-weighted
-    normals = np.zeros_like(verts)
-    for r in range(3):
-        idx = faces[:, r]
-        if verts.ndim == 2:
-            np.add.at(normals, idx, face_n)
-        else:
-            np.add.at(normals, (slice(None), idx), face_n)
-    return _unit(normals)
+    # Scatter-add each face normal to its three corners: one bincount per (frame, axis) row.
+    flat = face_n.reshape(-1, face_n.shape[-2], 3)  # [B, F, 3]
+    corners = np.asarray(faces).reshape(-1)  # [3F]
+    normals = np.empty((flat.shape[0], n_verts, 3), dtype=np.float64)
+    for b in range(flat.shape[0]):
+        per_corner = np.repeat(flat[b], 3, axis=0)  # [3F, 3], rows in the order of `corners`
+        for axis in range(3):
+            normals[b, :, axis] = np.bincount(corners, weights=per_corner[:, axis], minlength=n_verts)
+    return _unit(normals.reshape(*lead, n_verts, 3))
 
 
 def face_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
