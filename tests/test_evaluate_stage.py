@@ -16,44 +16,25 @@ import torch
 
 from backend.evaluate import load_eval_input
 from backend.metrics import skeleton_stability, skin_consistency
-from backend.models.checkpoint import save_model
-from backend.models.skeleton_generator import SkeletonGenerator
-from backend.models.skinning_network import SkinningNetwork
 from backend.normalize import AnchorBox
 from training import evaluate as EV
 from training import sprig_skeleton as SK
 from training import sprig_skinning as SN
-from training.data.corpus import Corpus, CorpusConfig
-from training.data.generate import generate_corpus
-from training.presets import get_preset
+from training.data.corpus import Corpus
 
 REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
-TINY_CORPUS = dict(frames=(5, 5), verts=(250, 400), grid_cells=36, shard_size=8, workers=1)
 FAST = dict(n_test_clips=2, max_frames=4, real_max_frames=3, n_points=64, max_joints=6,
             skeleton_ablation_steps=1, skinning_ablation_steps=1, ablation_train_clips=2, ablation_val_clips=1,
             ablation_test_clips=1)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def base_workdir(tmp_path_factory) -> Path:
+def base_workdir(tmp_path_factory, make_base_run) -> Path:
     """Corpus (train/val/test) and freshly initialized smoke base checkpoints."""
-    root = tmp_path_factory.mktemp("eval_run")
-    generate_corpus(root / "corpus", CorpusConfig(n_creatures=8, val_fraction=0.25, test_fraction=0.25,
-                                                  **TINY_CORPUS), progress=False)
+    root = make_base_run(tmp_path_factory.mktemp("eval_run"), 8, val_fraction=0.25, test_fraction=0.25)
     assert Corpus(root / "corpus").indices("test")
-    P = get_preset("smoke")
-    torch.manual_seed(0)
-    prov = {"preset_config": P.to_dict(), "step": 0, "total_steps": 0, "note": "freshly initialized for the test"}
-    save_model(SkeletonGenerator(P.skeleton), root / "checkpoints/skeleton_base.safetensors", "pretrain", prov)
-    save_model(SkinningNetwork(P.skinning), root / "checkpoints/skinning_base.safetensors", "pretrain", prov)
     return root
 
 

@@ -12,37 +12,30 @@ import numpy as np
 import pytest
 import torch
 
-from backend.models.checkpoint import load_model, read_checkpoint, save_model
+from backend.models.checkpoint import load_model, read_checkpoint
 from backend.models.inference import RiggerModels
 from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
 from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
 from backend.normalize import AnchorBox
+from backend.skeleton import tree_distances
 from training import sprig_skeleton as SK
 from training import sprig_skinning as SN
-from training.data.corpus import CorpusConfig, generate_creature
-from training.data.generate import generate_corpus
+from training.data.corpus import generate_creature
 from training.losses import skinning_losses as KL
-from training.presets import get_preset
+from training.batching import pad_joint_columns, pad_skeletons
+from training.stage_utils import StageBookkeeping, mean_log_entry
 
 TINY_SKEL = SkeletonGeneratorConfig(n_disc=32, max_joints=16, d_model=32, n_heads=2, n_latents=8, n_enc_layers=1,
                                     n_dec_layers=1, n_freq=2, mlp_ratio=2)
 TINY_SKIN = SkinningNetworkConfig(d_model=32, n_heads=2, n_latents=8, n_shape_layers=1, n_joint_layers=1,
                                   n_point_layers=1, n_freq=2, mlp_ratio=2)
-TINY_CORPUS = dict(frames=(5, 5), verts=(250, 400), grid_cells=36, shard_size=8, workers=1)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def creatures():
-    cfg = CorpusConfig(n_creatures=2, **TINY_CORPUS)
+def creatures(tiny_corpus_config):
+    cfg = tiny_corpus_config(2)
     return [generate_creature(i, 0, cfg) for i in range(2)]
 
 
@@ -166,19 +159,77 @@ def test_skinning_total_loss_decreases(skin_batch):
                                       "use_prior": False})
 
 
+# --- shared batching and bookkeeping -------------------------------------------------------------------
+
+def test_pad_skeletons_and_joint_columns():
+    j3 = np.arange(9, dtype=np.float64).reshape(3, 3)
+    p3 = np.array([-1, 0, 1])
+    j2 = np.ones((2, 3), np.float32)
+    p2 = np.array([-1, 0])
+    out = pad_skeletons([j2, j3], [p2, p3])
+    assert out["joints"].dtype == np.float32 and out["joints"].shape == (2, 3, 3)
+    np.testing.assert_array_equal(out["joints"][1], j3)
+    np.testing.assert_array_equal(out["joints"][0, 2], 0.0)
+    np.testing.assert_array_equal(out["parents"], [[-1, 0, -1], [-1, 0, 1]])
+    np.testing.assert_array_equal(out["valid"], [[True, True, False], [True, True, True]])
+    np.testing.assert_array_equal(out["tree_dist"][1], tree_distances(p3))
+    np.testing.assert_array_equal(out["tree_dist"][0, :2, :2], tree_distances(p2))
+    assert (out["tree_dist"][0, 2] == -1).all() and (out["tree_dist"][0, :, 2] == -1).all()
+    w = pad_joint_columns([np.full((4, 2), 0.5), np.eye(4, 3)], 3)
+    assert w.shape == (2, 4, 3) and w.dtype == np.float32
+    np.testing.assert_array_equal(w[0, :, 2], 0.0)
+    np.testing.assert_array_equal(w[1], np.eye(4, 3))
+    with pytest.raises(ValueError, match="shape"):
+        pad_skeletons([np.zeros((2, 3))], [p3])
+    with pytest.raises(ValueError, match="expected"):
+        pad_joint_columns([np.zeros((4, 5))], 3)
+
+
+def test_mean_log_entry_averages_parts_present():
+    run = [{"b": 1.0, "a": 2.0, "geom": 4.0}, {"b": 3.0, "a": 4.0}]
+    entry = mean_log_entry(7, run, 0.5, 2.0)
+    assert list(entry) == ["step", "b", "a", "geom", "grad_norm", "s_per_step"]
+    assert entry == {"step": 7, "b": 2.0, "a": 3.0, "geom": 4.0, "grad_norm": 0.5, "s_per_step": 1.0}
+    assert list(mean_log_entry(7, run, 0.5, 2.0, sort_keys=True))[1:4] == ["a", "b", "geom"]
+    with pytest.raises(ValueError, match="no steps"):
+        mean_log_entry(1, [], 0.0, 1.0)
+
+
+def test_stage_bookkeeping_state_resume_log_and_export(tmp_path):
+    torch.manual_seed(0)
+    model = SkinningNetwork(TINY_SKIN)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    book = StageBookkeeping("sprig-skinning", tmp_path / "st", tmp_path / "out.safetensors", "abc",
+                            provenance={"preset": "smoke"}, total_steps=2)
+    assert book.resume(model, opt, torch.device("cpu")) == 0
+    (tmp_path / "st").mkdir()
+    book.log_line({"step": 1, "total": 3.0})
+    book.log_validation(1, {"val_l1": 0.25})
+    book.save_state(1, model, opt)
+    book.export(2, model, {"step": 1, "val_l1": 0.25})
+    mtime = (tmp_path / "out.safetensors").stat().st_mtime_ns
+    book.export(2, model, {"step": 1, "val_l1": 0.25})  # once per step
+    assert (tmp_path / "out.safetensors").stat().st_mtime_ns == mtime
+    _, info = load_model(tmp_path / "out.safetensors", expected="skinning_network")
+    assert info.stage == "sprig-skinning" and info.provenance["complete"] is True
+    assert info.provenance["preset"] == "smoke" and info.provenance["validation"]["val_l1"] == 0.25
+    assert [json.loads(x) for x in (tmp_path / "st/log.jsonl").read_text().splitlines()] == book.history
+    # a fresh process resumes step, weights and history; another base checkpoint is refused
+    other = SkinningNetwork(TINY_SKIN)
+    again = StageBookkeeping("sprig-skinning", tmp_path / "st", tmp_path / "out.safetensors", "abc")
+    assert again.resume(other, torch.optim.AdamW(other.parameters()), torch.device("cpu")) == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert again.history == book.history and again.last_validation("val_l1") == {"step": 1, "val_l1": 0.25}
+    wrong = StageBookkeeping("sprig-skinning", tmp_path / "st", tmp_path / "out.safetensors", "xyz")
+    with pytest.raises(RuntimeError, match="another base checkpoint"):
+        wrong.resume(other, torch.optim.AdamW(other.parameters()), torch.device("cpu"))
+
+
 # --- the smoke stages ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sprig_run")
-    generate_corpus(root / "corpus", CorpusConfig(n_creatures=6, val_fraction=0.3, test_fraction=0.0, **TINY_CORPUS),
-                    progress=False)
-    P = get_preset("smoke")
-    torch.manual_seed(0)
-    prov = {"preset_config": P.to_dict(), "note": "freshly initialized for the stage test"}
-    save_model(SkeletonGenerator(P.skeleton), root / "checkpoints/skeleton_base.safetensors", "pretrain", prov)
-    save_model(SkinningNetwork(P.skinning), root / "checkpoints/skinning_base.safetensors", "pretrain", prov)
-    return root
+def workdir(tmp_path_factory, make_base_run):
+    return make_base_run(tmp_path_factory.mktemp("sprig_run"), 6, val_fraction=0.3, test_fraction=0.0)
 
 
 FAST_SKEL = dict(steps=2, max_train_clips=2, n_val_clips=1, val_every=2, ckpt_every=1, max_joints=6, n_points=64)

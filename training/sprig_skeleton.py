@@ -26,12 +26,9 @@ cache) and ``checkpoints/skeleton_sprig.safetensors``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +42,7 @@ if __package__ in (None, ""):  # `python training/sprig_skeleton.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.metrics.skeleton_stability import skeleton_stability
-from backend.models.checkpoint import load_model, load_training_state, save_model, save_training_state
+from backend.models.checkpoint import load_model
 from backend.models.skeleton_generator import SkeletonGenerator
 from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
 from backend.normalize import AnchorBox
@@ -55,6 +52,7 @@ from training.losses.skeleton_losses import (GeometryLossConfig, anchor_token_lo
                                              symmetric_token_loss, token_loss)
 from training.presets import get_preset
 from training.pretrain import git_commit, setup_distributed
+from training.stage_utils import StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +430,6 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
     if P.num_threads > 0:
         torch.set_num_threads(P.num_threads)
     state_dir = workdir / cfg.state_dir
-    state_path, log_path = state_dir / "state.pt", state_dir / "log.jsonl"
     out_path = workdir / cfg.out_checkpoint
     base_path = workdir / cfg.base_checkpoint
     base, base_info = load_model(base_path, expected="skeleton_generator", device=dev)
@@ -465,56 +462,21 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
             p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history = 0, []
-    if state_path.is_file():
-        state = load_training_state(state_path, map_location=dev)
-        if state.get("base_sha256") != base_info.sha256:
-            raise RuntimeError(f"{state_path} was fine-tuned from another base checkpoint; delete it or use "
-                               "another state_dir")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        step, history = int(state["step"]), json.loads(state.get("history", "[]"))
-        if rank == 0:
-            log.info("resuming sprig-skeleton from step %d of %d (%s)", step, cfg.steps, state_path)
+    book = StageBookkeeping(
+        "sprig-skeleton", state_dir, out_path, base_info.sha256, total_steps=cfg.steps, rank=rank,
+        provenance=finetune_provenance(preset, workdir, base_path, base_info.sha256, len(train_clips), world, dev,
+                                       cfg.to_dict(), git_commit()))
+    step = book.resume(model, opt, dev)
     model_m = DDP(model) if world > 1 else model
-    amp = P.amp and dev.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    autocast = autocast_factory(P.amp, dev)
     if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
         log.info("sprig-skeleton (%s) on %s x%d: %d training clips, %d validation clips, %d points, K = %d, "
                  "%d steps; trainable %.2f M params", preset, dev, world, len(train_clips), len(val_clips),
                  n_points, cfg.n_frames, cfg.steps, sum(p.numel() for p in params) / 1e6)
-    provenance = {"preset": preset, "base_checkpoint": str(base_path), "base_sha256": base_info.sha256,
-                  "corpus": str(workdir / "corpus"), "train_clips": len(train_clips), "world_size": world,
-                  "device": dev.type, "torch": torch.__version__, "config": cfg.to_dict(), **git_commit()}
-
-    def save_state() -> None:
-        if rank == 0:
-            save_training_state(state_path, {
-                "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "torch_rng": torch.get_rng_state(), "base_sha256": base_info.sha256,
-                "history": json.dumps(history)})
-
-    exported = {"step": -1}
-
-    def export(metrics: dict) -> None:
-        if rank == 0 and exported["step"] != step:
-            exported["step"] = step
-            prov = {**provenance, "step": step, "complete": step >= cfg.steps, "validation": metrics,
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-            save_model(model, out_path, stage="sprig-skeleton", provenance=prov)
-
-    def log_line(entry: dict) -> None:
-        history.append(entry)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-    last_val: dict = next((h for h in reversed(history) if "val_anchor_ce" in h), {})
+    last_val: dict = book.last_validation("val_anchor_ce")
     if rank == 0 and step == 0 and val_clips:
-        last_val = {"step": 0, **validate(model, val_clips, cfg, n_points, dev)}
-        log_line(last_val)
-        log.info("base model validation: %s", _fmt(last_val))
+        last_val = book.log_validation(0, validate(model, val_clips, cfg, n_points, dev))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     per_rank = train_clips[rank::world] or train_clips
     bar = tqdm(total=cfg.steps, initial=step, desc=f"sprig-skeleton[{preset}]", disable=rank != 0,
@@ -540,34 +502,25 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         bar.set_postfix(total=f"{parts['total']:.3f}", anchor=f"{parts['anchor']:.3f}")
         if rank == 0 and (step % cfg.log_every == 0 or step == end):
             now = time.time()
-            keys = sorted({k for r in run for k in r})
-            entry = {"step": step, **{k: float(np.mean([r[k] for r in run if k in r])) for k in keys},
-                     "grad_norm": float(gnorm), "s_per_step": (now - t_last) / len(run)}
-            log_line(entry)
+            book.log_line(mean_log_entry(step, run, float(gnorm), now - t_last, sort_keys=True))
             t_last, run = now, []
         if rank == 0 and val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
-            last_val = {"step": step, **validate(model, val_clips, cfg, n_points, dev)}
+            last_val = book.log_validation(step, validate(model, val_clips, cfg, n_points, dev))
             set_train_mode(model, True, cfg)
-            log_line(last_val)
-            log.info("step %d validation: %s", step, _fmt(last_val))
-            export(last_val)
+            book.export(step, model, last_val)
         if step % cfg.ckpt_every == 0 or step == end:
-            save_state()
+            book.save_state(step, model, opt)
             if world > 1:
                 dist.barrier()
     bar.close()
     if step >= cfg.steps:
-        export(last_val)
+        book.export(step, model, last_val)
         if rank == 0:
             log.info("sprig-skeleton complete (%d steps): %s", step, out_path)
     if world > 1:
         dist.barrier()
     return {"step": step, "complete": step >= cfg.steps, "validation": last_val,
             "checkpoint": str(out_path) if step >= cfg.steps else None}
-
-
-def _fmt(metrics: dict) -> dict:
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "step"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,10 @@ Outputs under ``workdir``: ``sprig_skinning/state.pt`` (resumable), ``sprig_skin
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,16 +42,17 @@ if __package__ in (None, ""):  # `python training/sprig_skinning.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.metrics.skinning import skin_consistency
-from backend.models.checkpoint import load_model, load_training_state, save_model, save_training_state
+from backend.models.checkpoint import load_model
 from backend.models.inference import RiggerModels
 from backend.models.skinning_network import SkinningNetwork
 from backend.normalize import AnchorBox
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
-from backend.skeleton import tree_distances
+from training.batching import pad_joint_columns, pad_skeletons
 from training.losses.skinning_losses import SkinningLossConfig, point_teacher, skinning_loss
 from training.presets import get_preset
 from training.pretrain import git_commit, setup_distributed
 from training.sprig_skeleton import clip_frames
+from training.stage_utils import StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry
 
 log = logging.getLogger(__name__)
 
@@ -265,21 +264,10 @@ def collate(clips: list[SkinClip], device: torch.device) -> dict[str, torch.Tens
         ``query [B, F, N, 6]``, ``shape [B, F, Ns, 6]``, ``joints [B, J, 3]``, ``parents [B, J]``,
         ``valid [B, J]``, ``tree_dist [B, J, J]``, ``teacher [B, N, J]``.
     """
-    B, J = len(clips), max(len(c.parents) for c in clips)
     F = min(c.query.shape[0] for c in clips)
-    N = clips[0].query.shape[1]
-    joints = np.zeros((B, J, 3), np.float32)
-    parents = np.full((B, J), -1, np.int64)
-    valid = np.zeros((B, J), bool)
-    dist_ = np.full((B, J, J), -1, np.int64)
-    teacher = np.zeros((B, N, J), np.float32)
-    for b, c in enumerate(clips):
-        n = len(c.parents)
-        joints[b, :n], parents[b, :n], valid[b, :n] = c.joints, c.parents, True
-        dist_[b, :n, :n] = tree_distances(c.parents)
-        teacher[b, :, :n] = c.teacher
+    skel = pad_skeletons([c.joints for c in clips], [c.parents for c in clips])
     arrays = {"query": np.stack([c.query[:F] for c in clips]), "shape": np.stack([c.shape[:F] for c in clips]),
-              "joints": joints, "parents": parents, "valid": valid, "tree_dist": dist_, "teacher": teacher}
+              **skel, "teacher": pad_joint_columns([c.teacher for c in clips], skel["valid"].shape[1])}
     return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
 
 
@@ -344,7 +332,6 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
     if P.num_threads > 0:
         torch.set_num_threads(P.num_threads)
     state_dir = workdir / cfg.state_dir
-    state_path, log_path = state_dir / "state.pt", state_dir / "log.jsonl"
     out_path = workdir / cfg.out_checkpoint
     skel_path = workdir / (cfg.sprig_skeleton if cfg.skeleton_source == "sprig" else cfg.base_skeleton)
     skel_model, skel_info = load_model(skel_path, expected="skeleton_generator", device=dev)
@@ -377,59 +364,23 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
     model.load_state_dict(base.state_dict())
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history = 0, []
-    if state_path.is_file():
-        state = load_training_state(state_path, map_location=dev)
-        if state.get("base_sha256") != base_info.sha256:
-            raise RuntimeError(f"{state_path} was fine-tuned from another base checkpoint; delete it or use "
-                               "another state_dir")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        step, history = int(state["step"]), json.loads(state.get("history", "[]"))
-        if rank == 0:
-            log.info("resuming sprig-skinning from step %d of %d (%s)", step, cfg.steps, state_path)
+    book = StageBookkeeping(
+        "sprig-skinning", state_dir, out_path, base_info.sha256, total_steps=cfg.steps, rank=rank,
+        provenance=finetune_provenance(preset, workdir, workdir / cfg.base_skinning, base_info.sha256,
+                                       len(train_clips), world, dev, cfg.to_dict(), git_commit(),
+                                       skeleton_checkpoint=str(skel_path), skipped=skipped))
+    step = book.resume(model, opt, dev)
     model_m = DDP(model) if world > 1 else model
-    amp = P.amp and dev.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+    autocast = autocast_factory(P.amp, dev)
     clips_per_epoch = max(1, len(train_clips))
     if rank == 0:
         state_dir.mkdir(parents=True, exist_ok=True)
         log.info("sprig-skinning (%s) on %s x%d: %d training clips (skipped %s), %d validation clips, N = %d, "
                  "F = %d frames, %d steps, skeletons from %s", preset, dev, world, len(train_clips), skipped,
                  len(val_clips), n_query, cfg.n_frames, cfg.steps, cfg.skeleton_source)
-    provenance = {"preset": preset, "base_checkpoint": str(workdir / cfg.base_skinning),
-                  "base_sha256": base_info.sha256, "skeleton_checkpoint": str(skel_path),
-                  "corpus": str(workdir / "corpus"), "train_clips": len(train_clips), "skipped": skipped,
-                  "world_size": world, "device": dev.type, "torch": torch.__version__, "config": cfg.to_dict(),
-                  **git_commit()}
-
-    def save_state() -> None:
-        if rank == 0:
-            save_training_state(state_path, {
-                "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "torch_rng": torch.get_rng_state(), "base_sha256": base_info.sha256,
-                "history": json.dumps(history)})
-
-    exported = {"step": -1}
-
-    def export(metrics: dict) -> None:
-        if rank == 0 and exported["step"] != step:
-            exported["step"] = step
-            prov = {**provenance, "step": step, "complete": step >= cfg.steps, "validation": metrics,
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-            save_model(model, out_path, stage="sprig-skinning", provenance=prov)
-
-    def log_line(entry: dict) -> None:
-        history.append(entry)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
-    last_val: dict = next((h for h in reversed(history) if "val_l1" in h), {})
+    last_val: dict = book.last_validation("val_l1")
     if rank == 0 and step == 0 and val_clips:
-        last_val = {"step": 0, **validate(model, val_clips, cfg, dev)}
-        log_line(last_val)
-        log.info("base model validation: %s", {k: round(v, 4) for k, v in last_val.items() if k != "step"})
+        last_val = book.log_validation(0, validate(model, val_clips, cfg, dev))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     per_rank = train_clips[rank::world] or train_clips
     bar = tqdm(total=cfg.steps, initial=step, desc=f"sprig-skinning[{preset}]", disable=rank != 0,
@@ -456,22 +407,18 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         bar.set_postfix(total=f"{parts['total']:.1f}", l1=f"{parts['l1']:.1f}")
         if rank == 0 and (step % cfg.log_every == 0 or step == end):
             now = time.time()
-            entry = {"step": step, **{k: float(np.mean([r[k] for r in run])) for k in run[0]},
-                     "grad_norm": float(gnorm), "s_per_step": (now - t_last) / len(run)}
-            log_line(entry)
+            book.log_line(mean_log_entry(step, run, float(gnorm), now - t_last))
             t_last, run = now, []
         if rank == 0 and val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
-            last_val = {"step": step, **validate(model, val_clips, cfg, dev)}
-            log_line(last_val)
-            log.info("step %d validation: %s", step, {k: round(v, 4) for k, v in last_val.items() if k != "step"})
-            export(last_val)
+            last_val = book.log_validation(step, validate(model, val_clips, cfg, dev))
+            book.export(step, model, last_val)
         if step % cfg.ckpt_every == 0 or step == end:
-            save_state()
+            book.save_state(step, model, opt)
             if world > 1:
                 dist.barrier()
     bar.close()
     if step >= cfg.steps:
-        export(last_val)
+        book.export(step, model, last_val)
         if rank == 0:
             log.info("sprig-skinning complete (%d steps): %s", step, out_path)
     if world > 1:
