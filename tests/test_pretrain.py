@@ -1,5 +1,6 @@
-"""Pretraining stage: frame preparation, the smoke run end to end, resume after a stop, DDP on CPU,
-and the static evaluation stage, all on a tiny corpus written by the real corpus generator."""
+"""Pretraining stage: frame preparation, the smoke run end to end, resume after a stop, warm start from
+exported checkpoints, DDP on CPU, and the static evaluation stage, all on a tiny corpus written by the
+real corpus generator."""
 
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import pytest
 import torch
 
 from backend.models import load_model, load_models
-from backend.models.checkpoint import read_checkpoint
+from backend.models.checkpoint import CheckpointError, load_training_state, read_checkpoint
+from backend.models.skeleton_generator import SkeletonGenerator
+from backend.models.skinning_network import SkinningNetwork
 from backend.skeleton import is_valid_tree
 from training.data.corpus import Corpus, CorpusConfig
 from training.data.generate import generate_corpus
 from training.eval_static import forest_to_tree
 from training.eval_static import run_stage as eval_static
 from training.presets import OptimConfig, get_preset
-from training.pretrain import lr_at, prepare_frame, run_stage
+from training.pretrain import (WarmStartConfig, WarmStartError, config_differences, lr_at, prepare_frame,
+                               rewarm_factor, run_stage)
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -179,3 +183,145 @@ def test_eval_static_stage_writes_results(corpus_workdir, tmp_path):
     saved = json.loads((workdir / "eval_static" / "results.json").read_text())
     assert saved["corpus_test"]["n_frames"] == ct["n_frames"]
     assert "| corpus test |" in (workdir / "eval_static" / "results.md").read_text()
+
+
+# ---- warm start from exported checkpoints (no state.pt) ------------------------------------------------
+
+# 12 steps; validation (and export) at step 6, resumable states every 3 steps
+WARM = dict(steps=12, ckpt_every=3, val_every=6, n_val_frames=2, n_val_generate=1, log_every=2,
+            skeleton_batch=2, skinning_batch=2, n_points=128, n_query=64)
+BASE = ("skeleton_base", "skinning_base")
+NO_REPO = WarmStartConfig(repo_dir=None)  # hermetic: never look at the repository's checkpoints/
+
+
+def read_log(workdir: Path) -> list[dict]:
+    return [json.loads(x) for x in (workdir / "pretrain" / "log.jsonl").read_text().splitlines()]
+
+
+def export_at_step_6(corpus_workdir: Path, dst: Path) -> Path:
+    """A run stopped at step 8 whose last export is step 6, with its state.pt deleted."""
+    workdir = copy_corpus(corpus_workdir, dst)
+    first = run_stage("smoke", workdir, device="cpu", stop_after=8, warm_start=NO_REPO, **WARM)
+    assert first["step"] == 8 and not first["complete"]
+    (workdir / "pretrain" / "state.pt").unlink()
+    return workdir
+
+
+def test_rewarm_factor_and_config_differences():
+    assert [rewarm_factor(s, 10, 4) for s in (10, 11, 13, 20)] == [0.25, 0.5, 1.0, 1.0]
+    assert rewarm_factor(10, 10, 0) == 1.0
+    saved = {"name": "p", "pretrain": {"steps": 10, "jitter": [0.8, 1.0]}}
+    current = {"name": "p", "pretrain": {"steps": 20, "jitter": [0.8, 1.0], "new": 1}}
+    assert config_differences(saved, current) == ["pretrain.new: '<absent>' -> 1", "pretrain.steps: 10 -> 20"]
+    with pytest.raises(ValueError, match="rewarmup_steps"):
+        WarmStartConfig(rewarmup_steps=-1)
+
+
+def test_warm_start_continues_from_the_exported_step_with_the_exported_weights(corpus_workdir, tmp_path):
+    workdir = export_at_step_6(corpus_workdir, tmp_path / "w")
+    ckpt = workdir / "checkpoints"
+    exported = {n: read_checkpoint(ckpt / f"{n}.safetensors") for n in BASE}
+    assert all(info.provenance["step"] == 6 and not info.provenance["complete"] for _, info in exported.values())
+    P = get_preset("smoke", **WARM)
+    rewarm = min(WarmStartConfig().rewarmup_steps, P.skeleton_optim.warmup_steps)  # 5 for smoke
+
+    # one step after the warm start
+    one = run_stage("smoke", workdir, device="cpu", stop_after=7, warm_start=NO_REPO, **WARM)
+    assert one["step"] == 7 and not one["complete"]
+    lines = read_log(workdir)
+    event = next(i for i, x in enumerate(lines) if x.get("event") == "warm_start")
+    assert lines[event]["step"] == 6 and lines[event]["optimizer_moments"] == "reset"
+    trained = [x for x in lines[event + 1:] if "skeleton_ce" in x]
+    assert [x["step"] for x in trained] == [7]  # continued at step 6, not at 0
+    lr6 = lr_at(6, 12, P.skeleton_optim) / rewarm  # cosine schedule at step 6, first re-warm-up step
+    assert trained[0]["lr"] == pytest.approx(lr6, rel=1e-9)
+    state = load_training_state(workdir / "pretrain" / "state.pt")
+    assert state["step"] == 7 and json.loads(state["warm_start"])["step"] == 6
+    # the weights after that step are the exported ones moved by one AdamW step from zero moments:
+    # |w1 - w0| <= lr * (1 + weight_decay * |w0|) per entry; a fresh initialisation is far from them
+    torch.manual_seed(P.pretrain.seed)
+    fresh = {"skeleton_base": SkeletonGenerator(P.skeleton).state_dict(),
+             "skinning_base": SkinningNetwork(P.skinning).state_dict()}
+    for name, key, opt in (("skeleton_base", "skeleton", P.skeleton_optim),
+                           ("skinning_base", "skinning", P.skinning_optim)):
+        lr = lr_at(6, 12, opt) / rewarm
+        far = 0.0
+        for k, w0 in exported[name][0].items():
+            w1 = state[key][k]
+            if not w0.is_floating_point():
+                assert torch.equal(w0, w1), k
+                continue
+            bound = lr * (1 + opt.weight_decay * w0.abs()) * (1 + 1e-4) + 1e-6 * w0.abs() + 1e-9
+            assert ((w1 - w0).abs() <= bound).all(), k
+            far = max(far, (fresh[name][k] - w0).abs().max().item())
+        assert far > 20 * lr, name
+
+    # ... and on to the end; the re-warm-up survives a resume from state.pt
+    done = run_stage("smoke", workdir, device="cpu", warm_start=NO_REPO, **WARM)
+    assert done["complete"] and done["step"] == 12
+    lines = read_log(workdir)
+    trained = [x for x in lines[event + 1:] if "skeleton_ce" in x]
+    assert [x["step"] for x in trained] == [7, 8, 10, 12]
+    assert trained[1]["lr"] == pytest.approx(lr_at(7, 12, P.skeleton_optim) * 2 / rewarm, rel=1e-9)
+    assert trained[-1]["lr"] == pytest.approx(lr_at(11, 12, P.skeleton_optim), rel=1e-9)
+    for name in BASE:
+        _, info = read_checkpoint(ckpt / f"{name}.safetensors")
+        assert info.provenance["step"] == 12 and info.provenance["complete"]
+        assert info.provenance["warm_started_from"] == {
+            "file": str(ckpt / f"{name}.safetensors"), "step": 6, "sha256": exported[name][1].sha256}
+
+
+def test_warm_start_refuses_mismatches(corpus_workdir, tmp_path):
+    workdir = export_at_step_6(corpus_workdir, tmp_path / "w")
+    with pytest.raises(WarmStartError, match=r"different configuration.*pretrain\.n_points: 128 -> 96"):
+        run_stage("smoke", workdir, device="cpu", warm_start=NO_REPO, **{**WARM, "n_points": 96})
+    with pytest.raises(WarmStartError, match=r"pretrain\.steps: 12 -> 20"):
+        run_stage("smoke", workdir, device="cpu", warm_start=NO_REPO, **{**WARM, "steps": 20})
+    other = get_preset("smoke", **WARM)
+    other.name = "other"
+    with pytest.raises(WarmStartError, match="belongs to preset 'smoke', not 'other'"):
+        run_stage(other, workdir, device="cpu", warm_start=WarmStartConfig(init_from=workdir / "checkpoints"))
+    with pytest.raises(WarmStartError, match="missing"):
+        run_stage("smoke", workdir, device="cpu", warm_start=WarmStartConfig(init_from=tmp_path), **WARM)
+    assert not (workdir / "pretrain" / "state.pt").exists()  # nothing was trained
+    # a modified file is refused by the sha256 check
+    path = workdir / "checkpoints" / "skinning_base.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        run_stage("smoke", workdir, device="cpu", warm_start=NO_REPO, **WARM)
+    # bookkeeping settings may differ, and discovered files of another preset are ignored (fresh start)
+    again = export_at_step_6(corpus_workdir, tmp_path / "v")
+    ok = run_stage("smoke", again, device="cpu", stop_after=7, warm_start=NO_REPO, **{**WARM, "log_every": 1})
+    assert ok["step"] == 7 and [x["step"] for x in read_log(again) if x.get("event")] == [6]
+    (again / "pretrain" / "state.pt").unlink()
+    fresh = run_stage(other, again, device="cpu", stop_after=1, warm_start=NO_REPO)
+    assert fresh["step"] == 1
+
+
+def test_complete_checkpoints_are_left_alone(corpus_workdir, tmp_path):
+    workdir = copy_corpus(corpus_workdir, tmp_path / "w")
+    run_stage("smoke", workdir, device="cpu", warm_start=NO_REPO, **WARM)
+    (workdir / "pretrain" / "state.pt").unlink()
+    files = {n: (workdir / "checkpoints" / f"{n}.safetensors").read_bytes() for n in BASE}
+    log_before = (workdir / "pretrain" / "log.jsonl").read_text()
+    result = run_stage("smoke", workdir, device="cpu", warm_start=NO_REPO, **WARM)
+    assert result["complete"] and result["step"] == 12
+    assert {n: (workdir / "checkpoints" / f"{n}.safetensors").read_bytes() for n in BASE} == files
+    assert (workdir / "pretrain" / "log.jsonl").read_text() == log_before
+    assert not (workdir / "pretrain" / "state.pt").exists()
+    # from another folder (e.g. the repository's checkpoints/): copied unchanged, nothing trained
+    elsewhere = tmp_path / "fresh"
+    result = run_stage("smoke", elsewhere, device="cpu",
+                       warm_start=WarmStartConfig(init_from=workdir / "checkpoints"), **WARM)
+    assert result["complete"] and result["step"] == 12
+    assert {n: (elsewhere / "checkpoints" / f"{n}.safetensors").read_bytes() for n in BASE} == files
+    assert not (elsewhere / "pretrain").exists()
+    # found by the search of the committed folder when the workdir has none
+    assert WarmStartConfig().repo_dir == REPO / "checkpoints"
+    searched = tmp_path / "searched"
+    result = run_stage("smoke", searched, device="cpu", warm_start=WarmStartConfig(repo_dir=workdir / "checkpoints"),
+                       **WARM)
+    assert result["complete"] and (searched / "checkpoints" / "skeleton_base.safetensors").read_bytes() == files[
+        "skeleton_base"]

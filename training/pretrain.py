@@ -13,6 +13,13 @@ learns the ground-truth weights given the ground-truth skeleton with a KL loss (
 Outputs under ``workdir``: ``pretrain/state.pt`` (resumable state, written atomically),
 ``pretrain/log.jsonl`` (losses and validation), and ``checkpoints/skeleton_base.safetensors`` +
 ``checkpoints/skinning_base.safetensors`` (exported at every validation and at the end).
+
+Continuing across sessions: ``state.pt`` (weights + optimizer moments) is the exact resume point, but
+it is too large to commit. When it is missing, the stage looks for exported base checkpoints of the
+same preset -- ``--init-from DIR``, else ``workdir/checkpoints``, else the repository's
+``checkpoints/`` -- and, if they are incomplete, warm-starts from them: weights loaded (sha256
+verified), step counter set to the exported step so the cosine schedule continues, fresh optimizer
+moments with a short linear learning-rate re-warm-up. Complete checkpoints are left alone.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +49,8 @@ if __package__ in (None, ""):  # `python training/pretrain.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.metrics import static_skeleton_quality, static_skinning_quality
-from backend.models.checkpoint import load_training_state, save_model, save_training_state
+from backend.models.checkpoint import (CheckpointInfo, load_training_state, read_checkpoint, save_model,
+                                       save_training_state)
 from backend.models.inference import resolve_device
 from backend.models.skeleton_generator import SkeletonGenerator, skeleton_token_loss
 from backend.models.skinning_network import SkinningNetwork, skinning_kl_loss
@@ -378,18 +387,205 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+# ---- warm start from exported base checkpoints -------------------------------------------------------
+
+BASE_FILES = {"skeleton_base": "skeleton_generator", "skinning_base": "skinning_network"}
+
+# Preset fields that only change bookkeeping (threads, logging, validation, state cadence, data
+# loading), not the weights a step produces; they may differ between the exporting and the continuing run.
+BOOKKEEPING_FIELDS = frozenset({
+    "num_threads", "pretrain.data_workers", "pretrain.record_cache", "pretrain.log_every", "pretrain.val_every",
+    "pretrain.ckpt_every", "pretrain.n_val_frames", "pretrain.n_val_generate",
+})
+
+
+@dataclass
+class WarmStartConfig:
+    """How pretraining continues from exported base checkpoints when ``pretrain/state.pt`` is missing.
+
+    Attributes:
+        init_from: folder holding ``skeleton_base.safetensors`` and ``skinning_base.safetensors`` to
+            continue from; when set, only this folder is used and any problem with it is an error.
+        search: with ``init_from`` unset, look in ``workdir/checkpoints`` and then in ``repo_dir``.
+        repo_dir: the repository's committed checkpoints (``<repo>/checkpoints``); ``None`` skips it.
+        rewarmup_steps: length of the linear learning-rate re-warm-up after a warm start (the optimizer
+            moments are not in the exported files and restart from zero); capped at each optimizer's
+            ``warmup_steps``.
+    """
+
+    init_from: Path | None = None
+    search: bool = True
+    repo_dir: Path | None = field(default_factory=lambda: REPO / "checkpoints")
+    rewarmup_steps: int = 200
+
+    def __post_init__(self) -> None:
+        if self.rewarmup_steps < 0:
+            raise ValueError(f"rewarmup_steps must be >= 0, got {self.rewarmup_steps}")
+
+
+class WarmStartError(RuntimeError):
+    """Exported checkpoints exist for this preset but cannot be continued (mismatch, inconsistency)."""
+
+
+@dataclass
+class BaseCheckpoints:
+    """A verified pair of exported base checkpoints.
+
+    Attributes:
+        folder: where they were found.
+        tensors: ``{"skeleton_base" | "skinning_base": {name: tensor}}`` (CPU, sha256 verified).
+        infos: the files' metadata, same keys.
+        step: the training step they were exported at; complete: whether that was the last step.
+    """
+
+    folder: Path
+    tensors: dict[str, dict[str, torch.Tensor]]
+    infos: dict[str, CheckpointInfo]
+    step: int
+    complete: bool
+
+
+def config_differences(saved, current, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON-like configs differ, as ``"path: saved -> current"`` lines."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved or key not in current:
+                out.append(f"{path}: {saved.get(key, '<absent>')!r} -> {current.get(key, '<absent>')!r}")
+            else:
+                out.extend(config_differences(saved[key], current[key], path))
+        return out
+    return [] if saved == current else [f"{prefix}: {saved!r} -> {current!r}"]
+
+
+def rewarm_factor(step: int, start: int, n_steps: int) -> float:
+    """Learning-rate multiplier ``min(1, (step - start + 1) / n_steps)`` after a warm start at ``start``
+    (1 when ``n_steps <= 0``)."""
+    if n_steps <= 0:
+        return 1.0
+    return min(1.0, max(0, step - start + 1) / n_steps)
+
+
+def read_base_checkpoints(folder: Path, P: Preset, explicit: bool) -> BaseCheckpoints | None:
+    """Read and check the exported base checkpoints in ``folder`` against the preset ``P``.
+
+    Returns ``None`` when the folder is not a candidate (files absent, or another preset) and
+    ``explicit`` is false; with ``explicit`` these are errors too.
+
+    Raises:
+        WarmStartError: missing file (explicit), wrong stage or model kind, a pair exported at different
+            steps, or a preset/model configuration that differs from ``P``.
+        CheckpointError: a corrupt or modified file (sha256 mismatch).
+    """
+    paths = {name: folder / f"{name}.safetensors" for name in BASE_FILES}
+    present = [n for n, p in paths.items() if p.is_file()]
+    if len(present) < len(paths):
+        missing = [str(p) for n, p in paths.items() if n not in present]
+        if explicit:
+            raise WarmStartError(f"--init-from {folder}: missing {', '.join(missing)}")
+        if present:
+            log.warning("%s holds only %s (missing %s); not continuing from it", folder, present, missing)
+        return None
+    tensors, infos = {}, {}
+    for name, path in paths.items():
+        tensors[name], infos[name] = read_checkpoint(path)  # verifies the sha256
+    current_cfg = json.loads(json.dumps(P.to_dict()))  # tuples -> lists, as stored
+    for name, info in infos.items():
+        prov = info.provenance
+        if info.stage != "pretrain":
+            raise WarmStartError(f"{info.path}: stage {info.stage!r}, expected 'pretrain'; only pretraining "
+                                 "exports can be continued")
+        if info.model != BASE_FILES[name]:
+            raise WarmStartError(f"{info.path}: holds a {info.model}, expected a {BASE_FILES[name]}")
+        if prov.get("preset") != P.name:
+            msg = f"{info.path} belongs to preset {prov.get('preset')!r}, not {P.name!r}"
+            if explicit:
+                raise WarmStartError(msg)
+            log.info("%s; not continuing from it", msg)
+            return None
+        if "step" not in prov or "complete" not in prov or "preset_config" not in prov:
+            raise WarmStartError(f"{info.path}: provenance lacks step/complete/preset_config; cannot continue it")
+        diffs = [d for d in config_differences(prov["preset_config"], current_cfg)
+                 if d.split(":", 1)[0] not in BOOKKEEPING_FIELDS]
+        if not diffs:  # the model config is part of the preset config; check the file's own copy too
+            model_cfg = json.loads(json.dumps((P.skeleton if name == "skeleton_base" else P.skinning).to_dict()))
+            diffs = [f"model config {d}" for d in config_differences(info.config, model_cfg)]
+        if diffs:
+            raise WarmStartError(
+                f"{info.path} was trained with a different configuration of preset {P.name!r} "
+                f"(saved -> current): {'; '.join(diffs[:8])}{' ...' if len(diffs) > 8 else ''}. Continuing it "
+                "would mix two trainings: restore that configuration, pass --init-from with matching files, or "
+                "start fresh with --no-warm-start in another workdir")
+    steps = {name: int(info.provenance["step"]) for name, info in infos.items()}
+    completes = {name: bool(info.provenance["complete"]) for name, info in infos.items()}
+    if len(set(steps.values())) != 1 or len(set(completes.values())) != 1:
+        raise WarmStartError(f"{folder}: the two base checkpoints come from different exports (steps {steps}, "
+                             f"complete {completes}); copy both files of one export")
+    return BaseCheckpoints(folder=folder, tensors=tensors, infos=infos, step=next(iter(steps.values())),
+                           complete=next(iter(completes.values())))
+
+
+def find_base_checkpoints(P: Preset, workdir: Path, ws: WarmStartConfig) -> BaseCheckpoints | None:
+    """The exported base checkpoints to continue from: ``ws.init_from`` if set, else the first usable
+    pair in ``workdir/checkpoints`` then ``ws.repo_dir``; ``None`` if there is none."""
+    if ws.init_from is not None:
+        folder = Path(ws.init_from)
+        if not folder.is_dir():
+            raise WarmStartError(f"--init-from {folder}: not a folder")
+        return read_base_checkpoints(folder, P, explicit=True)
+    if not ws.search:
+        return None
+    seen: set[Path] = set()
+    for folder in (workdir / "checkpoints", ws.repo_dir):
+        if folder is None or not Path(folder).is_dir() or Path(folder).resolve() in seen:
+            continue
+        seen.add(Path(folder).resolve())
+        found = read_base_checkpoints(Path(folder), P, explicit=False)
+        if found is not None:
+            return found
+    return None
+
+
+def _leave_complete(base: BaseCheckpoints, ckpt_dir: Path, rank: int, world: int) -> dict:
+    """Complete exported checkpoints and no ``state.pt``: nothing to train. Files found outside
+    ``ckpt_dir`` are copied there (byte for byte, only where absent) so the next stages find them."""
+    paths = {}
+    if rank == 0:
+        log.info("pretraining of preset %s is complete in %s (step %d, sha256 skeleton %s..., skinning %s...): "
+                 "nothing to do", base.infos["skeleton_base"].provenance.get("preset"), base.folder, base.step,
+                 base.infos["skeleton_base"].sha256[:12], base.infos["skinning_base"].sha256[:12])
+        for name, info in base.infos.items():
+            dst = ckpt_dir / f"{name}.safetensors"
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(info.path, dst)
+                log.info("copied %s to %s", info.path, dst)
+            paths[name] = str(dst)
+    if world > 1:
+        dist.barrier()
+    return {"step": base.step, "complete": True, "validation": base.infos["skeleton_base"].provenance.get(
+        "validation", {}), "checkpoints": paths}
+
+
 def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_after: int | None = None,
-              **overrides) -> dict:
-    """Pretrain both models; resumes from ``workdir/pretrain/state.pt`` when it exists.
+              warm_start: WarmStartConfig | None = None, **overrides) -> dict:
+    """Pretrain both models; resumes from ``workdir/pretrain/state.pt`` when it exists, else warm-starts
+    from exported base checkpoints of the same preset when there are incomplete ones (see
+    :class:`WarmStartConfig`), else starts from scratch. Complete exported checkpoints are left alone.
 
     Args:
         preset: preset name (``smoke`` / ``default`` / ``large``) or a :class:`Preset`.
         workdir: run folder; the corpus is read from ``workdir/corpus``.
         device: ``auto`` | ``cpu`` | ``cuda``.
         stop_after: stop after this many steps as if killed (resume tests); the run stays incomplete.
+        warm_start: where to look for exported checkpoints when there is no ``state.pt`` (default:
+            ``workdir/checkpoints``, then the repository's ``checkpoints/``).
         **overrides: :class:`PretrainConfig` fields to change (e.g. ``steps=10``).
     Returns:
         the last validation metrics and paths of the exported checkpoints.
+    Raises:
+        WarmStartError: exported checkpoints of this preset exist but do not match its configuration.
     """
     from training.data.corpus import Corpus
 
@@ -401,6 +597,9 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         torch.set_num_threads(P.num_threads)
     out_dir, ckpt_dir = workdir / "pretrain", workdir / "checkpoints"
     state_path, log_path = out_dir / "state.pt", out_dir / "log.jsonl"
+    base = None if state_path.is_file() else find_base_checkpoints(P, workdir, warm_start or WarmStartConfig())
+    if base is not None and base.complete:
+        return _leave_complete(base, ckpt_dir, rank, world)
     corpus_root = workdir / "corpus"
     corpus = Corpus(corpus_root)
     tokenizer = P.skeleton.tokenizer
@@ -408,6 +607,7 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
     skel, skin = SkeletonGenerator(P.skeleton).to(dev), SkinningNetwork(P.skinning).to(dev)
     opt_skel, opt_skin = make_optimizer(skel, P.skeleton_optim), make_optimizer(skin, P.skinning_optim)
     step, history = 0, []
+    warm: dict | None = None  # where a warm start came from; travels in state.pt and in the exports
     if state_path.is_file():
         state = load_training_state(state_path, map_location=dev)
         if state.get("preset") != P.name:
@@ -417,8 +617,30 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         opt_skel.load_state_dict(state["opt_skeleton"]), opt_skin.load_state_dict(state["opt_skinning"])
         torch.set_rng_state(state["torch_rng"].cpu())
         step, history = int(state["step"]), json.loads(state.get("history", "[]"))
+        if "warm_start" in state:
+            warm = json.loads(state["warm_start"])
         if rank == 0:
             log.info("resuming pretraining from step %d of %d (%s)", step, cfg.steps, state_path)
+    elif base is not None:
+        for name, model in (("skeleton_base", skel), ("skinning_base", skin)):
+            try:
+                model.load_state_dict(base.tensors[name])
+            except RuntimeError as exc:
+                raise WarmStartError(f"{base.infos[name].path}: weights do not fit the {P.name!r} model: "
+                                     f"{exc}") from exc
+        step = base.step
+        ws = warm_start or WarmStartConfig()
+        warm = {"step": step, "rewarmup_steps": int(ws.rewarmup_steps), "folder": str(base.folder),
+                "sources": {name: {"file": str(info.path), "step": step, "sha256": info.sha256}
+                            for name, info in base.infos.items()}}
+        if rank == 0:
+            log.warning("no %s: warm-starting pretraining from step %d of %d with the weights exported to %s "
+                        "(sha256 skeleton %s..., skinning %s...)", state_path, step, cfg.steps, base.folder,
+                        base.infos["skeleton_base"].sha256[:12], base.infos["skinning_base"].sha256[:12])
+            log.warning("the optimizer moments are not stored in exported checkpoints: AdamW restarts from zero "
+                        "moments, and the learning rate re-warms linearly over %d steps (skeleton) / %d steps "
+                        "(skinning) onto the cosine schedule at step %d", min(ws.rewarmup_steps,
+                        P.skeleton_optim.warmup_steps), min(ws.rewarmup_steps, P.skinning_optim.warmup_steps), step)
     n_skel = sum(p.numel() for p in skel.parameters())
     n_skin = sum(p.numel() for p in skin.parameters())
     if rank == 0:
@@ -435,13 +657,21 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
                   "corpus_train_records": len(sampler.ids), "world_size": world, "device": dev.type,
                   "torch": torch.__version__, "skeleton_params": n_skel, "skinning_params": n_skin,
                   "preset_config": P.to_dict(), **git_commit()}
+    if warm is not None and rank == 0:
+        trained_on = base.infos["skeleton_base"].provenance.get("corpus_train_records") if base is not None else None
+        if trained_on is not None and trained_on != len(sampler.ids):
+            log.warning("the warm-start weights were trained on a corpus with %s train records; %s has %d "
+                        "(regenerated with other settings?)", trained_on, corpus_root, len(sampler.ids))
 
     def save_state() -> None:
         if rank == 0:
-            save_training_state(state_path, {
+            state = {
                 "step": step, "preset": P.name, "skeleton": skel.state_dict(), "skinning": skin.state_dict(),
                 "opt_skeleton": opt_skel.state_dict(), "opt_skinning": opt_skin.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": json.dumps(history)})
+                "torch_rng": torch.get_rng_state(), "history": json.dumps(history)}
+            if warm is not None:
+                state["warm_start"] = json.dumps(warm)
+            save_training_state(state_path, state)
 
     exported = {"step": -1, "paths": {}}
 
@@ -455,7 +685,8 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
                     "validation": metrics}
             for name, model in (("skeleton_base", skel), ("skinning_base", skin)):
                 paths[name] = str(ckpt_dir / f"{name}.safetensors")
-                save_model(model, paths[name], stage="pretrain", provenance=prov)
+                model_prov = prov if warm is None else {**prov, "warm_started_from": warm["sources"][name]}
+                save_model(model, paths[name], stage="pretrain", provenance=model_prov)
         exported.update(step=step, paths=paths)
         return paths
 
@@ -464,6 +695,9 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         with open(log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    if base is not None and rank == 0:
+        log_line({"step": step, "event": "warm_start", "from": warm["folder"], "optimizer_moments": "reset",
+                  "rewarmup_steps": warm["rewarmup_steps"]})
     last_val: dict = next((h for h in reversed(history) if "val_skeleton_ce" in h), {})
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"pretrain[{P.name}]", disable=rank != 0, dynamic_ncols=True,
@@ -476,8 +710,11 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         sb = {k: v.to(dev, non_blocking=True) for k, v in sb.items()}
         kb = {k: v.to(dev, non_blocking=True) for k, v in kb.items()}
         for group, opt in ((opt_skel.param_groups, P.skeleton_optim), (opt_skin.param_groups, P.skinning_optim)):
+            lr = lr_at(step, cfg.steps, opt)
+            if warm is not None:
+                lr *= rewarm_factor(step, warm["step"], min(warm["rewarmup_steps"], opt.warmup_steps))
             for g in group:
-                g["lr"] = lr_at(step, cfg.steps, opt)
+                g["lr"] = lr
         with autocast():
             logits = skel_m(sb["points"], sb["normals"], sb["tokens"])
         loss_skel = skeleton_token_loss(logits, sb["tokens"], tokenizer.pad)
@@ -503,7 +740,7 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
             now = time.time()
             ls, lk = np.mean(run_loss, axis=0)
             entry = {"step": step, "skeleton_ce": float(ls), "skinning_kl": float(lk),
-                     "lr": lr_at(step - 1, cfg.steps, P.skeleton_optim), "grad_norm_skeleton": float(gn_skel),
+                     "lr": opt_skel.param_groups[0]["lr"], "grad_norm_skeleton": float(gn_skel),
                      "grad_norm_skinning": float(gn_skin), "s_per_step": (now - t_last) / len(run_loss)}
             log_line(entry)
             bar.set_postfix(skel=f"{ls:.3f}", skin=f"{lk:.3f}")
@@ -536,12 +773,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, help="override the preset's step count")
     parser.add_argument("--num-threads", type=int, help="torch CPU threads")
+    parser.add_argument("--init-from", type=Path, metavar="DIR",
+                        help="without pretrain/state.pt: continue from the exported skeleton_base/skinning_base "
+                             "checkpoints in DIR (default: search WORKDIR/checkpoints, then the repository's "
+                             "checkpoints/)")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="without pretrain/state.pt: start from scratch even if exported checkpoints exist")
+    parser.add_argument("--rewarmup-steps", type=int, default=WarmStartConfig.rewarmup_steps,
+                        help="linear learning-rate re-warm-up after a warm start (default: %(default)s, capped "
+                             "at the preset's warm-up)")
     args = parser.parse_args(argv)
+    if args.init_from is not None and args.no_warm_start:
+        parser.error("--init-from and --no-warm-start exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     P = get_preset(args.preset, **({"steps": args.steps} if args.steps else {}))
     if args.num_threads:
         P.num_threads = args.num_threads
-    result = run_stage(P, args.workdir, args.device)
+    ws = WarmStartConfig(init_from=args.init_from, search=not args.no_warm_start,
+                         rewarmup_steps=args.rewarmup_steps)
+    result = run_stage(P, args.workdir, args.device, warm_start=ws)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0 if result["step"] > 0 else 1
