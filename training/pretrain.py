@@ -57,7 +57,7 @@ from backend.models.skinning_network import SkinningNetwork, skinning_kl_loss
 from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
 from backend.normalize import AnchorBox
 from backend.sampling import SurfaceSamples, barycentric_interpolate, points_on_frames, sample_surface
-from backend.skeleton import tree_distances
+from training.batching import pad_joint_columns, pad_skeletons
 from training.presets import OptimConfig, PretrainConfig, Preset, get_preset
 
 log = logging.getLogger(__name__)
@@ -175,21 +175,10 @@ def collate_skeleton(samples: list[FrameSample], tokenizer: SkeletonTokenizer, d
 
 def collate_skinning(samples: list[FrameSample], device) -> dict[str, torch.Tensor]:
     """Batch for H_phi with joints padded to the largest skeleton (``valid`` marks real joints)."""
-    B, J = len(samples), max(len(s.parents) for s in samples)
-    Q = samples[0].query.shape[0]
-    joints = np.zeros((B, J, 3), np.float32)
-    parents = np.full((B, J), -1, np.int64)
-    valid = np.zeros((B, J), bool)
-    dist_ = np.full((B, J, J), -1, np.int64)
-    target = np.zeros((B, Q, J), np.float32)
-    for b, s in enumerate(samples):
-        n = len(s.parents)
-        joints[b, :n], parents[b, :n], valid[b, :n] = s.joints, s.parents, True
-        dist_[b, :n, :n] = tree_distances(s.parents)
-        target[b, :, :n] = s.query_weights
+    padded = pad_skeletons([s.joints for s in samples], [s.parents for s in samples])
+    target = pad_joint_columns([s.query_weights for s in samples], padded["joints"].shape[1])
     shape = np.concatenate([np.stack([s.points for s in samples]), np.stack([s.normals for s in samples])], -1)
-    t = {"query": np.stack([s.query for s in samples]), "shape": shape, "joints": joints, "parents": parents,
-         "valid": valid, "tree_dist": dist_, "target": target}
+    t = {"query": np.stack([s.query for s in samples]), "shape": shape, **padded, "target": target}
     return {k: torch.from_numpy(v).to(device) for k, v in t.items()}
 
 
