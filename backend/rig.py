@@ -75,6 +75,10 @@ class RigConfig:
         checkpoint_dir: folder holding ``skeleton_<models>.safetensors`` and ``skinning_<models>.safetensors``.
         max_joints: longest skeleton the generator may emit.
         batch_frames: frames per skeleton-generator batch.
+        per_frame_predictions: also keep every frame's own prediction, as a static rigger run frame by
+            frame would give it (skeleton generated on the frame, weights predicted for that skeleton on
+            the frame's vertices) in :attr:`RigResult.frame_predictions`, so any run can be scored with
+            ``sprig eval``. Forces a skeleton on every frame (slower on a CPU).
     """
 
     n_points: int = 512
@@ -90,6 +94,7 @@ class RigConfig:
     checkpoint_dir: str = "checkpoints"
     max_joints: int = 64
     batch_frames: int = 8
+    per_frame_predictions: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -200,6 +205,8 @@ def resolve_frame_counts(config: "RigConfig", device: str) -> tuple[int, int]:
     ``CPU_REPORT_FRAMES`` skeleton frames and ``CPU_SKIN_FRAMES`` skinning frames (the networks dominate
     the run time there)."""
     gpu = str(device).startswith("cuda")
+    if config.per_frame_predictions:
+        return 0, config.skin_frames if config.skin_frames >= 0 else (0 if gpu else CPU_SKIN_FRAMES)
     report = config.frames_for_report
     skin = config.skin_frames
     if report < 0:
@@ -414,6 +421,17 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
             stats["gt"] = stability_report(verts_n, report_frames, gt)
     else:
         stats.update(pjdd=None, topology_flicker=None, mcjd=None, joint_drift=None, stability=None)
+    frame_predictions = None
+    if cfg.per_frame_predictions:
+        frame_predictions = []
+        for i, f in enumerate(report_frames):  # every frame (resolve_frame_counts)
+            track("report", 0.3 + 0.7 * i / K)
+            jf = np.asarray(skeletons[i][0], dtype=np.float32).reshape(-1, 3)
+            pf = np.asarray(skeletons[i][1], dtype=np.int32).reshape(-1)
+            wf = models.predict_weights(verts_n[f], vertex_normals(verts_n[f], faces), points[slot[int(f)]],
+                                        normals[slot[int(f)]], jf, pf)
+            frame_predictions.append({"joints": box.invert(jf), "parents": pf,
+                                      "weights": np.asarray(wf, dtype=np.float32)})
     track("report", 1.0)
     track.finish()
     stats["seconds"] = time.perf_counter() - t_start
@@ -432,6 +450,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         skin_instability=instability.astype(np.float32),
         fps=float(seq.fps) if seq.fps else 30.0,
         stats=_clean(stats),
+        frame_predictions=frame_predictions,
     )
 
 

@@ -7,8 +7,10 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from .evaluate import EvalInput, save_eval_input
 from .io import SUPPORTED_SUFFIXES, load_sequence
 from .io.gltf import save_rigged_gltf
 from .rig_result import RigResult
@@ -68,7 +70,8 @@ def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) ->
 
     seq = load_sequence(path, frames=parse_frame_slice(args.frames))
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
-                       models=args.models, checkpoint_dir=str(args.checkpoints))
+                       models=args.models, checkpoint_dir=str(args.checkpoints),
+                       per_frame_predictions=args.per_frame is not None)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=args.quiet)
 
     def progress(stage: str, fraction: float) -> None:
@@ -89,7 +92,24 @@ def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) ->
     if args.json is not None:
         target = _per_input(args.json, out_glb, ".json")
         target.write_text(json.dumps(summary(result), indent=1) + "\n")
+    if args.per_frame is not None:
+        save_eval_input(_per_input(args.per_frame, out_glb, ".npz"), per_frame_eval_input(seq, result))
     return result
+
+
+def per_frame_eval_input(seq, result: RigResult) -> EvalInput:
+    """Every frame's own prediction in the ``sprig eval`` format, with the file's ground truth when it has one."""
+    preds = result.frame_predictions or []
+    extras = seq.extras if isinstance(seq.extras, dict) else {}
+    gt_joints = extras.get("joints")
+    has_gt = gt_joints is not None and np.shape(gt_joints)[0] == seq.n_frames and "parents" in extras
+    gt_weights = extras.get("weights")
+    return EvalInput(verts=seq.verts, faces=seq.faces, joints=[p["joints"] for p in preds],
+                     parents=[p["parents"] for p in preds], weights=[p["weights"] for p in preds],
+                     gt_joints=np.asarray(gt_joints) if has_gt else None,
+                     gt_parents=np.asarray(extras["parents"]) if has_gt else None,
+                     gt_weights=np.asarray(gt_weights) if has_gt and gt_weights is not None else None,
+                     name=seq.name)
 
 
 def _per_input(option: Path, out_glb: Path, suffix: str) -> Path:
@@ -165,5 +185,8 @@ def add_rig_command(subparsers) -> None:
                    help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
     p.add_argument("--checkpoints", type=Path, default=Path(__file__).resolve().parent.parent / "checkpoints",
                    help="checkpoint folder (default: the repository's checkpoints/)")
+    p.add_argument("--per-frame", type=Path, metavar="FRAMES.npz",
+                   help="also write every frame's own skeleton and weights (a static rigger run frame by frame) "
+                        "in the `sprig eval` input format")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=run_rig)

@@ -36,6 +36,9 @@ class RigResult:
             anchor teacher (paper Fig. 5); frame 0 is 0.
         fps: frames per second.
         stats: JSON-serializable summary (joints, frames, recon_mean, pjdd, ... and per-frame curves).
+        frame_predictions: only with ``RigConfig.per_frame_predictions``: per frame a dict with that
+            frame's own ``joints [J_k, 3]`` (user units), ``parents [J_k]`` and ``weights [V, J_k]``.
+            Not written by :meth:`save`.
     """
 
     anchor_verts: np.ndarray
@@ -50,6 +53,7 @@ class RigResult:
     skin_instability: np.ndarray
     fps: float = 30.0
     stats: dict = field(default_factory=dict)
+    frame_predictions: list[dict] | None = None
 
     @property
     def n_frames(self) -> int:

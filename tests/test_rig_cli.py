@@ -79,3 +79,24 @@ def test_rig_bad_options_are_one_line_errors(tmp_path, args, message):
     proc = sprig("rig", *args)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rig_per_frame_writes_an_eval_input_that_sprig_eval_scores(tmp_path, checkpoints):
+    seq = multipart_sequence(n_frames=4)
+    src = tmp_path / "robot.npz"
+    gt = np.repeat(seq.verts[:, :1], 2, axis=1)  # a 2-joint "ground truth" carried by the mesh
+    np.savez(src, verts=seq.verts, faces=seq.faces, joints=gt, parents=np.array([-1, 0]))
+    frames = tmp_path / "frames.npz"
+    proc = sprig("rig", str(src), "-o", str(tmp_path / "r.glb"), "--checkpoints", str(checkpoints),
+                 "--per-frame", str(frames), "-q")
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(frames)
+    for k in range(4):
+        J = len(data[f"parents_{k}"])
+        assert data[f"joints_{k}"].shape == (J, 3) and data[f"weights_{k}"].shape == (seq.n_verts, J)
+        assert np.allclose(data[f"weights_{k}"].sum(1), 1, atol=1e-4)
+    assert "gt_joints" in data.files
+    scored = sprig("eval", str(frames), "--json", str(tmp_path / "e.json"), "-q")
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["topology_flicker"] is not None and result["skin_l1"] is not None
