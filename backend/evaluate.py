@@ -37,7 +37,7 @@ from .metrics.skeleton_stability import StabilityConfig, mpjpe_anchor, skeleton_
 from .metrics.skinning import joint_temporal_variance, skin_consistency, static_skinning_quality
 from .metrics.static_skeleton import BONE_STEP, cd_j2j, static_skeleton_quality
 from .normalize import AnchorBox
-from .sequence import SequenceError, validate_arrays
+from .sequence import SequenceError, integer_valued, validate_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +148,10 @@ def _check_parents(parents: np.ndarray, n: int, what: str) -> np.ndarray:
     parents = np.asarray(parents)
     if parents.ndim != 1 or len(parents) != n:
         raise EvalInputError(f"{what} must have shape [{n}] (one parent per joint), got {list(parents.shape)}")
-    if not np.issubdtype(parents.dtype, np.integer):
-        if np.issubdtype(parents.dtype, np.floating) and np.all(np.mod(parents, 1) == 0):
-            parents = parents.astype(np.int64)
-        else:
-            raise EvalInputError(f"{what} must hold integer joint indices, got dtype {parents.dtype}")
+    as_int = integer_valued(parents)
+    if as_int is None:
+        raise EvalInputError(f"{what} must hold integer joint indices, got dtype {parents.dtype}")
+    parents = as_int
     if n and (parents.min() < -1 or parents.max() >= n):
         raise EvalInputError(f"{what} has a parent index outside [-1, {n - 1}]")
     if np.any(parents == np.arange(n)):

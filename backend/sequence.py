@@ -67,6 +67,16 @@ class MeshSequence:
         return MeshSequence(verts, self.faces, self.fps, self.name, extras)
 
 
+def integer_valued(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as an integer array when they are integers or integer-valued floats, else None."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.integer):
+        return values
+    if np.issubdtype(values.dtype, np.floating) and np.all(np.mod(values, 1) == 0):
+        return values.astype(np.int64)
+    return None
+
+
 def validate_arrays(verts, faces, name: str = "sequence") -> tuple[np.ndarray, np.ndarray]:
     """Check arrays against the MeshSequence contract and return them as float32/int32.
 
@@ -111,11 +121,10 @@ def validate_arrays(verts, faces, name: str = "sequence") -> tuple[np.ndarray, n
         raise SequenceError(f"{name}: faces must have shape [F, 3] (triangles), got {list(faces.shape)}")
     if faces.shape[0] < 1:
         raise SequenceError(f"{name}: the mesh has no faces")
-    if not np.issubdtype(faces.dtype, np.integer):
-        if np.issubdtype(faces.dtype, np.floating) and np.all(np.mod(faces, 1) == 0):
-            faces = faces.astype(np.int64)
-        else:
-            raise SequenceError(f"{name}: face indices must be integers, got dtype {faces.dtype}")
+    as_int = integer_valued(faces)
+    if as_int is None:
+        raise SequenceError(f"{name}: face indices must be integers, got dtype {faces.dtype}")
+    faces = as_int
     n_verts = verts.shape[1]
     if faces.min() < 0 or faces.max() >= n_verts:
         raise SequenceError(

@@ -24,41 +24,27 @@ def cancel_active_job() -> None:
         _Active.job = None
 
 
+# (label, stats keys tried in order, formatter) of the key numbers shown after a run
+_SUMMARY_ROWS = (
+    ("Joints", ("joints",), lambda v: f"{int(v)}"),
+    ("Recon error", ("recon_mean",), lambda v: f"{100.0 * v:.3f}% of diag"),
+    ("Recon max", ("recon_max",), lambda v: f"{100.0 * v:.3f}% of diag"),
+    ("PJDD (frames 0-2)", ("pjdd",), lambda v: f"{v:.4g}"),
+    ("Topology flicker", ("topology_flicker", "flicker"), lambda v: f"{100.0 * v:.0f}% of frames"),
+    ("Joint drift (MCJD)", ("mcjd",), lambda v: f"{v:.4g}"),
+    ("Skin instability", ("skin_instability_mean",), lambda v: f"{v:.4g}"),
+    ("Frames", ("frames",), lambda v: f"{int(v)}"),
+)
+
+
 def stats_summary(stats: dict) -> list[tuple[str, str]]:
     """Readable key numbers of a rig's stats (``RigResult.stats``): joints, reconstruction error, PJDD on the
     paper's 3-frame protocol, topology flicker, joint drift, skinning instability (those present)."""
     rows: list[tuple[str, str]] = []
-
-    def first(*keys):
-        for key in keys:
-            if isinstance(stats.get(key), (int, float)):
-                return stats[key]
-        return None
-
-    joints = first("joints")
-    if joints is not None:
-        rows.append(("Joints", f"{int(joints)}"))
-    recon = first("recon_mean")
-    if recon is not None:
-        rows.append(("Recon error", f"{100.0 * recon:.3f}% of diag"))
-    recon_max = first("recon_max")
-    if recon_max is not None:
-        rows.append(("Recon max", f"{100.0 * recon_max:.3f}% of diag"))
-    pjdd = first("pjdd")
-    if pjdd is not None:
-        rows.append(("PJDD (frames 0-2)", f"{pjdd:.4g}"))
-    flicker = first("topology_flicker", "flicker")
-    if flicker is not None:
-        rows.append(("Topology flicker", f"{100.0 * flicker:.0f}% of frames"))
-    mcjd = first("mcjd")
-    if mcjd is not None:
-        rows.append(("Joint drift (MCJD)", f"{mcjd:.4g}"))
-    instability = first("skin_instability_mean")
-    if instability is not None:
-        rows.append(("Skin instability", f"{instability:.4g}"))
-    frames = first("frames")
-    if frames is not None:
-        rows.append(("Frames", f"{int(frames)}"))
+    for label, keys, fmt in _SUMMARY_ROWS:
+        value = next((stats[k] for k in keys if isinstance(stats.get(k), (int, float))), None)
+        if value is not None:
+            rows.append((label, fmt(value)))
     return rows
 
 
