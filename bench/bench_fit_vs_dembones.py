@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.fit import FitConfig, fit_motion, prune_weights, reconstruction_error  # noqa: E402
 
-REALDATA = Path("/work/shared/realdata")
+REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
 
 
 def load_sequences(n_procedural: int) -> list[dict]:
@@ -119,7 +119,7 @@ def run_pipeline(seq: dict, checkpoints: Path) -> dict:
     from backend.sequence import MeshSequence
 
     ms = MeshSequence(seq["verts"].astype(np.float32), seq["faces"], name=seq["name"])
-    res, wall, cpu = timed(lambda: rig_sequence(ms, RigConfig(checkpoint_dir=str(checkpoints))))
+    res, wall, cpu = timed(lambda: rig_sequence(ms, RigConfig(checkpoint_dir=str(checkpoints), models="auto")))
     return dict(mean=100 * float(res.recon_error.mean()), max=100 * float(res.recon_error.max()), wall=wall, cpu=cpu,
                 fit_wall=res.stats.get("fit_seconds"), joints=len(res.joints))
 

@@ -1,6 +1,6 @@
 """End-to-end time and peak memory of ``rig_sequence`` for K frames x V vertices.
 
-Data: the real CesiumMan walk (``/work/shared/realdata``) with its artist rig, subdivided 0/1/2 times
+Data: the real CesiumMan walk (``../shared/realdata``) with its artist rig, subdivided 0/1/2 times
 (midpoint subdivision: ~2.3k / 9.3k / 37k vertices; weights averaged like the positions) and posed by
 linear blend skinning at K frames (K <= 48: the first K frames; more: the 48-frame cycle resampled with
 the bone rotations interpolated by quaternion nlerp and the translations linearly).
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CESIUM = Path("/work/shared/realdata/khronos_cesiumman_walk.npz")
+CESIUM = ROOT.parent / "shared" / "realdata" / "khronos_cesiumman_walk.npz"
 
 
 def subdivide(faces: np.ndarray, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +122,7 @@ def run_one(n_frames: int, n_subdiv: int, models_kind: str, checkpoints: str | N
     from backend.rig import RigConfig, get_models, rig_sequence
 
     seq = make_sequence(n_frames, n_subdiv)
-    cfg = RigConfig(checkpoint_dir=checkpoints or "checkpoints", device="cpu")
+    cfg = RigConfig(checkpoint_dir=checkpoints or "checkpoints", device="cpu", models="auto")
     if models_kind == "checkpoints":
         models = get_models(cfg)
     elif models_kind == "untrained":

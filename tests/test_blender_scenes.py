@@ -24,7 +24,7 @@ from backend.rig_result import RigResult  # noqa: E402
 
 # Backend servers started by these tests use one torch thread: the CI machine has two cores for everything.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-REALDATA = Path("/work/shared/realdata")
+REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
 ADDON = "sprig_blender"
 # glTF is +Y up, Blender +Z up: (x, y, z) -> (x, -z, y), as Blender's glTF importer does.
 GLTF_TO_BLENDER = np.array([[1, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.float64)

@@ -22,7 +22,7 @@ from backend.fit import (
 )
 from backend.lbs import linear_blend_skinning
 
-REALDATA = Path("/work/shared/realdata")
+REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
 REAL_FILES = sorted(REALDATA.glob("*.npz"))
 
 
@@ -114,7 +114,7 @@ def test_project_simplex_matches_definition():
         assert (np.sum((x - y) ** 2, 1) <= np.sum((z - y) ** 2, 1) + 1e-12).all()
 
 
-@pytest.mark.skipif(not REAL_FILES, reason="no real sequences in /work/shared/realdata")
+@pytest.mark.skipif(not REAL_FILES, reason="no real sequences in ../shared/realdata")
 @pytest.mark.parametrize("path", REAL_FILES, ids=[p.stem for p in REAL_FILES])
 def test_fit_reproduces_real_frames_from_gt_rig(path):
     """Given the artist's weights and skeleton, the rigid fit reproduces every frame, and after a few

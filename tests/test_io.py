@@ -23,7 +23,7 @@ from backend.io.mesh_folder import natural_key
 from backend.lbs import linear_blend_skinning
 from backend.sequence import MeshSequence, SequenceError
 
-REALDATA = Path("/work/shared/realdata")
+REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
 
 
 # ----------------------------------------------------------------------------- fixtures / helpers
