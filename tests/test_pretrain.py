@@ -325,3 +325,22 @@ def test_complete_checkpoints_are_left_alone(corpus_workdir, tmp_path):
                        **WARM)
     assert result["complete"] and (searched / "checkpoints" / "skeleton_base.safetensors").read_bytes() == files[
         "skeleton_base"]
+
+
+def test_token_diagnosis_scores_perfect_and_shifted_predictions():
+    from backend.models.tokenizer import SkeletonTokenizer
+    from training.diagnose_tokens import error_by_joint_role, slot_errors
+
+    tk = SkeletonTokenizer()
+    # root -> a (only child) -> b, c (siblings): roles of a, b, c = only child, first sibling, later sibling
+    joints = np.array([[0.0, 0.0, 0.0], [0.0, 0.1, 0.0], [-0.2, 0.2, -0.1], [0.2, 0.2, 0.1]])
+    tokens = torch.as_tensor(tk.encode(joints, np.array([-1, 0, 1, 1])))[None]
+    perfect = torch.nn.functional.one_hot(torch.cat([tokens[:, 1:], tokens[:, :1]], 1), tk.vocab_size).float()
+    errs = slot_errors(perfect, tokens, tk)
+    assert all(errs[s]["acc"] == 1.0 and errs[s]["mean"] == 0.0 for s in "xyz") and errs["parent"]["acc"] == 1.0
+    assert error_by_joint_role(perfect, tokens, tk) == {"only child": 0.0, "first sibling": 0.0, "later sibling": 0.0}
+    shifted = perfect.clone()
+    x_of_c = 4 * 3  # logits index predicting joint 3's x token
+    shifted[0, x_of_c] = torch.nn.functional.one_hot(tokens[0, x_of_c + 1] - 5, tk.vocab_size).float()
+    roles = error_by_joint_role(shifted, tokens, tk)
+    assert roles["later sibling"] == pytest.approx(5 / 3) and roles["first sibling"] == 0.0
