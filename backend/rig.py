@@ -31,7 +31,7 @@ import numpy as np
 
 from backend.fit import FitCancelled, FitConfig, fit_motion, prune_weights, reconstruction_error
 from backend.metrics import motion_compensated_joint_drift, skeleton_stability
-from backend.normalize import anchor_normalize
+from backend.normalize import UP_AXES, anchor_normalize
 from backend.rig_result import RigResult
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
 from backend.sequence import MeshSequence
@@ -75,6 +75,8 @@ class RigConfig:
         checkpoint_dir: folder holding ``skeleton_<models>.safetensors`` and ``skinning_<models>.safetensors``.
         max_joints: longest skeleton the generator may emit.
         batch_frames: frames per skeleton-generator batch.
+        up_axis: ``y`` (glTF, most files) or ``z`` (Blender's world space): the models work Y-up, so
+            Z-up input is rotated on the way in and the results rotated back.
         per_frame_predictions: also keep every frame's own prediction, as a static rigger run frame by
             frame would give it (skeleton generated on the frame, weights predicted for that skeleton on
             the frame's vertices) in :attr:`RigResult.frame_predictions`, so any run can be scored with
@@ -95,6 +97,7 @@ class RigConfig:
     max_joints: int = 64
     batch_frames: int = 8
     per_frame_predictions: bool = False
+    up_axis: str = "y"
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -108,6 +111,8 @@ class RigConfig:
             raise ValueError(f"models must be 'sprig', 'base' or 'auto', got {self.models!r}")
         if self.skin_joints not in ("anchor", "posed"):
             raise ValueError(f"skin_joints must be 'anchor' or 'posed', got {self.skin_joints!r}")
+        if self.up_axis not in UP_AXES:
+            raise ValueError(f"up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
         if self.max_joints < 1 or self.batch_frames < 1:
             raise ValueError("max_joints and batch_frames must be >= 1")
 
@@ -315,7 +320,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     faces = seq.faces
 
     track("normalize", 0.0)
-    verts_n, box = anchor_normalize(seq.verts)  # float32 [K, V, 3]
+    verts_n, box = anchor_normalize(seq.verts, cfg.up_axis)  # float32 [K, V, 3], Y up
     anchor = verts_n[0]
     diag = float(np.linalg.norm(np.ptp(anchor.astype(np.float64), axis=0)))
     if models is None:

@@ -71,7 +71,7 @@ def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) ->
     seq = load_sequence(path, frames=parse_frame_slice(args.frames))
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
-                       per_frame_predictions=args.per_frame is not None)
+                       per_frame_predictions=args.per_frame is not None, up_axis=args.up)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=args.quiet)
 
     def progress(stage: str, fraction: float) -> None:
@@ -88,7 +88,8 @@ def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) ->
                      mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
     if args.report is not None:
         from .report import write_report
-        write_report(result, _per_input(args.report, out_glb, ".html"), title=seq.name)
+        write_report(result, _per_input(args.report, out_glb, ".html"), title=seq.name,
+                     up_axis=2 if args.up == "z" else 1)
     if args.json is not None:
         target = _per_input(args.json, out_glb, ".json")
         target.write_text(json.dumps(summary(result), indent=1) + "\n")
@@ -179,6 +180,8 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--frames", metavar="START:END:STEP", help="rig only these frames (the first is the anchor)")
     p.add_argument("--max-influences", type=int, default=4)
+    p.add_argument("--up", choices=["y", "z"], default="y",
+                   help="the input's up axis: y (glTF, default) or z (e.g. OBJ/PLY exported from Blender Z-up)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="alternate transform and weight refinement (default on)")
     p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",

@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default="khronos_fox_run", help="realdata clip name (without .npz)")
     parser.add_argument("--frames", type=int, default=28, help="number of frames of the clip to rig")
-    parser.add_argument("--frame", type=int, default=14, help="scene frame to render (1-based)")
+    parser.add_argument("--frame", type=int, default=14, help="scene frame of the heatmap render (1-based)")
+    parser.add_argument("--armature-frame", type=int, default=None,
+                        help="scene frame of the armature render (default: the first, the anchor / rest pose)")
     parser.add_argument("--rig", choices=["auto", "backend", "artist"], default="auto")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints", help="for --rig backend")
     parser.add_argument("--mode", choices=["auto", "INSTABILITY", "RECON"], default="auto", help="heatmap values")
@@ -157,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     scene.world = bpy.data.worlds.new("docs_world")
     scene.world.color = (0.9, 0.9, 0.9)
     scene.frame_set(args.frame)
-    frame_camera(scene, np.concatenate([evaluated_world_verts(rigged),
-                                        np.array([b.head for b in armature.pose.bones])]))
+    camera = frame_camera(scene, evaluated_world_verts(rigged))
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. heatmap
@@ -178,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     # 2. armature over the mesh
     # Two passes composited like the viewport's "In Front": the mesh, then the bones alone on a
     # transparent film, laid over it.
+    # At the anchor frame the bones sit where the skeleton generator put the joints; later frames pose
+    # them with the fitted per-bone transforms.
+    armature_frame = scene.frame_start if args.armature_frame is None else args.armature_frame
+    scene.frame_set(armature_frame)
+    bpy.data.objects.remove(camera, do_unlink=True)
+    world_heads = [tuple(armature.matrix_world @ b.head) for b in armature.pose.bones]
+    frame_camera(scene, np.concatenate([evaluated_world_verts(rigged), np.array(world_heads)]))
     bones = bone_octahedra(armature)
     rigged.color = (0.62, 0.66, 0.72, 1.0)
     shading = scene.display.shading
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     mesh_image = Image.blend(mesh_image, Image.new("RGBA", mesh_image.size, (235, 235, 235, 255)), 0.35)
     Image.alpha_composite(mesh_image, bones_image).convert("RGB").save(arm_path)
     bones_path.unlink()
-    log.info("wrote %s (%d bones, stats %s)", arm_path, len(armature.data.bones),
+    log.info("wrote %s (frame %d, %d bones, stats %s)", arm_path, armature_frame, len(armature.data.bones),
              {k: stats[k] for k in ("joints", "recon_mean") if k in stats})
     return 0
 

@@ -33,9 +33,9 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
         return self.frame_start, self.frame_end, self.frame_step
 
     def rig_options(self) -> dict:
-        """Options sent to the backend (fields of ``backend.rig.RigConfig``)."""
+        """Options sent to the backend (fields of ``backend.rig.RigConfig``); Blender's world is Z up."""
         return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
-                "device": self.device}
+                "device": self.device, "up_axis": "z"}
 
 
 def _heatmap_toggle(self, context):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from backend.lbs import linear_blend_skinning
-from backend.normalize import AnchorBox, anchor_normalize
+from backend.normalize import Z_UP_TO_Y_UP, AnchorBox, anchor_normalize
 from backend.sampling import barycentric_interpolate, points_on_frames, sample_surface
 from backend.sequence import MeshSequence, SequenceError
 from backend.skeleton import (Skeleton, SkeletonError, depths, reorder, topological_order, tree_distances,
@@ -59,8 +59,9 @@ def test_anchor_normalize_maps_anchor_box_to_unit_and_inverts():
     assert np.allclose(box.invert(norm), verts, atol=1e-4)
 
 
-def test_invert_transforms_matches_point_mapping():
-    box = AnchorBox(center=np.array([1.0, 2.0, 3.0]), scale=4.0)
+@pytest.mark.parametrize("up_axis", ["y", "z"])
+def test_invert_transforms_matches_point_mapping(up_axis):
+    box = AnchorBox(center=np.array([1.0, 2.0, 3.0]), scale=4.0, rotation=Z_UP_TO_Y_UP if up_axis == "z" else None)
     angle = 0.3
     T = np.eye(4)
     T[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
@@ -142,3 +143,16 @@ def test_reorder_and_tree_utilities():
     d = tree_distances(skel.parents)
     assert (d == d.T).all() and d.max() == 3  # joint 1 (old) to joint 3 (old): 1-2-0-3
     assert list(depths(skel.parents)) == sorted(depths(skel.parents))
+
+
+def test_z_up_input_is_normalized_y_up():
+    rng = np.random.default_rng(3)
+    y_up = rng.normal(size=(2, 30, 3)) * [1.0, 3.0, 0.5]  # tallest along Y
+    z_up = y_up @ Z_UP_TO_Y_UP  # the same shape as Blender would hold it: tallest along Z
+    assert np.ptp(z_up[0], axis=0).argmax() == 2
+    norm_y, _ = anchor_normalize(y_up)
+    norm_z, box = anchor_normalize(z_up, up_axis="z")
+    assert np.allclose(norm_z, norm_y, atol=1e-6)
+    assert np.allclose(box.invert(norm_z), z_up, atol=1e-5)
+    with pytest.raises(ValueError, match="up_axis"):
+        anchor_normalize(y_up, up_axis="x")

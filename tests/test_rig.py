@@ -182,6 +182,26 @@ def test_same_seed_same_rig(models):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
 
 
+def test_z_up_input_gets_the_y_up_rig_rotated(models):
+    """Blender sends Z-up frames: the models must see the same Y-up shape, the rig comes back Z-up."""
+    from backend.normalize import Z_UP_TO_Y_UP
+
+    seq = multipart_sequence(n_frames=4)
+    z_seq = MeshSequence(seq.verts @ Z_UP_TO_Y_UP.astype(np.float32), seq.faces, fps=seq.fps, name="z")
+    a = rig_sequence(seq, RigConfig(**FAST), models=models)
+    b = rig_sequence(z_seq, RigConfig(**FAST, up_axis="z"), models=models)
+    assert np.array_equal(a.parents, b.parents)
+    diag = float(np.linalg.norm(np.ptp(seq.verts[0], axis=0)))
+    assert np.allclose(b.joints, a.joints @ Z_UP_TO_Y_UP, atol=1e-5 * diag)
+    assert np.allclose(b.weights, a.weights, atol=1e-4)
+    assert np.allclose(b.recon_error, a.recon_error, atol=1e-5)
+    rest = np.c_[z_seq.verts[0], np.ones(z_seq.n_verts)]
+    posed = np.einsum("vj,jab,vb->va", b.weights, b.bone_transforms[2], rest)[:, :3]
+    assert np.allclose(np.linalg.norm(posed - z_seq.verts[2], axis=1) / diag, b.recon_error[2], atol=1e-4)
+    with pytest.raises(ValueError, match="up_axis"):
+        rig_sequence(seq, RigConfig(up_axis="x"), models=models)
+
+
 @pytest.mark.parametrize("stage", ["sample", "skeleton", "skinning", "fit", "heatmap", "report"])
 def test_cancel_raises_rig_cancelled(models, stage):
     seq = multipart_sequence(n_frames=4)
