@@ -132,6 +132,31 @@ def test_generation_respects_the_joint_limit():
         model.generate(pts, nrm, max_joints=0)
 
 
+def test_stop_rule_compares_eos_with_the_mass_of_all_bins():
+    model = SkeletonGenerator(TINY_SKEL)
+    tk = model.tokenizer
+    logits = torch.full((4, tk.vocab_size), float("-inf"))
+    logits[:, : tk.n_disc] = torch.log(torch.tensor(0.7 / tk.n_disc))  # a flat next-joint distribution
+    logits[:, 5] += 0.1  # one bin slightly ahead
+    logits[0, tk.eos] = np.log(0.3)  # beats every single bin, not their sum: continue
+    logits[1, tk.eos] = np.log(0.9)  # stop
+    logits[2, : tk.n_disc] = float("-inf")  # joint limit reached: stop
+    logits[2, tk.eos] = 0.0
+    # row 3: EOS not allowed (-inf): continue
+    picked = logits.argmax(-1)
+    assert picked[0] == tk.eos  # token-level greedy would stop here
+    chosen = model._stop_or_continue(logits, picked, torch.zeros(4, dtype=torch.bool)).tolist()
+    assert chosen == [5, tk.eos, tk.eos, 5]
+    kept = model._stop_or_continue(logits, picked, torch.ones(4, dtype=torch.bool))
+    assert torch.equal(kept, picked)
+    pts, nrm = oriented_cloud(1, 32)
+    with pytest.raises(ValueError, match="stop_rule"):
+        model.generate(pts, nrm, stop_rule="sum")
+    for rule in ("mass", "argmax"):
+        (joints, parents), = model.generate(pts, nrm, max_joints=6, stop_rule=rule)
+        assert is_valid_tree(parents)
+
+
 def test_generator_overfits_one_skeleton_and_decodes_it_exactly():
     torch.manual_seed(5)
     model = SkeletonGenerator(TINY_SKEL)

@@ -188,10 +188,22 @@ class SkeletonGenerator(nn.Module):
         return self.head(self.norm(x))
 
     # ---- constrained generation ---------------------------------------------------------------
+    def _stop_or_continue(self, logits: torch.Tensor, picked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Between joints: EOS if its logit beats the log-sum-exp of all coordinate bins, else the best bin.
+
+        ``logits [B, vocab]`` (masked ones use -inf), ``picked [B]`` the current choice, kept where ``keep``.
+        A row with no allowed bin (joint limit) stops; a row where EOS is not allowed continues.
+        """
+        tk = self.tokenizer
+        bins = logits[:, : tk.n_disc]
+        stop = logits[:, tk.eos] > torch.logsumexp(bins, dim=-1)
+        choice = torch.where(stop, torch.full_like(picked, tk.eos), bins.argmax(dim=-1))
+        return torch.where(keep, picked, choice)
+
     @torch.no_grad()
     def generate(self, points: torch.Tensor, normals: torch.Tensor, max_joints: int = 64,
                  min_joints: int = 1, temperature: float = 0.0, use_cache: bool = True, dfs_constraint: bool = True,
-                 generator: torch.Generator | None = None,
+                 generator: torch.Generator | None = None, stop_rule: str = "mass",
                  return_stats: bool = False) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
         """Decode one skeleton per frame with constrained (greedy by default) decoding.
 
@@ -201,12 +213,19 @@ class SkeletonGenerator(nn.Module):
         joints, after at least one joint; at ``max_joints`` EOS is forced. Every output is therefore
         a valid tree. Joints closer than half a bin to an earlier joint are merged afterwards.
 
+        Stopping (greedy only). Between joints the choice is really "stop" or "another joint", and
+        the next joint's probability is spread over 128 x-bins. ``stop_rule="mass"`` (default) stops
+        when P(EOS) exceeds the total probability of all allowed bins, and otherwise takes the best
+        bin; ``"argmax"`` is plain token-level greedy, which stops as soon as EOS beats the single
+        most likely bin and so ends skeletons early when the coordinate distribution is flat.
+
         Args:
             points, normals: float ``[B, N, 3]``.
             max_joints: joint limit (at most the model's ``max_joints``).
             min_joints: EOS is allowed only after this many joints (clipped to ``max_joints``).
             temperature: 0 for greedy, else sampling temperature.
             use_cache: use the KV cache (False recomputes the whole prefix every step).
+            stop_rule: ``mass`` or ``argmax`` (see above).
             return_stats: also return a dict of per-sample counts (greedy decoding only):
                 ``constraint_overrides`` (steps where the unconstrained argmax was not allowed),
                 ``validity_overrides`` (steps where it would have broken the tree or the token
@@ -221,6 +240,8 @@ class SkeletonGenerator(nn.Module):
         max_joints = int(min(max_joints, tk.max_joints))
         if max_joints < 1:
             raise ValueError("max_joints must be at least 1")
+        if stop_rule not in ("mass", "argmax"):
+            raise ValueError(f"stop_rule must be 'mass' or 'argmax', got {stop_rule!r}")
         min_joints = int(min(max(1, min_joints), max_joints))
         B, device = points.shape[0], points.device
         latents = self.encode_points(points, normals)
@@ -272,6 +293,10 @@ class SkeletonGenerator(nn.Module):
             else:
                 nxt = masked.argmax(dim=-1)
             free = logits.argmax(dim=-1)
+            if temperature == 0 and slot == 0 and stop_rule == "mass":
+                nxt = self._stop_or_continue(masked, nxt, torch.tensor(finished, device=device))
+                grammatical = (free < tk.n_disc) | (free == tk.eos)  # an unconstrained pick of the same kind
+                free = torch.where(grammatical, self._stop_or_continue(logits, free, ~grammatical), free)
             free_valid = valid.gather(1, free[:, None])[:, 0].tolist()
             nxt_list, free_list = nxt.tolist(), free.tolist()
             for b in range(B):
