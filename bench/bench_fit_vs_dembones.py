@@ -162,12 +162,14 @@ def main(argv: list[str] | None = None) -> int:
             ratio = "" if name == "dembones" else (
                 f"{r['mean'] / max(db['mean'], 1e-12):7.2f} {r['wall'] / db['wall']:7.2f} "
                 f"{r['cpu'] / max(db['cpu'], 1e-9):7.2f}")
+            own_joints = f"  ({r['joints']} predicted joints)" if "joints" in r else ""
             print(f"{seq['name'][:28]:28s} {K:3d} {V:6d} {J:3d} | {name:19s} {r['mean']:9.4g} {r['max']:8.3g} "
-                  f"{r['wall']:7.2f} {r['cpu']:7.2f} | {ratio}")
+                  f"{r['wall']:7.2f} {r['cpu']:7.2f} | {ratio}{own_joints}")
         rows.append(dict(name=seq["name"], frames=int(K), verts=int(V), joints=int(J), results=results))
         sys.stdout.flush()
-    print("\nerror/DB: mean reconstruction error relative to Dem Bones (< 1 is better); wall/DB, cpu/DB: time ratios.")
-    for name in ("ours heuristic", "ours heuristic 30it", "ours gt-weights"):
+    print("\nerror/DB: mean reconstruction error relative to Dem Bones (< 1 is better); wall/DB, cpu/DB: time ratios."
+          "\nJ is the ground-truth joint count (Dem Bones' bone count); the pipeline uses its own predicted skeleton.")
+    for name in [n for n in rows[0]["results"] if n != "dembones"] if rows else []:
         ratios = [r["results"][name]["mean"] / max(r["results"]["dembones"]["mean"], 1e-12) for r in rows]
         walls = [r["results"][name]["wall"] / r["results"]["dembones"]["wall"] for r in rows]
         print(f"{name:19s}: error ratio median {np.median(ratios):.2f} (max {np.max(ratios):.2f}), "
