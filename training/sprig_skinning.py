@@ -208,7 +208,9 @@ def prepare_clips(corpus, split: str, cfg: SprigSkinningConfig, limit: int | Non
     clips: list[SkinClip] = []
     skipped = {"few_joints": 0, "short": 0}
     ids = [int(i) for i in corpus.indices(split)]
-    bar = tqdm(total=len(ids), desc=f"skinning teachers ({split})", dynamic_ncols=True)
+    # records read (all of the split), or clips kept when limited (skipped records do not count)
+    bar = tqdm(total=len(ids) if limit is None else min(len(ids), limit), desc=f"skinning teachers ({split})",
+               dynamic_ncols=True)
     pos = 0
     while pos < len(ids) and (limit is None or len(clips) < limit):
         chunk = ids[pos:pos + decode_batch]
@@ -242,7 +244,7 @@ def prepare_clips(corpus, split: str, cfg: SprigSkinningConfig, limit: int | Non
                 continue
             clips.append(build_clip(f"{split}_{index:07d}_{family}", nverts, faces, joints, parents, models,
                                     n_query, n_shape, cfg.seed * 1_000_003 + index))
-        bar.update(len(chunk))
+        bar.update(len(chunk) if limit is None else len(clips) - bar.n)
     bar.close()
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
