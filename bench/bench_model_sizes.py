@@ -68,15 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"threads {torch.get_num_threads()}; data preparation {data_s:.3f} s/step "
           f"(tokens per frame mean {np.mean(tokens):.0f}, max {max(tokens)})")
-    for name, scfg in SKELETON_SIZES.items():
+    def skeleton_batch(frames):
+        return collate_skeleton(frames[:cfg.skeleton_batch], tk, "cpu")
+
+    def skeleton_loss(model, sb):
+        return skeleton_token_loss(model(sb["points"], sb["normals"], sb["tokens"]), sb["tokens"], tk.pad)
+
+    def skinning_batch(frames):
+        return collate_skinning(frames[:cfg.skinning_batch], "cpu")
+
+    def skinning_loss(model, kb):
+        return skinning_kl_loss(model(kb["query"], kb["shape"], kb["joints"], kb["parents"], kb["valid"],
+                                      kb["tree_dist"], return_logits=True), kb["target"])
+
+    candidates = [("skeleton", name, SkeletonGenerator, c, skeleton_batch, skeleton_loss, cfg.skeleton_batch)
+                  for name, c in SKELETON_SIZES.items()]
+    candidates += [("skinning", name, SkinningNetwork, c, skinning_batch, skinning_loss, cfg.skinning_batch)
+                   for name, c in SKINNING_SIZES.items()]
+    for kind, name, model_cls, model_cfg, collate, loss_fn, batch in candidates:
         torch.manual_seed(0)
-        model = SkeletonGenerator(scfg)
+        model = model_cls(model_cfg)
         opt = make_optimizer(model, OptimConfig())
         times = []
         for i, b in enumerate(batches):
-            sb = collate_skeleton(b[:cfg.skeleton_batch], tk, "cpu")
+            tensors = collate(b)
             t = time.perf_counter()
-            loss = skeleton_token_loss(model(sb["points"], sb["normals"], sb["tokens"]), sb["tokens"], tk.pad)
+            loss = loss_fn(model, tensors)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -85,27 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         rows.append({"model": name, "params_M": params, "s_per_step": float(np.mean(times))})
-        print(f"  skeleton {name:12s} {params:5.2f} M params  {np.mean(times):.3f} s/step (batch {cfg.skeleton_batch})")
-    for name, kcfg in SKINNING_SIZES.items():
-        torch.manual_seed(0)
-        model = SkinningNetwork(kcfg)
-        opt = make_optimizer(model, OptimConfig())
-        times = []
-        for i, b in enumerate(batches):
-            kb = collate_skinning(b[:cfg.skinning_batch], "cpu")
-            t = time.perf_counter()
-            lg = model(kb["query"], kb["shape"], kb["joints"], kb["parents"], kb["valid"], kb["tree_dist"],
-                       return_logits=True)
-            loss = skinning_kl_loss(lg, kb["target"])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            if i:
-                times.append(time.perf_counter() - t)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        rows.append({"model": name, "params_M": params, "s_per_step": float(np.mean(times))})
-        print(f"  skinning {name:12s} {params:5.2f} M params  {np.mean(times):.3f} s/step (batch {cfg.skinning_batch})")
+        print(f"  {kind} {name:12s} {params:5.2f} M params  {np.mean(times):.3f} s/step (batch {batch})")
     if args.json:
         args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "data_s_per_step": data_s,
                                          "rows": rows}, indent=2))

@@ -53,6 +53,7 @@ from backend.normalize import AnchorBox
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
 from training.eval_static import forest_to_tree
 from training.presets import get_preset
+from training.stage_utils import stage_config
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,7 @@ EVAL_PRESETS: dict[str, dict] = {
 
 def make_config(preset: str, **overrides) -> EvaluationConfig:
     """The evaluation config of a preset with field overrides."""
-    if preset not in EVAL_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(EVAL_PRESETS)}")
-    values = {**EVAL_PRESETS[preset], **overrides}
-    unknown = set(values) - set(EvaluationConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown evaluation settings {sorted(unknown)}")
-    cfg = EvaluationConfig(**values)
+    cfg = stage_config(EvaluationConfig, EVAL_PRESETS, preset, overrides, "evaluation")
     if cfg.protocol_frames < 2:
         raise ValueError(f"protocol_frames must be >= 2, got {cfg.protocol_frames}")
     if min(cfg.max_frames, cfg.real_max_frames) < cfg.protocol_frames:

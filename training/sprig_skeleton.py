@@ -52,7 +52,8 @@ from training.losses.skeleton_losses import (GeometryLossConfig, anchor_token_lo
                                              symmetric_token_loss, token_loss)
 from training.presets import get_preset
 from training.pretrain import git_commit, setup_distributed
-from training.stage_utils import StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry
+from training.stage_utils import (StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry,
+                                  stage_config)
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +137,8 @@ STAGE_PRESETS: dict[str, dict] = {
 
 def make_config(preset: str, **overrides) -> SprigSkeletonConfig:
     """The stage config of a preset, with field overrides (``geom`` may be a dict of its fields)."""
-    if preset not in STAGE_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(STAGE_PRESETS)}")
-    values = {**STAGE_PRESETS[preset], **overrides}
-    if isinstance(values.get("geom"), dict):
-        values["geom"] = GeometryLossConfig(**values["geom"])
-    unknown = set(values) - set(SprigSkeletonConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown sprig-skeleton settings {sorted(unknown)}")
-    cfg = SprigSkeletonConfig(**values)
+    cfg = stage_config(SprigSkeletonConfig, STAGE_PRESETS, preset, overrides, "sprig-skeleton",
+                       nested={"geom": GeometryLossConfig})
     if cfg.no_token and cfg.no_geom:
         raise ValueError("no_token and no_geom together leave nothing to train")
     if cfg.n_frames < 2:

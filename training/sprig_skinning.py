@@ -52,7 +52,8 @@ from training.losses.skinning_losses import SkinningLossConfig, point_teacher, s
 from training.presets import get_preset
 from training.pretrain import git_commit, setup_distributed
 from training.sprig_skeleton import clip_frames
-from training.stage_utils import StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry
+from training.stage_utils import (StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry,
+                                  stage_config)
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +127,8 @@ STAGE_PRESETS: dict[str, dict] = {
 
 def make_config(preset: str, **overrides) -> SprigSkinningConfig:
     """The stage config of a preset, with field overrides (``loss`` may be a dict of its fields)."""
-    if preset not in STAGE_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(STAGE_PRESETS)}")
-    values = {**STAGE_PRESETS[preset], **overrides}
-    if isinstance(values.get("loss"), dict):
-        values["loss"] = SkinningLossConfig(**values["loss"])
-    unknown = set(values) - set(SprigSkinningConfig.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown sprig-skinning settings {sorted(unknown)}")
-    cfg = SprigSkinningConfig(**values)
+    cfg = stage_config(SprigSkinningConfig, STAGE_PRESETS, preset, overrides, "sprig-skinning",
+                       nested={"loss": SkinningLossConfig})
     if cfg.skeleton_source not in SKELETON_SOURCES:
         raise ValueError(f"skeleton_source must be one of {SKELETON_SOURCES}, got {cfg.skeleton_source!r}")
     if cfg.n_frames < 2:

@@ -36,6 +36,31 @@ def autocast_factory(enabled: bool, device: torch.device) -> Callable[[], Contex
     return nullcontext
 
 
+def stage_config(cls: type, presets: dict[str, dict], preset: str, overrides: dict, stage: str,
+                 nested: dict[str, type] | None = None):
+    """``cls(**values)`` from a stage's preset table and field overrides (no stage-specific checks).
+
+    Args:
+        cls: the stage's config dataclass.
+        presets: preset name -> field values.
+        preset: the chosen preset; overrides: fields that replace the preset's values.
+        stage: the stage name used in error messages (``sprig-skeleton``).
+        nested: fields whose value may be given as a dict of the fields of the named dataclass.
+    Raises:
+        ValueError: unknown preset or unknown fields, named.
+    """
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(presets)}")
+    values = {**presets[preset], **overrides}
+    for name, nested_cls in (nested or {}).items():
+        if isinstance(values.get(name), dict):
+            values[name] = nested_cls(**values[name])
+    unknown = set(values) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {stage} settings {sorted(unknown)}")
+    return cls(**values)
+
+
 def finetune_provenance(preset: str, workdir: Path, base_checkpoint: Path, base_sha256: str, train_clips: int,
                         world: int, device: torch.device, config: dict, commit: dict, **extra: Any) -> dict:
     """Provenance of a fine-tuned checkpoint (the per-export fields are added by :meth:`StageBookkeeping.export`).
