@@ -7,15 +7,22 @@ transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinnin
 1. **Start**: a weighted rigid (Kabsch) fit per bone and frame, bone ``j``'s vertices weighted by
    ``w_vj ** init_power``. Bones with too little (or degenerate, e.g. collinear) support borrow the
    motion of the closest well-supported ancestor, else of the closest well-supported bone in the tree.
+   When the weights are refined, a few rounds of *motion clustering* follow (rigid k-means, the
+   classic start of smooth skinning decomposition): every vertex goes to the bone whose rigid motion
+   reproduces it best and every bone is re-fitted to its vertices. Bones keep their identity (each
+   starts from the region the given weights assign it); the clustered start replaces the given
+   weights only when it reproduces the frames better.
 2. **Refinement** (optional), alternating:
 
    * transforms: block-coordinate descent, one bone at a time; each bone's update is the exact
      weighted Procrustes minimiser of the squared LBS error with the other bones fixed, so the error
      never rises;
-   * weights: per vertex, a small quadratic program on the simplex (non-negative, sum to one) over the
-     candidate bones = initial support + its tree neighbours, with a Laplacian term pulling each row
-     toward its mesh neighbours' mean, then pruned to ``max_influences`` and re-projected. A row is
-     only accepted where it does not raise that vertex's squared error, so the total never rises;
+   * weights: per vertex, a small quadratic program on the simplex (non-negative, sum to one) over its
+     candidate bones -- its current support plus the bones whose own rigid motion reproduces that vertex
+     best (``candidates="motion"``), or the initial support plus its tree neighbours (``"tree"``) --
+     with a Laplacian term pulling each row toward its mesh neighbours' mean, then pruned to
+     ``max_influences`` and re-projected. A row is only accepted where it does not raise that vertex's
+     squared error, so the total never rises;
    * smoothing: a few steps of Laplacian smoothing of the weights on the mesh graph, re-projected onto
      the candidates, ``max_influences`` and the simplex, kept where they give back at most part of the
      error decrease the weight solve just made (the error still never rises).
@@ -63,15 +70,22 @@ class FitConfig:
             re-projected onto the candidates, ``max_influences`` and the simplex).
         smooth_slack: a smoothed row is kept where it gives back at most this fraction of the error
             decrease the weight solve made at that vertex (0 disables the smoothing steps).
+        motion_init_rounds: rounds of motion clustering after the Kabsch start (0: start from the given
+            weights); only used when the weights are refined.
+        candidates: a vertex's candidate bones in the weight solve: ``"motion"`` (its current support plus
+            the ``motion_candidates`` bones whose rigid motion alone reproduces it best, re-chosen every
+            alternation) or ``"tree"`` (its initial support plus, with ``neighbour_candidates``, their
+            tree neighbours).
+        motion_candidates: extra candidate bones per vertex for ``candidates="motion"``.
         neighbour_candidates: add the tree neighbours (parent, children) of a vertex's initial support to
-            its candidate bones.
+            its candidate bones (``candidates="tree"``).
         qp_iters: projected-gradient steps that pick each vertex's support before its exact solve.
         tol: stop refining when one alternation lowers the RMS error by less than this fraction.
         chunk: at most this many vertices per batch in the weight solve (bounds memory).
     """
 
     max_influences: int = 4
-    refine_iters: int = 8
+    refine_iters: int = 15
     refine_weights: bool = True
     transform_sweeps: int = 1
     init_power: float = 2.0
@@ -79,10 +93,19 @@ class FitConfig:
     smoothness: float = 0.1
     smooth_steps: int = 2
     smooth_slack: float = 0.5
+    motion_init_rounds: int = 5
+    candidates: str = "motion"
+    motion_candidates: int = 4
     neighbour_candidates: bool = True
     qp_iters: int = 20
     tol: float = 1e-3
     chunk: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.candidates not in ("motion", "tree"):
+            raise ValueError(f"candidates must be 'motion' or 'tree', got {self.candidates!r}")
+        if self.motion_init_rounds < 0 or self.motion_candidates < 0:
+            raise ValueError("motion_init_rounds and motion_candidates must be >= 0")
 
 
 @dataclass
@@ -401,13 +424,37 @@ def candidate_bones(idx: np.ndarray, val: np.ndarray, parents: np.ndarray,
         adj[child, parents[child]] = True
         adj[parents[child], child] = True
         support = support | ((support.astype(np.int32) @ adj.astype(np.int32)) > 0)
-    count = support.sum(axis=1)
+    return _candidates_from_mask(support)
+
+
+def _candidates_from_mask(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``allowed bool [V, J]`` -> ``cand int64 [V, C]`` (allowed bones in index order) and ``mask bool [V, C]``."""
+    count = allowed.sum(axis=1)
     C = int(max(count.max(), 1))
-    # stable: supported bones in index order, padding at the end
-    order = np.argsort(~support, axis=1, kind="stable")[:, :C]
+    order = np.argsort(~allowed, axis=1, kind="stable")[:, :C]
     mask = np.arange(C)[None, :] < count[:, None]
     cand = np.where(mask, order, 0)
     return cand.astype(np.int64), mask
+
+
+def motion_candidate_bones(single_errors: np.ndarray, idx: np.ndarray, val: np.ndarray,
+                           n_extra: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per vertex, its current support plus the ``n_extra`` bones whose rigid motion alone reproduces it best.
+
+    Args:
+        single_errors: ``[V, J]`` squared error of each vertex moved by each bone alone (summed over frames).
+        idx, val: current sparse weight rows ``[V, M]``.
+        n_extra: bones added per vertex (0: the support only).
+    Returns:
+        ``cand int64 [V, C]`` and ``mask bool [V, C]`` as in :func:`candidate_bones`.
+    """
+    V, J = single_errors.shape
+    allowed = _to_dense(idx, val, J) > 0
+    n_extra = min(n_extra, J)
+    if n_extra > 0:
+        best = np.argpartition(single_errors, n_extra - 1, axis=1)[:, :n_extra]
+        np.put_along_axis(allowed, best, True, axis=1)
+    return _candidates_from_mask(allowed)
 
 
 def project_simplex(y: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -513,6 +560,14 @@ class _ResidualGram:
         self.xx = np.einsum("vka,vka->v", frames_vm, frames_vm)
         self.ah = np.concatenate([anchor, np.ones((V, 1))], axis=1)  # [V, 4]
 
+    def single_bone_errors(self) -> np.ndarray:
+        """``[V, J]``: each vertex's squared error over all frames when bone ``j`` alone moves it (``R_v[j, j]``)."""
+        J = self.J
+        Q_diag = self.Q.reshape(J, J, 16)[np.arange(J), np.arange(J)]  # [J, 16]
+        aa = (self.ah[:, :, None] * self.ah[:, None, :]).reshape(-1, 16)
+        err = aa @ Q_diag.T - 2.0 * np.einsum("vjc,vc->vj", self.Z, self.ah) + self.xx[:, None]
+        return np.maximum(err, 0.0)
+
     def chunk(self, s: int, e: int, cand: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``R [B, C, C]`` for vertices ``s:e`` (``cand/mask [B, C]``); masked rows/columns are 0."""
         a, J = self.ah[s:e], self.J
@@ -543,10 +598,10 @@ def _top_k(w: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray,
-                   transforms: np.ndarray, cand: np.ndarray, cand_mask: np.ndarray,
+                   transforms: np.ndarray, cand: np.ndarray | None, cand_mask: np.ndarray | None,
                    neighbours: sp.csr_matrix | None, max_influences: int, smoothness: float,
                    smooth_steps: int = 2, smooth_slack: float = 0.5, qp_iters: int = 20,
-                   chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+                   chunk: int = 16384, motion_candidates: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve every vertex's weights with the transforms fixed, then smooth them over the mesh.
 
     1. Per vertex, minimise its squared LBS error ``w^T R_v w`` (see :class:`_ResidualGram`) plus
@@ -559,11 +614,16 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
        ``max_influences`` and the simplex. A smoothed row is kept where its error stays within
        ``smooth_slack`` of the improvement step 1 made for that vertex, so the error never rises.
 
+    When ``cand`` is None the candidates are chosen here by :func:`motion_candidate_bones` (current
+    support plus ``motion_candidates`` bones) for the current transforms.
+
     Returns new sparse rows ``idx int64 [V, max_influences]``, ``val float64 [V, max_influences]``.
     """
     V = frames_vm.shape[0]
     J = transforms.shape[1]
     gram = _ResidualGram(anchor, frames_vm, transforms)
+    if cand is None:
+        cand, cand_mask = motion_candidate_bones(gram.single_bone_errors(), idx, val, motion_candidates)
     dense_old = _to_dense(idx, val, J)
     wbar = None if neighbours is None or smoothness <= 0 else neighbours @ dense_old  # [V, J]
     C = cand.shape[1]
@@ -615,6 +675,40 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
     new_val[:, :top.shape[1]] = np.take_along_axis(W_new, top, axis=1)
     new_val /= new_val.sum(axis=1, keepdims=True)
     return new_idx, new_val
+
+
+def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.ndarray, parents: np.ndarray,
+                      joints: np.ndarray | None = None, rounds: int = 5,
+                      min_bone_mass: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Motion clustering (rigid k-means): alternately give every vertex to the bone whose rigid motion
+    reproduces it best, and re-fit every bone's rigid motion to its vertices (Kabsch).
+
+    Bones keep their identity: the first assignment uses the given ``transforms`` (usually fitted to the
+    predicted weights), so each bone starts from its predicted region. A bone left with too few (or
+    collinear) vertices borrows a neighbour's motion as in :func:`initial_transforms`.
+
+    Args:
+        anchor: ``[V, 3]``; frames: ``[K, V, 3]``; transforms: ``[K, J, 4, 4]`` start.
+        parents: ``[J]``; joints: ``[J, 3]`` (tie-break when borrowing).
+        rounds: at most this many assignment / re-fit rounds (stops early when no vertex changes bone).
+    Returns:
+        ``labels int64 [V]`` (each vertex's bone), ``transforms float64 [K, J, 4, 4]``, ``borrowed bool [J]``.
+    """
+    a = np.asarray(anchor, dtype=np.float64)
+    x = np.asarray(frames, dtype=np.float64)
+    xv = np.ascontiguousarray(x.transpose(1, 0, 2))
+    V, J = a.shape[0], transforms.shape[1]
+    labels = np.full(V, -1, dtype=np.int64)
+    borrowed = np.zeros(J, dtype=bool)
+    for _ in range(rounds):
+        new = _ResidualGram(a, xv, transforms).single_bone_errors().argmin(axis=1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        hard = np.zeros((V, J))
+        hard[np.arange(V), labels] = 1.0
+        transforms, borrowed = initial_transforms(a, x, hard, parents, joints, power=1.0, min_bone_mass=min_bone_mass)
+    return labels, transforms, borrowed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,13 +800,28 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     groups = _bone_groups(idx, val, J)
     xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
     resid = xv - _blend(a, groups, transforms)
+    sq_err = float(np.sum(resid ** 2))
+    refining_weights = cfg.refine_iters > 0 and cfg.refine_weights
+    if refining_weights and cfg.motion_init_rounds > 0 and J > 1:
+        labels, t_c, borrowed_c = cluster_by_motion(a, x, transforms, parents, joints, cfg.motion_init_rounds,
+                                                    cfg.min_bone_mass)
+        idx_c = np.zeros((V, M), dtype=np.int64)
+        val_c = np.zeros((V, M))
+        idx_c[:, 0], val_c[:, 0] = labels, 1.0
+        groups_c = _bone_groups(idx_c, val_c, J)
+        resid_c = xv - _blend(a, groups_c, t_c)
+        sq_err_c = float(np.sum(resid_c ** 2))
+        log.debug("motion clustering start: squared error %.4g -> %.4g", sq_err, sq_err_c)
+        if sq_err_c < sq_err:
+            idx, val, groups, transforms, borrowed, resid = idx_c, val_c, groups_c, t_c, borrowed_c, resid_c
     rmse = [float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1))))]
     log.debug("motion fit start: rmse %.3g", rmse[0])
     tick(1.0 / (cfg.refine_iters + 1))
 
     cand = cand_mask = neighbours = None
-    if cfg.refine_iters > 0 and cfg.refine_weights:
-        cand, cand_mask = candidate_bones(idx, val, parents, cfg.neighbour_candidates)
+    if refining_weights:
+        if cfg.candidates == "tree":
+            cand, cand_mask = candidate_bones(idx, val, parents, cfg.neighbour_candidates)
         if faces is not None and (cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)):
             neighbours = mesh_neighbours(faces, V)
     for it in range(cfg.refine_iters):
@@ -720,7 +829,8 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
             update_transforms(a, resid, groups, transforms)
         if cfg.refine_weights:
             idx, val = update_weights(a, xv, idx, val, transforms, cand, cand_mask, neighbours, M,
-                                      cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters, cfg.chunk)
+                                      cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters, cfg.chunk,
+                                      cfg.motion_candidates)
             groups = _bone_groups(idx, val, J)
             resid = xv - _blend(a, groups, transforms)
         rmse.append(float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1)))))

@@ -88,7 +88,7 @@ class RigConfig:
     device: str = "auto"
     max_influences: int = 4
     refine: bool = True
-    refine_iters: int = 8
+    refine_iters: int = 15
     models: str = "sprig"
     frames_for_report: int = -1
     skin_frames: int = -1

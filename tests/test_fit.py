@@ -13,6 +13,7 @@ from backend.fit import (
     fit_motion,
     from_local_pose,
     matrix_to_quaternion,
+    motion_candidate_bones,
     project_simplex,
     prune_weights,
     quaternion_to_matrix,
@@ -151,7 +152,7 @@ def test_refinement_never_raises_error_and_keeps_sparse_simplex_rows():
     logits = -(d / 0.15) ** 2
     w0 = np.exp(logits - logits.max(1, keepdims=True))
     w0 /= w0.sum(1, keepdims=True)
-    cfg = FitConfig(max_influences=3, refine_iters=6, tol=0.0)
+    cfg = FitConfig(max_influences=3, refine_iters=6, tol=0.0, candidates="tree", motion_init_rounds=0)
     fit = fit_motion(anchor, frames, w0, parents, joints, faces, cfg)
     hist = np.asarray(fit.rmse_history)
     assert len(hist) == 7
@@ -161,7 +162,7 @@ def test_refinement_never_raises_error_and_keeps_sparse_simplex_rows():
     assert W.shape == w0.shape and (W >= 0).all()
     assert np.allclose(W.sum(1), 1.0, atol=1e-5)
     assert ((W > 0).sum(1) <= 3).all()
-    # support stays inside the candidates: initial (pruned) support + tree neighbours
+    # with candidates="tree" the support stays inside the initial (pruned) support + tree neighbours
     p0 = prune_weights(w0, 3)
     cand, mask = candidate_bones(*_to_sparse_rows(p0, 3), parents)
     allowed = np.zeros_like(W, dtype=bool)
@@ -171,6 +172,44 @@ def test_refinement_never_raises_error_and_keeps_sparse_simplex_rows():
     # the reported history is the real error of the returned rig
     err = reconstruction_error(anchor, frames, W, fit.transforms)
     assert np.isclose(np.sqrt((err.astype(np.float64) ** 2).mean()), hist[-1], rtol=1e-4)
+
+
+def test_motion_clustering_and_candidates_escape_a_wrong_start():
+    """Blurry weights (every bone spread over half the tube): the Kabsch start mixes the parts' motions and
+    the refinement limited to the tree neighbours of that support stays far off; the motion clustering
+    start and the motion candidates find the bone that really moves each part."""
+    frames, faces, joints, parents, w_gt = tube_sequence(n_frames=12, n_bones=6)
+    anchor = frames[0]
+    logits = -(np.linalg.norm(anchor[:, None] - joints[None], axis=-1) / 0.3) ** 2
+    w_bad = np.exp(logits - logits.max(1, keepdims=True))
+    diag = np.linalg.norm(np.ptp(anchor, 0))
+    err = {}
+    for mode in ("tree", "motion"):
+        cfg = FitConfig(refine_iters=10, tol=0.0, candidates=mode, motion_init_rounds=5 if mode == "motion" else 0)
+        fit = fit_motion(anchor, frames, w_bad, parents, joints, faces, cfg)
+        hist = np.asarray(fit.rmse_history)
+        assert (np.diff(hist) <= 1e-12 * hist[0]).all(), hist
+        err[mode] = reconstruction_error(anchor, frames, fit.weights, fit.transforms).mean() / diag
+        assert np.allclose(fit.weights.sum(1), 1.0, atol=1e-5) and ((fit.weights > 0).sum(1) <= 4).all()
+    assert err["motion"] < 1e-4, err  # the tube moves by exact LBS: near-exact recovery
+    assert err["motion"] < 0.1 * err["tree"], err
+
+
+def test_motion_clustering_never_starts_worse_than_the_given_weights():
+    """With the true weights the clustered (hard) start is worse and is not taken."""
+    frames, faces, joints, parents, w_gt = tube_sequence(n_frames=8)
+    plain = fit_motion(frames[0], frames, w_gt, parents, joints, faces, FitConfig(refine_iters=0))
+    fit = fit_motion(frames[0], frames, w_gt, parents, joints, faces, FitConfig(refine_iters=1))
+    assert fit.rmse_history[0] == pytest.approx(plain.rmse_history[0])
+
+
+def test_motion_candidates_hold_the_support_and_the_best_single_bones():
+    errors = np.array([[5.0, 1.0, 3.0, 0.5, 9.0], [0.1, 0.2, 0.3, 0.4, 0.5]])
+    idx = np.array([[4, 0], [2, 0]])
+    val = np.array([[1.0, 0.0], [0.6, 0.4]])
+    cand, mask = motion_candidate_bones(errors, idx, val, n_extra=2)
+    sets = [set(cand[i][mask[i]].tolist()) for i in range(2)]
+    assert sets == [{4, 3, 1}, {2, 0, 1}]
 
 
 def test_exact_lbs_motion_is_recovered():
