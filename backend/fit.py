@@ -497,7 +497,9 @@ def _batched_spd_solve(A: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     Plain numpy loops over ``C`` avoid per-matrix LAPACK calls, which are slow for many tiny systems.
     """
     B, C, _ = A.shape
-    floor = 1e-13 * np.maximum(np.einsum("bcc->b", A) / C, 1e-300)
+    # relative to each system's scale; an all-zero system (a vertex every candidate reproduces exactly) gets
+    # a ridge that keeps the solve finite
+    floor = 1e-13 * np.maximum(np.einsum("bcc->b", A) / C, 1e-30)
     L = np.zeros_like(A)
     for j in range(C):
         d = A[:, j, j] - np.einsum("bk,bk->b", L[:, j, :j], L[:, j, :j])
@@ -536,7 +538,7 @@ def _simplex_qp_on_support(H: np.ndarray, g: np.ndarray, support: np.ndarray, ro
         if not neg.any():
             break
         act &= ~neg
-    w = np.clip(w, 0.0, None)
+    w = np.where(np.isfinite(w), np.clip(w, 0.0, None), 0.0)
     total = w.sum(axis=1, keepdims=True)
     return np.where(total > 0, w / np.maximum(total, 1e-300), 0.0)
 
@@ -645,9 +647,9 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
         w_exact = _simplex_qp_on_support(H, g, keep)  # exact on that support
         objective = lambda x: _quad(x, H) - 2.0 * np.einsum("bc,bc->b", g, x)  # noqa: E731
         use_exact = (objective(w_exact) <= objective(w)) | (m.sum(1) > max_influences)
-        w = np.where((use_exact & keep.any(axis=1))[:, None], w_exact, w)
+        w = np.where((use_exact & (w_exact.sum(axis=1) > 0.5))[:, None], w_exact, w)
         e_new = _quad(w, R)
-        worse = e_new > e_old  # guard: never raise a vertex's error
+        worse = ~(e_new <= e_old)  # guard: never raise a vertex's error (NaN counts as worse)
         w[worse], e_new[worse] = w_old[worse], e_old[worse]
         W_new[s:e], err_old[s:e], err_new[s:e] = w, e_old, e_new
 

@@ -19,6 +19,7 @@ from backend.fit import (
     quaternion_to_matrix,
     reconstruction_error,
     to_local_pose,
+    _simplex_qp_on_support,
     _to_sparse_rows,
 )
 from backend.lbs import linear_blend_skinning
@@ -201,6 +202,18 @@ def test_motion_clustering_never_starts_worse_than_the_given_weights():
     plain = fit_motion(frames[0], frames, w_gt, parents, joints, faces, FitConfig(refine_iters=0))
     fit = fit_motion(frames[0], frames, w_gt, parents, joints, faces, FitConfig(refine_iters=1))
     assert fit.rmse_history[0] == pytest.approx(plain.rmse_history[0])
+
+
+def test_simplex_solve_stays_finite_when_every_candidate_is_exact():
+    """A vertex that every candidate bone reproduces exactly has an all-zero residual Gram matrix; the
+    exact solve must still return finite rows on the simplex (it used to overflow)."""
+    H = np.zeros((3, 4, 4))
+    H[1] = 1e-40 * np.eye(4)
+    H[2, :2, :2] = [[1.0, 1.0], [1.0, 1.0]]  # two identical candidates, two exact ones
+    with np.errstate(all="raise"):
+        w = _simplex_qp_on_support(H, np.zeros((3, 4)), np.ones((3, 4), dtype=bool))
+    assert np.isfinite(w).all() and (w >= 0).all()
+    assert np.allclose(w.sum(1), 1.0)
 
 
 def test_motion_candidates_hold_the_support_and_the_best_single_bones():
