@@ -680,8 +680,8 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
 
 
 def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.ndarray, parents: np.ndarray,
-                      joints: np.ndarray | None = None, rounds: int = 5,
-                      min_bone_mass: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      joints: np.ndarray | None = None, rounds: int = 5, min_bone_mass: float = 0.5,
+                      frames_vm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Motion clustering (rigid k-means): alternately give every vertex to the bone whose rigid motion
     reproduces it best, and re-fit every bone's rigid motion to its vertices (Kabsch).
 
@@ -693,12 +693,13 @@ def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.nda
         anchor: ``[V, 3]``; frames: ``[K, V, 3]``; transforms: ``[K, J, 4, 4]`` start.
         parents: ``[J]``; joints: ``[J, 3]`` (tie-break when borrowing).
         rounds: at most this many assignment / re-fit rounds (stops early when no vertex changes bone).
+        frames_vm: the frames as vertex-major float64 ``[V, K, 3]`` when the caller already has them.
     Returns:
         ``labels int64 [V]`` (each vertex's bone), ``transforms float64 [K, J, 4, 4]``, ``borrowed bool [J]``.
     """
     a = np.asarray(anchor, dtype=np.float64)
     x = np.asarray(frames, dtype=np.float64)
-    xv = np.ascontiguousarray(x.transpose(1, 0, 2))
+    xv = np.ascontiguousarray(x.transpose(1, 0, 2)) if frames_vm is None else frames_vm
     V, J = a.shape[0], transforms.shape[1]
     labels = np.full(V, -1, dtype=np.int64)
     borrowed = np.zeros(J, dtype=bool)
@@ -806,7 +807,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     refining_weights = cfg.refine_iters > 0 and cfg.refine_weights
     if refining_weights and cfg.motion_init_rounds > 0 and J > 1:
         labels, t_c, borrowed_c = cluster_by_motion(a, x, transforms, parents, joints, cfg.motion_init_rounds,
-                                                    cfg.min_bone_mass)
+                                                    cfg.min_bone_mass, frames_vm=xv)
         idx_c = np.zeros((V, M), dtype=np.int64)
         val_c = np.zeros((V, M))
         idx_c[:, 0], val_c[:, 0] = labels, 1.0
