@@ -7,11 +7,13 @@ transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinnin
 1. **Start**: a weighted rigid (Kabsch) fit per bone and frame, bone ``j``'s vertices weighted by
    ``w_vj ** init_power``. Bones with too little (or degenerate, e.g. collinear) support borrow the
    motion of the closest well-supported ancestor, else of the closest well-supported bone in the tree.
-   When the weights are refined, a few rounds of *motion clustering* follow (rigid k-means, the
-   classic start of smooth skinning decomposition): every vertex goes to the bone whose rigid motion
-   reproduces it best and every bone is re-fitted to its vertices. Bones keep their identity (each
-   starts from the region the given weights assign it); the clustered start replaces the given
-   weights only when it reproduces the frames better.
+   When the weights are refined, *motion clustering* follows (rigid k-means, the classic start of
+   smooth skinning decomposition): every vertex goes to the bone whose rigid motion reproduces it best
+   and every bone is re-fitted to its vertices. By default the clusters are grown by splitting from one
+   global motion (:func:`split_motion_clusters`) and each is then given to the bone whose region in the
+   given weights it overlaps most (:func:`match_clusters_to_bones`), so bones keep their identity; a
+   second clustering starts each bone from the region the given weights assign it. Of these and the
+   given weights' own start, the one that reproduces the frames best is refined.
 2. **Refinement** (optional), alternating:
 
    * transforms: block-coordinate descent, one bone at a time; each bone's update is the exact
@@ -72,6 +74,14 @@ class FitConfig:
             decrease the weight solve made at that vertex (0 disables the smoothing steps).
         motion_init_rounds: rounds of motion clustering after the Kabsch start (0: start from the given
             weights); only used when the weights are refined.
+        init: where the motion clustering starts when the weights are refined: ``"split"`` (clusters
+            grown by splitting from one global motion, as smooth skinning decomposition does, then
+            matched to the bones by their overlap with the given weights; see
+            :func:`split_motion_clusters`), ``"weights"`` (each bone from the region the given weights
+            assign it) or ``"best"`` (both). The start that reproduces the frames best -- a clustered
+            one or the given weights' own Kabsch start -- is refined.
+        split_seed_fraction: when a cluster splits, the new cluster starts from this fraction of its
+            vertices nearest to its worst-reproduced vertex.
         candidates: a vertex's candidate bones in the weight solve: ``"motion"`` (its current support plus
             the ``motion_candidates`` bones whose rigid motion alone reproduces it best, re-chosen every
             alternation) or ``"tree"`` (its initial support plus, with ``neighbour_candidates``, their
@@ -94,6 +104,8 @@ class FitConfig:
     smooth_steps: int = 2
     smooth_slack: float = 0.5
     motion_init_rounds: int = 5
+    init: str = "best"
+    split_seed_fraction: float = 0.5
     candidates: str = "motion"
     motion_candidates: int = 4
     neighbour_candidates: bool = True
@@ -104,6 +116,10 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.candidates not in ("motion", "tree"):
             raise ValueError(f"candidates must be 'motion' or 'tree', got {self.candidates!r}")
+        if self.init not in ("split", "weights", "best"):
+            raise ValueError(f"init must be 'split', 'weights' or 'best', got {self.init!r}")
+        if not 0.0 < self.split_seed_fraction < 1.0:
+            raise ValueError(f"split_seed_fraction must be in (0, 1), got {self.split_seed_fraction}")
         if self.motion_init_rounds < 0 or self.motion_candidates < 0:
             raise ValueError("motion_init_rounds and motion_candidates must be >= 0")
 
@@ -201,25 +217,29 @@ def _rigid(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
     return out
 
 
-def weighted_rigid_fits(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray,
-                        frame_chunk: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def weighted_rigid_fits(anchor: np.ndarray, frames: np.ndarray | None, weights: np.ndarray,
+                        frames_vm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per bone and frame, the rigid transform best mapping the anchor onto the frame (weighted Kabsch).
 
-    Minimises ``sum_v w_vj || R a_v + t - x_kv ||^2`` for each ``(k, j)``, all at once.
+    Minimises ``sum_v w_vj || R a_v + t - x_kv ||^2`` for each ``(k, j)``, all at once. The weighted
+    cross-covariances are three sparse-times-dense products ``(W * a_b)^T X`` with the frames as a
+    ``[V, 3K]`` matrix, so no per-vertex outer products are formed.
 
     Args:
         anchor: ``[V, 3]`` anchor vertices.
-        frames: ``[K, V, 3]`` target vertices.
+        frames: ``[K, V, 3]`` target vertices (may be None when ``frames_vm`` is given).
         weights: ``[V, J]`` non-negative per-vertex fit weights (dense or scipy sparse).
-        frame_chunk: frames per batch (bounds memory at ``V * frame_chunk * 9`` floats).
+        frames_vm: the same frames vertex-major, float64 ``[V, K, 3]``, when the caller has them.
     Returns:
         ``transforms float64 [K, J, 4, 4]``, ``mass float64 [J]`` (summed weight per bone) and
         ``spread float64 [J]`` (second-largest eigenvalue of the weighted covariance of the bone's anchor
         vertices: ~0 when they are collinear and the rotation about that line is undetermined).
     """
     a = np.asarray(anchor, dtype=np.float64)
-    x = np.asarray(frames, dtype=np.float64)
-    K, V, _ = x.shape
+    if frames_vm is None:
+        frames_vm = np.asarray(frames, dtype=np.float64).transpose(1, 0, 2)
+    V, K, _ = frames_vm.shape
+    X = np.ascontiguousarray(frames_vm, dtype=np.float64).reshape(V, K * 3)
     Wt = sp.csr_matrix(weights, dtype=np.float64).T.tocsr()  # [J, V]
     J = Wt.shape[0]
     mass = np.asarray(Wt.sum(axis=1)).ravel()
@@ -229,19 +249,12 @@ def weighted_rigid_fits(anchor: np.ndarray, frames: np.ndarray, weights: np.ndar
     cov = second - a_bar[:, :, None] * a_bar[:, None, :]
     spread = np.linalg.eigvalsh(cov)[:, 1]
 
-    transforms = np.empty((K, J, 4, 4))
-    for k0 in range(0, K, frame_chunk):
-        xs = x[k0:k0 + frame_chunk]  # [k, V, 3]
-        kc = xs.shape[0]
-        flat = xs.transpose(1, 0, 2).reshape(V, kc * 3)
-        x_bar = (Wt @ flat).reshape(J, kc, 3) / safe[:, None, None]  # [J, k, 3]
-        outer = (xs.transpose(1, 0, 2)[:, :, :, None] * a[:, None, None, :]).reshape(V, kc * 9)
-        cross = (Wt @ outer).reshape(J, kc, 3, 3) / safe[:, None, None, None]
-        cross = cross - x_bar[:, :, :, None] * a_bar[:, None, None, :]  # [J, k, 3(x), 3(a)]
-        rot = _proper_rotation(cross)  # maps a-offsets to x-offsets
-        trans = x_bar - np.einsum("jkab,jb->jka", rot, a_bar)
-        transforms[k0:k0 + kc] = _rigid(rot, trans).transpose(1, 0, 2, 3)
-    return transforms, mass, spread
+    x_bar = (Wt @ X).reshape(J, K, 3) / safe[:, None, None]  # [J, K, 3]
+    cross = np.stack([(Wt @ sp.diags(a[:, b]) @ X).reshape(J, K, 3) for b in range(3)], axis=-1)
+    cross = cross / safe[:, None, None, None] - x_bar[:, :, :, None] * a_bar[:, None, None, :]  # [J, K, 3(x), 3(a)]
+    rot = _proper_rotation(cross)  # maps a-offsets to x-offsets
+    trans = x_bar - np.einsum("jkab,jb->jka", rot, a_bar)
+    return _rigid(rot, trans).transpose(1, 0, 2, 3), mass, spread
 
 
 def _borrow_sources(strong: np.ndarray, parents: np.ndarray, joints: np.ndarray | None) -> np.ndarray:
@@ -271,7 +284,7 @@ def _borrow_sources(strong: np.ndarray, parents: np.ndarray, joints: np.ndarray 
 
 def initial_transforms(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
                        joints: np.ndarray | None = None, power: float = 2.0,
-                       min_bone_mass: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                       min_bone_mass: float = 0.5, frames_vm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The Kabsch start: per bone weighted rigid fits, weak bones borrowing a neighbour's motion.
 
     Args:
@@ -279,18 +292,19 @@ def initial_transforms(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarr
         parents: ``[J]`` skeleton tree; joints: ``[J, 3]`` anchor joints (tie-break only).
         power: fit weights are ``weights ** power``.
         min_bone_mass: bones with ``sum_v w_vj`` below this (or with collinear support) borrow motion.
+        frames_vm: the frames vertex-major ``[V, K, 3]`` when the caller has them (saves a transpose).
     Returns:
         ``transforms float64 [K, J, 4, 4]`` and ``borrowed bool [J]``.
     """
     w = np.asarray(weights, dtype=np.float64)
     fit_w = np.where(w > 0, w, 0.0) ** power
-    transforms, _, spread = weighted_rigid_fits(anchor, frames, sp.csr_matrix(fit_w))
+    transforms, _, spread = weighted_rigid_fits(anchor, frames, sp.csr_matrix(fit_w), frames_vm)
     mass = w.sum(axis=0)
     scale = float(np.ptp(np.asarray(anchor, dtype=np.float64), axis=0).max())
     strong = (mass >= min_bone_mass) & (spread > (1e-3 * scale) ** 2)
     src = _borrow_sources(strong, np.asarray(parents), None if joints is None else np.asarray(joints))
     if (src < 0).any():  # no bone is usable: one global rigid fit for every bone
-        glob, _, _ = weighted_rigid_fits(anchor, frames, np.ones((len(anchor), 1)))
+        glob, _, _ = weighted_rigid_fits(anchor, frames, np.ones((len(anchor), 1)), frames_vm)
         transforms = np.repeat(glob, len(parents), axis=1)
         log.warning("no bone has enough skinning support; every bone follows one global rigid fit")
         return transforms, np.ones(len(parents), dtype=bool)
@@ -710,8 +724,86 @@ def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.nda
         labels = new
         hard = np.zeros((V, J))
         hard[np.arange(V), labels] = 1.0
-        transforms, borrowed = initial_transforms(a, x, hard, parents, joints, power=1.0, min_bone_mass=min_bone_mass)
+        transforms, borrowed = initial_transforms(a, x, hard, parents, joints, power=1.0, min_bone_mass=min_bone_mass,
+                                                  frames_vm=xv)
     return labels, transforms, borrowed
+
+
+def split_motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int, rounds: int = 5,
+                          seed_fraction: float = 0.5, min_size: int = 6) -> np.ndarray:
+    """Motion clusters grown by splitting, the start of smooth skinning decomposition (Le & Deng 2012).
+
+    Starting from one cluster (one global rigid motion), every phase splits the clusters with the
+    largest squared error (all of them while fewer than ``n_clusters / 2``): a new cluster is seeded
+    with the ``seed_fraction`` of the cluster's vertices nearest (on the anchor) to its worst-reproduced
+    vertex and gets their rigid motion. Rigid k-means rounds (each vertex to the motion that reproduces
+    it best, each motion re-fitted to its vertices) follow every phase. Unlike a start from predicted
+    weights, no two clusters end up sharing one motion while a moving part has none.
+
+    Args:
+        anchor: ``[V, 3]``; frames_vm: the frames vertex-major, float64 ``[V, K, 3]``.
+        n_clusters: at most this many clusters (fewer when clusters get smaller than ``min_size``).
+        rounds: k-means rounds per phase (stops early when no vertex changes cluster).
+    Returns:
+        ``labels int64 [V]`` in ``[0, m)``, ``m <= n_clusters``.
+    """
+    a = np.asarray(anchor, dtype=np.float64)
+    V = a.shape[0]
+    scale = float(np.ptp(a, axis=0).max())
+    labels = np.zeros(V, dtype=np.int64)
+    transforms = weighted_rigid_fits(a, None, np.ones((V, 1)), frames_vm)[0]
+    while transforms.shape[1] < n_clusters:
+        m = transforms.shape[1]
+        own = _ResidualGram(a, frames_vm, transforms).single_bone_errors()[np.arange(V), labels]
+        total = np.bincount(labels, own, minlength=m)
+        seeds = []
+        for c in np.argsort(-total, kind="stable")[:min(m, n_clusters - m)]:
+            members = np.flatnonzero(labels == c)
+            if len(members) < min_size or total[c] <= 0:
+                continue
+            worst = members[np.argmax(own[members])]
+            d = np.linalg.norm(a[members] - a[worst], axis=1)
+            region = np.zeros((V, 1))
+            region[members[d <= np.quantile(d, seed_fraction)]] = 1.0
+            seeds.append(weighted_rigid_fits(a, None, region, frames_vm)[0])
+        if not seeds:
+            break
+        transforms = np.concatenate([transforms, *seeds], axis=1)
+        m = transforms.shape[1]
+        for _ in range(rounds):
+            new = _ResidualGram(a, frames_vm, transforms).single_bone_errors().argmin(axis=1)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+            hard = sp.csr_matrix((np.ones(V), (np.arange(V), labels)), shape=(V, m))
+            refit, mass, spread = weighted_rigid_fits(a, None, hard, frames_vm)
+            ok = (mass >= 3) & (spread > (1e-3 * scale) ** 2)  # an empty or degenerate cluster keeps its motion
+            transforms[:, ok] = refit[:, ok]
+    return labels
+
+
+def match_clusters_to_bones(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Give each motion cluster to one bone: the assignment (Hungarian) that maximises the number of
+    vertices whose cluster's bone is also their dominant bone in ``weights``.
+
+    Args:
+        labels: int ``[V]`` cluster per vertex (at most ``J`` clusters); weights: ``[V, J]``.
+    Returns:
+        ``int64 [V]``: the bone of each vertex's cluster.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    labels = np.asarray(labels, dtype=np.int64)
+    J = weights.shape[1]
+    m = int(labels.max()) + 1
+    if m > J:
+        raise ValueError(f"{m} clusters for {J} bones")
+    overlap = np.zeros((m, J))
+    np.add.at(overlap, (labels, np.asarray(weights).argmax(axis=1)), 1.0)
+    rows, cols = linear_sum_assignment(-overlap)
+    bone_of = np.empty(m, dtype=np.int64)
+    bone_of[rows] = cols
+    return bone_of[labels]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,25 +890,35 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     w0 = prune_weights(w_in, M).astype(np.float64)
     idx, val = _to_sparse_rows(w0, M)
     tick(0.0)
-    transforms, borrowed = initial_transforms(a, x, w0, parents, joints, cfg.init_power, cfg.min_bone_mass)
+    xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
+    transforms, borrowed = initial_transforms(a, x, w0, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
     scale = float(np.ptp(a, axis=0).max())
     groups = _bone_groups(idx, val, J)
-    xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
     resid = xv - _blend(a, groups, transforms)
     sq_err = float(np.sum(resid ** 2))
     refining_weights = cfg.refine_iters > 0 and cfg.refine_weights
     if refining_weights and cfg.motion_init_rounds > 0 and J > 1:
-        labels, t_c, borrowed_c = cluster_by_motion(a, x, transforms, parents, joints, cfg.motion_init_rounds,
-                                                    cfg.min_bone_mass, frames_vm=xv)
-        idx_c = np.zeros((V, M), dtype=np.int64)
-        val_c = np.zeros((V, M))
-        idx_c[:, 0], val_c[:, 0] = labels, 1.0
-        groups_c = _bone_groups(idx_c, val_c, J)
-        resid_c = xv - _blend(a, groups_c, t_c)
-        sq_err_c = float(np.sum(resid_c ** 2))
-        log.debug("motion clustering start: squared error %.4g -> %.4g", sq_err, sq_err_c)
-        if sq_err_c < sq_err:
-            idx, val, groups, transforms, borrowed, resid = idx_c, val_c, groups_c, t_c, borrowed_c, resid_c
+        starts = {}
+        if cfg.init in ("weights", "best"):
+            starts["weights"] = transforms
+        if cfg.init in ("split", "best"):
+            bone = match_clusters_to_bones(split_motion_clusters(a, xv, J, cfg.motion_init_rounds,
+                                                                 cfg.split_seed_fraction), w0)
+            hard = sp.csr_matrix((np.ones(V), (np.arange(V), bone)), shape=(V, J)).toarray()
+            starts["split"], _ = initial_transforms(a, x, hard, parents, joints, 1.0, cfg.min_bone_mass, xv)
+        for name, t_start in starts.items():
+            labels, t_c, borrowed_c = cluster_by_motion(a, x, t_start, parents, joints, cfg.motion_init_rounds,
+                                                        cfg.min_bone_mass, frames_vm=xv)
+            idx_c = np.zeros((V, M), dtype=np.int64)
+            val_c = np.zeros((V, M))
+            idx_c[:, 0], val_c[:, 0] = labels, 1.0
+            groups_c = _bone_groups(idx_c, val_c, J)
+            resid_c = xv - _blend(a, groups_c, t_c)
+            sq_err_c = float(np.sum(resid_c ** 2))
+            log.debug("motion clustering start (%s): squared error %.4g (current %.4g)", name, sq_err_c, sq_err)
+            if sq_err_c < sq_err:
+                idx, val, groups, transforms, borrowed, resid = idx_c, val_c, groups_c, t_c, borrowed_c, resid_c
+                sq_err = sq_err_c
     rmse = [float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1))))]
     log.debug("motion fit start: rmse %.3g", rmse[0])
     tick(1.0 / (cfg.refine_iters + 1))

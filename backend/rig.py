@@ -74,6 +74,9 @@ class RigConfig:
             fitted bone transforms).
         checkpoint_dir: folder holding ``skeleton_<models>.safetensors`` and ``skinning_<models>.safetensors``.
         max_joints: longest skeleton the generator may emit.
+        stop_after_repeats: end a skeleton's decoding once this many joints in a row repeat an earlier
+            joint's position (a decoder stuck in a loop; those joints would be merged away anyway);
+            0 decodes until EOS or ``max_joints``. See ``SkeletonGenerator.generate``.
         batch_frames: frames per skeleton-generator batch.
         up_axis: ``y`` (glTF, most files) or ``z`` (Blender's world space): the models work Y-up, so
             Z-up input is rotated on the way in and the results rotated back.
@@ -95,6 +98,7 @@ class RigConfig:
     skin_joints: str = "anchor"
     checkpoint_dir: str = "checkpoints"
     max_joints: int = 64
+    stop_after_repeats: int = 4
     batch_frames: int = 8
     per_frame_predictions: bool = False
     up_axis: str = "y"
@@ -115,6 +119,8 @@ class RigConfig:
             raise ValueError(f"up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
         if self.max_joints < 1 or self.batch_frames < 1:
             raise ValueError("max_joints and batch_frames must be >= 1")
+        if self.stop_after_repeats < 0:
+            raise ValueError(f"stop_after_repeats must be >= 0, got {self.stop_after_repeats}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +348,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     for s in range(0, len(report_frames), cfg.batch_frames):
         track("skeleton", s / len(report_frames))
         idx = [slot[int(f)] for f in report_frames[s:s + cfg.batch_frames]]
-        skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints))
+        skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints,
+                                                  stop_after_repeats=cfg.stop_after_repeats))
     track("skeleton", 1.0)
     joints0 = np.asarray(skeletons[0][0], dtype=np.float32).reshape(-1, 3)
     parents0 = np.asarray(skeletons[0][1], dtype=np.int32).reshape(-1)

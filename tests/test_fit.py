@@ -12,12 +12,14 @@ from backend.fit import (
     candidate_bones,
     fit_motion,
     from_local_pose,
+    match_clusters_to_bones,
     matrix_to_quaternion,
     motion_candidate_bones,
     project_simplex,
     prune_weights,
     quaternion_to_matrix,
     reconstruction_error,
+    split_motion_clusters,
     to_local_pose,
     _simplex_qp_on_support,
     _to_sparse_rows,
@@ -69,6 +71,23 @@ def tube_sequence(n_frames: int = 10, rings: int = 24, around: int = 10, n_bones
     T = from_local_pose(quat, local_t, joints, parents)
     frames = linear_blend_skinning(rest, w, T)
     return frames.astype(np.float64), faces, joints, parents.astype(np.int32), w
+
+
+def parts_sequence(n_parts: int = 4, per_part: int = 40, n_frames: int = 8, seed: int = 0):
+    """Separate rigid blobs in a row, each moved by its own random rigid motion (frame 0 = rest).
+
+    Returns ``frames [K, V, 3]``, ``rest [V, 3]``, ``part int [V]``, part ``centres [P, 3]``.
+    """
+    rng = np.random.default_rng(seed)
+    centres = np.stack([np.arange(n_parts, dtype=np.float64), np.zeros(n_parts), np.zeros(n_parts)], 1)
+    rest = np.concatenate([c + 0.2 * rng.normal(size=(per_part, 3)) for c in centres])
+    part = np.repeat(np.arange(n_parts), per_part)
+    rot = random_rotations(rng, (n_frames, n_parts))
+    rot[0] = np.eye(3)
+    trans = 0.3 * rng.normal(size=(n_frames, n_parts, 3))
+    trans[0] = 0.0
+    frames = np.einsum("kvab,vb->kva", rot[:, part], rest) + trans[:, part]
+    return frames, rest, part, centres
 
 
 def load_real(path: Path):
@@ -196,6 +215,43 @@ def test_motion_clustering_and_candidates_escape_a_wrong_start():
     assert err["motion"] < 0.1 * err["tree"], err
 
 
+def test_split_clustering_finds_the_rigid_parts():
+    frames, rest, part, _ = parts_sequence(n_parts=4)
+    labels = split_motion_clusters(rest, np.ascontiguousarray(frames.transpose(1, 0, 2)), n_clusters=4)
+    assert labels.shape == part.shape and labels.max() == 3
+    for p in range(4):  # one cluster per part, and every part is one cluster
+        assert len(np.unique(labels[part == p])) == 1
+    assert len(np.unique(labels)) == 4
+
+
+def test_clusters_go_to_the_bones_they_overlap_most():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    weights = np.zeros((8, 4))
+    dominant = [3, 3, 1, 0, 0, 1, 1, 1]  # cluster 0 -> bone 3, cluster 1 -> bone 0, cluster 2 -> bone 1
+    weights[np.arange(8), dominant] = 0.7
+    weights += 0.1
+    assert match_clusters_to_bones(labels, weights).tolist() == [3, 3, 3, 0, 0, 1, 1, 1]
+    with pytest.raises(ValueError, match="clusters"):
+        match_clusters_to_bones(np.arange(5), weights)
+
+
+def test_split_start_frees_bones_that_the_weights_stack_on_one_part():
+    """Two bones placed on the same rigid part and none on the last part (a misplaced predicted skeleton):
+    clustering from the given regions keeps the wasted bone; the split start gives every part its own
+    bone, recovers the motion exactly, and is the start ``init="best"`` picks."""
+    frames, rest, part, centres = parts_sequence(n_parts=4)
+    joints = np.array([centres[0], centres[0] + [0.1, 0.0, 0.0], centres[1], centres[2]])
+    parents = np.array([-1, 0, 0, 0])
+    w = np.exp(-np.linalg.norm(rest[:, None] - joints[None], axis=-1) ** 2 / 0.5)
+    diag = np.linalg.norm(np.ptp(rest, 0))
+    err = {}
+    for init in ("weights", "split", "best"):
+        fit = fit_motion(rest, frames, w, parents, joints, None, FitConfig(init=init, tol=0.0))
+        err[init] = reconstruction_error(rest, frames, fit.weights, fit.transforms).mean() / diag
+    assert err["split"] < 1e-9 and err["best"] < 1e-9, err
+    assert err["weights"] > 1e-3, err
+
+
 def test_motion_clustering_never_starts_worse_than_the_given_weights():
     """With the true weights the clustered (hard) start is worse and is not taken."""
     frames, faces, joints, parents, w_gt = tube_sequence(n_frames=8)
@@ -302,6 +358,10 @@ def test_fit_rejects_bad_input():
         fit_motion(frames[0], bad, w, parents, joints, faces)
     with pytest.raises(ValueError, match="root"):
         fit_motion(frames[0], frames, w, np.zeros(len(parents), dtype=int), joints, faces)
+    with pytest.raises(ValueError, match="init"):
+        FitConfig(init="network")
+    with pytest.raises(ValueError, match="split_seed_fraction"):
+        FitConfig(split_seed_fraction=1.0)
 
 
 def test_fit_is_deterministic():

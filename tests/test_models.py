@@ -132,6 +132,44 @@ def test_generation_respects_the_joint_limit():
         model.generate(pts, nrm, max_joints=0)
 
 
+def test_repetition_stop_ends_a_decoder_stuck_in_a_loop():
+    """A decoder that always emits the same bins (and never EOS) runs to the joint limit; with the
+    repetition stop it ends after n repeated joints, with the same merged skeleton."""
+    model = SkeletonGenerator(TINY_SKEL)
+    tk = model.tokenizer
+    with torch.no_grad():  # constant final features -> constant logits: bin 5, parent 0, EOS never
+        model.norm.weight.zero_()
+        model.norm.bias.zero_()
+        model.norm.bias[0] = 1.0
+        model.head.weight.zero_()
+        model.head.weight[5, 0] = 10.0
+        model.head.weight[tk.parent_token(0), 0] = 5.0
+        model.head.weight[tk.eos, 0] = -10.0
+    pts, nrm = oriented_cloud(2, 32)
+    full, s_full = model.generate(pts, nrm, max_joints=12, return_stats=True)
+    cut, s_cut = model.generate(pts, nrm, max_joints=12, stop_after_repeats=3, return_stats=True)
+    assert s_full["stopped_on_repeats"] == [False, False] and s_cut["stopped_on_repeats"] == [True, True]
+    assert s_full["merged"] == [11, 11]  # ran to the 12-joint limit
+    assert s_cut["merged"] == [3, 3]  # 1 + 3 raw joints
+    for (jf, pf), (jc, pc) in zip(full, cut):
+        assert np.array_equal(pf, pc) and np.array_equal(jf, jc) and len(pc) == 1
+    with pytest.raises(ValueError, match="stop_after_repeats"):
+        model.generate(pts, nrm, stop_after_repeats=-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_repetition_stop_output_is_a_prefix_of_the_full_decode(seed):
+    """Merging keeps joints in order, so stopping early gives the first joints of the full decode."""
+    torch.manual_seed(seed)
+    model = SkeletonGenerator(TINY_SKEL)
+    pts, nrm = oriented_cloud(4, 64, seed=seed)
+    full = model.generate(pts, nrm, max_joints=16)
+    for n in (1, 2, 4):
+        for (jf, pf), (jc, pc) in zip(full, model.generate(pts, nrm, max_joints=16, stop_after_repeats=n)):
+            assert 1 <= len(pc) <= len(pf)
+            assert np.array_equal(pc, pf[:len(pc)]) and np.array_equal(jc, jf[:len(pc)])
+
+
 def test_stop_rule_compares_eos_with_the_mass_of_all_bins():
     model = SkeletonGenerator(TINY_SKEL)
     tk = model.tokenizer

@@ -218,6 +218,8 @@ def test_bad_options_are_named(models):
         rig_sequence(seq, RigConfig(models="best"), models=models)
     with pytest.raises(ValueError, match="max_influences"):
         rig_sequence(seq, RigConfig(max_influences=0), models=models)
+    with pytest.raises(ValueError, match="stop_after_repeats"):
+        rig_sequence(seq, RigConfig(stop_after_repeats=-2), models=models)
 
 
 def test_frame_selection():

@@ -203,7 +203,7 @@ class SkeletonGenerator(nn.Module):
     @torch.no_grad()
     def generate(self, points: torch.Tensor, normals: torch.Tensor, max_joints: int = 64,
                  min_joints: int = 1, temperature: float = 0.0, use_cache: bool = True, dfs_constraint: bool = True,
-                 generator: torch.Generator | None = None, stop_rule: str = "mass",
+                 generator: torch.Generator | None = None, stop_rule: str = "mass", stop_after_repeats: int = 0,
                  return_stats: bool = False) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
         """Decode one skeleton per frame with constrained (greedy by default) decoding.
 
@@ -219,6 +219,11 @@ class SkeletonGenerator(nn.Module):
         bin; ``"argmax"`` is plain token-level greedy, which stops as soon as EOS beats the single
         most likely bin and so ends skeletons early when the coordinate distribution is flat.
 
+        Repetition stop. A decoder that has fallen into a loop emits joints in bins already taken;
+        they are merged away, so the rest of the stream only costs time. With
+        ``stop_after_repeats = n > 0`` EOS is forced once the last ``n`` joints all repeat an earlier
+        joint's bins. The output equals the full decode cut before that run of repeats and merged.
+
         Args:
             points, normals: float ``[B, N, 3]``.
             max_joints: joint limit (at most the model's ``max_joints``).
@@ -226,11 +231,13 @@ class SkeletonGenerator(nn.Module):
             temperature: 0 for greedy, else sampling temperature.
             use_cache: use the KV cache (False recomputes the whole prefix every step).
             stop_rule: ``mass`` or ``argmax`` (see above).
+            stop_after_repeats: ``n`` of the repetition stop (0: off, decode until EOS or the limit).
             return_stats: also return a dict of per-sample counts (greedy decoding only):
                 ``constraint_overrides`` (steps where the unconstrained argmax was not allowed),
                 ``validity_overrides`` (steps where it would have broken the tree or the token
-                grammar, i.e. the output needed the constraints to be valid), ``merged`` joints and
-                ``hit_limit`` (decoding stopped at ``max_joints`` without EOS).
+                grammar, i.e. the output needed the constraints to be valid), ``merged`` joints,
+                ``hit_limit`` (decoding stopped at ``max_joints`` without EOS) and
+                ``stopped_on_repeats`` (the repetition stop ended it).
         Returns:
             list of ``(joints float32 [J, 3] normalized, parents int32 [J])`` (and the stats dict).
         """
@@ -242,6 +249,8 @@ class SkeletonGenerator(nn.Module):
             raise ValueError("max_joints must be at least 1")
         if stop_rule not in ("mass", "argmax"):
             raise ValueError(f"stop_rule must be 'mass' or 'argmax', got {stop_rule!r}")
+        if stop_after_repeats < 0:
+            raise ValueError(f"stop_after_repeats must be >= 0, got {stop_after_repeats}")
         min_joints = int(min(max(1, min_joints), max_joints))
         B, device = points.shape[0], points.device
         latents = self.encode_points(points, normals)
@@ -249,10 +258,24 @@ class SkeletonGenerator(nn.Module):
         tables = self.embedding_tables() if use_cache else None
         cache = self.new_cache(B, device, latents.dtype) if use_cache else None
         seq = torch.full((B, 1), tk.bos, dtype=torch.long, device=device)
-        n_joints = [0] * B
-        chain: list[list[int]] = [[] for _ in range(B)]  # root -> last joint path
-        finished = [False] * B
-        overrides, invalid = [0] * B, [0] * B
+
+        # decoding state, one row per sample
+        vocab = torch.arange(tk.vocab_size, device=device)[None]  # [1, vocab]
+        is_bin = vocab < tk.n_disc
+        is_eos = vocab == tk.eos
+        parent_of_token = vocab - tk.parent_offset - 1  # parent index a token names (-1: root label)
+        is_parent = (vocab >= tk.parent_offset) & (vocab <= tk.parent_offset + max_joints)
+        rows = torch.arange(B, device=device)
+        n_joints = torch.zeros(B, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        M = max_joints + 1
+        ancestry = torch.zeros(B, M, M, dtype=torch.bool, device=device)  # [b, j, i]: i on the root -> j path
+        on_chain = torch.zeros(B, M, dtype=torch.bool, device=device)  # the root -> last joint path
+        bins = torch.full((B, M, 3), -1, dtype=torch.long, device=device)  # coordinate bins per joint
+        repeats = torch.zeros(B, dtype=torch.long, device=device)  # trailing joints that repeat earlier bins
+        stopped_on_repeats = torch.zeros(B, dtype=torch.bool, device=device)
+        overrides = torch.zeros(B, dtype=torch.long, device=device)
+        invalid = torch.zeros(B, dtype=torch.long, device=device)
         step_tokens = seq
         for t in range(4 * max_joints + 1):
             if use_cache:
@@ -260,32 +283,26 @@ class SkeletonGenerator(nn.Module):
             else:
                 logits = self.decode_logits(latents, seq)[:, -1].float()
             # valid: what keeps the output a tree; allowed: valid and (optionally) canonical DFS order
-            valid = torch.zeros(B, tk.vocab_size, dtype=torch.bool)
             slot = t % 4  # 0..2 coordinates, 3 parent; t = 4 j + slot
-            for b in range(B):
-                if finished[b]:
-                    valid[b, tk.pad] = True
-                elif slot == 0:
-                    if n_joints[b] < max_joints:
-                        valid[b, : tk.n_disc] = True
-                    if n_joints[b] >= 1:
-                        valid[b, tk.eos] = True
-                elif slot < 3:
-                    valid[b, : tk.n_disc] = True
-                elif n_joints[b] == 0:
-                    valid[b, tk.parent_token(-1)] = True
-                else:
-                    valid[b, tk.parent_offset + 1: tk.parent_offset + 1 + n_joints[b]] = True
-            allowed = valid.clone()
-            for b in range(B):
-                if finished[b]:
-                    continue
-                if slot == 0 and n_joints[b] < min_joints:
-                    allowed[b, tk.eos] = False
-                if slot == 3 and n_joints[b] > 0 and dfs_constraint:
-                    allowed[b, tk.parent_offset + 1: tk.parent_offset + 1 + n_joints[b]] = False
-                    allowed[b, [tk.parent_token(p) for p in chain[b]]] = True
-            allowed, valid = allowed.to(device), valid.to(device)
+            n = n_joints[:, None]
+            if slot == 0:
+                valid = (is_bin & (n < max_joints)) | (is_eos & (n >= 1))
+                allowed = valid & ~(is_eos & (n < min_joints))
+                if stop_after_repeats:
+                    stopping = (repeats >= stop_after_repeats) & (n_joints >= min_joints)
+                    allowed = torch.where(stopping[:, None], is_eos.expand(B, -1), allowed)
+            elif slot < 3:
+                valid = allowed = is_bin.expand(B, -1)
+            else:
+                valid = torch.where(n == 0, parent_of_token == -1,
+                                    is_parent & (parent_of_token >= 0) & (parent_of_token < n))
+                allowed = valid
+                if dfs_constraint:
+                    chain = on_chain.gather(1, parent_of_token.clamp(0, max_joints).expand(B, -1))
+                    allowed = torch.where(n == 0, valid, valid & chain)
+            pad = (vocab == tk.pad).expand(B, -1)
+            valid = torch.where(finished[:, None], pad, valid)
+            allowed = torch.where(finished[:, None], pad, allowed)
             masked = logits.masked_fill(~allowed, float("-inf"))
             if temperature > 0:
                 probs = torch.softmax(masked / temperature, dim=-1)
@@ -294,36 +311,43 @@ class SkeletonGenerator(nn.Module):
                 nxt = masked.argmax(dim=-1)
             free = logits.argmax(dim=-1)
             if temperature == 0 and slot == 0 and stop_rule == "mass":
-                nxt = self._stop_or_continue(masked, nxt, torch.tensor(finished, device=device))
+                keep = finished if not stop_after_repeats else finished | stopping
+                nxt = self._stop_or_continue(masked, nxt, keep)
                 grammatical = (free < tk.n_disc) | (free == tk.eos)  # an unconstrained pick of the same kind
                 free = torch.where(grammatical, self._stop_or_continue(logits, free, ~grammatical), free)
-            free_valid = valid.gather(1, free[:, None])[:, 0].tolist()
-            nxt_list, free_list = nxt.tolist(), free.tolist()
-            for b in range(B):
-                if finished[b]:
-                    continue
-                if temperature == 0 and free_list[b] != nxt_list[b]:
-                    overrides[b] += 1
-                if temperature == 0 and not free_valid[b]:
-                    invalid[b] += 1
-                tok = nxt_list[b]
-                if tok == tk.eos:
-                    finished[b] = True
-                elif slot == 3:
-                    p = tok - tk.parent_offset - 1
-                    j = n_joints[b]
-                    chain[b] = (chain[b][: chain[b].index(p) + 1] if p >= 0 else []) + [j]
-                    n_joints[b] += 1
+            active = ~finished
+            if temperature == 0:
+                overrides += (active & (free != nxt)).long()
+                invalid += (active & ~valid.gather(1, free[:, None])[:, 0]).long()
+            if slot == 0:
+                if stop_after_repeats:
+                    stopped_on_repeats |= active & stopping & (nxt == tk.eos)
+                finished = finished | (active & (nxt == tk.eos))
+                bins[rows, n_joints, 0] = torch.where(active, nxt, bins[rows, n_joints, 0])
+            elif slot < 3:
+                bins[rows, n_joints, slot] = torch.where(active, nxt, bins[rows, n_joints, slot])
+            else:
+                parent = (nxt - tk.parent_offset - 1).clamp(-1, max_joints)
+                j = n_joints
+                path = ancestry[rows, parent.clamp(min=0)] & (parent >= 0)[:, None]
+                path[rows, j] = True
+                ancestry[rows, j] = torch.where(active[:, None], path, ancestry[rows, j])
+                on_chain = torch.where(active[:, None], path, on_chain)
+                earlier = torch.arange(M, device=device)[None] < j[:, None]
+                repeated = ((bins == bins[rows, j][:, None]).all(-1) & earlier).any(-1)
+                repeats = torch.where(active, torch.where(repeated, repeats + 1, 0), repeats)
+                n_joints = n_joints + active.long()
             step_tokens = nxt[:, None]
             seq = torch.cat([seq, step_tokens], dim=1)
-            if all(finished):
+            if bool(finished.all()):
                 break
         self.train(self_training)
+        finished_list = finished.tolist()
         out, merged, hit = [], [], []
         for b in range(B):
             toks = seq[b].tolist()
-            hit.append(not finished[b])
-            if not finished[b]:
+            hit.append(not finished_list[b])
+            if not finished_list[b]:
                 toks.append(tk.eos)
             joints, parents = tk.decode(toks)
             J0 = len(parents)
@@ -331,10 +355,9 @@ class SkeletonGenerator(nn.Module):
             merged.append(J0 - len(parents))
             out.append((joints.astype(np.float32), parents.astype(np.int32)))
         if return_stats:
-            return out, {"constraint_overrides": overrides, "validity_overrides": invalid, "merged": merged,
-                         "hit_limit": hit}
+            return out, {"constraint_overrides": overrides.tolist(), "validity_overrides": invalid.tolist(),
+                         "merged": merged, "hit_limit": hit, "stopped_on_repeats": stopped_on_repeats.tolist()}
         return out
-
 
 def skeleton_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int,
                         parent_weight: float = 1.0) -> torch.Tensor:
