@@ -78,10 +78,13 @@ class FitConfig:
             grown by splitting from one global motion, as smooth skinning decomposition does, then
             matched to the bones by their overlap with the given weights; see
             :func:`split_motion_clusters`), ``"weights"`` (each bone from the region the given weights
-            assign it) or ``"best"`` (both). The start that reproduces the frames best -- a clustered
-            one or the given weights' own Kabsch start -- is refined.
+            assign it) or ``"best"`` (both). Which start is refined: see ``start_trial_ratio``.
         split_seed_fraction: when a cluster splits, the new cluster starts from this fraction of its
             vertices nearest to its worst-reproduced vertex.
+        start_trial_ratio, start_trial_iters: the starts (the given weights' Kabsch start and the
+            clustered ones) whose squared error is within ``start_trial_ratio`` of the lowest are each
+            refined for ``start_trial_iters`` alternations, and the refinement goes on from the best;
+            the others are dropped.
         candidates: a vertex's candidate bones in the weight solve: ``"motion"`` (its current support plus
             the ``motion_candidates`` bones whose rigid motion alone reproduces it best, re-chosen every
             alternation) or ``"tree"`` (its initial support plus, with ``neighbour_candidates``, their
@@ -106,6 +109,8 @@ class FitConfig:
     motion_init_rounds: int = 5
     init: str = "best"
     split_seed_fraction: float = 0.5
+    start_trial_ratio: float = 4.0
+    start_trial_iters: int = 2
     candidates: str = "motion"
     motion_candidates: int = 4
     neighbour_candidates: bool = True
@@ -118,6 +123,8 @@ class FitConfig:
             raise ValueError(f"candidates must be 'motion' or 'tree', got {self.candidates!r}")
         if self.init not in ("split", "weights", "best"):
             raise ValueError(f"init must be 'split', 'weights' or 'best', got {self.init!r}")
+        if self.start_trial_ratio < 1.0 or self.start_trial_iters < 0:
+            raise ValueError("start_trial_ratio must be >= 1 and start_trial_iters >= 0")
         if not 0.0 < self.split_seed_fraction < 1.0:
             raise ValueError(f"split_seed_fraction must be in (0, 1), got {self.split_seed_fraction}")
         if self.motion_init_rounds < 0 or self.motion_candidates < 0:
@@ -837,6 +844,27 @@ def reconstruction_error(anchor: np.ndarray, frames: np.ndarray, weights: np.nda
     return np.linalg.norm(posed - np.asarray(frames, dtype=np.float64).reshape(posed.shape), axis=-1).astype(np.float32)
 
 
+@dataclass
+class _FitState:
+    """One start of the refinement: sparse weight rows, per-bone groups, transforms and residual."""
+
+    name: str
+    idx: np.ndarray
+    val: np.ndarray
+    groups: list
+    transforms: np.ndarray
+    borrowed: np.ndarray
+    resid: np.ndarray
+    cand: np.ndarray | None = None
+    cand_mask: np.ndarray | None = None
+    rmse: list[float] = field(default_factory=list)
+    converged: bool = False
+
+    def __post_init__(self) -> None:
+        self.sq_err = float(np.sum(self.resid ** 2))
+        self.rmse.append(float(np.sqrt(self.sq_err / (self.resid.shape[0] * self.resid.shape[1]))))
+
+
 def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
                joints: np.ndarray | None = None, faces: np.ndarray | None = None,
                config: FitConfig | None = None,
@@ -895,54 +923,66 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     scale = float(np.ptp(a, axis=0).max())
     groups = _bone_groups(idx, val, J)
     resid = xv - _blend(a, groups, transforms)
-    sq_err = float(np.sum(resid ** 2))
     refining_weights = cfg.refine_iters > 0 and cfg.refine_weights
+    starts = [_FitState("given", idx, val, groups, transforms, borrowed, resid)]
     if refining_weights and cfg.motion_init_rounds > 0 and J > 1:
-        starts = {}
+        seeds = {}
         if cfg.init in ("weights", "best"):
-            starts["weights"] = transforms
+            seeds["weights"] = transforms
         if cfg.init in ("split", "best"):
             bone = match_clusters_to_bones(split_motion_clusters(a, xv, J, cfg.motion_init_rounds,
                                                                  cfg.split_seed_fraction), w0)
             hard = sp.csr_matrix((np.ones(V), (np.arange(V), bone)), shape=(V, J)).toarray()
-            starts["split"], _ = initial_transforms(a, x, hard, parents, joints, 1.0, cfg.min_bone_mass, xv)
-        for name, t_start in starts.items():
-            labels, t_c, borrowed_c = cluster_by_motion(a, x, t_start, parents, joints, cfg.motion_init_rounds,
+            seeds["split"], _ = initial_transforms(a, x, hard, parents, joints, 1.0, cfg.min_bone_mass, xv)
+        for name, t_seed in seeds.items():
+            labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
                                                         cfg.min_bone_mass, frames_vm=xv)
             idx_c = np.zeros((V, M), dtype=np.int64)
             val_c = np.zeros((V, M))
             idx_c[:, 0], val_c[:, 0] = labels, 1.0
             groups_c = _bone_groups(idx_c, val_c, J)
-            resid_c = xv - _blend(a, groups_c, t_c)
-            sq_err_c = float(np.sum(resid_c ** 2))
-            log.debug("motion clustering start (%s): squared error %.4g (current %.4g)", name, sq_err_c, sq_err)
-            if sq_err_c < sq_err:
-                idx, val, groups, transforms, borrowed, resid = idx_c, val_c, groups_c, t_c, borrowed_c, resid_c
-                sq_err = sq_err_c
-    rmse = [float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1))))]
-    log.debug("motion fit start: rmse %.3g", rmse[0])
+            starts.append(_FitState(name, idx_c, val_c, groups_c, t_c, borrowed_c, xv - _blend(a, groups_c, t_c)))
+    starts.sort(key=lambda st: st.sq_err)
+    log.debug("motion fit starts (squared error): %s", {st.name: st.sq_err for st in starts})
+    # starts close to the best one are tried for a few alternations (a lower start error does not
+    # always lead to a lower final error); the rest are dropped
+    starts = [st for st in starts if st.sq_err <= cfg.start_trial_ratio * starts[0].sq_err]
     tick(1.0 / (cfg.refine_iters + 1))
 
-    cand = cand_mask = neighbours = None
-    if refining_weights:
-        if cfg.candidates == "tree":
-            cand, cand_mask = candidate_bones(idx, val, parents, cfg.neighbour_candidates)
-        if faces is not None and (cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)):
-            neighbours = mesh_neighbours(faces, V)
-    for it in range(cfg.refine_iters):
+    neighbours = None
+    if refining_weights and faces is not None and (cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)):
+        neighbours = mesh_neighbours(faces, V)
+    if refining_weights and cfg.candidates == "tree":
+        for st in starts:
+            st.cand, st.cand_mask = candidate_bones(st.idx, st.val, parents, cfg.neighbour_candidates)
+
+    def alternate(st: _FitState) -> bool:
+        """One alternation on ``st`` in place."""
         for _ in range(cfg.transform_sweeps):
-            update_transforms(a, resid, groups, transforms)
+            update_transforms(a, st.resid, st.groups, st.transforms)
         if cfg.refine_weights:
-            idx, val = update_weights(a, xv, idx, val, transforms, cand, cand_mask, neighbours, M,
-                                      cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters, cfg.chunk,
-                                      cfg.motion_candidates)
-            groups = _bone_groups(idx, val, J)
-            resid = xv - _blend(a, groups, transforms)
-        rmse.append(float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1)))))
-        log.debug("motion fit alternation %d: rmse %.3g", it + 1, rmse[-1])
-        tick((it + 2) / (cfg.refine_iters + 1))
-        if rmse[-2] - rmse[-1] <= cfg.tol * rmse[-2] or rmse[-1] <= 1e-7 * scale:
-            break
+            st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
+                                            M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
+                                            cfg.chunk, cfg.motion_candidates)
+            st.groups = _bone_groups(st.idx, st.val, J)
+            st.resid = xv - _blend(a, st.groups, st.transforms)
+        st.rmse.append(float(np.sqrt(np.mean(np.sum(st.resid ** 2, axis=-1)))))
+        st.converged = st.rmse[-2] - st.rmse[-1] <= cfg.tol * st.rmse[-2] or st.rmse[-1] <= 1e-7 * scale
+
+    if len(starts) > 1 and cfg.refine_iters > 0:
+        trial = min(cfg.start_trial_iters, cfg.refine_iters)
+        for st in starts:
+            while len(st.rmse) - 1 < trial and not st.converged:
+                alternate(st)
+        log.debug("after %d trial alternations: %s", trial, {st.name: st.rmse[-1] for st in starts})
+        starts.sort(key=lambda st: st.rmse[-1])
+    best = starts[0]
+    log.debug("motion fit start: %s, rmse %.3g", best.name, best.rmse[0])
+    while len(best.rmse) - 1 < cfg.refine_iters and not best.converged:
+        alternate(best)
+        log.debug("motion fit alternation %d: rmse %.3g", len(best.rmse) - 1, best.rmse[-1])
+        tick(len(best.rmse) / (cfg.refine_iters + 1))
+    idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
     weights_out = _to_dense(idx, val, J).astype(np.float32)
     return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,
                      seconds=time.perf_counter() - start)
