@@ -263,6 +263,7 @@ class SkeletonGenerator(nn.Module):
         vocab = torch.arange(tk.vocab_size, device=device)[None]  # [1, vocab]
         is_bin = vocab < tk.n_disc
         is_eos = vocab == tk.eos
+        pad = (vocab == tk.pad).expand(B, -1)
         parent_of_token = vocab - tk.parent_offset - 1  # parent index a token names (-1: root label)
         is_parent = (vocab >= tk.parent_offset) & (vocab <= tk.parent_offset + max_joints)
         rows = torch.arange(B, device=device)
@@ -300,7 +301,6 @@ class SkeletonGenerator(nn.Module):
                 if dfs_constraint:
                     chain = on_chain.gather(1, parent_of_token.clamp(0, max_joints).expand(B, -1))
                     allowed = torch.where(n == 0, valid, valid & chain)
-            pad = (vocab == tk.pad).expand(B, -1)
             valid = torch.where(finished[:, None], pad, valid)
             allowed = torch.where(finished[:, None], pad, allowed)
             masked = logits.masked_fill(~allowed, float("-inf"))
