@@ -114,7 +114,7 @@ class FitConfig:
     candidates: str = "motion"
     motion_candidates: int = 4
     neighbour_candidates: bool = True
-    qp_iters: int = 20
+    qp_iters: int = 10
     tol: float = 1e-3
     chunk: int = 16384
 
@@ -142,6 +142,8 @@ class MotionFit:
         rmse_history: RMS per-vertex error (input units) after the start and after each alternation;
             non-increasing.
         seconds: wall time of the fit.
+        start: the start that was refined: ``given`` (the given weights' Kabsch start), ``weights`` or
+            ``split`` (the motion clusterings of :class:`FitConfig` ``init``).
     """
 
     transforms: np.ndarray
@@ -149,6 +151,7 @@ class MotionFit:
     borrowed: np.ndarray
     rmse_history: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    start: str = "given"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,7 +626,7 @@ def _top_k(w: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
 def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray,
                    transforms: np.ndarray, cand: np.ndarray | None, cand_mask: np.ndarray | None,
                    neighbours: sp.csr_matrix | None, max_influences: int, smoothness: float,
-                   smooth_steps: int = 2, smooth_slack: float = 0.5, qp_iters: int = 20,
+                   smooth_steps: int = 2, smooth_slack: float = 0.5, qp_iters: int = 10,
                    chunk: int = 16384, motion_candidates: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve every vertex's weights with the transforms fixed, then smooth them over the mesh.
 
@@ -985,7 +988,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
     weights_out = _to_dense(idx, val, J).astype(np.float32)
     return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, start=best.name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -248,6 +248,7 @@ def test_split_start_frees_bones_that_the_weights_stack_on_one_part():
     for init in ("weights", "split", "best"):
         fit = fit_motion(rest, frames, w, parents, joints, None, FitConfig(init=init, tol=0.0))
         err[init] = reconstruction_error(rest, frames, fit.weights, fit.transforms).mean() / diag
+        assert fit.start == ("weights" if init == "weights" else "split")
     assert err["split"] < 1e-9 and err["best"] < 1e-9, err
     assert err["weights"] > 1e-3, err
 
@@ -257,7 +258,7 @@ def test_motion_clustering_never_starts_worse_than_the_given_weights():
     frames, faces, joints, parents, w_gt = tube_sequence(n_frames=8)
     plain = fit_motion(frames[0], frames, w_gt, parents, joints, faces, FitConfig(refine_iters=0))
     fit = fit_motion(frames[0], frames, w_gt, parents, joints, faces, FitConfig(refine_iters=1))
-    assert fit.rmse_history[0] == pytest.approx(plain.rmse_history[0])
+    assert fit.rmse_history[0] == pytest.approx(plain.rmse_history[0]) and fit.start == "given"
 
 
 def test_simplex_solve_stays_finite_when_every_candidate_is_exact():
