@@ -247,6 +247,7 @@ def test_report_is_self_contained_html(models, tmp_path):
     path = write_report(result, tmp_path / "report.html")
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and "robot" in text
+    assert f"start: {result.stats['fit_start']}, " in text  # the motion fit's row
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(images) == 5  # curves, skeleton stability, heatmaps, joint drift, skeleton
     assert "http" not in text.replace("http-equiv", "")  # nothing external
