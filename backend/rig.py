@@ -127,7 +127,7 @@ class RigConfig:
 # Progress and cancellation
 
 # (stage, share of the whole run) in pipeline order
-_STAGES = (("normalize", 0.02), ("sample", 0.03), ("skeleton", 0.25), ("skinning", 0.08), ("fit", 0.20),
+_STAGES = (("normalize", 0.01), ("models", 0.01), ("sample", 0.03), ("skeleton", 0.25), ("skinning", 0.08), ("fit", 0.20),
            ("heatmap", 0.25), ("report", 0.17))
 
 
@@ -329,6 +329,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     verts_n, box = anchor_normalize(seq.verts, cfg.up_axis)  # float32 [K, V, 3], Y up
     anchor = verts_n[0]
     diag = float(np.linalg.norm(np.ptp(anchor.astype(np.float64), axis=0)))
+    track("models", 0.0)  # loading (or the cached models) is timed on its own
     if models is None:
         models = get_models(cfg)
     _seed_torch(cfg.seed)
