@@ -579,17 +579,25 @@ class _ResidualGram:
     def __init__(self, anchor: np.ndarray, frames_vm: np.ndarray, transforms: np.ndarray):
         V, K, _ = frames_vm.shape
         J = transforms.shape[1]
-        M3 = transforms[:, :, :3, :]  # [K, J, 3, 4]
+        self.M3 = transforms[:, :, :3, :]  # [K, J, 3, 4]
         self.J = J
-        self.Q = np.einsum("kiab,kjac->ijbc", M3, M3).reshape(J * J, 16)
-        self.Z = (frames_vm.reshape(V, K * 3) @ M3.transpose(0, 2, 1, 3).reshape(K * 3, J * 4)).reshape(V, J, 4)
+        self._A = self.M3.transpose(0, 2, 1, 3).reshape(K * 3, J * 4)  # [(k, a), (j, b)] = M_kj[a, b]
+        self._Q: np.ndarray | None = None
+        self.Z = (frames_vm.reshape(V, K * 3) @ self._A).reshape(V, J, 4)
         self.xx = np.einsum("vka,vka->v", frames_vm, frames_vm)
         self.ah = np.concatenate([anchor, np.ones((V, 1))], axis=1)  # [V, 4]
 
+    @property
+    def Q(self) -> np.ndarray:
+        """``[J * J, 16]``: ``Q[i, j] = sum_k M_ki^T M_kj`` (4x4 blocks, flattened), one GEMM, built on first use."""
+        if self._Q is None:
+            J = self.J
+            self._Q = (self._A.T @ self._A).reshape(J, 4, J, 4).transpose(0, 2, 1, 3).reshape(J * J, 16)
+        return self._Q
+
     def single_bone_errors(self) -> np.ndarray:
         """``[V, J]``: each vertex's squared error over all frames when bone ``j`` alone moves it (``R_v[j, j]``)."""
-        J = self.J
-        Q_diag = self.Q.reshape(J, J, 16)[np.arange(J), np.arange(J)]  # [J, 16]
+        Q_diag = np.einsum("kjab,kjac->jbc", self.M3, self.M3).reshape(self.J, 16)  # the diagonal blocks only
         aa = (self.ah[:, :, None] * self.ah[:, None, :]).reshape(-1, 16)
         err = aa @ Q_diag.T - 2.0 * np.einsum("vjc,vc->vj", self.Z, self.ah) + self.xx[:, None]
         return np.maximum(err, 0.0)
