@@ -816,8 +816,8 @@ def match_clusters_to_bones(labels: np.ndarray, weights: np.ndarray) -> np.ndarr
     m = int(labels.max()) + 1
     if m > J:
         raise ValueError(f"{m} clusters for {J} bones")
-    overlap = np.zeros((m, J))
-    np.add.at(overlap, (labels, np.asarray(weights).argmax(axis=1)), 1.0)
+    dominant = np.asarray(weights).argmax(axis=1)
+    overlap = np.bincount(labels * J + dominant, minlength=m * J).reshape(m, J).astype(np.float64)
     rows, cols = linear_sum_assignment(-overlap)
     bone_of = np.empty(m, dtype=np.int64)
     bone_of[rows] = cols
@@ -967,8 +967,8 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         for st in starts:
             st.cand, st.cand_mask = candidate_bones(st.idx, st.val, parents, cfg.neighbour_candidates)
 
-    def alternate(st: _FitState) -> bool:
-        """One alternation on ``st`` in place."""
+    def alternate(st: _FitState) -> None:
+        """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
         for _ in range(cfg.transform_sweeps):
             update_transforms(a, st.resid, st.groups, st.transforms)
         if cfg.refine_weights:
@@ -984,6 +984,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         trial = min(cfg.start_trial_iters, cfg.refine_iters)
         for st in starts:
             while len(st.rmse) - 1 < trial and not st.converged:
+                tick(1.0 / (cfg.refine_iters + 1))  # polls cancellation
                 alternate(st)
         log.debug("after %d trial alternations: %s", trial, {st.name: st.rmse[-1] for st in starts})
         starts.sort(key=lambda st: st.rmse[-1])
