@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -85,6 +85,11 @@ class FitConfig:
             clustered ones) whose squared error is within ``start_trial_ratio`` of the lowest are each
             refined for ``start_trial_iters`` alternations, and the refinement goes on from the best;
             the others are dropped.
+        max_fit_frames: when the weights are refined and the clip has more frames than this (> 0), the
+            start and the alternations use this many evenly spaced keyframes (the first and the last
+            included); then, with the weights fixed, every frame's transforms get a Kabsch start (the
+            keyframes keep their refined ones) and ``keyframe_sweeps`` block-coordinate sweeps. 0: all
+            frames.
         candidates: a vertex's candidate bones in the weight solve: ``"motion"`` (its current support plus
             the ``motion_candidates`` bones whose rigid motion alone reproduces it best, re-chosen every
             alternation) or ``"tree"`` (its initial support plus, with ``neighbour_candidates``, their
@@ -111,6 +116,8 @@ class FitConfig:
     split_seed_fraction: float = 0.5
     start_trial_ratio: float = 4.0
     start_trial_iters: int = 2
+    max_fit_frames: int = 32
+    keyframe_sweeps: int = 5
     candidates: str = "motion"
     motion_candidates: int = 4
     neighbour_candidates: bool = True
@@ -123,6 +130,8 @@ class FitConfig:
             raise ValueError(f"candidates must be 'motion' or 'tree', got {self.candidates!r}")
         if self.init not in ("split", "weights", "best"):
             raise ValueError(f"init must be 'split', 'weights' or 'best', got {self.init!r}")
+        if self.max_fit_frames < 0 or (0 < self.max_fit_frames < 2) or self.keyframe_sweeps < 0:
+            raise ValueError("max_fit_frames must be 0 or >= 2 and keyframe_sweeps >= 0")
         if self.start_trial_ratio < 1.0 or self.start_trial_iters < 0:
             raise ValueError("start_trial_ratio must be >= 1 and start_trial_iters >= 0")
         if not 0.0 < self.split_seed_fraction < 1.0:
@@ -144,6 +153,8 @@ class MotionFit:
         seconds: wall time of the fit.
         start: the start that was refined: ``given`` (the given weights' Kabsch start), ``weights`` or
             ``split`` (the motion clusterings of :class:`FitConfig` ``init``).
+        keyframes: the frames the weights were refined on (``FitConfig.max_fit_frames``), or None for all;
+            ``rmse_history`` is then measured on them.
     """
 
     transforms: np.ndarray
@@ -152,6 +163,7 @@ class MotionFit:
     rmse_history: list[float] = field(default_factory=list)
     seconds: float = 0.0
     start: str = "given"
+    keyframes: list[int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -876,6 +888,34 @@ class _FitState:
         self.rmse.append(float(np.sqrt(self.sq_err / (self.resid.shape[0] * self.resid.shape[1]))))
 
 
+def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents: np.ndarray,
+                      joints: np.ndarray | None, faces: np.ndarray | None, cfg: FitConfig,
+                      tick: Callable[[float], None], start: float) -> MotionFit:
+    """:func:`fit_motion` with the weights refined on ``cfg.max_fit_frames`` evenly spaced keyframes, then
+    every frame's transforms fitted to those weights (see ``FitConfig.max_fit_frames``)."""
+    K = x.shape[0]
+    keys = np.unique(np.round(np.linspace(0, K - 1, cfg.max_fit_frames)).astype(np.int64))
+    share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over all frames
+    sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
+                     progress=lambda f: tick(share * f))
+    xv = np.ascontiguousarray(x.transpose(1, 0, 2))
+    w = sub.weights.astype(np.float64)
+    J = len(parents)
+    transforms, _ = initial_transforms(a, x, w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    transforms[keys] = sub.transforms
+    idx, val = _to_sparse_rows(w, min(cfg.max_influences, J))
+    groups = _bone_groups(idx, val, J)
+    resid = xv - _blend(a, groups, transforms)
+    for s in range(cfg.keyframe_sweeps):
+        tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
+        update_transforms(a, resid, groups, transforms)
+    log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K,
+              float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1)))))
+    tick(1.0)
+    return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
+                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist())
+
+
 def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
                joints: np.ndarray | None = None, faces: np.ndarray | None = None,
                config: FitConfig | None = None,
@@ -926,6 +966,8 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     K, V, _ = x.shape
     J = len(parents)
     M = min(cfg.max_influences, J)
+    if cfg.refine_iters > 0 and cfg.refine_weights and 0 < cfg.max_fit_frames < K:
+        return _fit_on_keyframes(a, x, w_in, parents, joints, faces, cfg, tick, start)
     w0 = prune_weights(w_in, M).astype(np.float64)
     idx, val = _to_sparse_rows(w0, M)
     tick(0.0)
@@ -958,6 +1000,8 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     # starts close to the best one are tried for a few alternations (a lower start error does not
     # always lead to a lower final error); the rest are dropped
     starts = [st for st in starts if st.sq_err <= cfg.start_trial_ratio * starts[0].sq_err]
+    for st in starts:  # a start that already reproduces the frames (to float noise) is not refined
+        st.converged = st.rmse[0] <= 1e-7 * scale
     tick(1.0 / (cfg.refine_iters + 1))
 
     neighbours = None

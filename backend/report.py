@@ -322,9 +322,11 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
     ]
     history = st.get("fit_rmse_history") or []
     if history:
+        keys = st.get("fit_keyframes")
+        on = f" on {len(keys)} keyframes" if keys else ""
         rows.append(("motion fit", f"start: {html.escape(str(st.get('fit_start', 'n/a')))}, {len(history) - 1} "
-                                   f"alternations, RMS error {100 * history[0]:.4f}% &rarr; {100 * history[-1]:.4f}% "
-                                   f"of the box diagonal"))
+                                   f"alternations{on}, RMS error {100 * history[0]:.4f}% &rarr; "
+                                   f"{100 * history[-1]:.4f}% of the box diagonal"))
     for title, block in (("paper protocol, frames 0-2", stab.get("paper_3frame")),
                          (f"report frames {stab.get('frames', [])}", stab.get("clip"))):
         if block:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from backend.fit import (
+    FitCancelled,
     FitConfig,
     candidate_bones,
     fit_motion,
@@ -370,3 +371,29 @@ def test_fit_is_deterministic():
     a = fit_motion(frames[0], frames, w, parents, joints, faces)
     b = fit_motion(frames[0], frames, w, parents, joints, faces)
     assert np.array_equal(a.transforms, b.transforms) and np.array_equal(a.weights, b.weights)
+
+
+def test_keyframe_fit_reproduces_every_frame_of_a_long_clip():
+    """Weights refined on 8 of 40 frames, then every frame's transforms fitted to them: the exact-LBS tube
+    is still recovered on all frames; progress reaches 1 and cancelling inside the keyframe fit works."""
+    frames, faces, joints, parents, w_gt = tube_sequence(n_frames=40, n_bones=6)
+    anchor = frames[0]
+    logits = -(np.linalg.norm(anchor[:, None] - joints[None], axis=-1) / 0.3) ** 2
+    w_bad = np.exp(logits - logits.max(1, keepdims=True))
+    diag = np.linalg.norm(np.ptp(anchor, 0))
+    seen = []
+    fit = fit_motion(anchor, frames, w_bad, parents, joints, faces, FitConfig(max_fit_frames=8, tol=0.0),
+                     progress=seen.append)
+    assert fit.keyframes is not None and len(fit.keyframes) == 8 and fit.keyframes[0] == 0 and fit.keyframes[-1] == 39
+    assert fit.transforms.shape == (40, 6, 4, 4)
+    err = reconstruction_error(anchor, frames, fit.weights, fit.transforms) / diag
+    assert err.mean() < 1e-4, err.mean()
+    assert seen[-1] == 1.0 and all(b >= a - 1e-12 for a, b in zip(seen, seen[1:]))
+    full = fit_motion(anchor, frames, w_bad, parents, joints, faces, FitConfig(max_fit_frames=0))
+    assert full.keyframes is None
+    calls = []
+    with pytest.raises(FitCancelled):
+        fit_motion(anchor, frames, w_bad, parents, joints, faces, FitConfig(max_fit_frames=8),
+                   progress=calls.append, should_cancel=lambda: len(calls) >= 3)
+    with pytest.raises(ValueError, match="max_fit_frames"):
+        FitConfig(max_fit_frames=1)
