@@ -119,7 +119,7 @@ class FitConfig:
     max_fit_frames: int = 32
     keyframe_sweeps: int = 5
     candidates: str = "motion"
-    motion_candidates: int = 4
+    motion_candidates: int = 6
     neighbour_candidates: bool = True
     qp_iters: int = 10
     tol: float = 1e-3
@@ -647,7 +647,7 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
                    transforms: np.ndarray, cand: np.ndarray | None, cand_mask: np.ndarray | None,
                    neighbours: sp.csr_matrix | None, max_influences: int, smoothness: float,
                    smooth_steps: int = 2, smooth_slack: float = 0.5, qp_iters: int = 10,
-                   chunk: int = 16384, motion_candidates: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                   chunk: int = 16384, motion_candidates: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve every vertex's weights with the transforms fixed, then smooth them over the mesh.
 
     1. Per vertex, minimise its squared LBS error ``w^T R_v w`` (see :class:`_ResidualGram`) plus
