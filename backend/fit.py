@@ -12,8 +12,9 @@ transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinnin
    and every bone is re-fitted to its vertices. By default the clusters are grown by splitting from one
    global motion (:func:`split_motion_clusters`) and each is then given to the bone whose region in the
    given weights it overlaps most (:func:`match_clusters_to_bones`), so bones keep their identity; a
-   second clustering starts each bone from the region the given weights assign it. Of these and the
-   given weights' own start, the one that reproduces the frames best is refined.
+   second clustering starts each bone from the region the given weights assign it. These and the given
+   weights' own start, when close to the best of them, are each refined for a few trial alternations,
+   and the refinement goes on from the best (``FitConfig.start_trial_ratio``).
 2. **Refinement** (optional), alternating:
 
    * transforms: block-coordinate descent, one bone at a time; each bone's update is the exact
@@ -214,6 +215,13 @@ def _to_dense(idx: np.ndarray, val: np.ndarray, n_joints: int) -> np.ndarray:
     dense = np.zeros((V, n_joints))
     np.add.at(dense, (np.repeat(np.arange(V), idx.shape[1]), idx.ravel()), val.ravel())
     return dense
+
+
+def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
+    """Hard weights: ``labels int [V]`` -> float64 ``[V, n]`` with a single 1 per row."""
+    hard = np.zeros((len(labels), n))
+    hard[np.arange(len(labels)), labels] = 1.0
+    return hard
 
 
 # ---------------------------------------------------------------------------------------------
@@ -752,10 +760,8 @@ def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.nda
         if np.array_equal(new, labels):
             break
         labels = new
-        hard = np.zeros((V, J))
-        hard[np.arange(V), labels] = 1.0
-        transforms, borrowed = initial_transforms(a, x, hard, parents, joints, power=1.0, min_bone_mass=min_bone_mass,
-                                                  frames_vm=xv)
+        transforms, borrowed = initial_transforms(a, x, _one_hot(labels, J), parents, joints, power=1.0,
+                                                  min_bone_mass=min_bone_mass, frames_vm=xv)
     return labels, transforms, borrowed
 
 
@@ -805,8 +811,7 @@ def split_motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters:
             if np.array_equal(new, labels):
                 break
             labels = new
-            hard = sp.csr_matrix((np.ones(V), (np.arange(V), labels)), shape=(V, m))
-            refit, mass, spread = weighted_rigid_fits(a, None, hard, frames_vm)
+            refit, mass, spread = weighted_rigid_fits(a, None, _one_hot(labels, m), frames_vm)
             ok = (mass >= 3) & (spread > (1e-3 * scale) ** 2)  # an empty or degenerate cluster keeps its motion
             transforms[:, ok] = refit[:, ok]
     return labels
@@ -909,8 +914,9 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     for s in range(cfg.keyframe_sweeps):
         tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
         update_transforms(a, resid, groups, transforms)
-    log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K,
-              float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1)))))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K,
+                  float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1)))))
     tick(1.0)
     return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
                      seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist())
@@ -985,8 +991,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         if cfg.init in ("split", "best"):
             bone = match_clusters_to_bones(split_motion_clusters(a, xv, J, cfg.motion_init_rounds,
                                                                  cfg.split_seed_fraction), w0)
-            hard = sp.csr_matrix((np.ones(V), (np.arange(V), bone)), shape=(V, J)).toarray()
-            seeds["split"], _ = initial_transforms(a, x, hard, parents, joints, 1.0, cfg.min_bone_mass, xv)
+            seeds["split"], _ = initial_transforms(a, x, _one_hot(bone, J), parents, joints, 1.0, cfg.min_bone_mass, xv)
         for name, t_seed in seeds.items():
             labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
                                                         cfg.min_bone_mass, frames_vm=xv)

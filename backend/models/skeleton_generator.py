@@ -271,7 +271,6 @@ class SkeletonGenerator(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         M = max_joints + 1
         ancestry = torch.zeros(B, M, M, dtype=torch.bool, device=device)  # [b, j, i]: i on the root -> j path
-        on_chain = torch.zeros(B, M, dtype=torch.bool, device=device)  # the root -> last joint path
         bins = torch.full((B, M, 3), -1, dtype=torch.long, device=device)  # coordinate bins per joint
         repeats = torch.zeros(B, dtype=torch.long, device=device)  # trailing joints that repeat earlier bins
         stopped_on_repeats = torch.zeros(B, dtype=torch.bool, device=device)
@@ -298,7 +297,8 @@ class SkeletonGenerator(nn.Module):
                 valid = torch.where(n == 0, parent_of_token == -1,
                                     is_parent & (parent_of_token >= 0) & (parent_of_token < n))
                 allowed = valid
-                if dfs_constraint:
+                if dfs_constraint:  # the previous joint or one of its ancestors: the root -> last joint path
+                    on_chain = ancestry[rows, (n_joints - 1).clamp(min=0)]
                     chain = on_chain.gather(1, parent_of_token.clamp(0, max_joints).expand(B, -1))
                     allowed = torch.where(n == 0, valid, valid & chain)
             valid = torch.where(finished[:, None], pad, valid)
@@ -332,7 +332,6 @@ class SkeletonGenerator(nn.Module):
                 path = ancestry[rows, parent.clamp(min=0)] & (parent >= 0)[:, None]
                 path[rows, j] = True
                 ancestry[rows, j] = torch.where(active[:, None], path, ancestry[rows, j])
-                on_chain = torch.where(active[:, None], path, on_chain)
                 earlier = torch.arange(M, device=device)[None] < j[:, None]
                 repeated = ((bins == bins[rows, j][:, None]).all(-1) & earlier).any(-1)
                 repeats = torch.where(active, torch.where(repeated, repeats + 1, 0), repeats)
