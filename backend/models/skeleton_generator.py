@@ -301,7 +301,6 @@ class SkeletonGenerator(nn.Module):
                     on_chain = ancestry[rows, (n_joints - 1).clamp(min=0)]
                     chain = on_chain.gather(1, parent_of_token.clamp(0, max_joints).expand(B, -1))
                     allowed = torch.where(n == 0, valid, valid & chain)
-            valid = torch.where(finished[:, None], pad, valid)
             allowed = torch.where(finished[:, None], pad, allowed)
             masked = logits.masked_fill(~allowed, float("-inf"))
             if temperature > 0:
@@ -309,16 +308,17 @@ class SkeletonGenerator(nn.Module):
                 nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
             else:
                 nxt = masked.argmax(dim=-1)
-            free = logits.argmax(dim=-1)
             if temperature == 0 and slot == 0 and stop_rule == "mass":
                 keep = finished if not stop_after_repeats else finished | stopping
                 nxt = self._stop_or_continue(masked, nxt, keep)
-                grammatical = (free < tk.n_disc) | (free == tk.eos)  # an unconstrained pick of the same kind
-                free = torch.where(grammatical, self._stop_or_continue(logits, free, ~grammatical), free)
             active = ~finished
-            if temperature == 0:
+            if temperature == 0 and return_stats:  # what an unconstrained decoder would have picked
+                free = logits.argmax(dim=-1)
+                if slot == 0 and stop_rule == "mass":
+                    grammatical = (free < tk.n_disc) | (free == tk.eos)  # an unconstrained pick of the same kind
+                    free = torch.where(grammatical, self._stop_or_continue(logits, free, ~grammatical), free)
                 overrides += (active & (free != nxt)).long()
-                invalid += (active & ~valid.gather(1, free[:, None])[:, 0]).long()
+                invalid += (active & ~valid.gather(1, free[:, None])[:, 0]).long()  # finished rows: not counted
             if slot == 0:
                 if stop_after_repeats:
                     stopped_on_repeats |= active & stopping & (nxt == tk.eos)
