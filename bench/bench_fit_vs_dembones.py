@@ -13,7 +13,8 @@ checkpoints are given with ``--checkpoints``, the full pipeline (``rig_sequence`
 and weights) side by side with Dem Bones given the **pipeline's** bone count (``dembones @ ours J``: the
 same bone budget for both tools; the pipeline's wall time is the whole ``rig_sequence`` call -- both
 networks, the fit and the report -- with the checkpoints loaded once beforehand, as the add-on's server
-keeps them; its ``fit`` time is the motion fit alone). Reported per
+keeps them; its ``networks`` time is the skeleton, skinning and heatmap stages, its ``fit`` time the
+motion fit alone). Reported per
 sequence: mean and max reconstruction error in % of the anchor's bounding-box diagonal, wall time and
 CPU time (process time of all threads; less sensitive to other load on the machine), and the ratios
 ours / Dem Bones (the pipeline's against ``dembones @ ours J``).
@@ -141,8 +142,10 @@ def run_pipeline(seq: dict, checkpoints: Path, repeats: int = 1) -> dict:
     get_models(config)  # loaded once (cached), not part of a rig's time
     ms = MeshSequence(seq["verts"].astype(np.float32), seq["faces"], name=seq["name"])
     res, wall, cpu = timed(lambda: rig_sequence(ms, config), repeats)
+    stages = res.stats.get("stage_seconds", {})
+    networks = sum(stages.get(s, 0.0) for s in ("skeleton", "skinning", "heatmap"))
     return dict(mean=100 * float(res.recon_error.mean()), max=100 * float(res.recon_error.max()), wall=wall, cpu=cpu,
-                fit_wall=res.stats.get("fit_seconds"), joints=len(res.joints))
+                fit_wall=res.stats.get("fit_seconds"), networks_wall=networks, joints=len(res.joints))
 
 
 def reference(method: str) -> str:
@@ -194,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = "" if name.startswith("dembones") else (
                 f"{r['mean'] / max(db['mean'], 1e-12):7.2f} {r['wall'] / db['wall']:7.2f} "
                 f"{r['cpu'] / max(db['cpu'], 1e-9):7.2f}")
-            own_joints = (f"  ({r['joints']} predicted joints, fit {r['fit_wall']:.2f} s)" if "joints" in r else
+            own_joints = (f"  ({r['joints']} predicted joints; networks {r['networks_wall']:.2f} s, fit {r['fit_wall']:.2f} s)"
+                          if "joints" in r else
                           f"  ({r['bones']} bones)" if name == "dembones @ ours J" else "")
             print(f"{seq['name'][:28]:28s} {K:3d} {V:6d} {J:3d} | {name:19s} {r['mean']:9.4g} {r['max']:8.3g} "
                   f"{r['wall']:7.2f} {r['cpu']:7.2f} | {ratio}{own_joints}")
