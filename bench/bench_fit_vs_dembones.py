@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = "" if name.startswith("dembones") else (
                 f"{r['mean'] / max(db['mean'], 1e-12):7.2f} {r['wall'] / db['wall']:7.2f} "
                 f"{r['cpu'] / max(db['cpu'], 1e-9):7.2f}")
-            own_joints = (f"  ({r['joints']} predicted joints; networks {r['networks_wall']:.2f} s, fit {r['fit_wall']:.2f} s)"
-                          if "joints" in r else
+            own_joints = (f"  ({r['joints']} predicted joints; networks {r['networks_wall']:.2f} s, "
+                          f"fit {r['fit_wall']:.2f} s)" if "joints" in r else
                           f"  ({r['bones']} bones)" if name == "dembones @ ours J" else "")
             print(f"{seq['name'][:28]:28s} {K:3d} {V:6d} {J:3d} | {name:19s} {r['mean']:9.4g} {r['max']:8.3g} "
                   f"{r['wall']:7.2f} {r['cpu']:7.2f} | {ratio}{own_joints}")
