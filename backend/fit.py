@@ -314,7 +314,8 @@ def _borrow_sources(strong: np.ndarray, parents: np.ndarray, joints: np.ndarray 
 
 def initial_transforms(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
                        joints: np.ndarray | None = None, power: float = 2.0,
-                       min_bone_mass: float = 0.5, frames_vm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       min_bone_mass: float = 0.5,
+                       frames_vm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The Kabsch start: per bone weighted rigid fits, weak bones borrowing a neighbour's motion.
 
     Args:
@@ -1010,7 +1011,8 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     tick(1.0 / (cfg.refine_iters + 1))
 
     neighbours = None
-    if refining_weights and faces is not None and (cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)):
+    smoothing = cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)
+    if refining_weights and faces is not None and smoothing:
         neighbours = mesh_neighbours(faces, V)
     if refining_weights and cfg.candidates == "tree":
         for st in starts:

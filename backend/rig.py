@@ -127,8 +127,8 @@ class RigConfig:
 # Progress and cancellation
 
 # (stage, share of the whole run) in pipeline order
-_STAGES = (("normalize", 0.01), ("models", 0.01), ("sample", 0.03), ("skeleton", 0.25), ("skinning", 0.08), ("fit", 0.20),
-           ("heatmap", 0.25), ("report", 0.17))
+_STAGES = (("normalize", 0.01), ("models", 0.01), ("sample", 0.03), ("skeleton", 0.25), ("skinning", 0.08),
+           ("fit", 0.20), ("heatmap", 0.25), ("report", 0.17))
 
 
 class _Progress:

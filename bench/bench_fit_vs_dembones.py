@@ -14,10 +14,9 @@ and weights) side by side with Dem Bones given the **pipeline's** bone count (``
 same bone budget for both tools; the pipeline's wall time is the whole ``rig_sequence`` call -- both
 networks, the fit and the report -- with the checkpoints loaded once beforehand, as the add-on's server
 keeps them; its ``networks`` time is the skeleton, skinning and heatmap stages, its ``fit`` time the
-motion fit alone). Reported per
-sequence: mean and max reconstruction error in % of the anchor's bounding-box diagonal, wall time and
-CPU time (process time of all threads; less sensitive to other load on the machine), and the ratios
-ours / Dem Bones (the pipeline's against ``dembones @ ours J``).
+motion fit alone). Reported per sequence: mean and max reconstruction error in % of the anchor's
+bounding-box diagonal, wall time and CPU time (process time of all threads; less sensitive to other load
+on the machine), and the ratios ours / Dem Bones (the pipeline's against ``dembones @ ours J``).
 
     python bench/bench_fit_vs_dembones.py [--procedural 2] [--checkpoints DIR] [--json out.json] [--repeats 3]
 """
@@ -94,7 +93,7 @@ def timed(fn, repeats: int = 1):
     and the fastest wall time (with its CPU time) is kept. Every method is deterministic, so the result
     does not depend on which run is kept."""
     best = None
-    for i in range(max(repeats, 1)):
+    for _ in range(max(repeats, 1)):
         w0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
@@ -121,7 +120,7 @@ def run_dembones(seq: dict, iterations: int, n_bones: int | None = None, repeats
     n_bones = len(seq["parents"]) if n_bones is None else n_bones
     res, wall, cpu = timed(lambda: solve_skinning(verts[0], verts, n_bones, faces=seq["faces"],
                                                   max_influences=4, iterations=iterations, solver=solver),
-                                repeats)
+                           repeats)
     mean, mx = error_pct(verts, res.weights.T, res.transforms)
     return dict(mean=mean, max=mx, wall=wall, cpu=cpu, bones=int(res.weights.shape[0]))
 

@@ -115,7 +115,8 @@ def test_multipart_mesh_rigs(models, tmp_path):
     assert ((result.joints > lo - size) & (result.joints < hi + size)).all()
     # progress: known stages, overall fraction never goes back, ends at 1
     fractions = [f for _, f in steps]
-    assert {s for s, _ in steps} >= {"normalize", "models", "sample", "skeleton", "skinning", "fit", "heatmap", "report", "done"}
+    assert {s for s, _ in steps} >= {"normalize", "models", "sample", "skeleton", "skinning", "fit", "heatmap", "report",
+                                     "done"}
     assert all(b >= a - 1e-12 for a, b in zip(fractions, fractions[1:])) and fractions[-1] == 1.0
     st = result.stats
     assert st["frames"] == 6 and st["joints"] == len(result.joints)

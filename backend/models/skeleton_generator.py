@@ -358,6 +358,7 @@ class SkeletonGenerator(nn.Module):
                          "merged": merged, "hit_limit": hit, "stopped_on_repeats": stopped_on_repeats.tolist()}
         return out
 
+
 def skeleton_token_loss(logits: torch.Tensor, tokens: torch.Tensor, pad_id: int,
                         parent_weight: float = 1.0) -> torch.Tensor:
     """Teacher-forced autoregressive cross-entropy of Eq. 1 (mean over non-PAD targets).
