@@ -14,9 +14,11 @@ and weights) side by side with Dem Bones given the **pipeline's** bone count (``
 same bone budget for both tools; the pipeline's wall time is the whole ``rig_sequence`` call -- both
 networks, the fit and the report -- with the checkpoints loaded once beforehand, as the add-on's server
 keeps them; its ``networks`` time is the skeleton, skinning and heatmap stages, its ``fit`` time the
-motion fit alone). Reported per sequence: mean and max reconstruction error in % of the anchor's
-bounding-box diagonal, wall time and CPU time (process time of all threads; less sensitive to other load
-on the machine), and the ratios ours / Dem Bones (the pipeline's against ``dembones @ ours J``).
+motion fit alone, and ``anchor skeleton alone`` the anchor frame's skeleton decoded by itself: the least
+network time any rig of the sequence needs). Reported per sequence: mean and max reconstruction error
+in % of the anchor's bounding-box diagonal, wall time and CPU time (process time of all threads; less
+sensitive to other load on the machine), and the ratios ours / Dem Bones (the pipeline's against
+``dembones @ ours J``).
 
     python bench/bench_fit_vs_dembones.py [--procedural 2] [--checkpoints DIR] [--json out.json] [--repeats 3]
 """
@@ -134,17 +136,26 @@ def run_ours(seq: dict, weights: np.ndarray, config: FitConfig, repeats: int = 1
 
 
 def run_pipeline(seq: dict, checkpoints: Path, repeats: int = 1) -> dict:
+    from backend.normalize import anchor_normalize
     from backend.rig import RigConfig, get_models, rig_sequence
+    from backend.sampling import points_on_frames, sample_surface
     from backend.sequence import MeshSequence
 
     config = RigConfig(checkpoint_dir=str(checkpoints), models="auto")
-    get_models(config)  # loaded once (cached), not part of a rig's time
+    models = get_models(config)  # loaded once (cached), not part of a rig's time
     ms = MeshSequence(seq["verts"].astype(np.float32), seq["faces"], name=seq["name"])
     res, wall, cpu = timed(lambda: rig_sequence(ms, config), repeats)
     stages = res.stats.get("stage_seconds", {})
     networks = sum(stages.get(s, 0.0) for s in ("skeleton", "skinning", "heatmap"))
+    # the least network time any rig needs: the anchor's skeleton alone, decoded on its own (batch of 1)
+    verts_n, _ = anchor_normalize(ms.verts, config.up_axis)
+    samples = sample_surface(verts_n[0], ms.faces, config.n_points, seed=config.seed)
+    points, normals = points_on_frames(verts_n[:1], ms.faces, samples)
+    _, anchor_wall, _ = timed(lambda: models.generate_skeletons(points, normals, max_joints=config.max_joints,
+                                                                stop_after_repeats=config.stop_after_repeats), repeats)
     return dict(mean=100 * float(res.recon_error.mean()), max=100 * float(res.recon_error.max()), wall=wall, cpu=cpu,
-                fit_wall=res.stats.get("fit_seconds"), networks_wall=networks, joints=len(res.joints))
+                fit_wall=res.stats.get("fit_seconds"), networks_wall=networks, anchor_skeleton_wall=anchor_wall,
+                joints=len(res.joints))
 
 
 def reference(method: str) -> str:
@@ -196,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             ratio = "" if name.startswith("dembones") else (
                 f"{r['mean'] / max(db['mean'], 1e-12):7.2f} {r['wall'] / db['wall']:7.2f} "
                 f"{r['cpu'] / max(db['cpu'], 1e-9):7.2f}")
-            own_joints = (f"  ({r['joints']} predicted joints; networks {r['networks_wall']:.2f} s, "
-                          f"fit {r['fit_wall']:.2f} s)" if "joints" in r else
+            own_joints = (f"  ({r['joints']} predicted joints; networks {r['networks_wall']:.2f} s "
+                          f"(anchor skeleton alone {r['anchor_skeleton_wall']:.2f} s), fit {r['fit_wall']:.2f} s)"
+                          if "joints" in r else
                           f"  ({r['bones']} bones)" if name == "dembones @ ours J" else "")
             print(f"{seq['name'][:28]:28s} {K:3d} {V:6d} {J:3d} | {name:19s} {r['mean']:9.4g} {r['max']:8.3g} "
                   f"{r['wall']:7.2f} {r['cpu']:7.2f} | {ratio}{own_joints}")
