@@ -47,7 +47,7 @@ class RiggerModels:
     skinning_info: CheckpointInfo | None = None
     query_chunk: int = 4096
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_skeletons(self, points: np.ndarray, normals: np.ndarray, max_joints: int = 64,
                            batch_size: int = 16, stop_after_repeats: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """Greedy constrained skeletons, one per frame.
@@ -72,7 +72,7 @@ class RiggerModels:
             out.extend(self.skeleton.generate(p, n, max_joints=max_joints, stop_after_repeats=stop_after_repeats))
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_weights(self, query_pts: np.ndarray, query_normals: np.ndarray, shape_pts: np.ndarray,
                         shape_normals: np.ndarray, joints: np.ndarray, parents: np.ndarray) -> np.ndarray:
         """Skinning weights (Eq. 4) at arbitrary query points, e.g. mesh vertices.

@@ -200,7 +200,7 @@ class SkeletonGenerator(nn.Module):
         choice = torch.where(stop, torch.full_like(picked, tk.eos), bins.argmax(dim=-1))
         return torch.where(keep, picked, choice)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, points: torch.Tensor, normals: torch.Tensor, max_joints: int = 64,
                  min_joints: int = 1, temperature: float = 0.0, use_cache: bool = True, dfs_constraint: bool = True,
                  generator: torch.Generator | None = None, stop_rule: str = "mass", stop_after_repeats: int = 0,
