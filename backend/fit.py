@@ -217,6 +217,11 @@ def _to_dense(idx: np.ndarray, val: np.ndarray, n_joints: int) -> np.ndarray:
     return dense
 
 
+def _rms_vertex_error(resid: np.ndarray) -> float:
+    """RMS per-vertex error (``MotionFit.rmse_history``) of a residual ``[V, K, 3]``."""
+    return float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1))))
+
+
 def _one_hot(labels: np.ndarray, n: int) -> np.ndarray:
     """Hard weights: ``labels int [V]`` -> float64 ``[V, n]`` with a single 1 per row."""
     hard = np.zeros((len(labels), n))
@@ -916,8 +921,7 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
         tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
         update_transforms(a, resid, groups, transforms)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K,
-                  float(np.sqrt(np.mean(np.sum(resid ** 2, axis=-1)))))
+        log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, _rms_vertex_error(resid))
     tick(1.0)
     return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
                      seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist())
@@ -1028,7 +1032,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
                                             cfg.chunk, cfg.motion_candidates)
             st.groups = _bone_groups(st.idx, st.val, J)
             st.resid = xv - _blend(a, st.groups, st.transforms)
-        st.rmse.append(float(np.sqrt(np.mean(np.sum(st.resid ** 2, axis=-1)))))
+        st.rmse.append(_rms_vertex_error(st.resid))
         st.converged = st.rmse[-2] - st.rmse[-1] <= cfg.tol * st.rmse[-2] or st.rmse[-1] <= 1e-7 * scale
 
     if len(starts) > 1 and cfg.refine_iters > 0:
