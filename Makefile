@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m backend.demo
+	$(PY) -m backend.app.demo
 
 test: setup
 	$(PY) -m pytest -q

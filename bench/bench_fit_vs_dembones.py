@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.fit import FitConfig, fit_motion, prune_weights, reconstruction_error  # noqa: E402
+from backend.rigging.fit import FitConfig, fit_motion, prune_weights, reconstruction_error  # noqa: E402
 
 REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
 
@@ -137,7 +137,7 @@ def run_ours(seq: dict, weights: np.ndarray, config: FitConfig, repeats: int = 1
 
 def run_pipeline(seq: dict, checkpoints: Path, repeats: int = 1) -> dict:
     from backend.normalize import anchor_normalize
-    from backend.rig import RigConfig, get_models, rig_sequence
+    from backend.rigging.pipeline import RigConfig, get_models, rig_sequence
     from backend.sampling import points_on_frames, sample_surface
     from backend.sequence import MeshSequence
 

@@ -1,6 +1,6 @@
 """`sprig rig` GLBs played back in Blender match the input frames to the reported reconstruction error.
 
-For every sequence in ``../shared/realdata`` (or the files given): ``python -m backend.cli rig IN -o OUT.glb
+For every sequence in ``../shared/realdata`` (or the files given): ``python -m backend.app.cli rig IN -o OUT.glb
 --json OUT.json`` (the product's own path), then Blender (the ``bpy`` wheel, in a separate process) imports
 the GLB with its glTF importer, plays every frame and reads the evaluated mesh. Printed per sequence:
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for path in files:
             glb, summary_path = work / f"{path.stem}.glb", work / f"{path.stem}.json"
-            proc = subprocess.run([sys.executable, "-m", "backend.cli", "rig", str(path), "-o", str(glb), "--json",
+            proc = subprocess.run([sys.executable, "-m", "backend.app.cli", "rig", str(path), "-o", str(glb), "--json",
                                    str(summary_path), "--models", args.models, "--checkpoints", str(args.checkpoints),
                                    "--quiet"], capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend.metrics.static_skeleton import static_skeleton_quality  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
-from backend.rig import RigConfig, get_models, rig_sequence  # noqa: E402
+from backend.rigging.pipeline import RigConfig, get_models, rig_sequence  # noqa: E402
 from backend.sequence import MeshSequence  # noqa: E402
 
 

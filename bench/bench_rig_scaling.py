@@ -50,7 +50,7 @@ def subdivide(faces: np.ndarray, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_sequence(n_frames: int, n_subdiv: int):
     """CesiumMan at the requested size. Returns a MeshSequence with the GT rig in ``extras``."""
-    from backend.fit import matrix_to_quaternion, quaternion_to_matrix
+    from backend.rigging.pose import matrix_to_quaternion, quaternion_to_matrix
     from backend.lbs import linear_blend_skinning
     from backend.sequence import MeshSequence
 
@@ -119,7 +119,7 @@ def untrained_models(seed: int = 0):
 
 def run_one(n_frames: int, n_subdiv: int, models_kind: str, checkpoints: str | None) -> dict:
     """One configuration (called in a child process). Returns the numbers as a dict."""
-    from backend.rig import RigConfig, get_models, rig_sequence
+    from backend.rigging.pipeline import RigConfig, get_models, rig_sequence
 
     seq = make_sequence(n_frames, n_subdiv)
     cfg = RigConfig(checkpoint_dir=checkpoints or "checkpoints", device="cpu", models="auto")

@@ -4,7 +4,7 @@
     python scripts/build_extension.py --output-dir out --blender-ext /path/to/blender_ext.py
 
 Steps: stage ``blender_manifest.toml`` + the ``sprig_blender/`` package + the backend client it talks
-through (``backend/client.py`` and ``backend/rig_result.py``, copied to ``_backend/``: standard library and
+through (``backend/app/client.py`` and ``backend/rigging/result.py``, copied to ``_backend/``: standard library and
 numpy only) in ``build/extension/``, then run ``blender_ext.py validate`` and ``blender_ext.py build``.
 ``blender_ext.py`` is found inside the installed ``bpy`` package (or a Blender install given with
 ``--blender-ext``). Exits non-zero, printing the tool's message, when validation or the build fails.
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sprig_blender"
 MANIFEST = ROOT / "blender_manifest.toml"
-VENDORED = ("client.py", "rig_result.py")  # from backend/, copied to _backend/ inside the extension
+VENDORED = ("app/client.py", "rigging/result.py")  # from backend/, copied to _backend/ (same sub-folders)
 
 log = logging.getLogger("build_extension")
 
@@ -49,10 +49,14 @@ def stage(staging: Path) -> Path:
     vendor = staging / "_backend"
     vendor.mkdir()
     (vendor / "__init__.py").write_text(
-        '"""Copy of the SPRig backend client (backend/client.py, backend/rig_result.py) made by '
+        '"""Copy of the SPRig backend client (backend/app/client.py, backend/rigging/result.py) made by '
         'scripts/build_extension.py."""\n')
-    for name in VENDORED:
-        shutil.copy2(ROOT / "backend" / name, vendor / name)
+    for name in VENDORED:  # the client imports the result type relatively, so the sub-folders are kept
+        target = vendor / name
+        if not (target.parent / "__init__.py").exists():
+            target.parent.mkdir(exist_ok=True)
+            (target.parent / "__init__.py").write_text('"""Vendored by scripts/build_extension.py."""\n')
+        shutil.copy2(ROOT / "backend" / name, target)
     return staging
 
 

@@ -6,7 +6,7 @@
 A realdata clip is loaded into Blender as a shape-key animated mesh, rigged through the extension
 (``--rig backend``: the Rig Sequence operator with the subprocess backend and the checkpoints in
 ``--checkpoints``; ``--rig artist``: the clip's own artist rig converted to a rig result, for when no
-trained checkpoints exist; ``auto`` picks ``backend`` when ``backend.rig`` imports and the checkpoint
+trained checkpoints exist; ``auto`` picks ``backend`` when ``backend.rigging.pipeline`` imports and the checkpoint
 folder holds the SPRig or base models), and two frames are rendered:
 
 * the stability heatmap on the rigged mesh (colour attribute, Solid/Workbench, attribute colours), with
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     rig = args.rig
     if rig == "auto":
         trained = any((args.checkpoints / f"skeleton_{w}.safetensors").is_file() for w in ("sprig", "base"))
-        rig = "backend" if importlib.util.find_spec("backend.rig") is not None and trained else "artist"
+        rig = "backend" if importlib.util.find_spec("backend.rigging.pipeline") is not None and trained else "artist"
         log.info("rig: %s", rig)
     reset_scene()
     scene = bpy.context.scene

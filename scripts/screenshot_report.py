@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from backend.io import load_sequence
-    from backend.report import write_report
-    from backend.rig import RigConfig, rig_sequence
+    from backend.rigging.report import write_report
+    from backend.rigging.pipeline import RigConfig, rig_sequence
 
     browser = find_browser(args.browser)
     result = rig_sequence(load_sequence(args.input),

@@ -33,7 +33,7 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
         return self.frame_start, self.frame_end, self.frame_step
 
     def rig_options(self) -> dict:
-        """Options sent to the backend (fields of ``backend.rig.RigConfig``); Blender's world is Z up."""
+        """Options sent to the backend (fields of ``backend.rigging.pipeline.RigConfig``); Blender's world is Z up."""
         return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
                 "device": self.device, "up_axis": "z"}
 

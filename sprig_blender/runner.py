@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 try:  # the copy bundled into the extension by scripts/build_extension.py
-    from ._backend import client as backend_client
+    from ._backend.app import client as backend_client
 except ImportError:  # running from a source checkout, where the backend package is importable
     try:
-        from backend import client as backend_client
+        from backend.app import client as backend_client
     except ImportError:
         backend_client = None
 
@@ -81,10 +81,10 @@ def resolve_mode(settings: BackendSettings) -> str:
     if torch_importable():
         _ensure_backend_path(settings)
         try:
-            importlib.import_module("backend.rig")
+            importlib.import_module("backend.rigging.pipeline")
             return "IN_PROCESS"
         except Exception as exc:
-            log.info("backend.rig is not importable in Blender (%s); using the subprocess backend", exc)
+            log.info("backend.rigging.pipeline is not importable in Blender (%s); using the subprocess backend", exc)
     return "SUBPROCESS"
 
 
@@ -120,22 +120,22 @@ class SubprocessBackend:
 
 
 class InProcessBackend:
-    """Calls ``backend.rig.rig_sequence`` inside Blender (when torch imports here)."""
+    """Calls ``backend.rigging.pipeline.rig_sequence`` inside Blender (when torch imports here)."""
 
     def __init__(self, settings: BackendSettings):
         _ensure_backend_path(settings)
         try:
-            self.rig_module = importlib.import_module("backend.rig")
+            self.rig_module = importlib.import_module("backend.rigging.pipeline")
             self.sequence_module = importlib.import_module("backend.sequence")
         except Exception as exc:
-            raise BackendSetupError(f"the in-process backend cannot import backend.rig: {exc}") from exc
+            raise BackendSetupError(f"the in-process backend cannot import backend.rigging.pipeline: {exc}") from exc
         self.settings = settings
 
     def start(self) -> None:
         pass
 
     def _server_config(self):
-        server = importlib.import_module("backend.server")
+        server = importlib.import_module("backend.app.server")
         return server, server.ServerConfig(device=self.settings.device, checkpoints=self.settings.checkpoints or None)
 
     def info(self) -> dict:

@@ -33,7 +33,7 @@ def test_extension_validates_and_builds(archive):
         names = set(zf.namelist())
         manifest = zf.read("blender_manifest.toml").decode()
     assert {"blender_manifest.toml", "__init__.py", "operators.py", "builder.py", "heatmap.py", "export.py",
-            "_backend/client.py", "_backend/rig_result.py"} <= names
+            "_backend/app/client.py", "_backend/rigging/result.py"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     import tomllib
 
@@ -42,7 +42,7 @@ def test_extension_validates_and_builds(archive):
     assert meta["license"] == ["SPDX:GPL-3.0-or-later"] and meta["blender_version_min"] == "4.2.0"
     assert "files" in meta["permissions"]
     # the bundled client must not need the backend package (only stdlib + numpy)
-    client_source = (ROOT / "backend" / "client.py").read_text()
+    client_source = (ROOT / "backend" / "app" / "client.py").read_text()
     assert "from backend" not in client_source and "import torch" not in client_source
 
 
@@ -75,7 +75,7 @@ def test_extension_installs_and_enables_through_blenders_extension_api(archive, 
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads(line[0][len("RESULT"):])
     assert out == {"enabled": True, "operator": True, "panel": True, "scene_prop": True, "prefs_mode": "AUTO",
-                   "bundled_client": "bl_ext.user_default.sprig._backend.client",
+                   "bundled_client": "bl_ext.user_default.sprig._backend.app.client",
                    "after_disable": [False, False, False]}
     assert (tmp_path / "blender_user" / "extensions" / "user_default" / "sprig" / "blender_manifest.toml").exists()
 

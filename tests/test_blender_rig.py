@@ -17,7 +17,7 @@ from test_blender_scenes import (armature_tube, data_counts, disable_addon, eval
                                  ground_truth_rig, realdata_sequence, reset_scene, set_backend, shape_key_object)
 
 pytestmark = pytest.mark.blender
-HAS_RIGGER = importlib.util.find_spec("backend.rig") is not None
+HAS_RIGGER = importlib.util.find_spec("backend.rigging.pipeline") is not None
 needs_rigger = pytest.mark.skipif(not HAS_RIGGER, reason="rigger not available")
 
 

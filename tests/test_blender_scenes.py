@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from backend.lbs import linear_blend_skinning  # noqa: E402
-from backend.rig_result import RigResult  # noqa: E402
+from backend.rigging.result import RigResult  # noqa: E402
 
 # Backend servers started by these tests use one torch thread: the CI machine has two cores for everything.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.evaluate import (
+from backend.app.evaluate import (
     CLIP_KEYS,
     METRIC_KEYS,
     EvalConfig,
@@ -33,7 +33,7 @@ CHAIN_PARENTS = np.array([-1, 0, 1, 2])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.cli", "eval", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "backend.app.cli", "eval", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.evaluate import load_eval_input
+from backend.app.evaluate import load_eval_input
 from backend.metrics import skeleton_stability, skin_consistency
 from backend.normalize import AnchorBox
 from training import evaluate as EV

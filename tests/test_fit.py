@@ -1,4 +1,4 @@
-"""Motion fitting (backend/fit.py): rigid starts, monotone refinement, sparse simplex weights, local poses."""
+"""Motion fitting (backend/rigging/fit/): rigid starts, monotone refinement, sparse simplex weights, local poses."""
 
 from __future__ import annotations
 
@@ -7,24 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.fit import (
+from backend.rigging.fit import (
     FitCancelled,
     FitConfig,
     candidate_bones,
     fit_motion,
-    from_local_pose,
     match_clusters_to_bones,
-    matrix_to_quaternion,
     motion_candidate_bones,
     project_simplex,
     prune_weights,
-    quaternion_to_matrix,
     reconstruction_error,
     split_motion_clusters,
-    to_local_pose,
-    _simplex_qp_on_support,
-    _to_sparse_rows,
 )
+from backend.rigging.fit.solve import _simplex_qp_on_support
+from backend.rigging.fit.sparse import to_sparse_rows
+from backend.rigging.pose import from_local_pose, matrix_to_quaternion, quaternion_to_matrix, to_local_pose
 from backend.lbs import linear_blend_skinning
 
 REALDATA = Path(__file__).resolve().parent.parent.parent / "shared" / "realdata"
@@ -185,7 +182,7 @@ def test_refinement_never_raises_error_and_keeps_sparse_simplex_rows():
     assert ((W > 0).sum(1) <= 3).all()
     # with candidates="tree" the support stays inside the initial (pruned) support + tree neighbours
     p0 = prune_weights(w0, 3)
-    cand, mask = candidate_bones(*_to_sparse_rows(p0, 3), parents)
+    cand, mask = candidate_bones(*to_sparse_rows(p0, 3), parents)
     allowed = np.zeros_like(W, dtype=bool)
     for c in range(cand.shape[1]):
         allowed[np.flatnonzero(mask[:, c]), cand[mask[:, c], c]] = True

@@ -1,4 +1,4 @@
-"""The rigging pipeline (backend/rig.py) and its HTML report (backend/report.py).
+"""The rigging pipeline (backend/rigging/pipeline.py) and its HTML report (backend/rigging/report.py).
 
 The networks here are the real skeleton generator and skinning network at a tiny size with seeded
 random (untrained) parameters: the tests check the pipeline's contract (shapes, simplex weights,
@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from backend.fit import reconstruction_error
+from backend.rigging.fit import reconstruction_error
 from backend.metrics import motion_compensated_joint_drift
 from backend.models.inference import RiggerModels
 from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
 from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
 from backend.normalize import anchor_normalize
-from backend.report import render_report, write_report
-from backend.rig import RigCancelled, RigConfig, rig_sequence, select_frames
-from backend.rig_result import RigResult
+from backend.rigging.report import render_report, write_report
+from backend.rigging.pipeline import RigCancelled, RigConfig, rig_sequence, select_frames
+from backend.rigging.result import RigResult
 from backend.sequence import MeshSequence
 from backend.skeleton import validate_tree
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.client import (BackendCancelled, BackendClient, BackendCrashed, BackendError, BackendHung,
+from backend.app.client import (BackendCancelled, BackendClient, BackendCrashed, BackendError, BackendHung,
                             BackendStartError)
-from backend.rig_result import RigResult
+from backend.rigging.result import RigResult
 
 ROOT = Path(__file__).resolve().parent.parent
-HAS_RIGGER = importlib.util.find_spec("backend.rig") is not None
+HAS_RIGGER = importlib.util.find_spec("backend.rigging.pipeline") is not None
 needs_rigger = pytest.mark.skipif(not HAS_RIGGER, reason="rigger not available")
 
 
@@ -52,11 +52,11 @@ def write_untrained_checkpoints(folder: Path, seed: int = 1) -> Path:
 
 
 class RawServer:
-    """``python -m backend.server`` driven line by line (to send what a client never would)."""
+    """``python -m backend.app.server`` driven line by line (to send what a client never would)."""
 
     def __init__(self):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend.server", "--heartbeat", "0.5"], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend.app.server", "--heartbeat", "0.5"], cwd=ROOT, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, bufsize=1)
         self.ready = self.read()

@@ -2,7 +2,7 @@
 
 Measured on the corpus TEST split (clips never used in training, capped by the preset) and, separately,
 on every real artist rig in ``../shared/realdata/*.npz`` (evaluation only; skipped with a note when the
-folder is absent). Every number comes from ``backend.metrics`` (through ``backend.evaluate.evaluate``
+folder is absent). Every number comes from ``backend.metrics`` (through ``backend.app.evaluate.evaluate``
 for the skeleton metrics):
 
 * Table 1/6 -- skeleton temporal stability, PJDD / BLRD / GSD / JAD (Eq. 28-31), MPJPE@Anchor (Eq. 32),
@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.evaluate import EvalConfig as ScoreConfig
-from backend.evaluate import EvalInput, evaluate, save_eval_input
+from backend.app.evaluate import EvalConfig as ScoreConfig
+from backend.app.evaluate import EvalInput, evaluate, save_eval_input
 from backend.metrics.skinning import masked_renormalize, skin_consistency, static_skinning_quality, topk_mask
 from backend.models.checkpoint import CheckpointError, load_model, read_checkpoint
 from backend.models.inference import CHECKPOINT_NAMES, RiggerModels, resolve_device
@@ -248,14 +248,14 @@ def predict_skeletons(models: RiggerModels, clip: EvalClip, max_joints: int) -> 
 
 
 def skeleton_input(clip: EvalClip, skeletons: list[tuple[np.ndarray, np.ndarray]], tag: str) -> EvalInput:
-    """An :class:`backend.evaluate.EvalInput` of per-frame skeletons with the clip's ground truth."""
+    """An :class:`backend.app.evaluate.EvalInput` of per-frame skeletons with the clip's ground truth."""
     return EvalInput(verts=clip.verts, faces=clip.faces, joints=[j for j, _ in skeletons],
                      parents=[p for _, p in skeletons], gt_joints=clip.gt_joints, gt_parents=clip.gt_parents,
                      name=f"{clip.name}_{tag}")
 
 
 def score_skeletons(inp: EvalInput, cfg: EvaluationConfig) -> dict:
-    """Skeleton metrics of one clip (:func:`backend.evaluate.evaluate`): protocol, whole clip and accuracy."""
+    """Skeleton metrics of one clip (:func:`backend.app.evaluate.evaluate`): protocol, whole clip and accuracy."""
     res = evaluate(inp, ScoreConfig(protocol_frames=cfg.protocol_frames))
     out = {k: res.get(k) for k in SKELETON_KEYS if k in res}
     out["n_joints_anchor"] = int(res["per_frame"]["n_joints"][0])

@@ -2,7 +2,7 @@
 
 Blender's bundled Python has no torch, so the add-on starts this server with a configured Python::
 
-    python -m backend.server [--device auto|cpu|cuda] [--checkpoints DIR] [--workdir DIR]
+    python -m backend.app.server [--device auto|cpu|cuda] [--checkpoints DIR] [--workdir DIR]
 
 Protocol (every message is one JSON object on one line, UTF-8):
 
@@ -50,10 +50,10 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from backend import __version__
+from backend import REPO_ROOT, __version__
 from backend.sequence import MeshSequence, SequenceError
 
-log = logging.getLogger("backend.server")
+log = logging.getLogger("backend.app.server")
 
 PROTOCOL_VERSION = 1
 
@@ -70,7 +70,7 @@ class ErrorCode:
     INVALID_SEQUENCE = "invalid_sequence"  # the arrays break the MeshSequence contract
     BUSY = "busy"  # a rig is already running
     CANCELLED = "cancelled"
-    RIGGER_UNAVAILABLE = "rigger_unavailable"  # backend.rig cannot be imported
+    RIGGER_UNAVAILABLE = "rigger_unavailable"  # backend.rigging.pipeline cannot be imported
     MODELS_UNAVAILABLE = "models_unavailable"  # the checkpoints are missing, corrupt or do not match
     RIG_FAILED = "rig_failed"  # the rigger raised
     INTERNAL = "internal"
@@ -132,12 +132,12 @@ def load_sequence_npz(path: str | os.PathLike) -> MeshSequence:
 
 
 # ----------------------------------------------------------------------------------------------
-# The rigger: backend.rig, loaded once and kept
+# The rigger: backend.rigging.pipeline, loaded once and kept
 # ----------------------------------------------------------------------------------------------
 
 
 class Rigger:
-    """Holds ``backend.rig`` for the server's lifetime and builds its ``RigConfig`` from request options."""
+    """Holds ``backend.rigging.pipeline`` for the server's lifetime and builds its ``RigConfig`` from request options."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -146,18 +146,18 @@ class Rigger:
 
     @property
     def module(self):
-        """The imported ``backend.rig`` module. Raises RequestError(rigger_unavailable) if it cannot load."""
+        """The imported ``backend.rigging.pipeline`` module. Raises RequestError(rigger_unavailable) if it cannot load."""
         if self._module is None:
             try:
-                self._module = importlib.import_module("backend.rig")
+                self._module = importlib.import_module("backend.rigging.pipeline")
             except Exception as exc:  # ImportError, or a failure while importing torch/models
                 self._import_error = f"{type(exc).__name__}: {exc}"
                 raise RequestError(ErrorCode.RIGGER_UNAVAILABLE,
-                                   f"the rigging pipeline (backend.rig) cannot be loaded: {self._import_error}") from exc
+                                   f"the rigging pipeline (backend.rigging.pipeline) cannot be loaded: {self._import_error}") from exc
         return self._module
 
     def option_names(self) -> list[str]:
-        """The rig options a request may set (the fields of ``backend.rig.RigConfig``)."""
+        """The rig options a request may set (the fields of ``backend.rigging.pipeline.RigConfig``)."""
         return [f.name for f in dataclasses.fields(self.module.RigConfig)]
 
     def make_config(self, options: dict[str, Any]):
@@ -207,11 +207,11 @@ class Rigger:
         path = Path(default).expanduser()
         if path.is_absolute() or path.is_dir():
             return path.resolve()
-        return (Path(__file__).resolve().parent.parent / path).resolve()
+        return (REPO_ROOT / path).resolve()
 
     def rig(self, seq: MeshSequence, options: dict[str, Any], progress: Callable[[str, float], None],
             should_cancel: Callable[[], bool]):
-        """Run ``backend.rig.rig_sequence`` and return its ``RigResult``."""
+        """Run ``backend.rigging.pipeline.rig_sequence`` and return its ``RigResult``."""
         config = self.make_config(options)
         return self.module.rig_sequence(seq, config, progress=progress, should_cancel=should_cancel)
 
@@ -508,7 +508,7 @@ def collect_info(config: ServerConfig, rigger: Rigger | None = None) -> dict:
         info["device"] = "cpu"
     if rigger is not None:
         try:
-            rigger.module  # noqa: B018 - imports backend.rig once
+            rigger.module  # noqa: B018 - imports backend.rigging.pipeline once
             info["rigger"] = True
             info["rig_options"] = rigger.option_names()
         except RequestError as exc:

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .evaluate import EvalInput, save_eval_input
-from .io import SUPPORTED_SUFFIXES, load_sequence
-from .io.gltf import save_rigged_gltf
-from .rig_result import RigResult
-from .sequence import SequenceError
+from backend import REPO_ROOT
+from backend.app.errors import CommandError
+from backend.app.evaluate import EvalInput, save_eval_input
+from backend.io import SUPPORTED_SUFFIXES, load_sequence
+from backend.io.gltf import save_rigged_gltf
+from backend.rigging.result import RigResult
+from backend.sequence import SequenceError
 
 
 SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
@@ -66,7 +68,7 @@ def summary(result: RigResult) -> dict:
 
 def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) -> RigResult:
     """Load, rig and write the outputs of one sequence."""
-    from .rig import RigConfig, rig_sequence
+    from backend.rigging.pipeline import RigConfig, rig_sequence
 
     seq = load_sequence(path, frames=parse_frame_slice(args.frames))
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
@@ -87,7 +89,7 @@ def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) ->
                      result.joint_names, result.weights, result.bone_transforms, fps=result.fps,
                      mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
     if args.report is not None:
-        from .report import write_report
+        from backend.rigging.report import write_report
         write_report(result, _per_input(args.report, out_glb, ".html"), title=seq.name,
                      up_axis=2 if args.up == "z" else 1)
     if args.json is not None:
@@ -119,8 +121,6 @@ def _per_input(option: Path, out_glb: Path, suffix: str) -> Path:
 
 
 def run_rig(args: argparse.Namespace) -> int:
-    from .cli import CommandError
-
     try:
         parse_frame_slice(args.frames)
     except ValueError as exc:
@@ -136,7 +136,7 @@ def run_rig(args: argparse.Namespace) -> int:
     if batch and args.output.suffix:
         raise CommandError("with a folder as INPUT, -o must name an output folder")
 
-    from .models.inference import load_models
+    from backend.models.inference import load_models
     try:
         models = load_models(args.checkpoints, which=args.models, device=args.device)
     except Exception as exc:  # missing/corrupt checkpoint: a readable one-liner
@@ -186,7 +186,7 @@ def add_rig_command(subparsers) -> None:
                    help="alternate transform and weight refinement (default on)")
     p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",
                    help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
-    p.add_argument("--checkpoints", type=Path, default=Path(__file__).resolve().parent.parent / "checkpoints",
+    p.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints",
                    help="checkpoint folder (default: the repository's checkpoints/)")
     p.add_argument("--per-frame", type=Path, metavar="FRAMES.npz",
                    help="also write every frame's own skeleton and weights (a static rigger run frame by frame) "

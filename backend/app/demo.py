@@ -1,4 +1,4 @@
-"""The demo behind ``make demo``: ``python -m backend.demo``.
+"""The demo behind ``make demo``: ``python -m backend.app.demo``.
 
 1. Rigs the bundled sample (``samples/quadruped_walk.npz``, a generated walking quadruped) with the
    checkpoints in ``checkpoints/`` and writes ``demo_output/<name>_rigged.glb`` and an HTML report
@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import EvalInput, evaluate, format_report, save_eval_input
-from .normalize import AnchorBox
+from backend import REPO_ROOT
+from backend.app.evaluate import EvalInput, evaluate, format_report, save_eval_input
+from backend.normalize import AnchorBox
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "quadruped_walk.npz"
+
+SAMPLE = REPO_ROOT / "samples" / "quadruped_walk.npz"
 
 
 def load_realdata_clip(path: Path) -> dict[str, np.ndarray]:
@@ -71,11 +72,11 @@ SUMMARY_KEYS = ("pjdd", "pjdd_clip", "blrd", "gsd", "jad", "topology_flicker", "
 
 def rig_clip(clip: Path, out: Path, checkpoints: Path) -> None:
     """Rig ``clip`` with the checkpoints and write the GLB and the HTML report (logs why when it cannot)."""
-    from .io import load_sequence
-    from .io.gltf import save_rigged_gltf
-    from .models.checkpoint import CheckpointError
-    from .report import write_report
-    from .rig import RigConfig, rig_sequence
+    from backend.io import load_sequence
+    from backend.io.gltf import save_rigged_gltf
+    from backend.models.checkpoint import CheckpointError
+    from backend.rigging.report import write_report
+    from backend.rigging.pipeline import RigConfig, rig_sequence
 
     seq = load_sequence(clip)
     try:
@@ -95,8 +96,8 @@ def rig_clip(clip: Path, out: Path, checkpoints: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=SAMPLE, help="a rigged clip .npz (default: the bundled sample)")
-    parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="output folder")
-    parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints", help="checkpoint folder")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "demo_output", help="output folder")
+    parser.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints", help="checkpoint folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -10,7 +10,7 @@ Pipeline (DESIGN.md "Inference pipeline"):
 3. skinning at the mesh vertices (queried directly, no nearest-sample copies): the anchor prediction
    is the teacher and becomes the rig's weights after pruning to ``max_influences``; predictions on
    other frames (all, or an even subsample) give the per-vertex instability heatmap;
-4. motion: per-frame rigid bone transforms fitted to the input frames (:mod:`backend.fit`), optionally
+4. motion: per-frame rigid bone transforms fitted to the input frames (:mod:`backend.rigging.fit`), optionally
    refining transforms and weights;
 5. report: per-frame reconstruction error, the paper's per-frame skeleton stability (PJDD/BLRD/GSD/JAD,
    topology flicker), motion-compensated joint drift, skinning instability;
@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backend.fit import FitCancelled, FitConfig, fit_motion, prune_weights, reconstruction_error
+from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, reconstruction_error
 from backend.metrics import motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
-from backend.rig_result import RigResult
+from backend.rigging.result import RigResult
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
 from backend.sequence import MeshSequence
 from backend.skeleton import SkeletonError, depths, validate_tree

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics.alignment import CORRESPONDENCE_MODES
-from .metrics.drift import motion_compensated_joint_drift
-from .metrics.skeleton_stability import StabilityConfig, mpjpe_anchor, skeleton_stability
-from .metrics.skinning import joint_temporal_variance, skin_consistency, static_skinning_quality
-from .metrics.static_skeleton import BONE_STEP, cd_j2j, static_skeleton_quality
-from .normalize import AnchorBox
-from .sequence import SequenceError, integer_valued, validate_arrays
+from backend.metrics.alignment import CORRESPONDENCE_MODES
+from backend.metrics.drift import motion_compensated_joint_drift
+from backend.metrics.skeleton_stability import StabilityConfig, mpjpe_anchor, skeleton_stability
+from backend.metrics.skinning import joint_temporal_variance, skin_consistency, static_skinning_quality
+from backend.metrics.static_skeleton import BONE_STEP, cd_j2j, static_skeleton_quality
+from backend.normalize import AnchorBox
+from backend.sequence import SequenceError, integer_valued, validate_arrays
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What the rigger returns: one rig for a whole sequence, plus its stability report.
 
-This is the contract between ``backend.rig`` (producer) and its consumers: the CLI and glTF export,
+This is the contract between ``backend.rigging.pipeline`` (producer) and its consumers: the CLI and glTF export,
 the subprocess server (which writes it as ``.npz`` with :meth:`RigResult.save`), and the Blender
 add-on's armature builder and heatmap.
 """

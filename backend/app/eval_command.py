@@ -1,12 +1,4 @@
-"""The ``sprig`` command line.
-
-    sprig rig INPUT -o OUT.glb [--report R.html] [--json S.json] [--frames 0:60:2] [--models sprig|base]
-    sprig eval FILE.npz [--json OUT.json] [--frames 0:48] [--protocol-frames 3] [--correspondence auto]
-
-Each subcommand registers itself with an ``add_<name>_command(subparsers)`` function that sets
-``func`` (a callable taking the parsed args and returning an exit code); add new subcommands to
-:data:`COMMANDS`. Input errors print one line to stderr and exit with code 2.
-"""
+"""``sprig eval``: score one method's per-frame rigging output (see :mod:`backend.app.evaluate`)."""
 
 from __future__ import annotations
 
@@ -14,23 +6,15 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from .sequence import SequenceError
+from backend.app.errors import EXIT_OK, CommandError
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-
-
-class CommandError(Exception):
-    """A user-facing error of a subcommand: printed as one line, exit code 2."""
-
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .evaluate import EvalConfig, evaluate, format_report, load_eval_input, parse_frames
+    from backend.app.evaluate import EvalConfig, evaluate, format_report, load_eval_input, parse_frames
 
     try:
         config = EvalConfig(protocol_frames=args.protocol_frames, correspondence=args.correspondence)
@@ -70,48 +54,3 @@ def add_eval_command(subparsers) -> None:
                         "index, or always Hungarian matching")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
     p.set_defaults(func=_run_eval)
-
-
-def add_rig_command(subparsers) -> None:
-    """Register ``sprig rig`` (defined in :mod:`backend.rig_command`)."""
-    from .rig_command import add_rig_command as add
-
-    add(subparsers)
-
-
-COMMANDS: list[Callable] = [add_rig_command, add_eval_command]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sprig", description="SPRig: temporally stable rigging of mesh sequences")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in COMMANDS:
-        add(subparsers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sprig`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "func", None) is None:
-        parser.print_help(sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        return int(args.func(args))
-    except (CommandError, SequenceError) as exc:
-        sys.stderr.write(f"sprig {args.command}: error: {exc}\n")
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        sys.stderr.write(f"sprig {args.command}: interrupted\n")
-        return 130
-
-
-if __name__ == "__main__":
-    # Run the importable module's main so that subcommand modules and this one share CommandError.
-    from backend.cli import main as _main
-
-    sys.exit(_main())

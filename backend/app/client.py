@@ -1,7 +1,7 @@
-"""Client for the subprocess backend (``python -m backend.server``).
+"""Client for the subprocess backend (``python -m backend.app.server``).
 
 Pure Python (standard library + numpy, no bpy, no torch), so the Blender add-on can use it inside
-Blender's bundled Python; the extension build copies this file and ``rig_result.py`` into the add-on.
+Blender's bundled Python; the extension build copies this file and ``rigging/result.py`` into the add-on.
 
 Usage::
 
@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .rig_result import RigResult
+from ..rigging.result import RigResult  # relative: the extension bundles a copy of both files
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class ClientConfig:
 
 
 class BackendClient:
-    """Starts ``python -m backend.server`` and exchanges JSON lines with it.
+    """Starts ``python -m backend.app.server`` and exchanges JSON lines with it.
 
     Thread-safety: one request at a time is awaited (:meth:`request` holds a lock), while :meth:`cancel`
     may be called from any thread during a :meth:`rig` call.
@@ -144,7 +144,7 @@ class BackendClient:
             env["PYTHONPATH"] = str(self.config.backend_path)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.config.env)
-        cmd = [resolved or python, "-m", "backend.server", "--device", self.config.device,
+        cmd = [resolved or python, "-m", "backend.app.server", "--device", self.config.device,
                "--heartbeat", str(self.config.heartbeat_s)]
         if self.config.checkpoints:
             cmd += ["--checkpoints", str(self.config.checkpoints)]
@@ -237,7 +237,7 @@ class BackendClient:
         return self.request("ping", timeout=timeout)
 
     def info(self, timeout: float = 60.0) -> dict:
-        """Versions, device and checkpoints of the backend (see ``backend.server.collect_info``)."""
+        """Versions, device and checkpoints of the backend (see ``backend.app.server.collect_info``)."""
         return self.request("info", timeout=timeout)
 
     def rig_file(self, input_path: str | Path, output_path: str | Path | None = None, options: dict | None = None,
@@ -256,7 +256,7 @@ class BackendClient:
         Args:
             verts: float32 ``[K, V, 3]`` frames (frame 0 is the anchor).
             faces: int32 ``[F, 3]`` triangles.
-            options: rig options (fields of ``backend.rig.RigConfig``).
+            options: rig options (fields of ``backend.rigging.pipeline.RigConfig``).
         Returns:
             the :class:`RigResult`, read from the server's output file (which is then deleted).
         """

@@ -1,11 +1,11 @@
 """A self-contained HTML report of one rig: error and stability curves, heatmaps, skeleton over the mesh.
 
-    from backend.report import write_report
+    from backend.rigging.report import write_report
     write_report(result, "report.html")
 
 Every figure is drawn with matplotlib (Agg) and embedded as a base64 PNG, so the page has no external
-files. Input is a :class:`backend.rig_result.RigResult` (curves come from ``result.stats`` when
-``backend.rig`` produced it, and are recomputed from the arrays where they are missing).
+files. Input is a :class:`backend.rigging.result.RigResult` (curves come from ``result.stats`` when
+``backend.rigging.pipeline`` produced it, and are recomputed from the arrays where they are missing).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from backend.fit import skin_anchor
-from backend.rig_result import RigResult
+from backend.rigging.fit import skin_anchor
+from backend.rigging.result import RigResult
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,49 @@
+"""Motion fitting: per-frame rigid bone transforms (and refined weights) that reproduce a mesh sequence.
+
+Given the anchor mesh (the rest pose of the rig), skinning weights and a skeleton, we look for rigid
+transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinning of the anchor,
+``x_kv ~= sum_j w_vj T_kj [a_v, 1]``, reproduces every frame.
+
+1. **Start**: a weighted rigid (Kabsch) fit per bone and frame, bone ``j``'s vertices weighted by
+   ``w_vj ** init_power``. Bones with too little (or degenerate, e.g. collinear) support borrow the
+   motion of the closest well-supported ancestor, else of the closest well-supported bone in the tree.
+   When the weights are refined, *motion clustering* follows (rigid k-means, the classic start of
+   smooth skinning decomposition): every vertex goes to the bone whose rigid motion reproduces it best
+   and every bone is re-fitted to its vertices. By default the clusters are grown by splitting from one
+   global motion (:func:`split_motion_clusters`) and each is then given to the bone whose region in the
+   given weights it overlaps most (:func:`match_clusters_to_bones`), so bones keep their identity; a
+   second clustering starts each bone from the region the given weights assign it. These and the given
+   weights' own start, when close to the best of them, are each refined for a few trial alternations,
+   and the refinement goes on from the best (``FitConfig.start_trial_ratio``).
+2. **Refinement** (optional), alternating:
+
+   * transforms: block-coordinate descent, one bone at a time; each bone's update is the exact
+     weighted Procrustes minimiser of the squared LBS error with the other bones fixed, so the error
+     never rises;
+   * weights: per vertex, a small quadratic program on the simplex (non-negative, sum to one) over its
+     candidate bones -- its current support plus the bones whose own rigid motion reproduces that vertex
+     best (``candidates="motion"``), or the initial support plus its tree neighbours (``"tree"``) --
+     with a Laplacian term pulling each row toward its mesh neighbours' mean, then pruned to
+     ``max_influences`` and re-projected. A row is only accepted where it does not raise that vertex's
+     squared error, so the total never rises;
+   * smoothing: a few steps of Laplacian smoothing of the weights on the mesh graph, re-projected onto
+     the candidates, ``max_influences`` and the simplex, kept where they give back at most part of the
+     error decrease the weight solve just made (the error still never rises).
+
+Transforms stay rigid (rotation + translation), so an armature can be keyed from them; the skeleton's
+joints and topology are never changed. :func:`to_local_pose` / :func:`from_local_pose` convert between
+these anchor-space deformation matrices and per-bone local rotations/translations relative to the parent.
+"""
+
+from .motion import FitCancelled, FitConfig, MotionFit, fit_motion
+from .rigid import weighted_rigid_fits
+from .solve import candidate_bones, mesh_neighbours, motion_candidate_bones, project_simplex, update_transforms, update_weights
+from .sparse import prune_weights, reconstruction_error, skin_anchor
+from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
+
+__all__ = [
+    "FitCancelled", "FitConfig", "MotionFit", "candidate_bones", "cluster_by_motion", "fit_motion",
+    "initial_transforms", "match_clusters_to_bones", "mesh_neighbours", "motion_candidate_bones", "project_simplex",
+    "prune_weights", "reconstruction_error", "skin_anchor", "split_motion_clusters", "update_transforms",
+    "update_weights", "weighted_rigid_fits",
+]

@@ -1,0 +1,312 @@
+"""The motion fit's driver: :func:`fit_motion`, its config and result (see the package docstring)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from backend.skeleton import validate_tree
+
+from .solve import candidate_bones, mesh_neighbours, update_transforms, update_weights
+from .sparse import blend_sparse, bone_groups, one_hot, prune_weights, rms_vertex_error, sparse_to_dense, to_sparse_rows
+from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
+
+log = logging.getLogger(__name__)
+
+
+class FitCancelled(RuntimeError):
+    """Raised inside :func:`fit_motion` when its ``should_cancel`` callback returns True."""
+
+
+@dataclass
+class FitConfig:
+    """Options of :func:`fit_motion`.
+
+    Attributes:
+        max_influences: at most this many non-zero weights per vertex (4 like glTF / game engines).
+        refine_iters: alternations of (transform sweep, weight solve); 0 keeps the Kabsch start.
+        refine_weights: when False only the transforms are refined and the given weights are kept
+            (after pruning to ``max_influences``).
+        transform_sweeps: block-coordinate sweeps over the bones per alternation.
+        init_power: bone ``j``'s Kabsch fit weights vertex ``v`` by ``w_vj ** init_power``; > 1 favours
+            the vertices a bone dominates over those it shares.
+        min_bone_mass: a bone whose summed weight (in vertices) is below this borrows another bone's motion.
+        smoothness: strength of the pull toward the mesh neighbours' mean weights inside each vertex's
+            weight solve, relative to that vertex's current error (0 turns it off).
+        smooth_steps: Laplacian smoothing steps on the mesh graph after each weight solve (then
+            re-projected onto the candidates, ``max_influences`` and the simplex).
+        smooth_slack: a smoothed row is kept where it gives back at most this fraction of the error
+            decrease the weight solve made at that vertex (0 disables the smoothing steps).
+        motion_init_rounds: rounds of motion clustering after the Kabsch start (0: start from the given
+            weights); only used when the weights are refined.
+        init: where the motion clustering starts when the weights are refined: ``"split"`` (clusters
+            grown by splitting from one global motion, as smooth skinning decomposition does, then
+            matched to the bones by their overlap with the given weights; see
+            :func:`split_motion_clusters`), ``"weights"`` (each bone from the region the given weights
+            assign it) or ``"best"`` (both). Which start is refined: see ``start_trial_ratio``.
+        split_seed_fraction: when a cluster splits, the new cluster starts from this fraction of its
+            vertices nearest to its worst-reproduced vertex.
+        start_trial_ratio, start_trial_iters: the starts (the given weights' Kabsch start and the
+            clustered ones) whose squared error is within ``start_trial_ratio`` of the lowest are each
+            refined for ``start_trial_iters`` alternations, and the refinement goes on from the best;
+            the others are dropped.
+        max_fit_frames: when the weights are refined and the clip has more frames than this (> 0), the
+            start and the alternations use this many evenly spaced keyframes (the first and the last
+            included); then, with the weights fixed, every frame's transforms get a Kabsch start (the
+            keyframes keep their refined ones) and ``keyframe_sweeps`` block-coordinate sweeps. 0: all
+            frames.
+        candidates: a vertex's candidate bones in the weight solve: ``"motion"`` (its current support plus
+            the ``motion_candidates`` bones whose rigid motion alone reproduces it best, re-chosen every
+            alternation) or ``"tree"`` (its initial support plus, with ``neighbour_candidates``, their
+            tree neighbours).
+        motion_candidates: extra candidate bones per vertex for ``candidates="motion"``.
+        neighbour_candidates: add the tree neighbours (parent, children) of a vertex's initial support to
+            its candidate bones (``candidates="tree"``).
+        qp_iters: projected-gradient steps that pick each vertex's support before its exact solve.
+        tol: stop refining when one alternation lowers the RMS error by less than this fraction.
+        chunk: at most this many vertices per batch in the weight solve (bounds memory).
+    """
+
+    max_influences: int = 4
+    refine_iters: int = 15
+    refine_weights: bool = True
+    transform_sweeps: int = 1
+    init_power: float = 2.0
+    min_bone_mass: float = 0.5
+    smoothness: float = 0.1
+    smooth_steps: int = 2
+    smooth_slack: float = 0.5
+    motion_init_rounds: int = 5
+    init: str = "best"
+    split_seed_fraction: float = 0.5
+    start_trial_ratio: float = 4.0
+    start_trial_iters: int = 2
+    max_fit_frames: int = 32
+    keyframe_sweeps: int = 5
+    candidates: str = "motion"
+    motion_candidates: int = 6
+    neighbour_candidates: bool = True
+    qp_iters: int = 10
+    tol: float = 1e-3
+    chunk: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.candidates not in ("motion", "tree"):
+            raise ValueError(f"candidates must be 'motion' or 'tree', got {self.candidates!r}")
+        if self.init not in ("split", "weights", "best"):
+            raise ValueError(f"init must be 'split', 'weights' or 'best', got {self.init!r}")
+        if self.max_fit_frames < 0 or (0 < self.max_fit_frames < 2) or self.keyframe_sweeps < 0:
+            raise ValueError("max_fit_frames must be 0 or >= 2 and keyframe_sweeps >= 0")
+        if self.start_trial_ratio < 1.0 or self.start_trial_iters < 0:
+            raise ValueError("start_trial_ratio must be >= 1 and start_trial_iters >= 0")
+        if not 0.0 < self.split_seed_fraction < 1.0:
+            raise ValueError(f"split_seed_fraction must be in (0, 1), got {self.split_seed_fraction}")
+        if self.motion_init_rounds < 0 or self.motion_candidates < 0:
+            raise ValueError("motion_init_rounds and motion_candidates must be >= 0")
+
+
+@dataclass
+class MotionFit:
+    """Result of :func:`fit_motion`.
+
+    Attributes:
+        transforms: float64 ``[K, J, 4, 4]`` rigid transforms from anchor space to frame ``k``.
+        weights: float32 ``[V, J]`` rows on the simplex, at most ``max_influences`` non-zero.
+        borrowed: bool ``[J]`` bones whose motion was borrowed from another bone at the start.
+        rmse_history: RMS per-vertex error (input units) after the start and after each alternation;
+            non-increasing.
+        seconds: wall time of the fit.
+        start: the start that was refined: ``given`` (the given weights' Kabsch start), ``weights`` or
+            ``split`` (the motion clusterings of :class:`FitConfig` ``init``).
+        keyframes: the frames the weights were refined on (``FitConfig.max_fit_frames``), or None for all;
+            ``rmse_history`` is then measured on them.
+    """
+
+    transforms: np.ndarray
+    weights: np.ndarray
+    borrowed: np.ndarray
+    rmse_history: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    start: str = "given"
+    keyframes: list[int] | None = None
+
+
+@dataclass
+class _FitState:
+    """One start of the refinement: sparse weight rows, per-bone groups, transforms and residual."""
+
+    name: str
+    idx: np.ndarray
+    val: np.ndarray
+    groups: list
+    transforms: np.ndarray
+    borrowed: np.ndarray
+    resid: np.ndarray
+    cand: np.ndarray | None = None
+    cand_mask: np.ndarray | None = None
+    rmse: list[float] = field(default_factory=list)
+    converged: bool = False
+
+    def __post_init__(self) -> None:
+        self.sq_err = float(np.sum(self.resid ** 2))
+        self.rmse.append(float(np.sqrt(self.sq_err / (self.resid.shape[0] * self.resid.shape[1]))))
+
+
+def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents: np.ndarray,
+                      joints: np.ndarray | None, faces: np.ndarray | None, cfg: FitConfig,
+                      tick: Callable[[float], None], start: float) -> MotionFit:
+    """:func:`fit_motion` with the weights refined on ``cfg.max_fit_frames`` evenly spaced keyframes, then
+    every frame's transforms fitted to those weights (see ``FitConfig.max_fit_frames``)."""
+    K = x.shape[0]
+    keys = np.unique(np.round(np.linspace(0, K - 1, cfg.max_fit_frames)).astype(np.int64))
+    share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over all frames
+    sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
+                     progress=lambda f: tick(share * f))
+    xv = np.ascontiguousarray(x.transpose(1, 0, 2))
+    w = sub.weights.astype(np.float64)
+    J = len(parents)
+    transforms, _ = initial_transforms(a, x, w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    transforms[keys] = sub.transforms
+    idx, val = to_sparse_rows(w, min(cfg.max_influences, J))
+    groups = bone_groups(idx, val, J)
+    resid = xv - blend_sparse(a, groups, transforms)
+    for s in range(cfg.keyframe_sweeps):
+        tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
+        update_transforms(a, resid, groups, transforms)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, rms_vertex_error(resid))
+    tick(1.0)
+    return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
+                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist())
+
+
+def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
+               joints: np.ndarray | None = None, faces: np.ndarray | None = None,
+               config: FitConfig | None = None,
+               progress: Callable[[float], None] | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> MotionFit:
+    """Fit per-frame rigid bone transforms (and optionally refine the weights) so that LBS of the anchor
+    reproduces every frame.
+
+    Args:
+        anchor: float ``[V, 3]`` rest (anchor) vertices.
+        frames: float ``[K, V, 3]`` target frames (frame 0 is usually the anchor itself).
+        weights: float ``[V, J]`` initial skinning weights (any non-negative rows; pruned here).
+        parents: int ``[J]`` skeleton tree (parents precede children).
+        joints: float ``[J, 3]`` anchor joints (used only to break ties when a bone borrows motion).
+        faces: int ``[F, 3]``; needed for the Laplacian smoothing of the weight refinement.
+        config: :class:`FitConfig`.
+        progress: called with a fraction in [0, 1].
+        should_cancel: polled between steps; when it returns True, :class:`FitCancelled` is raised.
+    Returns:
+        :class:`MotionFit`.
+    """
+    cfg = config or FitConfig()
+    start = time.perf_counter()
+    a = np.asarray(anchor, dtype=np.float64)
+    x = np.asarray(frames, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    w_in = np.asarray(weights, dtype=np.float64)
+    parents = np.asarray(parents).reshape(-1)
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise ValueError(f"anchor must have shape [V, 3], got {list(a.shape)}")
+    if x.ndim != 3 or x.shape[1:] != a.shape:
+        raise ValueError(f"frames must have shape [K, {a.shape[0]}, 3], got {list(x.shape)}")
+    if w_in.shape != (a.shape[0], len(parents)):
+        raise ValueError(f"weights must have shape [V, J] = [{a.shape[0]}, {len(parents)}], got {list(w_in.shape)}")
+    if not (np.isfinite(a).all() and np.isfinite(x).all() and np.isfinite(w_in).all()):
+        raise ValueError("anchor, frames and weights must be finite")
+    validate_tree(parents)
+    if joints is not None and np.shape(joints) != (len(parents), 3):
+        raise ValueError(f"joints must have shape [J, 3] = [{len(parents)}, 3], got {list(np.shape(joints))}")
+
+    def tick(frac: float) -> None:
+        if should_cancel is not None and should_cancel():
+            raise FitCancelled("motion fit cancelled")
+        if progress is not None:
+            progress(float(frac))
+
+    K, V, _ = x.shape
+    J = len(parents)
+    M = min(cfg.max_influences, J)
+    if cfg.refine_iters > 0 and cfg.refine_weights and 0 < cfg.max_fit_frames < K:
+        return _fit_on_keyframes(a, x, w_in, parents, joints, faces, cfg, tick, start)
+    w0 = prune_weights(w_in, M).astype(np.float64)
+    idx, val = to_sparse_rows(w0, M)
+    tick(0.0)
+    xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
+    transforms, borrowed = initial_transforms(a, x, w0, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    scale = float(np.ptp(a, axis=0).max())
+    groups = bone_groups(idx, val, J)
+    resid = xv - blend_sparse(a, groups, transforms)
+    refining_weights = cfg.refine_iters > 0 and cfg.refine_weights
+    starts = [_FitState("given", idx, val, groups, transforms, borrowed, resid)]
+    if refining_weights and cfg.motion_init_rounds > 0 and J > 1:
+        seeds = {}
+        if cfg.init in ("weights", "best"):
+            seeds["weights"] = transforms
+        if cfg.init in ("split", "best"):
+            bone = match_clusters_to_bones(split_motion_clusters(a, xv, J, cfg.motion_init_rounds,
+                                                                 cfg.split_seed_fraction), w0)
+            seeds["split"], _ = initial_transforms(a, x, one_hot(bone, J), parents, joints, 1.0, cfg.min_bone_mass, xv)
+        for name, t_seed in seeds.items():
+            labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
+                                                        cfg.min_bone_mass, frames_vm=xv)
+            idx_c = np.zeros((V, M), dtype=np.int64)
+            val_c = np.zeros((V, M))
+            idx_c[:, 0], val_c[:, 0] = labels, 1.0
+            groups_c = bone_groups(idx_c, val_c, J)
+            starts.append(_FitState(name, idx_c, val_c, groups_c, t_c, borrowed_c, xv - blend_sparse(a, groups_c, t_c)))
+    starts.sort(key=lambda st: st.sq_err)
+    log.debug("motion fit starts (squared error): %s", {st.name: st.sq_err for st in starts})
+    # starts close to the best one are tried for a few alternations (a lower start error does not
+    # always lead to a lower final error); the rest are dropped
+    starts = [st for st in starts if st.sq_err <= cfg.start_trial_ratio * starts[0].sq_err]
+    for st in starts:  # a start that already reproduces the frames (to float noise) is not refined
+        st.converged = st.rmse[0] <= 1e-7 * scale
+    tick(1.0 / (cfg.refine_iters + 1))
+
+    neighbours = None
+    smoothing = cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)
+    if refining_weights and faces is not None and smoothing:
+        neighbours = mesh_neighbours(faces, V)
+    if refining_weights and cfg.candidates == "tree":
+        for st in starts:
+            st.cand, st.cand_mask = candidate_bones(st.idx, st.val, parents, cfg.neighbour_candidates)
+
+    def alternate(st: _FitState) -> None:
+        """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
+        for _ in range(cfg.transform_sweeps):
+            update_transforms(a, st.resid, st.groups, st.transforms)
+        if cfg.refine_weights:
+            st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
+                                            M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
+                                            cfg.chunk, cfg.motion_candidates)
+            st.groups = bone_groups(st.idx, st.val, J)
+            st.resid = xv - blend_sparse(a, st.groups, st.transforms)
+        st.rmse.append(rms_vertex_error(st.resid))
+        st.converged = st.rmse[-2] - st.rmse[-1] <= cfg.tol * st.rmse[-2] or st.rmse[-1] <= 1e-7 * scale
+
+    if len(starts) > 1 and cfg.refine_iters > 0:
+        trial = min(cfg.start_trial_iters, cfg.refine_iters)
+        for st in starts:
+            while len(st.rmse) - 1 < trial and not st.converged:
+                tick(1.0 / (cfg.refine_iters + 1))  # polls cancellation
+                alternate(st)
+        log.debug("after %d trial alternations: %s", trial, {st.name: st.rmse[-1] for st in starts})
+        starts.sort(key=lambda st: st.rmse[-1])
+    best = starts[0]
+    log.debug("motion fit start: %s, rmse %.3g", best.name, best.rmse[0])
+    while len(best.rmse) - 1 < cfg.refine_iters and not best.converged:
+        alternate(best)
+        log.debug("motion fit alternation %d: rmse %.3g", len(best.rmse) - 1, best.rmse[-1])
+        tick(len(best.rmse) / (cfg.refine_iters + 1))
+    idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
+    weights_out = sparse_to_dense(idx, val, J).astype(np.float32)
+    return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,
+                     seconds=time.perf_counter() - start, start=best.name)
