@@ -25,6 +25,7 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     properties.register_properties()
+    bpy.types.VIEW3D_MT_object.append(operators.object_menu_entry)
     if on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(on_load_pre)
 
@@ -36,6 +37,7 @@ def unregister() -> None:
     runner.discard_backend()
     while on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(on_load_pre)
+    bpy.types.VIEW3D_MT_object.remove(operators.object_menu_entry)
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -151,8 +151,11 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents),
                         np.asarray(result.bone_transforms, dtype=np.float64), frames, f"{base}_motion", created)
 
-    heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.skin_instability, dtype=np.float32),
-                            np.asarray(result.recon_error, dtype=np.float32))
+    instability_frames = _instability_frames(stats, len(frames))
+    heatmap.store_heat_data(
+        mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32),
+        None if instability_frames is None else np.asarray(result.skin_instability, dtype=np.float32)[instability_frames],
+        None if instability_frames is None else [frames[k] for k in instability_frames])
     stats = dict(stats)
     stats.setdefault("joints", len(bone_names))
     stats.setdefault("frames", len(frames))
@@ -164,9 +167,76 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
 
     for obj in context.selected_objects:
         obj.select_set(False)
-    arm_obj.select_set(True)
-    context.view_layer.objects.active = arm_obj
+    mesh_obj.select_set(True)  # the rigged mesh stays active: Rig Sequence again re-rigs its source
+    context.view_layer.objects.active = mesh_obj
     return BuiltRig(collection, mesh_obj, arm_obj, action, bone_names)
+
+
+def _instability_frames(stats: dict, n_frames: int) -> list[int] | None:
+    """Indices of the frames whose skinning instability the backend computed (``stats["skin_frames"]``; in
+    between it interpolates linearly, as the heatmap does), every frame when the stats do not say, None
+    when the rig was made without the heatmap stage."""
+    config = stats.get("config")
+    if isinstance(config, dict) and config.get("heatmap") is False:
+        return None
+    listed = stats.get("skin_frames")
+    if isinstance(listed, list) and listed and all(isinstance(k, int) and 0 <= k < n_frames for k in listed):
+        return sorted(set(listed))
+    return list(range(n_frames))
+
+
+def result_names(source_name: str) -> dict[str, str]:
+    """Names a rig of the object ``source_name`` gets: collection, rigged mesh, armature, action."""
+    return {"collection": f"{source_name}_SPRig", "mesh": f"{source_name}_rigged", "armature": f"{source_name}_rig",
+            "action": f"{source_name}_motion"}
+
+
+def previous_results(source: bpy.types.Object, keep: BuiltRig | None = None) -> list[bpy.types.Object]:
+    """Objects made by earlier rigs of ``source`` (rigged meshes and armatures), other than ``keep``'s."""
+    kept = {keep.mesh_object.as_pointer(), keep.armature_object.as_pointer()} if keep is not None else set()
+    return [obj for obj in bpy.data.objects
+            if obj.get("sprig_source") == source.name and obj.as_pointer() not in kept]
+
+
+def replace_previous(built: BuiltRig, source: bpy.types.Object) -> int:
+    """Remove earlier rigs of ``source`` (objects, their mesh, armature and action when nothing else uses
+    them, and their collections once empty), then give ``built`` the plain names (no ``.001``).
+    Returns the number of objects removed."""
+    old_objects = previous_results(source, keep=built)
+    collections = {c for obj in old_objects for c in obj.users_collection if c != built.collection}
+    datas = [obj.data for obj in old_objects]
+    actions = [obj.animation_data.action for obj in old_objects
+               if obj.animation_data is not None and obj.animation_data.action is not None]
+    for obj in old_objects:
+        bpy.data.objects.remove(obj, do_unlink=True)
+    for block in datas + actions:
+        if block.users == 0:
+            store = {"MESH": bpy.data.meshes, "ARMATURE": bpy.data.armatures}.get(getattr(block, "id_type", ""),
+                                                                                 bpy.data.actions)
+            store.remove(block)
+    for collection in collections:
+        if not collection.objects and not collection.children:
+            bpy.data.collections.remove(collection)
+    heatmap.clear_cache()  # cached heat values are keyed by mesh name, which the new rig takes over
+    names = result_names(source.name)
+    built.collection.name = names["collection"]
+    built.mesh_object.name = built.mesh_object.data.name = names["mesh"]
+    built.armature_object.name = built.armature_object.data.name = names["armature"]
+    built.action.name = names["action"]
+    built.mesh_object["sprig_armature"] = built.armature_object.name
+    return len(old_objects)
+
+
+def set_source_visible(source: bpy.types.Object, visible: bool) -> None:
+    """Show or hide the original object in the viewport and in renders (it is otherwise left alone)."""
+    source.hide_set(not visible)
+    source.hide_render = not visible
+
+
+def source_of(obj: bpy.types.Object | None) -> bpy.types.Object | None:
+    """The original object a rigged mesh or armature was made from (None for other objects or when it is gone)."""
+    name = obj.get("sprig_source") if obj is not None else None
+    return bpy.data.objects.get(name) if isinstance(name, str) else None
 
 
 def _rigged_mesh(context, source, anchor_frame: int, anchor: np.ndarray, created: _Created) -> bpy.types.Object:

@@ -163,14 +163,80 @@ def values_at_frame(frames: np.ndarray, values: np.ndarray, frame: float) -> np.
 
     Exact on keyed frames, linear in between, held before the first and after the last key.
     """
-    frames = np.asarray(frames, dtype=np.float64)
     values = np.asarray(values)
+    k, t = frame_blend(frames, frame)
+    if t == 0.0:
+        return values[k]
+    return ((1.0 - t) * values[k] + t * values[k + 1]).astype(values.dtype)
+
+
+def frame_blend(frames: np.ndarray, frame: float) -> tuple[int, float]:
+    """``(k, t)`` such that the value at scene ``frame`` is ``(1 - t) * value[k] + t * value[k + 1]`` for
+    per-key values at ``frames [K]`` (``t == 0`` on a key, before the first and after the last)."""
+    frames = np.asarray(frames, dtype=np.float64)
     if frame <= frames[0]:
-        return values[0]
+        return 0, 0.0
     if frame >= frames[-1]:
-        return values[-1]
+        return len(frames) - 1, 0.0
     k = int(np.searchsorted(frames, frame, side="right")) - 1
     if frames[k] == frame:
-        return values[k]
-    t = (frame - frames[k]) / (frames[k + 1] - frames[k])
-    return ((1.0 - t) * values[k] + t * values[k + 1]).astype(values.dtype)
+        return k, 0.0
+    return k, float((frame - frames[k]) / (frames[k + 1] - frames[k]))
+
+
+# Compact storage of per-frame, per-vertex heat values ``[K, V]`` (saved with the rigged mesh): 8 bits per
+# value on a square-root scale (fine steps near 0, where most values lie), each frame stored as its
+# difference to the previous frame (mod 256; small numbers when values change smoothly in time), deflated.
+HEAT_LEVELS = 255
+
+
+def encode_heat(values: np.ndarray) -> tuple[bytes, float]:
+    """Quantize and compress ``values float [K, V]`` (>= 0) -> ``(payload, scale)``.
+
+    ``scale`` is the largest value (1 when all are 0); a value ``v`` is stored as the byte
+    ``round(255 * sqrt(v / scale))``, so the decoded value is within ``scale * (2 sqrt(v / scale) / 255
+    + 1 / 255**2) / 2`` of ``v``. NaN and negative values are stored as 0.
+    """
+    import zlib
+
+    values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    values = np.maximum(values, 0.0)
+    if values.ndim != 2:
+        raise ValueError(f"heat values must be [K, V], got shape {list(values.shape)}")
+    top = float(values.max()) if values.size else 0.0
+    scale = top if top > 0 else 1.0
+    levels = np.rint(HEAT_LEVELS * np.sqrt(values / np.float32(scale))).astype(np.uint8)  # [K, V]
+    deltas = levels.copy()
+    deltas[1:] -= levels[:-1]  # uint8 arithmetic wraps mod 256
+    return zlib.compress(deltas.tobytes(), 6), scale
+
+
+def decode_heat_levels(payload: bytes, n_frames: int, n_verts: int) -> np.ndarray:
+    """The stored bytes ``uint8 [K, V]`` of :func:`encode_heat`'s payload (map them with :func:`heat_level_values`).
+
+    Raises:
+        ValueError: the payload does not hold ``K * V`` values.
+    """
+    import zlib
+
+    deltas = np.frombuffer(zlib.decompress(payload), dtype=np.uint8)
+    if deltas.size != n_frames * n_verts:
+        raise ValueError(f"heat data holds {deltas.size} values, expected {n_frames} x {n_verts}")
+    return np.cumsum(deltas.reshape(n_frames, n_verts), axis=0, dtype=np.uint8)
+
+
+def heat_level_values(scale: float) -> np.ndarray:
+    """The value of each stored byte, ``float32 [256]`` (``scale * (b / 255)**2``)."""
+    steps = np.arange(256, dtype=np.float64) / HEAT_LEVELS
+    return (float(scale) * steps * steps).astype(np.float32)
+
+
+def level_percentile(levels: np.ndarray, level_values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile (nearest stored value at or above it) of the values of ``levels uint8 [...]``,
+    from a histogram: exact for the stored values and far cheaper than sorting them."""
+    counts = np.bincount(np.asarray(levels).ravel(), minlength=256)
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    rank = int(np.ceil(q / 100.0 * total))
+    return float(level_values[int(np.searchsorted(np.cumsum(counts), max(rank, 1)))])

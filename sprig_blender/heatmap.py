@@ -1,8 +1,12 @@
 """Per-frame stability heatmap on rigged meshes: colour attribute + frame handler + viewport legend.
 
 The backend's per-vertex, per-frame values (``RigResult.skin_instability`` or ``recon_error``, both
-``[K, V]``) are stored on the rigged mesh as custom properties when the rig is built. While the heatmap
-is on, a ``frame_change_post`` handler writes the current frame's values into two point attributes of
+``[K, V]``) are stored on the rigged mesh when the rig is built, compactly: one ``bytes`` custom property
+per mode holding 8 bits per value (square-root scale, frame-to-frame differences, deflated; see
+:func:`convert.encode_heat`), its scale and its frames. The instability is stored only on the frames the
+backend predicted weights for (``stats["skin_frames"]``; the backend interpolates linearly in between,
+and so does the display), and not at all when the rig was made without the heatmap stage. The data
+is decoded once, on first use, and kept in memory as bytes. While the heatmap is on, a ``frame_change_post`` handler writes the current frame's values into two point attributes of
 every rigged mesh in the scene: ``sprig_heat`` (colour, blue = stable, red = unstable; shown in Solid
 mode with the attribute colour type) and ``sprig_heat_value`` (the raw value). A ``POST_PIXEL`` draw
 handler paints a legend and the current frame's numbers in the 3D views (never in background mode).
@@ -39,13 +43,36 @@ BONE_NAMES_KEY = "sprig_bone_names"  # bone names in joint order, written by the
 
 @dataclass
 class HeatData:
-    """Heat values of one rigged mesh: ``frames int [K]``, ``values float32 [K, V]``, colour scale max."""
+    """Heat values of one rigged mesh in one mode: stored bytes ``levels uint8 [K, V]`` at scene
+    ``frames int [K]``, the value of each byte ``level_values float32 [256]`` and the colour scale max."""
 
     frames: np.ndarray
-    values: np.ndarray
+    levels: np.ndarray
+    level_values: np.ndarray
     vmax: float
 
+    def values_at(self, frame: float) -> np.ndarray:
+        """Values ``float32 [V]`` at scene ``frame`` (exact on stored frames, linear in between)."""
+        k, t = convert.frame_blend(self.frames, frame)
+        here = self.level_values[self.levels[k]]
+        if t == 0.0:
+            return here
+        return (1.0 - t) * here + np.float32(t) * self.level_values[self.levels[k + 1]]
 
+    def colors_at(self, frame: float, vmax: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(values float32 [V], RGBA float32 [V, 4])`` at scene ``frame`` with full red at ``vmax``
+        (on a stored frame the colours are looked up per byte: no per-vertex arithmetic)."""
+        k, t = convert.frame_blend(self.frames, frame)
+        if t == 0.0:
+            levels = self.levels[k]
+            return self.level_values[levels], convert.heat_colors(self.level_values, vmax)[levels]
+        values = self.values_at(frame)
+        return values, convert.heat_colors(values, vmax)
+
+    @property
+    def values(self) -> np.ndarray:
+        """All stored values, ``float32 [K, V]`` (decoded on each call)."""
+        return self.level_values[self.levels]
 @dataclass
 class DriftData:
     """Joint drift of one rigged armature: ``bone_names [J]`` in joint order, ``values float64 [J]``
@@ -72,15 +99,40 @@ class _State:
     draw_failed = False
 
 
-def store_heat_data(mesh: bpy.types.Mesh, frames: list[int], instability: np.ndarray, recon: np.ndarray) -> None:
-    """Keep ``instability`` and ``recon`` (``float32 [K, V]``) at scene ``frames [K]`` on ``mesh``."""
-    K, V = instability.shape
-    if recon.shape != (K, V) or len(frames) != K or V != len(mesh.vertices):
-        raise ValueError(f"heat data shapes do not match: instability {instability.shape}, recon {recon.shape}, "
-                         f"{len(frames)} frames, {len(mesh.vertices)} vertices")
+def _keys(mode: str) -> tuple[str, str, str]:
+    """Custom-property names of one mode's ``(payload, scale, frames)``."""
+    key = DATA_KEYS[mode]
+    return key, f"{key}_scale", f"{key}_frames"
+
+
+def store_heat_data(mesh: bpy.types.Mesh, frames: list[int], recon: np.ndarray,
+                    instability: np.ndarray | None = None, instability_frames: list[int] | None = None) -> None:
+    """Keep ``recon float32 [K, V]`` at scene ``frames [K]`` and, when given, ``instability float32 [Ki, V]``
+    at scene ``instability_frames [Ki]`` (default: ``frames``) on ``mesh`` (see the module docstring)."""
+    V = len(mesh.vertices)
+    recon = np.asarray(recon, dtype=np.float32)
+    if recon.shape != (len(frames), V):
+        raise ValueError(f"heat data shapes do not match: recon {list(recon.shape)}, {len(frames)} frames, "
+                         f"{V} vertices")
+    per_mode = {"RECON": (recon, list(frames))}
+    if instability is not None:
+        instability = np.asarray(instability, dtype=np.float32)
+        inst_frames = list(frames) if instability_frames is None else list(instability_frames)
+        if instability.shape != (len(inst_frames), V):
+            raise ValueError(f"heat data shapes do not match: instability {list(instability.shape)}, "
+                             f"{len(inst_frames)} frames, {V} vertices")
+        per_mode["INSTABILITY"] = (instability, inst_frames)
+    for mode in DATA_KEYS:
+        for key in _keys(mode):
+            if key in mesh:
+                del mesh[key]
     mesh[FRAMES_KEY] = [int(f) for f in frames]
-    mesh[DATA_KEYS["INSTABILITY"]] = np.asarray(instability, dtype=np.float64).ravel().tolist()
-    mesh[DATA_KEYS["RECON"]] = np.asarray(recon, dtype=np.float64).ravel().tolist()
+    for mode, (values, mode_frames) in per_mode.items():
+        payload, scale = convert.encode_heat(values)
+        data_key, scale_key, frames_key = _keys(mode)
+        mesh[data_key] = payload
+        mesh[scale_key] = scale
+        mesh[frames_key] = [int(f) for f in mode_frames]
     for key in list(_State.cache):
         if key[0] == mesh.name_full:
             del _State.cache[key]
@@ -90,42 +142,78 @@ def has_heat_data(obj: bpy.types.Object | None) -> bool:
     return obj is not None and obj.type == "MESH" and FRAMES_KEY in obj.data and DATA_KEYS["RECON"] in obj.data
 
 
+def has_mode(obj: bpy.types.Object | None, mode: str) -> bool:
+    """Whether ``obj`` has heat values for ``mode`` (a rig made without the heatmap stage has no instability)."""
+    return has_heat_data(obj) and mode in DATA_KEYS and DATA_KEYS[mode] in obj.data
+
+
 def heat_data(mesh: bpy.types.Mesh, mode: str) -> HeatData:
-    """The stored values for ``mode`` (``INSTABILITY`` | ``RECON``), cached per mesh."""
+    """The stored values for ``mode`` (``INSTABILITY`` | ``RECON``), decoded once and cached per mesh.
+
+    Raises:
+        KeyError: ``mesh`` has no values for ``mode``.
+    """
     key = (mesh.name_full, mode)
     data = _State.cache.get(key)
-    if data is None or data.values.shape[1] != len(mesh.vertices):
-        frames = np.asarray(mesh[FRAMES_KEY], dtype=np.int64)
-        values = np.asarray(mesh[DATA_KEYS[mode]], dtype=np.float32).reshape(len(frames), -1)
-        data = HeatData(frames=frames, values=values, vmax=convert.auto_heat_max(values))
+    if data is None or data.levels.shape[1] != len(mesh.vertices):
+        data_key, scale_key, frames_key = _keys(mode)
+        stored = mesh[data_key]
+        frames = np.asarray(mesh[frames_key] if frames_key in mesh else mesh[FRAMES_KEY], dtype=np.int64)
+        if isinstance(stored, bytes):
+            levels = convert.decode_heat_levels(stored, len(frames), len(mesh.vertices))
+            level_values = convert.heat_level_values(float(mesh[scale_key]))
+        else:  # files saved before the compact format: float lists [K * V]
+            payload, scale = convert.encode_heat(np.asarray(stored, dtype=np.float32).reshape(len(frames), -1))
+            levels = convert.decode_heat_levels(payload, len(frames), len(mesh.vertices))
+            level_values = convert.heat_level_values(scale)
+        data = HeatData(frames=frames, levels=levels, level_values=level_values,
+                        vmax=_auto_max(levels, level_values))
         _State.cache[key] = data
     return data
 
 
+def _auto_max(levels: np.ndarray, level_values: np.ndarray) -> float:
+    """:func:`convert.auto_heat_max` of the stored values: their 99th percentile (else the largest; never 0)."""
+    top = convert.level_percentile(levels, level_values, 99.0)
+    if top <= 0:
+        top = float(level_values[int(levels.max())]) if levels.size else 0.0
+    return top if top > 0 else 1.0
+
+
+def scale_for(data: HeatData) -> float:
+    """The value shown as full red: the heatmap's Scale Max when set, else the clip's automatic one."""
+    settings = getattr(getattr(bpy.context, "window_manager", None), "sprig_heatmap", None)
+    return settings.scale_max if settings is not None and settings.scale_max > 0 else data.vmax
+
+
+def shown_mode(obj: bpy.types.Object, mode: str) -> str:
+    """``mode``, or ``RECON`` when ``obj`` has no values for ``mode`` (a rig made without the heatmap stage)."""
+    return mode if has_mode(obj, mode) else "RECON"
+
+
 def current_values(obj: bpy.types.Object, frame: float, mode: str) -> tuple[np.ndarray, float]:
     """Values ``float32 [V]`` of ``obj`` at scene ``frame`` and the colour-scale maximum."""
-    data = heat_data(obj.data, mode)
-    settings = bpy.context.window_manager.sprig_heatmap if hasattr(bpy.context, "window_manager") else None
-    vmax = settings.scale_max if settings is not None and settings.scale_max > 0 else data.vmax
-    return convert.values_at_frame(data.frames, data.values, frame), vmax
+    data = heat_data(obj.data, shown_mode(obj, mode))
+    return data.values_at(frame), scale_for(data)
 
 
 def apply(obj: bpy.types.Object, frame: float, mode: str) -> None:
     """Write the heat colours and values of ``frame`` into ``obj``'s mesh attributes."""
     mesh = obj.data
-    values, vmax = current_values(obj, frame, mode)
-    colors = convert.heat_colors(values, vmax)
+    data = heat_data(mesh, shown_mode(obj, mode))
+    values, colors = data.colors_at(frame, scale_for(data))
     attr = mesh.color_attributes.get(COLOR_ATTRIBUTE)
     if attr is None or attr.domain != "POINT" or attr.data_type != "FLOAT_COLOR":
         if attr is not None:
             mesh.color_attributes.remove(attr)
         attr = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
     attr.data.foreach_set("color", colors.ravel())
-    mesh.color_attributes.active_color = mesh.color_attributes[COLOR_ATTRIBUTE]
+    if mesh.color_attributes.active_color_name != COLOR_ATTRIBUTE:
+        mesh.color_attributes.active_color = mesh.color_attributes[COLOR_ATTRIBUTE]
     value_attr = mesh.attributes.get(VALUE_ATTRIBUTE)
     if value_attr is None:
         value_attr = mesh.attributes.new(VALUE_ATTRIBUTE, "FLOAT", "POINT")
-    value_attr.data.foreach_set("value", values.astype(np.float32))
+    value_attr.data.foreach_set("value", values)
     mesh.update_tag()
 
 
@@ -375,7 +463,7 @@ def legend(context) -> tuple[float, list[str]] | None:
     obj = context.active_object if context.active_object in objects else objects[0]
     values, vmax = current_values(obj, context.scene.frame_current, settings.mode)
     return vmax, [
-        f"SPRig: {MODE_LABELS[settings.mode]}  ({obj.name})",
+        f"SPRig: {MODE_LABELS[shown_mode(obj, settings.mode)]}  ({obj.name})",
         f"frame {context.scene.frame_current}: mean {float(values.mean()):.4g}  max {float(values.max()):.4g}",
     ]
 

@@ -1,4 +1,5 @@
-"""Operators: Rig Sequence (modal, Esc cancels), Check Backend, heatmap refresh."""
+"""Operators: Rig Sequence (modal; Esc or Cancel stops it), Cancel, Use Animated Range, Show Original, Check
+Backend, heatmap refresh; the Object menu entry."""
 
 from __future__ import annotations
 
@@ -37,6 +38,42 @@ _SUMMARY_ROWS = (
 )
 
 
+# Plain-word verdicts: (label, stats key, formatter, good below, fair below, note)
+_PLAIN_ROWS = (
+    ("Matches the animation", "recon_mean", lambda v: f"{100.0 * v:.2f}% off", 0.01, 0.03,
+     "mean distance between the rig's playback and the input, as a share of the model's size"),
+    ("Worst vertex", "recon_max", lambda v: f"{100.0 * v:.1f}% off", 0.05, 0.15,
+     "the largest such distance on any vertex and frame"),
+    ("Skeleton steadiness", "topology_flicker",
+     lambda v: "same bones on every frame checked" if v == 0 else f"bones differ on {100.0 * v:.0f}% of frames",
+     1e-9, 0.25, "whether the skeleton found on later frames has the same bones as the rig's"),
+    ("Weight steadiness", "skin_instability_mean", lambda v: f"{100.0 * v:.0f}% of weight moves", 0.10, 0.25,
+     "how much the predicted weights change over the clip (lower: steadier skinning)"),
+)
+
+
+def plain_summary(stats: dict) -> list[tuple[str, str, str]]:
+    """``(label, value, verdict)`` rows in plain words for a rig's stats: how closely playback follows the
+    input and how steady the skeleton and weights are, each with ``good`` / ``fair`` / ``poor``. The weight
+    row is left out when the rig was made without the heatmap stage (no weights predicted on later frames)."""
+    config = stats.get("config") if isinstance(stats.get("config"), dict) else {}
+    rows = []
+    if isinstance(stats.get("joints"), (int, float)):
+        rows.append(("Bones", f"{int(stats['joints'])}", ""))
+    for label, key, fmt, good, fair, _note in _PLAIN_ROWS:
+        value = stats.get(key)
+        if not isinstance(value, (int, float)) or (key == "skin_instability_mean" and config.get("heatmap") is False):
+            continue
+        verdict = "good" if value < good else "fair" if value < fair else "poor"
+        rows.append((label, fmt(value), verdict))
+    return rows
+
+
+def plain_note(label: str) -> str:
+    """What a :func:`plain_summary` row measures (for tooltips and the docs)."""
+    return next((row[5] for row in _PLAIN_ROWS if row[0] == label), "")
+
+
 def stats_summary(stats: dict) -> list[tuple[str, str]]:
     """Readable key numbers of a rig's stats (``RigResult.stats``): joints, reconstruction error, PJDD on the
     paper's 3-frame protocol, topology flicker, joint drift, skinning instability (those present)."""
@@ -48,8 +85,26 @@ def stats_summary(stats: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def rig_target(context) -> bpy.types.Object:
+    """The object Rig Sequence works on: the selected active object, or, when that is a rig SPRig made
+    (rigged mesh or armature), the original it was made from (so running again re-rigs it).
+
+    Raises:
+        export.ExportError: nothing active or selected, or not a mesh.
+    """
+    obj = context.active_object
+    if obj is None or not obj.select_get():
+        raise export.ExportError("no animated mesh selected: click the mesh to rig in the viewport or outliner"
+                                 + ("" if obj is None else f" ('{obj.name}' is active but not selected)"))
+    source = builder.source_of(obj)
+    target = source if source is not None else obj
+    export.check_exportable(target)
+    return target
+
+
 class SPRIG_OT_rig_sequence(bpy.types.Operator):
-    """Rig the active animated mesh: armature, weights and an action reproducing its motion"""
+    """Rig the selected animated mesh: armature, weights and an action reproducing its motion.
+    With a rig made by SPRig selected, rig its original again"""
 
     bl_idname = "sprig.rig_sequence"
     bl_label = "Rig Sequence"
@@ -71,20 +126,21 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
 
     def _start(self, context) -> bool:
         """Export the frames and start the backend job. Reports and returns False on error."""
-        obj = context.active_object
         settings = context.scene.sprig
         try:
-            export.check_exportable(obj)
+            obj = rig_target(context)
             frames = export.frame_list(*settings.frame_range(context.scene))
-            exported = export.export_frames(context, obj, frames)
+            exported, self._warnings = export.screen_motion(export.export_frames(context, obj, frames))
             backend = runner.get_backend(preferences.backend_settings(context))
         except (export.ExportError, runner.BackendSetupError) as exc:
             self.report({"ERROR"}, str(exc))
             return False
+        for warning in self._warnings:
+            self.report({"WARNING"}, f"SPRig: {warning}")
         self._source_name = obj.name
         self._exported = exported
-        self._job = runner.RigJob(backend, exported.verts, exported.faces, settings.rig_options(),
-                                  name=obj.name, fps=exported.fps)
+        options = settings.rig_options(heatmap_wanted=context.window_manager.sprig_heatmap.enabled)
+        self._job = runner.RigJob(backend, exported.verts, exported.faces, options, name=obj.name, fps=exported.fps)
         _Active.job = self._job
         runtime = context.window_manager.sprig_runtime
         runtime.running, runtime.stage, runtime.progress = True, "starting backend", 0.0
@@ -108,18 +164,25 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
         if source is None:
             self.report({"ERROR"}, f"SPRig: the object '{self._source_name}' was removed while rigging")
             return {"CANCELLED"}
+        settings = context.scene.sprig
         try:
             built = builder.build_rig(context, source, job.result, self._exported.frames)
         except Exception as exc:
             log.exception("building the rig failed")
             self.report({"ERROR"}, f"SPRig: could not build the rig: {exc}")
             return {"CANCELLED"}
-        context.scene.sprig.rig_object = built.mesh_object
+        if settings.replace_previous:
+            builder.replace_previous(built, source)
+        if settings.hide_original:
+            builder.set_source_visible(source, False)
+        settings.rig_object = built.mesh_object
         if context.window_manager.sprig_heatmap.enabled:
             heatmap.enable(context)
-        numbers = ", ".join(f"{label} {value}" for label, value in
-                            stats_summary(json.loads(built.mesh_object["sprig_stats"])))
-        self.report({"INFO"}, f"SPRig: rigged '{source.name}' -> '{built.armature_object.name}' ({numbers})")
+        numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
+                            in plain_summary(json.loads(built.mesh_object["sprig_stats"])))
+        warned = f"; {len(self._warnings)} warning(s): {' '.join(self._warnings)}" if self._warnings else ""
+        self.report({"WARNING" if self._warnings else "INFO"},
+                    f"SPRig: rigged '{source.name}' -> '{built.armature_object.name}' ({numbers}){warned}")
         return {"FINISHED"}
 
     # -- entry points -----------------------------------------------------------------------
@@ -132,7 +195,7 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
         return self._finish(context)
 
     def invoke(self, context, event):
-        """Interactive run: the backend works in a thread; a timer polls it; Esc cancels."""
+        """Interactive run: the backend works in a thread; a timer polls it; Esc or the panel's Cancel stops it."""
         if context.window is None:
             return self.execute(context)
         if not self._start(context):
@@ -173,8 +236,66 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
             workspace.status_text_set(None if text is None else f"SPRig: {text}")
 
 
+class SPRIG_OT_cancel_rig(bpy.types.Operator):
+    """Stop the running rig; nothing is changed in the file"""
+
+    bl_idname = "sprig.cancel_rig"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        return _Active.job is not None
+
+    def execute(self, context):
+        _Active.job.cancel()
+        context.window_manager.sprig_runtime.stage = "cancelling"
+        return {"FINISHED"}
+
+
+class SPRIG_OT_use_animated_range(bpy.types.Operator):
+    """Set the frame range to the frames where the selected mesh is animated (keys, shape keys, caches)"""
+
+    bl_idname = "sprig.use_animated_range"
+    bl_label = "Use Animated Range"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        try:
+            obj = rig_target(context)
+            found = export.animated_range(context, obj)
+        except export.ExportError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if found is None:
+            self.report({"ERROR"}, f"'{obj.name}' is not animated in the scene range")
+            return {"CANCELLED"}
+        settings = context.scene.sprig
+        settings.use_scene_range = False
+        settings.frame_start, settings.frame_end = found
+        self.report({"INFO"}, f"SPRig: frames {found[0]} - {found[1]} ('{obj.name}' is animated there)")
+        return {"FINISHED"}
+
+
+class SPRIG_OT_show_original(bpy.types.Operator):
+    """Show or hide the original object of the active rig"""
+
+    bl_idname = "sprig.show_original"
+    bl_label = "Show Original"
+    bl_options = {"REGISTER", "UNDO"}
+
+    show: bpy.props.BoolProperty(name="Show", default=True)
+
+    @classmethod
+    def poll(cls, context):
+        return builder.source_of(context.active_object) is not None
+
+    def execute(self, context):
+        builder.set_source_visible(builder.source_of(context.active_object), self.show)
+        return {"FINISHED"}
+
+
 class SPRIG_OT_check_backend(bpy.types.Operator):
-    """Start the backend and report its versions, device and checkpoints"""
+    """Start the backend and check it can rig: versions, device, and the checkpoint files the models need"""
 
     bl_idname = "sprig.check_backend"
     bl_label = "Check Backend"
@@ -187,14 +308,33 @@ class SPRIG_OT_check_backend(bpy.types.Operator):
             runtime.backend_status = f"Backend not available: {runner.describe_error(exc)}"
             self.report({"ERROR"}, runtime.backend_status)
             return {"CANCELLED"}
+        settings = getattr(context.scene, "sprig", None)
+        device_note = ""
+        if settings is not None and settings.device not in ("auto", "cpu") and not info.get("cuda_available"):
+            settings.device = "auto"  # the CUDA choice is no longer offered
+            device_note = " (Device set to Auto: the backend has no CUDA)"
+        check = info.get("checkpoint_check") if isinstance(info.get("checkpoint_check"), dict) else {}
+        folder = info.get("checkpoint_dir", "the backend's default folder")
+        missing = runner.missing_checkpoints(info)
+        if missing:
+            checkpoints = f"checkpoints: MISSING {', '.join(missing)} in {folder}"
+        elif check:
+            checkpoints = f"checkpoints: {', '.join(check.get('needed', []))} found in {folder}"
+        else:
+            checkpoints = f"checkpoints: {len(info.get('checkpoints', []))} file(s) in {folder}"
+        cuda = f"CUDA {info.get('cuda_device', 'available')}" if info.get("cuda_available") else "no CUDA"
         lines = [
             f"{info['mode']} backend {info.get('backend_version')} on Python {info.get('python')}",
-            f"torch {info.get('torch')}, numpy {info.get('numpy')}, device {info.get('device')}",
-            f"rigger: {'ready' if info.get('rigger') else info.get('rigger_error', 'not available')}",
-            f"checkpoints: {len(info.get('checkpoints', []))} file(s)"
-            + (f" in {info['checkpoint_dir']}" if info.get("checkpoint_dir") else ""),
+            f"torch {info.get('torch')}, numpy {info.get('numpy')}, device {info.get('device')} ({cuda}){device_note}",
+            f"rigger: {'loaded' if info.get('rigger') else info.get('rigger_error', 'not available')}",
+            checkpoints,
         ]
+        problems = runner.setup_problems(info, {})
+        lines.append("ready to rig" if not problems else f"NOT READY: {'; '.join(problems)}")
         runtime.backend_status = "\n".join(lines)
+        if problems:
+            self.report({"ERROR"}, "; ".join(lines))
+            return {"CANCELLED"}
         self.report({"INFO"}, "; ".join(lines))
         return {"FINISHED"}
 
@@ -218,4 +358,11 @@ def _redraw_panels(context) -> None:
                 area.tag_redraw()
 
 
-classes = (SPRIG_OT_rig_sequence, SPRIG_OT_check_backend, SPRIG_OT_heatmap_refresh)
+def object_menu_entry(self, context) -> None:
+    """Object menu entry (also what F3 search finds)."""
+    self.layout.separator()
+    self.layout.operator(SPRIG_OT_rig_sequence.bl_idname, icon="ARMATURE_DATA")
+
+
+classes = (SPRIG_OT_rig_sequence, SPRIG_OT_cancel_rig, SPRIG_OT_use_animated_range, SPRIG_OT_show_original,
+           SPRIG_OT_check_backend, SPRIG_OT_heatmap_refresh)

@@ -7,7 +7,7 @@ import json
 import bpy
 import numpy as np
 
-from . import heatmap, operators
+from . import builder, heatmap, operators
 
 
 def _rig_object(context) -> bpy.types.Object | None:
@@ -37,9 +37,14 @@ class SPRIG_PT_main(bpy.types.Panel):
         runtime = context.window_manager.sprig_runtime
 
         obj = context.active_object
+        target = builder.source_of(obj) if obj is not None else None
         row = layout.row()
-        row.label(text=obj.name if obj is not None else "No active object",
-                  icon="OUTLINER_OB_MESH" if obj is not None and obj.type == "MESH" else "ERROR")
+        if obj is None or not obj.select_get():
+            row.label(text="Select the animated mesh", icon="ERROR")
+        elif target is not None:
+            row.label(text=f"{target.name} (rig again)", icon="OUTLINER_OB_MESH")
+        else:
+            row.label(text=obj.name, icon="OUTLINER_OB_MESH" if obj.type == "MESH" else "ERROR")
 
         col = layout.column(align=True)
         col.prop(settings, "use_scene_range")
@@ -49,18 +54,23 @@ class SPRIG_PT_main(bpy.types.Panel):
             sub = col.row(align=True)
             sub.prop(settings, "frame_start")
             sub.prop(settings, "frame_end")
+        col.operator("sprig.use_animated_range", icon="TIME")
         col.prop(settings, "frame_step")
 
         col = layout.column(align=True)
         col.prop(settings, "max_influences")
         col.prop(settings, "refine_motion")
+        col.prop(settings, "heatmap_data")
         col.prop(settings, "device")
+        col = layout.column(align=True)
+        col.prop(settings, "replace_previous")
+        col.prop(settings, "hide_original")
 
         if runtime.running:
             box = layout.box()
-            box.label(text=f"{runtime.stage or 'working'}...", icon="TIME")
-            box.prop(runtime, "progress", text="Progress", slider=True)
-            box.label(text="Press Esc in the viewport to cancel")
+            box.progress(factor=runtime.progress, type="BAR",
+                         text=f"{runtime.stage or 'working'}  {100 * runtime.progress:.0f}%")
+            box.operator("sprig.cancel_rig", icon="CANCEL")
         else:
             layout.operator("sprig.rig_sequence", icon="ARMATURE_DATA")
 
@@ -80,16 +90,45 @@ class SPRIG_PT_results(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         rigged = _rig_object(context)
-        try:
-            stats = json.loads(rigged["sprig_stats"])
-        except (KeyError, ValueError, TypeError):
-            stats = {}
         layout.label(text=rigged.name, icon="MESH_DATA")
         col = layout.column(align=True)
-        for label, value in operators.stats_summary(stats):
+        for label, value, verdict in operators.plain_summary(_stats(rigged)):
+            split = col.split(factor=0.45)
+            split.label(text=label)
+            split.label(text=f"{value}  ({verdict})" if verdict else value,
+                        icon={"good": "CHECKMARK", "fair": "INFO", "poor": "ERROR"}.get(verdict, "NONE"))
+        source = builder.source_of(rigged)
+        if source is not None:
+            hidden = source.hide_get()
+            op = layout.operator("sprig.show_original", text="Show Original" if hidden else "Hide Original",
+                                 icon="HIDE_ON" if hidden else "HIDE_OFF")
+            op.show = hidden
+
+
+class SPRIG_PT_result_details(bpy.types.Panel):
+    """The backend's research metrics (see docs/metrics.md), folded by default."""
+
+    bl_label = "Details"
+    bl_idname = "SPRIG_PT_result_details"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "SPRig"
+    bl_parent_id = "SPRIG_PT_results"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        col = self.layout.column(align=True)
+        for label, value in operators.stats_summary(_stats(_rig_object(context))):
             split = col.split(factor=0.5)
             split.label(text=label)
             split.label(text=value)
+
+
+def _stats(rigged: bpy.types.Object | None) -> dict:
+    try:
+        return json.loads(rigged["sprig_stats"])
+    except (KeyError, ValueError, TypeError):
+        return {}
 
 
 class SPRIG_PT_heatmap(bpy.types.Panel):
@@ -127,8 +166,11 @@ class SPRIG_PT_heatmap(bpy.types.Panel):
         elif settings.enabled and rigged is not None and heatmap.has_heat_data(rigged):
             values, vmax = heatmap.current_values(rigged, context.scene.frame_current, settings.mode)
             col = layout.column(align=True)
+            if heatmap.shown_mode(rigged, settings.mode) != settings.mode:
+                col.label(text="No weight data: showing Reconstruction Error", icon="INFO")
+                col.label(text="(tick Weight Stability Data and rig again)")
             col.label(text=f"Frame {context.scene.frame_current}: mean {float(values.mean()):.4g}")
             col.label(text=f"max {float(values.max()):.4g}  (red at {vmax:.3g})")
 
 
-classes = (SPRIG_PT_main, SPRIG_PT_results, SPRIG_PT_heatmap)
+classes = (SPRIG_PT_main, SPRIG_PT_results, SPRIG_PT_result_details, SPRIG_PT_heatmap)

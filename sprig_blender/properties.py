@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import bpy
 
-from . import heatmap
+from . import heatmap, runner
+
+
+# (identifier, label, description, number); the number stays fixed so a saved choice keeps its meaning
+_DEVICES = (("auto", "Auto", "GPU if the backend has one, else CPU", 0), ("cpu", "CPU", "Run the models on the CPU", 1),
+            ("cuda", "CUDA", "Run the models on the backend's NVIDIA GPU", 2))
+
+
+def _device_items(self, context):
+    """Auto and CPU always; CUDA unless the last Check Backend found none (``runner.last_info``)."""
+    info = runner.last_info()
+    if info is not None and not info.get("cuda_available", False):
+        return _DEVICES[:2]
+    return _DEVICES
 
 
 class SPRIG_SceneSettings(bpy.types.PropertyGroup):
@@ -21,9 +34,19 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
     refine_motion: bpy.props.BoolProperty(
         name="Refine Motion", default=True,
         description="Alternate transform and weight refinement to lower the reconstruction error")
-    device: bpy.props.EnumProperty(
-        name="Device", default="auto",
-        items=[("auto", "Auto", "GPU if the backend has one, else CPU"), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+    device: bpy.props.EnumProperty(name="Device", items=_device_items, default=0,
+                                   description="Where the backend runs the models (CUDA is listed when the last "
+                                               "Check Backend found a GPU, or before any check)")
+    heatmap_data: bpy.props.BoolProperty(
+        name="Weight Stability Data", default=False,
+        description="Also predict the weights on later frames for the Skinning Instability heatmap (slower; "
+                    "always done when the heatmap is switched on)")
+    hide_original: bpy.props.BoolProperty(
+        name="Hide Original", default=True,
+        description="Hide the original object after a run so the rigged copy is not drawn under it")
+    replace_previous: bpy.props.BoolProperty(
+        name="Replace Previous Rig", default=True,
+        description="A new rig of the same object replaces the previous one (else both are kept)")
     rig_object: bpy.props.PointerProperty(name="Last Rig", type=bpy.types.Object,
                                           description="Rigged mesh made by the last run")
 
@@ -32,10 +55,11 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
             return scene.frame_start, scene.frame_end, self.frame_step
         return self.frame_start, self.frame_end, self.frame_step
 
-    def rig_options(self) -> dict:
-        """Options sent to the backend (fields of ``backend.rigging.pipeline.RigConfig``); Blender's world is Z up."""
+    def rig_options(self, heatmap_wanted: bool = False) -> dict:
+        """Options sent to the backend (fields of ``backend.rigging.pipeline.RigConfig``); Blender's world is Z up.
+        The heatmap stage runs when :attr:`heatmap_data` is on or ``heatmap_wanted`` (the heatmap is shown)."""
         return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
-                "device": self.device, "up_axis": "z"}
+                "device": self.device or "auto", "up_axis": "z", "heatmap": bool(self.heatmap_data or heatmap_wanted)}
 
 
 def _heatmap_toggle(self, context):

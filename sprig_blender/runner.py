@@ -190,17 +190,63 @@ def discard_backend(backend: Any | None = None) -> None:
                 _BACKEND, _BACKEND_KEY = None, None
 
 
+_LAST_INFO: dict | None = None
+
+CHECKPOINT_HELP = ("get them by training (`python training/run.py` in the SPRig checkout writes checkpoints/) or "
+                   "set Preferences > Checkpoints to the checkout's shipped checkpoints/ folder")
+
+
+def last_info() -> dict | None:
+    """The ``info`` of the last backend check or run (None before any): what the device list offers."""
+    return _LAST_INFO
+
+
 def check_backend(settings: BackendSettings) -> dict:
-    """Start (or reuse) the backend and return its ``info`` (versions, device, checkpoints)."""
+    """Start (or reuse) the backend and return its ``info`` (versions, device, checkpoints), remembered
+    for :func:`last_info`."""
     backend = get_backend(settings)
     try:
         backend.start()
-        info = backend.info()
+        return _remember_info(backend)
     except Exception:
         discard_backend(backend)
         raise
-    info["mode"] = "subprocess" if isinstance(backend, SubprocessBackend) else "in-process"
+
+
+def _remember_info(backend: SubprocessBackend | InProcessBackend) -> dict:
+    """Ask the started ``backend`` for its ``info`` and keep it for :func:`last_info`."""
+    global _LAST_INFO
+    info = backend.info()
+    info["mode"] = "in-process" if isinstance(backend, InProcessBackend) else "subprocess"
+    _LAST_INFO = info
     return info
+
+
+def missing_checkpoints(info: dict) -> list[str]:
+    """Checkpoint files the backend's default models need but its folder lacks (``info["checkpoint_check"]``)."""
+    check = info.get("checkpoint_check")
+    return list(check.get("missing", [])) if isinstance(check, dict) else []
+
+
+def setup_problems(info: dict, options: dict) -> list[str]:
+    """What keeps the backend described by ``info`` from rigging with ``options`` (empty: ready).
+
+    Names the missing checkpoint files (and how to get them), a CUDA device the backend does not have,
+    and a rigging pipeline that cannot be imported.
+    """
+    problems = []
+    if info.get("rigger") is False:
+        problems.append(f"the rigging pipeline cannot be loaded: {info.get('rigger_error', 'unknown error')}")
+    missing = missing_checkpoints(info)
+    if missing:
+        folder = info.get("checkpoint_dir") or "the backend's checkpoint folder"
+        problems.append(f"missing checkpoint file(s) {', '.join(missing)} in {folder}: {CHECKPOINT_HELP}")
+    if options.get("device") == "cuda" and not info.get("cuda_available", False):
+        torch_version = info.get("torch") or "not installed"
+        problems.append(f"CUDA is not available to the backend (torch {torch_version}, device "
+                        f"{info.get('device', 'cpu')}): set Device to Auto or CPU, or use a backend Python whose "
+                        "torch has CUDA")
+    return problems
 
 
 def describe_error(exc: BaseException) -> str:
@@ -259,6 +305,9 @@ class RigJob:
 
         try:
             self.backend.start()
+            problems = setup_problems(_remember_info(self.backend), self.options)
+            if problems:
+                raise BackendSetupError("; ".join(problems))
             result = self.backend.rig(self.verts, self.faces, self.options, self.name, self.fps, progress,
                                       self._cancel)
             if self._cancel.is_set():

@@ -220,7 +220,7 @@ def test_export_armature_driven_mesh_in_world_space_with_step(scene):
 
     obj = armature_tube(n_frames=8)
     out = export.export_frames(bpy.context, obj, export.frame_list(1, 8, 2))
-    assert out.verts.shape == (4, 144, 3) and out.frames == [1, 3, 5, 7]
+    assert out.verts.shape == (5, 144, 3) and out.frames == [1, 3, 5, 7, 8]  # the last frame is always kept
     for k, frame in enumerate(out.frames):
         scene.frame_set(frame)
         np.testing.assert_allclose(out.verts[k], evaluated_world_verts(obj), atol=1e-5)
@@ -237,6 +237,62 @@ def test_export_rejects_topology_change_naming_the_frame(scene):
     with pytest.raises(export.ExportError, match=r"topology changes at frame 2: \d+ vertices, the anchor frame 1"):
         export.export_frames(bpy.context, obj, [1, 2, 3])
     assert scene.frame_current == 1
+
+
+def test_frame_list_always_ends_on_the_last_frame():
+    from sprig_blender import export
+
+    assert export.frame_list(0, 28, 2) == list(range(0, 29, 2))
+    assert export.frame_list(0, 28, 3) == [*range(0, 28, 3), 28]
+    assert export.frame_list(1, 2, 5) == [1, 2]
+    assert export.frame_list(4, 4, 1) == [4]
+
+
+def test_build_modifier_is_named_as_a_topology_change(scene):
+    from sprig_blender import export
+
+    obj = armature_tube(n_frames=8)
+    build = obj.modifiers.new("Grow", "BUILD")  # nothing of the mesh exists yet at frame 1
+    build.frame_start, build.frame_duration = 1, 20
+    with pytest.raises(export.ExportError, match=r"topology changes: 'tube' has 0 vertices and 0 faces at frame 1 "
+                                                 r"\(the first frame\) but 144 vertices .*'Grow' \(Build\)"):
+        export.export_frames(bpy.context, obj, [1, 2, 3])
+    build.frame_start = -5  # part-built at frame 1, growing after it
+    with pytest.raises(export.ExportError, match=r"topology changes at frame 2: .*'Grow' \(Build\) can change"):
+        export.export_frames(bpy.context, obj, [1, 2, 3])
+
+
+def test_motion_screening(scene):
+    """A still mesh is refused; object-level motion only and a range past the animation are warned about."""
+    from sprig_blender import export
+
+    verts, faces, _ = realdata_sequence("khronos_fox_run", 10)
+    still = shape_key_object("still", np.repeat(verts[:1], 10, axis=0), faces)
+    with pytest.raises(export.ExportError, match="'still' does not move over frames 1-10: nothing to rig"):
+        export.screen_motion(export.export_frames(bpy.context, still, export.frame_list(1, 10, 1)))
+
+    rigid = shape_key_object("rigid", verts[:1], faces)  # no shape animation: only the object moves
+    for frame in range(1, 11):
+        rigid.location = (0.1 * frame, 0.0, 0.0)
+        rigid.rotation_euler = (0.0, 0.0, 0.2 * frame)
+        rigid.keyframe_insert("location", frame=frame)
+        rigid.keyframe_insert("rotation_euler", frame=frame)
+    kept, warnings = export.screen_motion(export.export_frames(bpy.context, rigid, export.frame_list(1, 10, 1)))
+    assert len(kept.frames) == 10 and len(warnings) == 1 and "'rigid' does not deform" in warnings[0]
+
+    fox = shape_key_object("fox", verts, faces)  # animated on frames 1-11 (the last key returns to the basis)
+    scene.frame_end = 40  # the default-range mistake: far past the clip
+    kept, warnings = export.screen_motion(export.export_frames(bpy.context, fox, export.frame_list(1, 40, 1)))
+    assert kept.frames == list(range(1, 12)) and kept.verts.shape[0] == 11
+    assert warnings == ["'fox' stops moving at frame 11: frames 12-40 repeat it and were left out ('Use Animated "
+                        "Range' sets the range to the animation)"]
+    assert export.animated_range(bpy.context, fox) == (1, 11)  # from the shape keys' F-curves
+    assert export.animated_range(bpy.context, rigid) == (1, 10)  # from the object's F-curves
+    assert export.animated_range(bpy.context, still) == (1, 11)  # its shape keys are keyed (to the same pose)
+    cached = shape_key_object("baked", verts[:6], faces, first_frame=3)
+    cached.data.shape_keys.animation_data_clear()  # no keys: the range is found by evaluating the mesh
+    cached.modifiers.new("cache", "MESH_CACHE")  # a cache modifier without a file leaves the mesh as it is
+    assert export.animated_range(bpy.context, cached) is None
 
 
 def test_export_rejects_bad_input(scene):

@@ -518,7 +518,25 @@ def collect_info(config: ServerConfig, rigger: Rigger | None = None) -> dict:
     info["checkpoints"] = list_checkpoints(folder)
     if folder is not None:
         info["checkpoint_dir"] = str(folder)
+    if info.get("rigger"):
+        info["checkpoint_check"] = checkpoint_check(folder, getattr(rigger.module.RigConfig(), "models", "sprig"))
     return info
+
+
+def checkpoint_check(folder: Path | None, models: str) -> dict:
+    """Which checkpoint files rigs with ``models`` (``sprig`` | ``base`` | ``auto``) need in ``folder``:
+    ``{"models", "needed": [file names], "missing": [file names]}`` (for ``auto`` a model counts as present
+    when its SPRig or its base file exists)."""
+    from backend.models.inference import CHECKPOINT_NAMES
+
+    folder = Path(folder) if folder is not None else None
+    present = (lambda name: folder is not None and (folder / name).is_file())
+    if models == "auto":
+        pairs = list(zip(CHECKPOINT_NAMES["sprig"], CHECKPOINT_NAMES["base"]))
+        needed = [sprig if present(sprig) or not present(base) else base for sprig, base in pairs]
+    else:
+        needed = list(CHECKPOINT_NAMES.get(models, ()))
+    return {"models": models, "needed": needed, "missing": [name for name in needed if not present(name)]}
 
 
 def list_checkpoints(folder: Path | None) -> list[dict]:

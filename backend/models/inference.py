@@ -144,7 +144,8 @@ def load_models(checkpoint_dir: Path | str, which: str = "sprig", device: str | 
     if missing:
         hint = ""
         if which == "sprig":
-            hint = " (SPRig fine-tuning has not produced them yet? which='base' uses the pretrained models)"
+            hint = (" (SPRig fine-tuning has not produced them yet? `python training/run.py` makes them; the rig "
+                    "option models='base' uses the pretrained models instead)")
         elif which == "base":
             hint = " (run `python training/run.py --stage pretrain` and copy its checkpoints/ here)"
         raise CheckpointError(f"missing checkpoint file(s): {', '.join(missing)}{hint}")

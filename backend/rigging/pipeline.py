@@ -69,6 +69,9 @@ class RigConfig:
             anchor included); 0 = every frame; -1 = auto (every frame on a GPU, ``CPU_SKIN_FRAMES``
             on a CPU). Frames in between are linearly interpolated; the predicted ones are listed in
             ``stats["skin_frames"]``.
+        heatmap: run the heatmap stage (per-frame weight predictions for ``skin_instability``); when
+            False the stage is skipped, ``skin_instability`` is all zeros and ``stats["skin_frames"]`` is
+            empty (the Blender add-on asks for it only when its heatmap is wanted).
         skin_joints: joints given to the skinning network on non-anchor frames: ``anchor`` (the
             canonical anchor joints, as in the paper's Eq. 4) or ``posed`` (anchor joints moved by the
             fitted bone transforms).
@@ -95,6 +98,7 @@ class RigConfig:
     models: str = "sprig"
     frames_for_report: int = -1
     skin_frames: int = -1
+    heatmap: bool = True
     skin_joints: str = "anchor"
     checkpoint_dir: str = "checkpoints"
     max_joints: int = 64
@@ -384,6 +388,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     # -- per-frame skinning for the instability heatmap
     track("heatmap", 0.0)
     instability = np.zeros((K, V), dtype=np.float32)
+    if not cfg.heatmap:
+        skin_frames = skin_frames[:0]
     later = [int(f) for f in skin_frames if f != 0]
     evaluated = np.zeros((len(skin_frames), V), dtype=np.float32)
     if later:
