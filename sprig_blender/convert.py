@@ -199,16 +199,23 @@ def encode_heat(values: np.ndarray) -> tuple[bytes, float]:
     """
     import zlib
 
-    values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    values = np.maximum(values, 0.0)
+    values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2:
         raise ValueError(f"heat values must be [K, V], got shape {list(values.shape)}")
     top = float(values.max()) if values.size else 0.0
+    if not np.isfinite(top):
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(values.max())
     scale = top if top > 0 else 1.0
-    levels = np.rint(HEAT_LEVELS * np.sqrt(values / np.float32(scale))).astype(np.uint8)  # [K, V]
+    unit = values * np.float32(1.0 / scale)  # in place from here on: [K, V] float32
+    np.clip(unit, 0.0, 1.0, out=unit)
+    np.sqrt(unit, out=unit)
+    unit *= np.float32(HEAT_LEVELS)
+    unit += np.float32(0.5)
+    levels = unit.astype(np.uint8)  # truncating x + 0.5 rounds
     deltas = levels.copy()
     deltas[1:] -= levels[:-1]  # uint8 arithmetic wraps mod 256
-    return zlib.compress(deltas.tobytes(), 6), scale
+    return zlib.compress(deltas.tobytes(), 3), scale
 
 
 def decode_heat_levels(payload: bytes, n_frames: int, n_verts: int) -> np.ndarray:

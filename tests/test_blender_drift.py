@@ -103,7 +103,7 @@ def test_drift_mode_colours_bones_by_backend_values_and_restores_them(scene):
     settings.enabled = False  # toggling off restores the artist's colours
     assert bone_colors(arm, names)[0] == before[0] and first.color.palette == "THEME03"
     assert not arm.data.show_bone_colors
-    assert heatmap.on_frame_change not in bpy.app.handlers.frame_change_post
+    assert heatmap.on_frame_change not in bpy.app.handlers.frame_change_pre
 
 
 def test_drift_mode_without_drift_stats_colours_nothing(scene):
@@ -133,7 +133,7 @@ def test_unregister_in_drift_mode_restores_bones_and_leaves_nothing(scene):
     disable_addon()
     assert all(pb.color.palette == "DEFAULT" for pb in arm.pose.bones)
     assert not hasattr(bpy.types.WindowManager, "sprig_heatmap")
-    for handlers in (bpy.app.handlers.frame_change_post, bpy.app.handlers.load_pre):
+    for handlers in (bpy.app.handlers.frame_change_pre, bpy.app.handlers.load_pre):
         assert not [h for h in handlers if getattr(h, "__module__", "").startswith("sprig_blender")]
     assert heatmap._State.saved_bones == {} and heatmap._State.drift_cache == {}
     reset_scene()  # the fixture disables the add-on again

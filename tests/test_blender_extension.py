@@ -106,7 +106,7 @@ def test_unregister_leaves_no_classes_handlers_or_properties():
         assert on["scene"] and on["wm"] == [True, True]
         assert any(h.endswith("on_load_pre") for h in on["handlers"]["load_pre"])
         bpy.context.window_manager.sprig_heatmap.enabled = True  # installs the frame handler
-        assert any(h.endswith("on_frame_change") for h in _snapshot()["handlers"]["frame_change_post"])
+        assert any(h.endswith("on_frame_change") for h in _snapshot()["handlers"]["frame_change_pre"])
         addon_utils.disable(ADDON, default_set=True)
         off = _snapshot()
         assert off["types"] == [] and not off["scene"] and off["wm"] == [False, False]
