@@ -7,7 +7,8 @@ the distance between that skinning (4 influences, Gaussian weights) and a smooth
 that blends each vertex's two nearest bones linearly along the tube, and the instability is half the L1 distance between distance-based weights to the posed bones
 and to the rest bones. Printed:
 
-* the ``.blend`` size without and with the rig, the heat data's share of it, and the time to store it;
+* the ``.blend`` size without and with the rig, the heat data's share of it (and the rig's size without
+  it), and the time to store it;
 * the mean time of ``scene.frame_set`` (which evaluates the armature-deformed mesh) with the heatmap off
   and on, and their ratio, on a second rig of ``--timing-verts`` vertices;
 * with ``--real``, the stored bytes per value of a real backend rig (``khronos_cesiumman_walk``, 40 frames,
@@ -164,6 +165,12 @@ def file_size_case(args, work: Path) -> None:
     print(f"  heat data {heat_bytes / 1e6:.2f} MB = {heat_bytes / (2 * values):.3f} bytes per value "
           f"(float64 lists: {2 * 8 * values / 1e6:.0f} MB); stored in {store_s:.2f} s; whole build {build_s:.1f} s")
     decoded = heatmap.heat_data(mesh, "RECON").values
+    for key in list(mesh.keys()):
+        if key.startswith("sprig_heat"):
+            del mesh[key]
+    without_heat = saved_size(work / "no_heat.blend")
+    print(f"  the same rig without its heat data: +{(without_heat - before) / 1e6:.2f} MB (rigged mesh copy, "
+          f"{len(verts)} x 4 vertex-group weights, {args.bones} bones x {args.frames} keys)")
     scale = float(result.recon_error.max())
     print(f"  stored recon values within {np.abs(decoded - result.recon_error).max() / scale * 100:.2f}% of the "
           "largest value")

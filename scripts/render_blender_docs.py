@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if rig == "backend":
         set_backend("SUBPROCESS", checkpoints=args.checkpoints)
         scene.sprig.device = "cpu"
+        scene.sprig.heatmap_data = True  # the skinning-instability heatmap needs the backend's heatmap stage
         result = bpy.ops.sprig.rig_sequence()
         if result != {"FINISHED"}:
             raise SystemExit(f"rigging failed: {result}")

@@ -284,13 +284,15 @@ class SPRIG_OT_show_original(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     show: bpy.props.BoolProperty(name="Show", default=True)
-
-    @classmethod
-    def poll(cls, context):
-        return builder.source_of(context.active_object) is not None
+    rig: bpy.props.StringProperty(name="Rig", default="", description="Rigged object (default: the active one)")
 
     def execute(self, context):
-        builder.set_source_visible(builder.source_of(context.active_object), self.show)
+        rigged = bpy.data.objects.get(self.rig) if self.rig else context.active_object
+        source = builder.source_of(rigged)
+        if source is None:
+            self.report({"ERROR"}, "select a rig made by SPRig (its original is shown or hidden)")
+            return {"CANCELLED"}
+        builder.set_source_visible(source, self.show)
         return {"FINISHED"}
 
 

@@ -102,7 +102,7 @@ class SPRIG_PT_results(bpy.types.Panel):
             hidden = source.hide_get()
             op = layout.operator("sprig.show_original", text="Show Original" if hidden else "Hide Original",
                                  icon="HIDE_ON" if hidden else "HIDE_OFF")
-            op.show = hidden
+            op.show, op.rig = hidden, rigged.name
 
 
 class SPRIG_PT_result_details(bpy.types.Panel):
