@@ -4,12 +4,12 @@ A tube of ``--verts`` vertices bent by a chain of ``--bones`` bones over ``--fra
 with :func:`sprig_blender.builder.build_rig` from a rig result made here (linear blend skinning of the
 chain; no backend needed). Its heat values are computed, not drawn at random: the reconstruction error is
 the distance between that skinning (4 influences, Gaussian weights) and a smooth bend of the same tube
-that blends each vertex's two nearest bones linearly along the tube, and the instability is half the L1 distance between distance-based weights to the posed bones
-and to the rest bones. Printed:
+that blends each vertex's two nearest bones linearly along the tube, and the instability is half the L1
+distance between distance-based weights to the posed bones and to the rest bones. Printed:
 
 * the ``.blend`` size without and with the rig, the heat data's share of it (and the rig's size without
   it), and the time to store it;
-* the mean time of ``scene.frame_set`` (which evaluates the armature-deformed mesh) with the heatmap off
+* the mean time of ``scene.frame_set`` (which evaluates the armature-deformed mesh) with heatmap off
   and on, and their ratio, on a second rig of ``--timing-verts`` vertices;
 * with ``--real``, the stored bytes per value of a real backend rig (``khronos_cesiumman_walk``, 40 frames,
   the shipped checkpoints) for comparison with the generated fields.

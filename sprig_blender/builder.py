@@ -151,11 +151,10 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents),
                         np.asarray(result.bone_transforms, dtype=np.float64), frames, f"{base}_motion", created)
 
-    instability_frames = _instability_frames(stats, len(frames))
-    heatmap.store_heat_data(
-        mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32),
-        None if instability_frames is None else np.asarray(result.skin_instability, dtype=np.float32)[instability_frames],
-        None if instability_frames is None else [frames[k] for k in instability_frames])
+    kept = _instability_frames(stats, len(frames))  # frame indices, None without the heatmap stage
+    instability = None if kept is None else np.asarray(result.skin_instability, dtype=np.float32)[kept]
+    heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32), instability,
+                            None if kept is None else [frames[k] for k in kept])
     stats = dict(stats)
     stats.setdefault("joints", len(bone_names))
     stats.setdefault("frames", len(frames))
