@@ -170,10 +170,15 @@ def check_motion(exported: ExportedFrames) -> MotionCheck:
     verts = exported.verts
     anchor = verts[0].astype(np.float64)
     diag = float(np.linalg.norm(anchor.max(axis=0) - anchor.min(axis=0))) or 1.0
-    step_change = np.abs(np.diff(verts, axis=0)).max(axis=(1, 2)) / diag  # [K - 1]
-    moving = np.flatnonzero(step_change > MOTION_TOLERANCE)
+    moving = np.flatnonzero(_frame_to_frame_change(verts) / diag > MOTION_TOLERANCE)
     last_moving = int(moving[-1]) + 1 if moving.size else 0
     return MotionCheck(last_moving=last_moving, deforms=exported.local_change / diag > MOTION_TOLERANCE)
+
+
+def _frame_to_frame_change(verts: np.ndarray) -> np.ndarray:
+    """Largest coordinate change of any vertex from each frame to the next, ``[K - 1]`` (one frame pair at a
+    time: no ``[K, V, 3]`` temporary)."""
+    return np.array([float(np.abs(verts[k + 1] - verts[k]).max()) for k in range(len(verts) - 1)])
 
 
 def trim_frames(exported: ExportedFrames, count: int) -> ExportedFrames:
@@ -238,8 +243,7 @@ def animated_range(context: bpy.types.Context, obj: bpy.types.Object) -> tuple[i
     if len(frames) < 2:
         return None
     exported = export_frames(context, obj, frames)
-    step_change = np.abs(np.diff(exported.verts, axis=0)).max(axis=(1, 2))
-    moving = np.flatnonzero(step_change > 0)
+    moving = np.flatnonzero(_frame_to_frame_change(exported.verts) > 0)
     if moving.size == 0:
         return None
     return frames[int(moving[0])], frames[int(moving[-1]) + 1]

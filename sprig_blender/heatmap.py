@@ -78,6 +78,8 @@ class HeatData:
     def values(self) -> np.ndarray:
         """All stored values, ``float32 [K, V]`` (decoded on each call)."""
         return self.level_values[self.levels]
+
+
 @dataclass
 class DriftData:
     """Joint drift of one rigged armature: ``bone_names [J]`` in joint order, ``values float64 [J]``

@@ -239,6 +239,25 @@ def test_posed_skin_joints_and_subsampled_heatmap(models):
     assert np.allclose(inst[1], inst[3] / 3, atol=1e-6) and np.allclose(inst[5], (inst[3] + 2 * inst[6]) / 3, atol=1e-6)
 
 
+def test_heatmap_stage_skipped_when_not_asked(models):
+    seq = multipart_sequence(n_frames=5)
+    calls = []
+    predict = models.predict_weights
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return predict(*args, **kwargs)
+
+    models.predict_weights = counting
+    try:
+        result = rig_sequence(seq, RigConfig(**FAST, skin_frames=0, heatmap=False), models=models)
+    finally:
+        models.predict_weights = predict
+    check_contract(result, seq)
+    assert len(calls) == 1  # the anchor's weights only: no prediction on later frames
+    assert result.stats["skin_frames"] == [] and not result.skin_instability.any()
+
+
 def test_report_is_self_contained_html(models, tmp_path):
     seq = multipart_sequence()
     seq.extras["joints"] = np.repeat(np.array([[[100.0, -20.0, 5.0], [100.0, 30.0, 5.0]]]), seq.n_frames, 0)

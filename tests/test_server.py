@@ -157,6 +157,24 @@ def test_ready_ping_and_info(raw):
     assert info["python"] == ".".join(map(str, sys.version_info[:3]))
     assert info["device"] in ("cpu", "cuda", "mps") and isinstance(info["checkpoints"], list)
     assert info["rigger"] is HAS_RIGGER
+    if HAS_RIGGER:  # which checkpoint files the default models need, and which of them are missing
+        check = info["checkpoint_check"]
+        assert check["models"] == "sprig"
+        assert check["needed"] == ["skeleton_sprig.safetensors", "skinning_sprig.safetensors"]
+        present = {c["name"] for c in info["checkpoints"]}
+        assert check["missing"] == [n for n in check["needed"] if n not in present]
+
+
+def test_checkpoint_check_names_missing_files(tmp_path):
+    from backend.app.server import checkpoint_check
+
+    (tmp_path / "skeleton_base.safetensors").write_bytes(b"")
+    (tmp_path / "skinning_sprig.safetensors").write_bytes(b"")
+    assert checkpoint_check(tmp_path, "sprig")["missing"] == ["skeleton_sprig.safetensors"]
+    assert checkpoint_check(tmp_path, "base")["missing"] == ["skinning_base.safetensors"]
+    auto = checkpoint_check(tmp_path, "auto")  # per model: SPRig when present, else base
+    assert auto["needed"] == ["skeleton_base.safetensors", "skinning_sprig.safetensors"] and auto["missing"] == []
+    assert checkpoint_check(None, "sprig")["missing"] == ["skeleton_sprig.safetensors", "skinning_sprig.safetensors"]
 
 
 @pytest.mark.parametrize("line, code, words", [
