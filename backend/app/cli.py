@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from backend.app.errors import EXIT_BAD_INPUT, CommandError
 from backend.app.eval_command import add_eval_command
+from backend.app.output_paths import install_termination_cleanup
 from backend.app.rig_command import add_rig_command
 from backend.sequence import SequenceError
 
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    install_termination_cleanup()  # SIGTERM ends the run like Ctrl-C: no temporary file left behind
     try:
         return int(args.func(args))
     except (CommandError, SequenceError) as exc:
