@@ -37,6 +37,7 @@ import importlib
 import io
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -282,15 +283,15 @@ def _coerce_option(name: str, value: Any, default: Any) -> Any:
             raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be true or false, got {value!r}")
         return value
     if isinstance(default, int):
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
-                or float(value) != int(value)):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))):
             raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be an integer, got {value!r}")
         if abs(int(value)) > MAX_OPTION_INT:
             raise RequestError(ErrorCode.INVALID_PARAMS,
                                f"option {name!r} is out of range: {value!r} (at most {MAX_OPTION_INT} in magnitude)")
         return int(value)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, (str, Path)):
@@ -454,6 +455,11 @@ class Server:
             return
         except MemoryError:
             self.send_error(request_id, ErrorCode.INTERNAL, f"out of memory while handling {method}")
+            return
+        except OSError as exc:  # a path the system refuses outright (too long, bad characters, ...)
+            where = f" ({str(exc.filename)[:200]})" if exc.filename else ""
+            self.send_error(request_id, ErrorCode.INVALID_PARAMS,
+                            f"{method}: unusable path{where}: {exc.strerror or exc}")
             return
         except Exception as exc:  # a bug: report it, keep serving
             log.error("internal error in %s: %s", method, traceback.format_exc())
