@@ -76,11 +76,22 @@ class Tally:
 
 
 def _kill_when_writing(proc: subprocess.Popen, folder: Path, rng: random.Random, mode: str,
-                       full_run_s: float) -> tuple[bool, bool]:
-    """SIGKILL ``proc`` (see the module doc). Returns (killed, a temporary file existed at the kill)."""
+                       full_run_s: float, last_output: Path) -> tuple[bool, bool]:
+    """SIGKILL ``proc`` (see the module doc) unless it exits or replaces ``last_output`` (its last write) first.
+
+    Returns (killed, a temporary file of this run existed at the kill).
+    """
     earlier = set(temp_files(folder))  # left by an earlier SIGKILL; this run removes them when it writes
-    deadline = time.monotonic() + (rng.uniform(0.0, full_run_s) if mode == "random" else 600.0)
+    old_stat = os.stat(last_output)
+    deadline = time.monotonic() + (rng.uniform(0.0, full_run_s) if mode == "random" else 60.0 + 10 * full_run_s)
     while proc.poll() is None:
+        try:
+            now = os.stat(last_output)
+            if (now.st_ino, now.st_mtime_ns, now.st_size) != (old_stat.st_ino, old_stat.st_mtime_ns, old_stat.st_size):
+                return False, False  # the run wrote its last output before a kill landed
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0002)  # poll without taking a whole core from the process under test
         seen = bool(set(temp_files(folder)) - earlier)
         if (mode == "write" and seen) or time.monotonic() >= deadline:
             if seen:
@@ -169,7 +180,9 @@ def cli_trials(setup: Setup, kills: int, rng: random.Random, progress: bool = Tr
         before = set(temp_files(out))
         summary.write_bytes(setup.old_json)
         proc = subprocess.Popen(command, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        killed, during = _kill_when_writing(proc, out, rng, "write" if trial % 2 == 0 else "random", full_run_s)
+        killed, during = _kill_when_writing(proc, out, rng, "write" if trial % 2 == 0 else "random", full_run_s,
+                                            last_output=summary)
+        proc.wait()
         tally.kills += killed
         tally.kills_while_temp_present += killed and during
         tally.finished_before_kill += not killed
@@ -215,7 +228,8 @@ def server_trials(setup: Setup, kills: int, rng: random.Random, progress: bool =
         before = set(temp_files(out))
         proc = _start_server(setup)
         _rig_request(proc, setup, result)
-        killed, during = _kill_when_writing(proc, out, rng, "write" if trial % 2 == 0 else "random", rig_s)
+        killed, during = _kill_when_writing(proc, out, rng, "write" if trial % 2 == 0 else "random", rig_s,
+                                            last_output=result)
         if not killed:  # the rig finished; the server still runs
             proc.kill()
             proc.wait()
