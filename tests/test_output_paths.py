@@ -126,7 +126,8 @@ def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
     dest = tmp_path / "out.glb"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = [tmp_path / f".out.glb.sprig-{dead_pid}-0a1b2c3d.tmp", tmp_path / f".out.glb.sprig-{dead_pid}-0a1b2c3d.tmp.part"]
+    stale = [tmp_path / f".out.glb.sprig-{dead_pid}-0a1b2c3d.tmp", tmp_path / f".out.glb.sprig-{dead_pid}-0a1b2c3d.tmp.part",
+             tmp_path / f".sprig-probe.sprig-{dead_pid}-0a1b2c3d.tmp"]  # a writability probe cut short
     alive = tmp_path / f".out.glb.sprig-{os.getppid()}-deadbeef.tmp"  # a running process's file stays
     other = tmp_path / f".other.glb.sprig-{dead_pid}-0a1b2c3d.tmp"  # another destination's file stays
     for p in (*stale, alive, other):

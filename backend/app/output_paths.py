@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 TEMP_MARK = ".sprig-"  # temporary files are ".<name>.sprig-<pid>-<token>.tmp" (plus ".part" from some writers)
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.sprig-(?P<pid>\d+)-[0-9a-f]+\.tmp(\.part)?$")
 
+PROBE_NAME = "sprig-probe"  # the writability probe is a temporary file of this pseudo-destination
 _live_temps: set[Path] = set()  # temporary files this process has open right now
 _live_lock = threading.Lock()
 
@@ -77,7 +78,7 @@ def check_folder_writable(folder: Path, create: bool = False) -> None:
     if not folder.is_dir():
         raise OutputPathError(f"output folder is not a folder: {folder}")
     # Create a file rather than trust os.access: read-only mounts, ACLs and root all answer differently.
-    probe = folder / f".{TEMP_MARK[1:]}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    probe = _temp_path(folder / PROBE_NAME)
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
@@ -145,7 +146,9 @@ def _pid_running(pid: int) -> bool:
 
 
 def remove_stale_temps(dest: Path) -> list[Path]:
-    """Remove temporary files of ``dest`` left by processes that no longer run (e.g. killed by SIGKILL).
+    """Remove temporary files of ``dest`` (and writability probes) left by processes that no longer run.
+
+    Such files are left only by a process killed with SIGKILL (or a power cut) while it wrote.
 
     Returns the removed paths.
     """
@@ -157,7 +160,7 @@ def remove_stale_temps(dest: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if match is None or match["name"] != dest.name or _pid_running(int(match["pid"])):
+        if match is None or match["name"] not in (dest.name, PROBE_NAME) or _pid_running(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)

@@ -22,8 +22,10 @@ Methods: ``ping``, ``info`` (versions, device, checkpoints), ``rig`` (``input``:
 path of the result ``.npz`` (default: a file in the server's temp folder); ``options``: rig options),
 ``cancel`` (the running rig, or the one whose ``id`` is given) and ``shutdown``.
 
-The server never dies on a bad request: bad JSON, an unknown method, a missing file or an invalid
-sequence each give a structured error. Rigging runs in a worker thread so that ``cancel``, ``ping``
+The server never dies on a bad request: bad JSON (also NaN/Infinity, oversized numbers, deep nesting,
+invalid UTF-8, lines over ``MAX_LINE_CHARS``), an unknown method, a missing file or an invalid sequence
+each give a structured error. Outputs follow :mod:`backend.app.output_paths` (never the input, checked
+before the work, written atomically; the reply names the file written). Rigging runs in a worker thread so that ``cancel``, ``ping``
 and ``info`` are answered while it works; the rigger (and the models it loads) lives as long as the
 server, so consecutive requests do not reload checkpoints. One rig runs at a time (``busy`` otherwise).
 End of input (the client went away) shuts the server down like ``shutdown``.
@@ -97,7 +99,7 @@ def _parse_float(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS:
         raise _RejectedLine(f"number {text[:20]}... is too long ({len(text)} characters)")
     value = float(text)
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise _RejectedLine(f"number {text} is out of range (JSON numbers must be finite)")
     return value
 
@@ -577,7 +579,7 @@ class Server:
                 reply = _error_reply(request_id, ErrorCode.RIG_FAILED, f"rigging failed: {type(exc).__name__}: {exc}")
         # The server is ready for the next rig as soon as the client hears about this one.
         with self._job_lock:
-            if self._job is not None and self._job.request_id == request_id and self._job.cancel is cancel:
+            if self._job is not None and self._job.cancel is cancel:
                 self._job = None
         self.send(reply)
 
@@ -588,8 +590,7 @@ class Server:
             return
         if cancel:
             job.cancel.set()
-        if job.thread is not threading.current_thread():
-            job.thread.join(timeout)
+        job.thread.join(timeout)
 
     def _busy(self) -> bool:
         job = self._job
