@@ -175,7 +175,10 @@ def cli_trials(setup: Setup, kills: int, rng: random.Random, progress: bool = Tr
     subprocess.run(command, env=ENV, cwd=ROOT, check=True, capture_output=True)
     full_run_s = time.monotonic() - start
     tally = Tally()
-    for trial in tqdm(range(kills), desc="sprig rig kills", disable=not progress):
+    bar = tqdm(total=kills, desc="sprig rig kills", disable=not progress)
+    for trial in range(3 * kills):  # until `kills` kills landed (a random moment may fall after the run's end)
+        if tally.kills >= kills:
+            break
         glb.write_bytes(setup.old_glb)
         before = set(temp_files(out))
         summary.write_bytes(setup.old_json)
@@ -184,12 +187,14 @@ def cli_trials(setup: Setup, kills: int, rng: random.Random, progress: bool = Tr
                                             last_output=summary)
         proc.wait()
         tally.kills += killed
+        bar.update(int(killed))
         tally.kills_while_temp_present += killed and during
         tally.finished_before_kill += not killed
         tally.temps_left_after_kill += len(set(temp_files(out)) - before)
         _judge(tally, glb, setup.old_glb, lambda p: check_glb(p, setup.n_frames))
         _judge(tally, summary, setup.old_json, check_json)
         tally.inputs_changed += sha256(setup.input) != input_hash
+    bar.close()
     return tally, full_run_s
 
 
@@ -223,7 +228,10 @@ def server_trials(setup: Setup, kills: int, rng: random.Random, progress: bool =
     proc.kill()
     proc.wait()
     tally = Tally()
-    for trial in tqdm(range(kills), desc="server kills", disable=not progress):
+    bar = tqdm(total=kills, desc="server kills", disable=not progress)
+    for trial in range(3 * kills):  # until `kills` kills landed
+        if tally.kills >= kills:
+            break
         result.write_bytes(setup.old_result)
         before = set(temp_files(out))
         proc = _start_server(setup)
@@ -239,11 +247,13 @@ def server_trials(setup: Setup, kills: int, rng: random.Random, progress: bool =
             except BrokenPipeError:
                 pass
         tally.kills += killed
+        bar.update(int(killed))
         tally.kills_while_temp_present += killed and during
         tally.finished_before_kill += not killed
         tally.temps_left_after_kill += len(set(temp_files(out)) - before)
         _judge(tally, result, setup.old_result, lambda p: check_result(p, setup.n_frames))
         tally.inputs_changed += sha256(setup.input) != input_hash
+    bar.close()
     return tally, rig_s
 
 
@@ -264,7 +274,7 @@ def leftover_after_clean_run(setup: Setup) -> tuple[list[str], list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=50, help="kills per target (sprig rig, server)")
+    parser.add_argument("--kills", type=int, default=50, help="SIGKILLs per target (sprig rig, server)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
