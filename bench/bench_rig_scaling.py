@@ -98,7 +98,8 @@ class GroundTruthRig:
         self.weights = np.asarray(seq.extras["weights"], dtype=np.float32)
         self.device = "cpu"
 
-    def generate_skeletons(self, points, normals, max_joints: int = 64, stop_after_repeats: int = 0):
+    def generate_skeletons(self, points, normals, max_joints: int = 64, stop_after_repeats: int = 0,
+                           should_cancel=None):
         return [(self.joints, self.parents) for _ in range(len(points))]
 
     def predict_weights(self, query_pts, query_normals, shape_pts, shape_normals, joints, parents):

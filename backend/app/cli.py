@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from backend.app.errors import EXIT_BAD_INPUT, CommandError
 from backend.app.eval_command import add_eval_command
+from backend.app.output_paths import install_termination_cleanup
 from backend.app.rig_command import add_rig_command
 from backend.sequence import SequenceError
 
@@ -33,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sprig`` console script; returns the exit code."""
+    """Entry point of the ``sprig`` console script; returns the exit code.
+
+    Run as a program (``argv`` None: the arguments come from ``sys.argv``), SIGTERM is made to end the
+    run like Ctrl-C, removing temporary output files; called with ``argv`` (tests, other programs) the
+    caller's signal handling is left alone.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -41,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_INPUT
+    if argv is None:
+        install_termination_cleanup()  # SIGTERM ends the run like Ctrl-C: no temporary file left behind
     try:
         return int(args.func(args))
     except (CommandError, SequenceError) as exc:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from backend.app.errors import EXIT_OK, CommandError
+from backend.app.output_paths import OutputPathError, plan_outputs, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -20,19 +21,24 @@ def _run_eval(args: argparse.Namespace) -> int:
         config = EvalConfig(protocol_frames=args.protocol_frames, correspondence=args.correspondence)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    json_path = None
+    if args.json is not None:  # checked before the work: never the input, and its folder writable
+        try:
+            [json_path] = plan_outputs([args.json], inputs=[args.file], create_folders=True)
+        except OutputPathError as exc:
+            raise CommandError(str(exc)) from None
     inp = load_eval_input(args.file)
     if args.frames is not None:
         inp = inp.subset(parse_frames(args.frames, inp.n_frames))
     result = evaluate(inp, config)
     if not args.quiet:
         sys.stdout.write(format_report(result) + "\n")
-    if args.json is not None:
+    if json_path is not None:
         try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
+            write_text_atomic(json_path, json.dumps(result, indent=1) + "\n")
         except OSError as exc:
-            raise CommandError(f"cannot write {args.json}: {exc.strerror or exc}") from None
-        logger.info("wrote %s", args.json)
+            raise CommandError(f"cannot write {json_path}: {exc.strerror or exc}") from None
+        logger.info("wrote %s", json_path)
     return EXIT_OK
 
 

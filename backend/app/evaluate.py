@@ -286,7 +286,8 @@ def save_eval_input(path: str | Path, inp: EvalInput) -> Path:
         value = getattr(inp, key)
         if value is not None:
             arrays[key] = value.astype(np.int32 if key == "gt_parents" else np.float32)
-    np.savez_compressed(path, **arrays)
+    with open(path, "wb") as fh:  # opened here: numpy would append ".npz" to a path without it
+        np.savez_compressed(fh, **arrays)
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from backend import REPO_ROOT
 from backend.app.errors import CommandError
+from backend.app.output_paths import OutputPathError, atomic_write, plan_outputs, write_text_atomic
 from backend.app.evaluate import EvalInput, save_eval_input
 from backend.io import SUPPORTED_SUFFIXES, load_sequence
 from backend.io.gltf import save_rigged_gltf
@@ -66,8 +68,29 @@ def summary(result: RigResult) -> dict:
     return out
 
 
-def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) -> RigResult:
-    """Load, rig and write the outputs of one sequence."""
+@dataclass(frozen=True)
+class RigOutputs:
+    """Where one sequence's outputs go (already checked by :func:`backend.app.output_paths.plan_outputs`)."""
+
+    glb: Path
+    report: Path | None = None
+    json: Path | None = None
+    per_frame: Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.glb, self.report, self.json, self.per_frame) if p is not None]
+
+
+def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
+    """The output files ``args`` asks for, for the sequence whose GLB is ``out_glb`` (not yet checked)."""
+    return RigOutputs(glb=out_glb,
+                      report=_per_input(args.report, out_glb, ".html") if args.report is not None else None,
+                      json=_per_input(args.json, out_glb, ".json") if args.json is not None else None,
+                      per_frame=_per_input(args.per_frame, out_glb, ".npz") if args.per_frame is not None else None)
+
+
+def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=None) -> RigResult:
+    """Load, rig and write the outputs of one sequence (each file written atomically)."""
     from backend.rigging.pipeline import RigConfig, rig_sequence
 
     seq = load_sequence(path, frames=parse_frame_slice(args.frames))
@@ -84,19 +107,19 @@ def rig_one(path: Path, out_glb: Path, args: argparse.Namespace, models=None) ->
         result = rig_sequence(seq, config, progress=progress, models=models)
     finally:
         bar.close()
-    out_glb.parent.mkdir(parents=True, exist_ok=True)
-    save_rigged_gltf(out_glb, result.anchor_verts, result.faces, result.joints, result.parents,
-                     result.joint_names, result.weights, result.bone_transforms, fps=result.fps,
-                     mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
-    if args.report is not None:
+    with atomic_write(outputs.glb) as temp:
+        save_rigged_gltf(temp, result.anchor_verts, result.faces, result.joints, result.parents,
+                         result.joint_names, result.weights, result.bone_transforms, fps=result.fps,
+                         mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
+    if outputs.report is not None:
         from backend.rigging.report import write_report
-        write_report(result, _per_input(args.report, out_glb, ".html"), title=seq.name,
-                     up_axis=2 if args.up == "z" else 1)
-    if args.json is not None:
-        target = _per_input(args.json, out_glb, ".json")
-        target.write_text(json.dumps(summary(result), indent=1) + "\n")
-    if args.per_frame is not None:
-        save_eval_input(_per_input(args.per_frame, out_glb, ".npz"), per_frame_eval_input(seq, result))
+        with atomic_write(outputs.report) as temp:
+            write_report(result, temp, title=seq.name, up_axis=2 if args.up == "z" else 1)
+    if outputs.json is not None:
+        write_text_atomic(outputs.json, json.dumps(summary(result), indent=1) + "\n")
+    if outputs.per_frame is not None:
+        with atomic_write(outputs.per_frame) as temp:
+            save_eval_input(temp, per_frame_eval_input(seq, result))
     return result
 
 
@@ -135,6 +158,7 @@ def run_rig(args: argparse.Namespace) -> int:
     batch = len(inputs) > 1 or inputs[0] != args.input
     if batch and args.output.suffix:
         raise CommandError("with a folder as INPUT, -o must name an output folder")
+    planned = plan_rig_outputs(args, inputs, batch)
 
     from backend.models.inference import load_models
     try:
@@ -144,10 +168,11 @@ def run_rig(args: argparse.Namespace) -> int:
 
     failures: list[tuple[Path, str]] = []
     for path in tqdm(inputs, desc="sequences", unit="seq", disable=args.quiet or not batch):
-        out = args.output / f"{path.stem}_rigged.glb" if batch else args.output
+        outputs = planned[path]
+        out = outputs.glb
         start = time.perf_counter()
         try:
-            result = rig_one(path, out, args, models=models)
+            result = rig_one(path, outputs, args, models=models)
         except (SequenceError, ValueError, RuntimeError, OSError) as exc:
             if not batch:
                 raise CommandError(f"{path}: {exc}") from None
@@ -164,6 +189,28 @@ def run_rig(args: argparse.Namespace) -> int:
             tqdm.write(f"  {path}: {message}")
         return 1
     return 0
+
+
+def plan_rig_outputs(args: argparse.Namespace, inputs: list[Path], batch: bool) -> dict[Path, RigOutputs]:
+    """Check every output of the run before any work (see :mod:`backend.app.output_paths`).
+
+    A single input whose ``-o`` is an existing folder writes ``<folder>/<stem>_rigged.glb``.
+    Raises:
+        CommandError: an output is an input, two outputs are one file, or a folder is not writable.
+    """
+    requested: dict[Path, RigOutputs] = {}
+    for path in inputs:
+        into_folder = batch or args.output.is_dir()
+        out_glb = args.output / f"{path.stem}_rigged.glb" if into_folder else args.output
+        requested[path] = requested_outputs(out_glb, args)
+    flat = [p for outputs in requested.values() for p in outputs.paths()]
+    try:
+        resolved = iter(plan_outputs(flat, inputs=[args.input, *inputs], create_folders=True))
+    except OutputPathError as exc:
+        raise CommandError(str(exc)) from None
+    return {path: RigOutputs(*(next(resolved) if p is not None else None
+                               for p in (o.glb, o.report, o.json, o.per_frame)))
+            for path, o in requested.items()}
 
 
 def add_rig_command(subparsers) -> None:

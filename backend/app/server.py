@@ -22,8 +22,10 @@ Methods: ``ping``, ``info`` (versions, device, checkpoints), ``rig`` (``input``:
 path of the result ``.npz`` (default: a file in the server's temp folder); ``options``: rig options),
 ``cancel`` (the running rig, or the one whose ``id`` is given) and ``shutdown``.
 
-The server never dies on a bad request: bad JSON, an unknown method, a missing file or an invalid
-sequence each give a structured error. Rigging runs in a worker thread so that ``cancel``, ``ping``
+The server never dies on a bad request: bad JSON (also NaN/Infinity, oversized numbers, deep nesting,
+invalid UTF-8, lines over ``MAX_LINE_CHARS``), an unknown method, a missing file or an invalid sequence
+each give a structured error. Outputs follow :mod:`backend.app.output_paths` (never the input, checked
+before the work, written atomically; the reply names the file written). Rigging runs in a worker thread so that ``cancel``, ``ping``
 and ``info`` are answered while it works; the rigger (and the models it loads) lives as long as the
 server, so consecutive requests do not reload checkpoints. One rig runs at a time (``busy`` otherwise).
 End of input (the client went away) shuts the server down like ``shutdown``.
@@ -37,8 +39,10 @@ import importlib
 import io
 import json
 import logging
+import math
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -51,11 +55,15 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from backend import REPO_ROOT, __version__
+from backend.app.output_paths import OutputPathError, atomic_write, install_termination_cleanup, plan_outputs
 from backend.sequence import MeshSequence, SequenceError
 
 log = logging.getLogger("backend.app.server")
 
 PROTOCOL_VERSION = 1
+MAX_LINE_CHARS = 1 << 20  # a request line longer than this (requests are a few hundred bytes) is refused
+MAX_NUMBER_CHARS = 40  # digits of a JSON number; longer ones are refused before Python converts them
+MAX_OPTION_INT = 2**31 - 1  # integer rig options (and seeds) must fit in 32 bits
 
 
 class ErrorCode:
@@ -74,6 +82,54 @@ class ErrorCode:
     MODELS_UNAVAILABLE = "models_unavailable"  # the checkpoints are missing, corrupt or do not match
     RIG_FAILED = "rig_failed"  # the rigger raised
     INTERNAL = "internal"
+
+
+_LONE_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, under surrogateescape
+
+
+class _RejectedLine(Exception):
+    """A request line that is not acceptable JSON (non-finite or oversized number, bad UTF-8, too deep)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _RejectedLine(f"{name} is not allowed in a request (JSON numbers must be finite)")
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _RejectedLine(f"number {text[:20]}... is too long ({len(text)} characters)")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _RejectedLine(f"number {text} is out of range (JSON numbers must be finite)")
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _RejectedLine(f"number {text[:20]}... is too long ({len(text)} characters)")
+    return int(text)
+
+
+def parse_request_line(line: str) -> Any:
+    """``json.loads`` for one request line, refusing what the protocol does not allow.
+
+    Raises:
+        RequestError: ``bad_json`` naming the problem: invalid JSON, NaN/Infinity, numbers that are not
+            finite or longer than ``MAX_NUMBER_CHARS``, invalid UTF-8 (seen as lone surrogates after
+            ``surrogateescape`` decoding) or nesting too deep for the parser.
+    """
+    if _LONE_SURROGATE.search(line):
+        raise RequestError(ErrorCode.BAD_JSON, "request is not valid UTF-8")
+    try:
+        return json.loads(line, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise RequestError(ErrorCode.BAD_JSON, f"request is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except _RejectedLine as exc:
+        raise RequestError(ErrorCode.BAD_JSON, f"request is not acceptable JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError(ErrorCode.BAD_JSON, "request is nested too deeply") from None
+    except (ValueError, MemoryError) as exc:  # e.g. an int longer than Python converts, a huge literal
+        raise RequestError(ErrorCode.BAD_JSON, f"request is not acceptable JSON: {type(exc).__name__}: {exc}") from None
 
 
 class RequestError(Exception):
@@ -229,12 +285,16 @@ def _coerce_option(name: str, value: Any, default: Any) -> Any:
             raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be true or false, got {value!r}")
         return value
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))):
             raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be an integer, got {value!r}")
+        if abs(int(value)) > MAX_OPTION_INT:
+            raise RequestError(ErrorCode.INVALID_PARAMS,
+                               f"option {name!r} is out of range: {value!r} (at most {MAX_OPTION_INT} in magnitude)")
         return int(value)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"option {name!r} must be a finite number, got {value!r}")
         return float(value)
     if isinstance(default, (str, Path)):
         if not isinstance(value, str):
@@ -285,8 +345,15 @@ class Server:
     # -- output -----------------------------------------------------------------------------
 
     def send(self, message: dict) -> None:
-        """Write one message as one line (thread-safe)."""
-        line = json.dumps(message, allow_nan=False, default=_json_default)
+        """Write one message as one line (thread-safe). A message that cannot be encoded becomes an error."""
+        try:
+            line = json.dumps(message, allow_nan=False, default=_json_default)
+        except (TypeError, ValueError, RecursionError) as exc:  # NaN in stats, an unknown type: a bug, not a crash
+            log.error("cannot encode a reply: %s", exc)
+            request_id = message.get("id")
+            line = json.dumps({"id": request_id if isinstance(request_id, (int, str)) else None, "type": "error",
+                               "error": {"code": ErrorCode.INTERNAL,
+                                         "message": f"the reply could not be encoded as JSON: {exc}"}})
         with self._write_lock:
             try:
                 self.stdout.write(line + "\n")
@@ -295,7 +362,7 @@ class Server:
                 self._stop.set()
 
     def send_error(self, request_id: Any, code: str, message: str) -> None:
-        self.send({"id": request_id, "type": "error", "error": {"code": code, "message": message}})
+        self.send(_error_reply(request_id, code, message))
 
     # -- main loop --------------------------------------------------------------------------
 
@@ -305,8 +372,16 @@ class Server:
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
         while not self._stop.is_set():
-            line = self.stdin.readline()
-            if line == "":  # end of input: the client closed the pipe or died
+            try:
+                line = self.read_line()
+            except (OSError, ValueError) as exc:  # the input stream broke or was closed
+                log.info("input failed (%s); shutting down", exc)
+                break
+            except Exception as exc:  # noqa: BLE001 - the reader must not take the server down
+                log.error("reading a request failed: %s", traceback.format_exc())
+                self.send_error(None, ErrorCode.INTERNAL, f"reading the request failed: {type(exc).__name__}: {exc}")
+                continue
+            if line is None:  # end of input: the client closed the pipe or died
                 log.info("end of input; shutting down")
                 break
             if line.strip():
@@ -317,13 +392,40 @@ class Server:
             self._tempdir.cleanup()
         return 0
 
+    def read_line(self) -> str | None:
+        """The next request line; None at end of input.
+
+        A line longer than ``MAX_LINE_CHARS`` is read to its end and discarded, and answered with a
+        ``bad_request`` error, so a runaway client cannot make the server hold it in memory.
+        """
+        line = self.stdin.readline(MAX_LINE_CHARS + 1)
+        if line == "":
+            return None
+        if len(line) <= MAX_LINE_CHARS or line.endswith("\n"):
+            return line
+        dropped = len(line)
+        while True:
+            rest = self.stdin.readline(MAX_LINE_CHARS)
+            dropped += len(rest)
+            if rest == "" or rest.endswith("\n"):
+                break
+        self.send_error(None, ErrorCode.BAD_REQUEST,
+                        f"request line too long ({dropped} characters; at most {MAX_LINE_CHARS})")
+        return ""
+
     def handle_line(self, line: str) -> None:
-        """Parse and dispatch one request line; every failure becomes an error reply."""
+        """Parse and dispatch one request line; every failure becomes an error reply, never an exit."""
         try:
-            request = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            self.send_error(None, ErrorCode.BAD_JSON, f"request is not valid JSON: {exc.msg} at column {exc.colno}"
-                            if isinstance(exc, json.JSONDecodeError) else f"request is not valid UTF-8 JSON: {exc}")
+            self._handle_line(line)
+        except Exception as exc:  # noqa: BLE001 - a bug in the handling itself: report it, keep serving
+            log.error("internal error handling a request: %s", traceback.format_exc())
+            self.send_error(None, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _handle_line(self, line: str) -> None:
+        try:
+            request = parse_request_line(line)
+        except RequestError as exc:
+            self.send_error(None, exc.code, exc.message)
             return
         if not isinstance(request, dict):
             self.send_error(None, ErrorCode.BAD_REQUEST,
@@ -353,6 +455,14 @@ class Server:
         except RequestError as exc:
             self.send_error(request_id, exc.code, exc.message)
             return
+        except MemoryError:
+            self.send_error(request_id, ErrorCode.INTERNAL, f"out of memory while handling {method}")
+            return
+        except OSError as exc:  # a path the system refuses outright (too long, bad characters, ...)
+            where = f" ({str(exc.filename)[:200]})" if exc.filename else ""
+            self.send_error(request_id, ErrorCode.INVALID_PARAMS,
+                            f"{method}: unusable path{where}: {exc.strerror or exc}")
+            return
         except Exception as exc:  # a bug: report it, keep serving
             log.error("internal error in %s: %s", method, traceback.format_exc())
             self.send_error(request_id, ErrorCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
@@ -379,15 +489,23 @@ class Server:
         output = params.get("output")
         if output is not None and not isinstance(output, str):
             raise RequestError(ErrorCode.INVALID_PARAMS, "'output' must be a path string")
-        options = params.get("options", {}) or {}
+        options = params.get("options", {})
+        if options is None:
+            options = {}
         if not isinstance(options, dict):
             raise RequestError(ErrorCode.INVALID_PARAMS, "'options' must be a JSON object")
+        if "\0" in source or (output is not None and "\0" in output):
+            raise RequestError(ErrorCode.INVALID_PARAMS, "paths must not contain NUL characters")
         if output is not None and not Path(output).parent.is_dir():
             raise RequestError(ErrorCode.FILE_NOT_FOUND, f"output folder does not exist: {Path(output).parent}")
-        # Validate everything that is cheap before going busy, so that bad requests fail at once.
-        seq = load_sequence_npz(source)
+        # Validate everything that is cheap before going busy, so that bad requests fail at once:
+        # the output (never the input, a writable folder), the options, then the input file.
+        try:
+            [out_path] = plan_outputs([output if output else self._default_output(request_id)], inputs=[source])
+        except OutputPathError as exc:
+            raise RequestError(ErrorCode.INVALID_PARAMS, str(exc)) from None
         self.rigger.make_config(options)
-        out_path = Path(output) if output else self._default_output(request_id)
+        seq = load_sequence_npz(source)
         with self._job_lock:
             if self._job is not None and self._job.thread.is_alive():
                 raise RequestError(ErrorCode.BUSY, f"a rig is already running (request {self._job.request_id!r})")
@@ -400,6 +518,8 @@ class Server:
 
     def _cancel(self, request_id: Any, params: dict) -> dict:
         target = params.get("id")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, (int, str))):
+            raise RequestError(ErrorCode.INVALID_PARAMS, "cancel's 'id' must be the integer or string id of a rig request")
         with self._job_lock:
             job = self._job
             running = job is not None and job.thread.is_alive()
@@ -428,28 +548,40 @@ class Server:
                 self.send({"id": request_id, "type": "progress", "stage": str(stage), "fraction": fraction})
 
         start = time.monotonic()
+        reply: dict
         try:
             result = self.rigger.rig(seq, options, progress, cancel.is_set)
             if cancel.is_set():
                 raise RequestError(ErrorCode.CANCELLED, "the rig was cancelled")
-            result.save(out_path)
+            with atomic_write(out_path) as temp:
+                result.save(temp)
             stats = dict(result.stats)
             stats.setdefault("joints", int(len(result.joint_names)))
             stats.setdefault("frames", int(result.n_frames))
-            self.send({"id": request_id, "type": "result",
-                       "result": {"output": str(out_path), "stats": stats, "seconds": time.monotonic() - start}})
+            del result
+            reply = {"id": request_id, "type": "result",
+                     "result": {"output": str(out_path), "stats": stats, "seconds": time.monotonic() - start}}
         except RequestError as exc:
-            self.send_error(request_id, exc.code, exc.message)
-        except Exception as exc:
+            reply = _error_reply(request_id, exc.code, exc.message)
+        except Exception as exc:  # MemoryError included: the reply names it, the server stays up
             if self.rigger.is_cancel_exception(exc) or cancel.is_set():
-                self.send_error(request_id, ErrorCode.CANCELLED, "the rig was cancelled")
+                reply = _error_reply(request_id, ErrorCode.CANCELLED, "the rig was cancelled")
             elif isinstance(exc, SequenceError):
-                self.send_error(request_id, ErrorCode.INVALID_SEQUENCE, str(exc))
+                reply = _error_reply(request_id, ErrorCode.INVALID_SEQUENCE, str(exc))
             elif type(exc).__name__ == "CheckpointError":
-                self.send_error(request_id, ErrorCode.MODELS_UNAVAILABLE, f"the rigging models cannot be loaded: {exc}")
+                reply = _error_reply(request_id, ErrorCode.MODELS_UNAVAILABLE,
+                                     f"the rigging models cannot be loaded: {exc}")
+            elif isinstance(exc, OSError):
+                reply = _error_reply(request_id, ErrorCode.RIG_FAILED,
+                                     f"cannot write {out_path}: {exc.strerror or exc}")
             else:
                 log.error("rig failed: %s", traceback.format_exc())
-                self.send_error(request_id, ErrorCode.RIG_FAILED, f"rigging failed: {type(exc).__name__}: {exc}")
+                reply = _error_reply(request_id, ErrorCode.RIG_FAILED, f"rigging failed: {type(exc).__name__}: {exc}")
+        # The server is ready for the next rig as soon as the client hears about this one.
+        with self._job_lock:
+            if self._job is not None and self._job.cancel is cancel:
+                self._job = None
+        self.send(reply)
 
     def _finish_job(self, cancel: bool, timeout: float = 30.0) -> None:
         with self._job_lock:
@@ -479,6 +611,10 @@ class Server:
             folder = Path(self._tempdir.name)
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(request_id))
         return folder / f"rig_{safe}_{int(time.time() * 1000)}.npz"
+
+
+def _error_reply(request_id: Any, code: str, message: str) -> dict:
+    return {"id": request_id, "type": "error", "error": {"code": code, "message": message}}
 
 
 def collect_info(config: ServerConfig, rigger: Rigger | None = None) -> dict:
@@ -570,11 +706,13 @@ def main(argv: list[str] | None = None) -> int:
                                     line_buffering=True)
     sys.stdout = sys.stderr
     os.dup2(sys.stderr.fileno(), 1)
-    protocol_in = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+    # surrogateescape: invalid UTF-8 reaches parse_request_line as lone surrogates and is answered there
+    protocol_in = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServerConfig(device=args.device, checkpoints=args.checkpoints, workdir=args.workdir,
                           heartbeat_s=args.heartbeat)
+    install_termination_cleanup()  # SIGTERM: no temporary result file left behind
     return Server(config, protocol_in, protocol_out).serve()
 
 

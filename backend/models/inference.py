@@ -10,6 +10,7 @@ All coordinates are anchor-box normalized (see ``backend.normalize``); outputs a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +50,15 @@ class RiggerModels:
 
     @torch.inference_mode()
     def generate_skeletons(self, points: np.ndarray, normals: np.ndarray, max_joints: int = 64,
-                           batch_size: int = 16, stop_after_repeats: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+                           batch_size: int = 16, stop_after_repeats: int = 0,
+                           should_cancel: Callable[[], bool] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Greedy constrained skeletons, one per frame.
 
         Args:
             points: float ``[B, N, 3]`` (or ``[N, 3]``) anchor-normalized surface samples.
             normals: float ``[B, N, 3]`` unit normals.
             stop_after_repeats: see ``SkeletonGenerator.generate`` (0: off).
+            should_cancel: polled before every decoding step (see ``SkeletonGenerator.generate``).
         Returns:
             ``B`` pairs ``(joints float32 [J, 3] normalized, parents int32 [J])``.
         """
@@ -69,7 +72,8 @@ class RiggerModels:
         for s in range(0, len(points), batch_size):
             p = torch.from_numpy(points[s:s + batch_size]).to(self.device)
             n = torch.from_numpy(normals[s:s + batch_size]).to(self.device)
-            out.extend(self.skeleton.generate(p, n, max_joints=max_joints, stop_after_repeats=stop_after_repeats))
+            out.extend(self.skeleton.generate(p, n, max_joints=max_joints, stop_after_repeats=stop_after_repeats,
+                                              should_cancel=should_cancel))
         return out
 
     @torch.inference_mode()

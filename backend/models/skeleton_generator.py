@@ -9,6 +9,7 @@ a valid single-rooted tree in canonical depth-first order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ from backend.models.layers import MLP, Attention, FourierEmbedding, PerceiverEnc
 from backend.models.tokenizer import SkeletonTokenizer, merge_duplicate_joints
 
 log = logging.getLogger(__name__)
+
+
+class DecodingCancelled(RuntimeError):
+    """Raised by :meth:`SkeletonGenerator.generate` when its ``should_cancel`` callback returns True."""
 
 
 @dataclass
@@ -204,7 +209,8 @@ class SkeletonGenerator(nn.Module):
     def generate(self, points: torch.Tensor, normals: torch.Tensor, max_joints: int = 64,
                  min_joints: int = 1, temperature: float = 0.0, use_cache: bool = True, dfs_constraint: bool = True,
                  generator: torch.Generator | None = None, stop_rule: str = "mass", stop_after_repeats: int = 0,
-                 return_stats: bool = False) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
+                 return_stats: bool = False, should_cancel: Callable[[], bool] | None = None,
+                 ) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
         """Decode one skeleton per frame with constrained (greedy by default) decoding.
 
         Constraints: coordinate slots emit only bins; the first parent slot emits only the root
@@ -232,6 +238,8 @@ class SkeletonGenerator(nn.Module):
             use_cache: use the KV cache (False recomputes the whole prefix every step).
             stop_rule: ``mass`` or ``argmax`` (see above).
             stop_after_repeats: ``n`` of the repetition stop (0: off, decode until EOS or the limit).
+            should_cancel: polled before every decoding step (a few ms each); when it returns True,
+                :class:`DecodingCancelled` is raised (the callback may also raise its own exception).
             return_stats: also return a dict of per-sample counts (greedy decoding only):
                 ``constraint_overrides`` (steps where the unconstrained argmax was not allowed),
                 ``validity_overrides`` (steps where it would have broken the tree or the token
@@ -278,6 +286,9 @@ class SkeletonGenerator(nn.Module):
         invalid = torch.zeros(B, dtype=torch.long, device=device)
         step_tokens = seq
         for t in range(4 * max_joints + 1):
+            if should_cancel is not None and should_cancel():
+                self.train(self_training)
+                raise DecodingCancelled(f"skeleton decoding cancelled at step {t}")
             if use_cache:
                 logits = self.step(step_tokens, kv, cache, tables)[:, -1].float()
             else:

@@ -354,7 +354,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         track("skeleton", s / len(report_frames))
         idx = [slot[int(f)] for f in report_frames[s:s + cfg.batch_frames]]
         skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints,
-                                                  stop_after_repeats=cfg.stop_after_repeats))
+                                                  stop_after_repeats=cfg.stop_after_repeats,
+                                                  should_cancel=lambda: track.check() or False))
     track("skeleton", 1.0)
     joints0 = np.asarray(skeletons[0][0], dtype=np.float32).reshape(-1, 3)
     parents0 = np.asarray(skeletons[0][1], dtype=np.int32).reshape(-1)

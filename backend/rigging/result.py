@@ -60,10 +60,14 @@ class RigResult:
         return int(self.bone_transforms.shape[0])
 
     def save(self, path: str | Path) -> None:
-        """Write as an uncompressed ``.npz`` (names and stats as JSON strings)."""
+        """Write as an uncompressed ``.npz`` (names and stats as JSON strings) to exactly ``path``.
+
+        The file is opened here, so numpy does not append ``.npz`` to a path without that suffix.
+        """
         arrays = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
-        np.savez(path, **arrays, joint_names=np.asarray(self.joint_names, dtype=str),
-                 fps=np.float32(self.fps), stats=np.asarray(json.dumps(self.stats)))
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays, joint_names=np.asarray(self.joint_names, dtype=str),
+                     fps=np.float32(self.fps), stats=np.asarray(json.dumps(self.stats)))
 
     @classmethod
     def load(cls, path: str | Path) -> "RigResult":
