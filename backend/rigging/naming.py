@@ -1,0 +1,190 @@
+"""Readable bone names from a skeleton's structure: the anchor's bilateral mirror plane gives ``.L`` / ``.R``
+(Blender's convention), the chains leaving the root are named by where they go (spine/neck/head up the
+middle, tail the other way, legs down the sides, arms otherwise), anything else ``bone_NN``."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+MIRROR_TOLERANCE = 0.02  # mean mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
+SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
+UP = np.array([0.0, 1.0, 0.0])
+
+
+def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tuple[np.ndarray, float] | None:
+    """The anchor's bilateral mirror plane ``(normal [3], offset)`` (points ``p`` with ``p . n = offset``),
+    or None when no vertical plane mirrors the vertices within ``tolerance`` (mean nearest distance of the
+    mirrored vertices, in the normalized frame).
+
+    Candidates are vertical planes: normals along X, Z and the horizontal principal axes, each through the
+    vertices' mean (refined once by the mean of matched mid-points).
+    """
+    a = np.asarray(anchor, dtype=np.float64)
+    if len(a) > 4000:
+        a = a[np.random.default_rng(0).choice(len(a), 4000, replace=False)]
+    tree = cKDTree(a)
+    flat = a[:, [0, 2]] - a[:, [0, 2]].mean(axis=0)
+    _, _, vt = np.linalg.svd(flat, full_matrices=False)
+    candidates = [np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])]
+    candidates += [np.array([v[0], 0.0, v[1]]) / np.linalg.norm(v) for v in vt]
+    best: tuple[float, np.ndarray, float] | None = None
+    for n in candidates:
+        offset = float((a @ n).mean())
+        for _ in range(2):
+            mirrored = a - 2.0 * ((a @ n) - offset)[:, None] * n
+            d, k = tree.query(mirrored)
+            offset = float(0.5 * ((a @ n) + (a[k] @ n)).mean())
+        mirrored = a - 2.0 * ((a @ n) - offset)[:, None] * n
+        score = float(tree.query(mirrored)[0].mean())
+        if best is None or score < best[0]:
+            best = (score, n, offset)
+    if best is None or best[0] > tolerance:
+        return None
+    _, n, offset = best
+    # orient the normal so that +side is +X (or +Z): the character's left when it faces +Z (glTF)
+    if n[0] < -1e-9 or (abs(n[0]) <= 1e-9 and n[2] < 0):
+        n, offset = -n, -offset
+    return n, offset
+
+
+def _subtree_leaf(j: int, children: list[list[int]], joints: np.ndarray) -> int:
+    """The joint of ``j``'s subtree farthest from ``j`` along the tree's longest path."""
+    best, best_depth = j, 0
+    stack = [(j, 0)]
+    while stack:
+        u, d = stack.pop()
+        if d > best_depth or (d == best_depth and np.linalg.norm(joints[u] - joints[j]) >
+                              np.linalg.norm(joints[best] - joints[j])):
+            best, best_depth = u, d
+        stack.extend((c, d + 1) for c in children[u])
+    return best
+
+
+def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> tuple[list[str], dict | None]:
+    """Names for the bones of a tree (``joints [J, 3]``, ``parents [J]`` in topological order).
+
+    Returns the ``J`` unique names and the mirror plane used (``{"normal": [3], "offset": float}`` or None).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents)
+    J = len(parents)
+    children: list[list[int]] = [[] for _ in range(J)]
+    for j, p in enumerate(parents):
+        if p >= 0:
+            children[int(p)].append(j)
+    plane = mirror_plane(anchor)
+    if plane is not None:
+        n, offset = plane
+        signed = joints @ n - offset
+        side = np.where(signed > SIDE_TOLERANCE, "L", np.where(signed < -SIDE_TOLERANCE, "R", ""))
+    else:
+        side = np.full(J, "", dtype=object)
+    root = int(np.flatnonzero(parents < 0)[0])
+    names: list[str | None] = [None] * J
+    names[root] = "root"
+
+    def chain_from(start: int) -> list[int]:
+        """Joints from ``start`` following the child with the deepest subtree."""
+        chain = [start]
+        while children[chain[-1]]:
+            kids = children[chain[-1]]
+            depth = [_depth_below(k, children) for k in kids]
+            chain.append(kids[int(np.argmax(depth))])
+        return chain
+
+    # the chains leaving the root, each classified by where its far end lies
+    chains: list[tuple[str, str, list[int]]] = []  # (role, side, joints)
+    pending = [(root, c) for c in children[root]]
+    head_dir: np.ndarray | None = None
+    central_first = sorted([c for _, c in pending if side[_subtree_leaf(c, children, joints)] == ""],
+                           key=lambda c: -joints[_subtree_leaf(c, children, joints)][1])
+    if central_first:
+        top = central_first[0]
+        leaf = _subtree_leaf(top, children, joints)
+        if joints[leaf][1] > joints[root][1]:
+            head_dir = joints[leaf] - joints[root]
+    while pending:
+        origin, start = pending.pop(0)
+        chain = chain_from(start)
+        leaf = chain[-1]
+        s = side[leaf] or side[start]
+        if s:
+            role = "leg" if joints[leaf][1] < joints[origin][1] - 0.1 else "arm"
+        elif head_dir is not None and origin == root and start == central_first[0]:
+            role = "spine"
+        elif head_dir is not None and float((joints[leaf] - joints[origin]) @ head_dir) < 0:
+            role = "tail"
+        else:
+            role = "bone"
+        chains.append((role, s, chain))
+        on_chain = set(chain)
+        for u in chain:
+            pending.extend((u, c) for c in children[u] if c not in on_chain)
+
+    # number side chains so that mirrored ones share a number; central chains of one role likewise counted
+    count: dict[tuple[str, str], int] = {}
+    number: list[int] = [0] * len(chains)
+    left = [i for i, (r, s, _) in enumerate(chains) if s == "L"]
+    right = [i for i, (r, s, _) in enumerate(chains) if s == "R"]
+    paired: dict[int, int] = {}
+    if plane is not None and left and right:
+        n, offset = plane
+        for i in left:
+            start = joints[chains[i][2][0]]
+            mirrored = start - 2.0 * (start @ n - offset) * n
+            free = [k for k in right if k not in paired.values() and chains[k][0] == chains[i][0]]
+            if free:
+                d = [np.linalg.norm(joints[chains[k][2][0]] - mirrored) for k in free]
+                paired[i] = free[int(np.argmin(d))]
+    for i, (role, s, chain) in enumerate(chains):
+        if s == "R" and i in paired.values():
+            continue
+        key = (role, s or "C")
+        count[key] = count.get(key, 0) + 1
+        number[i] = count[key]
+        if i in paired:
+            k = paired[i]
+            number[k] = number[i]
+            count[(role, "R")] = max(count.get((role, "R"), 0), number[i])
+    totals: dict[tuple[str, str], int] = {}
+    for i, (role, s, _) in enumerate(chains):
+        totals[(role, s)] = max(totals.get((role, s), 0), number[i])
+
+    for i, (role, s, chain) in enumerate(chains):
+        suffix = f".{s}" if s else ""
+        tag = role if totals[(role, s)] <= 1 and role != "bone" else f"{role}{number[i]}"
+        if role == "spine" and len(chain) >= 3:
+            labels = [f"spine_{k + 1:02d}" for k in range(len(chain) - 2)] + ["neck", "head"]
+        elif role == "spine" and len(chain) == 2:
+            labels = ["neck", "head"]
+        elif role == "spine":
+            labels = ["head"]
+        else:
+            labels = [f"{tag}_{k + 1:02d}" for k in range(len(chain))]
+        for u, lab in zip(chain, labels):
+            names[u] = lab + suffix
+
+    # unique names (a collision only from odd structures): add a letter
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for j in range(J):
+        nm = names[j] or f"bone_{j:02d}"
+        if nm in seen:
+            seen[nm] += 1
+            base, dot, sfx = nm.partition(".")
+            nm = f"{base}_{seen[nm]}{dot}{sfx}"
+        seen.setdefault(nm, 0)
+        out.append(nm)
+    mirror = None if plane is None else {"normal": plane[0].tolist(), "offset": plane[1]}
+    return out, mirror
+
+
+def _depth_below(j: int, children: list[list[int]]) -> int:
+    depth, frontier = 0, [j]
+    while True:
+        nxt = [c for u in frontier for c in children[u]]
+        if not nxt:
+            return depth
+        depth += 1
+        frontier = nxt
