@@ -245,15 +245,22 @@ def connected_parts(adj: sp.csr_matrix, labels: np.ndarray, min_size: int) -> np
     while True:
         n = int(piece.max()) + 1
         size = np.bincount(piece, minlength=n)
-        border = _border_counts(adj, piece, n)
-        small = [p for p in np.argsort(size, kind="stable") if size[p] < min_size and border[p].nnz > 0]
-        if not small:
+        border = _border_counts(adj, piece, n).tocsr()
+        touching = np.diff(border.indptr) > 0
+        small = np.flatnonzero((size < min_size) & touching)
+        if not len(small):
             break
-        p = int(small[0])
-        row = border[p].toarray().ravel()
-        piece[piece == p] = int(np.argmax(row))
+        target = np.arange(n)
+        for p in small:  # each small piece joins the neighbour it shares most edges with (all at once)
+            lo, hi = border.indptr[p], border.indptr[p + 1]
+            target[p] = border.indices[lo + int(np.argmax(border.data[lo:hi]))]
+        for p in small:  # two small pieces choosing each other: the smaller joins the larger
+            q = target[p]
+            if target[q] == p and (size[p], p) > (size[q], q):
+                target[p] = p
+        piece = target[piece]
         _, piece = np.unique(piece, return_inverse=True)
-        piece = _components_within(adj, piece)
+        piece = _components_within(adj, piece.reshape(-1))
     _, piece = np.unique(piece, return_inverse=True)
     return piece.reshape(-1).astype(np.int64)
 
