@@ -62,6 +62,8 @@ class MotionSkeletonConfig:
             distance from its centre to its nearest vertex (at least half a spacing).
         min_part_fraction: parts (connected pieces of a cluster) with fewer vertices than this share of
             the mesh join the neighbour they touch most.
+        max_ring: a level-set piece whose cross-section's RMS radius exceeds this many spacings is part of
+            a thick body, not a limb, and gets no bone of its own.
         piece_fraction: a separate mesh piece with at least this share of the vertices keeps its own bone
             (smaller ones join the piece they are nearest to when they move with it).
         min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
@@ -73,16 +75,17 @@ class MotionSkeletonConfig:
     """
 
     detail: str | int = "auto"
-    max_parts: int = 40
-    merge_error: float = 0.01
+    max_parts: int = 64
+    merge_error: float = 0.006
     moving_deg: float = 5.0
     spacing: float | None = None
-    spacing_range: tuple[float, float] = (0.07, 0.15)
+    spacing_range: tuple[float, float] = (0.06, 0.12)
     default_spacing: float = 0.11
     core_scale: float = 1.5
     min_part_fraction: float = 0.004
     min_tail_fraction: float = 0.45
     piece_fraction: float = 0.02
+    max_ring: float = 0.8
     border_weight: float = 0.02
     max_frames: int = 48
     weld_tolerance: float = 1e-6
@@ -399,12 +402,14 @@ def merge_rigid_parts(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_mat
 
 
 def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: sp.csr_matrix,
-                    anchor: np.ndarray, min_tail: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    anchor: np.ndarray, min_tail: float,
+                    max_ring: float = np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut one part into a chain (or tree) of bones by level bands of ``f`` (distance from its joint).
 
     Band ``s`` holds the vertices with ``floor(f / spacing) = s``; every connected piece of a band beyond
     the first is a bone whose parent is the piece of the previous band it touches most, with its joint at
-    the centre of that shared cross-section. Short leaf bones join their parents.
+    the centre of that shared cross-section. Short leaf bones join their parents, and so do pieces whose
+    cross-section is wider (RMS radius) than ``max_ring * spacing``: shells of a thick body, not limbs.
 
     Args:
         verts_idx: int ``[n]`` the part's vertices; f: float ``[n]`` their distance from the part's joint.
@@ -433,6 +438,7 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
     r, c = r[lower], c[lower]
     parent = np.full(B, -1, dtype=np.int64)
     joint = np.zeros((B, 3))
+    radius = np.zeros(B)
     piece_band = np.zeros(B, dtype=np.int64)
     np.maximum.at(piece_band, piece, band)
     for b in range(1, B):
@@ -444,7 +450,9 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
             parent[b] = int(np.argmax(counts))
             pick = sel.copy()
             pick[sel] = cand == parent[b]
-            joint[b] = 0.5 * (anchor[verts_idx[r[pick]]].mean(axis=0) + anchor[verts_idx[c[pick]]].mean(axis=0))
+            ring = np.concatenate([anchor[verts_idx[r[pick]]], anchor[verts_idx[c[pick]]]])
+            joint[b] = ring.mean(axis=0)
+            radius[b] = float(np.sqrt(((ring - joint[b]) ** 2).sum(axis=1).mean()))
         else:  # not touching a lower band: hang it off the own bone, joint at its lowest vertices
             parent[b] = 0
             low = mine[f[mine] <= f[mine].min() + 0.1 * spacing]
@@ -467,9 +475,11 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
         has_child = np.zeros(B, dtype=bool)
         has_child[parent[alive & (parent >= 0)]] = True
         for b in range(1, B):
-            if alive[b] and not has_child[b] and (extent[b] < min_tail * spacing or (piece == b).sum() < 3):
+            short_leaf = not has_child[b] and (extent[b] < min_tail * spacing or (piece == b).sum() < 3)
+            if alive[b] and (short_leaf or radius[b] > max_ring * spacing):
                 p = int(parent[b])
                 piece[piece == b] = p
+                parent[parent == b] = p
                 lo[p], hi[p] = min(lo[p], lo[b]), max(hi[p], hi[b])
                 extent[p] = hi[p] - lo[p]
                 alive[b] = False
@@ -617,7 +627,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
             if not np.isfinite(f).all():
                 straight = np.linalg.norm(anchor[idx] - part_joint[p], axis=1)
                 f = np.where(np.isfinite(f), f, straight)
-        bone, bparent, bjoint = level_set_bones(idx, f, spacing, adj, anchor, cfg.min_tail_fraction)
+        bone, bparent, bjoint = level_set_bones(idx, f, spacing, adj, anchor, cfg.min_tail_fraction, cfg.max_ring)
         part_sub[p] = (idx, bone)
         first_bone[p] = len(bones_joint)
         for b in range(len(bparent)):
