@@ -149,7 +149,9 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> t
             count[(role, "R")] = max(count.get((role, "R"), 0), number[i])
     totals: dict[tuple[str, str], int] = {}
     for i, (role, s, _) in enumerate(chains):
-        totals[(role, s)] = max(totals.get((role, s), 0), number[i])
+        sides = ("L", "R") if s else ("",)  # mirrored sides are numbered alike
+        for side_key in sides:
+            totals[(role, side_key)] = max(totals.get((role, side_key), 0), number[i])
 
     for i, (role, s, chain) in enumerate(chains):
         suffix = f".{s}" if s else ""

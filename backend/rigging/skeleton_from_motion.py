@@ -271,8 +271,9 @@ def connected_parts(adj: sp.csr_matrix, labels: np.ndarray, min_size: int) -> np
 def part_links(adj: sp.csr_matrix, anchor: np.ndarray, parts: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
     """Adjacent part pairs ``(a, b)``, ``a < b``, with the centre of their border ``float64 [3]``.
 
-    Mesh borders first; separate mesh pieces are then linked through their closest vertex pair (a minimum
-    spanning tree over pieces), so the part graph is connected.
+    Mesh borders first; separate mesh pieces are then linked through their closest vertices (a minimum
+    spanning tree over pieces; the link's centre is the middle of the facing vertices of both), so the
+    part graph is connected.
     """
     coo = sp.triu(adj).tocoo()
     pa, pb = parts[coo.row], parts[coo.col]
@@ -295,12 +296,17 @@ def part_links(adj: sp.csr_matrix, anchor: np.ndarray, parts: np.ndarray) -> dic
                 d, k = trees[big].query(anchor[members[small]])
                 i = int(np.argmin(d))
                 dist[a, b] = d[i] + 1e-12
-                pair[(a, b)] = (int(members[small][i]), int(members[big][k[i]]))
+                # the facing vertices: those of the smaller piece nearly as close as the closest pair
+                close = d <= 1.5 * d[i] + 0.01
+                near_small, near_big = members[small][close], members[big][k[close]]
+                same = (parts[near_small] == parts[members[small][i]]) & (parts[near_big] == parts[members[big][k[i]]])
+                pair[(a, b)] = (int(members[small][i]), int(members[big][k[i]]),
+                                0.5 * (anchor[near_small[same]].mean(axis=0) + anchor[near_big[same]].mean(axis=0)))
         mst = minimum_spanning_tree(sp.csr_matrix(np.where(np.isfinite(dist), dist, 0.0))).tocoo()
         for a, b in zip(mst.row, mst.col):
-            i, j = pair[(int(min(a, b)), int(max(a, b)))]
+            i, j, centre = pair[(int(min(a, b)), int(max(a, b)))]
             key = (int(min(parts[i], parts[j])), int(max(parts[i], parts[j])))
-            out.setdefault(key, 0.5 * (anchor[i] + anchor[j]))
+            out.setdefault(key, centre)
     return out
 
 
