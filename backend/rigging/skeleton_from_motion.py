@@ -64,6 +64,8 @@ class MotionSkeletonConfig:
             the mesh join the neighbour they touch most.
         max_ring: a level-set piece whose cross-section's RMS radius exceeds this many spacings is part of
             a thick body, not a limb, and gets no bone of its own.
+        band_fraction: width of the level bands in spacings (narrower bands see branches sooner; chains
+            are then collapsed back to one bone per spacing).
         piece_fraction: a separate mesh piece with at least this share of the vertices keeps its own bone
             (smaller ones join the piece they are nearest to when they move with it).
         min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
@@ -86,7 +88,8 @@ class MotionSkeletonConfig:
     min_tail_fraction: float = 0.45
     piece_fraction: float = 0.02
     max_ring: float = 0.8
-    border_weight: float = 0.02
+    band_fraction: float = 1.0
+    border_weight: float = 0.005
     max_frames: int = 48
     weld_tolerance: float = 1e-6
     seed: int = 0
@@ -408,14 +411,17 @@ def merge_rigid_parts(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_mat
 
 
 def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: sp.csr_matrix,
-                    anchor: np.ndarray, min_tail: float,
-                    max_ring: float = np.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    anchor: np.ndarray, min_tail: float, max_ring: float = np.inf,
+                    band_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut one part into a chain (or tree) of bones by level bands of ``f`` (distance from its joint).
 
-    Band ``s`` holds the vertices with ``floor(f / spacing) = s``; every connected piece of a band beyond
+    Band ``s`` holds the vertices with ``floor(f / (band_fraction * spacing)) = s``; every connected piece
+    of a band beyond
     the first is a bone whose parent is the piece of the previous band it touches most, with its joint at
     the centre of that shared cross-section. Short leaf bones join their parents, and so do pieces whose
     cross-section is wider (RMS radius) than ``max_ring * spacing``: shells of a thick body, not limbs.
+    Narrow bands (``band_fraction < 1``) find branches sooner; a piece that is its parent's only child then
+    joins it while the two together stay within one spacing.
 
     Args:
         verts_idx: int ``[n]`` the part's vertices; f: float ``[n]`` their distance from the part's joint.
@@ -425,7 +431,7 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
         ``joint float64 [B, 3]`` (bone 0's entry is unused).
     """
     n = len(verts_idx)
-    band = np.floor(f / spacing).astype(np.int64)
+    band = np.floor(f / (spacing * band_fraction)).astype(np.int64)
     sub = adj[verts_idx][:, verts_idx].tocoo()
     same = band[sub.row] == band[sub.col]
     g = sp.csr_matrix((np.ones(int(same.sum())), (sub.row[same], sub.col[same])), shape=(n, n))
@@ -481,8 +487,13 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
         has_child = np.zeros(B, dtype=bool)
         has_child[parent[alive & (parent >= 0)]] = True
         for b in range(1, B):
+            if not alive[b]:
+                continue
             short_leaf = not has_child[b] and (extent[b] < min_tail * spacing or (piece == b).sum() < 3)
-            if alive[b] and (short_leaf or radius[b] > max_ring * spacing):
+            p = int(parent[b])
+            only_child = int(((parent == p) & alive).sum()) == 1
+            collapse = only_child and max(hi[b], hi[p]) - lo[p] <= spacing * (1.0 + 1e-9)
+            if short_leaf or collapse or radius[b] > max_ring * spacing:
                 p = int(parent[b])
                 piece[piece == b] = p
                 parent[parent == b] = p
@@ -621,7 +632,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
             src = np.flatnonzero(d0 <= max(cfg.core_scale * d0.min(), 0.5 * spacing))
             f = _geodesic_from(adj_w, idx, src)
             if not np.isfinite(f).all():
-                f = np.where(np.isfinite(f), f, d0)
+                f = np.where(np.isfinite(f), f, 0.0)  # pieces not reached: the part's own bone
         else:
             q = int(part_parent[p])
             nb = adj[idx][:, parts == q]
@@ -630,10 +641,9 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
                 d0 = np.linalg.norm(anchor[idx] - part_joint[p], axis=1)
                 src = np.flatnonzero(d0 <= d0.min() + 1e-9)
             f = _geodesic_from(adj_w, idx, src)
-            if not np.isfinite(f).all():
-                straight = np.linalg.norm(anchor[idx] - part_joint[p], axis=1)
-                f = np.where(np.isfinite(f), f, straight)
-        bone, bparent, bjoint = level_set_bones(idx, f, spacing, adj, anchor, cfg.min_tail_fraction, cfg.max_ring)
+            f = np.where(np.isfinite(f), f, 0.0)  # pieces not reached: the part's own bone
+        bone, bparent, bjoint = level_set_bones(idx, f, spacing, adj, anchor, cfg.min_tail_fraction, cfg.max_ring,
+                                                cfg.band_fraction)
         part_sub[p] = (idx, bone)
         first_bone[p] = len(bones_joint)
         for b in range(len(bparent)):
