@@ -35,7 +35,7 @@ from backend.rigging.fit.rigid import proper_rotation, rigid_matrix
 from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
 from backend.rigging.naming import name_bones
-from backend.skeleton import topological_order, validate_tree
+from backend.skeleton import reorder, topological_order, validate_tree
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class MotionSkeletonConfig:
             a thick body, not a limb, and gets no bone of its own.
         band_fraction: width of the level bands in spacings (narrower bands see branches sooner; chains
             are then collapsed back to one bone per spacing).
+        min_bone_fraction: a part whose joint is closer than this many spacings to its parent's joint
+            (a blend zone, not a limb) joins its parent (not with an int ``detail``).
         piece_fraction: a separate mesh piece with at least this share of the vertices keeps its own bone
             (smaller ones join the piece they are nearest to when they move with it).
         min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
@@ -73,7 +75,6 @@ class MotionSkeletonConfig:
             units: 0.02 is about an 8 degree rotation).
         max_frames: frames used for the motion clustering (evenly spaced, the anchor included).
         weld_tolerance: vertices closer than this on every frame are one vertex.
-        seed: unused randomness guard (the method is deterministic); kept for reproducible extensions.
     """
 
     detail: str | int = "auto"
@@ -89,10 +90,10 @@ class MotionSkeletonConfig:
     piece_fraction: float = 0.02
     max_ring: float = 0.8
     band_fraction: float = 1.0
+    min_bone_fraction: float = 0.25
     border_weight: float = 0.005
     max_frames: int = 48
     weld_tolerance: float = 1e-6
-    seed: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -474,7 +475,6 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
         if parent[b] == b or piece_band[parent[b]] >= piece_band[b] and parent[b] != 0:
             parent[b] = 0
     # leaf bones shorter than min_tail * spacing join their parent (repeat: a chain can shrink)
-    extent = np.zeros(B)
     lo = np.full(B, np.inf)
     hi = np.full(B, -np.inf)
     np.minimum.at(lo, piece, f)
@@ -570,6 +570,31 @@ def _part_tree(P: int, root: int, links: dict[tuple[int, int], np.ndarray], link
     return parent
 
 
+def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                       root: int, min_length: float):
+    """A part whose joint lies closer than ``min_length`` to its parent part's joint (a blend zone between
+    two joints, not a limb) joins its parent; its children keep their joints. Returns the renumbered
+    ``(parts [V], part_parent [P'], part_joint [P', 3], transforms [K, P', 4, 4], root)``."""
+    P = len(part_parent)
+    parent = part_parent.copy()
+    alive = np.ones(P, dtype=bool)
+    changed = min_length > 0
+    while changed:
+        changed = False
+        for p in range(P):
+            q = int(parent[p])
+            if alive[p] and q >= 0 and np.linalg.norm(part_joint[p] - part_joint[q]) < min_length:
+                parts = np.where(parts == p, q, parts)
+                parent[parent == p] = q
+                alive[p] = False
+                changed = True
+    keep = np.flatnonzero(alive)
+    remap = np.full(P, -1)
+    remap[keep] = np.arange(len(keep))
+    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
+
+
 def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
            cfg: MotionSkeletonConfig, max_parts: int, merge_error: float, spacing_scale: float,
            target: int | None, spacing_override: float | None = None) -> dict:
@@ -591,7 +616,6 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
         link_cost[(a, b)] = res
     root = _root_part(anchor, parts, P)
     part_parent = _part_tree(P, root, links, link_cost)
-    size = np.bincount(parts, minlength=P)
     root_centre = anchor[parts == root].mean(axis=0)
     part_joint = np.zeros((P, 3))
     part_joint[root] = root_centre
@@ -599,20 +623,21 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
         q = int(part_parent[p])
         if q >= 0:
             part_joint[p] = joint_of[(min(p, q), max(p, q))]
-    moving = np.array([part_parent[p] >= 0 and relative_rotation_deg(transforms[:, p], transforms[:, part_parent[p]])
-                       >= cfg.moving_deg for p in range(P)])
     # spacing like the joints found by motion
     if spacing_override is not None:
         spacing = spacing_override
     elif cfg.spacing is not None:
         spacing = cfg.spacing * spacing_scale
     else:
-        lengths = [np.linalg.norm(part_joint[p] - part_joint[part_parent[p]]) for p in range(P)
-                   if part_parent[p] >= 0 and part_parent[p] != root]
-        lengths += [np.linalg.norm(part_joint[p] - part_joint[part_parent[p]]) for p in range(P)
-                    if part_parent[p] == root]
+        lengths = [np.linalg.norm(part_joint[p] - part_joint[part_parent[p]]) for p in range(P) if part_parent[p] >= 0]
         base = float(np.median(lengths)) if len(lengths) >= 3 else cfg.default_spacing
         spacing = float(np.clip(base, *cfg.spacing_range)) * spacing_scale
+    if target is None:
+        parts, part_parent, part_joint, transforms, root = _merge_short_bones(
+            parts, part_parent, part_joint, transforms, root, cfg.min_bone_fraction * spacing)
+        P = len(part_parent)
+    moving = np.array([part_parent[p] >= 0 and relative_rotation_deg(transforms[:, p], transforms[:, part_parent[p]])
+                       >= cfg.moving_deg for p in range(P)])
     # shape chains inside every part
     bone_of_vertex = np.zeros(U, dtype=np.int64)
     bones_joint: list[np.ndarray] = []
@@ -762,9 +787,8 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 best = trial
         built = best
 
-    joints, parents = built["joints"], built["parents"]
-    order = topological_order(parents)
-    joints, parents = joints[order], _reindex_parents(parents, order)
+    order = topological_order(built["parents"])
+    joints, parents = reorder(built["joints"], built["parents"], order)
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     bone_of_vertex = inverse[built["bone_of_vertex"]]
@@ -784,10 +808,3 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
              built["n_moving"], stats["seconds"])
     return RigSkeleton(joints=joints.astype(np.float64), parents=parents.astype(np.int32), tails=tails,
                        names=names, init_weights=weights, stats=stats)
-
-
-def _reindex_parents(parents: np.ndarray, order: np.ndarray) -> np.ndarray:
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    old = np.asarray(parents)[order]
-    return np.where(old >= 0, inverse[np.maximum(old, 0)], -1).astype(np.int32)
