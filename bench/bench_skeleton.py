@@ -5,7 +5,8 @@ For every clip (the real clips in ``--realdata`` and the first ``--clips`` test-
 default corpus configuration), all in the anchor-box normalized frame:
 
 * ``motion``: CD-J2J of :func:`skeleton_from_motion` (default config) to the ground-truth anchor joints,
-  its joint count, seconds;
+  its joint count, parts found (``mov``: moving ones), seconds; ``+tips``: the same skeleton with its leaf
+  bones' tails counted as end joints (the corpus skeletons have a joint at every extremity);
 * ``k-means``: the control with the ground truth's joint count: k-means centres of the anchor vertices
   (seeded);
 * ``network``: the shipped skeleton generator on the anchor (as ``rig_sequence`` runs it: sampled surface
@@ -166,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         skel = skeleton_from_motion(verts_n, clip["faces"], config=config)
         seconds = time.perf_counter() - t0
+        leaves = np.setdiff1d(np.arange(len(skel.parents)), skel.parents)
+        with_tips = np.concatenate([skel.joints, skel.tails[leaves]])
         row = dict(name=clip["name"], set=clip["set"], frames=int(len(verts)), verts=int(verts.shape[1]),
                    gt_joints=int(len(gt)), joints=int(len(skel.parents)), cd=cd_j2j(skel.joints, gt),
+                   cd_tips=cd_j2j(with_tips, gt), tips=int(len(leaves)),
                    seconds=seconds, kmeans=cd_j2j(kmeans_control(verts_n[0], len(gt)), gt),
                    parts=int(skel.stats["n_parts"]), moving=int(skel.stats["n_moving_parts"]))
         if models is not None:
@@ -178,14 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             figure_clips.append(dict(name=clip["name"], anchor=verts_n[0], skeleton=skel, gt=gt))
 
     net_cols = models is not None
-    head = (f"{'clip':34s} {'K':>3s} {'V':>5s} | {'motion':>7s} {'J':>3s} {'GT J':>4s} {'ratio':>5s} {'parts':>5s} "
+    head = (f"{'clip':34s} {'K':>3s} {'V':>5s} | {'motion':>7s} {'+tips':>6s} {'J':>3s} {'GT J':>4s} {'ratio':>5s} {'parts':>5s} "
             f"{'mov':>3s} {'s':>5s} | {'k-means':>7s}" + (f" | {'network':>7s} {'net J':>5s}" if net_cols else ""))
     print(f"CD-J2J to the ground-truth anchor skeleton (anchor-box normalized); detail={detail}")
     print(head)
     print("-" * len(head))
 
     def line(r: dict) -> str:
-        s = (f"{r['name'][:34]:34s} {r['frames']:3d} {r['verts']:5d} | {r['cd']:7.4f} {r['joints']:3d} {r['gt_joints']:4d} "
+        s = (f"{r['name'][:34]:34s} {r['frames']:3d} {r['verts']:5d} | {r['cd']:7.4f} {r['cd_tips']:6.4f} {r['joints']:3d} {r['gt_joints']:4d} "
              f"{r['joints'] / r['gt_joints']:5.2f} {r['parts']:5d} {r['moving']:3d} {r['seconds']:5.2f} | {r['kmeans']:7.4f}")
         return s + (f" | {r['net']:7.4f} {r['net_joints']:5d}" if net_cols else "")
 
@@ -196,13 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in rs:
             print(line(r))
         mean = (f"{'mean ' + group + f' ({len(rs)})':34s} {'':3s} {'':5s} | {np.mean([r['cd'] for r in rs]):7.4f} "
+                f"{np.mean([r['cd_tips'] for r in rs]):6.4f} "
                 f"{'':3s} {'':4s} {'':5s} {'':5s} {'':3s} {np.mean([r['seconds'] for r in rs]):5.2f} | "
                 f"{np.mean([r['kmeans'] for r in rs]):7.4f}")
         if net_cols:
             mean += f" | {np.mean([r['net'] for r in rs]):7.4f}"
         print(mean)
         ratios = [r["joints"] / r["gt_joints"] for r in rs]
-        print(f"  {group}: max CD-J2J {max(r['cd'] for r in rs):.4f}; joint ratio {min(ratios):.2f}-{max(ratios):.2f} "
+        print(f"  {group}: max CD-J2J {max(r['cd'] for r in rs):.4f} (+tips {max(r['cd_tips'] for r in rs):.4f}); joint ratio {min(ratios):.2f}-{max(ratios):.2f} "
               f"(clips outside 0.6-1.5x: {sum(not 0.6 <= q <= 1.5 for q in ratios)})")
         print("-" * len(head))
     if args.figure and figure_clips:
