@@ -21,8 +21,8 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
     vertices' mean (refined once by the mean of matched mid-points).
     """
     a = np.asarray(anchor, dtype=np.float64)
-    if len(a) > 4000:
-        a = a[np.random.default_rng(0).choice(len(a), 4000, replace=False)]
+    if len(a) > 1500:
+        a = a[np.random.default_rng(0).choice(len(a), 1500, replace=False)]
     tree = cKDTree(a)
     flat = a[:, [0, 2]] - a[:, [0, 2]].mean(axis=0)
     _, _, vt = np.linalg.svd(flat, full_matrices=False)

@@ -31,7 +31,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
-from backend.rigging.fit.rigid import proper_rotation, rigid_matrix
+from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_rigid_fits
+from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
 from backend.rigging.naming import name_bones
@@ -73,7 +74,9 @@ class MotionSkeletonConfig:
         min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
         border_weight: pull of a joint toward its parts' shared border, per frame (in squared rotation
             units: 0.02 is about an 8 degree rotation).
-        max_frames: frames used for the motion clustering (evenly spaced, the anchor included).
+        max_frames: frames used for the motion (evenly spaced, the anchor included).
+        cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
+            every vertex joins the cluster whose motion reproduces it best.
         weld_tolerance: vertices closer than this on every frame are one vertex.
     """
 
@@ -92,7 +95,8 @@ class MotionSkeletonConfig:
     band_fraction: float = 1.0
     min_bone_fraction: float = 0.25
     border_weight: float = 0.005
-    max_frames: int = 48
+    max_frames: int = 32
+    cluster_vertices: int = 3000
     weld_tolerance: float = 1e-6
 
     def validate(self) -> None:
@@ -164,9 +168,15 @@ def weld_colocated(verts: np.ndarray, tolerance: float = 1e-6) -> tuple[np.ndarr
     Returns:
         ``representative int64 [U]`` (one vertex per group) and ``group int64 [V]`` (each vertex's group).
     """
-    K, V, _ = verts.shape
-    keys = np.round(np.asarray(verts, dtype=np.float64).transpose(1, 0, 2).reshape(V, K * 3) / tolerance)
-    _, representative, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    x = np.asarray(verts, dtype=np.float64)
+    keys = np.round(x[0] / tolerance)
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    # same anchor position but a different path later: a group of its own
+    apart = np.abs(x - x[:, first[group]]).max(axis=(0, 2)) > tolerance
+    if apart.any():
+        group[apart] = len(first) + np.arange(int(apart.sum()))
+    _, representative, group = np.unique(group, return_index=True, return_inverse=True)
     return representative.astype(np.int64), group.reshape(-1).astype(np.int64)
 
 
@@ -570,6 +580,19 @@ def _part_tree(P: int, root: int, links: dict[tuple[int, int], np.ndarray], link
     return parent
 
 
+def _motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int, max_vertices: int) -> np.ndarray:
+    """Motion clusters (:func:`split_motion_clusters`) grown on at most ``max_vertices`` vertices (a seeded
+    even subsample), then every vertex goes to the cluster motion that reproduces it best. ``labels [V]``."""
+    V = len(anchor)
+    if V <= max_vertices:
+        return split_motion_clusters(anchor, frames_vm, n_clusters)
+    sub = np.sort(np.random.default_rng(0).choice(V, max_vertices, replace=False))
+    labels = split_motion_clusters(anchor[sub], frames_vm[sub], n_clusters)
+    m = int(labels.max()) + 1
+    transforms = weighted_rigid_fits(anchor[sub], None, one_hot(labels, m), frames_vm[sub])[0]
+    return ResidualGram(anchor, frames_vm, transforms).single_bone_errors().argmin(axis=1)
+
+
 def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
                        root: int, min_length: float):
     """A part whose joint lies closer than ``min_length`` to its parent part's joint (a blend zone between
@@ -600,7 +623,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
            target: int | None, spacing_override: float | None = None) -> dict:
     U = len(anchor)
     min_size = max(4, int(np.ceil(cfg.min_part_fraction * U)))
-    clusters = split_motion_clusters(anchor, frames_vm, max_parts)
+    clusters = _motion_clusters(anchor, frames_vm, max_parts, cfg.cluster_vertices)
     parts = connected_parts(adj, clusters, min_size)
     parts, transforms = merge_rigid_parts(anchor, frames_vm, adj, parts, merge_error, target,
                                           min_piece=int(np.ceil(cfg.piece_fraction * U)))
