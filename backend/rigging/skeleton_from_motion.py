@@ -519,12 +519,10 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
 
 
 def _geodesic_from(adj_w: sp.csr_matrix, verts_idx: np.ndarray, sources_local: np.ndarray) -> np.ndarray:
+    """Geodesic (mesh edge) distance ``[n]`` within the part ``verts_idx`` from its local ``sources``;
+    ``inf`` for vertices of pieces the sources do not reach."""
     sub = adj_w[verts_idx][:, verts_idx]
-    d = dijkstra(sub, directed=False, indices=sources_local, min_only=True)
-    far = ~np.isfinite(d)
-    if far.any():  # pieces not reached (a part made of separate pieces): straight-line distance
-        d[far] = np.inf
-    return d
+    return dijkstra(sub, directed=False, indices=sources_local, min_only=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,7 +663,6 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
     bone_of_vertex = np.zeros(U, dtype=np.int64)
     bones_joint: list[np.ndarray] = []
     bones_parent: list[int] = []
-    bones_part: list[int] = []
     first_bone = np.zeros(P, dtype=np.int64)
     order = [root]
     k = 0
@@ -701,7 +698,6 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
             else:
                 bones_joint.append(bjoint[b])
                 bones_parent.append(int(first_bone[p] + bparent[b]))
-            bones_part.append(p)
         bone_of_vertex[idx] = first_bone[p] + bone
     # attach each part's first bone to the sub-bone of its parent part that borders it most
     for p in order:
@@ -719,7 +715,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
             d = np.linalg.norm(np.asarray(bones_joint)[cands] - part_joint[p], axis=1)
             bones_parent[first_bone[p]] = int(cands[np.argmin(d)])
     return dict(joints=np.asarray(bones_joint), parents=np.asarray(bones_parent), bone_of_vertex=bone_of_vertex,
-                bones_part=np.asarray(bones_part), parts=parts, n_parts=P, n_moving=int(moving.sum()),
+                parts=parts, n_parts=P, n_moving=int(moving.sum()),
                 spacing=spacing, n_clusters=int(clusters.max()) + 1)
 
 
@@ -766,8 +762,9 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         verts: float ``[K, V, 3]`` in the anchor-box normalized space (frame 0 = anchor; coordinates in
             [-0.5, 0.5], Y up).
         faces: int ``[F, 3]``.
-        prior_joints, prior_parents: the network's anchor skeleton ``[J0, 3]`` / ``[J0]``; checked, recorded
-            in ``stats`` (its joint count is the reference for ``detail="auto"`` only when given).
+        prior_joints, prior_parents: the network's anchor skeleton ``[J0, 3]`` / ``[J0]``: checked and its
+            size recorded in ``stats``, not used otherwise (on the real and corpus clips of
+            ``bench/bench_skeleton.py`` it is 3-5x further from the artist's skeleton than this method).
         config: :class:`MotionSkeletonConfig`.
     Returns:
         :class:`RigSkeleton`.
