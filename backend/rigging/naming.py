@@ -1,21 +1,22 @@
 """Readable bone names from a skeleton's structure: the anchor's bilateral mirror plane gives ``.L`` / ``.R``
-(Blender's convention), the chains leaving the root are named by where they go (spine/neck/head up the
-middle, tail the other way, legs down the sides, arms otherwise), anything else ``bone_NN``."""
+(Blender's convention), the chains leaving the root (each following its straightest continuation) are
+named by where they go: spine/neck/head up the middle, tail the other way, legs down the sides to the
+ground, arms otherwise, anything else ``boneN_NN``."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-MIRROR_TOLERANCE = 0.02  # mean mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
+MIRROR_TOLERANCE = 0.02  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
-UP = np.array([0.0, 1.0, 0.0])
+GROUND_SHARE = 0.25  # a side chain ending in the lowest quarter of the anchor's height is a leg, else an arm
 
 
 def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tuple[np.ndarray, float] | None:
     """The anchor's bilateral mirror plane ``(normal [3], offset)`` (points ``p`` with ``p . n = offset``),
-    or None when no vertical plane mirrors the vertices within ``tolerance`` (mean nearest distance of the
-    mirrored vertices, in the normalized frame).
+    or None when no vertical plane mirrors the vertices within ``tolerance`` (median nearest distance of
+    the mirrored vertices, in the normalized frame: the median lets a posed limb or two differ).
 
     Candidates are vertical planes: normals along X, Z and the horizontal principal axes, each through the
     vertices' mean (refined once by the mean of matched mid-points).
@@ -36,7 +37,7 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
             d, k = tree.query(mirrored)
             offset = float(0.5 * ((a @ n) + (a[k] @ n)).mean())
         mirrored = a - 2.0 * ((a @ n) - offset)[:, None] * n
-        score = float(tree.query(mirrored)[0].mean())
+        score = float(np.median(tree.query(mirrored)[0]))
         if best is None or score < best[0]:
             best = (score, n, offset)
     if best is None or best[0] > tolerance:
@@ -84,34 +85,51 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> t
     names: list[str | None] = [None] * J
     names[root] = "root"
 
-    def chain_from(start: int) -> list[int]:
-        """Joints from ``start`` following the child with the deepest subtree."""
-        chain = [start]
+    anchor_y = np.asarray(anchor, dtype=np.float64)[:, 1]
+    ground = float(anchor_y.min() + GROUND_SHARE * np.ptp(anchor_y))  # legs reach below this height
+
+    def chain_from(origin: int, start: int) -> list[int]:
+        """Joints from ``start`` on, each time to the child that continues the chain straightest."""
+        chain, prev = [start], joints[origin]
         while children[chain[-1]]:
-            kids = children[chain[-1]]
-            depth = [_depth_below(k, children) for k in kids]
-            chain.append(kids[int(np.argmax(depth))])
+            cur = chain[-1]
+            kids = children[cur]
+            direction = joints[cur] - prev
+            if len(kids) == 1 or np.linalg.norm(direction) < 1e-9:
+                nxt = kids[int(np.argmax([_depth_below(k, children) for k in kids]))]
+            else:
+                steps = joints[kids] - joints[cur]
+                cos = steps @ direction / (np.linalg.norm(steps, axis=1) * np.linalg.norm(direction) + 1e-12)
+                nxt = kids[int(np.argmax(cos))]
+            prev = joints[cur]
+            chain.append(nxt)
         return chain
 
-    # the chains leaving the root, each classified by where its far end lies
+    def chain_side(chain: list[int]) -> str:
+        """The side most of the chain's joints are on ("" when most are central)."""
+        sided = [str(side[u]) for u in chain if side[u]]
+        if 2 * len(sided) <= len(chain):
+            return ""
+        return max(("L", "R"), key=sided.count)
+
+    # the chains leaving the root: the central one reaching highest is the spine (neck and head at its end)
+    root_chains = [(c, chain_from(root, c)) for c in children[root]]
+    central = [(c, ch) for c, ch in root_chains if chain_side(ch) == ""]
+    spine_start, head_dir = None, None
+    if central:
+        c, ch = max(central, key=lambda item: joints[item[1][-1]][1])
+        if joints[ch[-1]][1] > joints[root][1]:
+            spine_start, head_dir = c, joints[ch[-1]] - joints[root]
     chains: list[tuple[str, str, list[int]]] = []  # (role, side, joints)
     pending = [(root, c) for c in children[root]]
-    head_dir: np.ndarray | None = None
-    central_first = sorted([c for _, c in pending if side[_subtree_leaf(c, children, joints)] == ""],
-                           key=lambda c: -joints[_subtree_leaf(c, children, joints)][1])
-    if central_first:
-        top = central_first[0]
-        leaf = _subtree_leaf(top, children, joints)
-        if joints[leaf][1] > joints[root][1]:
-            head_dir = joints[leaf] - joints[root]
     while pending:
         origin, start = pending.pop(0)
-        chain = chain_from(start)
+        chain = chain_from(origin, start)
         leaf = chain[-1]
-        s = side[leaf] or side[start]
+        s = chain_side(chain)
         if s:
-            role = "leg" if joints[leaf][1] < joints[origin][1] - 0.1 else "arm"
-        elif head_dir is not None and origin == root and start == central_first[0]:
+            role = "leg" if joints[leaf][1] < ground else "arm"
+        elif origin == root and start == spine_start:
             role = "spine"
         elif head_dir is not None and float((joints[leaf] - joints[origin]) @ head_dir) < 0:
             role = "tail"
