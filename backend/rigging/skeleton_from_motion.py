@@ -10,7 +10,7 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    rigid motion moves nearly as well are merged (cheapest first, :func:`merge_rigid_parts`);
 3. hierarchy: a minimum spanning tree of the part adjacency (mesh borders, plus nearest links between
    separate pieces) weighted by how badly a ball joint explains each pair's relative motion, rooted at
-   the central, heaviest part;
+   the centre of the part graph;
 4. a joint between a part and its parent at their centre of rotation (:func:`centre_of_rotation`),
    regularised toward the centre of their shared border (a hinge fixes it only up to its axis);
 5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
@@ -541,13 +541,28 @@ def _detail_knobs(cfg: MotionSkeletonConfig) -> tuple[int, float, float, int | N
     return max(cfg.max_parts, n), cfg.merge_error, 1.0, n
 
 
-def _root_part(anchor: np.ndarray, parts: np.ndarray, P: int) -> int:
-    """The central, heaviest part: most vertices, discounted by the distance of its centre to the mesh's."""
+def _root_part(anchor: np.ndarray, parts: np.ndarray, P: int, links: dict[tuple[int, int], np.ndarray],
+               min_share: float = 0.02) -> int:
+    """The central part: the centre of the part graph (smallest largest path length, through the joints'
+    border centres, to any other part), among parts holding at least ``min_share`` of the vertices; ties
+    go to the heavier part. A heavy head or tail does not pull the root away from the pelvis."""
     size = np.bincount(parts, minlength=P).astype(np.float64)
-    centre = anchor.mean(axis=0)
+    if P == 1:
+        return 0
     centroids = (one_hot(parts, P).T @ anchor) / np.maximum(size, 1)[:, None]
-    d = np.linalg.norm(centroids - centre, axis=1)
-    return int(np.argmax(size * np.exp(-d / 0.15)))
+    rows, cols, vals = [], [], []
+    for (a, b), border in links.items():
+        rows.append(a)
+        cols.append(b)
+        vals.append(np.linalg.norm(centroids[a] - border) + np.linalg.norm(border - centroids[b]) + 1e-9)
+    graph = sp.csr_matrix((vals, (rows, cols)), shape=(P, P))
+    dist = dijkstra(graph, directed=False)
+    ecc = np.where(np.isfinite(dist), dist, 0.0).max(axis=1)
+    eligible = size >= min_share * size.sum()
+    if not eligible.any():
+        eligible = size == size.max()
+    order = np.lexsort((-size, ecc))
+    return int(next(p for p in order if eligible[p]))
 
 
 def _part_tree(P: int, root: int, links: dict[tuple[int, int], np.ndarray], link_cost: dict) -> np.ndarray:
@@ -635,7 +650,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
             c = border
         joint_of[(a, b)] = c
         link_cost[(a, b)] = res
-    root = _root_part(anchor, parts, P)
+    root = _root_part(anchor, parts, P, links)
     part_parent = _part_tree(P, root, links, link_cost)
     root_centre = anchor[parts == root].mean(axis=0)
     part_joint = np.zeros((P, 3))
