@@ -1,0 +1,845 @@
+"""A skeleton from the clip itself: rigid parts by motion, joints at their centres of rotation, chains
+along the shape where nothing moves.
+
+Steps (all numpy/scipy, on the anchor-normalized clip):
+
+1. weld co-located vertices (same position on every frame, e.g. flat-shaded seams): they are one vertex
+   for everything below and get identical ``init_weights`` rows;
+2. rigid parts by motion: motion clusters grown by splitting (:func:`split_motion_clusters`), made
+   connected on the mesh (small islands join the neighbour they touch most), then adjacent parts that one
+   rigid motion moves nearly as well are merged (cheapest first, :func:`merge_rigid_parts`);
+3. hierarchy: a minimum spanning tree of the part adjacency (mesh borders, plus nearest links between
+   separate pieces) weighted by how badly a ball joint explains each pair's relative motion, rooted at
+   the centre of the part graph;
+4. a joint between a part and its parent at their centre of rotation (:func:`centre_of_rotation`),
+   regularised toward the centre of their shared border (a hinge fixes it only up to its axis);
+5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
+   from its joint; for the root part, distance along its principal axis from its centre), one bone per
+   connected piece of each level band, joints at the centres of the cross-sections;
+6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
+   chains from the root are named spine/neck/head, tail, leg or arm by where they go.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
+from scipy.spatial import cKDTree
+
+from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_rigid_fits
+from backend.rigging.fit.solve import ResidualGram
+from backend.rigging.fit.sparse import one_hot
+from backend.rigging.fit.starts import split_motion_clusters
+from backend.rigging.naming import name_bones
+from backend.skeleton import reorder, topological_order, validate_tree
+
+log = logging.getLogger(__name__)
+
+DETAIL_LEVELS = ("auto", "coarse", "fine")
+
+
+@dataclass
+class MotionSkeletonConfig:
+    """Options of :func:`skeleton_from_motion` (lengths in the anchor-normalized frame, longest side 1).
+
+    Attributes:
+        detail: ``"auto"`` | ``"coarse"`` | ``"fine"`` | an int: the number of bones wanted (met as
+            closely as the part merging and the chain spacing allow).
+        max_parts: motion clusters grown before merging (``auto``; ``coarse`` uses 0.6x, ``fine`` 1.5x).
+        merge_error: adjacent parts are merged while the smaller one's vertices would move less than this
+            (RMS, normalized units) by following the union's rigid motion (``coarse`` 1.6x, ``fine`` 0.6x).
+        moving_deg: a part whose largest rotation relative to its parent reaches this counts as moving
+            (statistics only).
+        spacing: bone length of the shape chains; ``None`` = the median length of the joints found by
+            motion, clipped to ``spacing_range`` (``coarse`` 1.5x, ``fine`` 0.7x).
+        spacing_range: bounds of the automatic spacing.
+        default_spacing: the spacing when fewer than three joints are found by motion.
+        core_scale: the root part's chains start from its core: its vertices within this many times the
+            distance from its centre to its nearest vertex (at least half a spacing).
+        min_part_fraction: parts (connected pieces of a cluster) with fewer vertices than this share of
+            the mesh join the neighbour they touch most.
+        max_ring: a level-set piece whose cross-section's RMS radius exceeds this many spacings is part of
+            a thick body, not a limb, and gets no bone of its own.
+        band_fraction: width of the level bands in spacings (narrower bands see branches sooner; chains
+            are then collapsed back to one bone per spacing).
+        min_bone_fraction: a part whose joint is closer than this many spacings to its parent's joint
+            (a blend zone, not a limb) joins its parent (not with an int ``detail``).
+        piece_fraction: a separate mesh piece with at least this share of the vertices keeps its own bone
+            (smaller ones join the piece they are nearest to when they move with it).
+        min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
+        border_weight: pull of a joint toward its parts' shared border, per frame (in squared rotation
+            units: 0.02 is about an 8 degree rotation).
+        max_frames: frames used for the motion (evenly spaced, the anchor included).
+        cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
+            every vertex joins the cluster whose motion reproduces it best.
+        weld_tolerance: vertices closer than this on every frame are one vertex.
+    """
+
+    detail: str | int = "auto"
+    max_parts: int = 64
+    merge_error: float = 0.006
+    moving_deg: float = 5.0
+    spacing: float | None = None
+    spacing_range: tuple[float, float] = (0.06, 0.12)
+    default_spacing: float = 0.11
+    core_scale: float = 1.5
+    min_part_fraction: float = 0.004
+    min_tail_fraction: float = 0.45
+    piece_fraction: float = 0.02
+    max_ring: float = 0.8
+    band_fraction: float = 1.0
+    min_bone_fraction: float = 0.25
+    border_weight: float = 0.005
+    max_frames: int = 32
+    cluster_vertices: int = 3000
+    weld_tolerance: float = 1e-6
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if isinstance(self.detail, bool) or not (self.detail in DETAIL_LEVELS or isinstance(self.detail, (int, np.integer))):
+            raise ValueError(f"detail must be one of {DETAIL_LEVELS} or an int bone count, got {self.detail!r}")
+        if isinstance(self.detail, (int, np.integer)) and self.detail < 1:
+            raise ValueError(f"detail as a bone count must be >= 1, got {self.detail}")
+        if self.max_parts < 1:
+            raise ValueError(f"max_parts must be >= 1, got {self.max_parts}")
+        if self.merge_error < 0:
+            raise ValueError(f"merge_error must be >= 0, got {self.merge_error}")
+        if self.spacing is not None and self.spacing <= 0:
+            raise ValueError(f"spacing must be > 0, got {self.spacing}")
+        if not 0 < self.spacing_range[0] <= self.spacing_range[1]:
+            raise ValueError(f"spacing_range must satisfy 0 < lo <= hi, got {self.spacing_range}")
+        if self.max_frames < 2:
+            raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
+
+
+@dataclass
+class RigSkeleton:
+    """A skeleton made from a clip, with each vertex's starting bone.
+
+    Attributes:
+        joints: float64 ``[J, 3]`` joint (bone head) positions, in the space of the input vertices.
+        parents: int32 ``[J]``: ``-1`` for the single root; parents precede children.
+        tails: float64 ``[J, 3]`` bone tail points (a bone with one child ends at the child's joint).
+        names: ``J`` unique readable names (mirrored bones end in ``.L`` / ``.R``).
+        init_weights: float32 ``[V, J]`` rows on the simplex: each vertex's bone.
+        stats: what was found (parts, moving/static counts, mirror plane, seconds).
+    """
+
+    joints: np.ndarray
+    parents: np.ndarray
+    tails: np.ndarray
+    names: list[str]
+    init_weights: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input and welding
+
+
+def _check_inputs(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    verts = np.asarray(verts)
+    faces = np.asarray(faces)
+    if verts.ndim != 3 or verts.shape[2] != 3:
+        raise ValueError(f"verts must be float [K, V, 3], got shape {list(verts.shape)}")
+    if verts.shape[0] < 1 or verts.shape[1] < 4:
+        raise ValueError(f"verts needs at least 1 frame and 4 vertices, got shape {list(verts.shape)}")
+    if not np.isfinite(verts).all():
+        raise ValueError("verts contains non-finite values")
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise ValueError(f"faces must be int [F, 3] with F >= 1, got shape {list(faces.shape)}")
+    if not np.issubdtype(faces.dtype, np.integer):
+        raise ValueError(f"faces must be integers, got {faces.dtype}")
+    if faces.min() < 0 or faces.max() >= verts.shape[1]:
+        raise ValueError(f"faces index vertices outside [0, {verts.shape[1]})")
+    return verts.astype(np.float64), faces.astype(np.int64)
+
+
+def weld_colocated(verts: np.ndarray, tolerance: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices at the same place on every frame (within ``tolerance``), as groups.
+
+    Args:
+        verts: float ``[K, V, 3]``.
+    Returns:
+        ``representative int64 [U]`` (one vertex per group) and ``group int64 [V]`` (each vertex's group).
+    """
+    x = np.asarray(verts, dtype=np.float64)
+    keys = np.round(x[0] / tolerance)
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    # same anchor position but a different path later: a group of its own
+    apart = np.abs(x - x[:, first[group]]).max(axis=(0, 2)) > tolerance
+    if apart.any():
+        group[apart] = len(first) + np.arange(int(apart.sum()))
+    _, representative, group = np.unique(group, return_index=True, return_inverse=True)
+    return representative.astype(np.int64), group.reshape(-1).astype(np.int64)
+
+
+def edge_graph(faces: np.ndarray, n_verts: int) -> sp.csr_matrix:
+    """Symmetric 0/1 vertex adjacency ``[V, V]`` of the mesh edges (no self loops)."""
+    f = np.asarray(faces, dtype=np.int64)
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    keep = i != j
+    adj = sp.csr_matrix((np.ones(int(keep.sum())), (i[keep], j[keep])), shape=(n_verts, n_verts))
+    adj.data[:] = 1.0
+    return adj
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry of rigid motions
+
+
+def rotation_angles(rot: np.ndarray) -> np.ndarray:
+    """Angle (radians) of rotations ``[..., 3, 3]``."""
+    tr = np.trace(rot, axis1=-2, axis2=-1)
+    return np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0))
+
+
+def relative_rotation_deg(transforms_a: np.ndarray, transforms_b: np.ndarray) -> float:
+    """Largest angle (degrees) over frames of ``R_a(t) R_b(t)^T`` for ``[K, 4, 4]`` part motions."""
+    rel = transforms_a[:, :3, :3] @ transforms_b[:, :3, :3].transpose(0, 2, 1)
+    return float(np.degrees(rotation_angles(rel).max()))
+
+
+def centre_of_rotation(transforms_a: np.ndarray, transforms_b: np.ndarray, border_centre: np.ndarray,
+                       border_weight: float) -> tuple[np.ndarray, float]:
+    """The point both parts move alike: ``argmin_c sum_t |(R_a - R_b) c + (t_a - t_b)|^2 + K w |c - b|^2``.
+
+    Args:
+        transforms_a, transforms_b: float ``[K, 4, 4]`` rigid motions (anchor -> frame t) of the two parts.
+        border_centre: float ``[3]``: the centre of their shared border ``b`` (fixes the free directions:
+            a hinge's axis, or everything when the parts never move apart).
+        border_weight: ``w`` per frame.
+    Returns:
+        the centre ``float64 [3]`` and the RMS over frames of the joint's residual (how far the two parts
+        pull the joint apart: ~0 for a true ball or hinge joint).
+    """
+    dR = transforms_a[:, :3, :3] - transforms_b[:, :3, :3]  # [K, 3, 3]
+    dt = transforms_a[:, :3, 3] - transforms_b[:, :3, 3]  # [K, 3]
+    K = len(dR)
+    A = np.einsum("kab,kac->bc", dR, dR) + K * border_weight * np.eye(3)
+    rhs = -np.einsum("kab,ka->b", dR, dt) + K * border_weight * border_centre
+    c = np.linalg.solve(A, rhs)
+    residual = np.einsum("kab,b->ka", dR, c) + dt
+    return c, float(np.sqrt((residual ** 2).sum(axis=1).mean()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+
+
+def _components_within(adj: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
+    """Connected pieces of each label on the mesh: ``piece int64 [V]``."""
+    coo = adj.tocoo()
+    same = labels[coo.row] == labels[coo.col]
+    sub = sp.csr_matrix((np.ones(int(same.sum())), (coo.row[same], coo.col[same])), shape=adj.shape)
+    _, piece = connected_components(sub, directed=False)
+    return piece.astype(np.int64)
+
+
+def _border_counts(adj: sp.csr_matrix, labels: np.ndarray, n: int) -> sp.csr_matrix:
+    """``[n, n]`` number of mesh edges between labels (diagonal removed)."""
+    coo = adj.tocoo()
+    m = sp.csr_matrix((np.ones(len(coo.row)), (labels[coo.row], labels[coo.col])), shape=(n, n))
+    m.setdiag(0)
+    m.eliminate_zeros()
+    return m
+
+
+def connected_parts(adj: sp.csr_matrix, labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Make every label one connected piece of the mesh: pieces with fewer than ``min_size`` vertices join
+    the neighbouring piece they share most edges with (an isolated piece stays on its own).
+
+    Returns ``parts int64 [V]`` in ``[0, P)``.
+    """
+    piece = _components_within(adj, labels)
+    while True:
+        n = int(piece.max()) + 1
+        size = np.bincount(piece, minlength=n)
+        border = _border_counts(adj, piece, n).tocsr()
+        touching = np.diff(border.indptr) > 0
+        small = np.flatnonzero((size < min_size) & touching)
+        if not len(small):
+            break
+        target = np.arange(n)
+        for p in small:  # each small piece joins the neighbour it shares most edges with (all at once)
+            lo, hi = border.indptr[p], border.indptr[p + 1]
+            target[p] = border.indices[lo + int(np.argmax(border.data[lo:hi]))]
+        for p in small:  # two small pieces choosing each other: the smaller joins the larger
+            q = target[p]
+            if target[q] == p and (size[p], p) > (size[q], q):
+                target[p] = p
+        piece = target[piece]
+        _, piece = np.unique(piece, return_inverse=True)
+        piece = _components_within(adj, piece.reshape(-1))
+    _, piece = np.unique(piece, return_inverse=True)
+    return piece.reshape(-1).astype(np.int64)
+
+
+def part_links(adj: sp.csr_matrix, anchor: np.ndarray, parts: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
+    """Adjacent part pairs ``(a, b)``, ``a < b``, with the centre of their border ``float64 [3]``.
+
+    Mesh borders first; separate mesh pieces are then linked through their closest vertices (a minimum
+    spanning tree over pieces; the link's centre is the middle of the facing vertices of both), so the
+    part graph is connected.
+    """
+    coo = sp.triu(adj).tocoo()
+    pa, pb = parts[coo.row], parts[coo.col]
+    cross = pa != pb
+    links: dict[tuple[int, int], list[np.ndarray]] = {}
+    for i, j, a, b in zip(coo.row[cross], coo.col[cross], pa[cross], pb[cross]):
+        key = (int(min(a, b)), int(max(a, b)))
+        links.setdefault(key, []).append(0.5 * (anchor[i] + anchor[j]))
+    out = {k: np.mean(v, axis=0) for k, v in links.items()}
+    n_pieces, piece = connected_components(adj, directed=False)
+    if n_pieces > 1:
+        # closest vertex pair between every two pieces (kd-tree per piece), then a spanning tree
+        members = [np.flatnonzero(piece == c) for c in range(n_pieces)]
+        trees = [cKDTree(anchor[m]) for m in members]
+        dist = np.full((n_pieces, n_pieces), np.inf)
+        pair: dict[tuple[int, int], tuple[int, int]] = {}
+        for a in range(n_pieces):
+            for b in range(a + 1, n_pieces):
+                small, big = (a, b) if len(members[a]) <= len(members[b]) else (b, a)
+                d, k = trees[big].query(anchor[members[small]])
+                i = int(np.argmin(d))
+                dist[a, b] = d[i] + 1e-12
+                # the facing vertices: those of the smaller piece nearly as close as the closest pair
+                close = d <= 1.5 * d[i] + 0.01
+                near_small, near_big = members[small][close], members[big][k[close]]
+                same = (parts[near_small] == parts[members[small][i]]) & (parts[near_big] == parts[members[big][k[i]]])
+                pair[(a, b)] = (int(members[small][i]), int(members[big][k[i]]),
+                                0.5 * (anchor[near_small[same]].mean(axis=0) + anchor[near_big[same]].mean(axis=0)))
+        mst = minimum_spanning_tree(sp.csr_matrix(np.where(np.isfinite(dist), dist, 0.0))).tocoo()
+        for a, b in zip(mst.row, mst.col):
+            i, j, centre = pair[(int(min(a, b)), int(max(a, b)))]
+            key = (int(min(parts[i], parts[j])), int(max(parts[i], parts[j])))
+            out.setdefault(key, centre)
+    return out
+
+
+class PartMoments:
+    """Sufficient statistics of each part's rigid fit, additive under merging: the count, anchor sums,
+    per-frame target sums and cross sums. The best rigid fit (Kabsch) of a union and its squared error
+    follow from them without touching the vertices again."""
+
+    def __init__(self, anchor: np.ndarray, frames_vm: np.ndarray, parts: np.ndarray, n_parts: int):
+        V, K, _ = frames_vm.shape
+        H = sp.csr_matrix((np.ones(V), (parts, np.arange(V))), shape=(n_parts, V))
+        X = frames_vm.reshape(V, K * 3)
+        self.n = np.asarray(H.sum(axis=1)).ravel()
+        self.sa = H @ anchor  # [P, 3]
+        self.saa = H @ (anchor ** 2).sum(axis=1)  # [P]
+        self.sx = (H @ X).reshape(n_parts, K, 3)
+        self.sxx = (H @ (frames_vm ** 2).sum(axis=2))  # [P, K]
+        self.sxa = np.stack([(H @ (X * anchor[:, b:b + 1])).reshape(n_parts, K, 3) for b in range(3)], axis=-1)
+
+    def merge(self, a: int, b: int) -> None:
+        """Part ``b`` joins part ``a``."""
+        for name in ("n", "sa", "saa", "sx", "sxx", "sxa"):
+            arr = getattr(self, name)
+            arr[a] = arr[a] + arr[b]
+
+    def fit(self, parts: list[int]) -> tuple[np.ndarray, float]:
+        """The union of ``parts``: its rigid motion ``[K, 4, 4]`` and total squared error over frames."""
+        n = sum(self.n[p] for p in parts)
+        sa = sum(self.sa[p] for p in parts)
+        saa = sum(self.saa[p] for p in parts)
+        sx = sum(self.sx[p] for p in parts)
+        sxx = sum(self.sxx[p] for p in parts)
+        sxa = sum(self.sxa[p] for p in parts)
+        a_bar = sa / n
+        x_bar = sx / n  # [K, 3]
+        cross = sxa - n * x_bar[:, :, None] * a_bar[None, None, :]  # [K, 3, 3]
+        rot = proper_rotation(cross)
+        trace = np.einsum("kab,kab->k", rot, cross)
+        err = (sxx - n * (x_bar ** 2).sum(axis=1)) + (saa - n * a_bar @ a_bar) - 2.0 * trace
+        trans = x_bar - rot @ a_bar
+        return rigid_matrix(rot, trans), float(max(err.sum(), 0.0))
+
+
+def merge_rigid_parts(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, parts: np.ndarray,
+                      merge_error: float, target: int | None = None,
+                      min_piece: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Merge adjacent parts moving together, cheapest first: the cost of a pair is how far its smaller
+    part's vertices would move (RMS over frames) if it followed the union's one rigid motion,
+    ``sqrt((E(a+b) - E(a) - E(b)) / (K min(n_a, n_b)))``. Merging goes on while the cheapest cost is
+    below ``merge_error`` (or while more than ``target`` parts remain). Parts of separate mesh pieces
+    (linked only by their nearest vertices) merge only when the smaller has fewer than ``min_piece``
+    vertices: a separate rigid piece keeps its own bone, as a rigger would give it.
+
+    Returns ``parts int64 [V]`` (renumbered) and their rigid motions ``float64 [K, P, 4, 4]``.
+    """
+    P = int(parts.max()) + 1
+    K = frames_vm.shape[1]
+    moments = PartMoments(anchor, frames_vm, parts, P)
+    own = np.array([moments.fit([p])[1] for p in range(P)])
+    links = set(part_links(adj, anchor, parts))
+    border = _border_counts(adj, parts, P).tocoo()
+    touching = {(int(min(x, y)), int(max(x, y))) for x, y in zip(border.row, border.col)}
+    alive = np.ones(P, dtype=bool)
+
+    def cost_of(a: int, b: int) -> float:
+        extra = moments.fit([a, b])[1] - own[a] - own[b]
+        c = float(np.sqrt(max(extra, 0.0) / (K * min(moments.n[a], moments.n[b]))))
+        if (a, b) not in touching and min(moments.n[a], moments.n[b]) >= min_piece:
+            c += 1e3  # separate pieces: last to merge (only to reach a requested count)
+        return c
+
+    cost = {k: cost_of(*k) for k in links}
+    while cost:
+        (a, b), c = min(cost.items(), key=lambda kv: (kv[1], kv[0]))
+        if c >= merge_error and (target is None or int(alive.sum()) <= target):
+            break
+        parts[parts == b] = a
+        alive[b] = False
+        moments.merge(a, b)
+        own[a] = moments.fit([a])[1]
+        new_links = set()
+        for (x, y) in links:
+            x2, y2 = (a if x == b else x), (a if y == b else y)
+            if x2 != y2:
+                new_links.add((min(x2, y2), max(x2, y2)))
+        links = new_links
+        touching = {(min(a if x == b else x, a if y == b else y), max(a if x == b else x, a if y == b else y))
+                    for (x, y) in touching if {x, y} != {a, b}}
+        cost = {k: (cost[k] if a not in k and k in cost else cost_of(*k)) for k in links}
+    keep = np.flatnonzero(alive)
+    remap = np.full(P, -1)
+    remap[keep] = np.arange(len(keep))
+    transforms = np.stack([moments.fit([p])[0] for p in keep], axis=1)
+    return remap[parts], transforms
+
+
+# ---------------------------------------------------------------------------------------------
+# Shape chains
+
+
+def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: sp.csr_matrix,
+                    anchor: np.ndarray, min_tail: float, max_ring: float = np.inf,
+                    band_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut one part into a chain (or tree) of bones by level bands of ``f`` (distance from its joint).
+
+    Band ``s`` holds the vertices with ``floor(f / (band_fraction * spacing)) = s``; every connected piece
+    of a band beyond
+    the first is a bone whose parent is the piece of the previous band it touches most, with its joint at
+    the centre of that shared cross-section. Short leaf bones join their parents, and so do pieces whose
+    cross-section is wider (RMS radius) than ``max_ring * spacing``: shells of a thick body, not limbs.
+    Narrow bands (``band_fraction < 1``) find branches sooner; a piece that is its parent's only child then
+    joins it while the two together stay within one spacing.
+
+    Args:
+        verts_idx: int ``[n]`` the part's vertices; f: float ``[n]`` their distance from the part's joint.
+        adj: the mesh edge graph ``[V, V]``; anchor: ``[V, 3]``.
+    Returns:
+        ``bone int64 [n]`` (0 = the part's own bone), ``parent int64 [B]`` (``-1`` for bone 0) and
+        ``joint float64 [B, 3]`` (bone 0's entry is unused).
+    """
+    n = len(verts_idx)
+    band = np.floor(f / (spacing * band_fraction)).astype(np.int64)
+    sub = adj[verts_idx][:, verts_idx].tocoo()
+    same = band[sub.row] == band[sub.col]
+    g = sp.csr_matrix((np.ones(int(same.sum())), (sub.row[same], sub.col[same])), shape=(n, n))
+    _, piece = connected_components(g, directed=False)
+    piece = np.asarray(piece, dtype=np.int64)
+    piece[band == 0] = -1  # the first band is the part's own bone
+    ids, piece = np.unique(piece, return_inverse=True)
+    piece = piece.reshape(-1)  # 0 = own bone (band 0 present: f's minimum is 0 at the sources)
+    if ids[0] != -1:
+        piece = piece + 1
+    B = int(piece.max()) + 1
+    # parent: the piece of a lower band sharing most edges; joint: the centre of those edges
+    cross = piece[sub.row] != piece[sub.col]
+    r, c = sub.row[cross], sub.col[cross]
+    lower = band[c] < band[r]
+    r, c = r[lower], c[lower]
+    parent = np.full(B, -1, dtype=np.int64)
+    joint = np.zeros((B, 3))
+    radius = np.zeros(B)
+    piece_band = np.zeros(B, dtype=np.int64)
+    np.maximum.at(piece_band, piece, band)
+    for b in range(1, B):
+        sel = piece[r] == b
+        mine = np.flatnonzero(piece == b)
+        if sel.any():
+            cand = piece[c[sel]]
+            counts = np.bincount(cand, minlength=B)
+            parent[b] = int(np.argmax(counts))
+            pick = sel.copy()
+            pick[sel] = cand == parent[b]
+            ring = np.concatenate([anchor[verts_idx[r[pick]]], anchor[verts_idx[c[pick]]]])
+            joint[b] = ring.mean(axis=0)
+            radius[b] = float(np.sqrt(((ring - joint[b]) ** 2).sum(axis=1).mean()))
+        else:  # not touching a lower band: hang it off the own bone, joint at its lowest vertices
+            parent[b] = 0
+            low = mine[f[mine] <= f[mine].min() + 0.1 * spacing]
+            joint[b] = anchor[verts_idx[low]].mean(axis=0)
+    # parents must be in a lower band; guard against cycles (shouldn't happen) by forcing to 0
+    for b in range(1, B):
+        if parent[b] == b or piece_band[parent[b]] >= piece_band[b] and parent[b] != 0:
+            parent[b] = 0
+    # leaf bones shorter than min_tail * spacing join their parent (repeat: a chain can shrink)
+    lo = np.full(B, np.inf)
+    hi = np.full(B, -np.inf)
+    np.minimum.at(lo, piece, f)
+    np.maximum.at(hi, piece, f)
+    extent = hi - lo
+    alive = np.ones(B, dtype=bool)
+    changed = True
+    while changed:
+        changed = False
+        has_child = np.zeros(B, dtype=bool)
+        has_child[parent[alive & (parent >= 0)]] = True
+        for b in range(1, B):
+            if not alive[b]:
+                continue
+            short_leaf = not has_child[b] and (extent[b] < min_tail * spacing or (piece == b).sum() < 3)
+            p = int(parent[b])
+            only_child = int(((parent == p) & alive).sum()) == 1
+            collapse = only_child and max(hi[b], hi[p]) - lo[p] <= spacing * (1.0 + 1e-9)
+            if short_leaf or collapse or radius[b] > max_ring * spacing:
+                p = int(parent[b])
+                piece[piece == b] = p
+                parent[parent == b] = p
+                lo[p], hi[p] = min(lo[p], lo[b]), max(hi[p], hi[b])
+                extent[p] = hi[p] - lo[p]
+                alive[b] = False
+                changed = True
+    keep = np.flatnonzero(alive)
+    remap = np.full(B, -1)
+    remap[keep] = np.arange(len(keep))
+    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    return remap[piece], new_parent, joint[keep]
+
+
+def _geodesic_from(adj_w: sp.csr_matrix, verts_idx: np.ndarray, sources_local: np.ndarray) -> np.ndarray:
+    """Geodesic (mesh edge) distance ``[n]`` within the part ``verts_idx`` from its local ``sources``;
+    ``inf`` for vertices of pieces the sources do not reach."""
+    sub = adj_w[verts_idx][:, verts_idx]
+    return dijkstra(sub, directed=False, indices=sources_local, min_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole skeleton
+
+
+def _detail_knobs(cfg: MotionSkeletonConfig) -> tuple[int, float, float, int | None]:
+    """``(max_parts, merge_error, spacing scale, target bone count or None)``."""
+    if cfg.detail == "coarse":
+        return max(2, int(round(cfg.max_parts * 0.6))), cfg.merge_error * 1.6, 1.5, None
+    if cfg.detail == "fine":
+        return int(round(cfg.max_parts * 1.5)), cfg.merge_error * 0.6, 0.7, None
+    if cfg.detail == "auto":
+        return cfg.max_parts, cfg.merge_error, 1.0, None
+    n = int(cfg.detail)
+    return max(cfg.max_parts, n), cfg.merge_error, 1.0, n
+
+
+def _root_part(anchor: np.ndarray, parts: np.ndarray, P: int, links: dict[tuple[int, int], np.ndarray],
+               min_share: float = 0.02) -> int:
+    """The central part: the centre of the part graph (smallest largest path length, through the joints'
+    border centres, to any other part), among parts holding at least ``min_share`` of the vertices; ties
+    go to the heavier part. A heavy head or tail does not pull the root away from the pelvis."""
+    size = np.bincount(parts, minlength=P).astype(np.float64)
+    if P == 1:
+        return 0
+    centroids = (one_hot(parts, P).T @ anchor) / np.maximum(size, 1)[:, None]
+    rows, cols, vals = [], [], []
+    for (a, b), border in links.items():
+        rows.append(a)
+        cols.append(b)
+        vals.append(np.linalg.norm(centroids[a] - border) + np.linalg.norm(border - centroids[b]) + 1e-9)
+    graph = sp.csr_matrix((vals, (rows, cols)), shape=(P, P))
+    dist = dijkstra(graph, directed=False)
+    ecc = np.where(np.isfinite(dist), dist, 0.0).max(axis=1)
+    eligible = size >= min_share * size.sum()
+    if not eligible.any():
+        eligible = size == size.max()
+    order = np.lexsort((-size, ecc))
+    return int(next(p for p in order if eligible[p]))
+
+
+def _part_tree(P: int, root: int, links: dict[tuple[int, int], np.ndarray], link_cost: dict) -> np.ndarray:
+    """Parents ``[P]`` of the part graph's minimum spanning tree (``link_cost``), rooted at ``root``."""
+    if P == 1:
+        return np.array([-1])
+    rows, cols, vals = [], [], []
+    for (a, b), c in link_cost.items():
+        rows.append(a)
+        cols.append(b)
+        vals.append(c + 1e-9)
+    mst = minimum_spanning_tree(sp.csr_matrix((vals, (rows, cols)), shape=(P, P))).tocoo()
+    nbr: list[list[int]] = [[] for _ in range(P)]
+    for a, b in zip(mst.row, mst.col):
+        nbr[a].append(int(b))
+        nbr[b].append(int(a))
+    parent = np.full(P, -2, dtype=np.int64)
+    parent[root] = -1
+    stack = [root]
+    while stack:
+        u = stack.pop()
+        for v in nbr[u]:
+            if parent[v] == -2:
+                parent[v] = u
+                stack.append(v)
+    if (parent == -2).any():  # not connected (should not happen): hang the rest off the root
+        parent[parent == -2] = root
+    return parent
+
+
+def _motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int, max_vertices: int) -> np.ndarray:
+    """Motion clusters (:func:`split_motion_clusters`) grown on at most ``max_vertices`` vertices (a seeded
+    even subsample), then every vertex goes to the cluster motion that reproduces it best. ``labels [V]``."""
+    V = len(anchor)
+    if V <= max_vertices:
+        return split_motion_clusters(anchor, frames_vm, n_clusters)
+    sub = np.sort(np.random.default_rng(0).choice(V, max_vertices, replace=False))
+    labels = split_motion_clusters(anchor[sub], frames_vm[sub], n_clusters)
+    m = int(labels.max()) + 1
+    transforms = weighted_rigid_fits(anchor[sub], None, one_hot(labels, m), frames_vm[sub])[0]
+    return ResidualGram(anchor, frames_vm, transforms).single_bone_errors().argmin(axis=1)
+
+
+def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                       root: int, min_length: float):
+    """A part whose joint lies closer than ``min_length`` to its parent part's joint (a blend zone between
+    two joints, not a limb) joins its parent; its children keep their joints. Returns the renumbered
+    ``(parts [V], part_parent [P'], part_joint [P', 3], transforms [K, P', 4, 4], root)``."""
+    P = len(part_parent)
+    parent = part_parent.copy()
+    alive = np.ones(P, dtype=bool)
+    changed = min_length > 0
+    while changed:
+        changed = False
+        for p in range(P):
+            q = int(parent[p])
+            if alive[p] and q >= 0 and np.linalg.norm(part_joint[p] - part_joint[q]) < min_length:
+                parts = np.where(parts == p, q, parts)
+                parent[parent == p] = q
+                alive[p] = False
+                changed = True
+    keep = np.flatnonzero(alive)
+    remap = np.full(P, -1)
+    remap[keep] = np.arange(len(keep))
+    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
+
+
+def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
+           cfg: MotionSkeletonConfig, max_parts: int, merge_error: float, spacing_scale: float,
+           target: int | None, spacing_override: float | None = None) -> dict:
+    U = len(anchor)
+    min_size = max(4, int(np.ceil(cfg.min_part_fraction * U)))
+    clusters = _motion_clusters(anchor, frames_vm, max_parts, cfg.cluster_vertices)
+    parts = connected_parts(adj, clusters, min_size)
+    parts, transforms = merge_rigid_parts(anchor, frames_vm, adj, parts, merge_error, target,
+                                          min_piece=int(np.ceil(cfg.piece_fraction * U)))
+    P = transforms.shape[1]
+    links = part_links(adj, anchor, parts)
+    joint_of: dict[tuple[int, int], np.ndarray] = {}
+    link_cost: dict[tuple[int, int], float] = {}
+    for (a, b), border in links.items():
+        c, res = centre_of_rotation(transforms[:, a], transforms[:, b], border, cfg.border_weight)
+        if np.linalg.norm(c - border) > 0.25:  # runaway solve (nearly parallel motions): the border
+            c = border
+        joint_of[(a, b)] = c
+        link_cost[(a, b)] = res
+    root = _root_part(anchor, parts, P, links)
+    part_parent = _part_tree(P, root, links, link_cost)
+    root_centre = anchor[parts == root].mean(axis=0)
+    part_joint = np.zeros((P, 3))
+    part_joint[root] = root_centre
+    for p in range(P):
+        q = int(part_parent[p])
+        if q >= 0:
+            part_joint[p] = joint_of[(min(p, q), max(p, q))]
+    # spacing like the joints found by motion
+    if spacing_override is not None:
+        spacing = spacing_override
+    elif cfg.spacing is not None:
+        spacing = cfg.spacing * spacing_scale
+    else:
+        lengths = [np.linalg.norm(part_joint[p] - part_joint[part_parent[p]]) for p in range(P) if part_parent[p] >= 0]
+        base = float(np.median(lengths)) if len(lengths) >= 3 else cfg.default_spacing
+        spacing = float(np.clip(base, *cfg.spacing_range)) * spacing_scale
+    if target is None:
+        parts, part_parent, part_joint, transforms, root = _merge_short_bones(
+            parts, part_parent, part_joint, transforms, root, cfg.min_bone_fraction * spacing)
+        P = len(part_parent)
+    moving = np.array([part_parent[p] >= 0 and relative_rotation_deg(transforms[:, p], transforms[:, part_parent[p]])
+                       >= cfg.moving_deg for p in range(P)])
+    # shape chains inside every part
+    bone_of_vertex = np.zeros(U, dtype=np.int64)
+    bones_joint: list[np.ndarray] = []
+    bones_parent: list[int] = []
+    first_bone = np.zeros(P, dtype=np.int64)
+    order = [root]
+    k = 0
+    while k < len(order):  # parts in tree order
+        order.extend(int(c) for c in np.flatnonzero(part_parent == order[k]))
+        k += 1
+    part_sub: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for p in order:
+        idx = np.flatnonzero(parts == p)
+        if p == root:  # the core around the root's centre (as thick as the body there) is the source
+            d0 = np.linalg.norm(anchor[idx] - root_centre, axis=1)
+            src = np.flatnonzero(d0 <= max(cfg.core_scale * d0.min(), 0.5 * spacing))
+            f = _geodesic_from(adj_w, idx, src)
+            if not np.isfinite(f).all():
+                f = np.where(np.isfinite(f), f, 0.0)  # pieces not reached: the part's own bone
+        else:
+            q = int(part_parent[p])
+            nb = adj[idx][:, parts == q]
+            src = np.flatnonzero(np.asarray(nb.sum(axis=1)).ravel() > 0)
+            if len(src) == 0:  # a separate piece: start from its vertices nearest the joint
+                d0 = np.linalg.norm(anchor[idx] - part_joint[p], axis=1)
+                src = np.flatnonzero(d0 <= d0.min() + 1e-9)
+            f = _geodesic_from(adj_w, idx, src)
+            f = np.where(np.isfinite(f), f, 0.0)  # pieces not reached: the part's own bone
+        bone, bparent, bjoint = level_set_bones(idx, f, spacing, adj, anchor, cfg.min_tail_fraction, cfg.max_ring,
+                                                cfg.band_fraction)
+        part_sub[p] = (idx, bone)
+        first_bone[p] = len(bones_joint)
+        for b in range(len(bparent)):
+            if b == 0:
+                bones_joint.append(part_joint[p])
+                bones_parent.append(-1)  # filled below (needs the parent part's sub-bones)
+            else:
+                bones_joint.append(bjoint[b])
+                bones_parent.append(int(first_bone[p] + bparent[b]))
+        bone_of_vertex[idx] = first_bone[p] + bone
+    # attach each part's first bone to the sub-bone of its parent part that borders it most
+    for p in order:
+        q = int(part_parent[p])
+        if q < 0:
+            continue
+        idx_q, bone_q = part_sub[q]
+        idx_p = np.flatnonzero(parts == p)
+        touch = np.asarray(adj[idx_q][:, idx_p].sum(axis=1)).ravel()
+        if touch.sum() > 0:
+            counts = np.bincount(bone_q, weights=touch)
+            bones_parent[first_bone[p]] = int(first_bone[q] + np.argmax(counts))
+        else:  # separate piece: the parent's sub-bone nearest the joint
+            cands = first_bone[q] + np.arange(int(bone_q.max()) + 1)
+            d = np.linalg.norm(np.asarray(bones_joint)[cands] - part_joint[p], axis=1)
+            bones_parent[first_bone[p]] = int(cands[np.argmin(d)])
+    return dict(joints=np.asarray(bones_joint), parents=np.asarray(bones_parent), bone_of_vertex=bone_of_vertex,
+                parts=parts, n_parts=P, n_moving=int(moving.sum()),
+                spacing=spacing, n_clusters=int(clusters.max()) + 1)
+
+
+def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np.ndarray,
+           spacing: float) -> np.ndarray:
+    """Bone tails: the child's joint (one child), the children's mean (several), and for a leaf the
+    centre of its vertices farthest from its joint (at least a quarter spacing away)."""
+    J = len(parents)
+    tails = np.zeros((J, 3))
+    for j in range(J):
+        kids = np.flatnonzero(parents == j)
+        if len(kids) == 1:
+            tails[j] = joints[kids[0]]
+            continue
+        if len(kids) > 1:
+            t = joints[kids].mean(axis=0)
+            if np.linalg.norm(t - joints[j]) > 1e-3:
+                tails[j] = t
+                continue
+        mine = anchor[bone_of_vertex == j]
+        if len(mine):
+            d = np.linalg.norm(mine - joints[j], axis=1)
+            far = mine[d >= np.quantile(d, 0.9)].mean(axis=0)
+        else:
+            far = joints[j]
+        direction = far - joints[j]
+        length = np.linalg.norm(direction)
+        if length < 0.25 * spacing:
+            p = parents[j]
+            direction = joints[j] - joints[p] if p >= 0 else np.array([0.0, 1.0, 0.0])
+            norm = np.linalg.norm(direction)
+            direction = direction / norm if norm > 1e-9 else np.array([0.0, 1.0, 0.0])
+            far = joints[j] + 0.5 * spacing * direction
+        tails[j] = far
+    return tails
+
+
+def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
+                         prior_parents: np.ndarray | None = None,
+                         config: MotionSkeletonConfig | None = None) -> RigSkeleton:
+    """A skeleton for an animated mesh from its motion and shape.
+
+    Args:
+        verts: float ``[K, V, 3]`` in the anchor-box normalized space (frame 0 = anchor; coordinates in
+            [-0.5, 0.5], Y up).
+        faces: int ``[F, 3]``.
+        prior_joints, prior_parents: the network's anchor skeleton ``[J0, 3]`` / ``[J0]``: checked and its
+            size recorded in ``stats``, not used otherwise (on the real and corpus clips of
+            ``bench/bench_skeleton.py`` it is 3-5x further from the artist's skeleton than this method).
+        config: :class:`MotionSkeletonConfig`.
+    Returns:
+        :class:`RigSkeleton`.
+    Raises:
+        ValueError: bad shapes, non-finite values, faces out of range, bad config.
+    """
+    t0 = time.perf_counter()
+    cfg = config or MotionSkeletonConfig()
+    cfg.validate()
+    x, f = _check_inputs(verts, faces)
+    if (prior_joints is None) != (prior_parents is None):
+        raise ValueError("prior_joints and prior_parents must be given together")
+    if prior_joints is not None:
+        pj = np.asarray(prior_joints, dtype=np.float64)
+        if pj.ndim != 2 or pj.shape[1] != 3:
+            raise ValueError(f"prior_joints must be float [J, 3], got shape {list(pj.shape)}")
+        validate_tree(np.asarray(prior_parents), n_joints=len(pj), require_topological=False)
+    K, V, _ = x.shape
+    rep, group = weld_colocated(x, cfg.weld_tolerance)
+    U = len(rep)
+    anchor = x[0, rep]
+    frame_ids = np.unique(np.round(np.linspace(0, K - 1, min(K, cfg.max_frames))).astype(np.int64))
+    frames_vm = np.ascontiguousarray(x[frame_ids][:, rep].transpose(1, 0, 2))
+    welded_faces = group[f]
+    adj = edge_graph(welded_faces, U)
+    coo = adj.tocoo()
+    lengths = np.linalg.norm(anchor[coo.row] - anchor[coo.col], axis=1)
+    adj_w = sp.csr_matrix((np.maximum(lengths, 1e-12), (coo.row, coo.col)), shape=(U, U))
+
+    max_parts, merge_error, spacing_scale, target = _detail_knobs(cfg)
+    max_parts = min(max_parts, max(1, U // 8))
+    built = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, spacing_scale, target)
+    if target is not None and len(built["parents"]) != target:
+        # meet the requested count by the chain spacing (coarser or finer), keeping the closest
+        best = built
+        for scale in (0.5, 0.6, 0.7, 0.85, 1.2, 1.5, 2.0, 3.0, 6.0):
+            trial = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, 1.0, target,
+                           spacing_override=built["spacing"] * scale)
+            if abs(len(trial["parents"]) - target) < abs(len(best["parents"]) - target):
+                best = trial
+        built = best
+
+    order = topological_order(built["parents"])
+    joints, parents = reorder(built["joints"], built["parents"], order)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    bone_of_vertex = inverse[built["bone_of_vertex"]]
+    validate_tree(parents, n_joints=len(joints))
+    J = len(parents)
+    tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    names, mirror = name_bones(joints, parents, anchor)
+    weights = np.zeros((V, J), dtype=np.float32)
+    weights[np.arange(V), bone_of_vertex[group]] = 1.0
+    stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
+                 n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
+                 n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
+                 n_shape_bones=J - built["n_parts"], spacing=built["spacing"], mirror_plane=mirror,
+                 prior_joints=None if prior_joints is None else int(len(prior_joints)),
+                 seconds=time.perf_counter() - t0)
+    log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
+             built["n_moving"], stats["seconds"])
+    return RigSkeleton(joints=joints.astype(np.float64), parents=parents.astype(np.int32), tails=tails,
+                       names=names, init_weights=weights, stats=stats)

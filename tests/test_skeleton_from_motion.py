@@ -1,0 +1,226 @@
+"""skeleton_from_motion on small articulated sequences made by skinning a known skeleton (fixed seeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.lbs import linear_blend_skinning
+from backend.rigging.naming import mirror_plane
+from backend.rigging.skeleton_from_motion import (MotionSkeletonConfig, RigSkeleton, centre_of_rotation,
+                                                  skeleton_from_motion, weld_colocated)
+from backend.skeleton import validate_tree
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _tube(points: np.ndarray, radius: float, n_around: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """An open tube through ``points [R, 3]`` (one ring per point): verts ``[R * n, 3]``, faces."""
+    verts, faces = [], []
+    for r, p in enumerate(points):
+        d = points[min(r + 1, len(points) - 1)] - points[max(r - 1, 0)]
+        d = d / np.linalg.norm(d)
+        u = np.cross(d, [0.0, 0.0, 1.0] if abs(d[2]) < 0.9 else [1.0, 0.0, 0.0])
+        u /= np.linalg.norm(u)
+        v = np.cross(d, u)
+        for k in range(n_around):
+            a = 2 * np.pi * k / n_around
+            verts.append(p + radius * (np.cos(a) * u + np.sin(a) * v))
+    n = n_around
+    for r in range(len(points) - 1):
+        for k in range(n):
+            a, b, c, e = r * n + k, r * n + (k + 1) % n, (r + 1) * n + k, (r + 1) * n + (k + 1) % n
+            faces += [[a, b, c], [b, e, c]]
+    return np.asarray(verts), np.asarray(faces, dtype=np.int64)
+
+
+def _animate(rest: np.ndarray, bone_of_vertex: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+             rotations: np.ndarray) -> np.ndarray:
+    """Hard-skinned frames ``[K, V, 3]``; ``rotations [K, J, 3, 3]`` are local rotations about the joints."""
+    K, J = rotations.shape[:2]
+    world = np.zeros((K, J, 4, 4))
+    for k in range(K):
+        for j in range(J):
+            local = np.eye(4)
+            local[:3, :3] = rotations[k, j]
+            local[:3, 3] = joints[j] - rotations[k, j] @ joints[j]
+            world[k, j] = local if parents[j] < 0 else world[k, parents[j]] @ local
+    weights = np.zeros((len(rest), J))
+    weights[np.arange(len(rest)), bone_of_vertex] = 1.0
+    return linear_blend_skinning(rest, weights, world)
+
+
+def bending_chain(K: int = 16, seed: int = 0):
+    """A tube along Y made of four rigid segments bending at three joints (random axes); frame 0 is the rest
+    pose, so the anchor's joints are ``joints``."""
+    rng = np.random.default_rng(seed)
+    ys = np.linspace(-0.45, 0.45, 37)
+    rest, faces = _tube(np.stack([np.zeros_like(ys), ys, np.zeros_like(ys)], axis=1), 0.05)
+    joints = np.array([[0, -0.45, 0], [0, -0.225, 0], [0, 0.0, 0], [0, 0.225, 0]], dtype=np.float64)
+    parents = np.array([-1, 0, 1, 2])
+    bone = np.clip(np.searchsorted(joints[:, 1], rest[:, 1], side="right") - 1, 0, 3)
+    axes = rng.normal(size=(4, 3))
+    amp = np.radians([0, 40, 35, 45])
+    rot = np.stack([np.stack([_rotation(axes[j], amp[j] * np.sin(2 * np.pi * k / K * (1 + 0.3 * j))) for j in range(4)])
+                    for k in range(K)])
+    return _animate(rest, bone, joints, parents, rot), faces, joints
+
+
+def two_legged(K: int = 16, separate: bool = False):
+    """A body along Z with two two-bone legs at x = +-0.12 (mirror plane x = 0), walking in antiphase.
+
+    With ``separate`` every bone is its own mesh piece (like a robot made of rigid parts). Frame 0 is the
+    rest pose."""
+    body, body_f = _tube(np.stack([np.zeros(31), np.full(31, 0.12), np.linspace(-0.2, 0.4, 31)], axis=1), 0.09)
+    pieces = [(body, body_f, 0)]
+    joints = [np.array([0.0, 0.1, 0.0])]
+    parents = [-1]
+    for side in (1.0, -1.0):
+        hip = np.array([0.12 * side, 0.05, 0.0])
+        knee = np.array([0.12 * side, -0.18, 0.0])
+        foot = np.array([0.12 * side, -0.42, 0.0])
+        joints += [hip, knee]
+        parents += [0, len(joints) - 2]
+        if separate:
+            for a, b, j in ((hip, knee - [0, 0.01, 0], len(joints) - 2), (knee, foot, len(joints) - 1)):
+                ts = np.linspace(0, 1, 9)[:, None]
+                pieces.append((*_tube(a + ts * (b - a), 0.04), j))
+        else:
+            ts = np.linspace(0, 1, 19)[:, None]
+            v, f = _tube(hip + ts * (foot - hip), 0.04)
+            pieces.append((v, f, -1 - len(joints)))  # split by height below
+    rest_list, faces_list, bone_list, offset = [], [], [], 0
+    joints = np.asarray(joints)
+    for v, f, j in pieces:
+        rest_list.append(v)
+        faces_list.append(f + offset)
+        if j >= 0:
+            bone_list.append(np.full(len(v), j))
+        else:
+            hip_j = -1 - j - 2
+            bone_list.append(np.where(v[:, 1] > joints[hip_j + 1][1], hip_j, hip_j + 1))
+        offset += len(v)
+    rest = np.concatenate(rest_list)
+    faces = np.concatenate(faces_list)
+    bone = np.concatenate(bone_list)
+    parents = np.asarray(parents)
+    J = len(parents)
+    rot = np.tile(np.eye(3), (K, J, 1, 1))
+    for k in range(K):
+        phase = 2 * np.pi * k / K
+        rot[k, 1] = _rotation(np.array([1.0, 0, 0]), np.radians(35) * np.sin(phase))
+        rot[k, 3] = _rotation(np.array([1.0, 0, 0]), np.radians(35) * np.sin(phase + np.pi))
+        rot[k, 2] = _rotation(np.array([1.0, 0, 0]), np.radians(40) * (1 - np.cos(phase)) / 2)
+        rot[k, 4] = _rotation(np.array([1.0, 0, 0]), np.radians(40) * (1 - np.cos(phase)) / 2)
+    return _animate(rest, bone, joints, parents, rot), faces, joints
+
+
+def _nearest(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(points[:, None] - targets[None], axis=2).min(axis=1)
+
+
+def _check_skeleton(skel: RigSkeleton, V: int) -> None:
+    J = len(skel.parents)
+    validate_tree(skel.parents, n_joints=J)
+    assert skel.joints.shape == (J, 3) and skel.tails.shape == (J, 3) and len(skel.names) == J
+    assert len(set(skel.names)) == J
+    assert skel.init_weights.shape == (V, J) and skel.init_weights.dtype == np.float32
+    np.testing.assert_allclose(skel.init_weights.sum(axis=1), 1.0, atol=1e-6)
+    assert (skel.init_weights >= 0).all()
+
+
+def test_centre_of_rotation_recovers_a_ball_joint():
+    rng = np.random.default_rng(1)
+    centre = np.array([0.1, -0.2, 0.05])
+    K = 10
+    a = np.tile(np.eye(4), (K, 1, 1))
+    b = np.tile(np.eye(4), (K, 1, 1))
+    for k in range(K):
+        R = _rotation(rng.normal(size=3), np.radians(30))
+        b[k, :3, :3] = R
+        b[k, :3, 3] = centre - R @ centre
+    c, residual = centre_of_rotation(a, b, np.zeros(3), border_weight=1e-3)
+    assert np.linalg.norm(c - centre) < 1e-2 and residual < 1e-2
+
+
+def test_chain_joints_at_the_centres_of_rotation():
+    verts, faces, joints = bending_chain()
+    skel = skeleton_from_motion(verts, faces)
+    _check_skeleton(skel, verts.shape[1])
+    moving = joints[1:]  # the three bending joints
+    assert _nearest(moving, skel.joints).max() < 0.03
+    assert skel.stats["n_moving_parts"] >= 3
+
+
+def test_colocated_vertices_get_identical_rows():
+    verts, faces, _ = bending_chain()
+    V = verts.shape[1]
+    dup = np.arange(0, V, 7)  # a seam: copies of every 7th vertex, used by some faces
+    verts2 = np.concatenate([verts, verts[:, dup]], axis=1)
+    copy_of = {int(v): V + i for i, v in enumerate(dup)}
+    faces2 = faces.copy()
+    for f in range(0, len(faces2), 2):
+        faces2[f] = [copy_of.get(int(v), int(v)) for v in faces2[f]]
+    rep, group = weld_colocated(verts2)
+    assert len(rep) == V and (group[V:] == group[dup]).all()
+    skel = skeleton_from_motion(verts2, faces2)
+    _check_skeleton(skel, verts2.shape[1])
+    np.testing.assert_array_equal(skel.init_weights[V:], skel.init_weights[dup])
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_two_legged_creature_mirrored_names(separate):
+    verts, faces, joints = two_legged(separate=separate)
+    plane = mirror_plane(verts[0])
+    assert plane is not None and abs(abs(plane[0][0]) - 1.0) < 1e-6 and abs(plane[1]) < 0.02
+    skel = skeleton_from_motion(verts, faces)
+    _check_skeleton(skel, verts.shape[1])
+    assert _nearest(joints[[2, 4]], skel.joints).max() < 0.04  # knees
+    assert _nearest(joints[[1, 3]], skel.joints).max() < 0.05  # hips
+    left = {n[:-2] for n in skel.names if n.endswith(".L")}
+    right = {n[:-2] for n in skel.names if n.endswith(".R")}
+    assert left and left == right
+    assert any(n.startswith("leg") for n in skel.names)
+
+
+def test_detail_controls_the_bone_count():
+    verts, faces, _ = two_legged()
+    coarse = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail="coarse"))
+    fine = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail="fine"))
+    few = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail=4))
+    many = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail=16))
+    assert len(coarse.parents) < len(fine.parents)
+    assert len(few.parents) < len(many.parents)
+    assert abs(len(few.parents) - 4) <= 2 and abs(len(many.parents) - 16) <= 4
+
+
+def test_static_parts_get_shape_chains():
+    """A tube that never bends still gets a chain along its length (spaced by ``spacing``)."""
+    verts, faces, _ = bending_chain()
+    still = np.repeat(verts[:1], 6, axis=0)
+    skel = skeleton_from_motion(still, faces, config=MotionSkeletonConfig(spacing=0.2))
+    _check_skeleton(skel, verts.shape[1])
+    assert len(skel.parents) >= 3
+    assert np.ptp(skel.joints[:, 1]) > 0.4  # spread along the tube, not bunched at its centre
+
+
+def test_bad_inputs_raise_clear_errors():
+    verts, faces, _ = bending_chain(K=4)
+    with pytest.raises(ValueError, match=r"verts must be float \[K, V, 3\]"):
+        skeleton_from_motion(verts[0], faces)
+    with pytest.raises(ValueError, match=r"faces must be int \[F, 3\]"):
+        skeleton_from_motion(verts, faces[:, :2])
+    with pytest.raises(ValueError, match="outside"):
+        skeleton_from_motion(verts, faces + verts.shape[1])
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = verts.copy()
+        bad[1, 3, 0] = np.nan
+        skeleton_from_motion(bad, faces)
+    with pytest.raises(ValueError, match="detail"):
+        skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail="medium"))
+    with pytest.raises(ValueError, match="together"):
+        skeleton_from_motion(verts, faces, prior_joints=np.zeros((3, 3)))
