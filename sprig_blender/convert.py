@@ -23,6 +23,41 @@ def children_lists(parents: np.ndarray) -> list[list[int]]:
     return children
 
 
+def attached_bones(joints: np.ndarray, parents: np.ndarray, transforms: np.ndarray, tol: float) -> np.ndarray:
+    """``bool [J]``: non-root bones whose joint stays where the parent's transform carries it on every frame
+    (within ``tol``), i.e. whose motion is a pure rotation in the parent's frame; such a bone needs no
+    location keys and may be connected to its parent. Roots are False.
+
+    Args:
+        joints: ``[J, 3]`` rest joints; parents: ``[J]``; transforms: ``[K, J, 4, 4]`` rest -> frame ``k``.
+    """
+    T = np.asarray(transforms, dtype=np.float64)
+    c = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents)
+    out = np.zeros(len(parents), dtype=bool)
+    child = np.flatnonzero(parents >= 0)
+    if len(child):
+        own = np.einsum("kjab,jb->kja", T[:, child][..., :3, :3], c[child]) + T[:, child][..., :3, 3]
+        par = T[:, parents[child]]
+        carried = np.einsum("kjab,jb->kja", par[..., :3, :3], c[child]) + par[..., :3, 3]
+        out[child] = np.linalg.norm(own - carried, axis=-1).max(axis=0) <= tol
+    return out
+
+
+def connected_bones(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, attached: np.ndarray,
+                    tol: float) -> np.ndarray:
+    """``bool [J]``: bones to connect to their parent (Blender's ``use_connect``): attached (see
+    :func:`attached_bones`) and starting on the parent's tail (within ``tol``), which
+    ``backend.skeleton.bone_tails`` gives a parent with one child."""
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents)
+    tails = np.asarray(tails, dtype=np.float64)
+    out = np.zeros(len(parents), dtype=bool)
+    child = np.flatnonzero(parents >= 0)
+    out[child] = attached[child] & (np.linalg.norm(tails[parents[child]] - joints[child], axis=1) <= tol)
+    return out
+
+
 def roll_reference_axes(heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
     """The world axis each bone's local Z should face (for ``EditBone.align_roll``), ``float64 [J, 3]``.
 
