@@ -105,19 +105,20 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
         u -= s[:, None, None] * pivot[None]
         target = resid[verts] + u  # what the subtree's part should be, relative to the pivot
         if parents[j] >= 0:
-            cross = np.einsum("vka,vkb->kab", target, u)
+            cross = np.matmul(target.transpose(1, 2, 0), u.transpose(1, 0, 2))  # [K, 3, 3] = sum_v target u^T
             shift = np.zeros((K, 3))
         else:  # a root also translates: weighted Procrustes with weights s_v^2 on u_v / s_v -> target_v / s_v
             s2 = float(s @ s)
-            u_bar = np.einsum("v,vka->ka", s, u) / s2
-            t_bar = np.einsum("v,vka->ka", s, target) / s2
-            cross = np.einsum("vka,vkb->kab", target - s[:, None, None] * t_bar, u - s[:, None, None] * u_bar)
+            u_bar = np.tensordot(s, u, axes=1) / s2
+            t_bar = np.tensordot(s, target, axes=1) / s2
+            cross = np.matmul((target - s[:, None, None] * t_bar).transpose(1, 2, 0),
+                              (u - s[:, None, None] * u_bar).transpose(1, 0, 2))
         # a tiny pull toward no change keeps rotations about a degenerate axis (collinear support) unchanged
         cross += 1e-9 * max(float(np.abs(cross).max()), 1e-12) * np.eye(3)[None]
         rot = proper_rotation(cross)  # [K, 3, 3]
         if parents[j] < 0:
             shift = t_bar - np.einsum("kab,kb->ka", rot, u_bar)
-        moved = np.einsum("kab,vkb->vka", rot, u) + s[:, None, None] * shift[None]
+        moved = np.matmul(u.transpose(1, 0, 2), rot.transpose(0, 2, 1)).transpose(1, 0, 2) + s[:, None, None] * shift[None]
         resid[verts] -= moved - u
         step = rigid_matrix(rot, pivot + shift - np.einsum("kab,kb->ka", rot, pivot))  # [K, 4, 4]
         transforms[:, bones] = step[:, None] @ transforms[:, bones]
@@ -252,7 +253,7 @@ class ArticulatedGaussNewton:
                     JtJ[:, 3 * j:3 * j + 3, t0:t0 + 3] = -hat.transpose(0, 2, 1)
                     JtJ[:, t0:t0 + 3, 3 * j:3 * j + 3] = -hat
                 rows = np.flatnonzero(s_v > 0)
-                Jtr[:, t0:t0 + 3] = np.einsum("v,vka->ka", s_v[rows], resid[rows])
+                Jtr[:, t0:t0 + 3] = np.tensordot(s_v[rows], resid[rows], axes=1)
         return JtJ, Jtr
 
     def _apply(self, transforms: np.ndarray, step: np.ndarray) -> np.ndarray:
@@ -283,7 +284,7 @@ class ArticulatedGaussNewton:
         frame keeps its transforms). Returns the new ``transforms [K, J, 4, 4]`` and residual ``[V, K, 3]``."""
         K = transforms.shape[0]
         lam = np.full(K, damping)
-        err = np.einsum("vka,vka->k", resid, resid)
+        err = np.square(resid).sum(axis=(0, 2))
         for _ in range(iters):
             JtJ, Jtr = self._normal_equations(transforms, resid)
             diag = np.einsum("kpp->kp", JtJ)
@@ -292,7 +293,7 @@ class ArticulatedGaussNewton:
             step = _batched_spd_solve(A, Jtr[..., None])[..., 0]
             trial = self._apply(transforms, step)
             trial_resid = self._residual(trial)
-            trial_err = np.einsum("vka,vka->k", trial_resid, trial_resid)
+            trial_err = np.square(trial_resid).sum(axis=(0, 2))
             better = trial_err < err
             transforms = np.where(better[:, None, None, None], trial, transforms)
             resid = np.where(better[None, :, None], trial_resid, resid)

@@ -111,6 +111,7 @@ class FitConfig:
     chunk: int = 16384
     articulated: bool = False
     articulated_lm_steps: int = 3
+    articulated_block_sweep: bool = True
     weld_seams: bool = True
     seam_tol: float = 1e-6
 
@@ -164,6 +165,7 @@ class _TransformStep:
                  cfg: FitConfig):
         self.anchor, self.frames_vm, self.parents = anchor, frames_vm, parents
         self.articulated, self.lm_steps = cfg.articulated, cfg.articulated_lm_steps
+        self.block_sweep = cfg.articulated_block_sweep
         self.joints = None if joints is None else np.asarray(joints, dtype=np.float64)
         self.members = subtrees(parents) if cfg.articulated else None
 
@@ -175,8 +177,9 @@ class _TransformStep:
         """One sweep (in place; the error never rises): free, the exact per-bone update; articulated, the exact
         per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones."""
         if self.articulated:
-            update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
-                                          self.members)
+            if self.block_sweep or self.lm_steps <= 0:
+                update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
+                                              self.members)
             if self.lm_steps > 0:
                 lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents, self.members)
                 transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
