@@ -12,8 +12,9 @@ three vertices, to exercise the seams):
 
 Per run: mean / max reconstruction error and max joint separation (a child's joint carried by its own
 transform vs by its parent's), in % of the anchor box diagonal; the seam gap (largest distance, over
-frames, between reconstructed vertices that share one position on every input frame), in %; wall
-seconds. ``art/DB``: the articulated fit's mean error over Dem Bones'.
+frames, between reconstructed vertices that share one position on every input frame), in %; wall and
+CPU seconds (process time of all threads: less sensitive to other load on the machine; for the pipeline
+runs the whole ``rig_sequence`` call, networks included, and the motion fit's own wall time). ``art/DB``: the articulated fit's mean error over Dem Bones'.
 
     python bench/bench_articulated_fit.py [--checkpoints DIR] [--clips NAME ...] [--no-dembones]
 """
@@ -47,22 +48,30 @@ def flat_shaded(seq: dict) -> dict:
 
 
 def measure(verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray, joints: np.ndarray | None,
-            parents: np.ndarray | None, seconds: float) -> dict:
+            parents: np.ndarray | None, seconds: tuple[float, float]) -> dict:
     diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
     posed = skin_anchor(verts[0], weights, transforms)
     err = np.linalg.norm(posed - verts, axis=-1) / diag
     sep = (float(joint_separation(transforms, joints, parents).max()) / diag) if joints is not None else float("nan")
     return dict(mean=100 * float(err.mean()), max=100 * float(err.max()), sep=100 * sep,
-                seam=100 * seam_gap(posed, colocated_representatives(verts)) / diag, seconds=seconds)
+                seam=100 * seam_gap(posed, colocated_representatives(verts)) / diag, seconds=seconds[0], cpu=seconds[1])
+
+
+def clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    return time.perf_counter() - start[0], time.process_time() - start[1]
 
 
 def run_fit(seq: dict, articulated: bool) -> dict:
     verts = seq["verts"]
     w0 = heuristic_weights(verts[0], seq["joints"], seq["parents"])
-    t0 = time.perf_counter()
+    t0 = clock()
     fit = fit_motion(verts[0], verts, w0, seq["parents"], seq["joints"], seq["faces"],
                      FitConfig(articulated=articulated))
-    return measure(verts, fit.weights, fit.transforms, seq["joints"], seq["parents"], time.perf_counter() - t0)
+    return measure(verts, fit.weights, fit.transforms, seq["joints"], seq["parents"], since(t0))
 
 
 def run_pipeline(seq: dict, articulated: bool, checkpoints: str) -> dict:
@@ -72,9 +81,9 @@ def run_pipeline(seq: dict, articulated: bool, checkpoints: str) -> dict:
     cfg = RigConfig(checkpoint_dir=checkpoints, models="auto", articulated=articulated)
     get_models(cfg)  # loaded once, not timed
     ms = MeshSequence(seq["verts"].astype(np.float32), seq["faces"], name=seq["name"])
-    t0 = time.perf_counter()
+    t0 = clock()
     res = rig_sequence(ms, cfg)
-    seconds = time.perf_counter() - t0
+    seconds = since(t0)
     out = measure(seq["verts"], res.weights, res.bone_transforms.astype(np.float64), res.joints, res.parents, seconds)
     out.update(J=len(res.parents), fit_seconds=res.stats["fit_seconds"],
                sep_stat=100 * res.stats["joint_separation_max"])
@@ -88,15 +97,15 @@ def run_dembones(seq: dict) -> dict:
     solver = DemBones()
     solver.transAffine = 0.0
     verts = seq["verts"]
-    t0 = time.perf_counter()
+    t0 = clock()
     res = solve_skinning(verts[0], verts, len(seq["parents"]), faces=seq["faces"], max_influences=4,
                          iterations=30, solver=solver)
-    return measure(verts, res.weights.T, res.transforms, None, None, time.perf_counter() - t0)
+    return measure(verts, res.weights.T, res.transforms, None, None, since(t0))
 
 
 def row(label: str, r: dict) -> str:
     return (f"  {label:<22s} {r['mean']:8.3f} {r['max']:8.3f} {r['sep']:10.2e} {r['seam']:9.2e} "
-            f"{r['seconds']:7.1f}")
+            f"{r['seconds']:7.1f} {r['cpu']:7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.clips:
         seqs = [s for s in seqs if s["name"] in args.clips]
     dembones = not args.no_dembones and importlib.util.find_spec("py_dem_bones") is not None
-    print(f"{'clip / run':<24s} {'mean %':>8s} {'max %':>8s} {'sep max %':>10s} {'seam %':>9s} {'sec':>7s}")
+    print(f"{'clip / run':<24s} {'mean %':>8s} {'max %':>8s} {'sep max %':>10s} {'seam %':>9s} {'wall s':>7s} {'cpu s':>7s}")
     for seq in seqs:
         K, V, _ = seq["verts"].shape
         print(f"{seq['name']}  (K={K}, V={V}, artist J={len(seq['parents'])})")

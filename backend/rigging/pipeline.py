@@ -64,6 +64,10 @@ class RigConfig:
         articulated: articulated motion (``FitConfig.articulated``): bones rotate about their joints and
             stay attached on every frame; False gives every bone a free rigid motion (lower error, but
             bones may separate at their joints; ``stats["joint_separation_max"]`` says by how much).
+        refine_joints: with ``articulated``, let the motion fit move the joints to where the bones turn
+            (``FitConfig.refine_joints``, regularised toward the skeleton's joints); the rig's joints are
+            the moved ones (``stats["joints_moved_max"]`` says how far they went) and a given skeleton's
+            tails are then replaced by default tails of the moved joints.
         models: ``sprig`` (fine-tuned), ``base`` (the static rigger run frame by frame: the paper's
             baseline) or ``auto`` (SPRig when its files exist, else base).
         frames_for_report: frames whose skeleton is generated for the stability report (anchor and
@@ -97,6 +101,7 @@ class RigConfig:
     refine: bool = True
     refine_iters: int = 15
     articulated: bool = True
+    refine_joints: bool = True
     models: str = "sprig"
     frames_for_report: int = -1
     skin_frames: int = -1
@@ -451,7 +456,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
 
     # -- motion fit
     fit_cfg = FitConfig(max_influences=cfg.max_influences, refine_iters=cfg.refine_iters if cfg.refine else 0,
-                        articulated=cfg.articulated)
+                        articulated=cfg.articulated, refine_joints=cfg.refine_joints)
     track("fit", 0.0)
     try:
         fit = fit_motion(anchor, verts_n, rig_weights, parents0, joints0, faces, fit_cfg,
@@ -459,6 +464,13 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     except FitCancelled as exc:
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms  # float64 [K, J, 4, 4], normalized space
+    # the joints the motion is articulated about (moved by the fit with refine_joints)
+    rig_joints = joints0 if fit.joints is None else fit.joints.astype(np.float32)
+    joints_moved = float(np.linalg.norm(rig_joints.astype(np.float64) - joints0, axis=1).max()) / diag
+    if joints_moved > 0 and tails_user is not None:
+        log.info("%s: the fit moved the joints (up to %.2g of the diagonal); default tails replace the given ones",
+                 seq.name, joints_moved)
+        tails_user = None
 
     # -- per-frame skinning for the instability heatmap
     track("heatmap", 0.0)
@@ -468,7 +480,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     if later:
         posed_joints = None
         if cfg.skin_joints == "posed":
-            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], joints0.astype(np.float64))
+            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], rig_joints.astype(np.float64))
                             + transforms_n[:, :, :3, 3]).astype(np.float32)
         for i, f in enumerate(later):
             track("heatmap", i / len(later))
@@ -484,7 +496,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     weights = fit.weights
     posed = skin_anchor(anchor, weights, transforms_n)  # [K, V, 3]
     recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)  # [K, V]
-    separation = joint_separation(transforms_n, joints0, parents0) / diag  # [K, J]
+    separation = joint_separation(transforms_n, rig_joints, parents0) / diag  # [K, J]
     seams = colocated_representatives(verts_n)
     frame_joints_count = np.full(K, -1, dtype=np.int32)
     frame_joints_count[report_frames] = [len(p) for _, p in skeletons]
@@ -502,6 +514,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         "joint_separation_max": float(separation.max()),
         "joint_separation_mean": float(separation[:, parents0 >= 0].mean()) if (parents0 >= 0).any() else 0.0,
         "joint_separation_unit": "fraction of the anchor bounding-box diagonal",
+        "joints_moved_max": joints_moved,
         "seam_vertices": int((seams != np.arange(V)).sum()),
         "seam_gap_max": seam_gap(posed, seams) / diag,
         "skeleton_source": "generator" if given is None else "given",
@@ -544,7 +557,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     return RigResult(
         anchor_verts=np.asarray(seq.verts[0], dtype=np.float32),
         faces=np.asarray(faces, dtype=np.int32),
-        joints=box.invert(joints0),
+        joints=box.invert(rig_joints),
         parents=parents0.astype(np.int32),
         joint_names=names0 or _joint_names(parents0),
         weights=weights.astype(np.float32),

@@ -300,3 +300,83 @@ class ArticulatedGaussNewton:
             err = np.where(better, trial_err, err)
             lam = np.clip(np.where(better, lam * 0.3, lam * 10.0), 1e-9, 1e9)
         return transforms, resid
+
+
+def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]],
+                  transforms: np.ndarray, joints: np.ndarray, prior: np.ndarray, parents: np.ndarray,
+                  regularisation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Move the joints (the pivots) and the root's path to fit the frames better, every bone's global rotation
+    fixed: with the rotations fixed, an articulated motion's translations are linear in the anchor joints
+    ``c`` and the root's posed joint ``q_k``, so the best ones solve one small linear least-squares problem,
+    regularised toward ``prior`` (the given joints: a hinge's joint may slide along its axis unseen).
+
+    The normal equations only need the weights' Gram matrix ``W^T W``, ``W^T 1`` and ``W^T r`` (``r``: the
+    frames minus the rotations' part), so the cost does not grow with vertices times unknowns.
+
+    Args:
+        anchor: ``[V, 3]``; frames_vm: ``[V, K, 3]``; groups: per-bone sparse weights (rows on the simplex).
+        transforms: articulated ``[K, J, 4, 4]`` for ``joints [J, 3]``; prior: ``[J, 3]``; parents: ``[J]`` with
+            a single root (index 0).
+        regularisation: weight of ``|| c - prior ||^2`` relative to the mean diagonal of the data term.
+    Returns:
+        ``(transforms, joints, resid)`` when the squared error drops, else None.
+    """
+    import scipy.sparse as sp
+
+    from .sparse import blend_sparse
+
+    K, J = transforms.shape[:2]
+    parents = np.asarray(parents).reshape(-1)
+    V = len(anchor)
+    R = transforms[..., :3, :3]
+    rot_only = transforms.copy()
+    rot_only[..., :3, 3] = 0.0
+    r0 = frames_vm - blend_sparse(anchor, groups, rot_only)  # [V, K, 3]
+    rows = np.concatenate([g[0] for g in groups])
+    cols = np.concatenate([np.full(len(g[0]), b) for b, g in enumerate(groups)])
+    W = sp.csr_matrix((np.concatenate([g[1] for g in groups]), (rows, cols)), shape=(V, J))
+    gram = (W.T @ W).toarray()  # [J, J]
+    mass = np.asarray(W.sum(axis=0)).ravel()  # [J]
+    Wr = (W.T @ r0.reshape(V, -1)).reshape(J, K, 3).transpose(1, 0, 2)  # [K, J, 3]
+    # G[k, j] = d t_kj / d c  ([3, 3J]): FK of the posed joints minus R_kj c_j
+    Dp = np.zeros((K, J, 3, 3 * J))
+    for j in range(J):
+        p = int(parents[j])
+        if p >= 0:
+            Dp[:, j] = Dp[:, p]
+            Dp[:, j, :, 3 * j:3 * j + 3] += R[:, p]
+            Dp[:, j, :, 3 * p:3 * p + 3] -= R[:, p]
+    G = Dp.copy()
+    for j in range(J):
+        G[:, j, :, 3 * j:3 * j + 3] -= R[:, j]
+    Gk = G.reshape(K, 3 * J, 3 * J)
+    big_gram = np.kron(gram, np.eye(3))
+    H_cc = np.einsum("kai,ab,kbj->ij", Gk, big_gram, Gk, optimize=True)
+    H_cq = np.einsum("j,kjai->kia", mass, G)  # [K, 3J, 3]
+    b_c = np.einsum("kjai,kja->i", G, Wr)
+    b_q = r0.sum(axis=0)  # [K, 3]
+    lam = regularisation * max(float(np.trace(H_cc)) / (3 * J), 1e-30)
+    n = 3 * J + 3 * K
+    H = np.zeros((n, n))
+    H[:3 * J, :3 * J] = H_cc + lam * np.eye(3 * J)
+    H[:3 * J, 3 * J:] = H_cq.transpose(1, 0, 2).reshape(3 * J, 3 * K)
+    H[3 * J:, :3 * J] = H[:3 * J, 3 * J:].T
+    H[3 * J:, 3 * J:] = float(V) * np.eye(3 * K)
+    b = np.concatenate([b_c + lam * np.asarray(prior, dtype=np.float64).ravel(), b_q.ravel()])
+    try:
+        z = np.linalg.solve(H, b)
+    except np.linalg.LinAlgError:
+        return None
+    c = z[:3 * J].reshape(J, 3)
+    q = z[3 * J:].reshape(K, 3)
+    posed = np.zeros((K, J, 3))
+    for j in range(J):
+        p = int(parents[j])
+        posed[:, j] = q if p < 0 else posed[:, p] + R[:, p] @ (c[j] - c[p])
+    trial = transforms.copy()
+    trial[..., :3, 3] = posed - np.einsum("kjab,jb->kja", R, c)
+    resid = frames_vm - blend_sparse(anchor, groups, trial)
+    old = frames_vm - blend_sparse(anchor, groups, transforms)
+    if not np.sum(resid ** 2) < np.sum(old ** 2):
+        return None
+    return trial, c, resid

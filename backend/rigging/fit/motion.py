@@ -13,7 +13,8 @@ from backend.skeleton import validate_tree
 
 from backend.sequence import colocated_representatives
 
-from .articulated import ArticulatedGaussNewton, project_to_articulated, subtrees, update_articulated_transforms
+from .articulated import (ArticulatedGaussNewton, project_to_articulated, refine_joints, subtrees,
+                          update_articulated_transforms)
 from .solve import candidate_bones, mesh_neighbours, update_transforms, update_weights
 from .sparse import blend_sparse, bone_groups, one_hot, prune_weights, rms_vertex_error, sparse_to_dense, to_sparse_rows
 from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
@@ -80,6 +81,11 @@ class FitConfig:
         articulated_lm_steps: with ``articulated``, Levenberg-Marquardt steps on all the local rotations at
             once after each per-bone sweep (:class:`.articulated.ArticulatedGaussNewton`): per-bone descent
             alone creeps along chains of bones that share vertices.
+        articulated_block_sweep: with ``articulated``, run the exact per-bone sweep before the joint steps.
+        refine_joints: with ``articulated``, after each transform update of the refinement (not of the
+            start trials) move the joints (and the root's path) to their least-squares best for the current
+            rotations, regularised toward the given joints by ``joint_regularisation`` (relative to the data
+            term); kept only where the error drops. :attr:`MotionFit.joints` holds the result.
         weld_seams: vertices at the same position on every frame (the seams of flat-shaded or UV-split
             meshes) are fitted as one vertex, with the faces remapped so the weight smoothing sees the
             seam as connected, and get identical weights (so the seams cannot open).
@@ -112,6 +118,8 @@ class FitConfig:
     articulated: bool = False
     articulated_lm_steps: int = 3
     articulated_block_sweep: bool = True
+    refine_joints: bool = True
+    joint_regularisation: float = 1e-2
     weld_seams: bool = True
     seam_tol: float = 1e-6
 
@@ -146,6 +154,8 @@ class MotionFit:
         keyframes: the frames the weights were refined on (``FitConfig.max_fit_frames``), or None for all;
             ``rmse_history`` is then measured on them.
         welded: vertices merged into a co-located representative (``FitConfig.weld_seams``).
+        joints: float64 ``[J, 3]`` the anchor joints the transforms are articulated about (the given ones,
+            or refined with ``FitConfig.refine_joints``); None when no joints were given.
     """
 
     transforms: np.ndarray
@@ -156,6 +166,7 @@ class MotionFit:
     start: str = "given"
     keyframes: list[int] | None = None
     welded: int = 0
+    joints: np.ndarray | None = None
 
 
 class _TransformStep:
@@ -166,7 +177,9 @@ class _TransformStep:
         self.anchor, self.frames_vm, self.parents = anchor, frames_vm, parents
         self.articulated, self.lm_steps = cfg.articulated, cfg.articulated_lm_steps
         self.block_sweep = cfg.articulated_block_sweep
+        self.refine_joints, self.joint_regularisation = cfg.articulated and cfg.refine_joints, cfg.joint_regularisation
         self.joints = None if joints is None else np.asarray(joints, dtype=np.float64)
+        self.prior = self.joints
         self.members = subtrees(parents) if cfg.articulated else None
 
     def start(self, transforms: np.ndarray) -> np.ndarray:
@@ -185,6 +198,15 @@ class _TransformStep:
                 transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
         else:
             update_transforms(self.anchor, resid, groups, transforms)
+
+    def move_joints(self, resid: np.ndarray, groups: list, transforms: np.ndarray) -> None:
+        """With ``refine_joints``: the joints' least-squares step (in place; kept only where the error drops)."""
+        if not self.refine_joints:
+            return
+        out = refine_joints(self.anchor, self.frames_vm, groups, transforms, self.joints, self.prior, self.parents,
+                            self.joint_regularisation)
+        if out is not None:
+            transforms[:], self.joints, resid[:] = out[0], out[1], out[2]
 
 
 @dataclass
@@ -218,6 +240,7 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over all frames
     sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
                      progress=lambda f: tick(share * f))
+    joints = sub.joints
     xv = np.ascontiguousarray(x.transpose(1, 0, 2))
     w = sub.weights.astype(np.float64)
     J = len(parents)
@@ -235,7 +258,7 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
         log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, rms_vertex_error(resid))
     tick(1.0)
     return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
-                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist())
+                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist(), joints=step.joints)
 
 
 def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
@@ -345,10 +368,12 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         for st in starts:
             st.cand, st.cand_mask = candidate_bones(st.idx, st.val, parents, cfg.neighbour_candidates)
 
-    def alternate(st: _FitState) -> None:
+    def alternate(st: _FitState, move_joints: bool = False) -> None:
         """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
         for _ in range(cfg.transform_sweeps):
             step.sweep(st.resid, st.groups, st.transforms)
+        if move_joints:
+            step.move_joints(st.resid, st.groups, st.transforms)
         if cfg.refine_weights:
             st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
                                             M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
@@ -369,13 +394,13 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     best = starts[0]
     log.debug("motion fit start: %s, rmse %.3g", best.name, best.rmse[0])
     while len(best.rmse) - 1 < cfg.refine_iters and not best.converged:
-        alternate(best)
+        alternate(best, move_joints=True)
         log.debug("motion fit alternation %d: rmse %.3g", len(best.rmse) - 1, best.rmse[-1])
         tick(len(best.rmse) / (cfg.refine_iters + 1))
     idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
     weights_out = sparse_to_dense(idx, val, J).astype(np.float32)
     return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,
-                     seconds=time.perf_counter() - start, start=best.name)
+                     seconds=time.perf_counter() - start, start=best.name, joints=step.joints)
 
 
 def _fit_welded(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents: np.ndarray, joints: np.ndarray | None,
