@@ -139,8 +139,8 @@ def test_builder_reproduces_an_artist_rig(scene):
 
 
 def test_articulated_rig_bones_stay_attached_in_blender(scene):
-    """The articulated fit of the Fox run (artist skeleton, heuristic-free start: the artist's weights) built in
-    Blender: on every frame each child's head stays where its parent carries it, one-child parents are
+    """The articulated fit of the Fox run (from the artist's skeleton and weights; the fit refines both and
+    moves the joints to where the bones turn) built in Blender: on every frame each child's head stays where its parent carries it, one-child parents are
     connected, only the root has location keys, and playback matches the fit's own error."""
     from sprig_blender import builder, convert, export
 
@@ -153,7 +153,7 @@ def test_articulated_rig_bones_stay_attached_in_blender(scene):
                      FitConfig(articulated=True, refine_iters=2))
     diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
     recon = (reconstruction_error(verts[0], verts, fit.weights, fit.transforms) / diag).astype(np.float32)
-    result = RigResult(anchor_verts=verts[0], faces=faces.astype(np.int32), joints=artist.joints,
+    result = RigResult(anchor_verts=verts[0], faces=faces.astype(np.int32), joints=fit.joints.astype(np.float32),
                        parents=artist.parents, joint_names=artist.joint_names, weights=fit.weights,
                        bone_transforms=fit.transforms.astype(np.float32), frame_joints_count=artist.frame_joints_count,
                        recon_error=recon, skin_instability=np.zeros_like(recon), fps=24.0)
