@@ -465,8 +465,9 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms  # float64 [K, J, 4, 4], normalized space
     # the joints the motion is articulated about (moved by the fit with refine_joints)
-    rig_joints = joints0 if fit.joints is None else fit.joints.astype(np.float32)
-    joints_moved = float(np.linalg.norm(rig_joints.astype(np.float64) - joints0, axis=1).max()) / diag
+    pivots = joints0.astype(np.float64) if fit.joints is None else fit.joints  # float64 [J, 3]
+    rig_joints = pivots.astype(np.float32)
+    joints_moved = float(np.linalg.norm(pivots - joints0, axis=1).max()) / diag
     if joints_moved > 0 and tails_user is not None:
         log.info("%s: the fit moved the joints (up to %.2g of the diagonal); default tails replace the given ones",
                  seq.name, joints_moved)
@@ -480,7 +481,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     if later:
         posed_joints = None
         if cfg.skin_joints == "posed":
-            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], rig_joints.astype(np.float64))
+            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], pivots)
                             + transforms_n[:, :, :3, 3]).astype(np.float32)
         for i, f in enumerate(later):
             track("heatmap", i / len(later))
@@ -496,7 +497,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     weights = fit.weights
     posed = skin_anchor(anchor, weights, transforms_n)  # [K, V, 3]
     recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)  # [K, V]
-    separation = joint_separation(transforms_n, rig_joints, parents0) / diag  # [K, J]
+    separation = joint_separation(transforms_n, pivots, parents0) / diag  # [K, J]
     seams = colocated_representatives(verts_n)
     frame_joints_count = np.full(K, -1, dtype=np.int32)
     frame_joints_count[report_frames] = [len(p) for _, p in skeletons]
