@@ -11,11 +11,12 @@ three vertices, to exercise the seams):
 * ``dembones``: Dem Bones (``py-dem-bones``, ``transAffine = 0``) at the artist's bone count.
 
 Per run: mean / max reconstruction error and max joint separation (a child's joint carried by its own
-transform vs by its parent's, about the joints the fit returns: refined by default), in % of the anchor box diagonal; the seam gap (largest distance, over
-frames, between reconstructed vertices that share one position on every input frame), in %; wall and
-CPU seconds (process time of all threads: less sensitive to other load on the machine; for the pipeline
-runs the whole ``rig_sequence`` call, networks included, and the motion fit's own wall time); how far the
-joint refinement moved the joints (largest, in % of the diagonal). ``art/DB``: the articulated fit's mean error over Dem Bones'.
+transform vs by its parent's, about the joints the fit returns: refined by default), in % of the anchor
+box diagonal; the seam gap (largest distance, over frames, between reconstructed vertices that share one
+position on every input frame), in %; wall and CPU seconds (process time of all threads: less sensitive
+to other load on the machine; for the pipeline runs the whole ``rig_sequence`` call, networks included,
+and the motion fit's own wall time); how far the joint refinement moved the joints (largest, in % of the
+diagonal). ``art/DB``: the articulated fit's mean error over Dem Bones'.
 
     python bench/bench_articulated_fit.py [--checkpoints DIR] [--clips NAME ...] [--no-dembones]
 """

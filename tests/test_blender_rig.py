@@ -140,8 +140,9 @@ def test_builder_reproduces_an_artist_rig(scene):
 
 def test_articulated_rig_bones_stay_attached_in_blender(scene):
     """The articulated fit of the Fox run (from the artist's skeleton and weights; the fit refines both and
-    moves the joints to where the bones turn) built in Blender: on every frame each child's head stays where its parent carries it, one-child parents are
-    connected, only the root has location keys, and playback matches the fit's own error."""
+    moves the joints to where the bones turn) built in Blender: on every frame each child's head stays where
+    its parent carries it, one-child parents are connected, only the root has location keys, and playback
+    matches the fit's own error."""
     from sprig_blender import builder, convert, export
 
     from backend.rigging.fit import FitConfig, fit_motion, reconstruction_error

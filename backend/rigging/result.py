@@ -85,7 +85,8 @@ class RigResult:
     def save(self, path: str | Path) -> None:
         """Write as an uncompressed ``.npz`` (names and stats as JSON strings)."""
         arrays = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
-        np.savez(path, **arrays, tails=np.asarray(self.tails, dtype=np.float32), joint_names=np.asarray(self.joint_names, dtype=str),
+        np.savez(path, **arrays, tails=np.asarray(self.tails, dtype=np.float32),
+                 joint_names=np.asarray(self.joint_names, dtype=str),
                  fps=np.float32(self.fps), stats=np.asarray(json.dumps(self.stats)))
 
     @classmethod

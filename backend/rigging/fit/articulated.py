@@ -118,7 +118,8 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
         rot = proper_rotation(cross)  # [K, 3, 3]
         if parents[j] < 0:
             shift = t_bar - np.einsum("kab,kb->ka", rot, u_bar)
-        moved = np.matmul(u.transpose(1, 0, 2), rot.transpose(0, 2, 1)).transpose(1, 0, 2) + s[:, None, None] * shift[None]
+        moved = np.matmul(u.transpose(1, 0, 2), rot.transpose(0, 2, 1)).transpose(1, 0, 2)
+        moved += s[:, None, None] * shift[None]
         resid[verts] -= moved - u
         step = rigid_matrix(rot, pivot + shift - np.einsum("kab,kb->ka", rot, pivot))  # [K, 4, 4]
         transforms[:, bones] = step[:, None] @ transforms[:, bones]
@@ -243,7 +244,8 @@ class ArticulatedGaussNewton:
                 s_v = np.asarray(self.W[:, sub].sum(axis=1)).ravel()
                 t0 = 3 * J + 3 * n
                 JtJ[:, t0:t0 + 3, t0:t0 + 3] = float(s_v @ s_v) * np.eye(3)
-                # d(pred)/d(omega_j) = -[u_vj]x, d(pred)/d(d) = s_v I: cross block = sum_v s_v [u_vj]x^T = -[sum_v s_v u_vj]x
+                # d(pred)/d(omega_j) = -[u_vj]x, d(pred)/d(d) = s_v I:
+                # cross block = sum_v s_v [u_vj]x^T = -[sum_v s_v u_vj]x
                 # (s_v = 1 on the root's vertices for rows on the simplex: the root's subtree holds every bone)
                 for j in sub:
                     m = usum[:, j]

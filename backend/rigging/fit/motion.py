@@ -194,7 +194,8 @@ class _TransformStep:
                 update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
                                               self.members)
             if self.lm_steps > 0:
-                lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents, self.members)
+                lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents,
+                                            self.members)
                 transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
         else:
             update_transforms(self.anchor, resid, groups, transforms)
