@@ -136,3 +136,32 @@ def validate_arrays(verts, faces, name: str = "sequence") -> tuple[np.ndarray, n
     if float(extent.max()) <= 1e-8 * max(1.0, float(np.abs(verts[0]).max())):
         raise SequenceError(f"{name}: the anchor frame's bounding box has zero size (degenerate scale)")
     return verts, faces
+
+
+def colocated_representatives(verts: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Vertices that share one position on every frame (seams of a flat-shaded or UV-split mesh), grouped.
+
+    Trajectories are quantised on a grid of ``tol`` times the anchor's bounding-box diagonal and compared
+    whole (all frames at once), so two vertices are grouped when they coincide (to the grid) on every
+    frame. Exact duplicates, the usual case, always group; vertices a hair apart may fall on either side
+    of a grid line.
+
+    Args:
+        verts: float ``[K, V, 3]`` (or one frame ``[V, 3]``).
+        tol: grid step relative to the anchor box diagonal.
+    Returns:
+        int64 ``[V]``: for each vertex, the lowest index of its group (itself when it is alone), so
+        ``rep[v] == v`` marks the representatives.
+    """
+    x = np.asarray(verts, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise ValueError(f"verts must have shape [K, V, 3], got {list(x.shape)}")
+    if tol <= 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    diag = float(np.linalg.norm(np.ptp(x[0], axis=0)))
+    step = tol * max(diag, 1e-30)
+    keys = np.round(x.transpose(1, 0, 2).reshape(x.shape[1], -1) / step).astype(np.int64)  # [V, 3K]
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return first[inverse.reshape(-1)].astype(np.int64)

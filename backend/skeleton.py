@@ -144,3 +144,46 @@ def depths(parents: np.ndarray) -> np.ndarray:
         if p >= 0:
             d[j] = d[p] + 1
     return d
+
+
+def bone_tails(joints: np.ndarray, parents: np.ndarray, min_length: float) -> np.ndarray:
+    """Tail positions ``float64 [J, 3]`` for bones whose heads are ``joints [J, 3]``.
+
+    * one child: the tail sits on the child's joint; several children: on their mean;
+    * a leaf, or a joint whose children's mean falls on it (e.g. hips between two legs): continues
+      its parent bone's direction for half the parent bone's length;
+    * a root whose children's mean falls on it: toward the farthest child; a lone root: up (+Z).
+
+    Every bone is at least ``min_length`` long (Blender deletes zero-length bones). A bone with exactly
+    one child (further than ``min_length``) thus ends on that child's head, so an armature can connect them.
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents).reshape(-1)
+    children: list[list[int]] = [[] for _ in range(len(parents))]
+    for j, p in enumerate(parents.tolist()):
+        if p >= 0:
+            children[p].append(j)
+    tails = np.zeros_like(joints)
+    up = np.array([0.0, 0.0, 1.0])
+    for j in range(len(joints)):
+        head = joints[j]
+        kids = children[j]
+        direction, length = None, 0.0
+        if kids:  # toward the children's mean
+            offset = joints[kids].mean(axis=0) - head
+            length = float(np.linalg.norm(offset))
+            direction = offset / length if length >= min_length else None
+        if direction is None and parents[j] >= 0:  # a leaf, or children all around: continue the parent bone
+            offset = head - joints[parents[j]]
+            parent_len = float(np.linalg.norm(offset))
+            if parent_len >= min_length:
+                direction, length = offset / parent_len, 0.5 * parent_len
+        if direction is None and kids:  # a root with children all around it: toward the farthest child
+            far = kids[int(np.argmax(np.linalg.norm(joints[kids] - head, axis=1)))]
+            offset = joints[far] - head
+            length = float(np.linalg.norm(offset))
+            direction = offset / length if length >= min_length else None
+        if direction is None:
+            direction, length = up, 0.0
+        tails[j] = head + direction * max(length, min_length)
+    return tails

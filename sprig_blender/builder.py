@@ -138,7 +138,11 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     arm_obj.show_in_front = True
 
     diag = float(np.linalg.norm(anchor.max(axis=0) - anchor.min(axis=0)))
-    bone_names = _edit_bones(context, arm_obj, result, min_length=max(1e-3 * diag, 1e-6))
+    transforms = np.asarray(result.bone_transforms, dtype=np.float64)
+    # bones whose motion is a rotation about their joint in the parent's frame (the articulated fit):
+    # rotation keys only, and connected to a one-child parent
+    attached = convert.attached_bones(result.joints, result.parents, transforms, ATTACHED_TOL * max(diag, 1e-12))
+    bone_names = _edit_bones(context, arm_obj, result, attached, tol=ATTACHED_TOL * max(diag, 1e-12))
 
     _vertex_groups(mesh_obj, bone_names, np.asarray(result.weights, dtype=np.float32))
     mesh_obj.parent = arm_obj
@@ -148,8 +152,8 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     modifier.use_vertex_groups = True
 
     rest = np.array([np.array(arm_data.bones[name].matrix_local, dtype=np.float64) for name in bone_names])
-    action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents),
-                        np.asarray(result.bone_transforms, dtype=np.float64), frames, f"{base}_motion", created)
+    action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents), transforms, attached, frames,
+                        f"{base}_motion", created)
 
     kept = _instability_frames(stats, len(frames))  # frame indices, None without the heatmap stage
     instability = None if kept is None else np.asarray(result.skin_instability, dtype=np.float32)[kept]
@@ -263,11 +267,13 @@ def _rigged_mesh(context, source, anchor_frame: int, anchor: np.ndarray, created
     return obj
 
 
-def _edit_bones(context, arm_obj, result, min_length: float) -> list[str]:
-    """Create bones (heads on joints, tails from :func:`convert.bone_tails`, consistent rolls)."""
+def _edit_bones(context, arm_obj, result, attached: np.ndarray, tol: float) -> list[str]:
+    """Create bones (heads on joints, tails from the result, consistent rolls); an attached bone starting on
+    its parent's tail is connected (see :func:`convert.connected_bones`)."""
     joints = np.asarray(result.joints, dtype=np.float64)
     parents = np.asarray(result.parents)
-    tails = convert.bone_tails(joints, parents, min_length)
+    tails = np.asarray(result.tails, dtype=np.float64)
+    connect = convert.connected_bones(joints, parents, tails, attached, tol)
     roll_axes = convert.roll_reference_axes(joints, tails)
     view_layer = context.view_layer
     for obj in context.selected_objects:
@@ -286,7 +292,9 @@ def _edit_bones(context, arm_obj, result, min_length: float) -> list[str]:
             bone.use_deform = True
             if parents[j] >= 0:
                 bone.parent = edit_bones[names[parents[j]]]
-                bone.use_connect = False  # bones translate freely: the motion fit is per-bone rigid
+                # a connected child keeps its head on the parent's tail; others are parented only (an attached
+                # one still cannot separate: its motion is a rotation in the parent's frame)
+                bone.use_connect = bool(connect[j])
             names.append(bone.name)  # Blender may shorten or de-duplicate names
     finally:
         bpy.ops.object.mode_set(mode="OBJECT")
@@ -304,8 +312,10 @@ def _vertex_groups(mesh_obj, bone_names: list[str], weights: np.ndarray) -> None
             group.add([v], float(column[v]), "REPLACE")
 
 
-def _keyframes(arm_obj, bone_names, rest, parents, transforms, frames, action_name, created) -> bpy.types.Action:
-    """Key location + rotation quaternion (+ scale if the transforms scale) per bone at each frame."""
+def _keyframes(arm_obj, bone_names, rest, parents, transforms, attached, frames, action_name,
+               created) -> bpy.types.Action:
+    """Key rotation quaternions per bone at each frame, locations on roots and on bones that are not
+    ``attached`` (whose joint leaves the parent's), scale if the transforms scale."""
     basis = convert.pose_basis_matrices(rest, parents, transforms)  # [K, J, 4, 4]
     K, J = basis.shape[:2]
     loc = np.zeros((K, J, 3))
@@ -331,6 +341,8 @@ def _keyframes(arm_obj, bone_names, rest, parents, transforms, frames, action_na
         pose_bone = arm_obj.pose.bones[name]
         pose_bone.rotation_mode = "QUATERNION"
         for prop, values in channels:
+            if prop == "location" and attached[j]:
+                continue  # its basis location is zero on every frame
             path = f'pose.bones["{bpy.utils.escape_identifier(name)}"].{prop}'
             for axis in range(values.shape[2]):
                 curve = action.fcurve_ensure_for_datablock(arm_obj, path, index=axis, group_name=name)
@@ -342,4 +354,5 @@ def _keyframes(arm_obj, bone_names, rest, parents, transforms, frames, action_na
     return action
 
 
+ATTACHED_TOL = 1e-5  # of the anchor box diagonal: a child joint this close to where its parent carries it is attached
 _LINEAR = 1  # enum value of 'LINEAR' in Keyframe.interpolation

@@ -23,43 +23,39 @@ def children_lists(parents: np.ndarray) -> list[list[int]]:
     return children
 
 
-def bone_tails(joints: np.ndarray, parents: np.ndarray, min_length: float) -> np.ndarray:
-    """Tail positions ``float64 [J, 3]`` for bones whose heads are ``joints [J, 3]``.
+def attached_bones(joints: np.ndarray, parents: np.ndarray, transforms: np.ndarray, tol: float) -> np.ndarray:
+    """``bool [J]``: non-root bones whose joint stays where the parent's transform carries it on every frame
+    (within ``tol``), i.e. whose motion is a pure rotation in the parent's frame; such a bone needs no
+    location keys and may be connected to its parent. Roots are False.
 
-    * one child: the tail sits on the child's joint; several children: on their mean;
-    * a leaf, or a joint whose children's mean falls on it (e.g. hips between two legs): continues
-      its parent bone's direction for half the parent bone's length;
-    * a root whose children's mean falls on it: toward the farthest child; a lone root: up (+Z).
-
-    Every bone is at least ``min_length`` long (Blender deletes zero-length bones).
+    Args:
+        joints: ``[J, 3]`` rest joints; parents: ``[J]``; transforms: ``[K, J, 4, 4]`` rest -> frame ``k``.
     """
+    T = np.asarray(transforms, dtype=np.float64)
+    c = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents)
+    out = np.zeros(len(parents), dtype=bool)
+    child = np.flatnonzero(parents >= 0)
+    if len(child):
+        own = np.einsum("kjab,jb->kja", T[:, child][..., :3, :3], c[child]) + T[:, child][..., :3, 3]
+        par = T[:, parents[child]]
+        carried = np.einsum("kjab,jb->kja", par[..., :3, :3], c[child]) + par[..., :3, 3]
+        out[child] = np.linalg.norm(own - carried, axis=-1).max(axis=0) <= tol
+    return out
+
+
+def connected_bones(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, attached: np.ndarray,
+                    tol: float) -> np.ndarray:
+    """``bool [J]``: bones to connect to their parent (Blender's ``use_connect``): attached (see
+    :func:`attached_bones`) and starting on the parent's tail (within ``tol``), which
+    ``backend.skeleton.bone_tails`` gives a parent with one child."""
     joints = np.asarray(joints, dtype=np.float64)
     parents = np.asarray(parents)
-    children = children_lists(parents)
-    tails = np.zeros_like(joints)
-    up = np.array([0.0, 0.0, 1.0])
-    for j in range(len(joints)):
-        head = joints[j]
-        kids = children[j]
-        direction, length = None, 0.0
-        if kids:  # toward the children's mean
-            offset = joints[kids].mean(axis=0) - head
-            length = float(np.linalg.norm(offset))
-            direction = offset / length if length >= min_length else None
-        if direction is None and parents[j] >= 0:  # a leaf, or children all around: continue the parent bone
-            offset = head - joints[parents[j]]
-            parent_len = float(np.linalg.norm(offset))
-            if parent_len >= min_length:
-                direction, length = offset / parent_len, 0.5 * parent_len
-        if direction is None and kids:  # a root with children all around it: toward the farthest child
-            far = kids[int(np.argmax(np.linalg.norm(joints[kids] - head, axis=1)))]
-            offset = joints[far] - head
-            length = float(np.linalg.norm(offset))
-            direction = offset / length if length >= min_length else None
-        if direction is None:
-            direction, length = up, 0.0
-        tails[j] = head + direction * max(length, min_length)
-    return tails
+    tails = np.asarray(tails, dtype=np.float64)
+    out = np.zeros(len(parents), dtype=bool)
+    child = np.flatnonzero(parents >= 0)
+    out[child] = attached[child] & (np.linalg.norm(tails[parents[child]] - joints[child], axis=1) <= tol)
+    return out
 
 
 def roll_reference_axes(heads: np.ndarray, tails: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sprig_blender import convert  # noqa: E402  (pure numpy: no bpy needed)
+from backend.skeleton import bone_tails  # noqa: E402
 
 
 def random_rigid(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -49,19 +50,19 @@ def test_pose_basis_reproduces_the_bone_transforms():
     np.testing.assert_allclose(rot @ np.swapaxes(rot, -1, -2), np.broadcast_to(np.eye(3), rot.shape), atol=1e-9)
 
 
-def test_bone_tails_follow_children_and_never_vanish():
+def test_bone_tails_follow_children_and_never_vanish():  # the rule lives in the backend core (RigResult.tails)
     joints = np.array([[0, 0, 0], [0, 0, 1], [0, 0, 2], [1, 0, 2], [-1, 0, 2], [0, 0, 1.0000001]], dtype=float)
     parents = np.array([-1, 0, 1, 2, 2, 1])
-    tails = convert.bone_tails(joints, parents, min_length=0.01)
+    tails = bone_tails(joints, parents, min_length=0.01)
     np.testing.assert_allclose(tails[0], joints[1])  # one child: tail on it
     np.testing.assert_allclose(tails[2], [0, 0, 2.5])  # children all around: continues the parent bone
     np.testing.assert_allclose(tails[3], [1.5, 0, 2])  # leaf: continues the parent bone, half its length
     assert np.linalg.norm(tails[5] - joints[5]) >= 0.01  # a leaf on top of its parent still has a length
-    np.testing.assert_allclose(convert.bone_tails(np.zeros((1, 3)), np.array([-1]), 0.1), [[0, 0, 0.1]])  # lone root
+    np.testing.assert_allclose(bone_tails(np.zeros((1, 3)), np.array([-1]), 0.1), [[0, 0, 0.1]])  # lone root
     hips = np.array([[0, 0, 0], [1, 0, 0], [-2, 0, 0]], dtype=float)
-    np.testing.assert_allclose(convert.bone_tails(hips, np.array([-1, 0, 0]), 0.01)[0], [-0.5, 0, 0])  # mean
+    np.testing.assert_allclose(bone_tails(hips, np.array([-1, 0, 0]), 0.01)[0], [-0.5, 0, 0])  # mean
     sym = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0]], dtype=float)
-    np.testing.assert_allclose(convert.bone_tails(sym, np.array([-1, 0, 0]), 0.01)[0], [1, 0, 0])  # farthest
+    np.testing.assert_allclose(bone_tails(sym, np.array([-1, 0, 0]), 0.01)[0], [1, 0, 0])  # farthest
     lengths = np.linalg.norm(tails - joints, axis=1)
     assert lengths.min() >= 0.01 - 1e-12
     axes = convert.roll_reference_axes(joints, tails)

@@ -130,9 +130,15 @@ def test_builder_reproduces_an_artist_rig(scene):
         for g in built.mesh_object.data.vertices[v].groups:
             dense[column[groups[g.group]]] = g.weight
         np.testing.assert_allclose(dense, result.weights[v], atol=1e-6)
-    # keys at every exported frame, quaternion + location per bone
+    # keys at every exported frame: quaternions on every bone, locations only on roots and on bones whose joint
+    # leaves the one their parent carries (the artist's rig has such a bone, the articulated fit none)
     curves = list(built.action.layers[0].strips[0].channelbag(built.action.slots[0]).fcurves)
-    assert len(curves) == 7 * len(bones)
+    diag = float(np.linalg.norm(np.ptp(result.anchor_verts, axis=0)))
+    attached = convert.attached_bones(result.joints, result.parents, result.bone_transforms, 1e-5 * diag)
+    assert not attached[result.parents < 0].any() and 0 < (~attached).sum() < len(bones)
+    assert len(curves) == 4 * len(bones) + 3 * int((~attached).sum())
+    located = {c.data_path.split('"')[1] for c in curves if c.data_path.endswith(".location")}
+    assert located == {built.bone_names[j] for j in np.flatnonzero(~attached)}
     assert all([k.co[0] for k in c.keyframe_points] == frames for c in curves)
     # playback equals the input up to the rig's own (measured) reconstruction error
     err = playback_error(source, built.mesh_object, frames)
@@ -141,6 +147,55 @@ def test_builder_reproduces_an_artist_rig(scene):
     assert source.modifiers[:] == [] and len(source.data.shape_keys.key_blocks) == source_keys
     assert source.parent is None and not source.vertex_groups
     assert build_s < 5.0
+
+
+def test_articulated_rig_bones_stay_attached_in_blender(scene):
+    """The articulated fit of the Fox run (from the artist's skeleton and weights; the fit refines both and
+    moves the joints to where the bones turn) built in Blender: on every frame each child's head stays where
+    its parent carries it, one-child parents are connected, only the root has location keys, and playback
+    matches the fit's own error."""
+    from sprig_blender import builder, convert, export
+
+    from backend.rigging.fit import FitConfig, fit_motion, reconstruction_error
+    from backend.rigging.result import RigResult
+
+    verts, faces, raw = realdata_sequence("khronos_fox_run")
+    artist = ground_truth_rig(raw, verts)
+    fit = fit_motion(verts[0], verts, artist.weights, artist.parents, artist.joints, faces,
+                     FitConfig(articulated=True, refine_iters=2))
+    diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
+    recon = (reconstruction_error(verts[0], verts, fit.weights, fit.transforms) / diag).astype(np.float32)
+    result = RigResult(anchor_verts=verts[0], faces=faces.astype(np.int32), joints=fit.joints.astype(np.float32),
+                       parents=artist.parents, joint_names=artist.joint_names, weights=fit.weights,
+                       bone_transforms=fit.transforms.astype(np.float32), frame_joints_count=artist.frame_joints_count,
+                       recon_error=recon, skin_instability=np.zeros_like(recon), fps=24.0)
+    source = shape_key_object("fox", verts, faces)
+    frames = export.frame_list(1, len(verts), 1)
+    built = builder.build_rig(bpy.context, source, result, export.export_frames(bpy.context, source, frames).frames)
+    arm = built.armature_object
+    bones = arm.data.bones
+    parents = result.parents
+    children = convert.children_lists(parents)
+    for j, p in enumerate(parents):  # one-child parents (with a distinct child joint) are connected to it
+        if p >= 0 and len(children[p]) == 1 and np.linalg.norm(result.joints[j] - result.joints[p]) > 1e-3 * diag:
+            assert bones[j].use_connect
+    assert any(b.use_connect for b in bones)
+    curves = list(built.action.layers[0].strips[0].channelbag(built.action.slots[0]).fcurves)
+    located = {c.data_path.split('"')[1] for c in curves if c.data_path.endswith(".location")}
+    assert located == {built.bone_names[j] for j in np.flatnonzero(parents < 0)}
+    worst = 0.0
+    for frame in frames:
+        scene.frame_set(frame)
+        for j, p in enumerate(parents):
+            if p < 0:
+                continue
+            head = np.array(arm.pose.bones[j].head)  # armature space = world space here
+            parent = arm.pose.bones[int(p)]
+            carried = np.array(parent.matrix @ bones[int(p)].matrix_local.inverted() @ bones[j].head_local)
+            worst = max(worst, float(np.linalg.norm(head - carried)))
+    assert worst <= 1e-4 * diag
+    err = playback_error(source, built.mesh_object, frames)
+    assert np.abs(err - result.recon_error).max() < 1e-4
 
 
 def test_builder_failure_leaves_nothing_behind(scene):

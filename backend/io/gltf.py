@@ -945,6 +945,9 @@ def _default_material(gl):
                                                                    metallicFactor=0.0, roughnessFactor=0.8))
 
 
+ARTICULATION_TOL = 1e-5  # of the anchor box diagonal: a non-root joint within this of its rest offset is articulated
+
+
 def save_rigged_gltf(path: str | Path, anchor_verts: np.ndarray, faces: np.ndarray, joints: np.ndarray,
                      parents: np.ndarray, names: list[str] | None, weights: np.ndarray,
                      bone_transforms: np.ndarray, fps: float = 30.0,
@@ -954,9 +957,13 @@ def save_rigged_gltf(path: str | Path, anchor_verts: np.ndarray, faces: np.ndarr
 
     The bind pose puts joint ``j`` at ``joints[j]`` with identity rotation (``Bind_j``), so its
     inverse bind matrix is a translation by ``-joints[j]``. Frame ``k`` poses joint ``j`` at
-    ``global_kj = T_kj @ Bind_j`` and stores the LOCAL ``inverse(global_k,parent) @ global_kj`` as a
-    translation + rotation keyframe, so that skinning in any glTF viewer gives
-    ``v_k = sum_j w_j T_kj [v, 1]`` (see :func:`backend.lbs.linear_blend_skinning`).
+    ``global_kj = T_kj @ Bind_j`` and stores the LOCAL ``inverse(global_k,parent) @ global_kj`` as
+    keyframes, so that skinning in any glTF viewer gives ``v_k = sum_j w_j T_kj [v, 1]`` (see
+    :func:`backend.lbs.linear_blend_skinning`). Roots get translation + rotation channels. A non-root
+    joint of an articulated motion (its joint stays where its parent carries it, as the articulated
+    motion fit guarantees) keeps its rest offset from the parent on every frame, so it gets a rotation
+    channel only; a translation channel is written for a non-root joint only when its local translation
+    leaves the rest offset (free per-bone motions: the bones separate).
 
     Args:
         path: output ``.glb``.
@@ -1034,6 +1041,14 @@ def save_rigged_gltf(path: str | Path, anchor_verts: np.ndarray, faces: np.ndarr
                 q[k] = -q[k]
         loc_q[:, j] = q
 
+    rest_offset = joints - np.where(parents[:, None] >= 0, joints[np.maximum(parents, 0)], 0.0)  # [J, 3]
+    span = float(np.linalg.norm(np.ptp(anchor, axis=0)))
+    moves = np.abs(loc_t - rest_offset[None]).max(axis=(0, 2)) > ARTICULATION_TOL * max(span, 1e-12)  # [J]
+    translated = (parents < 0) | moves
+    if (moves & (parents >= 0)).any():
+        log.warning("%d non-root joints leave their rest offset from the parent (free per-bone motion); "
+                    "they get translation channels", int((moves & (parents >= 0)).sum()))
+
     b = _GlbBuilder()
     pos = b.add(anchor.astype(np.float32), _FLOAT, "VEC3", _ARRAY_BUFFER, minmax=True)
     normals = vertex_normals(anchor.astype(np.float32), faces.astype(np.int64))
@@ -1064,7 +1079,8 @@ def save_rigged_gltf(path: str | Path, anchor_verts: np.ndarray, faces: np.ndarr
     times = b.add((np.arange(K, dtype=np.float64) / fps).astype(np.float32), _FLOAT, "SCALAR", minmax=True)
     samplers, channels = [], []
     for j in range(J):
-        for prop, values, kind in (("translation", loc_t[:, j], "VEC3"), ("rotation", loc_q[:, j], "VEC4")):
+        tracks = (("translation", loc_t[:, j], "VEC3"),) if translated[j] else ()
+        for prop, values, kind in tracks + (("rotation", loc_q[:, j], "VEC4"),):
             out = b.add(values.astype(np.float32), _FLOAT, kind)
             samplers.append(gl.AnimationSampler(input=times, output=out, interpolation="LINEAR"))
             channels.append(gl.AnimationChannel(sampler=len(samplers) - 1,

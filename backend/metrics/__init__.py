@@ -6,8 +6,10 @@
 - ``skinning``: Top-K mask, ``R`` and ``<., m>`` (Eq. 17-18, numpy or torch), L1 / SymKL / Entropy
   (Eq. 35-37), ``Cons_j`` / ``Delta_j`` (Eq. 38-39), static Precision / Recall / L1.
 - ``drift``: motion-compensated joint drift (MCJD), a whole-clip stability measure.
+- ``articulation``: joint separation (do a rig's bones stay attached at their joints on every frame).
 """
 
+from .articulation import joint_separation
 from .alignment import JointMatching, correspond, kabsch, match_joints, procrustes_align
 from .drift import DriftResult, carry_joints, motion_compensated_joint_drift
 from .skeleton_stability import (
@@ -40,7 +42,7 @@ from .static_skeleton import StaticSkeletonQuality, cd_b2b, cd_j2b, cd_j2j, samp
 __all__ = [
     "DriftResult", "JointMatching", "SkeletonStability", "SkinConsistency", "SkinningQuality", "StabilityConfig",
     "StaticSkeletonQuality", "blrd", "carry_joints", "cd_b2b", "cd_j2b", "cd_j2j", "cons_improvement", "correspond",
-    "euclidean_mst", "gsd", "jad", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
+    "euclidean_mst", "gsd", "jad", "joint_separation", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
     "masked_renormalize", "match_joints", "motion_compensated_joint_drift", "mpjpe_anchor", "pjdd",
     "procrustes_align", "sample_bones", "skeleton_stability", "skin_consistency", "static_skeleton_quality",
     "static_skinning_quality", "teacher_l1", "teacher_symkl", "topk_mask",

@@ -10,8 +10,9 @@ Pipeline (DESIGN.md "Inference pipeline"):
 3. skinning at the mesh vertices (queried directly, no nearest-sample copies): the anchor prediction
    is the teacher and becomes the rig's weights after pruning to ``max_influences``; predictions on
    other frames (all, or an even subsample) give the per-vertex instability heatmap;
-4. motion: per-frame rigid bone transforms fitted to the input frames (:mod:`backend.rigging.fit`), optionally
-   refining transforms and weights;
+4. motion: per-frame bone transforms fitted to the input frames (:mod:`backend.rigging.fit`), articulated by
+   default (every non-root bone rotates about its joint in its parent's frame, so bones never separate),
+   optionally refining transforms and weights; co-located vertices (seams) share their weights;
 5. report: per-frame reconstruction error, the paper's per-frame skeleton stability (PJDD/BLRD/GSD/JAD,
    topology flicker), motion-compensated joint drift, skinning instability;
 6. everything back to the user's units.
@@ -23,18 +24,18 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, reconstruction_error
-from backend.metrics import motion_compensated_joint_drift, skeleton_stability
+from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, skin_anchor
+from backend.metrics import joint_separation, motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
 from backend.rigging.result import RigResult
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
-from backend.sequence import MeshSequence
+from backend.sequence import MeshSequence, colocated_representatives
 from backend.skeleton import SkeletonError, depths, validate_tree
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ class RigConfig:
         refine: alternate transform/weight refinement after the rigid start (lower error; the weights
             then differ from the network's prediction).
         refine_iters: at most this many refinement alternations.
+        articulated: articulated motion (``FitConfig.articulated``): bones rotate about their joints and
+            stay attached on every frame; False gives every bone a free rigid motion (lower error, but
+            bones may separate at their joints; ``stats["joint_separation_max"]`` says by how much).
+        refine_joints: with ``articulated``, let the motion fit move the joints to where the bones turn
+            (``FitConfig.refine_joints``, regularised toward the skeleton's joints); the rig's joints are
+            the moved ones (``stats["joints_moved_max"]`` says how far they went) and a given skeleton's
+            tails are then replaced by default tails of the moved joints.
         models: ``sprig`` (fine-tuned), ``base`` (the static rigger run frame by frame: the paper's
             baseline) or ``auto`` (SPRig when its files exist, else base).
         frames_for_report: frames whose skeleton is generated for the stability report (anchor and
@@ -95,6 +103,8 @@ class RigConfig:
     max_influences: int = 4
     refine: bool = True
     refine_iters: int = 15
+    articulated: bool = True
+    refine_joints: bool = True
     models: str = "sprig"
     frames_for_report: int = -1
     skin_frames: int = -1
@@ -125,6 +135,51 @@ class RigConfig:
             raise ValueError("max_joints and batch_frames must be >= 1")
         if self.stop_after_repeats < 0:
             raise ValueError(f"stop_after_repeats must be >= 0, got {self.stop_after_repeats}")
+
+
+@dataclass
+class RigSkeleton:
+    """A skeleton for :func:`rig_sequence` to rig with instead of the generator's anchor skeleton.
+
+    Attributes:
+        joints: float ``[J, 3]`` joint positions on the anchor frame, in the sequence's units and axes.
+        parents: int ``[J]``, ``-1`` for the (single) root; parents precede children.
+        names: ``J`` bone names (default: ``root``, ``bone_<index>_d<depth>``).
+        tails: float ``[J, 3]`` bone tails in the sequence's units (default:
+            :func:`backend.rigging.result.default_tails`).
+        init_weights: float ``[V, J]`` skinning weights the motion fit starts from (default: the skinning
+            network's prediction for this skeleton).
+    """
+
+    joints: np.ndarray
+    parents: np.ndarray
+    names: list[str] = field(default_factory=list)
+    tails: np.ndarray | None = None
+    init_weights: np.ndarray | None = None
+
+    def validate(self, n_verts: int) -> None:
+        """Raise ValueError naming the first inconsistency."""
+        joints = np.asarray(self.joints)
+        parents = np.asarray(self.parents).reshape(-1)
+        if joints.shape != (len(parents), 3):
+            raise ValueError(f"skeleton joints must have shape [J, 3] = [{len(parents)}, 3], got {list(joints.shape)}")
+        if not np.isfinite(joints).all():
+            raise ValueError("skeleton joints must be finite")
+        try:
+            validate_tree(parents, n_joints=len(joints))
+        except SkeletonError as exc:
+            raise ValueError(f"invalid skeleton: {exc}") from exc
+        if self.names and len(self.names) != len(parents):
+            raise ValueError(f"{len(self.names)} skeleton names for {len(parents)} joints")
+        if self.tails is not None and np.shape(self.tails) != joints.shape:
+            raise ValueError(f"skeleton tails must have shape {list(joints.shape)}, got {list(np.shape(self.tails))}")
+        if self.init_weights is not None:
+            w = np.asarray(self.init_weights)
+            if w.shape != (n_verts, len(parents)):
+                raise ValueError(f"skeleton init_weights must have shape [V, J] = [{n_verts}, {len(parents)}], "
+                                 f"got {list(w.shape)}")
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise ValueError("skeleton init_weights must be finite and non-negative")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,9 +356,20 @@ def stability_report(verts_n: np.ndarray, frames: np.ndarray, skeletons: list[tu
 # The pipeline
 
 
+def seam_gap(posed: np.ndarray, representatives: np.ndarray) -> float:
+    """Largest distance, over frames, between vertices that share one position in the input on every frame
+    (``representatives int [V]`` from :func:`backend.sequence.colocated_representatives`) in ``posed
+    [K, V, 3]``: how far a seam opens in the reconstruction (0 when there is none)."""
+    split = np.flatnonzero(representatives != np.arange(len(representatives)))
+    if len(split) == 0:
+        return 0.0
+    return float(np.linalg.norm(posed[:, split] - posed[:, representatives[split]], axis=-1).max())
+
+
 def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                  progress: Callable[[str, float], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None, models=None) -> RigResult:
+                 should_cancel: Callable[[], bool] | None = None, models=None,
+                 skeleton: RigSkeleton | Callable[[MeshSequence], RigSkeleton] | None = None) -> RigResult:
     """Rig an animated mesh sequence.
 
     Args:
@@ -315,6 +381,11 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         should_cancel: polled often; when it returns True, :class:`RigCancelled` is raised.
         models: an object with ``generate_skeletons`` and ``predict_weights`` (see
             ``backend.models.inference.RiggerModels``); loaded from ``config.checkpoint_dir`` when None.
+        skeleton: the skeleton to rig with, or a function of the sequence returning it (e.g. a skeleton
+            found from the motion); None: the generator's anchor skeleton. The generator still runs on
+            the report frames for the stability report, which then describes the generator, not this
+            skeleton (``stats["joint_drift"]`` is None, as it is per generator joint). Without
+            ``init_weights`` the skinning network predicts this skeleton's weights.
     Returns:
         :class:`RigResult` in the user's units.
     Raises:
@@ -363,6 +434,17 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         validate_tree(parents0, n_joints=len(joints0))
     except SkeletonError as exc:
         raise RuntimeError(f"the skeleton generator returned an invalid anchor skeleton: {exc}") from exc
+    given = skeleton(seq) if callable(skeleton) else skeleton
+    names0, tails_user = None, None
+    if given is not None:
+        given.validate(V)
+        generated_joints = len(parents0)
+        joints0 = box.apply(np.asarray(given.joints, dtype=np.float64)).reshape(-1, 3)
+        parents0 = np.asarray(given.parents, dtype=np.int32).reshape(-1)
+        names0 = list(given.names) or None
+        tails_user = None if given.tails is None else np.asarray(given.tails, dtype=np.float32)
+        log.info("%s: rigging with the given skeleton (%d joints; the generator's has %d)", seq.name, len(parents0),
+                 generated_joints)
     J = len(parents0)
     log.info("%s: anchor skeleton has %d joints", seq.name, J)
 
@@ -373,11 +455,13 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                          dtype=np.float32)
     if teacher.shape != (V, J):
         raise RuntimeError(f"the skinning network returned weights of shape {list(teacher.shape)}, expected [{V}, {J}]")
-    rig_weights = prune_weights(teacher, cfg.max_influences)
+    start_weights = teacher if given is None or given.init_weights is None else given.init_weights
+    rig_weights = prune_weights(start_weights, cfg.max_influences)
     track("skinning", 1.0)
 
     # -- motion fit
-    fit_cfg = FitConfig(max_influences=cfg.max_influences, refine_iters=cfg.refine_iters if cfg.refine else 0)
+    fit_cfg = FitConfig(max_influences=cfg.max_influences, refine_iters=cfg.refine_iters if cfg.refine else 0,
+                        articulated=cfg.articulated, refine_joints=cfg.refine_joints)
     track("fit", 0.0)
     try:
         fit = fit_motion(anchor, verts_n, rig_weights, parents0, joints0, faces, fit_cfg,
@@ -385,6 +469,14 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     except FitCancelled as exc:
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms  # float64 [K, J, 4, 4], normalized space
+    # the joints the motion is articulated about (moved by the fit with refine_joints)
+    pivots = joints0.astype(np.float64) if fit.joints is None else fit.joints  # float64 [J, 3]
+    rig_joints = pivots.astype(np.float32)
+    joints_moved = float(np.linalg.norm(pivots - joints0, axis=1).max()) / diag
+    if joints_moved > 0 and tails_user is not None:
+        log.info("%s: the fit moved the joints (up to %.2g of the diagonal); default tails replace the given ones",
+                 seq.name, joints_moved)
+        tails_user = None
 
     # -- per-frame skinning for the instability heatmap
     track("heatmap", 0.0)
@@ -396,7 +488,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     if later:
         posed_joints = None
         if cfg.skin_joints == "posed":
-            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], joints0.astype(np.float64))
+            posed_joints = (np.einsum("kjab,jb->kja", transforms_n[:, :, :3, :3], pivots)
                             + transforms_n[:, :, :3, 3]).astype(np.float32)
         for i, f in enumerate(later):
             track("heatmap", i / len(later))
@@ -410,7 +502,10 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     # -- report
     track("report", 0.0)
     weights = fit.weights
-    recon = reconstruction_error(anchor, verts_n, weights, transforms_n) / np.float32(diag)  # [K, V]
+    posed = skin_anchor(anchor, weights, transforms_n)  # [K, V, 3]
+    recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)  # [K, V]
+    separation = joint_separation(transforms_n, pivots, parents0) / diag  # [K, J]
+    seams = colocated_representatives(verts_n)
     frame_joints_count = np.full(K, -1, dtype=np.int32)
     frame_joints_count[report_frames] = [len(p) for _, p in skeletons]
     track("report", 0.3)
@@ -423,6 +518,14 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         "fit_rmse_history": [r / diag for r in fit.rmse_history], "fit_seconds": fit.seconds, "fit_start": fit.start,
         "fit_keyframes": fit.keyframes,
         "bones_borrowing_motion": int(fit.borrowed.sum()),
+        "articulated": bool(cfg.articulated),
+        "joint_separation_max": float(separation.max()),
+        "joint_separation_mean": float(separation[:, parents0 >= 0].mean()) if (parents0 >= 0).any() else 0.0,
+        "joint_separation_unit": "fraction of the anchor bounding-box diagonal",
+        "joints_moved_max": joints_moved,
+        "seam_vertices": int((seams != np.arange(V)).sum()),
+        "seam_gap_max": seam_gap(posed, seams) / diag,
+        "skeleton_source": "generator" if given is None else "given",
         "skin_frames": skin_frames.tolist(),
         "skin_instability_mean": float(instability[1:].mean()) if K > 1 else None,
         "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 else None,
@@ -433,7 +536,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         stats["pjdd"] = stab.get("paper_3frame", {}).get("pjdd")
         stats["topology_flicker"] = stab["clip"]["topology_flicker"]
         stats["mcjd"] = stab["clip"]["mcjd"]
-        stats["joint_drift"] = stab["joint_drift"]  # [J], one value per canonical (anchor) joint
+        # [J], one value per canonical (anchor) joint of the generator: None when the rig's skeleton was given
+        stats["joint_drift"] = stab["joint_drift"] if given is None else None
         gt_joints = seq.extras.get("joints") if isinstance(seq.extras, dict) else None
         if gt_joints is not None and np.shape(gt_joints)[0] == K:
             gt_parents = seq.extras.get("parents")
@@ -461,9 +565,9 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     return RigResult(
         anchor_verts=np.asarray(seq.verts[0], dtype=np.float32),
         faces=np.asarray(faces, dtype=np.int32),
-        joints=box.invert(joints0),
+        joints=box.invert(rig_joints),
         parents=parents0.astype(np.int32),
-        joint_names=_joint_names(parents0),
+        joint_names=names0 or _joint_names(parents0),
         weights=weights.astype(np.float32),
         bone_transforms=box.invert_transforms(transforms_n),
         frame_joints_count=frame_joints_count,
@@ -472,6 +576,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         fps=float(seq.fps) if seq.fps else 30.0,
         stats=_clean(stats),
         frame_predictions=frame_predictions,
+        tails=tails_user,
     )
 
 

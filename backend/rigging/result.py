@@ -13,8 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.skeleton import bone_tails
+
 ARRAY_FIELDS = ("anchor_verts", "faces", "joints", "parents", "weights", "bone_transforms",
                 "frame_joints_count", "recon_error", "skin_instability")
+TAIL_MIN_LENGTH = 1e-3  # default tails: every bone at least this fraction of the anchor box diagonal long
+
+
+def default_tails(anchor_verts: np.ndarray, joints: np.ndarray, parents: np.ndarray) -> np.ndarray:
+    """Bone tails ``float32 [J, 3]`` from :func:`backend.skeleton.bone_tails` (one child: on its head), every
+    bone at least ``TAIL_MIN_LENGTH`` of the anchor box diagonal long."""
+    a = np.asarray(anchor_verts, dtype=np.float64)
+    diag = float(np.linalg.norm(a.max(axis=0) - a.min(axis=0))) if len(a) else 1.0
+    return bone_tails(joints, parents, max(TAIL_MIN_LENGTH * diag, 1e-6)).astype(np.float32)
 
 
 @dataclass
@@ -36,6 +47,9 @@ class RigResult:
             anchor teacher (paper Fig. 5); frame 0 is 0.
         fps: frames per second.
         stats: JSON-serializable summary (joints, frames, recon_mean, pjdd, ... and per-frame curves).
+        tails: float32 ``[J, 3]`` bone tails for armatures (a bone with one child ends on that child's joint,
+            so the two can be connected); :func:`default_tails` when not given (also for files saved
+            before tails existed).
         frame_predictions: only with ``RigConfig.per_frame_predictions``: per frame a dict with that
             frame's own ``joints [J_k, 3]`` (user units), ``parents [J_k]`` and ``weights [V, J_k]``.
             Not written by :meth:`save`.
@@ -54,6 +68,15 @@ class RigResult:
     fps: float = 30.0
     stats: dict = field(default_factory=dict)
     frame_predictions: list[dict] | None = None
+    tails: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.tails is None:
+            self.tails = default_tails(self.anchor_verts, self.joints, self.parents)
+        self.tails = np.asarray(self.tails, dtype=np.float32)
+        if self.tails.shape != np.shape(self.joints):
+            raise ValueError(f"tails must have the joints' shape {list(np.shape(self.joints))}, "
+                             f"got {list(self.tails.shape)}")
 
     @property
     def n_frames(self) -> int:
@@ -66,7 +89,8 @@ class RigResult:
         """
         arrays = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
         with open(path, "wb") as fh:
-            np.savez(fh, **arrays, joint_names=np.asarray(self.joint_names, dtype=str),
+            np.savez(fh, **arrays, tails=np.asarray(self.tails, dtype=np.float32),
+                     joint_names=np.asarray(self.joint_names, dtype=str),
                      fps=np.float32(self.fps), stats=np.asarray(json.dumps(self.stats)))
 
     @classmethod
@@ -76,5 +100,6 @@ class RigResult:
             if missing:
                 raise ValueError(f"{path}: not a rig result file (missing {', '.join(missing)})")
             kwargs = {name: data[name] for name in ARRAY_FIELDS}
+            tails = data["tails"] if "tails" in data.files else None  # older files: computed
             return cls(**kwargs, joint_names=[str(s) for s in data["joint_names"]],
-                       fps=float(data["fps"]), stats=json.loads(str(data["stats"])))
+                       fps=float(data["fps"]), stats=json.loads(str(data["stats"])), tails=tails)

@@ -30,11 +30,26 @@ transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinnin
      the candidates, ``max_influences`` and the simplex, kept where they give back at most part of the
      error decrease the weight solve just made (the error still never rises).
 
+**Articulated mode** (``FitConfig.articulated``, the pipeline's default; :mod:`.articulated`): every
+non-root bone moves by a rotation about its own joint in its parent's frame, so on every frame a child's
+joint is exactly where its parent carries it and bones cannot fly apart; only roots translate. Every
+start above is projected onto such motions (global rotations kept, translations carried from the root by
+forward kinematics), and the transform update becomes a parents-first sweep of exact per-bone block
+updates (bone ``j``'s subtree turned about its posed joint: a Kabsch fit without translation, so the
+error never rises) followed by a few Levenberg-Marquardt steps on all the local rotations at once (the
+per-bone descent creeps along chains; the joint step converges in a few steps, and a frame's step is
+kept only where it lowers that frame's error). The weight solve is unchanged.
+
+**Seams** (``FitConfig.weld_seams``): vertices at the same position on every frame (flat-shaded or
+UV-split meshes) are fitted as one vertex, with the faces remapped so the Laplacian smoothing sees the
+seam as connected, and all get the same weights, so the seam cannot open.
+
 Transforms stay rigid (rotation + translation), so an armature can be keyed from them; the skeleton's
 joints and topology are never changed. :func:`to_local_pose` / :func:`from_local_pose` convert between
 these anchor-space deformation matrices and per-bone local rotations/translations relative to the parent.
 """
 
+from .articulated import ArticulatedGaussNewton, project_to_articulated, subtrees, update_articulated_transforms
 from .motion import FitCancelled, FitConfig, MotionFit, fit_motion
 from .rigid import weighted_rigid_fits
 from .solve import candidate_bones, mesh_neighbours, motion_candidate_bones, project_simplex, update_transforms, update_weights
@@ -42,8 +57,8 @@ from .sparse import prune_weights, reconstruction_error, skin_anchor
 from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
 
 __all__ = [
-    "FitCancelled", "FitConfig", "MotionFit", "candidate_bones", "cluster_by_motion", "fit_motion",
+    "ArticulatedGaussNewton", "FitCancelled", "FitConfig", "MotionFit", "candidate_bones", "cluster_by_motion", "fit_motion",
     "initial_transforms", "match_clusters_to_bones", "mesh_neighbours", "motion_candidate_bones", "project_simplex",
-    "prune_weights", "reconstruction_error", "skin_anchor", "split_motion_clusters", "update_transforms",
-    "update_weights", "weighted_rigid_fits",
+    "project_to_articulated", "prune_weights", "reconstruction_error", "skin_anchor", "split_motion_clusters", "subtrees",
+    "update_articulated_transforms", "update_transforms", "update_weights", "weighted_rigid_fits",
 ]

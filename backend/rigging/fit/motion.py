@@ -11,6 +11,10 @@ import numpy as np
 
 from backend.skeleton import validate_tree
 
+from backend.sequence import colocated_representatives
+
+from .articulated import (ArticulatedGaussNewton, project_to_articulated, refine_joints, subtrees,
+                          update_articulated_transforms)
 from .solve import candidate_bones, mesh_neighbours, update_transforms, update_weights
 from .sparse import blend_sparse, bone_groups, one_hot, prune_weights, rms_vertex_error, sparse_to_dense, to_sparse_rows
 from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
@@ -69,6 +73,24 @@ class FitConfig:
         qp_iters: projected-gradient steps that pick each vertex's support before its exact solve.
         tol: stop refining when one alternation lowers the RMS error by less than this fraction.
         chunk: at most this many vertices per batch in the weight solve (bounds memory).
+        articulated: constrain the motion to the skeleton (see :mod:`.articulated`): every non-root bone
+            rotates about its own joint in its parent's frame, so a child's joint stays where its parent
+            carries it on every frame; only roots translate. Needs ``joints``. Every start is projected
+            onto this set and the transform update is the articulated block update. False: every bone
+            has its own free rigid motion per frame (bones may separate at their joints).
+        articulated_lm_steps: with ``articulated``, Levenberg-Marquardt steps on all the local rotations at
+            once after each per-bone sweep (:class:`.articulated.ArticulatedGaussNewton`): per-bone descent
+            alone creeps along chains of bones that share vertices.
+        articulated_block_sweep: with ``articulated``, run the exact per-bone sweep before the joint steps.
+        refine_joints: with ``articulated``, after each transform update of the refinement (not of the
+            start trials) move the joints (and the root's path) to their least-squares best for the current
+            rotations, regularised toward the given joints by ``joint_regularisation`` (relative to the data
+            term); kept only where the error drops. :attr:`MotionFit.joints` holds the result.
+        weld_seams: vertices at the same position on every frame (the seams of flat-shaded or UV-split
+            meshes) are fitted as one vertex, with the faces remapped so the weight smoothing sees the
+            seam as connected, and get identical weights (so the seams cannot open).
+        seam_tol: grid step, relative to the anchor box diagonal, of the co-location test
+            (:func:`backend.sequence.colocated_representatives`).
     """
 
     max_influences: int = 4
@@ -93,6 +115,13 @@ class FitConfig:
     qp_iters: int = 10
     tol: float = 1e-3
     chunk: int = 16384
+    articulated: bool = False
+    articulated_lm_steps: int = 3
+    articulated_block_sweep: bool = True
+    refine_joints: bool = True
+    joint_regularisation: float = 1e-2
+    weld_seams: bool = True
+    seam_tol: float = 1e-6
 
     def __post_init__(self) -> None:
         if self.candidates not in ("motion", "tree"):
@@ -124,6 +153,9 @@ class MotionFit:
             ``split`` (the motion clusterings of :class:`FitConfig` ``init``).
         keyframes: the frames the weights were refined on (``FitConfig.max_fit_frames``), or None for all;
             ``rmse_history`` is then measured on them.
+        welded: vertices merged into a co-located representative (``FitConfig.weld_seams``).
+        joints: float64 ``[J, 3]`` the anchor joints the transforms are articulated about (the given ones,
+            or refined with ``FitConfig.refine_joints``); None when no joints were given.
     """
 
     transforms: np.ndarray
@@ -133,6 +165,49 @@ class MotionFit:
     seconds: float = 0.0
     start: str = "given"
     keyframes: list[int] | None = None
+    welded: int = 0
+    joints: np.ndarray | None = None
+
+
+class _TransformStep:
+    """The transform side of the fit, free or articulated (``FitConfig.articulated``)."""
+
+    def __init__(self, anchor: np.ndarray, frames_vm: np.ndarray, parents: np.ndarray, joints: np.ndarray | None,
+                 cfg: FitConfig):
+        self.anchor, self.frames_vm, self.parents = anchor, frames_vm, parents
+        self.articulated, self.lm_steps = cfg.articulated, cfg.articulated_lm_steps
+        self.block_sweep = cfg.articulated_block_sweep
+        self.refine_joints, self.joint_regularisation = cfg.articulated and cfg.refine_joints, cfg.joint_regularisation
+        self.joints = None if joints is None else np.asarray(joints, dtype=np.float64)
+        self.prior = self.joints
+        self.members = subtrees(parents) if cfg.articulated else None
+
+    def start(self, transforms: np.ndarray) -> np.ndarray:
+        """A start's transforms, projected onto the articulated motions when the fit is articulated."""
+        return project_to_articulated(transforms, self.joints, self.parents) if self.articulated else transforms
+
+    def sweep(self, resid: np.ndarray, groups: list, transforms: np.ndarray) -> None:
+        """One sweep (in place; the error never rises): free, the exact per-bone update; articulated, the exact
+        per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones."""
+        if self.articulated:
+            if self.block_sweep or self.lm_steps <= 0:
+                update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
+                                              self.members)
+            if self.lm_steps > 0:
+                lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents,
+                                            self.members)
+                transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
+        else:
+            update_transforms(self.anchor, resid, groups, transforms)
+
+    def move_joints(self, resid: np.ndarray, groups: list, transforms: np.ndarray) -> None:
+        """With ``refine_joints``: the joints' least-squares step (in place; kept only where the error drops)."""
+        if not self.refine_joints:
+            return
+        out = refine_joints(self.anchor, self.frames_vm, groups, transforms, self.joints, self.prior, self.parents,
+                            self.joint_regularisation)
+        if out is not None:
+            transforms[:], self.joints, resid[:] = out[0], out[1], out[2]
 
 
 @dataclass
@@ -166,22 +241,25 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over all frames
     sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
                      progress=lambda f: tick(share * f))
+    joints = sub.joints
     xv = np.ascontiguousarray(x.transpose(1, 0, 2))
     w = sub.weights.astype(np.float64)
     J = len(parents)
+    step = _TransformStep(a, xv, parents, joints, cfg)
     transforms, _ = initial_transforms(a, x, w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    transforms = step.start(transforms)
     transforms[keys] = sub.transforms
     idx, val = to_sparse_rows(w, min(cfg.max_influences, J))
     groups = bone_groups(idx, val, J)
     resid = xv - blend_sparse(a, groups, transforms)
     for s in range(cfg.keyframe_sweeps):
         tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
-        update_transforms(a, resid, groups, transforms)
+        step.sweep(resid, groups, transforms)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, rms_vertex_error(resid))
     tick(1.0)
     return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
-                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist())
+                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist(), joints=step.joints)
 
 
 def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
@@ -197,8 +275,9 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         frames: float ``[K, V, 3]`` target frames (frame 0 is usually the anchor itself).
         weights: float ``[V, J]`` initial skinning weights (any non-negative rows; pruned here).
         parents: int ``[J]`` skeleton tree (parents precede children).
-        joints: float ``[J, 3]`` anchor joints (used only to break ties when a bone borrows motion).
         faces: int ``[F, 3]``; needed for the Laplacian smoothing of the weight refinement.
+        joints: float ``[J, 3]`` anchor joints: needed when ``config.articulated`` (the bones' pivots), else
+            only used to break ties when a bone borrows motion.
         config: :class:`FitConfig`.
         progress: called with a fraction in [0, 1].
         should_cancel: polled between steps; when it returns True, :class:`FitCancelled` is raised.
@@ -224,6 +303,14 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     validate_tree(parents)
     if joints is not None and np.shape(joints) != (len(parents), 3):
         raise ValueError(f"joints must have shape [J, 3] = [{len(parents)}, 3], got {list(np.shape(joints))}")
+    if cfg.articulated and joints is None:
+        raise ValueError("an articulated fit (FitConfig.articulated) needs the skeleton's joints")
+    if joints is not None and not np.isfinite(np.asarray(joints, dtype=np.float64)).all():
+        raise ValueError("joints must be finite")
+    if cfg.weld_seams:
+        rep = colocated_representatives(x, cfg.seam_tol)
+        if (rep != np.arange(len(rep))).any():
+            return _fit_welded(a, x, w_in, parents, joints, faces, cfg, rep, progress, should_cancel, start)
 
     def tick(frac: float) -> None:
         if should_cancel is not None and should_cancel():
@@ -240,7 +327,9 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     idx, val = to_sparse_rows(w0, M)
     tick(0.0)
     xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
+    step = _TransformStep(a, xv, parents, joints, cfg)
     transforms, borrowed = initial_transforms(a, x, w0, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    transforms = step.start(transforms)
     scale = float(np.ptp(a, axis=0).max())
     groups = bone_groups(idx, val, J)
     resid = xv - blend_sparse(a, groups, transforms)
@@ -257,6 +346,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         for name, t_seed in seeds.items():
             labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
                                                         cfg.min_bone_mass, frames_vm=xv)
+            t_c = step.start(t_c)
             idx_c = np.zeros((V, M), dtype=np.int64)
             val_c = np.zeros((V, M))
             idx_c[:, 0], val_c[:, 0] = labels, 1.0
@@ -279,10 +369,12 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         for st in starts:
             st.cand, st.cand_mask = candidate_bones(st.idx, st.val, parents, cfg.neighbour_candidates)
 
-    def alternate(st: _FitState) -> None:
+    def alternate(st: _FitState, move_joints: bool = False) -> None:
         """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
         for _ in range(cfg.transform_sweeps):
-            update_transforms(a, st.resid, st.groups, st.transforms)
+            step.sweep(st.resid, st.groups, st.transforms)
+        if move_joints:
+            step.move_joints(st.resid, st.groups, st.transforms)
         if cfg.refine_weights:
             st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
                                             M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
@@ -303,10 +395,29 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     best = starts[0]
     log.debug("motion fit start: %s, rmse %.3g", best.name, best.rmse[0])
     while len(best.rmse) - 1 < cfg.refine_iters and not best.converged:
-        alternate(best)
+        alternate(best, move_joints=True)
         log.debug("motion fit alternation %d: rmse %.3g", len(best.rmse) - 1, best.rmse[-1])
         tick(len(best.rmse) / (cfg.refine_iters + 1))
     idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
     weights_out = sparse_to_dense(idx, val, J).astype(np.float32)
     return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,
-                     seconds=time.perf_counter() - start, start=best.name)
+                     seconds=time.perf_counter() - start, start=best.name, joints=step.joints)
+
+
+def _fit_welded(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents: np.ndarray, joints: np.ndarray | None,
+                faces: np.ndarray | None, cfg: FitConfig, rep: np.ndarray,
+                progress: Callable[[float], None] | None, should_cancel: Callable[[], bool] | None,
+                start: float) -> MotionFit:
+    """:func:`fit_motion` on the welded mesh (one vertex per co-located group ``rep int [V]``, faces remapped),
+    its weights copied back to every vertex of a group (see ``FitConfig.weld_seams``)."""
+    keep = np.flatnonzero(rep == np.arange(len(rep)))  # the representatives, ascending
+    compact = np.searchsorted(keep, rep)  # [V] -> index in the welded mesh
+    w_welded = np.zeros((len(keep), weights.shape[1]))
+    np.add.at(w_welded, compact, weights)  # the group's mean row (same simplex scale after normalising)
+    w_welded /= np.bincount(compact, minlength=len(keep))[:, None]
+    faces_welded = None if faces is None else compact[np.asarray(faces, dtype=np.int64)]
+    fit = fit_motion(a[keep], x[:, keep], w_welded, parents, joints, faces_welded, replace(cfg, weld_seams=False),
+                     progress, should_cancel)
+    log.debug("seams: %d of %d vertices welded onto co-located ones", len(rep) - len(keep), len(rep))
+    return replace(fit, weights=fit.weights[compact], welded=int(len(rep) - len(keep)),
+                   seconds=time.perf_counter() - start)

@@ -1,0 +1,224 @@
+"""Articulated motion fit (bones rotate about their joints), joint separation, seams, and articulated outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.io.gltf import save_rigged_gltf
+from backend.io import load_sequence
+from backend.lbs import linear_blend_skinning
+from backend.metrics import joint_separation
+from backend.rigging.fit import FitConfig, fit_motion, reconstruction_error
+from backend.rigging.fit.articulated import (ArticulatedGaussNewton, project_to_articulated, subtrees,
+                                             update_articulated_transforms)
+from backend.rigging.fit.sparse import blend_sparse, bone_groups, to_sparse_rows
+from backend.rigging.pose import from_local_pose
+from backend.rigging.result import RigResult
+from backend.sequence import colocated_representatives
+from backend.skeleton import bone_tails
+from test_fit import tube_sequence
+from test_io import _glb_parts
+
+
+def branching_sequence(n_frames: int = 8, seed: int = 0):
+    """The tube of :func:`test_fit.tube_sequence` with a second tube branching off its second joint
+    (a tree, not a chain), articulated LBS of a known skeleton. Returns frames, faces, joints, parents, weights."""
+    frames_a, faces_a, joints_a, parents_a, w_a = tube_sequence(n_frames=n_frames, n_bones=4, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    rest_a = frames_a[0]
+    # second tube: along +y from joint 1
+    rest_b = rest_a[:, [1, 0, 2]] * np.array([1.0, 0.6, 1.0]) + joints_a[1]
+    J = 6
+    joints = np.concatenate([joints_a, joints_a[1] + np.array([[0.0, 0.2, 0.0], [0.0, 0.4, 0.0]])])
+    parents = np.array([-1, 0, 1, 2, 1, 4])
+    t = (rest_b[:, 1] - joints_a[1, 1]) / 0.6
+    w_b = np.zeros((len(rest_b), J))
+    w_b[:, 1] = np.clip(1 - t / 0.3, 0, 1)
+    w_b[:, 5] = np.clip((t - 0.5) / 0.3, 0, 1)
+    w_b[:, 4] = 1 - w_b[:, 1] - w_b[:, 5]
+    w = np.concatenate([np.pad(w_a, ((0, 0), (0, 2))), w_b])
+    rest = np.concatenate([rest_a, rest_b])
+    faces = np.concatenate([faces_a, faces_a + len(rest_a)])
+    time = np.linspace(0, 2 * np.pi, n_frames, endpoint=False)
+    angle = 0.5 * np.sin(time[:, None] + 0.9 * np.arange(J)[None]) * (time[:, None] > 0)
+    axis = rng.normal(size=(J, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    quat = np.concatenate([np.cos(angle / 2)[..., None], np.sin(angle / 2)[..., None] * axis[None]], -1)
+    local_t = np.zeros((n_frames, J, 3))
+    local_t[:, 1:] = joints[1:] - joints[parents[1:]]
+    local_t[:, 0] = joints[0] + 0.1 * np.sin(time)[:, None]
+    T = from_local_pose(quat, local_t, joints, parents)
+    return linear_blend_skinning(rest, w, T).astype(np.float64), faces, joints, parents, w, T
+
+
+def test_joint_separation_zero_for_articulated_and_measures_free_motion():
+    frames, faces, joints, parents, w, T = branching_sequence()
+    assert joint_separation(T, joints, parents).max() < 1e-12
+    moved = T.copy()
+    moved[:, 3, :3, 3] += [0.0, 0.25, 0.0]  # bone 3 slides off its parent's joint
+    sep = joint_separation(moved, joints, parents)
+    np.testing.assert_allclose(sep[:, 3], 0.25, atol=1e-12)
+    assert np.abs(np.delete(sep, 3, axis=1)).max() < 1e-12
+    with pytest.raises(ValueError, match="disagree"):
+        joint_separation(T[:, :3], joints, parents)
+
+
+def test_projection_keeps_rotations_and_attaches_children():
+    rng = np.random.default_rng(0)
+    _, _, joints, parents, _, T = branching_sequence()
+    noisy = T.copy()
+    noisy[..., :3, 3] += 0.05 * rng.normal(size=noisy[..., :3, 3].shape)
+    projected = project_to_articulated(noisy, joints, parents)
+    assert joint_separation(projected, joints, parents).max() < 1e-12
+    np.testing.assert_array_equal(projected[..., :3, :3], noisy[..., :3, :3])
+    np.testing.assert_array_equal(projected[:, 0], noisy[:, 0])  # the root keeps its motion
+
+
+def test_subtrees_of_a_branching_tree():
+    assert [m.tolist() for m in subtrees(np.array([-1, 0, 1, 2, 1, 4]))] == [
+        [0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [2, 3], [3], [4, 5], [5]]
+
+
+def test_articulated_updates_are_exact_and_never_raise_the_error():
+    """Both transform updates lower the error monotonically from a perturbed start, keep the bones attached,
+    keep the residual they carry equal to the true one, and reach the generating motion (GT weights)."""
+    frames, faces, joints, parents, w, T = branching_sequence()
+    rng = np.random.default_rng(3)
+    start = T.copy()
+    start[1:, :, :3, :3] = start[1:, :, :3, :3] @ np.linalg.qr(np.eye(3) + 0.15 * rng.normal(size=(3, 3)))[0]
+    start[..., :3, :3] *= np.sign(np.linalg.det(start[..., :3, :3]))[..., None, None]
+    start = project_to_articulated(start, joints, parents)
+    anchor = frames[0]
+    xv = np.ascontiguousarray(frames.transpose(1, 0, 2))
+    groups = bone_groups(*to_sparse_rows(w, 4), len(parents))
+    for mode in ("block", "lm"):
+        transforms = start.copy()
+        resid = xv - blend_sparse(anchor, groups, transforms)
+        errors = [float(np.sum(resid ** 2))]
+        lm = ArticulatedGaussNewton(anchor, xv, groups, joints, parents)
+        for _ in range(30 if mode == "block" else 16):
+            if mode == "block":
+                update_articulated_transforms(anchor, resid, groups, transforms, joints, parents)
+            else:
+                transforms, resid = lm.run(transforms, resid, iters=1)
+            errors.append(float(np.sum(resid ** 2)))
+            np.testing.assert_allclose(resid, xv - blend_sparse(anchor, groups, transforms), atol=1e-9)
+            assert joint_separation(transforms, joints, parents).max() < 1e-9
+        assert all(b <= a * (1 + 1e-12) for a, b in zip(errors, errors[1:])), (mode, errors)
+        assert errors[-1] < 0.5 * errors[0]
+        if mode == "lm":  # the joint step recovers the generating motion
+            assert errors[-1] < 1e-10 * errors[0]
+            np.testing.assert_allclose(transforms, T, atol=1e-3)  # thin leaf bones: the spin is weakly determined
+
+
+def test_articulated_fit_reproduces_an_articulated_sequence_and_keeps_bones_attached():
+    frames, faces, joints, parents, w, T = branching_sequence()
+    rng = np.random.default_rng(1)
+    w_start = np.clip(w + 0.3 * rng.random(w.shape), 0, None)
+    w_start /= w_start.sum(1, keepdims=True)
+    diag = float(np.linalg.norm(np.ptp(frames[0], axis=0)))
+    free = fit_motion(frames[0], frames, w_start, parents, joints, faces, FitConfig())
+    fit = fit_motion(frames[0], frames, w_start, parents, joints, faces, FitConfig(articulated=True))
+    assert joint_separation(fit.transforms, fit.joints, parents).max() < 1e-9 * diag  # about the (refined) joints
+    assert np.linalg.norm(fit.joints - joints, axis=1).max() < 0.02 * diag
+    assert joint_separation(free.transforms, joints, parents).max() > 1e-3 * diag  # what it fixes
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(fit.rmse_history, fit.rmse_history[1:]))
+    err = reconstruction_error(frames[0], frames, fit.weights, fit.transforms) / diag
+    assert err.mean() < 2e-3 and err.max() < 2e-2
+    # from the true weights, the motion itself is recovered
+    exact = fit_motion(frames[0], frames, w, parents, joints, faces, FitConfig(articulated=True, refine_weights=False))
+    assert (reconstruction_error(frames[0], frames, exact.weights, exact.transforms) / diag).max() < 1e-5
+    kept = fit_motion(frames[0], frames, w_start, parents, joints, faces,
+                      FitConfig(articulated=True, refine_joints=False))
+    np.testing.assert_array_equal(kept.joints, joints)
+    assert joint_separation(kept.transforms, joints, parents).max() < 1e-9 * diag
+
+
+def test_joint_refinement_moves_misplaced_joints_toward_the_pivots():
+    """Joints given off the true pivots (as a network may place them): the fit moves them back toward the
+    pivots and reproduces the frames better than with the joints held."""
+    frames, faces, joints, parents, w, T = branching_sequence()
+    diag = float(np.linalg.norm(np.ptp(frames[0], axis=0)))
+    off = joints + 0.06 * np.random.default_rng(4).normal(size=joints.shape)
+    held = fit_motion(frames[0], frames, w, parents, off, faces, FitConfig(articulated=True, refine_joints=False))
+    moved = fit_motion(frames[0], frames, w, parents, off, faces, FitConfig(articulated=True))
+    err = lambda f: float(reconstruction_error(frames[0], frames, f.weights, f.transforms).mean())  # noqa: E731
+    assert err(moved) < err(held)
+    assert np.linalg.norm(moved.joints - joints, axis=1).mean() < np.linalg.norm(off - joints, axis=1).mean()
+    assert joint_separation(moved.transforms, moved.joints, parents).max() < 1e-9 * diag
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(moved.rmse_history, moved.rmse_history[1:]))
+    with pytest.raises(ValueError, match="needs the skeleton's joints"):
+        fit_motion(frames[0], frames, w, parents, None, faces, FitConfig(articulated=True))
+
+
+def test_colocated_representatives_group_whole_trajectories():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 6, 3))
+    x[:, 4] = x[:, 1]  # duplicate on every frame
+    x[:, 5] = x[:, 2]
+    x[3, 5] += 0.1  # ... except one frame: not a seam
+    np.testing.assert_array_equal(colocated_representatives(x), [0, 1, 2, 3, 1, 5])
+    np.testing.assert_array_equal(colocated_representatives(x[0]), [0, 1, 2, 3, 1, 2])
+    with pytest.raises(ValueError, match="tol"):
+        colocated_representatives(x, tol=0.0)
+
+
+def test_seam_vertices_get_identical_weights():
+    """A flat-shaded copy of the tube (every face with its own three vertices): co-located vertices get the
+    same weights and the reconstruction's seams stay closed."""
+    frames, faces, joints, parents, w = tube_sequence(n_frames=8, n_bones=4)
+    split = frames[:, faces.reshape(-1)]  # [K, 3F, 3]
+    split_faces = np.arange(split.shape[1]).reshape(-1, 3)
+    w_split = w[faces.reshape(-1)]
+    rng = np.random.default_rng(0)
+    w_start = np.clip(w_split + 0.3 * rng.random(w_split.shape), 0, None)  # different noise on each copy
+    rep = colocated_representatives(split)
+    assert (rep != np.arange(len(rep))).sum() == split.shape[1] - frames.shape[1]
+    for articulated in (False, True):
+        fit = fit_motion(split[0], split, w_start, parents, joints, split_faces, FitConfig(articulated=articulated))
+        assert fit.welded == split.shape[1] - frames.shape[1]
+        np.testing.assert_array_equal(fit.weights, fit.weights[rep])
+        off = fit_motion(split[0], split, w_start, parents, joints, split_faces,
+                         FitConfig(articulated=articulated, weld_seams=False))
+        assert np.abs(off.weights - off.weights[rep]).max() > 1e-3  # without welding the copies differ
+
+
+def test_glb_has_rotation_only_channels_on_articulated_non_roots(tmp_path):
+    frames, faces, joints, parents, w, T = branching_sequence()
+    path = save_rigged_gltf(tmp_path / "art.glb", frames[0], faces, joints, parents, None, w, T, fps=10.0)
+    doc, _ = _glb_parts(path)
+    joint_nodes = doc["skins"][0]["joints"]
+    paths = {}
+    for channel in doc["animations"][0]["channels"]:
+        paths.setdefault(channel["target"]["node"], set()).add(channel["target"]["path"])
+    assert paths[joint_nodes[0]] == {"translation", "rotation"}
+    assert all(paths[joint_nodes[j]] == {"rotation"} for j in range(1, len(parents)))
+    seq = load_sequence(path, fps=10.0)  # the round trip still reproduces every frame
+    assert np.abs(seq.verts - frames).max() < 1e-4 * float(np.ptp(frames[0], axis=0).max())
+    # a free (separating) motion keeps the translation channel of the bone that leaves its joint
+    moved = T.copy()
+    moved[3:, 3, :3, 3] += 0.05
+    doc, _ = _glb_parts(save_rigged_gltf(tmp_path / "free.glb", frames[0], faces, joints, parents, None, w, moved))
+    translated = {c["target"]["node"] for c in doc["animations"][0]["channels"] if c["target"]["path"] == "translation"}
+    assert translated == {joint_nodes[0], joint_nodes[3]}
+
+
+def test_rig_result_tails_default_and_old_files(tmp_path):
+    frames, faces, joints, parents, w, T = branching_sequence(n_frames=3)
+    K, V = frames.shape[:2]
+    result = RigResult(anchor_verts=frames[0].astype(np.float32), faces=faces.astype(np.int32),
+                       joints=joints.astype(np.float32), parents=parents.astype(np.int32),
+                       joint_names=[f"b{j}" for j in range(len(parents))], weights=w.astype(np.float32),
+                       bone_transforms=T.astype(np.float32), frame_joints_count=np.full(K, len(parents)),
+                       recon_error=np.zeros((K, V), np.float32), skin_instability=np.zeros((K, V), np.float32))
+    diag = float(np.linalg.norm(np.ptp(frames[0], axis=0)))
+    np.testing.assert_allclose(result.tails, bone_tails(joints, parents, 1e-3 * diag), atol=1e-6)
+    np.testing.assert_allclose(result.tails[2], joints[3], atol=1e-6)  # one child: ends on its joint
+    result.tails = result.tails + 0.5  # custom tails survive save/load
+    result.save(tmp_path / "r.npz")
+    np.testing.assert_array_equal(RigResult.load(tmp_path / "r.npz").tails, result.tails)
+    with np.load(tmp_path / "r.npz") as data:  # a file written before tails existed: computed on load
+        old = {k: data[k] for k in data.files if k != "tails"}
+    np.savez(tmp_path / "old.npz", **old)
+    np.testing.assert_allclose(RigResult.load(tmp_path / "old.npz").tails, result.tails - 0.5, atol=1e-6)
