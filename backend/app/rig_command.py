@@ -95,6 +95,7 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
 
     seq = load_sequence(path, frames=parse_frame_slice(args.frames))
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
+                       skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
                        per_frame_predictions=args.per_frame is not None, up_axis=args.up)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=args.quiet)
@@ -231,6 +232,14 @@ def add_rig_command(subparsers) -> None:
                    help="the input's up axis: y (glTF, default) or z (e.g. OBJ/PLY exported from Blender Z-up)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="alternate transform and weight refinement (default on)")
+    p.add_argument("--skeleton", choices=["motion", "network"], default="motion",
+                   help="the rig's skeleton: from the clip's motion and shape with the network's as a prior "
+                        "(default), or the network's anchor skeleton as is")
+    p.add_argument("--detail", default="auto", metavar="auto|coarse|fine|N",
+                   help="bones of the motion skeleton: auto (default), coarse, fine, or about N bones")
+    p.add_argument("--articulated", action=argparse.BooleanOptionalAction, default=True,
+                   help="bones rotate about their joints and stay attached (default); --no-articulated gives "
+                        "every bone a free rigid motion")
     p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",
                    help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
     p.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints",

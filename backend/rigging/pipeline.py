@@ -24,7 +24,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +34,8 @@ from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weigh
 from backend.metrics import joint_separation, motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
 from backend.rigging.result import RigResult
+from backend.rigging.rig_skeleton import RigSkeleton
+from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
 from backend.sequence import MeshSequence, colocated_representatives
 from backend.skeleton import SkeletonError, depths, validate_tree
@@ -61,6 +63,12 @@ class RigConfig:
         refine: alternate transform/weight refinement after the rigid start (lower error; the weights
             then differ from the network's prediction).
         refine_iters: at most this many refinement alternations.
+        skeleton: where the rig's skeleton comes from: ``motion`` (joints where the clip's parts turn, chains
+            along the limbs that never move, the generator's anchor skeleton as a prior; see
+            :mod:`backend.rigging.skeleton_from_motion`) or ``network`` (the generator's anchor skeleton as is).
+            A skeleton passed to :func:`rig_sequence` overrides both.
+        detail: bones of the ``motion`` skeleton: ``auto``, ``coarse``, ``fine`` or a bone count (as text,
+            e.g. ``"24"``: the JSON options carry strings).
         articulated: articulated motion (``FitConfig.articulated``): bones rotate about their joints and
             stay attached on every frame; False gives every bone a free rigid motion (lower error, but
             bones may separate at their joints; ``stats["joint_separation_max"]`` says by how much).
@@ -103,6 +111,8 @@ class RigConfig:
     max_influences: int = 4
     refine: bool = True
     refine_iters: int = 15
+    skeleton: str = "motion"
+    detail: str = "auto"
     articulated: bool = True
     refine_joints: bool = True
     models: str = "sprig"
@@ -117,6 +127,19 @@ class RigConfig:
     per_frame_predictions: bool = False
     up_axis: str = "y"
 
+    def motion_detail(self) -> str | int:
+        """``detail`` as :class:`MotionSkeletonConfig` takes it (a count as an int). Raises ValueError."""
+        text = str(self.detail).strip().lower()
+        if text in ("auto", "coarse", "fine"):
+            return text
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(f"detail must be 'auto', 'coarse', 'fine' or a bone count, got {self.detail!r}") from None
+        if not 2 <= count <= 256:
+            raise ValueError(f"a detail bone count must be between 2 and 256, got {count}")
+        return count
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
         if self.n_points < 16:
@@ -125,6 +148,9 @@ class RigConfig:
             raise ValueError(f"max_influences must be >= 1, got {self.max_influences}")
         if self.refine_iters < 0:
             raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
+        if self.skeleton not in ("motion", "network"):
+            raise ValueError(f"skeleton must be 'motion' or 'network', got {self.skeleton!r}")
+        self.motion_detail()  # raises on a bad detail
         if self.models not in ("sprig", "base", "auto"):
             raise ValueError(f"models must be 'sprig', 'base' or 'auto', got {self.models!r}")
         if self.skin_joints not in ("anchor", "posed"):
@@ -135,51 +161,6 @@ class RigConfig:
             raise ValueError("max_joints and batch_frames must be >= 1")
         if self.stop_after_repeats < 0:
             raise ValueError(f"stop_after_repeats must be >= 0, got {self.stop_after_repeats}")
-
-
-@dataclass
-class RigSkeleton:
-    """A skeleton for :func:`rig_sequence` to rig with instead of the generator's anchor skeleton.
-
-    Attributes:
-        joints: float ``[J, 3]`` joint positions on the anchor frame, in the sequence's units and axes.
-        parents: int ``[J]``, ``-1`` for the (single) root; parents precede children.
-        names: ``J`` bone names (default: ``root``, ``bone_<index>_d<depth>``).
-        tails: float ``[J, 3]`` bone tails in the sequence's units (default:
-            :func:`backend.rigging.result.default_tails`).
-        init_weights: float ``[V, J]`` skinning weights the motion fit starts from (default: the skinning
-            network's prediction for this skeleton).
-    """
-
-    joints: np.ndarray
-    parents: np.ndarray
-    names: list[str] = field(default_factory=list)
-    tails: np.ndarray | None = None
-    init_weights: np.ndarray | None = None
-
-    def validate(self, n_verts: int) -> None:
-        """Raise ValueError naming the first inconsistency."""
-        joints = np.asarray(self.joints)
-        parents = np.asarray(self.parents).reshape(-1)
-        if joints.shape != (len(parents), 3):
-            raise ValueError(f"skeleton joints must have shape [J, 3] = [{len(parents)}, 3], got {list(joints.shape)}")
-        if not np.isfinite(joints).all():
-            raise ValueError("skeleton joints must be finite")
-        try:
-            validate_tree(parents, n_joints=len(joints))
-        except SkeletonError as exc:
-            raise ValueError(f"invalid skeleton: {exc}") from exc
-        if self.names and len(self.names) != len(parents):
-            raise ValueError(f"{len(self.names)} skeleton names for {len(parents)} joints")
-        if self.tails is not None and np.shape(self.tails) != joints.shape:
-            raise ValueError(f"skeleton tails must have shape {list(joints.shape)}, got {list(np.shape(self.tails))}")
-        if self.init_weights is not None:
-            w = np.asarray(self.init_weights)
-            if w.shape != (n_verts, len(parents)):
-                raise ValueError(f"skeleton init_weights must have shape [V, J] = [{n_verts}, {len(parents)}], "
-                                 f"got {list(w.shape)}")
-            if not np.isfinite(w).all() or (w < 0).any():
-                raise ValueError("skeleton init_weights must be finite and non-negative")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,8 +416,17 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     except SkeletonError as exc:
         raise RuntimeError(f"the skeleton generator returned an invalid anchor skeleton: {exc}") from exc
     given = skeleton(seq) if callable(skeleton) else skeleton
-    names0, tails_user = None, None
-    if given is not None:
+    names0, tails_user, skeleton_source, motion_stats = None, None, "network", None
+    if given is None and cfg.skeleton == "motion":
+        track("skeleton", 1.0)  # polls cancellation
+        found = skeleton_from_motion(verts_n, faces, joints0, parents0, MotionSkeletonConfig(detail=cfg.motion_detail()))
+        log.info("%s: skeleton from motion: %d joints (the generator's has %d)", seq.name, len(found.parents),
+                 len(parents0))
+        joints0 = np.asarray(found.joints, dtype=np.float32)
+        parents0 = np.asarray(found.parents, dtype=np.int32)
+        names0, tails_user = list(found.names), box.invert(np.asarray(found.tails, dtype=np.float32))
+        start_weights_given, skeleton_source, motion_stats = found.init_weights, "motion", found.stats
+    elif given is not None:
         given.validate(V)
         generated_joints = len(parents0)
         joints0 = box.apply(np.asarray(given.joints, dtype=np.float64)).reshape(-1, 3)
@@ -445,6 +435,9 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         tails_user = None if given.tails is None else np.asarray(given.tails, dtype=np.float32)
         log.info("%s: rigging with the given skeleton (%d joints; the generator's has %d)", seq.name, len(parents0),
                  generated_joints)
+        start_weights_given, skeleton_source = given.init_weights, "given"
+    else:
+        start_weights_given = None
     J = len(parents0)
     log.info("%s: anchor skeleton has %d joints", seq.name, J)
 
@@ -455,7 +448,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                          dtype=np.float32)
     if teacher.shape != (V, J):
         raise RuntimeError(f"the skinning network returned weights of shape {list(teacher.shape)}, expected [{V}, {J}]")
-    start_weights = teacher if given is None or given.init_weights is None else given.init_weights
+    start_weights = teacher if start_weights_given is None else start_weights_given
     rig_weights = prune_weights(start_weights, cfg.max_influences)
     track("skinning", 1.0)
 
@@ -525,7 +518,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         "joints_moved_max": joints_moved,
         "seam_vertices": int((seams != np.arange(V)).sum()),
         "seam_gap_max": seam_gap(posed, seams) / diag,
-        "skeleton_source": "generator" if given is None else "given",
+        "skeleton_source": skeleton_source,
+        "skeleton_from_motion": motion_stats,
         "skin_frames": skin_frames.tolist(),
         "skin_instability_mean": float(instability[1:].mean()) if K > 1 else None,
         "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 else None,
@@ -537,7 +531,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         stats["topology_flicker"] = stab["clip"]["topology_flicker"]
         stats["mcjd"] = stab["clip"]["mcjd"]
         # [J], one value per canonical (anchor) joint of the generator: None when the rig's skeleton was given
-        stats["joint_drift"] = stab["joint_drift"] if given is None else None
+        stats["joint_drift"] = stab["joint_drift"] if skeleton_source == "network" else None
         gt_joints = seq.extras.get("joints") if isinstance(seq.extras, dict) else None
         if gt_joints is not None and np.shape(gt_joints)[0] == K:
             gt_parents = seq.extras.get("parents")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,6 +36,7 @@ from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
 from backend.rigging.naming import name_bones
+from backend.rigging.rig_skeleton import RigSkeleton
 from backend.skeleton import reorder, topological_order, validate_tree
 
 log = logging.getLogger(__name__)
@@ -115,27 +116,6 @@ class MotionSkeletonConfig:
             raise ValueError(f"spacing_range must satisfy 0 < lo <= hi, got {self.spacing_range}")
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
-
-
-@dataclass
-class RigSkeleton:
-    """A skeleton made from a clip, with each vertex's starting bone.
-
-    Attributes:
-        joints: float64 ``[J, 3]`` joint (bone head) positions, in the space of the input vertices.
-        parents: int32 ``[J]``: ``-1`` for the single root; parents precede children.
-        tails: float64 ``[J, 3]`` bone tail points (a bone with one child ends at the child's joint).
-        names: ``J`` unique readable names (mirrored bones end in ``.L`` / ``.R``).
-        init_weights: float32 ``[V, J]`` rows on the simplex: each vertex's bone.
-        stats: what was found (parts, moving/static counts, mirror plane, seconds).
-    """
-
-    joints: np.ndarray
-    parents: np.ndarray
-    tails: np.ndarray
-    names: list[str]
-    init_weights: np.ndarray
-    stats: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
