@@ -37,7 +37,7 @@ from backend.metrics import cd_j2j  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion  # noqa: E402
 
-REALDATA = Path("/work/shared/realdata")
+REALDATA = ROOT.parent / "shared" / "realdata"
 
 
 def load_realdata(folder: Path) -> list[dict]:
