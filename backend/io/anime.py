@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.io.common import FrameSelection, build_sequence, frame_indices
+from backend.io.common import FrameSelection, build_sequence, check_vertex_frames, frame_indices
 from backend.sequence import MeshSequence, SequenceError
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def load_anime(path: str | Path, fps: float | None = None, frames: FrameSelectio
     path = Path(path)
     h = read_anime_header(path)
     idx = frame_indices(h.n_frames, frames, path)
+    check_vertex_frames(len(idx), h.n_verts, path)
     anchor = np.fromfile(path, dtype=_FLOAT, count=h.n_verts * 3, offset=h.anchor_offset).reshape(h.n_verts, 3)
     faces = np.fromfile(path, dtype=_INT, count=h.n_faces * 3, offset=h.faces_offset).reshape(h.n_faces, 3)
     verts = np.empty((len(idx), h.n_verts, 3), dtype=np.float32)

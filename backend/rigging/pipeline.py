@@ -105,8 +105,9 @@ class RigConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
-        if self.n_points < 16:
-            raise ValueError(f"n_points must be >= 16, got {self.n_points}")
+        max_points = 16384  # 32x the trained value; beyond it memory grows for no accuracy
+        if not isinstance(self.n_points, int) or not 16 <= self.n_points <= max_points:
+            raise ValueError(f"n_points must be an integer in [16, {max_points}], got {self.n_points!r}")
         if self.max_influences < 1:
             raise ValueError(f"max_influences must be >= 1, got {self.max_influences}")
         if self.refine_iters < 0:
