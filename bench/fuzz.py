@@ -399,8 +399,9 @@ def make_gltf(rng: random.Random, folder: Path) -> tuple[Path, str]:
             m = "bin-" + m
     else:
         m = _mutate_gltf_doc(rng, doc, blob, folder)
-        if "uri" not in doc["buffers"][0]:
-            doc["buffers"][0]["uri"] = "case.bin"
+        buffers = doc.get("buffers") if isinstance(doc, dict) else None
+        if isinstance(buffers, list) and buffers and isinstance(buffers[0], dict) and "uri" not in buffers[0]:
+            buffers[0]["uri"] = "case.bin"
         (folder / "case.bin").write_bytes(bytes(blob))
         data = json.dumps(doc).encode()
     (folder.parent / "secret.bin").write_bytes(b"S" * 4096) if not (folder.parent / "secret.bin").exists() else None
