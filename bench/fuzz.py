@@ -766,6 +766,8 @@ def worker_main() -> None:
         out.write(json.dumps({"outcome": outcome, "detail": detail, "seconds": time.perf_counter() - start,
                               "peak_rss_mb": _peak_rss_mb()}) + "\n")
         out.flush()
+        if outcome == "hang":  # interrupted mid-computation: library state may be inconsistent; start afresh
+            os._exit(0)
 
 
 class Worker:
@@ -997,7 +999,8 @@ def run_server_cases(n_cases: int, seed: int, root: Path) -> list[CaseResult]:
 
     def start():
         p = subprocess.Popen([sys.executable, "-m", "backend.app.server", "--device", "cpu"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(), cwd=REPO)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_cli_env(), cwd=REPO, bufsize=0)
+        os.set_blocking(p.stdin.fileno(), False)
         _read_reply(p, None, 120.0)
         return p
 
@@ -1005,13 +1008,9 @@ def run_server_cases(n_cases: int, seed: int, root: Path) -> list[CaseResult]:
         if proc is None or proc.poll() is not None:
             proc = start()
         start_t = time.perf_counter()
-        try:
-            proc.stdin.write(line.encode("utf-8", "surrogateescape") + b"\n")
-            proc.stdin.write(json.dumps({"id": f"ping-{index}", "method": "ping", "params": {}}).encode() + b"\n")
-            proc.stdin.flush()
-            reply = _read_reply(proc, f"ping-{index}", CASE_TIMEOUT_S + 300 if "rig" in mutation else CASE_TIMEOUT_S)
-        except (BrokenPipeError, OSError):
-            reply = None
+        ping = json.dumps({"id": f"ping-{index}", "method": "ping", "params": {}}).encode()
+        sent = _send(proc, line.encode("utf-8", "surrogateescape") + b"\n" + ping + b"\n", CASE_TIMEOUT_S)
+        reply = _read_reply(proc, f"ping-{index}", CASE_TIMEOUT_S) if sent else None
         if reply is None:
             alive = proc.poll() is None
             err = _drain(proc.stderr) if not alive else b""
@@ -1034,6 +1033,27 @@ def run_server_cases(n_cases: int, seed: int, root: Path) -> list[CaseResult]:
         proc.kill()
         proc.wait()
     return results
+
+
+def _send(proc: subprocess.Popen, data: bytes, timeout: float) -> bool:
+    """Write ``data`` to the server's stdin without ever blocking longer than ``timeout``; False if it did not drain."""
+    fd = proc.stdin.fileno()
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        _, writable, _ = select.select([], [fd], [], left)
+        if not writable:
+            return False
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+        except OSError:  # the server went away
+            return False
+    return True
 
 
 def _drain(stream) -> bytes:

@@ -331,3 +331,21 @@ def test_fuzz_slice_has_no_traceback_hang_or_wrong_result(tmp_path):
     bad = {k: v for k, v in outcomes.items() if v[0] not in ("ok", "clean")}
     assert not bad, bad
     assert sum(v[0] == "clean" for v in outcomes.values()) >= len(KINDS)
+
+
+def test_absurd_frame_rate_is_refused(tmp_path):
+    seq = _seq()
+    np.savez(tmp_path / "slow.npz", verts=seq.verts, faces=seq.faces, fps=np.float64(1e-300))
+    with pytest.raises(SequenceError, match=r"fps must be a number in \[0.001, 100000\], got 1e-300"):
+        load_sequence(tmp_path / "slow.npz")
+
+
+def test_checkpoint_with_thousands_of_layers_is_refused_quickly(tmp_path):
+    def deepen(tensors, meta):
+        cfg = json.loads(meta["config"])
+        cfg["n_enc_layers"] = 65536
+        meta["config"] = json.dumps(cfg)
+
+    path = _tampered(tmp_path, SkeletonGenerator(TINY_SKEL), deepen)
+    with pytest.raises(CheckpointError, match=r"config field 'n_enc_layers' = 65536 is outside \[0, 64\]"):
+        load_model(path)

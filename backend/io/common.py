@@ -52,6 +52,9 @@ def _limits_from_env() -> LoadLimits:
     return limits
 
 
+MIN_FPS, MAX_FPS = 1e-3, 1e5
+"""Frame rates a loaded sequence may declare: beyond them frame times overflow or lose all precision."""
+
 LIMITS = _limits_from_env()
 """The ceilings every loader checks (one object; change its fields to raise or lower them)."""
 
@@ -163,7 +166,7 @@ def build_sequence(verts: np.ndarray, faces: np.ndarray, source: str | Path, fps
             fps = float(fps)
         except (TypeError, ValueError) as exc:
             raise SequenceError(f"{source}: fps must be one positive number, got {fps!r}") from exc
-        if not np.isfinite(fps) or fps <= 0:
-            raise SequenceError(f"{source}: fps must be a positive number, got {fps}")
+        if not np.isfinite(fps) or not MIN_FPS <= fps <= MAX_FPS:
+            raise SequenceError(f"{source}: fps must be a number in [{MIN_FPS:g}, {MAX_FPS:g}], got {fps:g}")
     return MeshSequence(verts, faces, fps=fps, name=name or Path(source).stem or "sequence",
                         extras=dict(extras or {}))

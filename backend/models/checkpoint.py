@@ -46,7 +46,10 @@ MAX_PARAMETERS = 500_000_000
 """Most parameters a checkpoint's config may describe (the shipped models have a few million); a
 config beyond it is refused before any weight tensor of that size is allocated."""
 MAX_CONFIG_INT = 1 << 16
-"""Largest value an integer config field (widths, depths, counts) may take."""
+"""Largest value an integer config field (widths, counts) may take."""
+MAX_LAYERS = 64
+"""Largest depth (a config field named ``*_layers``) accepted: building thousands of blocks, even
+without memory, takes minutes; the shipped models have 1-4."""
 
 
 class CheckpointError(RuntimeError):
@@ -201,8 +204,9 @@ def _checked_config(path: Path, cfg_cls: type, config: dict):
         if isinstance(value, bool) or value is None or isinstance(value, str):
             continue
         if isinstance(value, int):
-            if not 0 <= value <= MAX_CONFIG_INT:
-                raise CheckpointError(f"{path}: config field {key!r} = {value} is outside [0, {MAX_CONFIG_INT}]")
+            top = MAX_LAYERS if key.endswith("_layers") else MAX_CONFIG_INT
+            if not 0 <= value <= top:
+                raise CheckpointError(f"{path}: config field {key!r} = {value} is outside [0, {top}]")
         elif isinstance(value, float):
             if not math.isfinite(value) or abs(value) > MAX_CONFIG_INT:
                 raise CheckpointError(f"{path}: config field {key!r} = {value} is not a sane finite number")
