@@ -1012,6 +1012,10 @@ def run_server_cases(n_cases: int, seed: int, root: Path) -> list[CaseResult]:
         sent = _send(proc, line.encode("utf-8", "surrogateescape") + b"\n" + ping + b"\n", CASE_TIMEOUT_S)
         reply = _read_reply(proc, f"ping-{index}", CASE_TIMEOUT_S) if sent else None
         if reply is None:
+            try:
+                proc.wait(timeout=3.0)  # a server that just died is reaped here, not mistaken for a hang
+            except subprocess.TimeoutExpired:
+                pass
             alive = proc.poll() is None
             err = _drain(proc.stderr) if not alive else b""
             outcome = "hang" if alive else "traceback"
