@@ -1164,9 +1164,15 @@ def summarize(results: list[CaseResult], title: str) -> str:
     big = [r for r in results if np.isfinite(r.peak_rss_mb) and r.peak_rss_mb > RSS_TARGET_MB
            and r.input_bytes < 10 << 20]
     if bad or big:
-        lines += ["", "Failures:", ""]
-        for r in (bad + big)[:40]:
-            lines.append(f"- {r.kind} #{r.index} `{r.mutation}`: {r.outcome}, {r.peak_rss_mb:.0f} MB: {r.detail}")
+        lines += ["", "Failures (grouped by kind, mutation family and outcome; first case shown):", ""]
+        groups: dict[tuple, list[CaseResult]] = defaultdict(list)
+        for r in bad + big:
+            groups[(r.kind, r.mutation.split("-")[0], r.outcome)].append(r)
+        for (kind, family, outcome), rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            r = rs[0]
+            rss_note = f", {r.peak_rss_mb:.0f} MB" if np.isfinite(r.peak_rss_mb) else ""
+            lines.append(f"- {len(rs)} x {kind} `{family}`: {outcome}{rss_note} (first #{r.index}): "
+                         f"{r.detail[:240]}")
     return "\n".join(lines)
 
 

@@ -349,3 +349,10 @@ def test_checkpoint_with_thousands_of_layers_is_refused_quickly(tmp_path):
     path = _tampered(tmp_path, SkeletonGenerator(TINY_SKEL), deepen)
     with pytest.raises(CheckpointError, match=r"config field 'n_enc_layers' = 65536 is outside \[0, 64\]"):
         load_model(path)
+
+
+@pytest.mark.parametrize("option, value", [("refine_iters", 2_000_000), ("max_joints", 2_000_000),
+                                           ("max_influences", 2**63), ("batch_frames", 1e308)])
+def test_rig_config_bounds_every_count(option, value):
+    with pytest.raises(ValueError, match=f"{option} must be >= .* and <= "):
+        RigConfig(**{option: value}).validate()
