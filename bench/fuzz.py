@@ -42,7 +42,7 @@ import tempfile
 import time
 import zipfile
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -379,9 +379,16 @@ def make_glb(rng: random.Random, folder: Path) -> tuple[Path, str]:
         doc, blob = _split_glb(data)
         m = _mutate_gltf_doc(rng, doc, blob, folder)
         data = _join_glb(doc, blob)
-    (folder / "secret.bin").write_bytes(b"S" * 4096) if not (folder / "secret.bin").exists() else None
+    _plant_secret(folder)
     path.write_bytes(data)
     return path, m
+
+
+def _plant_secret(folder: Path) -> None:
+    """A readable file one level above the input folder: what a ``../secret.bin`` URI would reach."""
+    secret = folder.parent / "secret.bin"
+    if not secret.exists():
+        secret.write_bytes(b"S" * 4096)
 
 
 def make_gltf(rng: random.Random, folder: Path) -> tuple[Path, str]:
@@ -404,7 +411,7 @@ def make_gltf(rng: random.Random, folder: Path) -> tuple[Path, str]:
             buffers[0]["uri"] = "case.bin"
         (folder / "case.bin").write_bytes(bytes(blob))
         data = json.dumps(doc).encode()
-    (folder.parent / "secret.bin").write_bytes(b"S" * 4096) if not (folder.parent / "secret.bin").exists() else None
+    _plant_secret(folder)
     path.write_bytes(data)
     return path, m
 
