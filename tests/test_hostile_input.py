@@ -356,3 +356,10 @@ def test_checkpoint_with_thousands_of_layers_is_refused_quickly(tmp_path):
 def test_rig_config_bounds_every_count(option, value):
     with pytest.raises(ValueError, match=f"{option} must be >= .* and <= "):
         RigConfig(**{option: value}).validate()
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".anime", ".glb", ".obj", ".ply"])
+def test_input_that_is_a_fifo_is_refused_without_blocking(tmp_path, suffix):
+    os.mkfifo(tmp_path / f"pipe{suffix}")  # opening it for reading would block until a writer appears
+    with pytest.raises(SequenceError, match="not a regular file"):
+        load_sequence(tmp_path / f"pipe{suffix}")

@@ -61,8 +61,10 @@ def read_anime_header(path: str | Path) -> AnimeHeader:
         SequenceError: for a missing, truncated or corrupt file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SequenceError(f"{path}: no such file")
+    if not path.is_file():
+        raise SequenceError(f"{path}: not a regular file (a device, FIFO or socket); refusing to read it")
     size = path.stat().st_size
     if size < 12:
         raise SequenceError(f"{path}: truncated .anime file: {size} bytes, the header alone needs 12")
