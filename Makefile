@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Hostile-input campaign (bench/fuzz.py): 10,000 loader cases, the sprig CLI, server lines, SIGKILL.
+fuzz: setup
+	$(PY) -m bench.fuzz --cases 10000 --cli 40 --server 400 --kill 8 --seed 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

@@ -14,6 +14,10 @@ class SequenceError(ValueError):
     """Raised when an input sequence (or file holding one) breaks the data contract."""
 
 
+MAX_ABS_COORDINATE = 1e12
+"""Largest vertex coordinate magnitude accepted: squared lengths and cross products (normals, areas,
+distances) of coordinates beyond it overflow float32 (max 3.4e38) once summed over many vertices."""
+
 # Extras whose first axis is the frame axis (``[K, ...]``): they follow a frame selection.
 PER_FRAME_EXTRAS = ("joints", "times", "skin_mats", "bone_transforms")
 
@@ -132,6 +136,13 @@ def validate_arrays(verts, faces, name: str = "sequence") -> tuple[np.ndarray, n
             f"but the mesh has {n_verts} vertices")
     faces = faces.astype(np.int32, copy=False)
 
+    largest = float(np.abs(verts).max())
+    if largest > MAX_ABS_COORDINATE:
+        frame = int(np.flatnonzero(np.abs(verts).max(axis=(1, 2)) > MAX_ABS_COORDINATE)[0])
+        raise SequenceError(
+            f"{name}: vertex coordinates reach {largest:.3g} (first in frame {frame}); values beyond "
+            f"{MAX_ABS_COORDINATE:.0e} overflow single precision in normals and distances: rescale the mesh "
+            "(wrong unit or corrupt file?)")
     extent = verts[0].max(axis=0) - verts[0].min(axis=0)
     if float(extent.max()) <= 1e-8 * max(1.0, float(np.abs(verts[0]).max())):
         raise SequenceError(f"{name}: the anchor frame's bounding box has zero size (degenerate scale)")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.io.npz import read_npz_arrays
 from backend.metrics.alignment import CORRESPONDENCE_MODES
 from backend.metrics.drift import motion_compensated_joint_drift
 from backend.metrics.skeleton_stability import StabilityConfig, mpjpe_anchor, skeleton_stability
@@ -45,6 +46,11 @@ METRIC_KEYS = ("pjdd", "blrd", "gsd", "jad", "mpjpe_anchor", "topology_flicker",
                "skin_l1", "skin_symkl", "skin_entropy", "skin_precision", "skin_recall", "skin_avg_l1", "mcjd")
 CLIP_KEYS = ("pjdd_clip", "blrd_clip", "gsd_clip", "jad_clip", "topology_flicker_clip", "skin_l1_clip",
              "skin_symkl_clip", "skin_entropy_clip")
+MAX_JOINT_DISTANCE = 1e3
+"""How far (in anchor-box sizes) a joint may lie from the anchor box's center: metrics that sample bones
+or voxelize the box would otherwise allocate without bound for a joint at 1e36."""
+SIMPLEX_TOLERANCE = 1e-3
+"""How far a skinning row's sum may stray from 1 (float32 storage and top-k renormalization stay far below)."""
 _FRAME_KEY = re.compile(r"^(joints|parents|weights)_(\d+)$")
 
 
@@ -187,7 +193,12 @@ def _check_weights(w: np.ndarray, n_verts: int, n_joints: int, what: str) -> np.
         raise EvalInputError(f"{what} must be finite numbers")
     if (w < 0).any():
         raise EvalInputError(f"{what} has negative weights")
-    return w.astype(np.float64)
+    w = w.astype(np.float64)
+    off = np.flatnonzero(np.abs(w.sum(axis=1) - 1.0) > SIMPLEX_TOLERANCE)
+    if len(off):
+        raise EvalInputError(f"{what}: {len(off)} of {n_verts} rows do not sum to 1 (vertex {int(off[0])} sums to "
+                             f"{float(w[off[0]].sum()):.6g}); skinning weights must lie on the simplex")
+    return w
 
 
 def _validate(inp: EvalInput) -> None:
@@ -197,6 +208,13 @@ def _validate(inp: EvalInput) -> None:
         raise EvalInputError(f"{inp.name}: {k} mesh frames but {len(inp.joints)} joint sets and "
                              f"{len(inp.parents)} parent vectors (need one per frame)")
     inp.joints = [_check_points(j, f"joints_{i}") for i, j in enumerate(inp.joints)]
+    lo, hi = inp.verts[0].min(axis=0).astype(np.float64), inp.verts[0].max(axis=0).astype(np.float64)
+    center, size = (lo + hi) / 2.0, float((hi - lo).max())
+    for i, j in enumerate(inp.joints):
+        far = float(np.abs(j - center).max()) / size
+        if far > MAX_JOINT_DISTANCE:
+            raise EvalInputError(f"joints_{i} lie {far:.3g} anchor-box sizes from the mesh (at most "
+                                 f"{MAX_JOINT_DISTANCE:.0e}): wrong units or corrupt values")
     inp.parents = [_check_parents(p, len(j), f"parents_{i}") for i, (p, j) in enumerate(zip(inp.parents, inp.joints))]
     if inp.weights is not None:
         if len(inp.weights) != k:
@@ -211,6 +229,10 @@ def _validate(inp: EvalInput) -> None:
             inp.gt_joints = np.stack([_check_points(g, "gt_joints") for g in gt])
         else:
             inp.gt_joints = _check_points(gt, "gt_joints")
+        far = float(np.abs(inp.gt_joints - center).max()) / size
+        if far > MAX_JOINT_DISTANCE:
+            raise EvalInputError(f"gt_joints lie {far:.3g} anchor-box sizes from the mesh (at most "
+                                 f"{MAX_JOINT_DISTANCE:.0e}): wrong units or corrupt values")
     n_gt = None if inp.gt_joints is None else inp.gt_joints.shape[-2]
     if inp.gt_parents is not None:
         if n_gt is None:
@@ -236,10 +258,9 @@ def load_eval_input(path: str | Path) -> EvalInput:
     if not path.is_file():
         raise EvalInputError(f"{path}: no such file")
     try:
-        data = np.load(path, allow_pickle=False)
-        arrays = {key: data[key] for key in data.files}
-    except Exception as exc:  # zip/pickle/format errors of every kind
-        raise EvalInputError(f"{path}: not a readable .npz file ({exc})") from exc
+        arrays = read_npz_arrays(path)
+    except SequenceError as exc:
+        raise EvalInputError(str(exc)) from exc
     name = path.stem
     for key in ("verts", "faces"):
         if key not in arrays:

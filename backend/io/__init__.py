@@ -18,11 +18,11 @@ from backend.io.common import FrameSelection, fps_from_times, frame_indices
 from backend.io.gltf import load_gltf, save_morph_gltf, save_rigged_gltf, top_k_influences
 from backend.io.mesh_folder import (list_frame_files, load_mesh_file, load_mesh_folder, natural_key, read_obj,
                                     save_mesh_folder, write_obj)
-from backend.io.npz import load_npz, save_npz
+from backend.io.npz import load_npz, read_npz_arrays, save_npz
 from backend.sequence import MeshSequence, SequenceError
 
 __all__ = [
-    "SUPPORTED_SUFFIXES", "load_sequence", "save_sequence", "load_npz", "save_npz", "load_anime", "save_anime",
+    "SUPPORTED_SUFFIXES", "load_sequence", "save_sequence", "load_npz", "read_npz_arrays", "save_npz", "load_anime", "save_anime",
     "read_anime_header", "load_gltf", "save_morph_gltf", "save_rigged_gltf", "top_k_influences",
     "load_mesh_folder", "load_mesh_file", "save_mesh_folder", "list_frame_files", "natural_key", "read_obj",
     "write_obj", "fps_from_times", "frame_indices", "FrameSelection",

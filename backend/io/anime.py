@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.io.common import FrameSelection, build_sequence, frame_indices
+from backend.io.common import FrameSelection, build_sequence, check_vertex_frames, frame_indices
 from backend.sequence import MeshSequence, SequenceError
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,10 @@ def read_anime_header(path: str | Path) -> AnimeHeader:
         SequenceError: for a missing, truncated or corrupt file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SequenceError(f"{path}: no such file")
+    if not path.is_file():
+        raise SequenceError(f"{path}: not a regular file (a device, FIFO or socket); refusing to read it")
     size = path.stat().st_size
     if size < 12:
         raise SequenceError(f"{path}: truncated .anime file: {size} bytes, the header alone needs 12")
@@ -96,6 +98,7 @@ def load_anime(path: str | Path, fps: float | None = None, frames: FrameSelectio
     path = Path(path)
     h = read_anime_header(path)
     idx = frame_indices(h.n_frames, frames, path)
+    check_vertex_frames(len(idx), h.n_verts, path)
     anchor = np.fromfile(path, dtype=_FLOAT, count=h.n_verts * 3, offset=h.anchor_offset).reshape(h.n_verts, 3)
     faces = np.fromfile(path, dtype=_INT, count=h.n_faces * 3, offset=h.faces_offset).reshape(h.n_faces, 3)
     verts = np.empty((len(idx), h.n_verts, 3), dtype=np.float32)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from urllib.parse import unquote
 import numpy as np
 import pygltflib
 
-from backend.io.common import FrameSelection, build_sequence, frame_indices
+from backend.io.common import (LIMITS, FrameSelection, build_sequence, check_size, check_vertex_frames,
+                               frame_indices, read_regular_file)
 from backend.lbs import linear_blend_skinning
 from backend.sampling import vertex_normals
 from backend.sequence import MeshSequence, SequenceError
@@ -172,12 +174,9 @@ def read_document(path: str | Path) -> GltfDocument:
         SequenceError: truncated container, invalid JSON, missing or short buffers.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise _err(path, "no such file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _err(path, f"cannot read file: {exc}") from exc
+    data = read_regular_file(path)
     bin_chunk: bytes | None = None
     if data[:4] == _GLB_MAGIC:
         if len(data) < 20:
@@ -234,15 +233,39 @@ def read_document(path: str | Path) -> GltfDocument:
             except (ValueError, IndexError) as exc:
                 raise _err(path, f"buffer {i}: corrupt base64 data URI: {exc}") from exc
         else:
-            ext_path = path.parent / unquote(uri)
-            try:
-                blob = ext_path.read_bytes()
-            except OSError as exc:
-                raise _err(path, f"buffer {i}: cannot read external file {ext_path}: {exc}") from exc
+            blob = read_regular_file(_external_buffer_path(path, i, uri), LIMITS.max_array_bytes,
+                                     what=f"external buffer {i} of {path.name}")
         if buf.byteLength is not None and len(blob) < int(buf.byteLength):
             raise _err(path, f"truncated buffer {i}: it declares {buf.byteLength} bytes but holds {len(blob)}")
         buffers.append(blob)
     return GltfDocument(path, doc, buffers, raw)
+
+
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _external_buffer_path(path: Path, index: int, uri: str) -> Path:
+    """The file an external buffer ``uri`` names, which must lie inside the glTF file's folder.
+
+    Absolute paths, URLs and other schemes, ``..`` components, and links that resolve outside the
+    folder are refused: a glTF file must not make the reader open arbitrary files (``/etc/passwd``).
+
+    Raises:
+        SequenceError: naming the buffer and the reason.
+    """
+    name = unquote(uri)
+    parts = re.split(r"[/\\]", name)
+    if not name or name.startswith(("/", "\\")) or _URI_SCHEME.match(name) or "\0" in name:
+        raise _err(path, f"buffer {index}: uri {uri!r} is not a relative file name (absolute paths, URLs and "
+                         "other schemes are refused; external buffers must lie next to the glTF file)")
+    if ".." in parts:
+        raise _err(path, f"buffer {index}: uri {uri!r} climbs out of the glTF file's folder with '..' (refused)")
+    folder = path.parent.resolve()
+    target = (folder / name).resolve()
+    if target != folder and folder not in target.parents:
+        raise _err(path, f"buffer {index}: uri {uri!r} resolves to {target}, outside the glTF file's folder "
+                         f"{folder} (a link?); refused")
+    return target
 
 
 def _view_bytes(d: GltfDocument, view_index: int, what: str) -> tuple[bytes, int, int, int | None]:
@@ -267,6 +290,11 @@ def _strided(d: GltfDocument, view_index: int, byte_offset: int, count: int, dty
     buf, start, length, stride = _view_bytes(d, view_index, what)
     elem = dtype.itemsize * n
     stride = int(stride or elem)
+    if stride < elem:
+        raise _err(d.path, f"{what}: bufferView {view_index} has byteStride {stride}, smaller than one "
+                           f"element ({elem} bytes)")
+    if count < 0 or byte_offset < 0:
+        raise _err(d.path, f"{what}: negative count {count} or byteOffset {byte_offset}")
     need = byte_offset + (stride * (count - 1) + elem if count else 0)
     if need > length:
         raise _err(d.path, f"{what}: needs {need} bytes of bufferView {view_index}, which has {length} "
@@ -295,13 +323,20 @@ def read_accessor(d: GltfDocument, index: int, what: str = "accessor") -> np.nda
     n, count = _TYPE_SIZES[acc.type], int(acc.count or 0)
     if acc.type.startswith("MAT") and dtype.itemsize < 4:
         raise _err(d.path, f"{what}: byte/short matrices are not supported")
+    if count < 0:
+        raise _err(d.path, f"{what}: negative count {count}")
     if acc.bufferView is None:
+        # zero-filled (e.g. a sparse morph target): nothing in the file backs the size, so bound it
+        check_size(count * n, LIMITS.max_vertex_frames, f"{what}: zero-filled accessor elements (count {count} x {n})",
+                   d.path)
         out = np.zeros((count, n), dtype=dtype)
     else:
         out = _strided(d, acc.bufferView, int(acc.byteOffset or 0), count, dtype, n, what)
     sparse = acc.sparse
     if sparse is not None and getattr(sparse, "count", 0):
         sc = int(sparse.count)
+        if not 0 <= sc <= count:
+            raise _err(d.path, f"{what}: sparse count {sc} is outside [0, {count}] (the accessor's count)")
         idx_dtype = np.dtype(_COMPONENT_DTYPES.get(sparse.indices.componentType, np.uint32))
         idx = _strided(d, sparse.indices.bufferView, int(sparse.indices.byteOffset or 0), sc, idx_dtype, 1,
                        f"{what} sparse indices")[:, 0].astype(np.int64)
@@ -610,12 +645,18 @@ class _Instance:
     attach_joint: int | None = None  # rigid mesh under a joint node: that joint node
 
 
-def _frame_times(channels: list[_Channel], fps: float) -> np.ndarray:
+def _frame_times(channels: list[_Channel], fps: float, source: Path) -> np.ndarray:
+    """Sample times ``[T]`` from the first to the last keyframe at ``fps``; T is checked before allocating."""
     if not channels:
         return np.zeros(1)
     t0 = min(float(c.times[0]) for c in channels)
     t1 = max(float(c.times[-1]) for c in channels)
-    n = int(np.floor((t1 - t0) * fps + 1e-3)) + 1
+    span = np.floor((t1 - t0) * fps + 1e-3) + 1
+    if not np.isfinite(span) or span > LIMITS.max_frames:
+        raise _err(source, f"the animation spans {t1 - t0:.6g} s (keyframes from {t0:.6g} to {t1:.6g} s), "
+                           f"{span:.3g} frames at {fps:.6g} fps: above the limit of {LIMITS.max_frames:,} frames "
+                           "(corrupt keyframe times, or pass a lower fps)")
+    n = int(span)
     return t0 + np.arange(n, dtype=np.float64) / fps
 
 
@@ -643,9 +684,12 @@ def load_gltf(path: str | Path, fps: float | None = None, frames: FrameSelection
         return _sample_scene(d, fps, frames, animation)
     except SequenceError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, np.linalg.LinAlgError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError,
+            np.linalg.LinAlgError) as exc:
         # values of the wrong shape or type that the schema allows through (e.g. a 2-vector translation)
         raise _err(path, f"malformed glTF content: {type(exc).__name__}: {exc}") from exc
+    except MemoryError as exc:  # a size no declared-size check foresaw: still a clean error
+        raise _err(path, "not enough memory to sample the scene (sizes too large for this machine)") from exc
 
 
 def _sample_scene(d: GltfDocument, fps: float | None, frames: FrameSelection,
@@ -678,10 +722,9 @@ def _sample_scene(d: GltfDocument, fps: float | None, frames: FrameSelection,
     rate = float(fps) if fps is not None else _keyframe_fps(channels)
     if not np.isfinite(rate) or rate <= 0:
         raise _err(path, f"fps must be a positive number, got {fps}")
-    t_all = _frame_times(channels, rate)
+    t_all = _frame_times(channels, rate, path)
     idx = frame_indices(len(t_all), frames, path)
     t = t_all[idx]
-    world = _world_matrices(d, parent, order, channels, t)
 
     # --- mesh instances in scene order
     skins = doc.skins or []
@@ -739,8 +782,29 @@ def _sample_scene(d: GltfDocument, fps: float | None, frames: FrameSelection,
         instances = kept
     joint_col = {node: c for c, node in enumerate(joint_nodes)}
 
-    # --- evaluate every primitive on every frame
+    # --- sizes the file declares, checked before anything of that size is allocated
     K = len(t)
+    check_size(len(nodes) * K, LIMITS.max_vertex_frames // 8, f"nodes x frames ({len(nodes)} x {K})", path)
+    declared_verts = 0
+    for inst in instances:
+        pos_acc = _attribute(inst.prim, "POSITION")
+        if pos_acc is None:
+            continue
+        if not 0 <= int(pos_acc) < len(doc.accessors or []):
+            raise _err(path, f"{inst.what} POSITION: accessor {pos_acc} does not exist")
+        n_pos = int(doc.accessors[int(pos_acc)].count or 0)
+        n_targets = len(inst.prim.targets or [])
+        n_skin = len(skins[inst.skin].joints or []) if inst.skin is not None else 0
+        check_size(n_pos * max(n_targets, n_skin, 1), LIMITS.max_vertex_frames,
+                   f"{inst.what}: vertices x max(morph targets, skin joints) ({n_pos} x {max(n_targets, n_skin, 1)})",
+                   path)
+        declared_verts += n_pos
+    check_vertex_frames(K, declared_verts, path)
+    check_size(declared_verts * len(joint_nodes), LIMITS.max_vertex_frames,
+               f"vertices x joints ({declared_verts} x {len(joint_nodes)})", path)
+    world = _world_matrices(d, parent, order, channels, t)
+
+    # --- evaluate every primitive on every frame
     all_verts, all_faces, all_rest, all_weights = [], [], [], []
     offset = 0
     for inst in instances:
@@ -779,7 +843,7 @@ def _sample_scene(d: GltfDocument, fps: float | None, frames: FrameSelection,
                       weight.reshape(-1))
             unweighted = dense.sum(axis=1) <= 0
             mats = world[skin_joints].transpose(1, 0, 2, 3) @ ibm  # [K, Js, 4, 4]
-            frames_out = np.empty((K, V, 3))
+            frames_out = np.empty((K, V, 3), dtype=np.float32)
             for k in range(K):
                 frames_out[k] = linear_blend_skinning(local[k], dense, mats[k])
             frames_out[:, unweighted] = local[:, unweighted]
@@ -791,7 +855,12 @@ def _sample_scene(d: GltfDocument, fps: float | None, frames: FrameSelection,
             dominant = np.argmax(dense, axis=1)
             rest = np.einsum("vab,vb->va", correction[dominant][:, :3], np.c_[base, np.ones(V)])
         else:
-            frames_out = np.einsum("kab,kvb->kva", world[inst.node][:, :3, :3], local) + world[inst.node][:, None, :3, 3]
+            frames_out = np.empty((K, V, 3), dtype=np.float32)
+            step = max(1, (1 << 20) // max(V, 1))  # frames per block: float64 temporaries stay small
+            for s in range(0, K, step):
+                frames_out[s:s + step] = (np.einsum("kab,kvb->kva", world[inst.node][s:s + step, :3, :3],
+                                                    local[s:s + step])
+                                          + world[inst.node][s:s + step, None, :3, 3])
             w_union = None
             rest = None
             if skinned:
@@ -801,7 +870,7 @@ def _sample_scene(d: GltfDocument, fps: float | None, frames: FrameSelection,
                 # rest such that world(j) @ ibm(j) @ rest reproduces the frames
                 to_rest = np.linalg.inv(world[j, 0] @ ibm_of[j]) @ world[inst.node, 0]
                 rest = base @ to_rest[:3, :3].T + to_rest[:3, 3]
-        all_verts.append(frames_out.astype(np.float32))
+        all_verts.append(frames_out)
         all_faces.append(tris + offset)
         all_weights.append(w_union)
         all_rest.append(rest if rest is not None else (world[inst.node, 0, :3, :3] @ base.T).T
@@ -853,9 +922,19 @@ class _GlbBuilder:
 
     def add(self, array: np.ndarray, component: int, kind: str, target: int | None = None,
             normalized: bool = False, minmax: bool = False) -> int:
-        """Append ``array [count, n]`` (or ``[count]``) as one accessor; returns its index."""
+        """Append ``array [count, n]`` (or ``[count]``) as one accessor; returns its index.
+
+        Raises:
+            ValueError: a float array with NaN or Inf (after the cast to the component type, so values
+                that overflow float32 are caught too): a viewer would show garbage.
+        """
         dtype = np.dtype(_COMPONENT_DTYPES[component]).newbyteorder("<")
-        arr = np.ascontiguousarray(np.asarray(array), dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = np.ascontiguousarray(np.asarray(array), dtype=dtype)
+        if dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))[0]
+            raise ValueError(f"accessor {len(self.accessors)} ({kind}, {arr.shape[0]} rows) holds a non-finite "
+                             f"value at row {int(bad[0])} (overflow or NaN): refusing to write it")
         count = arr.shape[0]
         self.blob.extend(b"\0" * (-len(self.blob) % 4))
         offset = len(self.blob)

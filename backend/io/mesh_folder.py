@@ -9,18 +9,23 @@ same on every frame.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
-from backend.io.common import FrameSelection, build_sequence, frame_indices
+from backend.io.common import (LIMITS, FrameSelection, build_sequence, check_size, check_vertex_frames,
+                               frame_indices, read_regular_file)
 from backend.sequence import MeshSequence, SequenceError
 
 log = logging.getLogger(__name__)
 
 MESH_SUFFIXES = (".obj", ".ply")
+_MAX_INDEX = 2**31 - 1  # faces are stored as int32
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
 
 
 def natural_key(name: str) -> tuple:
@@ -63,10 +68,7 @@ def read_obj(path: str | Path, with_faces: bool = True) -> tuple[np.ndarray, np.
 
 def _parse_obj(path: Path, with_faces: bool) -> tuple[np.ndarray, np.ndarray | None, int]:
     """:func:`read_obj` plus the number of polygon (``f``) lines, counted even when faces are skipped."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SequenceError(f"{path}: cannot read file: {exc}") from exc
+    data = read_regular_file(path)
     vert_tokens: list[list[bytes]] = []
     tris: list[tuple[int, int, int]] = []
     n_polygons = 0
@@ -90,6 +92,8 @@ def _parse_obj(path: Path, with_faces: bool) -> tuple[np.ndarray, np.ndarray | N
                 ids = [int(r.split(b"/", 1)[0]) for r in refs]
             except ValueError as exc:
                 raise SequenceError(f"{path}:{lineno}: malformed face line {line[:80]!r}") from exc
+            if max(ids) > _MAX_INDEX or min(ids) < -_MAX_INDEX:
+                raise SequenceError(f"{path}:{lineno}: face index out of range (beyond 2^31) in {line[:80]!r}")
             if 0 in ids:
                 raise SequenceError(f"{path}:{lineno}: OBJ indices start at 1, found 0 in {line[:80]!r}")
             ids = [i - 1 if i > 0 else n_so_far + i for i in ids]  # 1-based, or relative when negative
@@ -131,8 +135,10 @@ def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     import trimesh
 
     path = Path(path)
+    data = read_regular_file(path)
+    _check_ply_header(path, data)
     try:
-        mesh = trimesh.load_mesh(path, file_type="ply", process=False)
+        mesh = trimesh.load_mesh(io.BytesIO(data), file_type="ply", process=False)
     except SequenceError:
         raise
     except Exception as exc:  # trimesh raises many different types for bad files
@@ -142,6 +148,45 @@ def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if verts.ndim != 2 or len(verts) == 0:
         raise SequenceError(f"{path}: the PLY file holds no vertices")
     return verts, faces.reshape(-1, 3).astype(np.int32)
+
+
+def _check_ply_header(path: Path, data: bytes) -> None:
+    """Check the element counts a PLY header declares against the bytes that follow it (before parsing).
+
+    Every binary row needs at least its fixed-size properties (a list at least its count), every ASCII
+    value at least one character, so a count the body cannot hold is a corrupt or hostile header.
+
+    Raises:
+        SequenceError: no header end, malformed element line, or counts the file cannot back.
+    """
+    end = data.find(b"end_header", 0, 1 << 16)
+    if not data.startswith(b"ply") or end < 0:
+        raise SequenceError(f"{path}: not a PLY file (no 'ply' magic or no 'end_header' in the first 64 KB)")
+    body = len(data) - data.find(b"\n", end) - 1
+    binary, elements = False, []  # [name, count, min bytes per row, values per row]
+    for raw in data[:end].splitlines():
+        words = raw.decode("ascii", "replace").split()
+        if not words:
+            continue
+        if words[0] == "format" and len(words) > 1:
+            binary = words[1].startswith("binary")
+        elif words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise SequenceError(f"{path}: malformed PLY element line {raw[:80]!r}")
+            elements.append([words[1], int(words[2]), 0, 0])
+        elif words[0] == "property" and elements:
+            size = _PLY_SIZES.get(words[2] if words[1] == "list" and len(words) > 2 else words[1], 1)
+            elements[-1][2] += size
+            elements[-1][3] += 1
+    need = 0
+    for name, count, row_bytes, n_values in elements:
+        if name == "vertex":
+            check_size(count, LIMITS.max_vertex_frames, "PLY vertex count", path)
+        need += count * (row_bytes if binary else 2 * max(n_values, 1) - 1)
+    if need > body:
+        raise SequenceError(f"{path}: the PLY header declares {', '.join(f'{c:,} {n}' for n, c, _, _ in elements)}, "
+                            f"which needs at least {need:,} bytes but the file holds {body:,} after the header "
+                            "(truncated or corrupt file)")
 
 
 def write_ply(path: str | Path, verts: np.ndarray, faces: np.ndarray) -> None:
@@ -194,6 +239,7 @@ def load_mesh_folder(folder: str | Path, fps: float | None = None,
     idx = frame_indices(len(files), frames, folder)
     first = files[idx[0]]
     v0, faces, n_poly = _read_frame(first, with_faces=True)
+    check_vertex_frames(len(idx), v0.shape[0], folder)
     verts = np.empty((len(idx), v0.shape[0], 3), dtype=np.float32)
     verts[0] = v0
     for row, k in enumerate(idx[1:], start=1):

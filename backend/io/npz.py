@@ -14,15 +14,20 @@ from __future__ import annotations
 import logging
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from backend.io.common import FrameSelection, build_sequence, fps_from_times, frame_indices
+from backend.io.common import (LIMITS, FrameSelection, build_sequence, check_vertex_frames, fps_from_times,
+                               frame_indices)
 from backend.sequence import PER_FRAME_EXTRAS, MeshSequence, SequenceError
 
 log = logging.getLogger(__name__)
 _RESERVED = ("verts", "faces", "fps", "name")
+_READ_ERRORS = (ValueError, EOFError, OSError, zipfile.BadZipFile, struct.error, RuntimeError, zlib.error,
+                OverflowError, NotImplementedError)
+_SMALL_MEMBER = 1 << 20  # compression ratios are only checked above this uncompressed size
 
 
 def load_npz(path: str | Path, fps: float | None = None, frames: FrameSelection = None) -> MeshSequence:
@@ -39,13 +44,7 @@ def load_npz(path: str | Path, fps: float | None = None, frames: FrameSelection 
         SequenceError: missing/corrupt/truncated file, missing ``verts``/``faces``, or a contract violation.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SequenceError(f"{path}: no such file")
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise SequenceError(f"{path}: not a readable .npz archive (truncated or corrupt?): {exc}") from exc
-    with zf:
+    with _open_archive(path) as zf:
         members = {(n[:-4] if n.endswith(".npy") else n): n for n in zf.namelist()}
         for key in ("verts", "faces"):
             if key not in members:
@@ -54,6 +53,7 @@ def load_npz(path: str | Path, fps: float | None = None, frames: FrameSelection 
         if len(verts_shape) != 3:
             raise SequenceError(f"{path}: 'verts' must have shape [K, V, 3], got {list(verts_shape)}")
         idx = None if frames is None else frame_indices(verts_shape[0], frames, path)
+        check_vertex_frames(verts_shape[0] if idx is None else len(idx), verts_shape[1], path)
         verts = _read_member(path, zf, members["verts"], idx)
         faces = _read_member(path, zf, members["faces"])
         extras: dict = {}
@@ -70,10 +70,28 @@ def load_npz(path: str | Path, fps: float | None = None, frames: FrameSelection 
     name = extras.pop("name", None)
     if fps is None:
         if file_fps is not None:
+            if isinstance(file_fps, np.ndarray) or not isinstance(file_fps, (int, float)):
+                raise SequenceError(f"{path}: 'fps' must be one number, got an array of shape "
+                                    f"{list(np.shape(file_fps))} ({np.asarray(file_fps).dtype})")
             fps = float(file_fps)
         elif "times" in extras:
             fps = fps_from_times(extras["times"])
     return build_sequence(verts, faces, path, fps, extras, name=name if isinstance(name, str) and name else None)
+
+
+def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, each checked before it is read.
+
+    Zip members are checked against :data:`~backend.io.common.LIMITS` (declared uncompressed size,
+    compression ratio of members above 1 MB) and each ``.npy`` header against its member's size, so a
+    zip bomb or a header declaring terabytes is refused before any allocation; no pickles are loaded.
+
+    Raises:
+        SequenceError: not a regular zip file, corrupt/truncated member, or a size above the limits.
+    """
+    path = Path(path)
+    with _open_archive(path) as zf:
+        return {(n[:-4] if n.endswith(".npy") else n): _read_member(path, zf, n) for n in zf.namelist()}
 
 
 def save_npz(seq: MeshSequence, path: str | Path, compressed: bool = False) -> Path:
@@ -128,15 +146,69 @@ def _to_python(key: str, value: np.ndarray):
     return value
 
 
-def _member_shape(path: Path, zf: zipfile.ZipFile, member: str) -> tuple[int, ...]:
-    """Shape of an ``.npy`` member, read from its header only."""
+def _open_archive(path: Path) -> zipfile.ZipFile:
+    """Open an ``.npz`` as a zip archive after checking it is a regular file and its members' sizes."""
+    if not path.exists():
+        raise SequenceError(f"{path}: no such file")
+    if not path.is_file():
+        raise SequenceError(f"{path}: not a regular file (a device, FIFO or socket); refusing to read it")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise SequenceError(f"{path}: not a readable .npz archive (truncated or corrupt?): {exc}") from exc
+    try:
+        total = 0
+        for info in zf.infolist():
+            _check_member_size(path, info)
+            total += info.file_size
+        if total > 2 * LIMITS.max_array_bytes:
+            raise SequenceError(f"{path}: the archive's members unpack to {total:,} bytes, above the limit of "
+                                f"{2 * LIMITS.max_array_bytes:,} (zip bomb or a clip too large to load at once)")
+    except BaseException:
+        zf.close()
+        raise
+    return zf
+
+
+def _check_member_size(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose declared uncompressed size or compression ratio is beyond :data:`LIMITS`."""
+    if info.file_size > LIMITS.max_array_bytes + 4096:
+        raise SequenceError(f"{path}: member '{info.filename}' unpacks to {info.file_size:,} bytes, above the limit "
+                            f"of {LIMITS.max_array_bytes:,}")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _SMALL_MEMBER:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > LIMITS.max_compression_ratio:
+            raise SequenceError(f"{path}: member '{info.filename}' expands {ratio:.0f}x ({info.compress_size:,} -> "
+                                f"{info.file_size:,} bytes), above the limit of {LIMITS.max_compression_ratio:.0f}x "
+                                "(zip bomb?)")
+
+
+def _member_header(path: Path, zf: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data bytes)`` of an ``.npy`` member from its header only, checked against the member size."""
+    info = zf.getinfo(member)
     try:
         with zf.open(member) as fh:
             version = np.lib.format.read_magic(fh)
-            shape, _, _ = _read_header(fh, version)
-        return tuple(int(s) for s in shape)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, struct.error) as exc:
+            shape, _, dtype = _read_header(fh, version)
+            header_len = fh.tell()
+    except _READ_ERRORS as exc:
         raise SequenceError(f"{path}: cannot read array '{member}' (truncated or corrupt file?): {exc}") from exc
+    shape = tuple(int(s) for s in shape)
+    if dtype.hasobject:
+        raise SequenceError(f"{path}: cannot read array '{member}': it holds Python objects; refusing to unpickle")
+    nbytes = dtype.itemsize
+    for s in shape:
+        nbytes *= s  # Python ints: no overflow for absurd shapes
+    if nbytes > info.file_size - header_len:
+        raise SequenceError(f"{path}: array '{member}' declares shape {list(shape)} ({nbytes:,} bytes of {dtype}) but "
+                            f"the member holds {max(info.file_size - header_len, 0):,} bytes of data "
+                            "(corrupt or truncated file)")
+    return shape, dtype, nbytes
+
+
+def _member_shape(path: Path, zf: zipfile.ZipFile, member: str) -> tuple[int, ...]:
+    """Shape of an ``.npy`` member, read from its header only."""
+    return _member_header(path, zf, member)[0]
 
 
 def _read_header(fh, version: tuple[int, int]):
@@ -151,6 +223,7 @@ def _read_header(fh, version: tuple[int, int]):
 def _read_member(path: Path, zf: zipfile.ZipFile, member: str, rows: np.ndarray | None = None) -> np.ndarray:
     """Read one ``.npy`` member; with ``rows`` and no compression, only those rows are read (memmap)."""
     info = zf.getinfo(member)
+    _member_header(path, zf, member)
     try:
         if rows is not None and info.compress_type == zipfile.ZIP_STORED:
             mapped = _memmap_stored(path, info)
@@ -161,8 +234,10 @@ def _read_member(path: Path, zf: zipfile.ZipFile, member: str, rows: np.ndarray 
         return arr if rows is None else arr[rows]
     except SequenceError:
         raise
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, struct.error, RuntimeError) as exc:
+    except _READ_ERRORS as exc:
         raise SequenceError(f"{path}: cannot read array '{member}' (truncated or corrupt file?): {exc}") from exc
+    except MemoryError as exc:
+        raise SequenceError(f"{path}: not enough memory to read array '{member}'") from exc
 
 
 def _memmap_stored(path: Path, info: zipfile.ZipInfo) -> np.ndarray | None:

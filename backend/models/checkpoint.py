@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,16 @@ MODEL_KINDS: dict[str, tuple[type, type]] = {
     "skeleton_generator": (SkeletonGenerator, SkeletonGeneratorConfig),
     "skinning_network": (SkinningNetwork, SkinningNetworkConfig),
 }
+
+
+MAX_PARAMETERS = 500_000_000
+"""Most parameters a checkpoint's config may describe (the shipped models have a few million); a
+config beyond it is refused before any weight tensor of that size is allocated."""
+MAX_CONFIG_INT = 1 << 16
+"""Largest value an integer config field (widths, counts) may take."""
+MAX_LAYERS = 64
+"""Largest depth (a config field named ``*_layers``) accepted: building thousands of blocks, even
+without memory, takes minutes; the shipped models have 1-4."""
 
 
 class CheckpointError(RuntimeError):
@@ -133,6 +144,13 @@ def read_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], Checkpoi
                               stage=meta["stage"], provenance=json.loads(meta["provenance"]), sha256=digest)
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON: {exc}") from exc
+    if not isinstance(info.config, dict):
+        raise CheckpointError(f"{path}: config metadata is not a JSON object")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n_bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{path}: tensor {name!r} holds {n_bad} NaN/Inf values of {t.numel()}: "
+                                  "the weights are corrupt (a diverged training run?)")
     return tensors, info
 
 
@@ -154,21 +172,50 @@ def load_model(path: Path | str, expected: str | None = None,
     if expected is not None and info.model != expected:
         raise CheckpointError(f"{path}: holds a {info.model}, expected a {expected}")
     cls, cfg_cls = MODEL_KINDS[info.model]
+    cfg = _checked_config(path, cfg_cls, info.config)
+    # Shapes first, on the meta device (no memory): a config that disagrees with the tensors, or one
+    # describing a huge model, is refused before real modules are built.
     try:
-        cfg = cfg_cls(**info.config)
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: config does not match {cfg_cls.__name__}: {exc}") from exc
-    model = cls(cfg)
-    own = model.state_dict()
+        with torch.device("meta"):
+            shapes_only = cls(cfg)
+    except Exception as exc:  # a config value the constructor cannot use (any error type)
+        raise CheckpointError(f"{path}: config cannot build {cls.__name__}: {type(exc).__name__}: {exc}") from exc
+    n_params = sum(p.numel() for p in shapes_only.parameters())
+    if n_params > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: config describes a {cls.__name__} with {n_params:,} parameters, above the "
+                              f"limit of {MAX_PARAMETERS:,} (corrupt or hostile config)")
+    own = {k: tuple(v.shape) for k, v in shapes_only.state_dict().items()}
+    del shapes_only
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
-    shape_bad = [k for k in own if k in tensors and tuple(own[k].shape) != tuple(tensors[k].shape)]
+    shape_bad = [k for k in own if k in tensors and own[k] != tuple(tensors[k].shape)]
     if missing or unexpected or shape_bad:
         raise CheckpointError(f"{path}: weights do not fit {cls.__name__}({info.config}): missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}, wrong shape {shape_bad[:5]}")
+    model = cls(cfg)
     model.load_state_dict(tensors)
     model.to(device).eval()
     return model, info
+
+
+def _checked_config(path: Path, cfg_cls: type, config: dict):
+    """Build the config dataclass, refusing unknown fields, wrong types and out-of-range numbers."""
+    for key, value in config.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int):
+            top = MAX_LAYERS if key.endswith("_layers") else MAX_CONFIG_INT
+            if not 0 <= value <= top:
+                raise CheckpointError(f"{path}: config field {key!r} = {value} is outside [0, {top}]")
+        elif isinstance(value, float):
+            if not math.isfinite(value) or abs(value) > MAX_CONFIG_INT:
+                raise CheckpointError(f"{path}: config field {key!r} = {value} is not a sane finite number")
+        elif not isinstance(value, (list, dict)):
+            raise CheckpointError(f"{path}: config field {key!r} has type {type(value).__name__}")
+    try:
+        return cfg_cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: config does not match {cfg_cls.__name__}: {exc}") from exc
 
 
 def save_training_state(path: Path | str, state: dict[str, Any]) -> None:

@@ -30,6 +30,18 @@ CHECKPOINT_NAMES = {
 }
 
 
+class NonFiniteOutputError(CheckpointError):
+    """A model produced NaN or Inf (corrupt weights, or inputs far outside what it was trained on)."""
+
+
+def _check_finite(values: np.ndarray, what: str, info: CheckpointInfo | None) -> None:
+    """Raise :class:`NonFiniteOutputError` naming the model output and checkpoint when ``values`` are not finite."""
+    if not np.all(np.isfinite(values)):
+        source = f" of {info.path}" if info is not None else ""
+        raise NonFiniteOutputError(f"the {what}{source} produced {int((~np.isfinite(values)).sum())} NaN/Inf "
+                                   "values: corrupt weights, or input far outside what the model was trained on")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if str(device) == "auto":
@@ -74,6 +86,8 @@ class RiggerModels:
             n = torch.from_numpy(normals[s:s + batch_size]).to(self.device)
             out.extend(self.skeleton.generate(p, n, max_joints=max_joints, stop_after_repeats=stop_after_repeats,
                                               should_cancel=should_cancel))
+        for joints, _ in out:
+            _check_finite(np.asarray(joints), "skeleton generator", self.skeleton_info)
         return out
 
     @torch.inference_mode()
@@ -117,6 +131,7 @@ class RiggerModels:
         for s in range(0, q.shape[1], self.query_chunk):
             logits = net.query_logits(query[:, s:s + self.query_chunk], shape_tokens, joint_tokens, jt_t, par_t, valid)
             out[:, s:s + self.query_chunk] = torch.softmax(logits, dim=-1).cpu().numpy()
+        _check_finite(out, "skinning network", self.skinning_info)
         return out[0] if single else out
 
 

@@ -142,12 +142,15 @@ class RigConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
-        if self.n_points < 16:
-            raise ValueError(f"n_points must be >= 16, got {self.n_points}")
-        if self.max_influences < 1:
-            raise ValueError(f"max_influences must be >= 1, got {self.max_influences}")
-        if self.refine_iters < 0:
-            raise ValueError(f"refine_iters must be >= 0, got {self.refine_iters}")
+        max_points = 16384  # 32x the trained value; beyond it memory grows for no accuracy
+        if not isinstance(self.n_points, int) or not 16 <= self.n_points <= max_points:
+            raise ValueError(f"n_points must be an integer in [16, {max_points}], got {self.n_points!r}")
+        # upper bounds: a request (e.g. a server line) must not buy an endless run or allocation
+        for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("max_joints", 1, 1024),
+                                ("batch_frames", 1, 4096), ("stop_after_repeats", 0, 1024)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be >= {low} and <= {high} (an integer), got {value!r}")
         if self.skeleton not in ("motion", "network"):
             raise ValueError(f"skeleton must be 'motion' or 'network', got {self.skeleton!r}")
         self.motion_detail()  # raises on a bad detail
@@ -157,10 +160,6 @@ class RigConfig:
             raise ValueError(f"skin_joints must be 'anchor' or 'posed', got {self.skin_joints!r}")
         if self.up_axis not in UP_AXES:
             raise ValueError(f"up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
-        if self.max_joints < 1 or self.batch_frames < 1:
-            raise ValueError("max_joints and batch_frames must be >= 1")
-        if self.stop_after_repeats < 0:
-            raise ValueError(f"stop_after_repeats must be >= 0, got {self.stop_after_repeats}")
 
 
 # ---------------------------------------------------------------------------------------------
