@@ -187,3 +187,24 @@ def bone_tails(joints: np.ndarray, parents: np.ndarray, min_length: float) -> np
             direction, length = up, 0.0
         tails[j] = head + direction * max(length, min_length)
     return tails
+
+
+def carry_tails(tails: np.ndarray, joints: np.ndarray, moved_joints: np.ndarray, parents: np.ndarray,
+                tol: float = 1e-6) -> np.ndarray:
+    """Tails ``float64 [J, 3]`` of a skeleton whose joints moved from ``joints [J, 3]`` to ``moved_joints``.
+
+    A bone whose tail sat on its only child's joint (within ``tol``) still ends there (so connected bones
+    stay connected); any other tail (leaves, branching bones) moves with its bone's head, keeping its
+    direction and length.
+    """
+    tails = np.asarray(tails, dtype=np.float64)
+    joints = np.asarray(joints, dtype=np.float64)
+    moved = np.asarray(moved_joints, dtype=np.float64)
+    parents = np.asarray(parents).reshape(-1)
+    out = tails + (moved - joints)
+    counts = np.bincount(parents[parents >= 0], minlength=len(parents))
+    for child, parent in enumerate(parents.tolist()):
+        if parent >= 0 and counts[parent] == 1 and np.linalg.norm(tails[parent] - joints[child]) <= tol:
+            out[parent] = moved[child]
+    return out
+

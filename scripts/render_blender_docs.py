@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", default="khronos_fox_run", help="realdata clip name (without .npz)")
     parser.add_argument("--frames", type=int, default=28, help="number of frames of the clip to rig")
     parser.add_argument("--frame", type=int, default=14, help="scene frame of the heatmap render (1-based)")
-    parser.add_argument("--armature-frame", type=int, default=None,
-                        help="scene frame of the armature render (default: the first, the anchor / rest pose)")
+    parser.add_argument("--armature-frame", type=int, nargs="+", default=None,
+                        help="scene frame(s) of the armature render (default: the first, the anchor / rest pose)")
+    parser.add_argument("--armature-name", default="blender_armature.png",
+                        help="file name of the armature render; {clip} and {frame} are filled in")
+    parser.add_argument("--no-heatmap", action="store_true", help="render only the armature")
     parser.add_argument("--rig", choices=["auto", "backend", "artist"], default="auto")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints", help="for --rig backend")
     parser.add_argument("--mode", choices=["auto", "INSTABILITY", "RECON"], default="auto", help="heatmap values")
@@ -164,53 +167,62 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. heatmap
-    settings = bpy.context.window_manager.sprig_heatmap
-    settings.mode = mode
-    settings.enabled = True
-    scene.frame_set(args.frame)
-    values, vmax = heatmap.current_values(rigged, args.frame, mode)
-    heat_path = args.output_dir / "blender_heatmap.png"
-    scene.render.filepath = str(heat_path)
-    bpy.ops.render.render(write_still=True)
-    label = f"{heatmap.MODE_LABELS[mode]}, frame {args.frame} ({'SPRig backend' if rig == 'backend' else 'artist rig'})"
-    add_colorbar(heat_path, vmax, label)
-    log.info("wrote %s (%s: mean %.4g, max %.4g at frame %d)", heat_path, mode, values.mean(), values.max(), args.frame)
-    settings.enabled = False
+    if not args.no_heatmap:
+        settings = bpy.context.window_manager.sprig_heatmap
+        settings.mode = mode
+        settings.enabled = True
+        scene.frame_set(args.frame)
+        values, vmax = heatmap.current_values(rigged, args.frame, mode)
+        heat_path = args.output_dir / "blender_heatmap.png"
+        scene.render.filepath = str(heat_path)
+        bpy.ops.render.render(write_still=True)
+        source_label = "SPRig backend" if rig == "backend" else "artist rig"
+        label = f"{heatmap.MODE_LABELS[mode]}, frame {args.frame} ({source_label})"
+        add_colorbar(heat_path, vmax, label)
+        log.info("wrote %s (%s: mean %.4g, max %.4g at frame %d)", heat_path, mode, values.mean(), values.max(),
+                 args.frame)
+        settings.enabled = False
 
     # 2. armature over the mesh
     # Two passes composited like the viewport's "In Front": the mesh, then the bones alone on a
     # transparent film, laid over it.
-    # At the anchor frame the bones sit where the skeleton generator put the joints; later frames pose
-    # them with the fitted per-bone transforms.
-    armature_frame = scene.frame_start if args.armature_frame is None else args.armature_frame
-    scene.frame_set(armature_frame)
-    bpy.data.objects.remove(camera, do_unlink=True)
-    world_heads = [tuple(armature.matrix_world @ b.head) for b in armature.pose.bones]
-    frame_camera(scene, np.concatenate([evaluated_world_verts(rigged), np.array(world_heads)]))
-    bones = bone_octahedra(armature)
-    rigged.color = (0.62, 0.66, 0.72, 1.0)
-    shading = scene.display.shading
-    shading.color_type = "OBJECT"
-    arm_path = args.output_dir / "blender_armature.png"
-    bones_path = args.output_dir / "blender_armature_bones.tmp.png"
-    bones.hide_render = True
-    scene.render.filepath = str(arm_path)
-    bpy.ops.render.render(write_still=True)
-    bones.hide_render, rigged.hide_render = False, True
-    scene.render.film_transparent = True
-    scene.render.image_settings.color_mode = "RGBA"
-    scene.render.filepath = str(bones_path)
-    bpy.ops.render.render(write_still=True)
-    bpy.data.objects.remove(bones, do_unlink=True)
-    from PIL import Image
+    # At the anchor frame the bones sit on the rig's joints; later frames pose them with the fitted
+    # articulated motion (rotations about the joints, the root's translation).
+    frames_to_draw = [scene.frame_start] if args.armature_frame is None else args.armature_frame
+    for armature_frame in frames_to_draw:
+        scene.frame_set(armature_frame)
+        if camera is not None:
+            bpy.data.objects.remove(camera, do_unlink=True)
+        world_heads = [tuple(armature.matrix_world @ b.head) for b in armature.pose.bones]
+        camera = frame_camera(scene, np.concatenate([evaluated_world_verts(rigged), np.array(world_heads)]))
+        bones = bone_octahedra(armature)
+        rigged.color = (0.62, 0.66, 0.72, 1.0)
+        shading = scene.display.shading
+        shading.color_type = "OBJECT"
+        arm_path = args.output_dir / args.armature_name.format(clip=args.clip, frame=armature_frame)
+        bones_path = args.output_dir / "blender_armature_bones.tmp.png"
+        bones.hide_render = True
+        scene.render.filepath = str(arm_path)
+        bpy.ops.render.render(write_still=True)
+        bones.hide_render, rigged.hide_render = False, True
+        scene.render.film_transparent = True
+        scene.render.image_settings.color_mode = "RGBA"
+        scene.render.filepath = str(bones_path)
+        bpy.ops.render.render(write_still=True)
+        bpy.data.objects.remove(bones, do_unlink=True)
+        from PIL import Image
 
-    mesh_image = Image.open(arm_path).convert("RGBA")
-    bones_image = Image.open(bones_path).convert("RGBA")
-    mesh_image = Image.blend(mesh_image, Image.new("RGBA", mesh_image.size, (235, 235, 235, 255)), 0.35)
-    Image.alpha_composite(mesh_image, bones_image).convert("RGB").save(arm_path)
-    bones_path.unlink()
-    log.info("wrote %s (frame %d, %d bones, stats %s)", arm_path, armature_frame, len(armature.data.bones),
-             {k: stats[k] for k in ("joints", "recon_mean") if k in stats})
+        mesh_image = Image.open(arm_path).convert("RGBA")
+        bones_image = Image.open(bones_path).convert("RGBA")
+        mesh_image = Image.blend(mesh_image, Image.new("RGBA", mesh_image.size, (235, 235, 235, 255)), 0.35)
+        Image.alpha_composite(mesh_image, bones_image).convert("RGB").save(arm_path)
+        bones_path.unlink()
+        log.info("wrote %s (frame %d, %d bones, stats %s)", arm_path, armature_frame, len(armature.data.bones),
+                 {k: stats[k] for k in ("joints", "recon_mean") if k in stats})
+        shading.color_type = "MATERIAL"
+        rigged.hide_render = False
+        scene.render.film_transparent = False
+        scene.render.image_settings.color_mode = "RGB"
     return 0
 
 

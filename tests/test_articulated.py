@@ -222,3 +222,18 @@ def test_rig_result_tails_default_and_old_files(tmp_path):
         old = {k: data[k] for k in data.files if k != "tails"}
     np.savez(tmp_path / "old.npz", **old)
     np.testing.assert_allclose(RigResult.load(tmp_path / "old.npz").tails, result.tails - 0.5, atol=1e-6)
+
+
+def test_carry_tails_keeps_connections_and_directions() -> None:
+    """Moved joints: a bone ending on its only child's joint still ends there; other tails move with the head."""
+    from backend.skeleton import carry_tails
+
+    joints = np.array([[0.0, 0, 0], [0, 1, 0], [0, 2, 0], [1, 1, 0]])
+    parents = np.array([-1, 0, 1, 1])  # root -> spine -> (head, arm): the spine branches
+    tails = np.array([[0.0, 1, 0], [0, 1.5, 0], [0, 2.5, 0], [1.5, 1, 0]])
+    moved = joints + np.array([[0, 0, 0], [0.1, 0, 0], [0, 0.2, 0], [0, 0, 0.3]])
+    out = carry_tails(tails, joints, moved, parents)
+    np.testing.assert_allclose(out[0], moved[1])  # one child: stays connected
+    np.testing.assert_allclose(out[1], tails[1] + [0.1, 0, 0])  # branching: moves with its head
+    np.testing.assert_allclose(out[2], tails[2] + [0, 0.2, 0])  # leaves keep direction and length
+    np.testing.assert_allclose(out[3], tails[3] + [0, 0, 0.3])

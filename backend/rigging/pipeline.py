@@ -38,7 +38,7 @@ from backend.rigging.rig_skeleton import RigSkeleton
 from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
 from backend.sequence import MeshSequence, colocated_representatives
-from backend.skeleton import SkeletonError, depths, validate_tree
+from backend.skeleton import SkeletonError, carry_tails, depths, validate_tree
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ class RigConfig:
             bones may separate at their joints; ``stats["joint_separation_max"]`` says by how much).
         refine_joints: with ``articulated``, let the motion fit move the joints to where the bones turn
             (``FitConfig.refine_joints``, regularised toward the skeleton's joints); the rig's joints are
-            the moved ones (``stats["joints_moved_max"]`` says how far they went) and a given skeleton's
-            tails are then replaced by default tails of the moved joints.
+            the moved ones (``stats["joints_moved_max"]`` says how far they went) and the skeleton's tails
+            follow them (:func:`backend.skeleton.carry_tails`).
         models: ``sprig`` (fine-tuned), ``base`` (the static rigger run frame by frame: the paper's
             baseline) or ``auto`` (SPRig when its files exist, else base).
         frames_for_report: frames whose skeleton is generated for the stability report (anchor and
@@ -415,7 +415,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     except SkeletonError as exc:
         raise RuntimeError(f"the skeleton generator returned an invalid anchor skeleton: {exc}") from exc
     given = skeleton(seq) if callable(skeleton) else skeleton
-    names0, tails_user, skeleton_source, motion_stats = None, None, "network", None
+    names0, tails_n, skeleton_source, motion_stats = None, None, "network", None
     if given is None and cfg.skeleton == "motion":
         track("skeleton", 1.0)  # polls cancellation
         found = skeleton_from_motion(verts_n, faces, joints0, parents0, MotionSkeletonConfig(detail=cfg.motion_detail()))
@@ -423,7 +423,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                  len(parents0))
         joints0 = np.asarray(found.joints, dtype=np.float32)
         parents0 = np.asarray(found.parents, dtype=np.int32)
-        names0, tails_user = list(found.names), box.invert(np.asarray(found.tails, dtype=np.float32))
+        names0, tails_n = list(found.names), np.asarray(found.tails, dtype=np.float64)
         start_weights_given, skeleton_source, motion_stats = found.init_weights, "motion", found.stats
     elif given is not None:
         given.validate(V)
@@ -431,7 +431,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         joints0 = box.apply(np.asarray(given.joints, dtype=np.float64)).reshape(-1, 3)
         parents0 = np.asarray(given.parents, dtype=np.int32).reshape(-1)
         names0 = list(given.names) or None
-        tails_user = None if given.tails is None else np.asarray(given.tails, dtype=np.float32)
+        tails_n = None if given.tails is None else box.apply(np.asarray(given.tails, dtype=np.float64))
         log.info("%s: rigging with the given skeleton (%d joints; the generator's has %d)", seq.name, len(parents0),
                  generated_joints)
         start_weights_given, skeleton_source = given.init_weights, "given"
@@ -465,10 +465,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     pivots = joints0.astype(np.float64) if fit.joints is None else fit.joints  # float64 [J, 3]
     rig_joints = pivots.astype(np.float32)
     joints_moved = float(np.linalg.norm(pivots - joints0, axis=1).max()) / diag
-    if joints_moved > 0 and tails_user is not None:
-        log.info("%s: the fit moved the joints (up to %.2g of the diagonal); default tails replace the given ones",
-                 seq.name, joints_moved)
-        tails_user = None
+    if joints_moved > 0 and tails_n is not None:  # the tails follow their moved heads (and children)
+        tails_n = carry_tails(tails_n, joints0, pivots, parents0, tol=1e-6 * diag)
 
     # -- per-frame skinning for the instability heatmap
     track("heatmap", 0.0)
@@ -569,7 +567,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         fps=float(seq.fps) if seq.fps else 30.0,
         stats=_clean(stats),
         frame_predictions=frame_predictions,
-        tails=tails_user,
+        tails=None if tails_n is None else box.invert(np.asarray(tails_n, dtype=np.float32)),
     )
 
 
