@@ -78,6 +78,10 @@ class MotionSkeletonConfig:
         cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
             every vertex joins the cluster whose motion reproduces it best.
         weld_tolerance: vertices closer than this on every frame are one vertex.
+        end_chain: a leaf chain of at least this many bones (counted from its last branching) gets an end
+            joint at its tip, the tip of a long limb being where riggers put one (0: none; never with an
+            int ``detail``).
+        end_fraction: ... and only when the tip lies more than this many spacings from the leaf's joint.
     """
 
     detail: str | int = "auto"
@@ -98,6 +102,8 @@ class MotionSkeletonConfig:
     max_frames: int = 32
     cluster_vertices: int = 3000
     weld_tolerance: float = 1e-6
+    end_chain: int = 4
+    end_fraction: float = 0.5
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -113,6 +119,8 @@ class MotionSkeletonConfig:
             raise ValueError(f"spacing must be > 0, got {self.spacing}")
         if not 0 < self.spacing_range[0] <= self.spacing_range[1]:
             raise ValueError(f"spacing_range must satisfy 0 < lo <= hi, got {self.spacing_range}")
+        if self.end_chain < 0:
+            raise ValueError(f"end_chain must be >= 0, got {self.end_chain}")
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
 
@@ -768,6 +776,38 @@ def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_
     return tails
 
 
+def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, spacing: float, min_chain: int,
+                   min_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """End joints at the tips of long limbs: every leaf whose chain (the leaf and its single-child
+    ancestors) has at least ``min_chain`` bones and whose tail lies more than ``min_length * spacing`` from
+    its joint gets a child bone from that tail, a quarter spacing long along the leaf, with no vertices of its own.
+
+    Args:
+        joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first).
+    Returns:
+        ``(joints [J', 3], parents [J'], tails [J', 3], end int64 [J' - J])``: the arrays with the end bones
+        appended (parents still precede children), and the leaf each end bone continues.
+    """
+    J = len(parents)
+    n_children = np.bincount(parents[parents >= 0], minlength=J)
+    leaves = np.flatnonzero(n_children == 0)
+    ends = []
+    for leaf in leaves:
+        chain, p = 1, int(parents[leaf])
+        while p >= 0 and n_children[p] == 1:
+            chain, p = chain + 1, int(parents[p])
+        if min_chain > 0 and chain >= min_chain and np.linalg.norm(tails[leaf] - joints[leaf]) > min_length * spacing:
+            ends.append(int(leaf))
+    if not ends:
+        return joints, parents, tails, np.zeros(0, dtype=np.int64)
+    ends_a = np.asarray(ends, dtype=np.int64)
+    heads = tails[ends_a]
+    direction = heads - joints[ends_a]
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return (np.concatenate([joints, heads]), np.concatenate([parents, ends_a]),
+            np.concatenate([tails, heads + 0.25 * spacing * direction]), ends_a)
+
+
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
                          config: MotionSkeletonConfig | None = None) -> RigSkeleton:
@@ -830,13 +870,19 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    n_end = 0
+    if target is None:
+        joints, parents, tails, ends = add_end_joints(joints, parents, tails, built["spacing"], cfg.end_chain,
+                                                      cfg.end_fraction)
+        n_end = len(ends)
+        J = len(parents)
     names, mirror = name_bones(joints, parents, anchor)
     weights = np.zeros((V, J), dtype=np.float32)
     weights[np.arange(V), bone_of_vertex[group]] = 1.0
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
-                 n_shape_bones=J - built["n_parts"], spacing=built["spacing"], mirror_plane=mirror,
+                 n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"], mirror_plane=mirror,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
