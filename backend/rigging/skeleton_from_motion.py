@@ -95,7 +95,7 @@ class MotionSkeletonConfig:
     min_part_fraction: float = 0.004
     min_tail_fraction: float = 0.45
     piece_fraction: float = 0.02
-    max_ring: float = 0.8
+    max_ring: float = 1.6
     band_fraction: float = 1.0
     min_bone_fraction: float = 0.25
     border_weight: float = 0.005
