@@ -10,12 +10,14 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    rigid motion moves nearly as well are merged (cheapest first, :func:`merge_rigid_parts`);
 3. hierarchy: a minimum spanning tree of the part adjacency (mesh borders, plus nearest links between
    separate pieces) weighted by how badly a ball joint explains each pair's relative motion, rooted at
-   the centre of the part graph;
+   the centre of the part graph; a short part bending along with its parent (one blended joint cut in
+   two by motion) joins it;
 4. a joint between a part and its parent at their centre of rotation (:func:`centre_of_rotation`),
    regularised toward the centre of their shared border (a hinge fixes it only up to its axis);
 5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
    from its joint; for the root part, distance along its principal axis from its centre), one bone per
-   connected piece of each level band, joints at the centres of the cross-sections;
+   connected piece of each level band, joints at the centres of the cross-sections; long leaf chains get
+   an end joint at their tip;
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
    chains from the root are named spine/neck/head, tail, leg or arm by where they go.
 """
@@ -82,6 +84,10 @@ class MotionSkeletonConfig:
             joint at its tip, the tip of a long limb being where riggers put one (0: none; never with an
             int ``detail``).
         end_fraction: ... and only when the tip lies more than this many spacings from the leaf's joint.
+        smooth_cos: a moving part closer than ``spacing_range[0]`` to its parent's joint, and its parent's
+            only child, joins the parent when the two bends follow each other over the clip (cosine of
+            their rotation-vector series at least this; above 1: never): one blended joint cut in two
+            by motion (not with an int ``detail``).
     """
 
     detail: str | int = "auto"
@@ -104,6 +110,7 @@ class MotionSkeletonConfig:
     weld_tolerance: float = 1e-6
     end_chain: int = 4
     end_fraction: float = 0.5
+    smooth_cos: float = 0.95
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -639,6 +646,57 @@ def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: n
     return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
 
 
+def rotation_vectors(rot: np.ndarray) -> np.ndarray:
+    """Axis times angle ``[..., 3]`` of rotations ``[..., 3, 3]``."""
+    axis = np.stack([rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0], rot[..., 1, 0] - rot[..., 0, 1]],
+                    axis=-1)
+    angle = rotation_angles(rot)
+    sin = np.sin(angle)
+    scale = np.where(sin > 1e-6, angle / np.maximum(2.0 * sin, 1e-12), 0.5)
+    return axis * scale[..., None]
+
+
+def _merge_smooth_bends(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                        root: int, min_cos: float, moving_deg: float, max_length: float):
+    """One smooth bend cut into several parts (a blended joint): a part that is its parent's only child
+    joins the parent when its bend (rotation relative to the parent, in the parent's frame) follows the
+    parent's own bend over the clip (cosine of the two rotation-vector series >= ``min_cos``, both moving
+    at least ``moving_deg``) and its joint is closer than ``max_length`` to the parent's. Returns the
+    renumbered ``(parts, part_parent, part_joint, transforms, root)``."""
+    P = len(part_parent)
+    parent = part_parent.copy()
+    alive = np.ones(P, dtype=bool)
+    R = transforms[:, :, :3, :3]  # [K, P, 3, 3]
+
+    def bend(child: int, par: int) -> np.ndarray:
+        return rotation_vectors(R[:, par].transpose(0, 2, 1) @ R[:, child]).reshape(-1)  # [K * 3]
+
+    changed = min_cos <= 1.0
+    while changed:
+        changed = False
+        for p in range(P):
+            q = int(parent[p])
+            if not alive[p] or q < 0 or parent[q] < 0 or int(((parent == q) & alive).sum()) != 1:
+                continue
+            if np.linalg.norm(part_joint[p] - part_joint[q]) >= max_length:
+                continue
+            g = int(parent[q])
+            b1, b2 = bend(q, g), bend(p, q)
+            n1, n2 = np.linalg.norm(b1), np.linalg.norm(b2)
+            peak = np.degrees(min(np.abs(b1.reshape(-1, 3)).max(), np.abs(b2.reshape(-1, 3)).max()))
+            if peak < moving_deg or n1 < 1e-9 or n2 < 1e-9 or float(b1 @ b2) / (n1 * n2) < min_cos:
+                continue
+            parts = np.where(parts == p, q, parts)
+            parent[parent == p] = q
+            alive[p] = False
+            changed = True
+    keep = np.flatnonzero(alive)
+    remap = np.full(P, -1)
+    remap[keep] = np.arange(len(keep))
+    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
+
+
 def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
            cfg: MotionSkeletonConfig, max_parts: int, merge_error: float, spacing_scale: float,
            target: int | None, spacing_override: float | None = None) -> dict:
@@ -667,6 +725,10 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
         q = int(part_parent[p])
         if q >= 0:
             part_joint[p] = joint_of[(min(p, q), max(p, q))]
+    if target is None and cfg.smooth_cos <= 1.0:
+        parts, part_parent, part_joint, transforms, root = _merge_smooth_bends(
+            parts, part_parent, part_joint, transforms, root, cfg.smooth_cos, cfg.moving_deg, cfg.spacing_range[0])
+        P = len(part_parent)
     # spacing like the joints found by motion
     if spacing_override is not None:
         spacing = spacing_override
@@ -882,7 +944,8 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
-                 n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"], mirror_plane=mirror,
+                 n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
+                 mirror_plane=mirror,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
