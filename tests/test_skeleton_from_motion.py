@@ -7,7 +7,8 @@ import pytest
 
 from backend.lbs import linear_blend_skinning
 from backend.rigging.naming import mirror_plane
-from backend.rigging.skeleton_from_motion import (MotionSkeletonConfig, RigSkeleton, centre_of_rotation,
+from backend.rigging.skeleton_from_motion import (MotionSkeletonConfig, RigSkeleton, _merge_smooth_bends,
+                                                  add_end_joints, centre_of_rotation, rotation_vectors,
                                                   skeleton_from_motion, weld_colocated)
 from backend.skeleton import validate_tree
 
@@ -206,6 +207,54 @@ def test_static_parts_get_shape_chains():
     _check_skeleton(skel, verts.shape[1])
     assert len(skel.parents) >= 3
     assert np.ptp(skel.joints[:, 1]) > 0.4  # spread along the tube, not bunched at its centre
+
+
+def test_end_joints_only_at_the_tips_of_long_chains():
+    """A five-bone limb gets an end joint at its tip; a two-bone stub off the same root does not."""
+    joints = np.array([[0, 0, 0], [0, 0.1, 0], [0, 0.2, 0], [0, 0.3, 0], [0, 0.4, 0], [0.1, 0, 0], [0.2, 0, 0]],
+                      dtype=np.float64)
+    parents = np.array([-1, 0, 1, 2, 3, 0, 5])
+    tails = np.concatenate([joints[1:5], [[0, 0.5, 0]], [[0.2, 0, 0], [0.3, 0, 0]]])
+    j2, p2, t2, ends = add_end_joints(joints, parents, tails, spacing=0.1, min_chain=4, min_length=0.5)
+    assert ends.tolist() == [4] and p2.tolist() == parents.tolist() + [4]
+    np.testing.assert_allclose(j2[-1], [0, 0.5, 0])
+    assert t2.shape == j2.shape and t2[-1, 1] > 0.5
+    validate_tree(p2, n_joints=len(j2))
+    assert len(add_end_joints(joints, parents, tails, 0.1, 0, 0.5)[1]) == len(parents)  # 0: none
+    verts, faces, _ = bending_chain()
+    plain = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(end_chain=0))
+    ended = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(end_chain=1))
+    _check_skeleton(ended, verts.shape[1])
+    assert len(ended.parents) > len(plain.parents) and ended.stats["n_end_bones"] >= 1
+    assert (ended.init_weights[:, len(plain.parents):] == 0).all()  # end bones hold no vertices
+
+
+def test_smooth_bend_parts_merge_but_separate_joints_stay():
+    """Three parts in a chain: the last one bending along with the middle one (a blended joint cut in two)
+    joins it; bending about another axis out of phase, it stays."""
+    K = 12
+    t = np.linspace(0, 2 * np.pi, K)
+    z, x = np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0])
+
+    def chain(second_axis, second_angles):
+        T = np.tile(np.eye(4), (K, 3, 1, 1))  # [K, 3 parts, 4, 4]: root, middle, tip
+        for k in range(K):
+            T[k, 1, :3, :3] = _rotation(z, 0.5 * np.sin(t[k]))
+            T[k, 2, :3, :3] = T[k, 1, :3, :3] @ _rotation(second_axis, second_angles[k])
+        return T
+
+    parts = np.repeat(np.arange(3), 5)
+    parents = np.array([-1, 0, 1])
+    joints = np.array([[0.0, 0, 0], [0.0, 0.1, 0], [0.0, 0.13, 0]])
+    args = (0, 0.95, 5.0, 0.06)
+    merged = _merge_smooth_bends(parts, parents, joints, chain(z, 0.3 * np.sin(t)), *args)
+    assert merged[1].tolist() == [-1, 0] and (merged[0][10:] == merged[0][5]).all()
+    kept = _merge_smooth_bends(parts, parents, joints, chain(x, 0.5 * np.cos(t)), *args)
+    assert kept[1].tolist() == [-1, 0, 1]
+    far = joints.copy()
+    far[2, 1] = 0.3  # a long middle part: its own bone even when it bends alike
+    assert _merge_smooth_bends(parts, parents, far, chain(z, 0.3 * np.sin(t)), *args)[1].tolist() == [-1, 0, 1]
+    np.testing.assert_allclose(rotation_vectors(_rotation(x, 0.4)[None]), [[0.4, 0, 0]], atol=1e-9)
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -10,12 +10,14 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    rigid motion moves nearly as well are merged (cheapest first, :func:`merge_rigid_parts`);
 3. hierarchy: a minimum spanning tree of the part adjacency (mesh borders, plus nearest links between
    separate pieces) weighted by how badly a ball joint explains each pair's relative motion, rooted at
-   the centre of the part graph;
+   the centre of the part graph; a short part bending along with its parent (one blended joint cut in
+   two by motion) joins it;
 4. a joint between a part and its parent at their centre of rotation (:func:`centre_of_rotation`),
    regularised toward the centre of their shared border (a hinge fixes it only up to its axis);
 5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
    from its joint; for the root part, distance along its principal axis from its centre), one bone per
-   connected piece of each level band, joints at the centres of the cross-sections;
+   connected piece of each level band, joints at the centres of the cross-sections; long leaf chains get
+   an end joint at their tip;
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
    chains from the root are named spine/neck/head, tail, leg or arm by where they go.
 """
@@ -79,6 +81,14 @@ class MotionSkeletonConfig:
         cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
             every vertex joins the cluster whose motion reproduces it best.
         weld_tolerance: vertices closer than this on every frame are one vertex.
+        end_chain: a leaf chain of at least this many bones (counted from its last branching) gets an end
+            joint at its tip, the tip of a long limb being where riggers put one (0: none; never with an
+            int ``detail``).
+        end_fraction: ... and only when the tip lies more than this many spacings from the leaf's joint.
+        smooth_cos: a moving part closer than ``spacing_range[0]`` to its parent's joint, and its parent's
+            only child, joins the parent when the two bends follow each other over the clip (cosine of
+            their rotation-vector series at least this; above 1: never): one blended joint cut in two
+            by motion (not with an int ``detail``).
     """
 
     detail: str | int = "auto"
@@ -92,13 +102,16 @@ class MotionSkeletonConfig:
     min_part_fraction: float = 0.004
     min_tail_fraction: float = 0.45
     piece_fraction: float = 0.02
-    max_ring: float = 0.8
+    max_ring: float = 1.6
     band_fraction: float = 1.0
     min_bone_fraction: float = 0.25
     border_weight: float = 0.005
     max_frames: int = 32
     cluster_vertices: int = 3000
     weld_tolerance: float = 1e-6
+    end_chain: int = 4
+    end_fraction: float = 0.5
+    smooth_cos: float = 0.95
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -114,6 +127,8 @@ class MotionSkeletonConfig:
             raise ValueError(f"spacing must be > 0, got {self.spacing}")
         if not 0 < self.spacing_range[0] <= self.spacing_range[1]:
             raise ValueError(f"spacing_range must satisfy 0 < lo <= hi, got {self.spacing_range}")
+        if self.end_chain < 0:
+            raise ValueError(f"end_chain must be >= 0, got {self.end_chain}")
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
 
@@ -611,6 +626,57 @@ def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: n
     return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
 
 
+def rotation_vectors(rot: np.ndarray) -> np.ndarray:
+    """Axis times angle ``[..., 3]`` of rotations ``[..., 3, 3]``."""
+    axis = np.stack([rot[..., 2, 1] - rot[..., 1, 2], rot[..., 0, 2] - rot[..., 2, 0], rot[..., 1, 0] - rot[..., 0, 1]],
+                    axis=-1)
+    angle = rotation_angles(rot)
+    sin = np.sin(angle)
+    scale = np.where(sin > 1e-6, angle / np.maximum(2.0 * sin, 1e-12), 0.5)
+    return axis * scale[..., None]
+
+
+def _merge_smooth_bends(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                        root: int, min_cos: float, moving_deg: float, max_length: float):
+    """One smooth bend cut into several parts (a blended joint): a part that is its parent's only child
+    joins the parent when its bend (rotation relative to the parent, in the parent's frame) follows the
+    parent's own bend over the clip (cosine of the two rotation-vector series >= ``min_cos``, both moving
+    at least ``moving_deg``) and its joint is closer than ``max_length`` to the parent's. Returns the
+    renumbered ``(parts, part_parent, part_joint, transforms, root)``."""
+    P = len(part_parent)
+    parent = part_parent.copy()
+    alive = np.ones(P, dtype=bool)
+    R = transforms[:, :, :3, :3]  # [K, P, 3, 3]
+
+    def bend(child: int, par: int) -> np.ndarray:
+        return rotation_vectors(R[:, par].transpose(0, 2, 1) @ R[:, child]).reshape(-1)  # [K * 3]
+
+    changed = min_cos <= 1.0
+    while changed:
+        changed = False
+        for p in range(P):
+            q = int(parent[p])
+            if not alive[p] or q < 0 or parent[q] < 0 or int(((parent == q) & alive).sum()) != 1:
+                continue
+            if np.linalg.norm(part_joint[p] - part_joint[q]) >= max_length:
+                continue
+            g = int(parent[q])
+            b1, b2 = bend(q, g), bend(p, q)
+            n1, n2 = np.linalg.norm(b1), np.linalg.norm(b2)
+            peak = np.degrees(min(np.abs(b1.reshape(-1, 3)).max(), np.abs(b2.reshape(-1, 3)).max()))
+            if peak < moving_deg or n1 < 1e-9 or n2 < 1e-9 or float(b1 @ b2) / (n1 * n2) < min_cos:
+                continue
+            parts = np.where(parts == p, q, parts)
+            parent[parent == p] = q
+            alive[p] = False
+            changed = True
+    keep = np.flatnonzero(alive)
+    remap = np.full(P, -1)
+    remap[keep] = np.arange(len(keep))
+    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
+
+
 def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
            cfg: MotionSkeletonConfig, max_parts: int, merge_error: float, spacing_scale: float,
            target: int | None, spacing_override: float | None = None) -> dict:
@@ -639,6 +705,10 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
         q = int(part_parent[p])
         if q >= 0:
             part_joint[p] = joint_of[(min(p, q), max(p, q))]
+    if target is None and cfg.smooth_cos <= 1.0:
+        parts, part_parent, part_joint, transforms, root = _merge_smooth_bends(
+            parts, part_parent, part_joint, transforms, root, cfg.smooth_cos, cfg.moving_deg, cfg.spacing_range[0])
+        P = len(part_parent)
     # spacing like the joints found by motion
     if spacing_override is not None:
         spacing = spacing_override
@@ -748,6 +818,38 @@ def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_
     return tails
 
 
+def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, spacing: float, min_chain: int,
+                   min_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """End joints at the tips of long limbs: every leaf whose chain (the leaf and its single-child
+    ancestors) has at least ``min_chain`` bones and whose tail lies more than ``min_length * spacing`` from
+    its joint gets a child bone from that tail, a quarter spacing long along the leaf, with no vertices of its own.
+
+    Args:
+        joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first).
+    Returns:
+        ``(joints [J', 3], parents [J'], tails [J', 3], end int64 [J' - J])``: the arrays with the end bones
+        appended (parents still precede children), and the leaf each end bone continues.
+    """
+    J = len(parents)
+    n_children = np.bincount(parents[parents >= 0], minlength=J)
+    leaves = np.flatnonzero(n_children == 0)
+    ends = []
+    for leaf in leaves:
+        chain, p = 1, int(parents[leaf])
+        while p >= 0 and n_children[p] == 1:
+            chain, p = chain + 1, int(parents[p])
+        if min_chain > 0 and chain >= min_chain and np.linalg.norm(tails[leaf] - joints[leaf]) > min_length * spacing:
+            ends.append(int(leaf))
+    if not ends:
+        return joints, parents, tails, np.zeros(0, dtype=np.int64)
+    ends_a = np.asarray(ends, dtype=np.int64)
+    heads = tails[ends_a]
+    direction = heads - joints[ends_a]
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return (np.concatenate([joints, heads]), np.concatenate([parents, ends_a]),
+            np.concatenate([tails, heads + 0.25 * spacing * direction]), ends_a)
+
+
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
                          config: MotionSkeletonConfig | None = None) -> RigSkeleton:
@@ -810,13 +912,20 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    n_end = 0
+    if target is None:
+        joints, parents, tails, ends = add_end_joints(joints, parents, tails, built["spacing"], cfg.end_chain,
+                                                      cfg.end_fraction)
+        n_end = len(ends)
+        J = len(parents)
     names, mirror = name_bones(joints, parents, anchor)
     weights = np.zeros((V, J), dtype=np.float32)
     weights[np.arange(V), bone_of_vertex[group]] = 1.0
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
-                 n_shape_bones=J - built["n_parts"], spacing=built["spacing"], mirror_plane=mirror,
+                 n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
+                 mirror_plane=mirror,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
