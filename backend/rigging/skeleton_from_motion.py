@@ -39,6 +39,7 @@ from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
 from backend.rigging.naming import name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
+from backend.sequence import colocated_representatives
 from backend.skeleton import reorder, topological_order, validate_tree
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class MotionSkeletonConfig:
         max_frames: frames used for the motion (evenly spaced, the anchor included).
         cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
             every vertex joins the cluster whose motion reproduces it best.
-        weld_tolerance: vertices closer than this on every frame are one vertex.
+        weld_tolerance: vertices closer than this (times the anchor box diagonal) on every frame are one vertex.
         end_chain: a leaf chain of at least this many bones (counted from its last branching) gets an end
             joint at its tip, the tip of a long limb being where riggers put one (0: none; never with an
             int ``detail``).
@@ -156,22 +157,15 @@ def _check_inputs(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def weld_colocated(verts: np.ndarray, tolerance: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices at the same place on every frame (within ``tolerance``), as groups.
+    """Vertices at the same place on every frame (:func:`backend.sequence.colocated_representatives`, grid
+    ``tolerance`` times the anchor box diagonal), as groups.
 
     Args:
         verts: float ``[K, V, 3]``.
     Returns:
         ``representative int64 [U]`` (one vertex per group) and ``group int64 [V]`` (each vertex's group).
     """
-    x = np.asarray(verts, dtype=np.float64)
-    keys = np.round(x[0] / tolerance)
-    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    group = group.reshape(-1)
-    # same anchor position but a different path later: a group of its own
-    apart = np.abs(x - x[:, first[group]]).max(axis=(0, 2)) > tolerance
-    if apart.any():
-        group[apart] = len(first) + np.arange(int(apart.sum()))
-    _, representative, group = np.unique(group, return_index=True, return_inverse=True)
+    representative, group = np.unique(colocated_representatives(verts, tolerance), return_inverse=True)
     return representative.astype(np.int64), group.reshape(-1).astype(np.int64)
 
 
