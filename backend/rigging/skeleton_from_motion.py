@@ -165,8 +165,16 @@ def weld_colocated(verts: np.ndarray, tolerance: float = 1e-6) -> tuple[np.ndarr
     Returns:
         ``representative int64 [U]`` (one vertex per group) and ``group int64 [V]`` (each vertex's group).
     """
-    representative, group = np.unique(colocated_representatives(verts, tolerance), return_inverse=True)
-    return representative.astype(np.int64), group.reshape(-1).astype(np.int64)
+    x = np.asarray(verts, dtype=np.float64)
+    representative_of = colocated_representatives(x, tolerance)
+    representative = np.unique(representative_of)
+    # groups in lexicographic order of their anchor positions: the clustering downstream samples the welded
+    # vertices in this order (its results were measured with it)
+    first = np.round(x[0][representative] / tolerance)
+    representative = representative[np.lexsort((first[:, 2], first[:, 1], first[:, 0]))]
+    slot = np.empty(len(x[0]), dtype=np.int64)
+    slot[representative] = np.arange(len(representative))
+    return representative.astype(np.int64), slot[representative_of]
 
 
 def edge_graph(faces: np.ndarray, n_verts: int) -> sp.csr_matrix:
@@ -595,20 +603,21 @@ def _motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int,
     return ResidualGram(anchor, frames_vm, transforms).single_bone_errors().argmin(axis=1)
 
 
-def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
-                       root: int, min_length: float):
-    """A part whose joint lies closer than ``min_length`` to its parent part's joint (a blend zone between
-    two joints, not a limb) joins its parent; its children keep their joints. Returns the renumbered
-    ``(parts [V], part_parent [P'], part_joint [P', 3], transforms [K, P', 4, 4], root)``."""
+def _merge_into_parents(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                        root: int, joins) -> tuple:
+    """Merge parts into their parents while ``joins(p, q, parent, alive)`` says part ``p`` belongs to its parent
+    ``q`` (``parent``/``alive``: the current hierarchy), sweeping until nothing changes; children of a merged
+    part move to its parent. Returns the renumbered ``(parts [V], part_parent [P'], part_joint [P', 3],
+    transforms [K, P', 4, 4], root)``."""
     P = len(part_parent)
     parent = part_parent.copy()
     alive = np.ones(P, dtype=bool)
-    changed = min_length > 0
+    changed = True
     while changed:
         changed = False
         for p in range(P):
             q = int(parent[p])
-            if alive[p] and q >= 0 and np.linalg.norm(part_joint[p] - part_joint[q]) < min_length:
+            if alive[p] and q >= 0 and joins(p, q, parent, alive):
                 parts = np.where(parts == p, q, parts)
                 parent[parent == p] = q
                 alive[p] = False
@@ -618,6 +627,17 @@ def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: n
     remap[keep] = np.arange(len(keep))
     new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
     return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
+
+
+def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                       root: int, min_length: float):
+    """A part whose joint lies closer than ``min_length`` to its parent part's joint (a blend zone between
+    two joints, not a limb) joins its parent; its children keep their joints. Returns the renumbered
+    ``(parts [V], part_parent [P'], part_joint [P', 3], transforms [K, P', 4, 4], root)``."""
+    if min_length <= 0:
+        return _merge_into_parents(parts, part_parent, part_joint, transforms, root, lambda *_: False)
+    return _merge_into_parents(parts, part_parent, part_joint, transforms, root,
+                               lambda p, q, parent, alive: np.linalg.norm(part_joint[p] - part_joint[q]) < min_length)
 
 
 def rotation_vectors(rot: np.ndarray) -> np.ndarray:
@@ -637,38 +657,22 @@ def _merge_smooth_bends(parts: np.ndarray, part_parent: np.ndarray, part_joint: 
     parent's own bend over the clip (cosine of the two rotation-vector series >= ``min_cos``, both moving
     at least ``moving_deg``) and its joint is closer than ``max_length`` to the parent's. Returns the
     renumbered ``(parts, part_parent, part_joint, transforms, root)``."""
-    P = len(part_parent)
-    parent = part_parent.copy()
-    alive = np.ones(P, dtype=bool)
     R = transforms[:, :, :3, :3]  # [K, P, 3, 3]
 
     def bend(child: int, par: int) -> np.ndarray:
         return rotation_vectors(R[:, par].transpose(0, 2, 1) @ R[:, child]).reshape(-1)  # [K * 3]
 
-    changed = min_cos <= 1.0
-    while changed:
-        changed = False
-        for p in range(P):
-            q = int(parent[p])
-            if not alive[p] or q < 0 or parent[q] < 0 or int(((parent == q) & alive).sum()) != 1:
-                continue
-            if np.linalg.norm(part_joint[p] - part_joint[q]) >= max_length:
-                continue
-            g = int(parent[q])
-            b1, b2 = bend(q, g), bend(p, q)
-            n1, n2 = np.linalg.norm(b1), np.linalg.norm(b2)
-            peak = np.degrees(min(np.abs(b1.reshape(-1, 3)).max(), np.abs(b2.reshape(-1, 3)).max()))
-            if peak < moving_deg or n1 < 1e-9 or n2 < 1e-9 or float(b1 @ b2) / (n1 * n2) < min_cos:
-                continue
-            parts = np.where(parts == p, q, parts)
-            parent[parent == p] = q
-            alive[p] = False
-            changed = True
-    keep = np.flatnonzero(alive)
-    remap = np.full(P, -1)
-    remap[keep] = np.arange(len(keep))
-    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
-    return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
+    def joins(p: int, q: int, parent: np.ndarray, alive: np.ndarray) -> bool:
+        if min_cos > 1.0 or parent[q] < 0 or int(((parent == q) & alive).sum()) != 1:
+            return False
+        if np.linalg.norm(part_joint[p] - part_joint[q]) >= max_length:
+            return False
+        b1, b2 = bend(q, int(parent[q])), bend(p, q)
+        n1, n2 = np.linalg.norm(b1), np.linalg.norm(b2)
+        peak = np.degrees(min(np.abs(b1.reshape(-1, 3)).max(), np.abs(b2.reshape(-1, 3)).max()))
+        return not (peak < moving_deg or n1 < 1e-9 or n2 < 1e-9 or float(b1 @ b2) / (n1 * n2) < min_cos)
+
+    return _merge_into_parents(parts, part_parent, part_joint, transforms, root, joins)
 
 
 def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
