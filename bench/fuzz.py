@@ -1184,9 +1184,9 @@ def summarize(results: list[CaseResult], title: str) -> str:
         total.update(c)
         peak = f"{rss[kind]:.0f}" if kind in rss else "-"
         lines.append(f"| {kind} | {sum(c.values())} | " + " | ".join(str(c[o]) for o in OUTCOMES) + f" | {peak} |")
-    peak_all = max(rss.values()) if rss else float("nan")
+    peak_all = f"{max(rss.values()):.0f}" if rss else "-"
     lines.append(f"| **all** | {sum(total.values())} | " + " | ".join(str(total[o]) for o in OUTCOMES)
-                 + f" | {peak_all:.0f} |")
+                 + f" | {peak_all} |")
     bad = [r for r in results if r.outcome in ("traceback", "hang", "wrong")]
     big = [r for r in results if np.isfinite(r.peak_rss_mb) and r.peak_rss_mb > RSS_TARGET_MB
            and r.input_bytes < 10 << 20]

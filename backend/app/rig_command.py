@@ -215,7 +215,7 @@ def run_rig(args: argparse.Namespace) -> int:
             result = rig_one(path, outputs, args, models=models)
         except PER_FILE_ERRORS as exc:
             if not batch:
-                raise CommandError(f"{path}: {exc}") from None
+                raise CommandError(one_line(path, exc)) from None
             failures.append(path)  # one line now, naming the file; the batch goes on with the others
             tqdm.write(f"failed: {one_line(path, exc)}", file=sys.stderr)
             continue
