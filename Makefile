@@ -22,9 +22,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# Hostile-input campaign (bench/fuzz.py): 10,000 loader cases, the sprig CLI, server lines, SIGKILL.
+# Hostile-input campaign (bench/fuzz.py): 10,000 loader cases, 40 sprig CLI runs, 1,000 server lines, 50 SIGKILLs (#18).
 fuzz: setup
-	$(PY) -m bench.fuzz --cases 10000 --cli 40 --server 400 --kill 8 --seed 0
+	$(PY) -m bench.fuzz --cases 10000 --cli 40 --server 1000 --kill 50 --seed 0
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

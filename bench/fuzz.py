@@ -905,6 +905,29 @@ def _cli_env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
+def _run_measured(command: list[str], timeout: float) -> tuple[int | None, str, float]:
+    """Run ``command`` (the CLI environment, stdout discarded); ``(exit status or None on timeout, stderr,
+    peak RSS of the process in MB)`` -- the RSS is the kernel's high-water mark, read with ``os.wait4``."""
+    with tempfile.TemporaryFile() as err_file:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err_file, env=_cli_env(), cwd=REPO)
+        deadline = time.monotonic() + timeout
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                timed_out = True
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        err_file.seek(0)
+        stderr = err_file.read().decode("utf-8", "replace")
+    return None if timed_out else proc.returncode, stderr, usage.ru_maxrss / 1024.0
+
+
 def run_cli_cases(n_cases: int, seed: int, root: Path) -> list[CaseResult]:
     """``sprig rig`` end to end on hostile loader inputs (one process per case; slow, so few cases)."""
     results = []
@@ -918,31 +941,28 @@ def run_cli_cases(n_cases: int, seed: int, root: Path) -> list[CaseResult]:
         out = folder.parent / "out.glb"
         before = _tree_digest(path.parent)
         start = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, "-m", "backend.app.cli", "rig", str(path), "-o", str(out), "-q",
-                                   "--device", "cpu", "--no-refine"], capture_output=True, text=True,
-                                  timeout=300, env=_cli_env(), cwd=REPO)
-            stderr = proc.stderr
-            if "Traceback" in stderr:
-                outcome, detail = "traceback", stderr.strip().splitlines()[-1][:200]
-            elif proc.returncode == 0:
-                outcome, detail = "ok", ""
-                if out.is_file():
-                    from backend.io.gltf import read_accessor, read_document
-
-                    d = read_document(out)
-                    for i in range(len(d.doc.accessors or [])):
-                        a = read_accessor(d, i)
-                        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-                            outcome, detail = "wrong", f"output accessor {i} is not finite"
-                            break
-            else:
-                outcome, detail = "clean", (stderr.strip().splitlines() or [""])[-1][:200]
-        except subprocess.TimeoutExpired:
+        returncode, stderr, peak_mb = _run_measured([sys.executable, "-m", "backend.app.cli", "rig", str(path), "-o",
+                                                     str(out), "-q", "--device", "cpu", "--no-refine"], timeout=300)
+        if returncode is None:
             outcome, detail = "hang", "sprig rig ran past 300 s"
+        elif "Traceback" in stderr:
+            outcome, detail = "traceback", stderr.strip().splitlines()[-1][:200]
+        elif returncode == 0:
+            outcome, detail = "ok", ""
+            if out.is_file():
+                from backend.io.gltf import read_accessor, read_document
+
+                d = read_document(out)
+                for i in range(len(d.doc.accessors or [])):
+                    a = read_accessor(d, i)
+                    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                        outcome, detail = "wrong", f"output accessor {i} is not finite"
+                        break
+        else:
+            outcome, detail = "clean", (stderr.strip().splitlines() or [""])[-1][:200]
         if _tree_digest(path.parent) != before:
             outcome, detail = "wrong", "the input was modified"
-        results.append(CaseResult(index, kind, mutation, outcome, detail, time.perf_counter() - start, float("nan"),
+        results.append(CaseResult(index, kind, mutation, outcome, detail, time.perf_counter() - start, peak_mb,
                                   _input_bytes(path)))
         shutil.rmtree(folder.parent, ignore_errors=True)
     return results
@@ -1164,9 +1184,9 @@ def summarize(results: list[CaseResult], title: str) -> str:
         total.update(c)
         peak = f"{rss[kind]:.0f}" if kind in rss else "-"
         lines.append(f"| {kind} | {sum(c.values())} | " + " | ".join(str(c[o]) for o in OUTCOMES) + f" | {peak} |")
-    peak_all = max(rss.values()) if rss else float("nan")
+    peak_all = f"{max(rss.values()):.0f}" if rss else "-"
     lines.append(f"| **all** | {sum(total.values())} | " + " | ".join(str(total[o]) for o in OUTCOMES)
-                 + f" | {peak_all:.0f} |")
+                 + f" | {peak_all} |")
     bad = [r for r in results if r.outcome in ("traceback", "hang", "wrong")]
     big = [r for r in results if np.isfinite(r.peak_rss_mb) and r.peak_rss_mb > RSS_TARGET_MB
            and r.input_bytes < 10 << 20]

@@ -51,17 +51,95 @@ def test_rig_single_file_writes_glb_report_and_json(tmp_path, checkpoints):
     assert err.max() <= summary["recon_max"] + 1e-4
 
 
-def test_rig_folder_batch_lists_failures_and_continues(tmp_path, checkpoints):
+def test_rig_folder_batch_reports_each_bad_file_and_continues(tmp_path, checkpoints):
+    """One bad file does not abort a batch: each failure is one stderr line naming the file, the good files
+    get their outputs, the exit status says something failed."""
     folder = tmp_path / "in"
     folder.mkdir()
     seq = multipart_sequence(n_frames=3)
-    np.savez(folder / "good.npz", verts=seq.verts, faces=seq.faces)
-    np.savez(folder / "bad.npz", verts=seq.verts, faces=seq.faces + 10_000)  # face index out of range
+    np.savez(folder / "a_good.npz", verts=seq.verts, faces=seq.faces)
+    np.savez(folder / "bad_index.npz", verts=seq.verts, faces=seq.faces + 10_000)  # face index out of range
+    np.savez(folder / "bad_huge.npz", verts=seq.verts * np.float32(1e30), faces=seq.faces)  # beyond 1e12
+    (folder / "bad_bytes.glb").write_bytes(b"glTF" + bytes(range(256)) * 4)  # damaged GLB
+    (folder / "bad_empty.anime").write_bytes(b"")
+    np.savez(folder / "z_good.npz", verts=seq.verts[:, ::-1].copy(), faces=(seq.verts.shape[1] - 1 - seq.faces))
     proc = sprig("rig", str(folder), "-o", str(tmp_path / "out"), "--checkpoints", str(checkpoints), "-q")
-    assert proc.returncode == 1
-    assert (tmp_path / "out" / "good_rigged.glb").is_file()
-    assert not (tmp_path / "out" / "bad_rigged.glb").exists()
-    assert "1 of 2 sequences failed" in proc.stdout and "face index out of range" in proc.stdout
+    assert proc.returncode == 1, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_good_rigged.glb", "z_good_rigged.glb"]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    bad = ["bad_bytes.glb", "bad_empty.anime", "bad_huge.npz", "bad_index.npz"]
+    for name in bad:
+        [line] = [line for line in lines if line.startswith("failed: ") and name in line]
+        assert line.startswith(f"failed: {folder / name}: ")
+    assert "face index out of range" in proc.stderr
+    assert lines[-1] == f"4 of 6 sequences failed: {', '.join(str(folder / n) for n in bad)}"
+
+
+def test_rig_folder_batch_goes_on_when_the_models_produce_nan(tmp_path, checkpoints):
+    """Models whose outputs overflow to NaN/Inf on an input (finite but absurd weights) fail that
+    sequence with a NonFiniteOutputError line, and the batch still tries every other file."""
+    import torch
+
+    from backend.models.checkpoint import load_model, save_model
+
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    (broken / "skeleton_sprig.safetensors").write_bytes((checkpoints / "skeleton_sprig.safetensors").read_bytes())
+    skinning, _ = load_model(checkpoints / "skinning_sprig.safetensors")
+    with torch.no_grad():
+        skinning.proj_p.weight.fill_(1e30)
+        skinning.proj_j.weight.fill_(1e30)
+    save_model(skinning, broken / "skinning_sprig.safetensors", stage="untrained", provenance={"note": "overflows"})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    seq = multipart_sequence(n_frames=3)
+    for name in ("a.npz", "b.npz"):
+        np.savez(folder / name, verts=seq.verts, faces=seq.faces)
+    proc = sprig("rig", str(folder), "-o", str(tmp_path / "out"), "--checkpoints", str(broken), "-q")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("failed: ")]
+    assert [line.split(": ")[1] for line in failed] == [str(folder / "a.npz"), str(folder / "b.npz")]
+    assert all("NaN/Inf" in line for line in failed), failed
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_rig_folder_into_itself_runs_again_and_overwrites_its_outputs(tmp_path, checkpoints):
+    """``sprig rig clips/ -o clips/`` twice: the first run's ``*_rigged.glb`` (and ``--per-frame`` ``.npz``)
+    files are outputs of the second run (replaced atomically), not inputs; the inputs are never touched."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    seq = multipart_sequence(n_frames=3)
+    for name in ("walk.npz", "jump.npz"):
+        np.savez(clips / name, verts=seq.verts, faces=seq.faces)
+    inputs = {name: (clips / name).read_bytes() for name in ("walk.npz", "jump.npz")}
+    args = ("rig", str(clips), "-o", str(clips), "--per-frame", str(clips), "--checkpoints", str(checkpoints), "-q")
+    first = sprig(*args)
+    assert first.returncode == 0, first.stderr
+    outputs = ["jump_rigged.glb", "jump_rigged.npz", "walk_rigged.glb", "walk_rigged.npz"]
+    assert sorted(p.name for p in clips.iterdir()) == sorted([*inputs, *outputs])
+    inodes = {name: (clips / name).stat().st_ino for name in outputs}
+    second = sprig(*args)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in clips.iterdir()) == sorted([*inputs, *outputs])  # no *_rigged_rigged.glb
+    assert all((clips / name).stat().st_ino != inodes[name] for name in outputs)  # each replaced by a new file
+    assert all((clips / name).read_bytes() == data for name, data in inputs.items())
+    assert load_sequence(clips / "walk_rigged.glb", fps=30.0).n_frames == 3
+
+
+def test_rig_folder_still_refuses_to_overwrite_a_real_input(tmp_path, checkpoints):
+    """Two inputs with one stem would both write ``<stem>_rigged.glb``: refused before any work."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    seq = multipart_sequence(n_frames=2)
+    np.savez(clips / "walk.npz", verts=seq.verts, faces=seq.faces)
+    from backend.io import save_sequence
+
+    save_sequence(load_sequence(clips / "walk.npz"), clips / "walk.glb")
+    before = {p.name: p.read_bytes() for p in clips.iterdir()}
+    proc = sprig("rig", str(clips), "-o", str(clips), "--checkpoints", str(checkpoints), "-q")
+    assert proc.returncode == 2 and "is also the output" in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in clips.iterdir()} == before
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,7 @@ def assert_alive(server: ByteServer) -> None:
 
 @pytest.mark.parametrize("line, code, words", [
     (b"[" * 1000 + b"]" * 1000, "bad_json", "nested too deeply"),
+    (b"[" * 100000 + b"]" * 100000, "bad_json", "nested too deeply"),  # the line that ended the server in the fuzz
     (b'{"a":' * 100000 + b"1" + b"}" * 100000, "bad_json", "nested too deeply"),
     (b'{"id":1,"method":"cancel","params":{"id":NaN}}', "bad_json", "NaN is not allowed"),
     (b'{"id":1,"method":"cancel","params":{"id":Infinity}}', "bad_json", "Infinity is not allowed"),
@@ -129,6 +131,54 @@ def test_huge_option_values_are_invalid_params(server, npz_input, tmp_path, opti
                                                              "options": options}})
     assert reply["error"]["code"] == "invalid_params" and words in reply["error"]["message"], reply
     assert not (tmp_path / "o.npz").exists()
+
+
+# -- hostile input files: read by the project's npz reader (limits, no FIFO) -----------------------
+
+
+def _zip_bomb_npz(path: Path, n_bytes: int) -> Path:
+    """An npz whose ``verts`` member declares [4, V, 3] float32 and inflates to ``n_bytes`` of zeros."""
+    n_verts = n_bytes // (4 * 3 * 4)
+    header = repr({"descr": "<f4", "fortran_order": False, "shape": (4, n_verts, 3)}).encode("latin1")
+    header += b" " * (64 - (10 + len(header) + 1) % 64) + b"\n"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("verts.npy", "w", force_zip64=True) as fh:
+            fh.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+            chunk = bytes(1 << 20)
+            for start in range(0, 4 * n_verts * 3 * 4, len(chunk)):
+                fh.write(chunk[:min(len(chunk), 4 * n_verts * 3 * 4 - start)])
+        zf.writestr("faces.npy", b"")
+    return path
+
+
+def test_hostile_input_files_are_refused_by_the_loader_limits(server, tmp_path):
+    """The server's ``rig`` reads its input with the project's npz reader: a zip bomb, a header declaring
+    more data than the member holds, a FIFO (which would block ``np.load`` forever) and out-of-range
+    coordinates are each refused at once, and the server keeps answering."""
+    verts, faces = wave_sequence(4)
+    bomb = _zip_bomb_npz(tmp_path / "bomb.npz", 600 << 20)  # 600 MB of zeros in a ~600 KB file
+    lying = tmp_path / "lying.npz"
+    np.savez(lying, verts=verts, faces=faces)
+    with zipfile.ZipFile(lying) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    members["verts.npy"] = members["verts.npy"].replace(b"'shape': (4, ", b"'shape': (9, ", 1)  # more frames than held
+    with zipfile.ZipFile(lying, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.npz"
+    np.savez(huge, verts=verts * np.float32(1e30), faces=faces)
+    cases = [(bomb, "bad_file", "above the limit"), (lying, "bad_file", "declares shape"),
+             (fifo, "bad_file", "not a regular file"), (huge, "invalid_sequence", "")]
+    for path, code, words in cases:
+        start = time.monotonic()
+        reply = server.ask({"id": 4, "method": "rig", "params": {"input": str(path), "output": str(tmp_path / "o.npz")}})
+        assert reply["type"] == "error" and reply["error"]["code"] == code, (path.name, reply)
+        assert words in reply["error"]["message"] and str(path) in reply["error"]["message"], reply
+        assert time.monotonic() - start < 10
+    assert not (tmp_path / "o.npz").exists()
+    assert_alive(server)
 
 
 # -- outputs ------------------------------------------------------------------------------------

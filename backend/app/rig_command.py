@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,16 @@ from backend.app.output_paths import OutputPathError, atomic_write, plan_outputs
 from backend.app.evaluate import EvalInput, save_eval_input
 from backend.io import SUPPORTED_SUFFIXES, load_sequence
 from backend.io.gltf import save_rigged_gltf
+from backend.models.checkpoint import CheckpointError
 from backend.rigging.result import RigResult
 from backend.sequence import SequenceError
 
+
+RIGGED_SUFFIX = "_rigged.glb"  # a batch writes <stem>_rigged.glb for each input
+# What one sequence of a batch may fail with and the batch goes on: a bad file (SequenceError), models that
+# produce NaN/Inf on it (NonFiniteOutputError, a CheckpointError), a GLB writer refusing non-finite values
+# (ValueError), an output that cannot be written (OSError), a clip too large for memory.
+PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSError, MemoryError)
 
 SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
                 "topology_flicker", "mcjd", "skin_l1", "skin_symkl", "skin_instability_mean", "seconds")
@@ -52,6 +60,30 @@ def find_sequences(folder: Path) -> list[Path]:
     if not found and any(p.suffix.lower() in (".obj", ".ply") for p in folder.iterdir()):
         return [folder]  # the folder itself is one sequence of frame files
     return found
+
+
+def drop_earlier_outputs(inputs: list[Path], args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """Split a folder's sequences into ``(inputs, outputs)``: files named ``*_rigged.glb`` (what a batch
+    writes) and files that are a planned output of this run (``--per-frame`` into the same folder) are
+    outputs, to be overwritten atomically, not inputs; so ``sprig rig clips/ -o clips/`` can run again.
+    """
+    kept = [p for p in inputs if not (p.is_file() and p.name.endswith(RIGGED_SUFFIX))]
+    while True:  # dropping a file drops its own planned outputs too: repeat until nothing changes
+        planned = {o.resolve() for p in kept
+                   for o in requested_outputs(args.output / f"{p.stem}{RIGGED_SUFFIX}", args).paths()}
+        now = [p for p in kept if not (p.is_file() and p.resolve() in planned)]
+        if len(now) == len(kept):
+            break
+        kept = now
+    return kept, [p for p in inputs if p not in kept]
+
+
+def one_line(path: Path, exc: BaseException) -> str:
+    """``"<path>: <message>"`` on one line (the path once, even when the message starts with it)."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if message.startswith(f"{path}: "):
+        message = message[len(f"{path}: "):]
+    return f"{path}: {message}"
 
 
 def summary(result: RigResult) -> dict:
@@ -159,6 +191,13 @@ def run_rig(args: argparse.Namespace) -> int:
     batch = len(inputs) > 1 or inputs[0] != args.input
     if batch and args.output.suffix:
         raise CommandError("with a folder as INPUT, -o must name an output folder")
+    if batch:
+        inputs, earlier = drop_earlier_outputs(inputs, args)
+        if earlier and not args.quiet:
+            tqdm.write(f"not inputs (outputs of sprig rig, overwritten if planned again): "
+                       f"{', '.join(p.name for p in earlier)}", file=sys.stderr)
+        if not inputs:
+            raise CommandError(f"no sequences found in {args.input} (only outputs of an earlier run)")
     planned = plan_rig_outputs(args, inputs, batch)
 
     from backend.models.inference import load_models
@@ -167,17 +206,18 @@ def run_rig(args: argparse.Namespace) -> int:
     except Exception as exc:  # missing/corrupt checkpoint: a readable one-liner
         raise CommandError(str(exc)) from None
 
-    failures: list[tuple[Path, str]] = []
+    failures: list[Path] = []
     for path in tqdm(inputs, desc="sequences", unit="seq", disable=args.quiet or not batch):
         outputs = planned[path]
         out = outputs.glb
         start = time.perf_counter()
         try:
             result = rig_one(path, outputs, args, models=models)
-        except (SequenceError, ValueError, RuntimeError, OSError) as exc:
+        except PER_FILE_ERRORS as exc:
             if not batch:
-                raise CommandError(f"{path}: {exc}") from None
-            failures.append((path, str(exc)))
+                raise CommandError(one_line(path, exc)) from None
+            failures.append(path)  # one line now, naming the file; the batch goes on with the others
+            tqdm.write(f"failed: {one_line(path, exc)}", file=sys.stderr)
             continue
         if not args.quiet:
             s = result.stats
@@ -185,9 +225,8 @@ def run_rig(args: argparse.Namespace) -> int:
                        f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
                        f"PJDD(0-2) {s.get('pjdd')}, {time.perf_counter() - start:.1f} s -> {out}")
     if failures:
-        tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed:")
-        for path, message in failures:
-            tqdm.write(f"  {path}: {message}")
+        tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed: {', '.join(str(p) for p in failures)}",
+                   file=sys.stderr)
         return 1
     return 0
 

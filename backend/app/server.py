@@ -159,32 +159,35 @@ class ServerConfig:
 def load_sequence_npz(path: str | os.PathLike) -> MeshSequence:
     """Read a request's input ``.npz`` into a validated :class:`MeshSequence`.
 
-    The file holds ``verts float32 [K, V, 3]``, ``faces int32 [F, 3]`` and optionally ``fps`` (scalar)
-    and ``name`` (string scalar).
+    The file holds ``verts float32 [K, V, 3]``, ``faces int32 [F, 3]`` and optionally ``fps`` (scalar),
+    ``name`` (string scalar), ``times [K]`` and extras, read by the project's npz reader
+    (:func:`backend.io.npz.read_npz_arrays`): a FIFO or device is refused without opening it, and zip
+    members are checked against the loader limits (size, compression ratio, npy headers) before any
+    allocation.
 
     Raises:
-        RequestError: ``file_not_found``, ``bad_file`` or ``invalid_sequence``, naming the problem.
+        RequestError: ``file_not_found``, ``bad_file`` (unreadable, over the limits, no ``verts``/``faces``)
+            or ``invalid_sequence`` (the arrays break the MeshSequence contract), naming the problem.
     """
+    from backend.io.npz import read_npz_arrays, sequence_from_npz_arrays  # here: the ready line comes sooner
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RequestError(ErrorCode.FILE_NOT_FOUND, f"input file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("verts", "faces") if k not in data.files]
-            if missing:
-                raise RequestError(ErrorCode.BAD_FILE,
-                                   f"{path}: missing array(s) {', '.join(missing)} (need verts [K,V,3] and faces [F,3])")
-            verts, faces = data["verts"], data["faces"]
-            fps = float(data["fps"]) if "fps" in data.files else None
-            name = str(data["name"]) if "name" in data.files else path.stem
-    except RequestError:
-        raise
-    except Exception as exc:  # zip/npy format errors, pickled objects, truncated files
-        raise RequestError(ErrorCode.BAD_FILE, f"{path}: not a readable .npz file ({exc})") from exc
-    try:
-        return MeshSequence(verts, faces, fps=fps, name=name)
+        arrays = read_npz_arrays(path)
     except SequenceError as exc:
-        raise RequestError(ErrorCode.INVALID_SEQUENCE, str(exc)) from exc
+        raise RequestError(ErrorCode.BAD_FILE, f"not a readable .npz file: {exc}") from None
+    except MemoryError:
+        raise RequestError(ErrorCode.BAD_FILE, f"{path}: not enough memory to read the file") from None
+    missing = [k for k in ("verts", "faces") if k not in arrays]
+    if missing:
+        raise RequestError(ErrorCode.BAD_FILE,
+                           f"{path}: missing array(s) {', '.join(missing)} (need verts [K,V,3] and faces [F,3])")
+    try:
+        return sequence_from_npz_arrays(path, arrays)
+    except SequenceError as exc:
+        raise RequestError(ErrorCode.INVALID_SEQUENCE, str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------

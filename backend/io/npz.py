@@ -54,18 +54,34 @@ def load_npz(path: str | Path, fps: float | None = None, frames: FrameSelection 
             raise SequenceError(f"{path}: 'verts' must have shape [K, V, 3], got {list(verts_shape)}")
         idx = None if frames is None else frame_indices(verts_shape[0], frames, path)
         check_vertex_frames(verts_shape[0] if idx is None else len(idx), verts_shape[1], path)
-        verts = _read_member(path, zf, members["verts"], idx)
-        faces = _read_member(path, zf, members["faces"])
-        extras: dict = {}
+        arrays = {"verts": _read_member(path, zf, members["verts"], idx)}
         for key, member in members.items():
-            if key in ("verts", "faces"):
+            if key == "verts":
                 continue
-            rows = idx if key in PER_FRAME_EXTRAS else None
             value = _read_member(path, zf, member)
+            rows = idx if key in PER_FRAME_EXTRAS else None
             if rows is not None and value.ndim >= 1 and value.shape[0] == verts_shape[0]:
                 value = value[rows]
-            extras[key] = _to_python(key, value)
+            arrays[key] = value
+    return sequence_from_npz_arrays(path, arrays, fps=fps)
 
+
+def sequence_from_npz_arrays(path: str | Path, arrays: dict[str, np.ndarray], fps: float | None = None) -> MeshSequence:
+    """The :class:`MeshSequence` an ``.npz`` holds, from its arrays (as :func:`read_npz_arrays` returns them).
+
+    Args:
+        path: the file the arrays came from (named in errors; its stem is the default name).
+        arrays: ``verts float [K, V, 3]``, ``faces int [F, 3]``, optional ``fps`` (one number), ``name``
+            (string) and ``times [K]``; every other array becomes an extra.
+        fps: overrides the ``fps`` array or the rate implied by ``times``.
+    Raises:
+        SequenceError: ``verts``/``faces`` missing, ``fps`` not one number, or a contract violation.
+    """
+    path = Path(path)
+    for key in ("verts", "faces"):
+        if key not in arrays:
+            raise SequenceError(f"{path}: the .npz has no '{key}' array (it holds: {sorted(arrays)})")
+    extras = {key: _to_python(key, value) for key, value in arrays.items() if key not in ("verts", "faces")}
     file_fps = extras.pop("fps", None)
     name = extras.pop("name", None)
     if fps is None:
@@ -76,7 +92,8 @@ def load_npz(path: str | Path, fps: float | None = None, frames: FrameSelection 
             fps = float(file_fps)
         elif "times" in extras:
             fps = fps_from_times(extras["times"])
-    return build_sequence(verts, faces, path, fps, extras, name=name if isinstance(name, str) and name else None)
+    return build_sequence(arrays["verts"], arrays["faces"], path, fps, extras,
+                          name=name if isinstance(name, str) and name else None)
 
 
 def read_npz_arrays(path: str | Path) -> dict[str, np.ndarray]:
