@@ -122,10 +122,14 @@ def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
 
 
 def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=None) -> RigResult:
-    """Load, rig and write the outputs of one sequence (each file written atomically)."""
+    """Load, rig and write the outputs of one sequence (each file written atomically). ``models``: the loaded
+    models, or a function returning them (called only once the input has loaded, so a bad file is refused
+    before any model is loaded)."""
+    seq = load_sequence(path, frames=parse_frame_slice(args.frames))
     from backend.rigging.pipeline import RigConfig, rig_sequence
 
-    seq = load_sequence(path, frames=parse_frame_slice(args.frames))
+    if callable(models):
+        models = models()
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
@@ -200,11 +204,17 @@ def run_rig(args: argparse.Namespace) -> int:
             raise CommandError(f"no sequences found in {args.input} (only outputs of an earlier run)")
     planned = plan_rig_outputs(args, inputs, batch)
 
-    from backend.models.inference import load_models
-    try:
-        models = load_models(args.checkpoints, which=args.models, device=args.device)
-    except Exception as exc:  # missing/corrupt checkpoint: a readable one-liner
-        raise CommandError(str(exc)) from None
+    loaded: list = []
+
+    def models():
+        """The models, loaded on the first input that loads (shared by the batch)."""
+        if not loaded:
+            from backend.models.inference import load_models
+            try:
+                loaded.append(load_models(args.checkpoints, which=args.models, device=args.device))
+            except Exception as exc:  # missing/corrupt checkpoint: a readable one-liner
+                raise CommandError(str(exc)) from None
+        return loaded[0]
 
     failures: list[Path] = []
     for path in tqdm(inputs, desc="sequences", unit="seq", disable=args.quiet or not batch):
