@@ -53,7 +53,7 @@ SAMPLE = ROOT / "samples" / "quadruped_walk.npz"
 def load_clips(n_corpus: int, cache: Path) -> list[dict]:
     clips = load_realdata(REALDATA)
     fox = next(c for c in clips if c["name"] == "khronos_fox_run")
-    clips.append(flat_shaded(dict(fox, weights=np.zeros((fox["verts"].shape[1], 1)))))
+    clips.append(dict(flat_shaded(dict(fox, weights=np.zeros((fox["verts"].shape[1], 1)))), set="seams"))
     d = np.load(SAMPLE)
     clips.append(dict(name="sample_quadruped_walk", set="sample", verts=d["verts"], faces=d["faces"],
                       joints=d["joints"][0], parents=d["parents"]))
@@ -78,7 +78,7 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
                sep=100 * st["joint_separation_max"], seam=100 * st["seam_gap_max"],
                recon_mean=100 * st["recon_mean"], recon_max=100 * st["recon_max"], seconds=seconds,
                names=list(result.joint_names))
-    if dembones and clip["set"] in ("real", "sample"):
+    if dembones and clip["set"] in ("real", "seams", "sample"):
         db = run_dembones(dict(verts=verts.astype(np.float64), faces=clip["faces"], parents=result.parents),
                           iterations=30, n_bones=len(result.parents))
         row.update(db_mean=db["mean"], db_bones=db["bones"], db_seconds=db["wall"])
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'clip':28s} {'J/GT':7s} {'ratio':4s} | {'CD-J2J k-means net':20s} | {'sep %':8s} {'seam %':8s} | "
           f"{'recon % mean max':13s} | {'DB mean ratio':15s} | {'s':>5s}")
-    for group in ("real", "sample", "corpus"):
+    for group in ("real", "seams", "sample", "corpus"):
         part = [r for r in rows if r["set"] == group]
         if not part:
             continue
