@@ -508,10 +508,7 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
                 extent[p] = hi[p] - lo[p]
                 alive[b] = False
                 changed = True
-    keep = np.flatnonzero(alive)
-    remap = np.full(B, -1)
-    remap[keep] = np.arange(len(keep))
-    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    keep, remap, new_parent = _renumber(alive, parent)
     return remap[piece], new_parent, joint[keep]
 
 
@@ -603,6 +600,15 @@ def _motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int,
     return ResidualGram(anchor, frames_vm, transforms).single_bone_errors().argmin(axis=1)
 
 
+def _renumber(alive: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """After merging: the surviving items ``keep [P']``, each old item's new index ``remap [P]`` (-1 for
+    merged ones) and the survivors' renumbered parents ``[P']`` (-1 for roots)."""
+    keep = np.flatnonzero(alive)
+    remap = np.full(len(alive), -1)
+    remap[keep] = np.arange(len(keep))
+    return keep, remap, np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+
+
 def _merge_into_parents(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
                         root: int, joins) -> tuple:
     """Merge parts into their parents while ``joins(p, q, parent, alive)`` says part ``p`` belongs to its parent
@@ -622,10 +628,7 @@ def _merge_into_parents(parts: np.ndarray, part_parent: np.ndarray, part_joint: 
                 parent[parent == p] = q
                 alive[p] = False
                 changed = True
-    keep = np.flatnonzero(alive)
-    remap = np.full(P, -1)
-    remap[keep] = np.arange(len(keep))
-    new_parent = np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
+    keep, remap, new_parent = _renumber(alive, parent)
     return remap[parts], new_parent, part_joint[keep], transforms[:, keep], int(remap[root])
 
 
