@@ -1221,22 +1221,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sprig-fuzz-") as tmp:
         root = Path(tmp)
-        if args.cases:
-            t0 = time.perf_counter()
-            res = run_loader_campaign(args.cases, args.seed, root / "loaders")
-            sections.append((f"Loaders: {len(res)} cases, {time.perf_counter() - t0:.0f} s", res))
-        if args.cli:
-            t0 = time.perf_counter()
-            res = run_cli_cases(args.cli, args.seed, root / "cli")
-            sections.append((f"sprig rig CLI: {len(res)} cases, {time.perf_counter() - t0:.0f} s", res))
-        if args.server:
-            t0 = time.perf_counter()
-            res = run_server_cases(args.server, args.seed, root / "server")
-            sections.append((f"Server lines: {len(res)} cases, {time.perf_counter() - t0:.0f} s", res))
-        if args.kill:
-            t0 = time.perf_counter()
-            res = run_kill_cases(args.kill, args.seed, root / "kill")
-            sections.append((f"SIGKILL during sprig rig: {len(res)} cases, {time.perf_counter() - t0:.0f} s", res))
+        campaigns = (("Loaders", args.cases, run_loader_campaign, "loaders"),
+                     ("sprig rig CLI", args.cli, run_cli_cases, "cli"),
+                     ("Server lines", args.server, run_server_cases, "server"),
+                     ("SIGKILL during sprig rig", args.kill, run_kill_cases, "kill"))
+        for title, count, run, folder in campaigns:
+            if count:
+                t0 = time.perf_counter()
+                res = run(count, args.seed, root / folder)
+                sections.append((f"{title}: {len(res)} cases, {time.perf_counter() - t0:.0f} s", res))
     command = "python -m bench.fuzz " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"# fuzz run: `{command}`, seed {args.seed}, wall time {time.perf_counter() - start:.0f} s\n")
     for title, res in sections:
