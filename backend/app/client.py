@@ -260,6 +260,28 @@ class BackendClient:
         Returns:
             the :class:`RigResult`, read from the server's output file (which is then deleted).
         """
+        return self._with_arrays("rig", {"options": options or {}}, verts, faces, fps, name, on_progress, timeout)
+
+    def refit(self, verts: np.ndarray, faces: np.ndarray, skeleton: dict, options: dict | None = None,
+              fps: float | None = None, name: str = "sequence", on_progress: ProgressCallback | None = None,
+              timeout: float | None = None) -> RigResult:
+        """Fit weights and motion again for an edited skeleton (the server's ``refit``; no networks).
+
+        Args:
+            verts, faces: the frames, as for :meth:`rig`.
+            skeleton: ``{"names": [J], "parents": [J names or None], "heads": [J, 3], "tails": [J, 3]}`` in the
+                frames' space (lists or arrays).
+        Returns:
+            the :class:`RigResult`; its ``joint_names`` are the given names, reordered parents first.
+        """
+        payload = {key: (np.asarray(value).tolist() if isinstance(value, np.ndarray) else value)
+                   for key, value in skeleton.items()}
+        return self._with_arrays("refit", {"options": options or {}, "skeleton": payload}, verts, faces, fps, name,
+                                 on_progress, timeout)
+
+    def _with_arrays(self, method: str, params: dict, verts: np.ndarray, faces: np.ndarray, fps: float | None,
+                     name: str, on_progress: ProgressCallback | None, timeout: float | None) -> RigResult:
+        """Write the frames to a temporary ``.npz``, run ``method`` on it, read and delete the result file."""
         folder = self._workdir()
         stamp = f"{os.getpid()}_{next(self._ids)}"
         input_path = folder / f"input_{stamp}.npz"
@@ -270,7 +292,8 @@ class BackendClient:
             arrays["fps"] = np.float32(fps)
         np.savez(input_path, **arrays)
         try:
-            reply = self.rig_file(input_path, output_path, options, on_progress=on_progress, timeout=timeout)
+            reply = self.request(method, {**params, "input": str(input_path), "output": str(output_path)},
+                                 on_progress=on_progress, timeout=timeout)
             return RigResult.load(reply.get("output", output_path))
         finally:
             for path in (input_path, output_path):

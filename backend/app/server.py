@@ -20,7 +20,12 @@ Protocol (every message is one JSON object on one line, UTF-8):
 Methods: ``ping``, ``info`` (versions, device, checkpoints), ``rig`` (``input``: path of an ``.npz`` with
 ``verts float32 [K, V, 3]`` and ``faces int32 [F, 3]`` (optional ``fps``, ``name``); ``output``: optional
 path of the result ``.npz`` (default: a file in the server's temp folder); ``options``: rig options),
-``cancel`` (the running rig, or the one whose ``id`` is given) and ``shutdown``.
+``refit`` (the same ``input``, ``output`` and ``options`` plus ``skeleton``: an edited skeleton as
+``{"names": [J names], "parents": [J parent names or null], "heads": [[x, y, z] * J], "tails": [[x, y, z] * J]}``
+in the input's space; weights and per-frame motion are fitted again for it by
+:func:`backend.rigging.refit.refit_sequence`, without the networks; the result keeps the given bone names,
+reordered parents first; exactly one root bone), ``cancel`` (the running rig or refit, or the one whose
+``id`` is given) and ``shutdown``.
 
 The server never dies on a bad request: bad JSON (also NaN/Infinity, oversized numbers, deep nesting,
 invalid UTF-8, lines over ``MAX_LINE_CHARS``), an unknown method, a missing file or an invalid sequence
@@ -274,9 +279,74 @@ class Rigger:
         config = self.make_config(options)
         return self.module.rig_sequence(seq, config, progress=progress, should_cancel=should_cancel)
 
+    def edited_skeleton(self, skeleton: dict):
+        """A ``RigSkeleton`` (parents first) from a :func:`parse_skeleton` dict.
+
+        Raises:
+            RequestError: ``invalid_params`` naming what is wrong with the skeleton (a cycle, an unknown
+                parent, a repeated name, a zero-length bone, ...).
+        """
+        self.module  # noqa: B018 - rigger_unavailable when the rigging code cannot load
+        refit = importlib.import_module("backend.rigging.refit")
+        try:
+            return refit.skeleton_from_bones(skeleton["names"], skeleton["parents"], skeleton["heads"],
+                                             skeleton["tails"])
+        except refit.SkeletonInputError as exc:
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"invalid skeleton: {exc}") from None
+
+    def refit(self, seq: MeshSequence, skeleton, options: dict[str, Any],
+              progress: Callable[[str, float], None], should_cancel: Callable[[], bool]):
+        """Run ``backend.rigging.refit.refit_sequence`` for ``skeleton`` (from :meth:`edited_skeleton`) and
+        return its ``RigResult``."""
+        config = self.make_config(options)
+        refit = importlib.import_module("backend.rigging.refit")
+        return refit.refit_sequence(seq, skeleton, config, progress=progress, should_cancel=should_cancel)
+
     def is_cancel_exception(self, exc: BaseException) -> bool:
         cancelled = getattr(self._module, "RigCancelled", None) if self._module is not None else None
         return cancelled is not None and isinstance(exc, cancelled)
+
+
+MAX_SKELETON_BONES = 1024
+
+
+def parse_skeleton(value: Any) -> dict:
+    """The ``skeleton`` parameter of ``refit`` as ``{"names", "parents", "heads", "tails"}`` (lists checked for
+    type and length; names and the tree are checked by :func:`backend.rigging.refit.skeleton_from_bones`).
+
+    Raises:
+        RequestError: ``invalid_params`` naming the first problem.
+    """
+    def bad(message: str) -> RequestError:
+        return RequestError(ErrorCode.INVALID_PARAMS, f"invalid skeleton: {message}")
+
+    if not isinstance(value, dict):
+        raise bad("refit needs 'skeleton': an object with names, parents, heads and tails")
+    unknown = sorted(set(value) - {"names", "parents", "heads", "tails"})
+    if unknown:
+        raise bad(f"unknown field(s) {', '.join(unknown)}; expected names, parents, heads, tails")
+    names = value.get("names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("'names' must be a list of bone-name strings")
+    if not names:
+        raise bad("the skeleton has no bones")
+    if len(names) > MAX_SKELETON_BONES:
+        raise bad(f"{len(names)} bones; at most {MAX_SKELETON_BONES}")
+    parents = value.get("parents")
+    if not isinstance(parents, list) or not all(p is None or isinstance(p, str) for p in parents):
+        raise bad("'parents' must be a list of parent bone names (null for a root)")
+    if len(parents) != len(names):
+        raise bad(f"{len(parents)} parents for {len(names)} bones")
+    out = {"names": names, "parents": parents}
+    for key in ("heads", "tails"):
+        points = value.get(key)
+        if (not isinstance(points, list) or len(points) != len(names)
+                or not all(isinstance(p, list) and len(p) == 3
+                           and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p)
+                           for p in points)):
+            raise bad(f"'{key}' must be a list of {len(names)} [x, y, z] number triples")
+        out[key] = points
+    return out
 
 
 def _coerce_option(name: str, value: Any, default: Any) -> Any:
@@ -341,6 +411,7 @@ class Server:
             "ping": self._ping,
             "info": self._info,
             "rig": self._rig,
+            "refit": self._refit,
             "cancel": self._cancel,
             "shutdown": self._shutdown,
         }
@@ -486,9 +557,27 @@ class Server:
         if unknown:
             raise RequestError(ErrorCode.INVALID_PARAMS,
                                f"unknown rig parameter(s) {', '.join(unknown)}; expected input, output, options")
+        return self._start_job(request_id, params, "rig", self.rigger.rig)
+
+    def _refit(self, request_id: Any, params: dict) -> None:
+        unknown = sorted(set(params) - {"input", "output", "options", "skeleton"})
+        if unknown:
+            raise RequestError(ErrorCode.INVALID_PARAMS, f"unknown refit parameter(s) {', '.join(unknown)}; "
+                                                         "expected input, output, options, skeleton")
+        skeleton = self.rigger.edited_skeleton(parse_skeleton(params.get("skeleton")))  # checked before going busy
+
+        def work(seq, options, progress, should_cancel):
+            return self.rigger.refit(seq, skeleton, options, progress, should_cancel)
+
+        return self._start_job(request_id, params, "refit", work)
+
+    def _start_job(self, request_id: Any, params: dict, method: str, work: Callable) -> None:
+        """Check a rig or refit request's ``input``, ``output`` and ``options`` and start ``work(seq, options,
+        progress, should_cancel) -> RigResult`` in the worker thread (which sends the reply)."""
         source = params.get("input")
         if not isinstance(source, str) or not source:
-            raise RequestError(ErrorCode.INVALID_PARAMS, "rig needs 'input': the path of an .npz with verts and faces")
+            raise RequestError(ErrorCode.INVALID_PARAMS,
+                               f"{method} needs 'input': the path of an .npz with verts and faces")
         output = params.get("output")
         if output is not None and not isinstance(output, str):
             raise RequestError(ErrorCode.INVALID_PARAMS, "'output' must be a path string")
@@ -513,8 +602,8 @@ class Server:
             if self._job is not None and self._job.thread.is_alive():
                 raise RequestError(ErrorCode.BUSY, f"a rig is already running (request {self._job.request_id!r})")
             cancel = threading.Event()
-            thread = threading.Thread(target=self._run_rig, args=(request_id, seq, options, out_path, cancel),
-                                      name=f"rig-{request_id}", daemon=True)
+            thread = threading.Thread(target=self._run_rig, args=(request_id, seq, options, out_path, cancel, work),
+                                      name=f"{method}-{request_id}", daemon=True)
             self._job = _Job(request_id, thread, cancel)
             thread.start()
         return None  # the worker sends the reply
@@ -539,7 +628,7 @@ class Server:
     # -- rig worker -------------------------------------------------------------------------
 
     def _run_rig(self, request_id: Any, seq: MeshSequence, options: dict, out_path: Path,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, work: Callable) -> None:
         last = {"t": 0.0, "stage": None}
 
         def progress(stage: str, fraction: float) -> None:
@@ -553,7 +642,7 @@ class Server:
         start = time.monotonic()
         reply: dict
         try:
-            result = self.rigger.rig(seq, options, progress, cancel.is_set)
+            result = work(seq, options, progress, cancel.is_set)
             if cancel.is_set():
                 raise RequestError(ErrorCode.CANCELLED, "the rig was cancelled")
             with atomic_write(out_path) as temp:
@@ -571,6 +660,8 @@ class Server:
                 reply = _error_reply(request_id, ErrorCode.CANCELLED, "the rig was cancelled")
             elif isinstance(exc, SequenceError):
                 reply = _error_reply(request_id, ErrorCode.INVALID_SEQUENCE, str(exc))
+            elif type(exc).__name__ == "SkeletonInputError":  # the edited skeleton does not fit the frames
+                reply = _error_reply(request_id, ErrorCode.INVALID_PARAMS, f"invalid skeleton: {exc}")
             elif type(exc).__name__ == "CheckpointError":
                 reply = _error_reply(request_id, ErrorCode.MODELS_UNAVAILABLE,
                                      f"the rigging models cannot be loaded: {exc}")

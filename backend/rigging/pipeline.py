@@ -173,15 +173,16 @@ _STAGES = (("normalize", 0.01), ("models", 0.01), ("sample", 0.03), ("skeleton",
 class _Progress:
     """Maps per-stage fractions to one overall fraction and polls the cancel callback."""
 
-    def __init__(self, callback: Callable[[str, float], None] | None, should_cancel: Callable[[], bool] | None):
+    def __init__(self, callback: Callable[[str, float], None] | None, should_cancel: Callable[[], bool] | None,
+                 stages: tuple[tuple[str, float], ...] = _STAGES):
         self.callback = callback
         self.should_cancel = should_cancel
         self.start: dict[str, float] = {}
         total = 0.0
-        for name, share in _STAGES:
+        for name, share in stages:
             self.start[name] = total
             total += share
-        self.share = dict(_STAGES)
+        self.share = dict(stages)
         self.timings: dict[str, float] = {}
         self._t0 = time.perf_counter()
         self._stage: str | None = None
