@@ -165,6 +165,7 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     for obj in (mesh_obj, arm_obj):
         obj["sprig_stats"] = json.dumps(stats, default=float)
         obj["sprig_source"] = source.name
+        obj[FRAMES_KEY] = [int(f) for f in frames]
     mesh_obj["sprig_armature"] = arm_obj.name
     arm_obj[heatmap.BONE_NAMES_KEY] = list(bone_names)  # joint order, for per-joint values such as drift
 
@@ -173,6 +174,137 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     mesh_obj.select_set(True)  # the rigged mesh stays active: Rig Sequence again re-rigs its source
     context.view_layer.objects.active = mesh_obj
     return BuiltRig(collection, mesh_obj, arm_obj, action, bone_names)
+
+
+FRAMES_KEY = "sprig_frames"  # scene frames the rig was fitted to (frames[0] is the rest pose), on both objects
+
+
+def rig_objects(obj: bpy.types.Object | None) -> tuple[bpy.types.Object, bpy.types.Object] | None:
+    """``(rigged mesh, armature)`` of a rig SPRig made, from either object (None for other objects)."""
+    if obj is None or "sprig_source" not in obj:
+        return None
+    if obj.type == "MESH":
+        armature = next((m.object for m in obj.modifiers if m.type == "ARMATURE" and m.object is not None), None)
+        mesh = obj
+    elif obj.type == "ARMATURE":
+        armature = obj
+        mesh = next((o for o in bpy.data.objects if o.type == "MESH" and "sprig_source" in o
+                     and any(m.type == "ARMATURE" and m.object == obj for m in o.modifiers)), None)
+    else:
+        return None
+    if mesh is None or armature is None or armature.type != "ARMATURE" or "sprig_source" not in armature:
+        return None
+    return mesh, armature
+
+
+def rig_frames(mesh_obj: bpy.types.Object) -> list[int]:
+    """The scene frames a rig was fitted to (rigs made before they were stored: the heat data's frames)."""
+    stored = mesh_obj.get(FRAMES_KEY)
+    if stored is None:
+        stored = mesh_obj.data.get(heatmap.FRAMES_KEY)
+    if stored is None:
+        raise BuildError(f"'{mesh_obj.name}' does not say which frames it was rigged on; run Rig Sequence again")
+    return [int(f) for f in stored]
+
+
+def edited_skeleton(arm_obj: bpy.types.Object) -> dict:
+    """The armature's bones as the refit request takes them: ``{"names", "parents" (names or None), "heads",
+    "tails"}``, heads and tails ``[J, 3]`` in armature space (the space the rig was fitted in) at rest.
+
+    Raises:
+        BuildError: the armature has no bones.
+    """
+    bones = arm_obj.data.bones
+    if len(bones) == 0:
+        raise BuildError(f"'{arm_obj.name}' has no bones left to fit")
+    return {"names": [b.name for b in bones], "parents": [b.parent.name if b.parent else None for b in bones],
+            "heads": [list(b.head_local) for b in bones], "tails": [list(b.tail_local) for b in bones]}
+
+
+def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, result,
+                frames: list[int]) -> None:
+    """Put a refit's weights and motion on an existing rig, keeping its armature's bones as the user edited them.
+
+    The result's bones are matched to the armature's by name. The mesh's vertex groups of the old and new
+    bones are replaced, the Action is replaced by a new one (same name), the heat data holds the new
+    reconstruction error (the instability belonged to the old skeleton and is dropped), and a child bone
+    whose head lies on its parent's tail is connected to it. Run inside an operator with ``UNDO``: one undo
+    step puts everything back.
+
+    Raises:
+        BuildError: the result does not fit the rig (shapes, or bones that are not the armature's); nothing
+            is changed then.
+    """
+    anchor = np.asarray(result.anchor_verts, dtype=np.float64)
+    if anchor.shape[0] != len(mesh_obj.data.vertices):
+        raise BuildError(f"the refit has {anchor.shape[0]} vertices but '{mesh_obj.name}' has "
+                         f"{len(mesh_obj.data.vertices)}")
+    validate_result(result, n_verts=anchor.shape[0], n_frames=len(frames))
+    bones = arm_obj.data.bones
+    names = [str(n) for n in result.joint_names]
+    if sorted(names) != sorted(b.name for b in bones):
+        raise BuildError(f"the refit's bones ({len(names)}) are not the bones of '{arm_obj.name}' "
+                         f"({len(bones)}); was the armature edited while fitting?")
+    diag = float(np.linalg.norm(anchor.max(axis=0) - anchor.min(axis=0)))
+    tol = ATTACHED_TOL * max(diag, 1e-12)
+    transforms = np.asarray(result.bone_transforms, dtype=np.float64)
+    parents = np.asarray(result.parents)
+    attached = convert.attached_bones(result.joints, parents, transforms, tol)
+    rest = np.array([np.array(bones[name].matrix_local, dtype=np.float64) for name in names])
+    old_action = arm_obj.animation_data.action if arm_obj.animation_data is not None else None
+    action_name = old_action.name if old_action is not None else f"{arm_obj.get('sprig_source', arm_obj.name)}_motion"
+    created = _Created()
+    try:
+        for pose_bone in arm_obj.pose.bones:  # nothing of the old motion stays on channels the new one leaves unkeyed
+            pose_bone.location = (0.0, 0.0, 0.0)
+            pose_bone.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+            pose_bone.scale = (1.0, 1.0, 1.0)
+        action = _keyframes(arm_obj, names, rest, parents, transforms, attached, frames, f"{action_name}_refit",
+                            created)
+    except Exception:
+        created.remove_all()
+        if arm_obj.animation_data is not None:
+            arm_obj.animation_data.action = old_action
+        raise
+    if old_action is not None and old_action.users == 0:
+        bpy.data.actions.remove(old_action)
+    action.name = action_name
+    _connect_edited(context, arm_obj, names, parents, attached, tol)
+    replaced = set(arm_obj.get(heatmap.BONE_NAMES_KEY, [])) | set(names)
+    for group in list(mesh_obj.vertex_groups):
+        if group.name in replaced:
+            mesh_obj.vertex_groups.remove(group)
+    _vertex_groups(mesh_obj, names, np.asarray(result.weights, dtype=np.float32))
+    heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32))
+    stats = dict(result.stats)
+    stats.setdefault("joints", len(names))
+    stats.setdefault("frames", len(frames))
+    for obj in (mesh_obj, arm_obj):
+        obj["sprig_stats"] = json.dumps(stats, default=float)
+        obj[FRAMES_KEY] = [int(f) for f in frames]
+    arm_obj[heatmap.BONE_NAMES_KEY] = names
+
+
+def _connect_edited(context, arm_obj, names: list[str], parents: np.ndarray, attached: np.ndarray,
+                    tol: float) -> None:
+    """Connect (``use_connect``) each attached bone whose head lies on its parent's tail, as a built rig has it."""
+    bones = arm_obj.data.bones
+    wanted = [names[j] for j, p in enumerate(parents.tolist())
+              if p >= 0 and attached[j] and not bones[names[j]].use_connect
+              and (bones[names[j]].head_local - bones[names[p]].tail_local).length <= tol]
+    if not wanted:
+        return
+    view_layer = context.view_layer
+    previous_active = view_layer.objects.active
+    view_layer.objects.active = arm_obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    try:
+        for name in wanted:
+            arm_obj.data.edit_bones[name].use_connect = True
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+        view_layer.objects.active = previous_active
+    log.info("refit: connected %d bone(s) to their parents", len(wanted))
 
 
 def _instability_frames(stats: dict, n_frames: int) -> list[int] | None:

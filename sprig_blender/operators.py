@@ -102,90 +102,41 @@ def rig_target(context) -> bpy.types.Object:
     return target
 
 
-class SPRIG_OT_rig_sequence(bpy.types.Operator):
-    """Rig the selected animated mesh: armature, weights and an action reproducing its motion.
-    With a rig made by SPRig selected, rig its original again"""
-
-    bl_idname = "sprig.rig_sequence"
-    bl_label = "Rig Sequence"
-    bl_options = {"REGISTER", "UNDO"}
+class _BackendJobOperator:
+    """What Rig Sequence and Refit share: a backend job in a worker thread, polled by a timer (modal) or waited
+    on (``execute``); Esc or the panel's Cancel stops it. Subclasses define ``_start`` (start ``self._job``,
+    return False after reporting an error) and ``_apply`` (use the finished job's result)."""
 
     _timer = None
+    _verb = "rigging"
 
     @classmethod
     def poll(cls, context):
         if _Active.job is not None:
             cls.poll_message_set("a rig is already running")
             return False
-        if context.mode != "OBJECT":
-            cls.poll_message_set("switch to Object Mode")
-            return False
         return True
 
-    # -- shared steps -----------------------------------------------------------------------
-
-    def _start(self, context) -> bool:
-        """Export the frames and start the backend job. Reports and returns False on error."""
-        settings = context.scene.sprig
-        try:
-            obj = rig_target(context)
-            frames = export.frame_list(*settings.frame_range(context.scene))
-            exported, self._warnings = export.screen_motion(export.export_frames(context, obj, frames))
-            backend = runner.get_backend(preferences.backend_settings(context))
-        except (export.ExportError, runner.BackendSetupError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return False
-        for warning in self._warnings:
-            self.report({"WARNING"}, f"SPRig: {warning}")
-        self._source_name = obj.name
-        self._exported = exported
-        options = settings.rig_options(heatmap_wanted=context.window_manager.sprig_heatmap.enabled)
-        self._job = runner.RigJob(backend, exported.verts, exported.faces, options, name=obj.name, fps=exported.fps)
-        _Active.job = self._job
+    def _launch(self, context, job: runner.RigJob) -> None:
+        self._job = job
+        _Active.job = job
         runtime = context.window_manager.sprig_runtime
         runtime.running, runtime.stage, runtime.progress = True, "starting backend", 0.0
-        self._job.start()
-        log.info("rigging %s: %d frames, %d vertices", obj.name, *exported.verts.shape[:2])
-        return True
+        job.start()
 
     def _finish(self, context) -> set[str]:
-        """Build the rig from a finished job (or report why not)."""
+        """Report a cancelled or failed job, else :meth:`_apply` its result."""
         job = self._job
         _Active.job = None
         runtime = context.window_manager.sprig_runtime
         runtime.running, runtime.stage, runtime.progress = False, "", 0.0
         if job.state == "cancelled":
-            self.report({"WARNING"}, "SPRig: rigging cancelled; nothing was changed")
+            self.report({"WARNING"}, f"SPRig: {self._verb} cancelled; nothing was changed")
             return {"CANCELLED"}
         if job.state == "error":
             self.report({"ERROR"}, f"SPRig: {job.message}")
             return {"CANCELLED"}
-        source = bpy.data.objects.get(self._source_name)
-        if source is None:
-            self.report({"ERROR"}, f"SPRig: the object '{self._source_name}' was removed while rigging")
-            return {"CANCELLED"}
-        settings = context.scene.sprig
-        try:
-            built = builder.build_rig(context, source, job.result, self._exported.frames)
-        except Exception as exc:
-            log.exception("building the rig failed")
-            self.report({"ERROR"}, f"SPRig: could not build the rig: {exc}")
-            return {"CANCELLED"}
-        if settings.replace_previous:
-            builder.replace_previous(built, source)
-        if settings.hide_original:
-            builder.set_source_visible(source, False)
-        settings.rig_object = built.mesh_object
-        if context.window_manager.sprig_heatmap.enabled:
-            heatmap.enable(context)
-        numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
-                            in plain_summary(json.loads(built.mesh_object["sprig_stats"])))
-        warned = f"; {len(self._warnings)} warning(s): {' '.join(self._warnings)}" if self._warnings else ""
-        self.report({"WARNING" if self._warnings else "INFO"},
-                    f"SPRig: rigged '{source.name}' -> '{built.armature_object.name}' ({numbers}){warned}")
-        return {"FINISHED"}
-
-    # -- entry points -----------------------------------------------------------------------
+        return self._apply(context, job)
 
     def execute(self, context):
         """Blocking run (scripts, background mode)."""
@@ -234,6 +185,141 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
         workspace = getattr(context, "workspace", None)
         if workspace is not None:
             workspace.status_text_set(None if text is None else f"SPRig: {text}")
+
+
+class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
+    """Rig the selected animated mesh: armature, weights and an action reproducing its motion.
+    With a rig made by SPRig selected, rig its original again"""
+
+    bl_idname = "sprig.rig_sequence"
+    bl_label = "Rig Sequence"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        if not super().poll(context):
+            return False
+        if context.mode != "OBJECT":
+            cls.poll_message_set("switch to Object Mode")
+            return False
+        return True
+
+    def _start(self, context) -> bool:
+        """Export the frames and start the backend job. Reports and returns False on error."""
+        settings = context.scene.sprig
+        try:
+            obj = rig_target(context)
+            frames = export.frame_list(*settings.frame_range(context.scene))
+            exported, self._warnings = export.screen_motion(export.export_frames(context, obj, frames))
+            backend = runner.get_backend(preferences.backend_settings(context))
+        except (export.ExportError, runner.BackendSetupError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return False
+        for warning in self._warnings:
+            self.report({"WARNING"}, f"SPRig: {warning}")
+        self._source_name = obj.name
+        self._exported = exported
+        options = settings.rig_options(heatmap_wanted=context.window_manager.sprig_heatmap.enabled)
+        self._launch(context, runner.RigJob(backend, exported.verts, exported.faces, options, name=obj.name,
+                                            fps=exported.fps))
+        log.info("rigging %s: %d frames, %d vertices", obj.name, *exported.verts.shape[:2])
+        return True
+
+    def _apply(self, context, job) -> set[str]:
+        """Build the rig from the finished job."""
+        source = bpy.data.objects.get(self._source_name)
+        if source is None:
+            self.report({"ERROR"}, f"SPRig: the object '{self._source_name}' was removed while rigging")
+            return {"CANCELLED"}
+        settings = context.scene.sprig
+        try:
+            built = builder.build_rig(context, source, job.result, self._exported.frames)
+        except Exception as exc:
+            log.exception("building the rig failed")
+            self.report({"ERROR"}, f"SPRig: could not build the rig: {exc}")
+            return {"CANCELLED"}
+        if settings.replace_previous:
+            builder.replace_previous(built, source)
+        if settings.hide_original:
+            builder.set_source_visible(source, False)
+        settings.rig_object = built.mesh_object
+        if context.window_manager.sprig_heatmap.enabled:
+            heatmap.enable(context)
+        numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
+                            in plain_summary(json.loads(built.mesh_object["sprig_stats"])))
+        warned = f"; {len(self._warnings)} warning(s): {' '.join(self._warnings)}" if self._warnings else ""
+        self.report({"WARNING" if self._warnings else "INFO"},
+                    f"SPRig: rigged '{source.name}' -> '{built.armature_object.name}' ({numbers}){warned}")
+        return {"FINISHED"}
+
+
+class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
+    """Fit the weights and the animation again for the rig's armature as edited (bones moved, added, deleted or
+    reparented in Edit Mode), from the same frames of the original; the bones are kept as they are"""
+
+    bl_idname = "sprig.refit"
+    bl_label = "Refit"
+    bl_options = {"REGISTER", "UNDO"}
+    _verb = "refit"
+
+    @classmethod
+    def poll(cls, context):
+        if not super().poll(context):
+            return False
+        if builder.rig_objects(context.active_object) is None:
+            cls.poll_message_set("select a rig made by Rig Sequence (its armature or rigged mesh)")
+            return False
+        if context.mode not in ("OBJECT", "EDIT_ARMATURE", "POSE"):
+            cls.poll_message_set("switch to Object Mode")
+            return False
+        return True
+
+    def _start(self, context) -> bool:
+        """Read the edited bones, export the rig's frames of its original and start the refit job."""
+        mesh_obj, arm_obj = builder.rig_objects(context.active_object)
+        if context.mode != "OBJECT":  # leaving Edit Mode writes the edited bones to the armature
+            bpy.ops.object.mode_set(mode="OBJECT")
+        source = builder.source_of(mesh_obj)
+        try:
+            if source is None:
+                raise export.ExportError(f"the original of '{mesh_obj.name}' ('{mesh_obj.get('sprig_source')}') "
+                                         "is gone: a refit needs its frames")
+            frames = builder.rig_frames(mesh_obj)
+            skeleton = builder.edited_skeleton(arm_obj)
+            exported = export.export_frames(context, source, frames)
+            backend = runner.get_backend(preferences.backend_settings(context))
+        except (export.ExportError, builder.BuildError, runner.BackendSetupError) as exc:
+            self.report({"ERROR"}, f"SPRig: {exc}")
+            return False
+        if exported.verts.shape[1] != len(mesh_obj.data.vertices):
+            self.report({"ERROR"}, f"SPRig: '{source.name}' has {exported.verts.shape[1]} vertices now but the rig "
+                                   f"has {len(mesh_obj.data.vertices)}; run Rig Sequence again")
+            return False
+        self._names = (mesh_obj.name, arm_obj.name)
+        self._frames = exported.frames
+        options = context.scene.sprig.refit_options()
+        self._launch(context, runner.RigJob(backend, exported.verts, exported.faces, options, name=source.name,
+                                            fps=exported.fps, skeleton=skeleton))
+        log.info("refitting %s: %d bones, %d frames", arm_obj.name, len(skeleton["names"]), len(frames))
+        return True
+
+    def _apply(self, context, job) -> set[str]:
+        mesh_obj, arm_obj = (bpy.data.objects.get(name) for name in self._names)
+        if mesh_obj is None or arm_obj is None:
+            self.report({"ERROR"}, "SPRig: the rig was removed while refitting")
+            return {"CANCELLED"}
+        try:
+            builder.apply_refit(context, mesh_obj, arm_obj, job.result, self._frames)
+        except Exception as exc:
+            log.exception("applying the refit failed")
+            self.report({"ERROR"}, f"SPRig: could not apply the refit: {exc}")
+            return {"CANCELLED"}
+        if context.window_manager.sprig_heatmap.enabled:
+            heatmap.enable(context)
+        numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
+                            in plain_summary(job.result.stats))
+        self.report({"INFO"}, f"SPRig: refitted '{arm_obj.name}' ({numbers})")
+        return {"FINISHED"}
 
 
 class SPRIG_OT_cancel_rig(bpy.types.Operator):
@@ -366,5 +452,5 @@ def object_menu_entry(self, context) -> None:
     self.layout.operator(SPRIG_OT_rig_sequence.bl_idname, icon="ARMATURE_DATA")
 
 
-classes = (SPRIG_OT_rig_sequence, SPRIG_OT_cancel_rig, SPRIG_OT_use_animated_range, SPRIG_OT_show_original,
+classes = (SPRIG_OT_rig_sequence, SPRIG_OT_refit, SPRIG_OT_cancel_rig, SPRIG_OT_use_animated_range, SPRIG_OT_show_original,
            SPRIG_OT_check_backend, SPRIG_OT_heatmap_refresh)

@@ -58,6 +58,9 @@ class SPRIG_PT_main(bpy.types.Panel):
         col.prop(settings, "frame_step")
 
         col = layout.column(align=True)
+        col.prop(settings, "detail")
+        if settings.detail == "count":
+            col.prop(settings, "bone_count")
         col.prop(settings, "max_influences")
         col.prop(settings, "refine_motion")
         col.prop(settings, "heatmap_data")
@@ -73,6 +76,9 @@ class SPRIG_PT_main(bpy.types.Panel):
             box.operator("sprig.cancel_rig", icon="CANCEL")
         else:
             layout.operator("sprig.rig_sequence", icon="ARMATURE_DATA")
+            if builder.rig_objects(obj) is not None:
+                layout.label(text="Edit the bones, then:", icon="BONE_DATA")
+                layout.operator("sprig.refit", icon="FILE_REFRESH")
 
 
 class SPRIG_PT_results(bpy.types.Panel):

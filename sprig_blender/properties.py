@@ -29,6 +29,15 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
     frame_end: bpy.props.IntProperty(name="End", default=250, description="Last frame")
     frame_step: bpy.props.IntProperty(name="Step", default=1, min=1, soft_max=10,
                                       description="Use every n-th frame (in-between frames are interpolated)")
+    detail: bpy.props.EnumProperty(
+        name="Detail", default="auto",
+        items=[("auto", "Auto", "As many bones as the clip's motion and shape call for", 0),
+               ("coarse", "Coarse", "Fewer bones: the moving parts and short chains", 1),
+               ("fine", "Fine", "More bones along the limbs and the tail", 2),
+               ("count", "Bone Count", "Aim at the bone count below", 3)],
+        description="How many bones the skeleton found from the motion gets")
+    bone_count: bpy.props.IntProperty(name="Bones", default=24, min=2, max=256,
+                                      description="Bones to aim at (Detail: Bone Count)")
     max_influences: bpy.props.IntProperty(name="Max Influences", default=4, min=1, max=8,
                                           description="Bones per vertex at most (4 like glTF and game engines)")
     refine_motion: bpy.props.BoolProperty(
@@ -59,7 +68,12 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
         """Options sent to the backend (fields of ``backend.rigging.pipeline.RigConfig``); Blender's world is Z up.
         The heatmap stage runs when :attr:`heatmap_data` is on or ``heatmap_wanted`` (the heatmap is shown)."""
         return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
-                "device": self.device or "auto", "up_axis": "z", "heatmap": bool(self.heatmap_data or heatmap_wanted)}
+                "device": self.device or "auto", "up_axis": "z", "heatmap": bool(self.heatmap_data or heatmap_wanted),
+                "detail": str(int(self.bone_count)) if self.detail == "count" else self.detail}
+
+    def refit_options(self) -> dict:
+        """Options of a refit (no networks: no device, detail or heatmap)."""
+        return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion), "up_axis": "z"}
 
 
 def _heatmap_toggle(self, context):

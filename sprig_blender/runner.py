@@ -109,6 +109,10 @@ class SubprocessBackend:
             progress, cancel_event: threading.Event):
         return self.client.rig(verts, faces, options, fps=fps, name=name, on_progress=progress)
 
+    def refit(self, verts: np.ndarray, faces: np.ndarray, skeleton: dict, options: dict, name: str, fps: float,
+              progress, cancel_event: threading.Event):
+        return self.client.refit(verts, faces, skeleton, options, fps=fps, name=name, on_progress=progress)
+
     def cancel(self) -> None:
         self.client.cancel()
 
@@ -148,6 +152,14 @@ class InProcessBackend:
         server, config = self._server_config()
         rig_config = server.Rigger(config).make_config(options)
         return self.rig_module.rig_sequence(seq, rig_config, progress=progress, should_cancel=cancel_event.is_set)
+
+    def refit(self, verts: np.ndarray, faces: np.ndarray, skeleton: dict, options: dict, name: str, fps: float,
+              progress, cancel_event: threading.Event):
+        seq = self.sequence_module.MeshSequence(verts, faces, fps=fps, name=name)
+        server, config = self._server_config()
+        rigger = server.Rigger(config)
+        return rigger.refit(seq, rigger.edited_skeleton(server.parse_skeleton(skeleton)), options, progress,
+                            cancel_event.is_set)
 
     def cancel(self) -> None:
         pass  # the cancel event passed to rig() is read by the pipeline
@@ -228,15 +240,18 @@ def missing_checkpoints(info: dict) -> list[str]:
     return list(check.get("missing", [])) if isinstance(check, dict) else []
 
 
-def setup_problems(info: dict, options: dict) -> list[str]:
+def setup_problems(info: dict, options: dict, needs_models: bool = True) -> list[str]:
     """What keeps the backend described by ``info`` from rigging with ``options`` (empty: ready).
 
     Names the missing checkpoint files (and how to get them), a CUDA device the backend does not have,
-    and a rigging pipeline that cannot be imported.
+    and a rigging pipeline that cannot be imported. A refit (``needs_models=False``) uses no networks: only
+    the pipeline matters.
     """
     problems = []
     if info.get("rigger") is False:
         problems.append(f"the rigging pipeline cannot be loaded: {info.get('rigger_error', 'unknown error')}")
+    if not needs_models:
+        return problems
     missing = missing_checkpoints(info)
     if missing:
         folder = info.get("checkpoint_dir") or "the backend's checkpoint folder"
@@ -273,10 +288,12 @@ class JobEvent:
 
 @dataclass
 class RigJob:
-    """One rig running in a worker thread.
+    """One rig (or, with ``skeleton``, one refit) running in a worker thread.
 
     Attributes:
         verts: float32 ``[K, V, 3]``; faces: int32 ``[F, 3]``; options: rig options for the backend.
+        skeleton: None for a rig; for a refit the edited skeleton ``{"names", "parents", "heads", "tails"}``
+            (see the server's ``refit``).
     """
 
     backend: SubprocessBackend | InProcessBackend
@@ -285,6 +302,7 @@ class RigJob:
     options: dict
     name: str = "sequence"
     fps: float = 24.0
+    skeleton: dict | None = None
     state: str = "pending"  # pending | running | done | error | cancelled
     stage: str = ""
     fraction: float = 0.0
@@ -305,11 +323,15 @@ class RigJob:
 
         try:
             self.backend.start()
-            problems = setup_problems(_remember_info(self.backend), self.options)
+            problems = setup_problems(_remember_info(self.backend), self.options, needs_models=self.skeleton is None)
             if problems:
                 raise BackendSetupError("; ".join(problems))
-            result = self.backend.rig(self.verts, self.faces, self.options, self.name, self.fps, progress,
-                                      self._cancel)
+            if self.skeleton is None:
+                result = self.backend.rig(self.verts, self.faces, self.options, self.name, self.fps, progress,
+                                          self._cancel)
+            else:
+                result = self.backend.refit(self.verts, self.faces, self.skeleton, self.options, self.name, self.fps,
+                                            progress, self._cancel)
             if self._cancel.is_set():
                 self._events.put(JobEvent("cancelled", message="rigging cancelled"))
             else:
