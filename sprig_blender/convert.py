@@ -182,18 +182,22 @@ def frame_blend(frames: np.ndarray, frame: float) -> tuple[int, float]:
 
 # Compact storage of per-frame, per-vertex heat values ``[K, V]`` (saved with the rigged mesh): 8 bits per
 # value on a square-root scale (fine steps near 0, where most values lie), each frame stored as its
-# difference to the previous frame (mod 256; small numbers when values change smoothly in time), deflated.
+# difference to the previous frame (mod 256; small numbers when values change smoothly in time), laid out
+# vertex by vertex (each vertex's differences over time side by side) and LZMA-compressed (xz). Payloads of
+# files saved before (frame by frame, deflated) are still read.
 HEAT_LEVELS = 255
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+HEAT_LZMA_PRESET = 2  # measured on 50k x 200 values: ~2.3x smaller than deflate, about 0.4-1.2 s per mode
 
 
 def encode_heat(values: np.ndarray) -> tuple[bytes, float]:
-    """Quantize and compress ``values float [K, V]`` (>= 0) -> ``(payload, scale)``.
+    """Quantize and compress ``values float [K, V]`` (>= 0) -> ``(payload, scale)`` (see the note above).
 
     ``scale`` is the largest value (1 when all are 0); a value ``v`` is stored as the byte
     ``round(255 * sqrt(v / scale))``, so the decoded value is within ``scale * (2 sqrt(v / scale) / 255
     + 1 / 255**2) / 2`` of ``v``. NaN and negative values are stored as 0.
     """
-    import zlib
+    import lzma
 
     values = np.asarray(values, dtype=np.float32)
     if values.ndim != 2:
@@ -211,7 +215,8 @@ def encode_heat(values: np.ndarray) -> tuple[bytes, float]:
     levels = unit.astype(np.uint8)  # truncating x + 0.5 rounds
     deltas = levels.copy()
     deltas[1:] -= levels[:-1]  # uint8 arithmetic wraps mod 256
-    return zlib.compress(deltas.tobytes(), 3), scale
+    return lzma.compress(np.ascontiguousarray(deltas.T).tobytes(), preset=HEAT_LZMA_PRESET,
+                         check=lzma.CHECK_NONE), scale
 
 
 def decode_heat_levels(payload: bytes, n_frames: int, n_verts: int) -> np.ndarray:
@@ -220,11 +225,15 @@ def decode_heat_levels(payload: bytes, n_frames: int, n_verts: int) -> np.ndarra
     Raises:
         ValueError: the payload does not hold ``K * V`` values.
     """
+    import lzma
     import zlib
 
-    deltas = np.frombuffer(zlib.decompress(payload), dtype=np.uint8)
+    vertex_major = payload[:len(_XZ_MAGIC)] == _XZ_MAGIC
+    deltas = np.frombuffer(lzma.decompress(payload) if vertex_major else zlib.decompress(payload), dtype=np.uint8)
     if deltas.size != n_frames * n_verts:
         raise ValueError(f"heat data holds {deltas.size} values, expected {n_frames} x {n_verts}")
+    if vertex_major:
+        return np.ascontiguousarray(np.cumsum(deltas.reshape(n_verts, n_frames), axis=1, dtype=np.uint8).T)
     return np.cumsum(deltas.reshape(n_frames, n_verts), axis=0, dtype=np.uint8)
 
 

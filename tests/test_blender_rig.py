@@ -584,6 +584,13 @@ def test_encode_heat_round_trip_bound():
     assert convert.decode_heat_levels(convert.encode_heat(np.zeros((2, 3)))[0], 2, 3).max() == 0
     with pytest.raises(ValueError, match="holds 21 values, expected 3 x 5"):
         convert.decode_heat_levels(convert.encode_heat(np.ones((3, 7)))[0], 3, 5)
+    # payloads saved before the vertex-major LZMA layout (frame-major deltas, deflated) still decode
+    levels = convert.decode_heat_levels(payload, 7, 500)
+    deltas = levels.copy()
+    deltas[1:] -= levels[:-1]
+    import zlib
+
+    np.testing.assert_array_equal(convert.decode_heat_levels(zlib.compress(deltas.tobytes()), 7, 500), levels)
 
 
 def test_setup_problems_name_the_fix():
