@@ -13,6 +13,11 @@ folder holds the SPRig or base models), and two frames are rendered:
   a colour bar added to the image afterwards (the viewport legend is an overlay that renders do not draw);
 * the armature over the mesh. Workbench does not render armatures, so each posed bone is drawn as a
   temporary octahedron mesh placed from the pose bone's matrix and length, inside the wireframe mesh.
+
+With ``--refit``, the Generate -> edit -> Refit workflow: one bone is deleted and another moved in Edit Mode
+(drawn in blue), the edited rest pose is rendered (``blender_refit_edited.png``), the Refit operator fits the
+weights and motion again through the subprocess backend, and the refitted rig is rendered at ``--frame``
+(``blender_refit_frame<N>.png``).
 """
 
 from __future__ import annotations
@@ -60,13 +65,16 @@ def frame_camera(scene, points: np.ndarray, margin: float = 1.15):
     return cam
 
 
-def bone_octahedra(armature_obj, color=(1.0, 0.45, 0.05, 1.0)):
-    """A temporary mesh object with one octahedron per posed bone (for renders, which skip armatures)."""
+def bone_octahedra(armature_obj, color=(1.0, 0.45, 0.05, 1.0), only: set[str] | None = None, name: str = "docs_bones"):
+    """A temporary mesh object with one octahedron per posed bone (for renders, which skip armatures); with
+    ``only``, just those bones."""
     import bpy
     from mathutils import Vector
 
     verts, faces = [], []
     for pose_bone in armature_obj.pose.bones:
+        if only is not None and pose_bone.name not in only:
+            continue
         matrix = armature_obj.matrix_world @ pose_bone.matrix  # bone space: Y along the bone
         length = pose_bone.length
         r = 0.1 * length
@@ -78,10 +86,10 @@ def bone_octahedra(armature_obj, color=(1.0, 0.45, 0.05, 1.0)):
             b = (a + 1) % 4
             faces.append((base, base + 1 + a, base + 1 + b))
             faces.append((base + 5, base + 1 + b, base + 1 + a))
-    mesh = bpy.data.meshes.new("docs_bones")
+    mesh = bpy.data.meshes.new(name)
     mesh.from_pydata(verts, [], faces)
     mesh.update()
-    obj = bpy.data.objects.new("docs_bones", mesh)
+    obj = bpy.data.objects.new(name, mesh)
     obj.color = color
     bpy.context.scene.collection.objects.link(obj)
     return obj
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["auto", "INSTABILITY", "RECON"], default="auto", help="heatmap values")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "docs")
     parser.add_argument("--size", type=int, nargs=2, default=(960, 720))
+    parser.add_argument("--refit", action="store_true",
+                        help="render the edit -> Refit workflow instead (see above); implies --no-heatmap")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -166,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     camera = frame_camera(scene, evaluated_world_verts(rigged))
     args.output_dir.mkdir(parents=True, exist_ok=True)
 
+    if args.refit:
+        return render_refit(args, scene, rigged, armature, camera)
+
     # 1. heatmap
     if not args.no_heatmap:
         settings = bpy.context.window_manager.sprig_heatmap
@@ -184,45 +197,102 @@ def main(argv: list[str] | None = None) -> int:
         settings.enabled = False
 
     # 2. armature over the mesh
-    # Two passes composited like the viewport's "In Front": the mesh, then the bones alone on a
-    # transparent film, laid over it.
     # At the anchor frame the bones sit on the rig's joints; later frames pose them with the fitted
     # articulated motion (rotations about the joints, the root's translation).
     frames_to_draw = [scene.frame_start] if args.armature_frame is None else args.armature_frame
     for armature_frame in frames_to_draw:
-        scene.frame_set(armature_frame)
-        if camera is not None:
-            bpy.data.objects.remove(camera, do_unlink=True)
-        world_heads = [tuple(armature.matrix_world @ b.head) for b in armature.pose.bones]
-        camera = frame_camera(scene, np.concatenate([evaluated_world_verts(rigged), np.array(world_heads)]))
-        bones = bone_octahedra(armature)
-        rigged.color = (0.62, 0.66, 0.72, 1.0)
-        shading = scene.display.shading
-        shading.color_type = "OBJECT"
         arm_path = args.output_dir / args.armature_name.format(clip=args.clip, frame=armature_frame)
-        bones_path = args.output_dir / "blender_armature_bones.tmp.png"
-        bones.hide_render = True
-        scene.render.filepath = str(arm_path)
-        bpy.ops.render.render(write_still=True)
-        bones.hide_render, rigged.hide_render = False, True
-        scene.render.film_transparent = True
-        scene.render.image_settings.color_mode = "RGBA"
-        scene.render.filepath = str(bones_path)
-        bpy.ops.render.render(write_still=True)
-        bpy.data.objects.remove(bones, do_unlink=True)
-        from PIL import Image
-
-        mesh_image = Image.open(arm_path).convert("RGBA")
-        bones_image = Image.open(bones_path).convert("RGBA")
-        mesh_image = Image.blend(mesh_image, Image.new("RGBA", mesh_image.size, (235, 235, 235, 255)), 0.35)
-        Image.alpha_composite(mesh_image, bones_image).convert("RGB").save(arm_path)
-        bones_path.unlink()
+        camera = render_armature(args, scene, rigged, armature, camera, armature_frame, arm_path)
         log.info("wrote %s (frame %d, %d bones, stats %s)", arm_path, armature_frame, len(armature.data.bones),
                  {k: stats[k] for k in ("joints", "recon_mean") if k in stats})
-        shading.color_type = "MATERIAL"
-        rigged.hide_render = False
-        scene.render.film_transparent = False
-        scene.render.image_settings.color_mode = "RGB"
+    return 0
+
+
+def render_armature(args, scene, rigged, armature, camera, frame: int, path: Path, highlight: set[str] = frozenset()):
+    """Render the rig's bones over its mesh at ``frame`` into ``path`` (``highlight``: bones drawn in blue).
+
+    Two passes composited like the viewport's "In Front": the mesh, then the bones alone on a transparent film,
+    laid over it. Returns the camera (made anew to frame this pose)."""
+    import bpy
+    from PIL import Image
+    from test_blender_scenes import evaluated_world_verts
+
+    scene.frame_set(frame)
+    if camera is not None:
+        bpy.data.objects.remove(camera, do_unlink=True)
+    world_heads = [tuple(armature.matrix_world @ b.head) for b in armature.pose.bones]
+    camera = frame_camera(scene, np.concatenate([evaluated_world_verts(rigged), np.array(world_heads)]))
+    names = {b.name for b in armature.pose.bones}
+    bones = [bone_octahedra(armature, only=names - set(highlight))]
+    if highlight:
+        bones.append(bone_octahedra(armature, color=(0.1, 0.35, 1.0, 1.0), only=set(highlight),
+                                    name="docs_bones_highlight"))
+    rigged.color = (0.62, 0.66, 0.72, 1.0)
+    shading = scene.display.shading
+    shading.color_type = "OBJECT"
+    bones_path = args.output_dir / "blender_armature_bones.tmp.png"
+    for obj in bones:
+        obj.hide_render = True
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    for obj in bones:
+        obj.hide_render = False
+    rigged.hide_render = True
+    scene.render.film_transparent = True
+    scene.render.image_settings.color_mode = "RGBA"
+    scene.render.filepath = str(bones_path)
+    bpy.ops.render.render(write_still=True)
+    for obj in bones:
+        bpy.data.objects.remove(obj, do_unlink=True)
+    mesh_image = Image.open(path).convert("RGBA")
+    bones_image = Image.open(bones_path).convert("RGBA")
+    mesh_image = Image.blend(mesh_image, Image.new("RGBA", mesh_image.size, (235, 235, 235, 255)), 0.35)
+    Image.alpha_composite(mesh_image, bones_image).convert("RGB").save(path)
+    bones_path.unlink()
+    shading.color_type = "MATERIAL"
+    rigged.hide_render = False
+    scene.render.film_transparent = False
+    scene.render.image_settings.color_mode = "RGB"
+    return camera
+
+
+def render_refit(args, scene, rigged, armature, camera) -> int:
+    """Delete one bone and move another in Edit Mode, render the edit, Refit, render the refitted rig."""
+    import bpy
+    from mathutils import Vector
+
+    from test_blender_scenes import set_backend
+
+    set_backend("SUBPROCESS")  # a refit uses no networks: no checkpoints needed
+    bones = [b for b in armature.data.bones]
+    # a bone inside a chain (it has a parent and children) goes; a leaf bone elsewhere moves sideways
+    deleted = next(b.name for b in bones[len(bones) // 4:] if b.parent is not None and b.children)
+    moved = next(b.name for b in reversed(bones) if b.parent is not None and not b.children
+                 and b.name != deleted and b.parent.name != deleted)
+    anchor = np.array([v.co for v in rigged.data.vertices])
+    diag = float(np.linalg.norm(np.ptp(anchor, axis=0)))
+    bpy.context.view_layer.objects.active = armature
+    bpy.ops.object.mode_set(mode="EDIT")
+    edit = armature.data.edit_bones
+    edit.remove(edit[deleted])
+    edit[moved].use_connect = False
+    shift = Vector((0.0, 0.0, 0.06 * diag))
+    edit[moved].head += shift
+    edit[moved].tail += shift
+    bpy.ops.object.mode_set(mode="OBJECT")
+    before = json.loads(rigged["sprig_stats"])
+    path = args.output_dir / "blender_refit_edited.png"
+    camera = render_armature(args, scene, rigged, armature, camera, scene.frame_start, path, highlight={moved})
+    log.info("wrote %s (deleted %s, moved %s up by 6%% of the diagonal; in blue)", path, deleted, moved)
+    bpy.context.view_layer.objects.active = rigged
+    if bpy.ops.sprig.refit() != {"FINISHED"}:
+        raise SystemExit("refit failed")
+    after = json.loads(rigged["sprig_stats"])
+    path = args.output_dir / f"blender_refit_frame{args.frame}.png"
+    render_armature(args, scene, rigged, armature, camera, args.frame, path, highlight={moved})
+    log.info("wrote %s: %d -> %d bones, recon mean %.3f%% -> %.3f%% of the diagonal, joint separation max %.2g",
+             path, before["joints"], after["joints"], 100 * before["recon_mean"], 100 * after["recon_mean"],
+             after["joint_separation_max"])
     return 0
 
 

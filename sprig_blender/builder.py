@@ -392,6 +392,8 @@ def _rigged_mesh(context, source, anchor_frame: int, anchor: np.ndarray, created
         raise BuildError(f"'{source.name}' has {len(mesh.vertices)} vertices at the anchor frame but the rig has "
                          f"{anchor.shape[0]}")
     mesh.vertices.foreach_set("co", anchor.astype(np.float32).ravel())
+    for name in [a.name for a in mesh.attributes if a.name in _SELECTION_ATTRIBUTES]:
+        mesh.attributes.remove(mesh.attributes[name])  # the original's selection state: not worth saving twice
     mesh.update()
     obj = bpy.data.objects.new(f"{source.name}_rigged", mesh)
     created.objects.append(obj)
@@ -486,5 +488,6 @@ def _keyframes(arm_obj, bone_names, rest, parents, transforms, attached, frames,
     return action
 
 
+_SELECTION_ATTRIBUTES = (".select_vert", ".select_edge", ".select_poly")
 ATTACHED_TOL = 1e-5  # of the anchor box diagonal: a child joint this close to where its parent carries it is attached
 _LINEAR = 1  # enum value of 'LINEAR' in Keyframe.interpolation

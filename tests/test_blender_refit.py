@@ -68,6 +68,7 @@ def test_refit_after_deleting_and_moving_bones(fox_rig):
     from sprig_blender import builder, heatmap, operators
 
     source, built = fox_rig
+    assert not [a.name for a in built.mesh_object.data.attributes if a.name.startswith(".select")]  # not copied
     set_backend("SUBPROCESS")  # no checkpoint folder: a refit does not use the networks
     arm_obj, mesh_obj = built.armature_object, built.mesh_object
     names_before = [b.name for b in arm_obj.data.bones]
