@@ -153,7 +153,7 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
 
     rest = np.array([np.array(arm_data.bones[name].matrix_local, dtype=np.float64) for name in bone_names])
     action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents), transforms, attached, frames,
-                        f"{base}_motion", created)
+                        f"{base}_motion", created, KEY_TOL * max(diag, 1e-12))
 
     kept = _instability_frames(stats, len(frames))  # frame indices, None without the heatmap stage
     instability = None if kept is None else np.asarray(result.skin_instability, dtype=np.float32)[kept]
@@ -260,7 +260,7 @@ def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj:
             pose_bone.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
             pose_bone.scale = (1.0, 1.0, 1.0)
         action = _keyframes(arm_obj, names, rest, parents, transforms, attached, frames, f"{action_name}_refit",
-                            created)
+                            created, KEY_TOL * max(diag, 1e-12))
     except Exception:
         created.remove_all()
         if arm_obj.animation_data is not None:
@@ -447,9 +447,11 @@ def _vertex_groups(mesh_obj, bone_names: list[str], weights: np.ndarray) -> None
 
 
 def _keyframes(arm_obj, bone_names, rest, parents, transforms, attached, frames, action_name,
-               created) -> bpy.types.Action:
-    """Key rotation quaternions per bone at each frame, locations on roots and on bones that are not
-    ``attached`` (whose joint leaves the parent's), scale if the transforms scale."""
+               created, length_tol: float) -> bpy.types.Action:
+    """Key rotation quaternions per bone, locations on roots and on bones that are not ``attached`` (whose joint
+    leaves the parent's), scale if the transforms scale; on each exported frame where the channel carries
+    information (:func:`convert.needed_keys`: keys that linear interpolation reproduces within ``KEY_TOL`` of a
+    quaternion component / scale, ``length_tol`` of a location, are left out)."""
     basis = convert.pose_basis_matrices(rest, parents, transforms)  # [K, J, 4, 4]
     K, J = basis.shape[:2]
     loc = np.zeros((K, J, 3))
@@ -478,16 +480,21 @@ def _keyframes(arm_obj, bone_names, rest, parents, transforms, attached, frames,
             if prop == "location" and attached[j]:
                 continue  # its basis location is zero on every frame
             path = f'pose.bones["{bpy.utils.escape_identifier(name)}"].{prop}'
+            keep = convert.needed_keys(frames_f, values[:, j], length_tol if prop == "location" else KEY_TOL)
+            n_keys = int(keep.sum())
             for axis in range(values.shape[2]):
                 curve = action.fcurve_ensure_for_datablock(arm_obj, path, index=axis, group_name=name)
-                curve.keyframe_points.add(K)
-                co = np.stack([frames_f, values[:, j, axis]], axis=1).ravel()
+                curve.keyframe_points.add(n_keys)
+                co = np.stack([frames_f[keep], values[keep, j, axis]], axis=1).ravel()
                 curve.keyframe_points.foreach_set("co", co)
-                curve.keyframe_points.foreach_set("interpolation", [_LINEAR] * K)
+                curve.keyframe_points.foreach_set("interpolation", [_LINEAR] * n_keys)
                 curve.update()
     return action
 
 
 _SELECTION_ATTRIBUTES = (".select_vert", ".select_edge", ".select_poly")
+# keys that linear interpolation reproduces within this (a quaternion component or scale; locations: this
+# fraction of the anchor box diagonal) are left out: a rotation off by at most ~4e-6 rad, far below the fit's error
+KEY_TOL = 1e-6
 ATTACHED_TOL = 1e-5  # of the anchor box diagonal: a child joint this close to where its parent carries it is attached
 _LINEAR = 1  # enum value of 'LINEAR' in Keyframe.interpolation

@@ -70,6 +70,29 @@ def roll_reference_axes(heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
     return np.where(vertical[:, None], np.array([0.0, -1.0, 0.0]), np.array([0.0, 0.0, 1.0]))
 
 
+def needed_keys(frames: np.ndarray, values: np.ndarray, tol: float) -> np.ndarray:
+    """``bool [K]``: the keys of ``values [K, C]`` at ``frames [K]`` that linear interpolation between the kept
+    ones cannot leave out: every dropped key is reproduced within ``tol`` on each channel (Douglas-Peucker:
+    a stretch keeps its worst key while that key is more than ``tol`` off the line between the stretch's
+    ends). The first and the last key are always kept."""
+    t = np.asarray(frames, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64).reshape(len(t), -1)
+    keep = np.zeros(len(t), dtype=bool)
+    keep[[0, -1]] = True
+    stack = [(0, len(t) - 1)]
+    while stack:
+        a, b = stack.pop()
+        if b - a < 2:
+            continue
+        s = ((t[a + 1:b] - t[a]) / (t[b] - t[a]))[:, None]
+        off = np.abs(v[a + 1:b] - ((1.0 - s) * v[a] + s * v[b])).max(axis=1)
+        m = int(off.argmax())
+        if off[m] > tol:
+            keep[a + 1 + m] = True
+            stack += [(a, a + 1 + m), (a + 1 + m, b)]
+    return keep
+
+
 def pose_basis_matrices(rest: np.ndarray, parents: np.ndarray, transforms: np.ndarray) -> np.ndarray:
     """Pose-bone basis matrices ``float64 [K, J, 4, 4]`` that reproduce the backend's bone transforms.
 
