@@ -4,6 +4,7 @@ edited bones are kept, none separates on any frame and the reported error is the
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -64,12 +65,13 @@ def pose_separation(arm_obj, frames: list[int]) -> float:
     return worst
 
 
-def test_refit_after_deleting_and_moving_bones(fox_rig):
+@pytest.mark.parametrize("mode", ["SUBPROCESS", "IN_PROCESS"])
+def test_refit_after_deleting_and_moving_bones(fox_rig, mode):
     from sprig_blender import builder, heatmap, operators
 
     source, built = fox_rig
     assert not [a.name for a in built.mesh_object.data.attributes if a.name.startswith(".select")]  # not copied
-    set_backend("SUBPROCESS")  # no checkpoint folder: a refit does not use the networks
+    set_backend(mode)  # no checkpoint folder: a refit does not use the networks
     arm_obj, mesh_obj = built.armature_object, built.mesh_object
     names_before = [b.name for b in arm_obj.data.bones]
     deleted, moved = names_before[5], names_before[14]
@@ -143,3 +145,24 @@ def test_refit_errors_leave_the_rig_unchanged(fox_rig):
     # nothing to refit: a mesh that is not a rig
     bpy.context.view_layer.objects.active = source
     assert not bpy.ops.sprig.refit.poll()
+
+
+def test_refit_cancel_leaves_the_rig_unchanged(fox_rig):
+    from sprig_blender import builder, export, preferences, runner
+
+    source, built = fox_rig
+    set_backend("SUBPROCESS")
+    arm_obj, mesh_obj = built.armature_object, built.mesh_object
+    before = (data_counts(), arm_obj.animation_data.action.name, mesh_obj["sprig_stats"])
+    exported = export.export_frames(bpy.context, source, builder.rig_frames(mesh_obj))
+    job = runner.RigJob(runner.get_backend(preferences.backend_settings(bpy.context)), exported.verts,
+                        exported.faces, bpy.context.scene.sprig.refit_options(), name="fox",
+                        skeleton=builder.edited_skeleton(arm_obj))
+    job.start()
+    while job.state == "running" and not job.stage:  # cancel once the backend reports progress
+        job.poll()
+        time.sleep(0.01)
+    job.cancel()
+    job.wait(timeout=120)
+    assert job.state == "cancelled" and job.result is None
+    assert (data_counts(), arm_obj.animation_data.action.name, mesh_obj["sprig_stats"]) == before
