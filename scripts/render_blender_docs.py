@@ -15,7 +15,7 @@ folder holds the SPRig or base models), and two frames are rendered:
   temporary octahedron mesh placed from the pose bone's matrix and length, inside the wireframe mesh.
 
 With ``--refit``, the Generate -> edit -> Refit workflow: one bone is deleted and another moved in Edit Mode
-(drawn in blue), the edited rest pose is rendered (``blender_refit_edited.png``), the Refit operator fits the
+(the longest leaf bone, moved up by 5 % of the model's size, drawn in blue), the edited rest pose is rendered (``blender_refit_edited.png``), the Refit operator fits the
 weights and motion again through the subprocess backend, and the refitted rig is rendered at ``--frame``
 (``blender_refit_frame<N>.png``).
 """
@@ -267,8 +267,8 @@ def render_refit(args, scene, rigged, armature, camera) -> int:
     bones = [b for b in armature.data.bones]
     # a bone inside a chain (it has a parent and children) goes; a leaf bone elsewhere moves sideways
     deleted = next(b.name for b in bones[len(bones) // 4:] if b.parent is not None and b.children)
-    moved = next(b.name for b in reversed(bones) if b.parent is not None and not b.children
-                 and b.name != deleted and b.parent.name != deleted)
+    moved = max((b for b in bones if b.parent is not None and not b.children and b.name != deleted
+                 and b.parent.name != deleted), key=lambda b: b.length).name  # the longest leaf: easy to see
     anchor = np.array([v.co for v in rigged.data.vertices])
     diag = float(np.linalg.norm(np.ptp(anchor, axis=0)))
     bpy.context.view_layer.objects.active = armature
@@ -276,14 +276,14 @@ def render_refit(args, scene, rigged, armature, camera) -> int:
     edit = armature.data.edit_bones
     edit.remove(edit[deleted])
     edit[moved].use_connect = False
-    shift = Vector((0.0, 0.0, 0.06 * diag))
+    shift = Vector((0.0, 0.0, 0.05 * diag))
     edit[moved].head += shift
     edit[moved].tail += shift
     bpy.ops.object.mode_set(mode="OBJECT")
     before = json.loads(rigged["sprig_stats"])
     path = args.output_dir / "blender_refit_edited.png"
     camera = render_armature(args, scene, rigged, armature, camera, scene.frame_start, path, highlight={moved})
-    log.info("wrote %s (deleted %s, moved %s up by 6%% of the diagonal; in blue)", path, deleted, moved)
+    log.info("wrote %s (deleted %s, moved %s up by 5%% of the diagonal; in blue)", path, deleted, moved)
     bpy.context.view_layer.objects.active = rigged
     if bpy.ops.sprig.refit() != {"FINISHED"}:
         raise SystemExit("refit failed")
