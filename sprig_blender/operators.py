@@ -1,5 +1,5 @@
-"""Operators: Rig Sequence (modal; Esc or Cancel stops it), Cancel, Use Animated Range, Show Original, Check
-Backend, heatmap refresh; the Object menu entry."""
+"""Operators: Rig Sequence and Refit (modal; Esc or Cancel stops them), Cancel, Use Animated Range, Show Original,
+Check Backend, heatmap refresh; the Object menu entry."""
 
 from __future__ import annotations
 
