@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_articulated_fit import flat_shaded  # noqa: E402
 from bench_fit_vs_dembones import run_dembones  # noqa: E402
 from bench_rig_scaling import make_sequence  # noqa: E402
-from bench_skeleton import REALDATA, kmeans_control, load_corpus, load_realdata, network_skeleton  # noqa: E402
+from bench_skeleton import REALDATA, load_corpus, load_realdata, network_skeleton  # noqa: E402
 
-from backend.metrics import cd_j2j  # noqa: E402
+from backend.metrics import cd_j2j, kmeans_joints  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.pipeline import RigConfig, get_models, rig_sequence  # noqa: E402
 from backend.sequence import MeshSequence  # noqa: E402
@@ -73,7 +73,7 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     st = result.stats
     row = dict(name=clip["name"], set=clip["set"], joints=len(result.parents), gt_joints=len(clip["parents"]),
                cd=cd_j2j(box.apply(result.joints), gt),
-               kmeans=cd_j2j(kmeans_control(box.apply(verts[0]), len(clip["parents"])), gt),
+               kmeans=cd_j2j(kmeans_joints(box.apply(verts[0]), len(clip["parents"])), gt),
                net=cd_j2j(network_skeleton(models, box.apply(verts), clip["faces"]), gt),
                sep=100 * st["joint_separation_max"], seam=100 * st["seam_gap_max"],
                recon_mean=100 * st["recon_mean"], recon_max=100 * st["recon_max"], seconds=seconds,

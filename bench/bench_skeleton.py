@@ -33,7 +33,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.metrics import cd_j2j  # noqa: E402
+from backend.metrics import cd_j2j, kmeans_joints  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion  # noqa: E402
 
@@ -82,14 +82,6 @@ def load_corpus(corpus: Path, cache: Path, n_clips: int) -> list[dict]:
                 bar.update(1)
             index += 1
     return clips
-
-
-def kmeans_control(anchor: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` k-means centres ``[n, 3]`` of the anchor vertices (seeded k-means++)."""
-    from scipy.cluster.vq import kmeans2
-
-    centres, _ = kmeans2(np.asarray(anchor, dtype=np.float64), n, minit="++", seed=seed)
-    return centres
 
 
 def network_skeleton(models, verts_n: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -172,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         row = dict(name=clip["name"], set=clip["set"], frames=int(len(verts)), verts=int(verts.shape[1]),
                    gt_joints=int(len(gt)), joints=int(len(skel.parents)), cd=cd_j2j(skel.joints, gt),
                    cd_tips=cd_j2j(with_tips, gt), tips=int(len(leaves)),
-                   seconds=seconds, kmeans=cd_j2j(kmeans_control(verts_n[0], len(gt)), gt),
+                   seconds=seconds, kmeans=cd_j2j(kmeans_joints(verts_n[0], len(gt)), gt),
                    parts=int(skel.stats["n_parts"]), moving=int(skel.stats["n_moving_parts"]))
         if models is not None:
             net = network_skeleton(models, verts_n.astype(np.float32), clip["faces"])

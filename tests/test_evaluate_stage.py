@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from backend.app.evaluate import load_eval_input
-from backend.metrics import skeleton_stability, skin_consistency
+from backend.metrics import kmeans_skeleton, skeleton_stability, skin_consistency
 from backend.normalize import AnchorBox
 from training import evaluate as EV
 from training import sprig_skeleton as SK
@@ -84,12 +84,20 @@ def test_stage_end_to_end_and_numbers_match_metric_functions(full_workdir, real_
     gbox = AnchorBox.fit(rec.verts[0])
     gt = skeleton_stability([gbox.apply(rec.joints[k]) for k in range(3)], [rec.parents] * 3).summary()
     assert clip["gt"]["pjdd"] == pytest.approx(gt["pjdd"], rel=1e-5)
+    # the k-means control row: the control skeleton of each frame, with the ground truth's joint count
+    control = [kmeans_skeleton(gbox.apply(rec.verts[k]), len(rec.parents), seed=0) for k in range(3)]
+    direct = skeleton_stability([j for j, _ in control], [p for _, p in control]).summary()
+    assert clip["kmeans"]["pjdd"] == pytest.approx(direct["pjdd"], rel=1e-5)
+    assert clip["kmeans"]["n_joints_anchor"] == len(rec.parents) and clip["kmeans"]["cd_j2j"] > 0
     # summary = mean over clips, and the markdown shows it
     vals = [c["base"]["pjdd"] for c in res["corpus"]["clips"].values() if c["base"]["pjdd"] is not None]
     assert res["corpus"]["summary"]["base"]["pjdd"] == pytest.approx(np.mean(vals))
     md = (out / "evaluation.md").read_text()
     assert EV._f(res["corpus"]["summary"]["base"]["pjdd"]) in md
     assert "frames 0-2" in md and "MCJD" in md and "Table 2" in md and "Table 5" in md
+    assert "k-means control (no learning, GT joint count)" in md
+    if res["corpus"]["summary"]["base"]["cd_j2j"] >= res["corpus"]["summary"]["kmeans"]["cd_j2j"]:
+        assert "Below the no-learning control" in md
 
     # skinning consistency: the SPRig model scored against the base anchor teacher (Eq. 35-37)
     assert clip["base"]["skin_l1"] == pytest.approx(0.0, abs=1e-9) or clip["base"]["skin_l1"] > 0
@@ -143,11 +151,11 @@ def test_missing_checkpoints_are_reported(base_workdir, tmp_path):
     md = (out / "evaluation.md").read_text()
     assert "**MISSING**" in md and "sprig checkpoints unusable" in md
     assert "no real rigs found" in md
-    # no base models at all: ground-truth rows only, with the message
+    # no base models at all: the ground-truth and control rows only, with the message
     bare = tmp_path / "bare"
     shutil.copytree(base_workdir / "corpus", bare / "corpus")
     res = EV.run_stage("smoke", bare, "cpu", out_dir=out, realdata_dir=tmp_path / "none", **FAST)
-    assert len(res["missing"]) == 2 and set(res["corpus"]["summary"]) == {"gt"}
+    assert len(res["missing"]) == 2 and set(res["corpus"]["summary"]) == {"gt", "kmeans"}
     assert "ablations skipped" in " ".join(res["notes"])
     assert "base checkpoints are missing" in (out / "evaluation.md").read_text()
 

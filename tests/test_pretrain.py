@@ -178,11 +178,22 @@ def test_eval_static_stage_writes_results(corpus_workdir, tmp_path):
     ct = results["corpus_test"]
     assert ct["n_frames"] > 0 and 0 <= ct["skin_precision"] <= 1 and ct["cd_j2j"] > 0
     assert 0 <= ct["unconstrained_valid"] <= 1 and ct["valid_tree"] == 1.0
+    # the no-learning control beside the model, same frames, the ground truth's joint count
+    control = ct["kmeans_control"]
+    assert control["n_frames"] == ct["n_frames"] and control["joint_count_err"] == 0 and control["cd_j2j"] > 0
+    table = (workdir / "eval_static" / "results.md").read_text()
+    assert "| corpus test: k-means control (no learning) |" in table
     if fox.is_file():
-        assert results["realdata"]["khronos_fox_run"]["n_frames"] == 1
+        fox_row = results["realdata"]["khronos_fox_run"]
+        assert fox_row["n_frames"] == 1
+        assert fox_row["motion_skeleton"]["n_frames"] == 1 and 0 < fox_row["motion_skeleton"]["cd_j2j"] < 0.2
+        assert results["realdata"]["all"]["kmeans_control"]["n_frames"] == 1
+        assert "skeleton from the clip's motion (no learning)" in table
+    if ct["cd_j2j"] >= control["cd_j2j"]:  # the tiny smoke model loses to the control, and the table says so
+        assert "**corpus test: the model's CD-J2J" in table
     saved = json.loads((workdir / "eval_static" / "results.json").read_text())
     assert saved["corpus_test"]["n_frames"] == ct["n_frames"]
-    assert "| corpus test |" in (workdir / "eval_static" / "results.md").read_text()
+    assert "| corpus test |" in table
 
 
 # ---- warm start from exported checkpoints (no state.pt) ------------------------------------------------

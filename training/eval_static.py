@@ -7,6 +7,12 @@ against the frame's ground truth with CD-J2J / CD-J2B / CD-B2B and the joint-cou
 skinning network predicts weights at every mesh vertex given the ground-truth skeleton, scored with
 Precision / Recall / average L1 (``backend.metrics``).
 
+Beside the model, every set has the no-learning k-means control (``backend.metrics.kmeans_skeleton``:
+the ground truth's joint count at k-means centres of the frame's vertices, joined by their minimum spanning
+tree), scored the same way; the real rigs also get the skeleton built from the clip's own motion
+(``backend.rigging.skeleton_from_motion``, the frame as anchor), which uses no learning either. A model
+row below its controls is printed as such.
+
 Besides the metrics it reports how often decoding needed its constraints: ``unconstrained_valid`` is
 the share of frames where the unconstrained greedy token kept the token grammar and the tree valid at
 every step (the output would have been a valid tree without any masking), ``canonical_free`` where it
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backend.metrics import static_skeleton_quality, static_skinning_quality
+from backend.metrics import kmeans_skeleton, static_skeleton_quality, static_skinning_quality
 from backend.models.inference import RiggerModels, load_models
 from backend.models.tokenizer import TokenizerError
 from backend.skeleton import reorder, topological_order
@@ -108,7 +114,7 @@ def score_frames(models: RiggerModels, frames: list[tuple[FrameSample, np.ndarra
         frames: ``(sample, verts [V, 3], vertex normals [V, 3], gt weights [V, J])`` per frame, all
             normalized like ``sample``.
     """
-    rows = []
+    rows, control = [], []
     for s in tqdm(range(0, len(frames), batch), desc=desc, leave=False):
         chunk = frames[s:s + batch]
         pts = torch.from_numpy(np.stack([f[0].points for f in chunk])).to(models.device)
@@ -128,7 +134,48 @@ def score_frames(models: RiggerModels, frames: list[tuple[FrameSample, np.ndarra
                          "merge_free": stats["merged"][i] == 0, "hit_limit": stats["hit_limit"][i],
                          "skin_precision": sk.precision, "skin_recall": sk.recall, "skin_l1": sk.avg_l1,
                          "gen_seconds": t_gen})
-    return summarize(rows)
+            control.append(_skeleton_row(fs, *kmeans_skeleton(verts, len(fs.parents), seed=0)))
+    out = summarize(rows)
+    out["kmeans_control"] = summarize_skeletons(control)
+    return out
+
+
+def _skeleton_row(fs: FrameSample, joints: np.ndarray, parents: np.ndarray) -> dict:
+    """Static skeleton scores of a no-learning skeleton ``joints [J, 3]`` / ``parents [J]`` on frame ``fs``."""
+    q = static_skeleton_quality(joints, fs.joints, parents, fs.parents)
+    return {"record": fs.record, "frame": fs.frame, "cd_j2j": q.cd_j2j, "cd_j2b": q.cd_j2b, "cd_b2b": q.cd_b2b,
+            "joints_pred": len(parents), "joints_gt": len(fs.parents),
+            "joint_count_err": abs(len(parents) - len(fs.parents))}
+
+
+def summarize_skeletons(rows: list[dict]) -> dict:
+    """Means of the skeleton scores of :func:`_skeleton_row` rows."""
+    if not rows:
+        return {"n_frames": 0}
+    out = {"n_frames": len(rows)}
+    for k in ("cd_j2j", "cd_j2b", "cd_b2b", "joint_count_err"):
+        out[k] = float(np.mean([float(r[k]) for r in rows]))
+    out["joints_pred_mean"] = float(np.mean([r["joints_pred"] for r in rows]))
+    out["joints_gt_mean"] = float(np.mean([r["joints_gt"] for r in rows]))
+    return out
+
+
+def motion_skeleton_scores(path: Path, frames: list) -> dict:
+    """The skeleton from the clip's own motion (no learning), with each evaluated frame as the anchor,
+    normalized by that frame's box like the frame itself, scored against the frame's ground truth."""
+    from backend.io.npz import load_npz
+    from backend.normalize import AnchorBox
+    from backend.rigging.skeleton_from_motion import skeleton_from_motion
+
+    seq = load_npz(path)
+    rows = []
+    for fs, *_ in frames:
+        k = int(fs.frame)
+        order = np.r_[k, np.delete(np.arange(seq.n_frames), k)]
+        verts = AnchorBox.fit(seq.verts[k]).apply(seq.verts[order])
+        found = skeleton_from_motion(verts, seq.faces)
+        rows.append(_skeleton_row(fs, found.joints, found.parents))
+    return summarize_skeletons(rows)
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -217,9 +264,12 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", checkpoint_dir: 
         frames = real_frames(path, cfg, tokenizer)
         if frames:
             real[path.stem] = score_frames(models, frames, cfg.batch, path.stem)
+            real[path.stem]["motion_skeleton"] = motion_skeleton_scores(path, frames)
     if real:
         all_rows = [r for v in real.values() for r in v["frames"]]
         results["realdata"] = {"all": summarize(all_rows), **real}
+        for control in ("kmeans_control", "motion_skeleton"):
+            results["realdata"]["all"][control] = _pooled(real.values(), control)
     else:
         log.warning("no real rigs found in %s; realdata part skipped", realdata_dir)
     out = workdir / "eval_static"
@@ -230,6 +280,22 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", checkpoint_dir: 
     return results
 
 
+def _pooled(sets, key: str) -> dict:
+    """Frame-weighted means of the ``key`` sub-summaries of several sets."""
+    parts = [v[key] for v in sets if v.get(key, {}).get("n_frames")]
+    n = sum(p["n_frames"] for p in parts)
+    if not n:
+        return {"n_frames": 0}
+    out = {"n_frames": n}
+    for k in ("cd_j2j", "cd_j2b", "cd_b2b", "joint_count_err", "joints_pred_mean", "joints_gt_mean"):
+        out[k] = float(sum(p[k] * p["n_frames"] for p in parts) / n)
+    return out
+
+
+CONTROL_LABELS = {"kmeans_control": "k-means control (no learning)",
+                  "motion_skeleton": "skeleton from the clip's motion (no learning)"}
+
+
 def markdown_table(results: dict) -> str:
     cols = ["n_frames", "cd_j2j", "cd_j2b", "cd_b2b", "joint_count_err", "joints_pred_mean", "joints_gt_mean",
             "unconstrained_valid", "canonical_free", "merge_free", "skin_precision", "skin_recall", "skin_l1", "gen_seconds"]
@@ -238,6 +304,15 @@ def markdown_table(results: dict) -> str:
     sets += [(f"real: {k}", v) for k, v in results.get("realdata", {}).items()]
     for name, r in sets:
         lines.append(f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+        for key, label in CONTROL_LABELS.items():
+            if key in r:
+                lines.append(f"| {name}: {label} | " + " | ".join(_fmt(r[key].get(c)) for c in cols) + " |")
+    lines.append("")
+    for name, r in sets:
+        beaten = [CONTROL_LABELS[k] for k in CONTROL_LABELS
+                  if k in r and r[k].get("n_frames") and r.get("cd_j2j") is not None and r[k]["cd_j2j"] <= r["cd_j2j"]]
+        if beaten:
+            lines.append(f"**{name}: the model's CD-J2J ({r['cd_j2j']:.4f}) does not beat: {'; '.join(beaten)}.**")
     lines.append("")
     lines.append("acceptance: " + ", ".join(f"{k} {'<=' if k.startswith('cd') or k == 'skin_l1' else '>='} {v}"
                                            for k, v in ACCEPTANCE.items()))

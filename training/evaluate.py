@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from backend.app.evaluate import EvalConfig as ScoreConfig
 from backend.app.evaluate import EvalInput, evaluate, save_eval_input
+from backend.metrics.controls import kmeans_skeleton
 from backend.metrics.skinning import masked_renormalize, skin_consistency, static_skinning_quality, topk_mask
 from backend.models.checkpoint import CheckpointError, load_model, read_checkpoint
 from backend.models.inference import CHECKPOINT_NAMES, RiggerModels, resolve_device
@@ -363,6 +364,9 @@ def evaluate_set(clips: list[EvalClip], models: dict[str, RiggerModels], cfg: Ev
                      "n_joints_gt": int(len(clip.gt_parents))}
         gt_skel = [(clip.gt_joints[k], clip.gt_parents) for k in range(clip.n_frames)]
         row["gt"] = score_skeletons(skeleton_input(clip, gt_skel, "gt"), cfg)
+        # the no-learning control, frame by frame like the base model, told the ground truth's joint count
+        control = [kmeans_skeleton(clip.verts[k], len(clip.gt_parents), seed=0) for k in range(clip.n_frames)]
+        row["kmeans"] = score_skeletons(skeleton_input(clip, control, "kmeans"), cfg)
         skeletons = {}
         for tag, m in models.items():
             skeletons[tag] = predict_skeletons(m, clip, cfg.max_joints)
@@ -386,7 +390,7 @@ def evaluate_set(clips: list[EvalClip], models: dict[str, RiggerModels], cfg: Ev
     keys = SKELETON_KEYS + ("n_joints_mean", "skin_l1", "skin_symkl", "skin_entropy", "skin_l1_clip",
                             "skin_symkl_clip", "skin_entropy_clip", "skin_precision", "skin_recall", "skin_avg_l1")
     summary = {tag: mean_over([r[tag] for r in per_clip.values() if tag in r], keys)
-               for tag in ("gt", *models)}
+               for tag in ("gt", "kmeans", *models)}
     return {"clips": per_clip, "summary": summary, "heatmap": heat}
 
 
@@ -576,7 +580,8 @@ def acceptance(summary: dict) -> dict:
             "skin_avg_l1_change_pct": _pct_change(b["skin_avg_l1"], s["skin_avg_l1"])}
 
 
-ROW_LABELS = {"gt": "ground-truth skeleton's own motion", "base": "base (frame by frame)", "sprig": "SPRig"}
+ROW_LABELS = {"gt": "ground-truth skeleton's own motion", "kmeans": "k-means control (no learning, GT joint count)",
+              "base": "base (frame by frame)", "sprig": "SPRig"}
 REF_LABELS = {"base": "base (reference)", "sprig": "SPRig, stage checkpoint (reference)"}
 
 
@@ -584,7 +589,7 @@ def set_section(title: str, res: dict, cfg: EvaluationConfig) -> list[str]:
     """Markdown of Tables 1, 3, 4 for one data set."""
     summ = res["summary"]
     n = summ["gt"]["n"]
-    tags = [t for t in ("gt", "base", "sprig") if t in summ]
+    tags = [t for t in ("gt", "kmeans", "base", "sprig") if t in summ]
     p = cfg.protocol_frames
     lines = [f"## {title}", "", f"{n} clips: " + ", ".join(f"`{k}` ({v['n_frames']} frames, {v['n_verts']} verts, "
                                                           f"{v['n_joints_gt']} GT joints)"
@@ -605,8 +610,14 @@ def set_section(title: str, res: dict, cfg: EvaluationConfig) -> list[str]:
     if not model_tags:
         return lines + ["", "No model rows: the base checkpoints are missing (see the header).", ""]
     lines += ["", "### Table 1 (bottom) -- static skeleton quality of the anchor frame vs ground truth", ""]
+    static_tags = [t for t in ("kmeans", *model_tags) if t in summ]
     lines += _table(["model", "CD-J2J", "CD-J2B", "CD-B2B"],
-                    [[ROW_LABELS[t], summ[t]["cd_j2j"], summ[t]["cd_j2b"], summ[t]["cd_b2b"]] for t in model_tags])
+                    [[ROW_LABELS[t], summ[t]["cd_j2j"], summ[t]["cd_j2b"], summ[t]["cd_b2b"]] for t in static_tags])
+    control = summ.get("kmeans", {}).get("cd_j2j")
+    losing = [ROW_LABELS[t] for t in model_tags
+              if control is not None and summ[t]["cd_j2j"] is not None and summ[t]["cd_j2j"] >= control]
+    if losing:
+        lines += ["", f"**Below the no-learning control (anchor CD-J2J {control:.4f}): {'; '.join(losing)}.**"]
     skel_src = sorted({v.get("skin_skeleton", "-") for v in res["clips"].values()})
     lines += ["", f"### Table 3/7 -- skinning temporal consistency (Eq. 35-37), teacher = base skinning network on the "
               f"anchor vertices; skeleton: {', '.join(skel_src)}; Top-{cfg.top_k} mask, gamma {cfg.gamma}", ""]

@@ -7,9 +7,11 @@
   (Eq. 35-37), ``Cons_j`` / ``Delta_j`` (Eq. 38-39), static Precision / Recall / L1.
 - ``drift``: motion-compensated joint drift (MCJD), a whole-clip stability measure.
 - ``articulation``: joint separation (do a rig's bones stay attached at their joints on every frame).
+- ``controls``: the no-learning k-means control skeleton every evaluation prints beside the models.
 """
 
 from .articulation import joint_separation
+from .controls import kmeans_joints, kmeans_skeleton
 from .alignment import JointMatching, correspond, kabsch, match_joints, procrustes_align
 from .drift import DriftResult, carry_joints, motion_compensated_joint_drift
 from .skeleton_stability import (
