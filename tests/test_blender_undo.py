@@ -122,7 +122,9 @@ def heat_values(mesh_name: str, frames: list[int]) -> dict:
             for mode in ("RECON", "INSTABILITY") if heatmap.has_mode(mesh_obj, mode) for f in frames}
 
 
-def test_rig_sequence_and_refit_are_each_one_undo_step(scene, checkpoints):
+@pytest.mark.parametrize("refit_from", ["EDIT", "OBJECT"])
+def test_rig_sequence_and_refit_are_each_one_undo_step(scene, checkpoints, refit_from):
+    """Refit from Edit Mode (it writes the edits back itself) or after leaving it (Tab: an Object Mode step)."""
     set_backend("IN_PROCESS", checkpoints=checkpoints)
     verts, faces, _ = realdata_sequence("khronos_fox_run", N_FRAMES)
     source = shape_key_object("fox", verts, faces)
@@ -159,12 +161,15 @@ def test_rig_sequence_and_refit_are_each_one_undo_step(scene, checkpoints):
     moved.use_connect = False
     moved.head.x += 0.05
     moved.tail.x += 0.05
-    moved_name = moved.name
     bpy.ops.ed.undo_push(message="edit bones")
+    if refit_from == "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+        bpy.ops.ed.undo_push(message="Toggle Edit Mode")
     frames = list(range(1, N_FRAMES + 1))
     before_refit = rig_state("fox_rigged", "fox_rig")
     heat_before = heat_values("fox_rigged", frames)
-    assert before_refit["mode"] == "EDIT_ARMATURE" and deleted not in before_refit["bones"]
+    assert before_refit["mode"] == {"EDIT": "EDIT_ARMATURE", "OBJECT": "OBJECT"}[refit_from]
+    assert deleted not in before_refit["bones"]
     assert ("INSTABILITY", 1) in heat_before  # the Rig Sequence rig has both heat modes
 
     with window_context():
@@ -177,7 +182,8 @@ def test_rig_sequence_and_refit_are_each_one_undo_step(scene, checkpoints):
     heat_refitted = heat_values("fox_rigged", frames)  # the refit's values are decoded (and cached) now
     assert heat_refitted != heat_before and ("INSTABILITY", 1) not in heat_refitted
 
-    # one undo: back in Edit Mode with the bones as edited, the old weights, Action, stats and heat data
+    # one undo: back in the mode the refit started from, with the bones as edited, the old weights, Action,
+    # stats and heat data
     undo()
     assert rig_state("fox_rigged", "fox_rig") == before_refit
     assert heat_values("fox_rigged", frames) == heat_before  # not the refit's values still held in the cache
@@ -189,4 +195,3 @@ def test_rig_sequence_and_refit_are_each_one_undo_step(scene, checkpoints):
     mesh_obj.data.attributes[heatmap.VALUE_ATTRIBUTE].data.foreach_get("value", shown)
     mode = bpy.context.window_manager.sprig_heatmap.mode
     np.testing.assert_allclose(shown, heatmap.heat_data(mesh_obj.data, mode).values_at(3), rtol=1e-6)
-    assert bpy.data.objects["fox_rig"].data.edit_bones[moved_name].head.x == before_refit["bones"][moved_name][0][0]
