@@ -44,7 +44,8 @@ def scene():
 
 
 def window_context():
-    """The context of the wheel's one window (no area: an operator's redo panel needs a drawable area)."""
+    """The context of the wheel's one window. No area: with a 3D view in the context, the undo push after an
+    operator with ``REGISTER`` and ``UNDO`` (ours, and ``object.mode_set`` alike) crashes the bpy module."""
     return bpy.context.temp_override(window=bpy.context.window_manager.windows[0])
 
 
