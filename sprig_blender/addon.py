@@ -21,6 +21,21 @@ def on_load_pre(*_args) -> None:
     heatmap.clear_cache()
 
 
+@persistent
+def on_undo_redo(*_args) -> None:
+    """After an undo or redo: forget the decoded heat values (keyed by mesh name, they may be those of the step
+    just undone, e.g. a refit's) and recolour the rigged meshes from the values the file holds now."""
+    heatmap.clear_cache()
+    wm = getattr(bpy.context, "window_manager", None)
+    settings = getattr(wm, "sprig_heatmap", None) if wm is not None else None
+    scene = getattr(bpy.context, "scene", None)
+    if settings is not None and settings.enabled and scene is not None:
+        heatmap.on_frame_change(scene)
+
+
+UNDO_HANDLERS = (bpy.app.handlers.undo_post, bpy.app.handlers.redo_post)
+
+
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
@@ -28,6 +43,9 @@ def register() -> None:
     bpy.types.VIEW3D_MT_object.append(operators.object_menu_entry)
     if on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(on_load_pre)
+    for handlers in UNDO_HANDLERS:
+        if on_undo_redo not in handlers:
+            handlers.append(on_undo_redo)
 
 
 def unregister() -> None:
@@ -37,6 +55,9 @@ def unregister() -> None:
     runner.discard_backend()
     while on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(on_load_pre)
+    for handlers in UNDO_HANDLERS:
+        while on_undo_redo in handlers:
+            handlers.remove(on_undo_redo)
     bpy.types.VIEW3D_MT_object.remove(operators.object_menu_entry)
     properties.unregister_properties()
     for cls in reversed(CLASSES):
