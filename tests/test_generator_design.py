@@ -193,3 +193,64 @@ def test_configs_saved_before_the_design_switch_still_match():
     assert config_differences(saved, current, defaults=defaults) == []
     local = json.loads(json.dumps(get_preset("smoke", design="local").to_dict()))
     assert config_differences(saved, local, defaults=defaults) == ["skeleton.design: '<absent>' -> 'local'"]
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory, tiny_corpus_config):
+    from training.data.generate import generate_corpus
+
+    root = tmp_path_factory.mktemp("compare") / "corpus"
+    generate_corpus(root, tiny_corpus_config(6, val_fraction=0.3, test_fraction=0.0), progress=False)
+    return root
+
+
+def test_compare_designs_trains_each_for_the_budget_resumes_and_plots(tiny_corpus, tmp_path):
+    from training import compare_designs as CD
+
+    fig = tmp_path / "cmp.png"
+    kw = dict(preset="smoke", val_minutes=0.02, save_minutes=0.01, n_val_frames=2, n_val_generate=1, threads=1)
+    records = CD.run(tiny_corpus, tmp_path / "w", ["perceiver", "local"], minutes=0.04, figure=fig, **kw)
+    for design, recs in records.items():
+        assert recs[0]["train_s"] == 0 and recs[-1]["train_s"] >= 0.04 * 60 and len(recs) >= 3, design
+        assert all(math.isfinite(r["val_cd_j2j"]) and 0 <= r["val_coord_acc"] <= 1 for r in recs)
+        assert [r["step"] for r in recs] == sorted(r["step"] for r in recs) and recs[-1]["step"] > 0
+        _, info = load_model(tmp_path / "w" / design / "skeleton_base.safetensors")
+        assert info.config["design"] == design and info.provenance["step"] == recs[-1]["step"]
+    assert "val_proposal_count_err" in records["local"][-1]
+    assert not any(k.startswith("val_proposal") for k in records["perceiver"][-1])
+    assert fig.stat().st_size > 10_000
+    summary = json.loads((tmp_path / "w" / "comparison.json").read_text())
+    assert summary["records"] == json.loads(json.dumps(records))
+    # finished designs are not trained again; another budget in the same folder is refused
+    again = CD.run(tiny_corpus, tmp_path / "w", ["perceiver", "local"], minutes=0.04, figure=None, **kw)
+    assert again == records
+    with pytest.raises(RuntimeError, match="use another --workdir"):
+        CD.run(tiny_corpus, tmp_path / "w", ["local"], minutes=0.08, figure=None, **kw)
+    with pytest.raises(ValueError, match="unknown designs"):
+        CD.run(tiny_corpus, tmp_path / "w", ["transformer"], minutes=0.04)
+
+
+def test_compare_designs_resumes_an_interrupted_design(tiny_corpus, tmp_path):
+    from training import compare_designs as CD
+
+    kw = dict(preset="smoke", val_minutes=1.0, save_minutes=0.005, n_val_frames=2, n_val_generate=1, threads=1)
+    calls = {"n": 0}
+    real = CD.skeleton_batch_loss
+
+    def killed_after_some_steps(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    CD.skeleton_batch_loss = killed_after_some_steps
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            CD.run(tiny_corpus, tmp_path / "w", ["local"], minutes=0.05, figure=None, **kw)
+    finally:
+        CD.skeleton_batch_loss = real
+    state = torch.load(tmp_path / "w" / "local" / "state.pt", weights_only=True)
+    assert 0 < state["step"] <= 2 and 0 < state["trained_s"] < 0.05 * 60
+    recs = CD.run(tiny_corpus, tmp_path / "w", ["local"], minutes=0.05, figure=None, **kw)["local"]
+    assert recs[-1]["step"] > state["step"] and recs[-1]["train_s"] >= 0.05 * 60
+    assert recs[0]["train_s"] == 0 and len([r for r in recs if r["train_s"] == 0]) == 1  # no second start

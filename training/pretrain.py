@@ -366,8 +366,8 @@ def validate_skeleton(skel: SkeletonGenerator, frames: list[FrameSample], tokeni
     """Generator validation on fixed frames.
 
     Teacher-forced: ``val_skeleton_ce``, ``val_token_acc`` (all targets), ``val_coord_acc`` (coordinate
-    bins only); ``local`` design: ``val_proposal_cd_j2j`` (joint proposals vs ground truth) and
-    ``val_proposal_count_err``. Greedy decodes of the first ``n_generate`` frames: ``val_cd_j2j``,
+    bins only); ``local`` design: ``val_proposal_count_err`` (joint proposals vs ground-truth joints)
+    and ``val_proposal_cd_j2j`` (over the frames with at least one proposal; absent if none has). Greedy decodes of the first ``n_generate`` frames: ``val_cd_j2j``,
     ``val_cd_b2b``, ``val_joint_count_err``.
     """
     skel.eval()
@@ -394,8 +394,9 @@ def validate_skeleton(skel: SkeletonGenerator, frames: list[FrameSample], tokeni
     out = {"val_skeleton_ce": float(np.mean(ce)), "val_token_acc": float(np.mean(acc)),
            "val_coord_acc": float(np.mean(coord_acc))}
     if prop_err:
-        out.update({"val_proposal_cd_j2j": float(np.mean(prop_cd)) if prop_cd else float("nan"),
-                    "val_proposal_count_err": float(np.mean(prop_err))})
+        out["val_proposal_count_err"] = float(np.mean(prop_err))
+    if prop_cd:  # over the frames that have proposals
+        out["val_proposal_cd_j2j"] = float(np.mean(prop_cd))
     gen_frames = frames[:n_generate]
     if gen_frames:
         pts = torch.from_numpy(np.stack([f.points for f in gen_frames])).to(device)
