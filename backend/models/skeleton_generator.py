@@ -61,8 +61,12 @@ class SkeletonGeneratorConfig:
         design: point encoder, ``perceiver`` (latent bottleneck) or ``local`` (per-point features,
             dense joint votes, proposal prior on the coordinate tokens).
         knn: ``local``: neighbours per point in the edge convolutions.
+        d_edge: ``local``: channels of the edge convolutions' neighbour max-pool.
         n_edge_layers: ``local``: edge-convolution layers.
         n_point_attn_layers: ``local``: full self-attention blocks over the points after them.
+        n_memory_points: ``local``: the decoder cross-attends to the features of the first this many
+            points (the samples are in random order, so a random subset; every point's features
+            already pool its neighbours); 0: all points. All points vote for joints.
         prior_sigma: ``local``: initial width of the proposal kernels of the coordinate prior.
         cover_sigma: ``local``: width of the kernel that marks a proposal as used by an earlier joint.
         proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass: ``local``: the
@@ -81,14 +85,16 @@ class SkeletonGeneratorConfig:
     dropout: float = 0.0
     design: str = "perceiver"
     knn: int = 16
+    d_edge: int = 64
     n_edge_layers: int = 3
     n_point_attn_layers: int = 0
-    prior_sigma: float = 0.012
-    cover_sigma: float = 0.02
-    proposal_bandwidth: float = 0.02
-    proposal_radius: float = 0.035
+    n_memory_points: int = 128
+    prior_sigma: float = 0.01
+    cover_sigma: float = 0.015
+    proposal_bandwidth: float = 0.01
+    proposal_radius: float = 0.02
     proposal_weight_scale: float = 0.1
-    proposal_min_mass: float = 2.0
+    proposal_min_mass: float = 1.0
 
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
@@ -150,7 +156,7 @@ class SkeletonGenerator(nn.Module):
         d = cfg.d_model
         if cfg.design == "local":
             self.encoder = LocalPointEncoder(d, cfg.n_heads, cfg.n_edge_layers, cfg.n_point_attn_layers, cfg.knn,
-                                             cfg.n_freq, cfg.mlp_ratio, cfg.dropout)
+                                             cfg.n_freq, cfg.mlp_ratio, cfg.dropout, cfg.d_edge)
         else:
             self.encoder = PerceiverEncoder(d, cfg.n_heads, cfg.n_latents, cfg.n_enc_layers, cfg.n_freq,
                                             cfg.mlp_ratio, cfg.dropout)
@@ -184,12 +190,13 @@ class SkeletonGenerator(nn.Module):
             return self.encoder(torch.cat([points, normals], dim=-1))
         features, offsets, distances = self.encoder(torch.cat([points, normals], dim=-1))
         proposals, weight = joint_proposals(points, offsets.detach(), distances.detach(), self.cfg.proposals)
-        return PointContext(features, offsets, distances, proposals, weight)
+        n_memory = self.cfg.n_memory_points or features.shape[1]
+        return PointContext(features, offsets, distances, proposals, weight, features[:, :n_memory])
 
     @staticmethod
     def memory(context: torch.Tensor | PointContext) -> torch.Tensor:
         """The cross-attention memory ``[B, M, d]`` of an :meth:`encode_points` result."""
-        return context.features if isinstance(context, PointContext) else context
+        return context.memory if isinstance(context, PointContext) else context
 
     def add_prior(self, logits: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | PointContext,
                   start: int = 0) -> torch.Tensor:
