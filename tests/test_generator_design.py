@@ -254,3 +254,35 @@ def test_compare_designs_resumes_an_interrupted_design(tiny_corpus, tmp_path):
     recs = CD.run(tiny_corpus, tmp_path / "w", ["local"], minutes=0.05, figure=None, **kw)["local"]
     assert recs[-1]["step"] > state["step"] and recs[-1]["train_s"] >= 0.05 * 60
     assert recs[0]["train_s"] == 0 and len([r for r in recs if r["train_s"] == 0]) == 1  # no second start
+
+
+def test_sprig_skeleton_stage_fine_tunes_a_local_base(tiny_corpus, tmp_path):
+    """The SPRig skeleton stage (pseudo-labels, Eq. 2/8/9 and Eq. 3, frozen encoder) runs on a ``local`` base."""
+    from backend.models.skinning_network import SkinningNetwork
+    from backend.models.checkpoint import read_checkpoint
+    from training import sprig_skeleton as SK
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "corpus").symlink_to(tiny_corpus)
+    P = get_preset("smoke", design="local")
+    torch.manual_seed(0)
+    prov = {"preset_config": P.to_dict(), "step": 0, "total_steps": 0}
+    save_model(SkeletonGenerator(P.skeleton), run / "checkpoints/skeleton_base.safetensors", "pretrain", prov)
+    save_model(SkinningNetwork(P.skinning), run / "checkpoints/skinning_base.safetensors", "pretrain", prov)
+    done = SK.run_stage("smoke", run, "cpu", steps=2, max_train_clips=2, n_val_clips=1, val_every=2, ckpt_every=1,
+                        max_joints=6, n_points=64)
+    assert done["complete"]
+    model, info = load_model(done["checkpoint"], expected="skeleton_generator")
+    assert info.config["design"] == "local"
+    base, _ = read_checkpoint(run / "checkpoints/skeleton_base.safetensors")
+    tuned = model.state_dict()
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))  # votes frozen too
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("blocks."))
+
+
+def test_coordinate_prior_without_proposals_is_uniform_and_neutral_for_eos():
+    tokens = torch.tensor([[35, 3, 4, 5, 32, 36]])  # n_disc 32, max_joints 2: BOS, x y z, root label, EOS
+    lp, unc = coordinate_prior(tokens, torch.zeros(1, 2, 3), torch.zeros(1, 2), 32, torch.zeros(3), 0.02)
+    assert torch.allclose(lp[0, :3], torch.full((3, 32), -math.log(32)))
+    assert torch.all(unc == 1.0)

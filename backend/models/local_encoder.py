@@ -205,7 +205,8 @@ def coordinate_prior(tokens: torch.Tensor, proposals: torch.Tensor, proposal_wei
     Returns:
         ``log_prior float32 [B, L', n_disc]`` (normalized over the bins; zeros at parent positions) and
         ``uncovered float32 [B, L']``: the fraction of the proposal weight not yet covered (at joint
-        starts; 1 elsewhere), for the ``L' = L - first_position`` returned positions.
+        starts; 1 elsewhere and in frames without proposals), for the ``L' = L - first_position``
+        returned positions.
     """
     B, L = tokens.shape
     device = tokens.device
@@ -241,7 +242,8 @@ def coordinate_prior(tokens: torch.Tensor, proposals: torch.Tensor, proposal_wei
     log_prior = (prob / prob.sum(-1, keepdim=True)).log()
     Jn = J - j0
     log_prior = torch.cat([log_prior, log_prior.new_zeros(B, Jn, 1, n_disc)], dim=2).view(B, 4 * Jn, n_disc)
-    uncovered = mass[:, j0:].sum(-1) / wq.sum(-1, keepdim=True).clamp_min(1e-6)  # [B, Jn]
+    total_w = wq.sum(-1, keepdim=True)
+    uncovered = torch.where(total_w > 0, mass[:, j0:].sum(-1) / total_w.clamp_min(1e-6), 1.0)  # [B, Jn]
     uncovered = F.pad(uncovered[..., None], (0, 3), value=1.0).view(B, 4 * Jn)
     cut = slice(first_position - 4 * j0, L - 4 * j0)
     return log_prior[:, cut], uncovered[:, cut]
