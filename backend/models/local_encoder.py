@@ -203,7 +203,8 @@ def coordinate_prior(tokens: torch.Tensor, proposals: torch.Tensor, proposal_wei
         floor: uniform mass mixed in (so no bin has zero prior).
         first_position: only positions ``first_position .. L - 1`` are returned (incremental decoding).
     Returns:
-        ``log_prior float32 [B, L', n_disc]`` (normalized over the bins; zeros at parent positions) and
+        ``log_prior float32 [B, L', n_disc]``: ``log(n_disc * prior)``, the log-ratio of the normalized
+        prior to the uniform one (0 everywhere without proposals, and at parent positions), and
         ``uncovered float32 [B, L']``: the fraction of the proposal weight not yet covered (at joint
         starts; 1 elsewhere and in frames without proposals), for the ``L' = L - first_position``
         returned positions.
@@ -239,7 +240,7 @@ def coordinate_prior(tokens: torch.Tensor, proposals: torch.Tensor, proposal_wei
     density = torch.einsum("bjsp,bsnp->bjsn", slot_mass, bins_k)  # [B, J, 3, n_disc]
     total = density.sum(-1, keepdim=True)
     prob = (density + floor * total.clamp_min(1e-6) / n_disc + 1e-12)
-    log_prior = (prob / prob.sum(-1, keepdim=True)).log()
+    log_prior = (prob * n_disc / prob.sum(-1, keepdim=True)).log()  # relative to uniform: no information -> 0
     Jn = J - j0
     log_prior = torch.cat([log_prior, log_prior.new_zeros(B, Jn, 1, n_disc)], dim=2).view(B, 4 * Jn, n_disc)
     total_w = wq.sum(-1, keepdim=True)

@@ -204,7 +204,7 @@ class SkeletonGenerator(nn.Module):
 
         ``tokens [B, start + L']`` is the whole stream so far (the prior of a coordinate depends on the
         joint's earlier coordinates and on the earlier joints). Bin logits of coordinate slot ``s`` gain
-        ``prior_scale[s] * log prior``; the EOS logit at joint starts gains
+        ``prior_scale[s] * log(n_disc * prior)`` (0 for a uniform prior); the EOS logit at joint starts gains
         ``eos_scale * -log(uncovered + EOS_PRIOR_EPS)``. Other designs: ``logits`` unchanged.
         """
         if not isinstance(context, PointContext):
