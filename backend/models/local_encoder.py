@@ -48,10 +48,6 @@ class PointContext:
     proposal_weight: torch.Tensor
     memory: torch.Tensor
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.features.dtype
-
 
 def knn_indices(xyz: torch.Tensor, k: int) -> torch.Tensor:
     """Indices int64 ``[B, N, k]`` of the ``k`` nearest points (the point itself included) of ``xyz [B, N, 3]``."""
