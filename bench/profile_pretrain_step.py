@@ -8,7 +8,8 @@ as the pretraining draws them and prints the mean seconds of: data preparation (
 sampling and collating a batch), the skeleton generator's encoder forward, decoder forward (with the
 ``local`` design's proposal prior), loss, backward split at the encoder output (decoder part, then
 encoder part), gradient clipping + AdamW, and the skinning network's forward / backward / step. Then
-the same forward passes under bf16 autocast on the CPU, and whether the CPU has bf16 instructions.
+the same steps with the forward passes under bf16 autocast on the CPU (one thread), and which bf16 /
+AMX instruction-set flags the CPU reports.
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@
     python training/run.py --stage pretrain --preset default
     torchrun --nproc_per_node 4 training/run.py --stage pretrain --preset large     # multi-GPU
     python -m training.pretrain --preset smoke --workdir runs/smoke --steps 10       # with overrides
+    python -m training.pretrain --preset default --design local --workdir runs/local  # other generator design
 
 Every training sample is one random frame of a corpus creature: the frame is rotated about the up
 axis (Y), normalized by its own bounding box (the paper's anchor normalization with that frame as
 the anchor), scaled/shifted a little, and sampled (points + normals). The skeleton generator learns
-the frame's ground-truth joints with teacher-forced cross-entropy (Eq. 1); the skinning network
+the frame's ground-truth joints with teacher-forced cross-entropy (Eq. 1) -- the ``local`` design
+(``docs/generator_design.md``) also its per-point joint votes (:func:`skeleton_batch_loss`); the skinning network
 learns the ground-truth weights given the ground-truth skeleton with a KL loss (Eq. 4).
 
 Outputs under ``workdir``: ``pretrain/state.pt`` (resumable state, written atomically),
