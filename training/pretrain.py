@@ -680,6 +680,9 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         if state.get("preset") != P.name:
             raise RuntimeError(f"{state_path} belongs to preset {state.get('preset')!r}, not {P.name!r}; "
                                "use another workdir or delete it")
+        if state.get("design", "perceiver") != P.skeleton.design:  # states from before the switch: perceiver
+            raise RuntimeError(f"{state_path} holds a {state.get('design', 'perceiver')!r} skeleton generator, not "
+                               f"{P.skeleton.design!r}; use another workdir or delete it")
         skel.load_state_dict(state["skeleton"]), skin.load_state_dict(state["skinning"])
         opt_skel.load_state_dict(state["opt_skeleton"]), opt_skin.load_state_dict(state["opt_skinning"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -733,7 +736,8 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
     def save_state() -> None:
         if rank == 0:
             state = {
-                "step": step, "preset": P.name, "skeleton": skel.state_dict(), "skinning": skin.state_dict(),
+                "step": step, "preset": P.name, "design": P.skeleton.design, "skeleton": skel.state_dict(),
+                "skinning": skin.state_dict(),
                 "opt_skeleton": opt_skel.state_dict(), "opt_skinning": opt_skin.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": json.dumps(history)}
             if warm is not None:
