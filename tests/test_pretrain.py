@@ -5,6 +5,7 @@ real corpus generator."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -140,6 +141,21 @@ def test_state_of_another_preset_is_refused(corpus_workdir, tmp_path):
     P.name = "other"
     with pytest.raises(RuntimeError, match="belongs to preset 'smoke'"):
         run_stage(P, workdir, device="cpu")
+
+
+def test_local_design_pretrains_with_joint_votes_and_refuses_a_perceiver_state(corpus_workdir, tmp_path):
+    local = copy_corpus(corpus_workdir, tmp_path / "local")
+    result = run_stage(get_preset("smoke", design="local", **TINY), local, device="cpu")
+    assert result["complete"]
+    lines = [json.loads(x) for x in (local / "pretrain" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(x["vote_loss"]) for x in lines if "skeleton_ce" in x)
+    assert any("val_proposal_count_err" in x and "val_coord_acc" in x for x in lines)
+    model, info = load_model(local / "checkpoints" / "skeleton_base.safetensors")
+    assert info.config["design"] == "local" and model.cfg.design == "local"
+    perceiver = copy_corpus(corpus_workdir, tmp_path / "perceiver")
+    run_stage("smoke", perceiver, device="cpu", stop_after=3, **TINY)
+    with pytest.raises(RuntimeError, match="holds a 'perceiver' skeleton generator, not 'local'"):
+        run_stage(get_preset("smoke", design="local", **TINY), perceiver, device="cpu")
 
 
 def test_ddp_with_two_cpu_processes(corpus_workdir, tmp_path):

@@ -41,6 +41,7 @@ class PretrainConfig:
         shift_jitter: max translation (normalized units) after scaling, kept inside [-0.5, 0.5].
         val_every: steps between validations; ckpt_every: steps between resumable states.
         n_val_frames: validation frames (fixed); n_val_generate: of which also greedily decoded.
+        vote_loss_weight: weight of the dense joint-vote loss (``local`` generator design only).
         log_every: steps between log lines.
         record_cache: corpus records kept in memory.
         frames_per_record: frames drawn from a record while it is loaded (amortizes loading).
@@ -60,6 +61,7 @@ class PretrainConfig:
     ckpt_every: int = 250
     n_val_frames: int = 64
     n_val_generate: int = 16
+    vote_loss_weight: float = 1.0
     log_every: int = 50
     record_cache: int = 256
     frames_per_record: int = 4
@@ -130,12 +132,33 @@ def _large() -> Preset:
 
 PRESETS = {"smoke": _smoke, "default": _default, "large": _large}
 
+GENERATOR_DESIGNS: dict[str, dict] = {
+    "perceiver": {"design": "perceiver"},
+    "local": {"design": "local"},
+    "local-attn": {"design": "local", "n_point_attn_layers": 1},
+}
+"""Skeleton generator designs selectable on any preset: changes to the preset's
+:class:`SkeletonGeneratorConfig` (its width, heads and decoder depth are kept). ``perceiver`` is the
+original design; ``local`` is the per-point encoder with dense joint votes and the proposal prior
+(``docs/generator_design.md``)."""
 
-def get_preset(name: str, **pretrain_overrides) -> Preset:
-    """A fresh :class:`Preset` by name; keyword arguments override :class:`PretrainConfig` fields."""
+
+def with_generator_design(preset: Preset, design: str) -> Preset:
+    """``preset`` with its skeleton generator switched to one of :data:`GENERATOR_DESIGNS` (in place)."""
+    if design not in GENERATOR_DESIGNS:
+        raise ValueError(f"unknown generator design {design!r}; choose from {sorted(GENERATOR_DESIGNS)}")
+    preset.skeleton = replace(preset.skeleton, **GENERATOR_DESIGNS[design])
+    return preset
+
+
+def get_preset(name: str, design: str | None = None, **pretrain_overrides) -> Preset:
+    """A fresh :class:`Preset` by name; ``design`` switches the skeleton generator design (see
+    :data:`GENERATOR_DESIGNS`); keyword arguments override :class:`PretrainConfig` fields."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     preset = PRESETS[name]()
+    if design is not None:
+        with_generator_design(preset, design)
     if pretrain_overrides:
         unknown = set(pretrain_overrides) - set(PretrainConfig.__dataclass_fields__)
         if unknown:

@@ -3,11 +3,13 @@
     python training/run.py --stage pretrain --preset default
     torchrun --nproc_per_node 4 training/run.py --stage pretrain --preset large     # multi-GPU
     python -m training.pretrain --preset smoke --workdir runs/smoke --steps 10       # with overrides
+    python -m training.pretrain --preset default --design local --workdir runs/local  # other generator design
 
 Every training sample is one random frame of a corpus creature: the frame is rotated about the up
 axis (Y), normalized by its own bounding box (the paper's anchor normalization with that frame as
 the anchor), scaled/shifted a little, and sampled (points + normals). The skeleton generator learns
-the frame's ground-truth joints with teacher-forced cross-entropy (Eq. 1); the skinning network
+the frame's ground-truth joints with teacher-forced cross-entropy (Eq. 1) -- the ``local`` design
+(``docs/generator_design.md``) also its per-point joint votes (:func:`skeleton_batch_loss`); the skinning network
 learns the ground-truth weights given the ground-truth skeleton with a KL loss (Eq. 4).
 
 Outputs under ``workdir``: ``pretrain/state.pt`` (resumable state, written atomically),
@@ -49,16 +51,18 @@ if __package__ in (None, ""):  # `python training/pretrain.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.metrics import static_skeleton_quality, static_skinning_quality
+from backend.metrics.static_skeleton import cd_j2j
 from backend.models.checkpoint import (CheckpointInfo, load_training_state, read_checkpoint, save_model,
                                        save_training_state)
 from backend.models.inference import resolve_device
+from backend.models.local_encoder import PointContext, joint_vote_loss, joint_vote_targets
 from backend.models.skeleton_generator import SkeletonGenerator, skeleton_token_loss
 from backend.models.skinning_network import SkinningNetwork, skinning_kl_loss
 from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
 from backend.normalize import AnchorBox
 from backend.sampling import SurfaceSamples, barycentric_interpolate, points_on_frames, sample_surface
 from training.batching import pad_joint_columns, pad_skeletons
-from training.presets import OptimConfig, PretrainConfig, Preset, get_preset
+from training.presets import GENERATOR_DESIGNS, OptimConfig, PretrainConfig, Preset, get_preset
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -165,12 +169,41 @@ def prepare_frame(verts: np.ndarray, faces: np.ndarray, joints: np.ndarray, pare
 
 
 def collate_skeleton(samples: list[FrameSample], tokenizer: SkeletonTokenizer, device) -> dict[str, torch.Tensor]:
-    """Batch for the generator: ``points, normals [B, N, 3]``, ``tokens [B, L]`` (PAD-padded)."""
+    """Batch for the generator: ``points, normals [B, N, 3]``, ``tokens [B, L]`` (PAD-padded) and the
+    ground-truth ``joints [B, J, 3]`` with ``joint_valid [B, J]`` (targets of the dense joint votes)."""
+    padded = pad_skeletons([s.joints for s in samples], [s.parents for s in samples])
     return {
         "points": torch.from_numpy(np.stack([s.points for s in samples])).to(device),
         "normals": torch.from_numpy(np.stack([s.normals for s in samples])).to(device),
         "tokens": torch.from_numpy(tokenizer.pad_batch([s.tokens for s in samples])).to(device),
+        "joints": torch.from_numpy(padded["joints"]).to(device),
+        "joint_valid": torch.from_numpy(padded["valid"]).to(device),
     }
+
+
+def skeleton_batch_loss(model, batch: dict[str, torch.Tensor], pad_id: int, vote_weight: float,
+                        autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Pretraining loss of the generator on one batch from :func:`collate_skeleton`.
+
+    The teacher-forced token cross-entropy (Eq. 1); for the ``local`` design plus ``vote_weight`` times
+    the dense joint-vote loss (:func:`~backend.models.local_encoder.joint_vote_loss`).
+
+    Args:
+        model: the generator (or its DDP wrapper).
+    Returns:
+        ``(loss, logits [B, L, vocab], parts)`` where ``parts`` holds ``skeleton_ce`` and, for the
+        ``local`` design, ``vote_loss`` (floats).
+    """
+    with autocast():
+        logits, context = model(batch["points"], batch["normals"], batch["tokens"], return_context=True)
+    loss = skeleton_token_loss(logits, batch["tokens"], pad_id)
+    parts = {"skeleton_ce": float(loss.detach())}
+    if isinstance(context, PointContext):
+        target_off, target_dist = joint_vote_targets(batch["points"], batch["joints"], batch["joint_valid"])
+        vote = joint_vote_loss(context.offsets, context.distances, target_off, target_dist)
+        loss = loss + vote_weight * vote
+        parts["vote_loss"] = float(vote.detach())
+    return loss, logits, parts
 
 
 def collate_skinning(samples: list[FrameSample], device) -> dict[str, torch.Tensor]:
@@ -307,18 +340,12 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam
 @torch.no_grad()
 def validate(skel: SkeletonGenerator, skin: SkinningNetwork, frames: list[FrameSample],
              tokenizer: SkeletonTokenizer, device, batch: int, n_generate: int, autocast) -> dict:
-    """Teacher-forced CE / token accuracy, skinning KL / L1 / precision / recall, and greedy CD-J2J."""
-    skel.eval(), skin.eval()
-    ce, acc, kl, l1, prec, rec = [], [], [], [], [], []
+    """Skeleton metrics of :func:`validate_skeleton` and skinning KL / L1 / precision / recall."""
+    out = validate_skeleton(skel, frames, tokenizer, device, batch, n_generate, autocast)
+    skin.eval()
+    kl, l1, prec, rec = [], [], [], []
     for s in range(0, len(frames), batch):
         chunk = frames[s:s + batch]
-        sb = collate_skeleton(chunk, tokenizer, device)
-        with autocast():
-            logits = skel(sb["points"], sb["normals"], sb["tokens"])
-        ce.append(skeleton_token_loss(logits, sb["tokens"], tokenizer.pad).item())
-        tgt = sb["tokens"][:, 1:]
-        mask = tgt != tokenizer.pad
-        acc.append(((logits[:, :-1].argmax(-1) == tgt) & mask).sum().item() / mask.sum().item())
         kb = collate_skinning(chunk, device)
         with autocast():
             lg = skin(kb["query"], kb["shape"], kb["joints"], kb["parents"], kb["valid"], kb["tree_dist"],
@@ -329,9 +356,49 @@ def validate(skel: SkeletonGenerator, skin: SkinningNetwork, frames: list[FrameS
             n = len(fs.parents)
             q = static_skinning_quality(w[b, :, :n], fs.query_weights)
             prec.append(q.precision), rec.append(q.recall), l1.append(q.avg_l1)
+    out.update({"val_skinning_kl": float(np.mean(kl)), "val_skin_precision": float(np.nanmean(prec)),
+                "val_skin_recall": float(np.nanmean(rec)), "val_skin_l1": float(np.mean(l1))})
+    skin.train()
+    return out
+
+
+@torch.no_grad()
+def validate_skeleton(skel: SkeletonGenerator, frames: list[FrameSample], tokenizer: SkeletonTokenizer, device,
+                      batch: int, n_generate: int, autocast=nullcontext) -> dict:
+    """Generator validation on fixed frames.
+
+    Teacher-forced: ``val_skeleton_ce``, ``val_token_acc`` (all targets), ``val_coord_acc`` (coordinate
+    bins only); ``local`` design: ``val_proposal_count_err`` (joint proposals vs ground-truth joints)
+    and ``val_proposal_cd_j2j`` (over the frames with at least one proposal; absent if none has). Greedy decodes of the first ``n_generate`` frames: ``val_cd_j2j``,
+    ``val_cd_b2b``, ``val_joint_count_err``.
+    """
+    skel.eval()
+    ce, acc, coord_acc, prop_cd, prop_err = [], [], [], [], []
+    for s in range(0, len(frames), batch):
+        chunk = frames[s:s + batch]
+        sb = collate_skeleton(chunk, tokenizer, device)
+        with autocast():
+            logits, context = skel(sb["points"], sb["normals"], sb["tokens"], return_context=True)
+        ce.append(skeleton_token_loss(logits, sb["tokens"], tokenizer.pad).item())
+        tgt = sb["tokens"][:, 1:]
+        mask = tgt != tokenizer.pad
+        hit = (logits[:, :-1].argmax(-1) == tgt) & mask
+        acc.append(hit.sum().item() / mask.sum().item())
+        is_coord = tgt < tokenizer.n_disc
+        coord_acc.append((hit & is_coord).sum().item() / max(1, is_coord.sum().item()))
+        if isinstance(context, PointContext):
+            for b, fs in enumerate(chunk):
+                keep = context.proposal_weight[b] > 0
+                n_prop = int(keep.sum())
+                prop_err.append(abs(n_prop - len(fs.parents)))
+                if n_prop:
+                    prop_cd.append(cd_j2j(context.proposals[b][keep].cpu().numpy(), fs.joints))
     out = {"val_skeleton_ce": float(np.mean(ce)), "val_token_acc": float(np.mean(acc)),
-           "val_skinning_kl": float(np.mean(kl)), "val_skin_precision": float(np.nanmean(prec)),
-           "val_skin_recall": float(np.nanmean(rec)), "val_skin_l1": float(np.mean(l1))}
+           "val_coord_acc": float(np.mean(coord_acc))}
+    if prop_err:
+        out["val_proposal_count_err"] = float(np.mean(prop_err))
+    if prop_cd:  # over the frames that have proposals
+        out["val_proposal_cd_j2j"] = float(np.mean(prop_cd))
     gen_frames = frames[:n_generate]
     if gen_frames:
         pts = torch.from_numpy(np.stack([f.points for f in gen_frames])).to(device)
@@ -343,7 +410,7 @@ def validate(skel: SkeletonGenerator, skin: SkinningNetwork, frames: list[FrameS
                 j2j.append(qm.cd_j2j), b2b.append(qm.cd_b2b), jerr.append(abs(len(pp) - len(f.parents)))
         out.update({"val_cd_j2j": float(np.mean(j2j)), "val_cd_b2b": float(np.mean(b2b)),
                     "val_joint_count_err": float(np.mean(jerr))})
-    skel.train(), skin.train()
+    skel.train()
     return out
 
 
@@ -434,16 +501,25 @@ class BaseCheckpoints:
     complete: bool
 
 
-def config_differences(saved, current, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON-like configs differ, as ``"path: saved -> current"`` lines."""
+def config_differences(saved, current, prefix: str = "", defaults=None) -> list[str]:
+    """Dotted paths where two JSON-like configs differ, as ``"path: saved -> current"`` lines.
+
+    ``defaults`` (same layout, optional) holds the code's default of every field: a field absent
+    from ``saved`` whose current value is its default is no difference (the saved config predates
+    the field, and the default reproduces what the older code did).
+    """
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current)):
             path = f"{prefix}.{key}" if prefix else str(key)
+            default = defaults.get(key, "<no default>") if isinstance(defaults, dict) else "<no default>"
+            if key not in saved and key in current and current[key] == default:
+                continue
             if key not in saved or key not in current:
                 out.append(f"{path}: {saved.get(key, '<absent>')!r} -> {current.get(key, '<absent>')!r}")
             else:
-                out.extend(config_differences(saved[key], current[key], path))
+                out.extend(config_differences(saved[key], current[key], path,
+                                              defaults.get(key) if isinstance(defaults, dict) else None))
         return out
     return [] if saved == current else [f"{prefix}: {saved!r} -> {current!r}"]
 
@@ -480,6 +556,7 @@ def read_base_checkpoints(folder: Path, P: Preset, explicit: bool) -> BaseCheckp
     for name, path in paths.items():
         tensors[name], infos[name] = read_checkpoint(path)  # verifies the sha256
     current_cfg = json.loads(json.dumps(P.to_dict()))  # tuples -> lists, as stored
+    default_cfg = json.loads(json.dumps(Preset(name=P.name).to_dict()))  # every field at its code default
     for name, info in infos.items():
         prov = info.provenance
         if info.stage != "pretrain":
@@ -495,11 +572,12 @@ def read_base_checkpoints(folder: Path, P: Preset, explicit: bool) -> BaseCheckp
             return None
         if "step" not in prov or "complete" not in prov or "preset_config" not in prov:
             raise WarmStartError(f"{info.path}: provenance lacks step/complete/preset_config; cannot continue it")
-        diffs = [d for d in config_differences(prov["preset_config"], current_cfg)
+        diffs = [d for d in config_differences(prov["preset_config"], current_cfg, defaults=default_cfg)
                  if d.split(":", 1)[0] not in BOOKKEEPING_FIELDS]
         if not diffs:  # the model config is part of the preset config; check the file's own copy too
             model_cfg = json.loads(json.dumps((P.skeleton if name == "skeleton_base" else P.skinning).to_dict()))
-            diffs = [f"model config {d}" for d in config_differences(info.config, model_cfg)]
+            diffs = [f"model config {d}" for d in config_differences(
+                info.config, model_cfg, defaults=default_cfg["skeleton" if name == "skeleton_base" else "skinning"])]
         if diffs:
             raise WarmStartError(
                 f"{info.path} was trained with a different configuration of preset {P.name!r} "
@@ -602,6 +680,9 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         if state.get("preset") != P.name:
             raise RuntimeError(f"{state_path} belongs to preset {state.get('preset')!r}, not {P.name!r}; "
                                "use another workdir or delete it")
+        if state.get("design", "perceiver") != P.skeleton.design:  # states from before the switch: perceiver
+            raise RuntimeError(f"{state_path} holds a {state.get('design', 'perceiver')!r} skeleton generator, not "
+                               f"{P.skeleton.design!r}; use another workdir or delete it")
         skel.load_state_dict(state["skeleton"]), skin.load_state_dict(state["skinning"])
         opt_skel.load_state_dict(state["opt_skeleton"]), opt_skin.load_state_dict(state["opt_skinning"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -655,7 +736,8 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
     def save_state() -> None:
         if rank == 0:
             state = {
-                "step": step, "preset": P.name, "skeleton": skel.state_dict(), "skinning": skin.state_dict(),
+                "step": step, "preset": P.name, "design": P.skeleton.design, "skeleton": skel.state_dict(),
+                "skinning": skin.state_dict(),
                 "opt_skeleton": opt_skel.state_dict(), "opt_skinning": opt_skin.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": json.dumps(history)}
             if warm is not None:
@@ -704,9 +786,7 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
                 lr *= rewarm_factor(step, warm["step"], min(warm["rewarmup_steps"], opt.warmup_steps))
             for g in group:
                 g["lr"] = lr
-        with autocast():
-            logits = skel_m(sb["points"], sb["normals"], sb["tokens"])
-        loss_skel = skeleton_token_loss(logits, sb["tokens"], tokenizer.pad)
+        loss_skel, _, skel_parts = skeleton_batch_loss(skel_m, sb, tokenizer.pad, cfg.vote_loss_weight, autocast)
         opt_skel.zero_grad(set_to_none=True)
         loss_skel.backward()
         gn_skel = torch.nn.utils.clip_grad_norm_(skel.parameters(), P.skeleton_optim.grad_clip)
@@ -723,14 +803,16 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
             raise FloatingPointError(f"non-finite loss at step {step}: skeleton {loss_skel.item()}, "
                                      f"skinning {loss_skin.item()}")
         step += 1
-        run_loss.append((loss_skel.item(), loss_skin.item()))
+        run_loss.append((skel_parts["skeleton_ce"], loss_skin.item(), skel_parts.get("vote_loss", float("nan"))))
         bar.update(1)
         if rank == 0 and (step % cfg.log_every == 0 or step == end):
             now = time.time()
-            ls, lk = np.mean(run_loss, axis=0)
+            ls, lk, lv = np.mean(run_loss, axis=0)
             entry = {"step": step, "skeleton_ce": float(ls), "skinning_kl": float(lk),
                      "lr": opt_skel.param_groups[0]["lr"], "grad_norm_skeleton": float(gn_skel),
                      "grad_norm_skinning": float(gn_skin), "s_per_step": (now - t_last) / len(run_loss)}
+            if np.isfinite(lv):
+                entry["vote_loss"] = float(lv)
             log_line(entry)
             bar.set_postfix(skel=f"{ls:.3f}", skin=f"{lk:.3f}")
             t_last, run_loss = now, []
@@ -762,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, help="override the preset's step count")
     parser.add_argument("--num-threads", type=int, help="torch CPU threads")
+    parser.add_argument("--design", choices=sorted(GENERATOR_DESIGNS),
+                        help="skeleton generator design (default: the preset's, perceiver)")
     parser.add_argument("--init-from", type=Path, metavar="DIR",
                         help="without pretrain/state.pt: continue from the exported skeleton_base/skinning_base "
                              "checkpoints in DIR (default: search WORKDIR/checkpoints, then the repository's "
@@ -775,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_from is not None and args.no_warm_start:
         parser.error("--init-from and --no-warm-start exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    P = get_preset(args.preset, **({"steps": args.steps} if args.steps else {}))
+    P = get_preset(args.preset, design=args.design, **({"steps": args.steps} if args.steps else {}))
     if args.num_threads:
         P.num_threads = args.num_threads
     ws = WarmStartConfig(init_from=args.init_from, search=not args.no_warm_start,

@@ -1,9 +1,18 @@
 """Skeleton generator G_theta (paper §3.1, Eq. 1): point cloud -> autoregressive joint tokens.
 
-A Perceiver-style encoder turns ``N`` oriented surface points into ``n_latents`` feature tokens
-``F_k``; a causal (GPT-style) transformer decoder cross-attends to them and predicts the token stream
-``p(t_i | t_<i, F_k)``. Generation uses a key/value cache and constrained decoding, so every output is
-a valid single-rooted tree in canonical depth-first order.
+Two point encoders (``SkeletonGeneratorConfig.design``):
+
+* ``perceiver`` -- a Perceiver-style encoder turns ``N`` oriented surface points into ``n_latents``
+  feature tokens ``F_k``.
+* ``local`` -- edge convolutions over k nearest neighbours give per-point features ``F_k`` (no latent
+  bottleneck) and a dense head votes, per point, for the nearest joint; the votes are clustered into
+  joint proposals whose density is added to the coordinate-bin logits (see
+  :mod:`backend.models.local_encoder`).
+
+In both, a causal (GPT-style) transformer decoder cross-attends to the point features and predicts
+the token stream ``p(t_i | t_<i, F_k)`` over (tx, ty, tz, tp) quadruples. Generation uses a key/value
+cache and constrained decoding, so every output is a valid single-rooted tree in canonical
+depth-first order.
 """
 
 from __future__ import annotations
@@ -18,9 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.models.layers import MLP, Attention, FourierEmbedding, PerceiverEncoder, init_weights
+from backend.models.local_encoder import (LocalPointEncoder, PointContext, ProposalConfig, coordinate_prior,
+                                          joint_proposals, prior_log_sigma_init)
 from backend.models.tokenizer import SkeletonTokenizer, merge_duplicate_joints
 
 log = logging.getLogger(__name__)
+
+
+DESIGNS = ("perceiver", "local")
+EOS_PRIOR_EPS = 0.05
+"""``local`` design: the EOS logit gains ``eos_scale * -log(uncovered + EOS_PRIOR_EPS)``."""
 
 
 class DecodingCancelled(RuntimeError):
@@ -42,6 +58,19 @@ class SkeletonGeneratorConfig:
         n_freq: Fourier octaves for point and coordinate embeddings.
         mlp_ratio: MLP hidden width / d_model.
         dropout: dropout in MLPs (0 for small data).
+        design: point encoder, ``perceiver`` (latent bottleneck) or ``local`` (per-point features,
+            dense joint votes, proposal prior on the coordinate tokens).
+        knn: ``local``: neighbours per point in the edge convolutions.
+        d_edge: ``local``: channels of the edge convolutions' neighbour max-pool.
+        n_edge_layers: ``local``: edge-convolution layers.
+        n_point_attn_layers: ``local``: full self-attention blocks over the points after them.
+        n_memory_points: ``local``: the decoder cross-attends to the features of the first this many
+            points (the samples are in random order, so a random subset; every point's features
+            already pool its neighbours); 0: all points. All points vote for joints.
+        prior_sigma: ``local``: initial width of the proposal kernels of the coordinate prior.
+        cover_sigma: ``local``: width of the kernel that marks a proposal as used by an earlier joint.
+        proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass: ``local``: the
+            clustering of the votes (:class:`~backend.models.local_encoder.ProposalConfig`).
     """
 
     n_disc: int = 128
@@ -54,9 +83,31 @@ class SkeletonGeneratorConfig:
     n_freq: int = 8
     mlp_ratio: int = 4
     dropout: float = 0.0
+    design: str = "perceiver"
+    knn: int = 16
+    d_edge: int = 64
+    n_edge_layers: int = 3
+    n_point_attn_layers: int = 0
+    n_memory_points: int = 128
+    prior_sigma: float = 0.01
+    cover_sigma: float = 0.015
+    proposal_bandwidth: float = 0.01
+    proposal_radius: float = 0.02
+    proposal_weight_scale: float = 0.1
+    proposal_min_mass: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"unknown skeleton generator design {self.design!r}; choose from {DESIGNS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def proposals(self) -> ProposalConfig:
+        return ProposalConfig(bandwidth=self.proposal_bandwidth, radius=self.proposal_radius,
+                              weight_scale=self.proposal_weight_scale, min_mass=self.proposal_min_mass,
+                              max_proposals=self.max_joints)
 
     @property
     def tokenizer(self) -> SkeletonTokenizer:
@@ -103,8 +154,12 @@ class SkeletonGenerator(nn.Module):
         self.cfg = cfg = cfg or SkeletonGeneratorConfig()
         self.tokenizer = cfg.tokenizer
         d = cfg.d_model
-        self.encoder = PerceiverEncoder(d, cfg.n_heads, cfg.n_latents, cfg.n_enc_layers, cfg.n_freq,
-                                        cfg.mlp_ratio, cfg.dropout)
+        if cfg.design == "local":
+            self.encoder = LocalPointEncoder(d, cfg.n_heads, cfg.n_edge_layers, cfg.n_point_attn_layers, cfg.knn,
+                                             cfg.n_freq, cfg.mlp_ratio, cfg.dropout, cfg.d_edge)
+        else:
+            self.encoder = PerceiverEncoder(d, cfg.n_heads, cfg.n_latents, cfg.n_enc_layers, cfg.n_freq,
+                                            cfg.mlp_ratio, cfg.dropout)
         self.tok_emb = nn.Embedding(self.tokenizer.vocab_size, d)
         self.pos_emb = nn.Embedding(self.tokenizer.max_len, d)
         self.slot_emb = nn.Embedding(5, d)
@@ -114,16 +169,57 @@ class SkeletonGenerator(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, self.tokenizer.vocab_size, bias=False)
         init_weights(self)
+        if cfg.design == "local":  # after init_weights: these are not Linear/Embedding weights
+            self.prior_log_sigma = nn.Parameter(prior_log_sigma_init(cfg.prior_sigma))
+            self.prior_scale = nn.Parameter(torch.ones(3))
+            self.eos_scale = nn.Parameter(torch.ones(()))
         slots = torch.as_tensor(self.tokenizer.slot_types(self.tokenizer.max_len))
         self.register_buffer("slot_of_pos", slots, persistent=False)
 
     # ---- pieces -------------------------------------------------------------------------------
-    def encode_points(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
-        """Point features ``F_k``: latents float ``[B, n_latents, d]`` of ``points, normals [B, N, 3]``."""
+    def encode_points(self, points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor | PointContext:
+        """Point features ``F_k`` of ``points, normals [B, N, 3]``.
+
+        ``perceiver``: latents float ``[B, n_latents, d]``. ``local``: a :class:`PointContext`
+        (per-point features ``[B, N, d]``, dense votes and the joint proposals clustered from them).
+        """
         if points.shape != normals.shape or points.ndim != 3 or points.shape[-1] != 3:
             raise ValueError(f"points and normals must both be [B, N, 3], got {list(points.shape)} "
                              f"and {list(normals.shape)}")
-        return self.encoder(torch.cat([points, normals], dim=-1))
+        if self.cfg.design != "local":
+            return self.encoder(torch.cat([points, normals], dim=-1))
+        features, offsets, distances = self.encoder(torch.cat([points, normals], dim=-1))
+        proposals, weight = joint_proposals(points, offsets.detach(), distances.detach(), self.cfg.proposals)
+        n_memory = self.cfg.n_memory_points or features.shape[1]
+        return PointContext(features, offsets, distances, proposals, weight, features[:, :n_memory])
+
+    @staticmethod
+    def memory(context: torch.Tensor | PointContext) -> torch.Tensor:
+        """The cross-attention memory ``[B, M, d]`` of an :meth:`encode_points` result."""
+        return context.memory if isinstance(context, PointContext) else context
+
+    def add_prior(self, logits: torch.Tensor, tokens: torch.Tensor, context: torch.Tensor | PointContext,
+                  start: int = 0) -> torch.Tensor:
+        """``local`` design: add the proposal prior to ``logits [B, L', vocab]`` of positions ``start ..``.
+
+        ``tokens [B, start + L']`` is the whole stream so far (the prior of a coordinate depends on the
+        joint's earlier coordinates and on the earlier joints). Bin logits of coordinate slot ``s`` gain
+        ``prior_scale[s] * log(n_disc * prior)`` (0 for a uniform prior); the EOS logit at joint starts gains
+        ``eos_scale * -log(uncovered + EOS_PRIOR_EPS)``. Other designs: ``logits`` unchanged.
+        """
+        if not isinstance(context, PointContext):
+            return logits
+        n = self.cfg.n_disc
+        log_prior, uncovered = coordinate_prior(tokens, context.proposals, context.proposal_weight, n,
+                                                self.prior_log_sigma, self.cfg.cover_sigma, first_position=start)
+        slot = torch.arange(start, tokens.shape[1], device=logits.device) % 4  # slot the position predicts
+        scale = torch.cat([self.prior_scale, self.prior_scale.new_zeros(1)])[slot]  # parent positions: 0
+        eos_bonus = self.eos_scale * -(uncovered + EOS_PRIOR_EPS).log() * (slot == 0)
+        tk = self.tokenizer
+        add = torch.cat([scale[None, :, None] * log_prior, log_prior.new_zeros(*log_prior.shape[:2], tk.eos - n),
+                         eos_bonus[..., None], log_prior.new_zeros(*log_prior.shape[:2], tk.vocab_size - tk.eos - 1)],
+                        dim=-1)
+        return logits + add.to(logits.dtype)
 
     def embedding_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Token table ``[vocab, d]`` and position table ``[max_len, d]``.
@@ -149,40 +245,52 @@ class SkeletonGenerator(nn.Module):
         tok_table, pos_table = tables if tables is not None else self.embedding_tables()
         return F.embedding(tokens, tok_table) + pos_table[start:start + L][None]
 
-    def cross_kv(self, latents: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer cross-attention keys/values of the latents (computed once per frame)."""
-        return [blk.cross_attn.project_kv(latents) for blk in self.blocks]
+    def cross_kv(self, latents: torch.Tensor | PointContext) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer cross-attention keys/values of the point features (computed once per frame)."""
+        memory = self.memory(latents)
+        return [blk.cross_attn.project_kv(memory) for blk in self.blocks]
 
     # ---- teacher forcing ----------------------------------------------------------------------
-    def forward(self, points: torch.Tensor, normals: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, points: torch.Tensor, normals: torch.Tensor, tokens: torch.Tensor,
+                return_context: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | PointContext]:
         """Teacher-forced logits of Eq. 1.
 
         Args:
             points: float ``[B, N, 3]`` anchor-normalized surface points of a frame.
             normals: float ``[B, N, 3]`` unit normals.
             tokens: int64 ``[B, L]`` token ids starting with BOS (PAD after EOS).
+            return_context: also return the :meth:`encode_points` result (the ``local`` design's dense
+                votes are trained with their own loss).
         Returns:
             logits float ``[B, L, vocab]``; position ``i`` scores token ``i + 1``.
         """
-        return self.decode_logits(self.encode_points(points, normals), tokens)
+        context = self.encode_points(points, normals)
+        logits = self.decode_logits(context, tokens)
+        return (logits, context) if return_context else logits
 
-    def decode_logits(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, L, vocab]`` for ``tokens [B, L]`` given precomputed ``latents [B, M, d]``."""
+    def decode_logits(self, latents: torch.Tensor | PointContext, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, L, vocab]`` for ``tokens [B, L]`` given precomputed point features."""
         x = self.embed_tokens(tokens)
         for blk, kv in zip(self.blocks, self.cross_kv(latents)):
             x = blk(x, kv)
-        return self.head(self.norm(x))
+        return self.add_prior(self.head(self.norm(x)), tokens, latents)
 
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
+        """Per-block key/value cache; the first block's dict also keeps the token history ``tokens [B, max_len]``."""
         shape = (batch, self.cfg.n_heads, self.tokenizer.max_len, self.cfg.d_model // self.cfg.n_heads)
-        return [{"k": torch.zeros(shape, device=device, dtype=dtype),
-                 "v": torch.zeros(shape, device=device, dtype=dtype), "len": 0} for _ in self.blocks]
+        cache = [{"k": torch.zeros(shape, device=device, dtype=dtype),
+                  "v": torch.zeros(shape, device=device, dtype=dtype), "len": 0} for _ in self.blocks]
+        cache[0]["tokens"] = torch.full((batch, self.tokenizer.max_len), self.tokenizer.pad, dtype=torch.long,
+                                        device=device)
+        return cache
 
     def step(self, tokens: torch.Tensor, cross_kv: list, cache: list[dict],
-             tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+             tables: tuple[torch.Tensor, torch.Tensor] | None = None,
+             context: torch.Tensor | PointContext | None = None) -> torch.Tensor:
         """Feed new ``tokens [B, L]`` through the cache; returns logits ``[B, L, vocab]``.
 
         ``tables`` (from :meth:`embedding_tables`) can be passed to skip rebuilding them every step.
+        ``context`` (the :meth:`encode_points` result) is required by the ``local`` design (its prior).
         """
         start = cache[0]["len"]
         x = self.embed_tokens(tokens, start, tables)
@@ -190,7 +298,14 @@ class SkeletonGenerator(nn.Module):
             x = blk(x, kv, c)
         for c in cache:
             c["len"] = start + tokens.shape[1]
-        return self.head(self.norm(x))
+        history = cache[0]["tokens"]
+        history[:, start:start + tokens.shape[1]] = tokens
+        logits = self.head(self.norm(x))
+        if self.cfg.design == "local":
+            if not isinstance(context, PointContext):
+                raise ValueError("the local design needs the encode_points() context in step()")
+            logits = self.add_prior(logits, history[:, :start + tokens.shape[1]], context, start)
+        return logits
 
     # ---- constrained generation ---------------------------------------------------------------
     def _stop_or_continue(self, logits: torch.Tensor, picked: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -264,7 +379,7 @@ class SkeletonGenerator(nn.Module):
         latents = self.encode_points(points, normals)
         kv = self.cross_kv(latents) if use_cache else None
         tables = self.embedding_tables() if use_cache else None
-        cache = self.new_cache(B, device, latents.dtype) if use_cache else None
+        cache = self.new_cache(B, device, self.memory(latents).dtype) if use_cache else None
         seq = torch.full((B, 1), tk.bos, dtype=torch.long, device=device)
 
         # decoding state, one row per sample
@@ -290,7 +405,7 @@ class SkeletonGenerator(nn.Module):
                 self.train(self_training)
                 raise DecodingCancelled(f"skeleton decoding cancelled at step {t}")
             if use_cache:
-                logits = self.step(step_tokens, kv, cache, tables)[:, -1].float()
+                logits = self.step(step_tokens, kv, cache, tables, context=latents)[:, -1].float()
             else:
                 logits = self.decode_logits(latents, seq)[:, -1].float()
             # valid: what keeps the output a tree; allowed: valid and (optionally) canonical DFS order
