@@ -77,4 +77,10 @@ def anchor_normalize(verts: np.ndarray, up_axis: str = "y") -> tuple[np.ndarray,
     """
     verts = np.asarray(verts)
     box = AnchorBox.fit(verts[0], up_axis)
-    return box.apply(verts), box
+    if verts.ndim != 3:
+        return box.apply(verts), box
+    out = np.empty(verts.shape, dtype=np.float32)
+    step = max(1, (1 << 22) // max(verts.shape[1], 1))  # frames per slice: float64 temporaries stay ~100 MB
+    for s in range(0, verts.shape[0], step):
+        out[s:s + step] = box.apply(verts[s:s + step])
+    return out, box
