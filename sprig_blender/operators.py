@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import bpy
 
@@ -14,15 +15,23 @@ log = logging.getLogger(__name__)
 
 
 class _Active:
-    """The running job (one at a time), so that unregister and file loads can cancel it."""
+    """The running job (one at a time), so that unregister and file loads can cancel it; ``export`` is the
+    frame export of an interactive run before its job starts (:func:`export.export_frames_stepwise`)."""
 
     job: runner.RigJob | None = None
+    export = None
 
 
 def cancel_active_job() -> None:
+    if _Active.export is not None:
+        _Active.export.close()  # restores the scene's frame
+        _Active.export = None
     if _Active.job is not None:
         _Active.job.cancel()
         _Active.job = None
+
+
+EXPORT_SLICE_S = 0.2  # frames exported per timer tick of an interactive run: as many as fit in this time
 
 
 # (label, stats keys tried in order, formatter) of the key numbers shown after a run
@@ -114,7 +123,7 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        if _Active.job is not None:
+        if _Active.job is not None or _Active.export is not None:
             cls.poll_message_set("a rig is already running")
             return False
         if context.mode != "OBJECT":
@@ -126,11 +135,20 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
 
     def _start(self, context) -> bool:
         """Export the frames and start the backend job. Reports and returns False on error."""
-        settings = context.scene.sprig
         try:
             obj = rig_target(context)
-            frames = export.frame_list(*settings.frame_range(context.scene))
-            exported, self._warnings = export.screen_motion(export.export_frames(context, obj, frames))
+            frames = export.frame_list(*context.scene.sprig.frame_range(context.scene))
+            exported = export.export_frames(context, obj, frames)
+        except export.ExportError as exc:
+            self.report({"ERROR"}, str(exc))
+            return False
+        return self._launch(context, obj, exported)
+
+    def _launch(self, context, obj: bpy.types.Object, exported: export.ExportedFrames) -> bool:
+        """Screen the exported frames and start the backend job. Reports and returns False on error."""
+        settings = context.scene.sprig
+        try:
+            exported, self._warnings = export.screen_motion(exported)
             backend = runner.get_backend(preferences.backend_settings(context))
         except (export.ExportError, runner.BackendSetupError) as exc:
             self.report({"ERROR"}, str(exc))
@@ -195,19 +213,65 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
         return self._finish(context)
 
     def invoke(self, context, event):
-        """Interactive run: the backend works in a thread; a timer polls it; Esc or the panel's Cancel stops it."""
+        """Interactive run: the frames are exported a few per timer tick (progress shown, Esc stops it), then
+        the backend works in a thread; a timer polls it; Esc or the panel's Cancel stops it."""
         if context.window is None:
             return self.execute(context)
-        if not self._start(context):
+        try:
+            obj = rig_target(context)
+            frames = export.frame_list(*context.scene.sprig.frame_range(context.scene))
+        except export.ExportError as exc:
+            self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        self._job, self._export_object, self._export_total = None, obj, len(frames)
+        _Active.export = export.export_frames_stepwise(context, obj, frames)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 100)
         wm.modal_handler_add(self)
-        self._status(context, "starting backend... (Esc to cancel)")
+        self._status(context, f"exporting frames 0/{len(frames)} (Esc to cancel)")
+        return {"RUNNING_MODAL"}
+
+    def _end_modal(self, context) -> None:
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        self._status(context, None)
+
+    def _modal_export(self, context, event) -> set[str]:
+        """One timer tick of the frame export: frames for up to ``EXPORT_SLICE_S``, then the job starts."""
+        if event.type == "ESC" and event.value == "PRESS":
+            cancel_active_job()
+            self._end_modal(context)
+            self.report({"WARNING"}, "SPRig: rigging cancelled while exporting frames; nothing was changed")
+            return {"CANCELLED"}
+        if event.type != "TIMER" or _Active.export is None:
+            return {"PASS_THROUGH"}
+        until = time.monotonic() + EXPORT_SLICE_S
+        try:
+            while True:
+                done = next(_Active.export)
+                if time.monotonic() >= until:
+                    break
+        except StopIteration as finished:
+            _Active.export = None
+            if not self._launch(context, self._export_object, finished.value):
+                self._end_modal(context)
+                return {"CANCELLED"}
+            self._status(context, "starting backend... (Esc to cancel)")
+            return {"RUNNING_MODAL"}
+        except Exception as exc:  # ExportError, or the object removed while exporting
+            cancel_active_job()
+            self._end_modal(context)
+            self.report({"ERROR"}, str(exc) if isinstance(exc, export.ExportError) else f"SPRig: export failed: {exc}")
+            return {"CANCELLED"}
+        context.window_manager.progress_update(int(100 * done / self._export_total))
+        self._status(context, f"exporting frames {done}/{self._export_total} (Esc to cancel)")
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
+        if self._job is None:
+            return self._modal_export(context, event)
         if event.type == "ESC" and event.value == "PRESS":
             self._job.cancel()
             self._status(context, "cancelling...")
@@ -222,10 +286,7 @@ class SPRIG_OT_rig_sequence(bpy.types.Operator):
             self._status(context, f"{self._job.stage} {100 * self._job.fraction:.0f}% (Esc to cancel)")
             _redraw_panels(context)
             return {"RUNNING_MODAL"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        self._status(context, None)
+        self._end_modal(context)
         result = self._finish(context)
         _redraw_panels(context)
         return result

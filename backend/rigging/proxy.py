@@ -32,7 +32,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
 from backend.rigging.fit.solve import ResidualGram, motion_candidate_bones, update_weights
-from backend.rigging.fit.sparse import bone_groups, blend_sparse, prune_weights, to_sparse_rows
+from backend.rigging.fit.sparse import prune_weights, to_sparse_rows
 
 log = logging.getLogger(__name__)
 
@@ -254,20 +254,23 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
 
 
 def chunked_reconstruction_error(anchor: np.ndarray, verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray,
-                                 chunk: int = 16384, progress: Callable[[float], None] | None = None) -> np.ndarray:
+                                 chunk: int = 2048, progress: Callable[[float], None] | None = None) -> np.ndarray:
     """Per-frame per-vertex distance ``float32 [K, V]`` between LBS of ``anchor [V, 3]`` (``weights [V, J]``,
     ``transforms [K, J, 4, 4]``) and ``verts [K, V, 3]``, ``chunk`` vertices at a time (no ``[K, V, 3]``
-    float64 copy). ``progress`` gets the fraction done after each chunk."""
+    float64 copy): each chunk's blended 3x4 matrices are one product with the weights, as in
+    :func:`backend.lbs.linear_blend_skinning`. ``progress`` gets the fraction done after each chunk."""
     K, V = verts.shape[:2]
     T = np.asarray(transforms, dtype=np.float64)
+    J = T.shape[1]
+    flat = np.ascontiguousarray(T[:, :, :3, :].transpose(1, 0, 2, 3).reshape(J, K * 12))  # [J, K*12]
     out = np.empty((K, V), dtype=np.float32)
-    width = int(max((weights > 0).sum(axis=1).max(), 1))
     for s in range(0, V, chunk):
         e = min(s + chunk, V)
-        idx, val = to_sparse_rows(weights[s:e], width)
-        posed = blend_sparse(np.asarray(anchor[s:e], dtype=np.float64), bone_groups(idx, val, T.shape[1]), T)
-        diff = posed - np.asarray(verts[:, s:e], dtype=np.float64).transpose(1, 0, 2)
-        out[:, s:e] = np.sqrt(np.einsum("bkc,bkc->kb", diff, diff))
-        if progress is not None:
+        blended = (np.asarray(weights[s:e], dtype=np.float64) @ flat).reshape(e - s, K, 3, 4)
+        posed = np.einsum("bkij,bj->bki", blended[..., :3], np.asarray(anchor[s:e], dtype=np.float64))
+        posed += blended[..., 3]
+        posed -= np.asarray(verts[:, s:e], dtype=np.float64).transpose(1, 0, 2)
+        out[:, s:e] = np.sqrt(np.einsum("bkc,bkc->kb", posed, posed))
+        if progress is not None and (e == V or (s // chunk) % 16 == 15):
             progress(e / V)
     return out
