@@ -180,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.dembones:
         jobs.append(("rig", args.dembones_frames, n, "auto"))
         jobs.append(("dembones", args.dembones_frames, n, None))  # bone count: the row above's
-    hdr = (f"{'V':>7s} {'K':>4s} {'J':>3s} {'method':15s} | {'seconds':>8s} {'cpu s':>8s} | {'peak RSS GB':>11s} | "
+    hdr = (f"{'V':>7s} {'K':>4s} {'J':>3s} {'method':22s} | {'seconds':>8s} {'cpu s':>8s} | {'peak RSS GB':>11s} | "
            f"{'error %':>8s} | {'s / M vert-frames':>17s}  stages (s)")
     rows = []
-    lines = [hdr, "-" * len(hdr)]
     print(hdr, flush=True)
     print("-" * len(hdr), flush=True)
     for kind, k, n, extra in tqdm(jobs, desc="rows", file=sys.stderr):
@@ -203,11 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         method = r["method"] if r["proxy_vertices"] is None else f"{r['method']} ({r['proxy_vertices']})"
         stages = " ".join(f"{s}:{t:.1f}" for s, t in r["stages"].items() if t >= 0.05)
-        line = (f"{r['verts']:7d} {r['frames']:4d} {r['joints']:3d} {method[:15]:15s} | {r['wall']:8.1f} {r['cpu']:8.1f} | "
-                f"{r['maxrss_mb'] / 1024:11.2f} | {r['error_pct']:8.4f} | "
-                f"{r['wall'] / (r['verts'] * r['frames'] / 1e6):17.3f}  {stages}")
-        lines.append(line)
-        print(line, flush=True)
+        print(f"{r['verts']:7d} {r['frames']:4d} {r['joints']:3d} {method[:22]:22s} | {r['wall']:8.1f} "
+              f"{r['cpu']:8.1f} | {r['maxrss_mb'] / 1024:11.2f} | {r['error_pct']:8.4f} | "
+              f"{r['wall'] / (r['verts'] * r['frames'] / 1e6):17.3f}  {stages}", flush=True)
     # growth: seconds against vertex-frames, proxy runs above 20k vertices
     big = [r for r in rows if r["method"] == "ours proxy auto" and r["verts"] > 20000 and r["frames"] == args.frames]
     if len(big) >= 2:
@@ -218,14 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         r2 = 1 - np.sum((wall - fitted) ** 2) / max(np.sum((wall - wall.mean()) ** 2), 1e-12)
         print(f"\ngrowth above 20k vertices ({len(big)} sizes, {args.frames} frames): seconds = {intercept:.1f} + "
               f"{slope:.3f} x (M vertex-frames), R^2 {r2:.3f}")
-    for n in args.compare:
-        pair = {r["method"]: r for r in rows if r["frames"] == args.frames and r["verts"] == next(
-            (x["verts"] for x in rows if x["method"] == "ours proxy off" and x["frames"] == args.frames
-             and abs(x["verts"] - r["verts"]) == 0), -1)}
-        if "ours proxy auto" in pair and "ours proxy off" in pair:
-            on, off = pair["ours proxy auto"], pair["ours proxy off"]
-            print(f"{on['verts']} vertices: proxy error / no-proxy error {on['error_pct'] / off['error_pct']:.2f}, "
-                  f"time {on['wall'] / off['wall']:.2f}x")
+    for off in (r for r in rows if r["method"] == "ours proxy off"):
+        on = next((r for r in rows if r["method"] == "ours proxy auto" and r["verts"] == off["verts"]
+                   and r["frames"] == off["frames"]), None)
+        if on is not None:
+            print(f"{on['verts']} vertices x {on['frames']} frames: with the proxy ({on['proxy_vertices']} vertices) "
+                  f"error {on['error_pct'] / off['error_pct']:.2f}x and time {on['wall'] / off['wall']:.2f}x of "
+                  "the pipeline without it")
     for i, r in enumerate(rows):
         if r["method"] == "dembones" and i > 0 and rows[i - 1]["method"].startswith("ours"):
             ours = rows[i - 1]

@@ -224,6 +224,21 @@ class _Progress:
             self.callback("done", 1.0)
 
 
+def _decoding_progress(track: _Progress, done: int, batch: int, total: int, max_joints: int) -> Callable[[], bool]:
+    """The skeleton generator's ``should_cancel`` for a batch of ``batch`` of ``total`` report frames after
+    ``done``: polls cancellation and moves the skeleton stage's progress with the decoding steps (at most
+    ``4 * max_joints + 1`` per skeleton), so a long decoding still reports several times a second."""
+    steps = [0]
+    span = 4 * max_joints + 1
+
+    def poll() -> bool:
+        steps[0] += 1
+        track("skeleton", (done + batch * min(steps[0] / span, 1.0)) / total)
+        return False
+
+    return poll
+
+
 # ---------------------------------------------------------------------------------------------
 # Models
 
@@ -397,7 +412,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     faces = seq.faces
 
     track("normalize", 0.0)
-    verts_n, box = anchor_normalize(seq.verts, cfg.up_axis)  # float32 [K, V, 3], Y up
+    # float32 [K, V, 3], Y up
+    verts_n, box = anchor_normalize(seq.verts, cfg.up_axis, progress=lambda f: track("normalize", f))
     anchor = verts_n[0]
     diag = float(np.linalg.norm(np.ptp(anchor.astype(np.float64), axis=0)))
     track("models", 0.0)  # loading (or the cached models) is timed on its own
@@ -419,11 +435,14 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     if use_proxy(cfg.proxy, V, cfg.proxy_threshold):
         track("sample", 0.5)
         seams = colocated_representatives(verts_n)
-        proxy = build_proxy(anchor, faces, seams, cfg.proxy_vertices)
+        track("sample", 0.6)
+        proxy = build_proxy(anchor, faces, seams, cfg.proxy_vertices, progress=lambda f: track("sample", 0.6 + 0.4 * f))
         log.info("%s: rigging through a proxy of %d of %d vertices", seq.name, proxy.size, V)
     fit_ids = np.arange(V) if proxy is None else proxy.vertices
     fit_verts = verts_n if proxy is None else verts_n[:, fit_ids]  # [K, V or P, 3]
     fit_faces = faces if proxy is None else proxy.faces
+    # the faces around the vertices the networks see: their normals need nothing else
+    normal_faces = faces if proxy is None else faces[np.isin(faces, fit_ids).any(axis=1)]
     track("sample", 1.0)
 
     # -- skeletons: anchor (canonical) and report frames
@@ -433,7 +452,9 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         idx = [slot[int(f)] for f in report_frames[s:s + cfg.batch_frames]]
         skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints,
                                                   stop_after_repeats=cfg.stop_after_repeats,
-                                                  should_cancel=lambda: track.check() or False))
+                                                  should_cancel=_decoding_progress(track, s, len(idx),
+                                                                                   len(report_frames),
+                                                                                   cfg.max_joints)))
     track("skeleton", 1.0)
     joints0 = np.asarray(skeletons[0][0], dtype=np.float32).reshape(-1, 3)
     parents0 = np.asarray(skeletons[0][1], dtype=np.int32).reshape(-1)
@@ -472,7 +493,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
 
     # -- anchor teacher weights (at the vertices)
     track("skinning", 0.0)
-    vn0 = vertex_normals(anchor, faces)
+    vn0 = vertex_normals(anchor, normal_faces)
     n_fit = len(fit_ids)
     teacher = np.asarray(models.predict_weights(anchor[fit_ids], vn0[fit_ids], points[slot[0]], normals[slot[0]],
                                                 joints0, parents0), dtype=np.float32)
@@ -524,7 +545,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                             + transforms_n[:, :, :3, 3]).astype(np.float32)
         for i, f in enumerate(later):
             track("heatmap", i / len(later))
-            vn = vertex_normals(verts_n[f], faces)
+            vn = vertex_normals(verts_n[f], normal_faces)
             jf = joints0 if posed_joints is None else posed_joints[f]
             wf = models.predict_weights(fit_verts[f], vn[fit_ids], points[slot[f]], normals[slot[f]], jf, parents0)
             evaluated[i + 1] = skin_instability(wf, teacher)

@@ -104,7 +104,8 @@ def _count_cells(points: np.ndarray, piece: np.ndarray, step: float) -> int:
     return int(len(np.unique(key)))
 
 
-def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarray, n_target: int) -> MeshProxy:
+def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarray, n_target: int,
+                progress: Callable[[float], None] | None = None) -> MeshProxy:
     """A proxy of about ``n_target`` vertices (see the module docstring).
 
     Args:
@@ -113,6 +114,7 @@ def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarr
         representatives: int64 ``[V]`` from :func:`backend.sequence.colocated_representatives` on all frames.
         n_target: wanted proxy size (met within a few percent on meshes larger than it; a mesh with fewer
             welded vertices is its own proxy).
+        progress: called with the fraction done between the steps (graph, seeds, partition); may raise to cancel.
     Returns:
         :class:`MeshProxy`.
     """
@@ -122,7 +124,9 @@ def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarr
     rep = np.asarray(representatives, dtype=np.int64)
     keep = np.flatnonzero(rep == np.arange(len(rep)))
     compact = np.searchsorted(keep, rep)  # [V] -> welded index
+    tick = progress if progress is not None else (lambda fraction: None)
     adj, welded_faces = _welded_graph(a, faces, keep, compact)
+    tick(0.2)
     U = len(keep)
     points = a[keep]
     if U <= n_target:
@@ -145,6 +149,7 @@ def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarr
                 high = step
             step = float(np.sqrt(low * high))
         seeds = _voxel_seeds(points, piece, best[1])
+    tick(0.5)
     if len(seeds) < U:
         _, _, sources = dijkstra(adj, directed=False, indices=seeds, min_only=True, return_predecessors=True)
         unreached = sources < 0
@@ -153,6 +158,7 @@ def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarr
         cell_welded = np.searchsorted(seeds, sources)
     else:
         cell_welded = np.arange(U)
+    tick(0.9)
     lab = np.sort(cell_welded[welded_faces], axis=1)
     lab = lab[lab[:, 0] != lab[:, 2]]
     proxy_faces = np.unique(lab, axis=0) if len(lab) else np.zeros((0, 3), dtype=np.int64)

@@ -312,11 +312,14 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         if (rep != np.arange(len(rep))).any():
             return _fit_welded(a, x, w_in, parents, joints, faces, cfg, rep, progress, should_cancel, start)
 
+    reached = [0.0]  # the fraction sent never goes back (trial alternations tick below the main loop's)
+
     def tick(frac: float) -> None:
         if should_cancel is not None and should_cancel():
             raise FitCancelled("motion fit cancelled")
+        reached[0] = max(reached[0], float(frac))
         if progress is not None:
-            progress(float(frac))
+            progress(reached[0])
 
     K, V, _ = x.shape
     J = len(parents)
@@ -344,6 +347,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
                                                                  cfg.split_seed_fraction), w0)
             seeds["split"], _ = initial_transforms(a, x, one_hot(bone, J), parents, joints, 1.0, cfg.min_bone_mass, xv)
         for name, t_seed in seeds.items():
+            tick(0.5 / (cfg.refine_iters + 1))  # polls cancellation between the clusterings
             labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
                                                         cfg.min_bone_mass, frames_vm=xv)
             t_c = step.start(t_c)
@@ -373,6 +377,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
         for _ in range(cfg.transform_sweeps):
             step.sweep(st.resid, st.groups, st.transforms)
+        tick((len(st.rmse) - 0.5) / (cfg.refine_iters + 1))  # halfway through the alternation: progress, cancel
         if move_joints:
             step.move_joints(st.resid, st.groups, st.transforms)
         if cfg.refine_weights:
