@@ -16,6 +16,10 @@ defaults, ``transAffine = 0``) gets the same clip, its anchor as rest pose and t
 
     python bench/bench_rig_large.py [--splits 2 4 6 9 16] [--frames 120] [--compare 2 4] [--dembones 4]
                                     [--dembones-frames 60] [--checkpoints checkpoints] [--json out.json]
+
+``--responsiveness SPLITS`` instead rigs that one size (120 frames) once with a progress callback and prints the
+longest silence between two progress calls per stage, then once per stage cancels it (``should_cancel`` turns
+True a random 0-0.5 s after the stage's first progress call) and prints the seconds until ``RigCancelled``.
 """
 
 from __future__ import annotations
@@ -147,6 +151,47 @@ def run_dembones_row(n_frames: int, splits: int, n_bones: int) -> dict:
                 cpu=r["cpu"], error_pct=r["mean"], proxy_vertices=None, stages={}, maxrss_mb=peak_rss_mb())
 
 
+RESPONSIVE_STAGES = ("normalize", "sample", "skeleton", "skinning", "fit", "weights", "heatmap", "report")
+
+
+def responsiveness(splits: int, n_frames: int, checkpoints: str, seed: int = 0) -> None:
+    """Longest silence between progress calls per stage, then the cancel latency in each stage (printed)."""
+    import random
+
+    from backend.rigging.pipeline import RigCancelled, RigConfig, get_models, rig_sequence
+
+    seq = make_sequence(n_frames, splits)
+    cfg = RigConfig(checkpoint_dir=checkpoints, device="cpu")
+    get_models(cfg)
+    calls: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    rig_sequence(seq, cfg, progress=lambda stage, f: calls.append((time.perf_counter(), stage)))
+    wall = time.perf_counter() - t0
+    silence: dict[str, float] = {}
+    previous = t0
+    for t, stage in calls:
+        silence[stage] = max(silence.get(stage, 0.0), t - previous)
+        previous = t
+    print(f"{seq.n_verts} vertices x {n_frames} frames: {wall:.1f} s, {len(calls)} progress calls; longest silence "
+          "before a call, per stage (s): " + ", ".join(f"{s} {g:.2f}" for s, g in silence.items()), flush=True)
+    rng = random.Random(seed)
+    for stage in RESPONSIVE_STAGES:
+        state: dict[str, float] = {}
+
+        def progress(name: str, fraction: float, stage=stage, state=state) -> None:
+            if name == stage and "at" not in state:
+                state["at"] = time.perf_counter() + rng.uniform(0.0, 0.5)
+
+        def should_cancel(state=state) -> bool:
+            return "at" in state and time.perf_counter() >= state["at"]
+
+        try:
+            rig_sequence(seq, cfg, progress=progress, should_cancel=should_cancel)
+            print(f"  cancel in {stage:9s}: the rig finished first", flush=True)
+        except RigCancelled:
+            print(f"  cancel in {stage:9s}: {time.perf_counter() - state['at']:.2f} s to RigCancelled", flush=True)
+
+
 def child(spec: str, checkpoints: str) -> dict:
     kind, k, n, extra = spec.split(",")
     if kind == "rig":
@@ -159,24 +204,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", type=int, nargs="+", default=[2, 4, 6, 9, 16],
                         help="edge splits per size (2: 9.3k, 4: 37k, 6: 84k, 9: 190k, 16: 598k vertices)")
     parser.add_argument("--frames", type=int, default=120)
-    parser.add_argument("--compare", type=int, nargs="*", default=[2, 4], help="sizes also rigged without the proxy")
+    parser.add_argument("--compare", type=int, nargs="*", default=[2, 4],
+                        help="sizes rigged with the proxy forced on and without it, side by side")
     parser.add_argument("--dembones", type=int, nargs="*", default=[4], help="sizes also solved by Dem Bones")
     parser.add_argument("--dembones-frames", type=int, default=60)
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per row")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--responsiveness", type=int, default=None, metavar="SPLITS",
+                        help="measure progress silences and cancel latency at this size instead")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.responsiveness is not None:
+        responsiveness(args.responsiveness, args.frames, args.checkpoints)
+        return 0
     if args.child:
         print(json.dumps(child(args.child, args.checkpoints)))
         return 0
     from tqdm import tqdm
 
     jobs = []
-    for n in args.splits:
-        jobs.append(("rig", args.frames, n, "auto"))
-        if n in args.compare:
-            jobs.append(("rig", args.frames, n, "off"))
+    for n in args.splits:  # compared sizes: the proxy forced on, then off; the others as the default (auto) picks
+        jobs += [("rig", args.frames, n, "on"), ("rig", args.frames, n, "off")] if n in args.compare else [
+            ("rig", args.frames, n, "auto")]
     for n in args.dembones:
         jobs.append(("rig", args.dembones_frames, n, "auto"))
         jobs.append(("dembones", args.dembones_frames, n, None))  # bone count: the row above's
@@ -206,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu']:8.1f} | {r['maxrss_mb'] / 1024:11.2f} | {r['error_pct']:8.4f} | "
               f"{r['wall'] / (r['verts'] * r['frames'] / 1e6):17.3f}  {stages}", flush=True)
     # growth: seconds against vertex-frames, proxy runs above 20k vertices
-    big = [r for r in rows if r["method"] == "ours proxy auto" and r["verts"] > 20000 and r["frames"] == args.frames]
+    big = [r for r in rows if r["method"] != "dembones" and r["proxy_vertices"] is not None and r["verts"] > 20000
+           and r["frames"] == args.frames]
     if len(big) >= 2:
         vk = np.array([r["verts"] * r["frames"] / 1e6 for r in big])
         wall = np.array([r["wall"] for r in big])
@@ -216,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngrowth above 20k vertices ({len(big)} sizes, {args.frames} frames): seconds = {intercept:.1f} + "
               f"{slope:.3f} x (M vertex-frames), R^2 {r2:.3f}")
     for off in (r for r in rows if r["method"] == "ours proxy off"):
-        on = next((r for r in rows if r["method"] == "ours proxy auto" and r["verts"] == off["verts"]
+        on = next((r for r in rows if r["method"] == "ours proxy on" and r["verts"] == off["verts"]
                    and r["frames"] == off["frames"]), None)
         if on is not None:
             print(f"{on['verts']} vertices x {on['frames']} frames: with the proxy ({on['proxy_vertices']} vertices) "
