@@ -428,7 +428,13 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     needed = np.union1d(report_frames, skin_frames)
     slot = {int(f): i for i, f in enumerate(needed)}
     samples = sample_surface(anchor, faces, cfg.n_points, seed=cfg.seed)
-    points, normals = points_on_frames(verts_n[needed], faces, samples)  # [F, N, 3]
+    track("sample", 0.25)
+    per_frame = []  # one frame at a time: progress and cancellation on a large mesh
+    for i, f in enumerate(needed):
+        per_frame.append(points_on_frames(verts_n[f], faces, samples))
+        track("sample", 0.25 + 0.25 * (i + 1) / len(needed))
+    points = np.stack([p for p, _ in per_frame])  # [F, N, 3]
+    normals = np.stack([n for _, n in per_frame])
     # a large mesh is rigged through a proxy: the skeleton, the motion fit and the networks see its vertices
     # (``fit_ids``), then every vertex gets its weights against the fitted motion
     proxy, seams = None, None

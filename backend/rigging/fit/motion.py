@@ -186,14 +186,18 @@ class _TransformStep:
         """A start's transforms, projected onto the articulated motions when the fit is articulated."""
         return project_to_articulated(transforms, self.joints, self.parents) if self.articulated else transforms
 
-    def sweep(self, resid: np.ndarray, groups: list, transforms: np.ndarray) -> None:
+    def sweep(self, resid: np.ndarray, groups: list, transforms: np.ndarray,
+              between: Callable[[], None] | None = None) -> None:
         """One sweep (in place; the error never rises): free, the exact per-bone update; articulated, the exact
-        per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones."""
+        per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones
+        (``between`` is called before those: progress and cancellation)."""
         if self.articulated:
             if self.block_sweep or self.lm_steps <= 0:
                 update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
                                               self.members)
             if self.lm_steps > 0:
+                if between is not None:
+                    between()
                 lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents,
                                             self.members)
                 transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
@@ -247,14 +251,16 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     J = len(parents)
     step = _TransformStep(a, xv, parents, joints, cfg)
     transforms, _ = initial_transforms(a, x, w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    tick(share)  # polls cancellation
     transforms = step.start(transforms)
     transforms[keys] = sub.transforms
     idx, val = to_sparse_rows(w, min(cfg.max_influences, J))
     groups = bone_groups(idx, val, J)
     resid = xv - blend_sparse(a, groups, transforms)
     for s in range(cfg.keyframe_sweeps):
-        tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
-        step.sweep(resid, groups, transforms)
+        at = share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1)
+        tick(at)
+        step.sweep(resid, groups, transforms, between=lambda: tick(at + 0.5 * (1.0 - share) / cfg.keyframe_sweeps))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, rms_vertex_error(resid))
     tick(1.0)
