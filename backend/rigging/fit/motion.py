@@ -381,11 +381,13 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
 
     def alternate(st: _FitState, move_joints: bool = False) -> None:
         """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
+        at = (len(st.rmse) - 1) / (cfg.refine_iters + 1)  # progress and cancellation inside the alternation
         for _ in range(cfg.transform_sweeps):
-            step.sweep(st.resid, st.groups, st.transforms)
-        tick((len(st.rmse) - 0.5) / (cfg.refine_iters + 1))  # halfway through the alternation: progress, cancel
+            step.sweep(st.resid, st.groups, st.transforms, between=lambda: tick(at + 0.25 / (cfg.refine_iters + 1)))
+        tick(at + 0.5 / (cfg.refine_iters + 1))
         if move_joints:
             step.move_joints(st.resid, st.groups, st.transforms)
+            tick(at + 0.75 / (cfg.refine_iters + 1))
         if cfg.refine_weights:
             st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
                                             M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
