@@ -11,6 +11,7 @@ to Y-up with :data:`Z_UP_TO_Y_UP` inside the same map, and turned back by the in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -70,11 +71,21 @@ class AnchorBox:
         return (denorm @ np.asarray(transforms, dtype=np.float64) @ norm).astype(np.float32)
 
 
-def anchor_normalize(verts: np.ndarray, up_axis: str = "y") -> tuple[np.ndarray, AnchorBox]:
-    """Normalize every frame of ``verts [K, V, 3]`` by the anchor (frame 0) box (Y up afterwards).
+def anchor_normalize(verts: np.ndarray, up_axis: str = "y",
+                     progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, AnchorBox]:
+    """Normalize every frame of ``verts [K, V, 3]`` by the anchor (frame 0) box (Y up afterwards), a slice of
+    frames at a time (``progress`` gets the fraction done after each slice).
 
     Returns the normalized float32 ``[K, V, 3]`` and the :class:`AnchorBox` for the inverse.
     """
     verts = np.asarray(verts)
     box = AnchorBox.fit(verts[0], up_axis)
-    return box.apply(verts), box
+    if verts.ndim != 3:
+        return box.apply(verts), box
+    out = np.empty(verts.shape, dtype=np.float32)
+    step = max(1, (1 << 22) // max(verts.shape[1], 1))  # frames per slice: float64 temporaries stay ~100 MB
+    for s in range(0, verts.shape[0], step):
+        out[s:s + step] = box.apply(verts[s:s + step])
+        if progress is not None:
+            progress(min(s + step, verts.shape[0]) / verts.shape[0])
+    return out, box

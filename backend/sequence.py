@@ -164,15 +164,27 @@ def colocated_representatives(verts: np.ndarray, tol: float = 1e-6) -> np.ndarra
         int64 ``[V]``: for each vertex, the lowest index of its group (itself when it is alone), so
         ``rep[v] == v`` marks the representatives.
     """
-    x = np.asarray(verts, dtype=np.float64)
+    x = np.asarray(verts)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"verts must have shape [K, V, 3], got {list(x.shape)}")
     if tol <= 0:
         raise ValueError(f"tol must be positive, got {tol}")
-    diag = float(np.linalg.norm(np.ptp(x[0], axis=0)))
+    anchor = np.asarray(x[0], dtype=np.float64)
+    diag = float(np.linalg.norm(np.ptp(anchor, axis=0)))
     step = tol * max(diag, 1e-30)
-    keys = np.round(x.transpose(1, 0, 2).reshape(x.shape[1], -1) / step).astype(np.int64)  # [V, 3K]
+    # vertices that coincide on every frame coincide on the anchor: group by the anchor first, then compare
+    # whole trajectories only for the vertices that share an anchor position (no [V, 3K] key table)
+    _, first, inverse = np.unique(np.round(anchor / step).astype(np.int64), axis=0, return_index=True,
+                                  return_inverse=True)
+    inverse = inverse.reshape(-1)
+    rep = first[inverse].astype(np.int64)
+    shared = np.flatnonzero(np.bincount(inverse)[inverse] > 1)
+    if x.shape[0] == 1 or len(shared) == 0:
+        return rep
+    keys = np.round(np.asarray(x[:, shared], dtype=np.float64).transpose(1, 0, 2).reshape(len(shared), -1)
+                    / step).astype(np.int64)  # [S, 3K]
     _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return first[inverse.reshape(-1)].astype(np.int64)
+    rep[shared] = shared[first[inverse.reshape(-1)]]
+    return rep

@@ -50,7 +50,6 @@ def subdivide(faces: np.ndarray, n_verts: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_sequence(n_frames: int, n_subdiv: int):
     """CesiumMan at the requested size. Returns a MeshSequence with the GT rig in ``extras``."""
-    from backend.rigging.pose import matrix_to_quaternion, quaternion_to_matrix
     from backend.lbs import linear_blend_skinning
     from backend.sequence import MeshSequence
 
@@ -62,6 +61,19 @@ def make_sequence(n_frames: int, n_subdiv: int):
         edges, faces = subdivide(faces, len(rest))
         rest = np.concatenate([rest, rest[edges].mean(1)])
         weights = np.concatenate([weights, weights[edges].mean(1)])
+    T = cesium_transforms(n_frames)
+    verts = linear_blend_skinning(rest, weights, T)
+    joints = np.einsum("kjab,jb->kja", T[..., :3, :3], d["rest_joints"].astype(np.float64)) + T[..., :3, 3]
+    return MeshSequence(verts, faces, fps=30.0, name=f"cesium_K{n_frames}_V{len(rest)}",
+                        extras={"joints": joints.astype(np.float32), "parents": d["parents"], "weights": weights})
+
+
+def cesium_transforms(n_frames: int) -> np.ndarray:
+    """CesiumMan's bone transforms ``float64 [K, J, 4, 4]`` at ``n_frames`` frames (K <= 48: the first K frames of
+    its walk; more: the 48-frame cycle resampled, rotations by quaternion nlerp, translations linearly)."""
+    from backend.rigging.pose import matrix_to_quaternion, quaternion_to_matrix
+
+    d = np.load(CESIUM)
     S = d["skin_mats"].astype(np.float64)  # [48, J, 3, 4]
     K0 = S.shape[0]
     if n_frames <= K0:
@@ -79,10 +91,7 @@ def make_sequence(n_frames: int, n_subdiv: int):
     T = np.zeros(mats.shape[:2] + (4, 4))
     T[..., :3, :] = mats
     T[..., 3, 3] = 1.0
-    verts = linear_blend_skinning(rest, weights, T)
-    joints = np.einsum("kjab,jb->kja", T[..., :3, :3], d["rest_joints"].astype(np.float64)) + T[..., :3, 3]
-    return MeshSequence(verts, faces, fps=30.0, name=f"cesium_K{n_frames}_V{len(rest)}",
-                        extras={"joints": joints.astype(np.float32), "parents": d["parents"], "weights": weights})
+    return T
 
 
 class GroundTruthRig:

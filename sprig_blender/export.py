@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import bpy
@@ -82,13 +83,27 @@ def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: lis
         ExportError: a non-mesh or empty object, fewer than two frames, or a topology change (naming the
             first frame whose vertex count or connectivity differs from the anchor's).
     """
+    steps = export_frames_stepwise(context, obj, frames)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
+                           frames: list[int]) -> Generator[int, None, ExportedFrames]:
+    """:func:`export_frames` one frame at a time: yields the number of frames read so far after each one and
+    returns the :class:`ExportedFrames` (``StopIteration.value``), so that a modal operator can show progress
+    and stop between frames. Closing the generator early restores the scene's frame. Raises as
+    :func:`export_frames` (from the step that finds the problem)."""
     check_exportable(obj)
     if len(frames) < 2:
         raise ExportError(f"need at least 2 frames to rig a sequence, the range gives {len(frames)}; "
                           "widen the frame range or lower the step")
     scene = context.scene
     original_frame, original_subframe = scene.frame_current, scene.frame_subframe
-    verts_per_frame: list[np.ndarray] = []
+    verts: np.ndarray | None = None  # float32 [K, V, 3], allocated once the anchor's vertex count is known
     anchor_loops: np.ndarray | None = None
     anchor_local: np.ndarray | None = None
     local_change = 0.0  # largest change of an object-space coordinate from the anchor frame
@@ -118,7 +133,7 @@ def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: lis
                     mesh.loop_triangles.foreach_get("vertices", faces)
                     faces = faces.reshape(-1, 3)
                 else:
-                    n_anchor = verts_per_frame[0].shape[0]
+                    n_anchor = verts.shape[1]
                     if n_verts != n_anchor:
                         raise ExportError(f"topology changes at frame {frame}: {n_verts} vertices, the anchor frame "
                                           f"{frames[0]} has {n_anchor}; " + _topology_hint(obj))
@@ -137,12 +152,15 @@ def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: lis
             co = co.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
             if not np.isfinite(co).all():
                 raise ExportError(f"'{obj.name}' has NaN or infinite vertex positions at frame {frame}")
-            verts_per_frame.append(co.astype(np.float32))
+            if verts is None:
+                verts = np.empty((len(frames), len(co), 3), dtype=np.float32)
+            verts[index] = co
+            yield index + 1
     finally:
         scene.frame_set(original_frame, subframe=original_subframe)
     step = frames[1] - frames[0]
     fps = scene.render.fps / scene.render.fps_base / step
-    return ExportedFrames(verts=np.stack(verts_per_frame), faces=faces, frames=list(frames), fps=float(fps),
+    return ExportedFrames(verts=verts, faces=faces, frames=list(frames), fps=float(fps),
                           name=obj.name, local_change=local_change)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import bpy
 
@@ -14,15 +15,23 @@ log = logging.getLogger(__name__)
 
 
 class _Active:
-    """The running job (one at a time), so that unregister and file loads can cancel it."""
+    """The running job (one at a time), so that unregister and file loads can cancel it; ``export`` is the
+    frame export of an interactive run before its job starts (:func:`export.export_frames_stepwise`)."""
 
     job: runner.RigJob | None = None
+    export = None
 
 
 def cancel_active_job() -> None:
+    if _Active.export is not None:
+        _Active.export.close()  # restores the scene's frame
+        _Active.export = None
     if _Active.job is not None:
         _Active.job.cancel()
         _Active.job = None
+
+
+EXPORT_SLICE_S = 0.2  # frames exported per timer tick of an interactive run: as many as fit in this time
 
 
 # (label, stats keys tried in order, formatter) of the key numbers shown after a run
@@ -112,10 +121,31 @@ class _BackendJobOperator:
 
     @classmethod
     def poll(cls, context):
-        if _Active.job is not None:
+        if _Active.job is not None or _Active.export is not None:
             cls.poll_message_set("a rig is already running")
             return False
         return True
+
+    def _export_plan(self, context) -> tuple[bpy.types.Object, list[int]] | None:
+        """The object whose frames the job needs and the frame numbers; reports and returns None on error."""
+        raise NotImplementedError
+
+    def _begin(self, context, obj: bpy.types.Object, exported: export.ExportedFrames) -> bool:
+        """Start the backend job on the exported frames (:meth:`_launch`); reports and returns False on error."""
+        raise NotImplementedError
+
+    def _start(self, context) -> bool:
+        """Export every frame at once and start the job (the blocking path). Reports and returns False on error."""
+        plan = self._export_plan(context)
+        if plan is None:
+            return False
+        obj, frames = plan
+        try:
+            exported = export.export_frames(context, obj, frames)
+        except export.ExportError as exc:
+            self.report({"ERROR"}, f"SPRig: {exc}")
+            return False
+        return self._begin(context, obj, exported)
 
     def _launch(self, context, job: runner.RigJob) -> None:
         self._job = job
@@ -146,19 +176,63 @@ class _BackendJobOperator:
         return self._finish(context)
 
     def invoke(self, context, event):
-        """Interactive run: the backend works in a thread; a timer polls it; Esc or the panel's Cancel stops it."""
+        """Interactive run: the frames are exported a few per timer tick (progress shown, Esc stops it), then
+        the backend works in a thread; a timer polls it; Esc or the panel's Cancel stops it."""
         if context.window is None:
             return self.execute(context)
-        if not self._start(context):
+        plan = self._export_plan(context)
+        if plan is None:
             return {"CANCELLED"}
+        obj, frames = plan
+        self._job, self._export_object, self._export_total = None, obj, len(frames)
+        _Active.export = export.export_frames_stepwise(context, obj, frames)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 100)
         wm.modal_handler_add(self)
-        self._status(context, "starting backend... (Esc to cancel)")
+        self._status(context, f"exporting frames 0/{len(frames)} (Esc to cancel)")
+        return {"RUNNING_MODAL"}
+
+    def _end_modal(self, context) -> None:
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        self._status(context, None)
+
+    def _modal_export(self, context, event) -> set[str]:
+        """One timer tick of the frame export: frames for up to ``EXPORT_SLICE_S``, then the job starts."""
+        if event.type == "ESC" and event.value == "PRESS":
+            cancel_active_job()
+            self._end_modal(context)
+            self.report({"WARNING"}, f"SPRig: {self._verb} cancelled while exporting frames; nothing was changed")
+            return {"CANCELLED"}
+        if event.type != "TIMER" or _Active.export is None:
+            return {"PASS_THROUGH"}
+        until = time.monotonic() + EXPORT_SLICE_S
+        try:
+            while True:
+                done = next(_Active.export)
+                if time.monotonic() >= until:
+                    break
+        except StopIteration as finished:
+            _Active.export = None
+            if not self._begin(context, self._export_object, finished.value):
+                self._end_modal(context)
+                return {"CANCELLED"}
+            self._status(context, "starting backend... (Esc to cancel)")
+            return {"RUNNING_MODAL"}
+        except Exception as exc:  # ExportError, or the object removed while exporting
+            cancel_active_job()
+            self._end_modal(context)
+            self.report({"ERROR"}, f"SPRig: {exc}" if isinstance(exc, export.ExportError) else f"SPRig: export failed: {exc}")
+            return {"CANCELLED"}
+        context.window_manager.progress_update(int(100 * done / self._export_total))
+        self._status(context, f"exporting frames {done}/{self._export_total} (Esc to cancel)")
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
+        if self._job is None:
+            return self._modal_export(context, event)
         if event.type == "ESC" and event.value == "PRESS":
             self._job.cancel()
             self._status(context, "cancelling...")
@@ -173,10 +247,7 @@ class _BackendJobOperator:
             self._status(context, f"{self._job.stage} {100 * self._job.fraction:.0f}% (Esc to cancel)")
             _redraw_panels(context)
             return {"RUNNING_MODAL"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
-        self._status(context, None)
+        self._end_modal(context)
         result = self._finish(context)
         _redraw_panels(context)
         return result
@@ -204,13 +275,21 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
             return False
         return True
 
-    def _start(self, context) -> bool:
-        """Export the frames and start the backend job. Reports and returns False on error."""
-        settings = context.scene.sprig
+    def _export_plan(self, context) -> tuple[bpy.types.Object, list[int]] | None:
+        """The selected mesh (or the original of a selected rig) and the panel's frame range."""
         try:
             obj = rig_target(context)
-            frames = export.frame_list(*settings.frame_range(context.scene))
-            exported, self._warnings = export.screen_motion(export.export_frames(context, obj, frames))
+            frames = export.frame_list(*context.scene.sprig.frame_range(context.scene))
+        except export.ExportError as exc:
+            self.report({"ERROR"}, str(exc))
+            return None
+        return obj, frames
+
+    def _begin(self, context, obj: bpy.types.Object, exported: export.ExportedFrames) -> bool:
+        """Screen the exported frames (warnings for no or rigid-only motion) and start the rig job."""
+        settings = context.scene.sprig
+        try:
+            exported, self._warnings = export.screen_motion(exported)
             backend = runner.get_backend(preferences.backend_settings(context))
         except (export.ExportError, runner.BackendSetupError) as exc:
             self.report({"ERROR"}, str(exc))
@@ -274,8 +353,8 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
             return False
         return True
 
-    def _start(self, context) -> bool:
-        """Read the edited bones, export the rig's frames of its original and start the refit job."""
+    def _export_plan(self, context) -> tuple[bpy.types.Object, list[int]] | None:
+        """Read the edited bones; the rig's original and the frames the rig was made from."""
         mesh_obj, arm_obj = builder.rig_objects(context.active_object)
         if context.mode != "OBJECT":  # leaving Edit Mode writes the edited bones to the armature
             bpy.ops.object.mode_set(mode="OBJECT")
@@ -285,22 +364,34 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
                 raise export.ExportError(f"the original of '{mesh_obj.name}' ('{mesh_obj.get('sprig_source')}') "
                                          "is gone: a refit needs its frames")
             frames = builder.rig_frames(mesh_obj)
-            skeleton = builder.edited_skeleton(arm_obj)
-            exported = export.export_frames(context, source, frames)
-            backend = runner.get_backend(preferences.backend_settings(context))
-        except (export.ExportError, builder.BuildError, runner.BackendSetupError) as exc:
+            self._skeleton = builder.edited_skeleton(arm_obj)
+        except (export.ExportError, builder.BuildError) as exc:
             self.report({"ERROR"}, f"SPRig: {exc}")
+            return None
+        self._names = (mesh_obj.name, arm_obj.name)
+        return source, frames
+
+    def _begin(self, context, source: bpy.types.Object, exported: export.ExportedFrames) -> bool:
+        """Check the original still matches the rig and start the refit job with the edited skeleton."""
+        mesh_obj = bpy.data.objects.get(self._names[0])
+        try:
+            backend = runner.get_backend(preferences.backend_settings(context))
+        except runner.BackendSetupError as exc:
+            self.report({"ERROR"}, f"SPRig: {exc}")
+            return False
+        if mesh_obj is None:
+            self.report({"ERROR"}, "SPRig: the rig was removed while exporting its frames")
             return False
         if exported.verts.shape[1] != len(mesh_obj.data.vertices):
             self.report({"ERROR"}, f"SPRig: '{source.name}' has {exported.verts.shape[1]} vertices now but the rig "
                                    f"has {len(mesh_obj.data.vertices)}; run Rig Sequence again")
             return False
-        self._names = (mesh_obj.name, arm_obj.name)
         self._frames = exported.frames
         options = context.scene.sprig.refit_options()
         self._launch(context, runner.RigJob(backend, exported.verts, exported.faces, options, name=source.name,
-                                            fps=exported.fps, skeleton=skeleton))
-        log.info("refitting %s: %d bones, %d frames", arm_obj.name, len(skeleton["names"]), len(frames))
+                                            fps=exported.fps, skeleton=self._skeleton))
+        log.info("refitting %s: %d bones, %d frames", self._names[1], len(self._skeleton["names"]),
+                 len(exported.frames))
         return True
 
     def _apply(self, context, job) -> set[str]:

@@ -228,6 +228,30 @@ def test_export_armature_driven_mesh_in_world_space_with_step(scene):
     assert len(out.faces) == 2 * 11 * 12  # quads were triangulated
 
 
+def test_export_stepwise_reports_each_frame_and_stops_cleanly(scene):
+    from sprig_blender import export
+
+    obj = armature_tube(n_frames=8)
+    scene.frame_set(3)
+    frames = export.frame_list(1, 8, 1)
+    steps = export.export_frames_stepwise(bpy.context, obj, frames)
+    seen = []
+    while True:
+        try:
+            seen.append(next(steps))
+        except StopIteration as done:
+            out = done.value
+            break
+    assert seen == list(range(1, 9)) and scene.frame_current == 3
+    np.testing.assert_array_equal(out.verts, export.export_frames(bpy.context, obj, frames).verts)
+    # stopped after two frames (Esc in the modal operator): the scene's frame comes back
+    steps = export.export_frames_stepwise(bpy.context, obj, frames)
+    next(steps), next(steps)
+    assert scene.frame_current == 2
+    steps.close()
+    assert scene.frame_current == 3
+
+
 def test_export_rejects_topology_change_naming_the_frame(scene):
     from sprig_blender import export
 

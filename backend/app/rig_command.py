@@ -133,7 +133,7 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
-                       per_frame_predictions=args.per_frame is not None, up_axis=args.up)
+                       per_frame_predictions=args.per_frame is not None, up_axis=args.up, proxy=args.proxy)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=args.quiet)
 
     def progress(stage: str, fraction: float) -> None:
@@ -289,6 +289,9 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--articulated", action=argparse.BooleanOptionalAction, default=True,
                    help="bones rotate about their joints and stay attached (default); --no-articulated gives "
                         "every bone a free rigid motion")
+    p.add_argument("--proxy", choices=["auto", "on", "off"], default="auto",
+                   help="rig through a proxy of ~4000 vertices, then give every vertex its weights: auto uses it "
+                        "above 20000 vertices (much faster on large meshes)")
     p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",
                    help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
     p.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints",

@@ -33,6 +33,7 @@ import numpy as np
 from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, skin_anchor
 from backend.metrics import joint_separation, motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
+from backend.rigging.proxy import build_proxy, chunked_reconstruction_error, fit_frames, full_mesh_weights, use_proxy
 from backend.rigging.result import RigResult
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion
@@ -99,6 +100,15 @@ class RigConfig:
         batch_frames: frames per skeleton-generator batch.
         up_axis: ``y`` (glTF, most files) or ``z`` (Blender's world space): the models work Y-up, so
             Z-up input is rotated on the way in and the results rotated back.
+        proxy: rig through a proxy of the mesh (:mod:`backend.rigging.proxy`): ``auto`` (above
+            ``proxy_threshold`` vertices), ``on`` or ``off``. The skeleton, the bone motion and the weights are
+            solved on about ``proxy_vertices`` well-spread vertices, then every vertex gets its own weights
+            against that motion in one chunked pass (co-located vertices identical); the skinning network and
+            the heatmap run on the proxy and are carried to the vertices by cell. The error is measured on
+            the full mesh. Time and memory then grow with ``vertices x frames`` only through that pass and
+            the error; ``stats["proxy_vertices"]`` says whether (and with how many) it was used.
+        proxy_threshold: ``auto`` uses a proxy on meshes with more vertices than this.
+        proxy_vertices: the proxy's size.
         per_frame_predictions: also keep every frame's own prediction, as a static rigger run frame by
             frame would give it (skeleton generated on the frame, weights predicted for that skeleton on
             the frame's vertices) in :attr:`RigResult.frame_predictions`, so any run can be scored with
@@ -126,6 +136,9 @@ class RigConfig:
     batch_frames: int = 8
     per_frame_predictions: bool = False
     up_axis: str = "y"
+    proxy: str = "auto"
+    proxy_threshold: int = 20000
+    proxy_vertices: int = 4000
 
     def motion_detail(self) -> str | int:
         """``detail`` as :class:`MotionSkeletonConfig` takes it (a count as an int). Raises ValueError."""
@@ -147,7 +160,8 @@ class RigConfig:
             raise ValueError(f"n_points must be an integer in [16, {max_points}], got {self.n_points!r}")
         # upper bounds: a request (e.g. a server line) must not buy an endless run or allocation
         for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("max_joints", 1, 1024),
-                                ("batch_frames", 1, 4096), ("stop_after_repeats", 0, 1024)):
+                                ("batch_frames", 1, 4096), ("stop_after_repeats", 0, 1024),
+                                ("proxy_threshold", 0, 2**31 - 1), ("proxy_vertices", 64, 1_000_000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} must be >= {low} and <= {high} (an integer), got {value!r}")
@@ -158,6 +172,8 @@ class RigConfig:
             raise ValueError(f"models must be 'sprig', 'base' or 'auto', got {self.models!r}")
         if self.skin_joints not in ("anchor", "posed"):
             raise ValueError(f"skin_joints must be 'anchor' or 'posed', got {self.skin_joints!r}")
+        if self.proxy not in ("auto", "on", "off"):
+            raise ValueError(f"proxy must be 'auto', 'on' or 'off', got {self.proxy!r}")
         if self.up_axis not in UP_AXES:
             raise ValueError(f"up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
 
@@ -167,7 +183,7 @@ class RigConfig:
 
 # (stage, share of the whole run) in pipeline order
 _STAGES = (("normalize", 0.01), ("models", 0.01), ("sample", 0.03), ("skeleton", 0.25), ("skinning", 0.08),
-           ("fit", 0.20), ("heatmap", 0.25), ("report", 0.17))
+           ("fit", 0.20), ("weights", 0.08), ("heatmap", 0.20), ("report", 0.14))
 
 
 class _Progress:
@@ -207,6 +223,21 @@ class _Progress:
             self.timings[self._stage] = time.perf_counter() - self._t0
         if self.callback is not None:
             self.callback("done", 1.0)
+
+
+def _decoding_progress(track: _Progress, done: int, batch: int, total: int, max_joints: int) -> Callable[[], bool]:
+    """The skeleton generator's ``should_cancel`` for a batch of ``batch`` of ``total`` report frames after
+    ``done``: polls cancellation and moves the skeleton stage's progress with the decoding steps (at most
+    ``4 * max_joints + 1`` per skeleton), so a long decoding still reports several times a second."""
+    steps = [0]
+    span = 4 * max_joints + 1
+
+    def poll() -> bool:
+        steps[0] += 1
+        track("skeleton", (done + batch * min(steps[0] / span, 1.0)) / total)
+        return False
+
+    return poll
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +378,47 @@ def seam_gap(posed: np.ndarray, representatives: np.ndarray) -> float:
     return float(np.linalg.norm(posed[:, split] - posed[:, representatives[split]], axis=-1).max())
 
 
+def playback_quality(anchor: np.ndarray, verts_n: np.ndarray, weights: np.ndarray, transforms_n: np.ndarray,
+                     pivots: np.ndarray, parents: np.ndarray, seams: np.ndarray, diag: float, chunked: bool,
+                     progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """How the rig plays back against the input: the per-frame per-vertex reconstruction error and the stats
+    every rig reports about it (error, joint separation, seams).
+
+    Args:
+        anchor: ``[V, 3]`` and verts_n ``[K, V, 3]`` normalized; weights ``[V, J]``; transforms_n ``[K, J, 4, 4]``
+            normalized; pivots ``[J, 3]`` the joints the motion is articulated about; parents ``[J]``;
+            seams: :func:`backend.sequence.colocated_representatives` of ``verts_n``; diag: anchor box diagonal.
+        chunked: work ``chunk`` vertices at a time (no ``[K, V, 3]`` float64 array; large meshes).
+    Returns:
+        ``recon float32 [K, V]`` (fraction of the diagonal) and the stats entries ``recon_*``,
+        ``joint_separation_*``, ``seam_vertices``, ``seam_gap_max``.
+    """
+    V = len(anchor)
+    split = np.flatnonzero(seams != np.arange(V))
+    if not chunked:
+        posed = skin_anchor(anchor, weights, transforms_n)  # [K, V, 3]
+        recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)  # [K, V]
+        gap = seam_gap(posed, seams)
+    else:
+        recon = chunked_reconstruction_error(anchor, verts_n, weights, transforms_n, progress=progress)
+        recon /= diag
+        both = np.union1d(split, seams[split])
+        gap = seam_gap(skin_anchor(anchor[both], weights[both], transforms_n),
+                       np.searchsorted(both, seams[both])) if len(split) else 0.0
+    separation = joint_separation(transforms_n, pivots, parents) / diag  # [K, J]
+    stats = {
+        "recon_mean": float(recon.mean()), "recon_max": float(recon.max()),
+        "recon_mean_per_frame": recon.mean(axis=1), "recon_max_per_frame": recon.max(axis=1),
+        "recon_unit": "fraction of the anchor bounding-box diagonal",
+        "joint_separation_max": float(separation.max()),
+        "joint_separation_mean": float(separation[:, parents >= 0].mean()) if (parents >= 0).any() else 0.0,
+        "joint_separation_unit": "fraction of the anchor bounding-box diagonal",
+        "seam_vertices": int(len(split)),
+        "seam_gap_max": gap / diag,
+    }
+    return recon, stats
+
+
 def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                  progress: Callable[[str, float], None] | None = None,
                  should_cancel: Callable[[], bool] | None = None, models=None,
@@ -382,7 +454,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     faces = seq.faces
 
     track("normalize", 0.0)
-    verts_n, box = anchor_normalize(seq.verts, cfg.up_axis)  # float32 [K, V, 3], Y up
+    # float32 [K, V, 3], Y up
+    verts_n, box = anchor_normalize(seq.verts, cfg.up_axis, progress=lambda f: track("normalize", f))
     anchor = verts_n[0]
     diag = float(np.linalg.norm(np.ptp(anchor.astype(np.float64), axis=0)))
     track("models", 0.0)  # loading (or the cached models) is timed on its own
@@ -397,7 +470,27 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     needed = np.union1d(report_frames, skin_frames)
     slot = {int(f): i for i, f in enumerate(needed)}
     samples = sample_surface(anchor, faces, cfg.n_points, seed=cfg.seed)
-    points, normals = points_on_frames(verts_n[needed], faces, samples)  # [F, N, 3]
+    track("sample", 0.25)
+    per_frame = []  # one frame at a time: progress and cancellation on a large mesh
+    for i, f in enumerate(needed):
+        per_frame.append(points_on_frames(verts_n[f], faces, samples))
+        track("sample", 0.25 + 0.25 * (i + 1) / len(needed))
+    points = np.stack([p for p, _ in per_frame])  # [F, N, 3]
+    normals = np.stack([n for _, n in per_frame])
+    # a large mesh is rigged through a proxy: the skeleton, the motion fit and the networks see its vertices
+    # (``fit_ids``), then every vertex gets its weights against the fitted motion
+    proxy, seams = None, None
+    if use_proxy(cfg.proxy, V, cfg.proxy_threshold):
+        track("sample", 0.5)
+        seams = colocated_representatives(verts_n)
+        track("sample", 0.6)
+        proxy = build_proxy(anchor, faces, seams, cfg.proxy_vertices, progress=lambda f: track("sample", 0.6 + 0.4 * f))
+        log.info("%s: rigging through a proxy of %d of %d vertices", seq.name, proxy.size, V)
+    fit_ids = np.arange(V) if proxy is None else proxy.vertices
+    fit_verts = verts_n if proxy is None else verts_n[:, fit_ids]  # [K, V or P, 3]
+    fit_faces = faces if proxy is None else proxy.faces
+    # the faces around the vertices the networks see: their normals need nothing else
+    normal_faces = faces if proxy is None else faces[np.isin(faces, fit_ids).any(axis=1)]
     track("sample", 1.0)
 
     # -- skeletons: anchor (canonical) and report frames
@@ -407,7 +500,9 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         idx = [slot[int(f)] for f in report_frames[s:s + cfg.batch_frames]]
         skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints,
                                                   stop_after_repeats=cfg.stop_after_repeats,
-                                                  should_cancel=lambda: track.check() or False))
+                                                  should_cancel=_decoding_progress(track, s, len(idx),
+                                                                                   len(report_frames),
+                                                                                   cfg.max_joints)))
     track("skeleton", 1.0)
     joints0 = np.asarray(skeletons[0][0], dtype=np.float32).reshape(-1, 3)
     parents0 = np.asarray(skeletons[0][1], dtype=np.int32).reshape(-1)
@@ -419,7 +514,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     names0, tails_n, skeleton_source, motion_stats = None, None, "network", None
     if given is None and cfg.skeleton == "motion":
         track("skeleton", 1.0)  # polls cancellation
-        found = skeleton_from_motion(verts_n, faces, joints0, parents0, MotionSkeletonConfig(detail=cfg.motion_detail()))
+        found = skeleton_from_motion(fit_verts, fit_faces, joints0, parents0,
+                                     MotionSkeletonConfig(detail=cfg.motion_detail()))
         log.info("%s: skeleton from motion: %d joints (the generator's has %d)", seq.name, len(found.parents),
                  len(parents0))
         joints0 = np.asarray(found.joints, dtype=np.float32)
@@ -436,6 +532,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         log.info("%s: rigging with the given skeleton (%d joints; the generator's has %d)", seq.name, len(parents0),
                  generated_joints)
         start_weights_given, skeleton_source = given.init_weights, "given"
+        if start_weights_given is not None and proxy is not None:
+            start_weights_given = np.asarray(start_weights_given)[fit_ids]
     else:
         start_weights_given = None
     J = len(parents0)
@@ -443,11 +541,13 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
 
     # -- anchor teacher weights (at the vertices)
     track("skinning", 0.0)
-    vn0 = vertex_normals(anchor, faces)
-    teacher = np.asarray(models.predict_weights(anchor, vn0, points[slot[0]], normals[slot[0]], joints0, parents0),
-                         dtype=np.float32)
-    if teacher.shape != (V, J):
-        raise RuntimeError(f"the skinning network returned weights of shape {list(teacher.shape)}, expected [{V}, {J}]")
+    vn0 = vertex_normals(anchor, normal_faces)
+    n_fit = len(fit_ids)
+    teacher = np.asarray(models.predict_weights(anchor[fit_ids], vn0[fit_ids], points[slot[0]], normals[slot[0]],
+                                                joints0, parents0), dtype=np.float32)
+    if teacher.shape != (n_fit, J):
+        raise RuntimeError(f"the skinning network returned weights of shape {list(teacher.shape)}, "
+                           f"expected [{n_fit}, {J}]")
     start_weights = teacher if start_weights_given is None else start_weights_given
     rig_weights = prune_weights(start_weights, cfg.max_influences)
     track("skinning", 1.0)
@@ -457,7 +557,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                         articulated=cfg.articulated, refine_joints=cfg.refine_joints)
     track("fit", 0.0)
     try:
-        fit = fit_motion(anchor, verts_n, rig_weights, parents0, joints0, faces, fit_cfg,
+        fit = fit_motion(fit_verts[0], fit_verts, rig_weights, parents0, joints0, fit_faces, fit_cfg,
                          progress=lambda f: track("fit", f), should_cancel=should_cancel)
     except FitCancelled as exc:
         raise RigCancelled(str(exc)) from exc
@@ -469,13 +569,23 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     if joints_moved > 0 and tails_n is not None:  # the tails follow their moved heads (and children)
         tails_n = carry_tails(tails_n, joints0, pivots, parents0, tol=1e-6 * diag)
 
-    # -- per-frame skinning for the instability heatmap
+    # -- with a proxy: every vertex's weights against the proxy's motion
+    if proxy is None:
+        weights = fit.weights
+    else:
+        track("weights", 0.0)
+        weights = full_mesh_weights(verts_n, proxy, fit.weights, transforms_n, fit_frames(K, fit_cfg.max_fit_frames),
+                                    cfg.max_influences, qp_iters=fit_cfg.qp_iters,
+                                    progress=lambda f: track("weights", f))
+        track("weights", 1.0)
+
+    # -- per-frame skinning for the instability heatmap (at the proxy's vertices, carried to its cells)
     track("heatmap", 0.0)
     instability = np.zeros((K, V), dtype=np.float32)
     if not cfg.heatmap:
         skin_frames = skin_frames[:0]
     later = [int(f) for f in skin_frames if f != 0]
-    evaluated = np.zeros((len(skin_frames), V), dtype=np.float32)
+    evaluated = np.zeros((len(skin_frames), n_fit), dtype=np.float32)
     if later:
         posed_joints = None
         if cfg.skin_joints == "posed":
@@ -483,39 +593,33 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                             + transforms_n[:, :, :3, 3]).astype(np.float32)
         for i, f in enumerate(later):
             track("heatmap", i / len(later))
-            vn = vertex_normals(verts_n[f], faces)
+            vn = vertex_normals(verts_n[f], normal_faces)
             jf = joints0 if posed_joints is None else posed_joints[f]
-            wf = models.predict_weights(verts_n[f], vn, points[slot[f]], normals[slot[f]], jf, parents0)
+            wf = models.predict_weights(fit_verts[f], vn[fit_ids], points[slot[f]], normals[slot[f]], jf, parents0)
             evaluated[i + 1] = skin_instability(wf, teacher)
         instability = _interpolate_frames(evaluated, skin_frames, K)
+        if proxy is not None:
+            instability = instability[:, proxy.cell]
     track("heatmap", 1.0)
 
     # -- report
     track("report", 0.0)
-    weights = fit.weights
-    posed = skin_anchor(anchor, weights, transforms_n)  # [K, V, 3]
-    recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)  # [K, V]
-    separation = joint_separation(transforms_n, pivots, parents0) / diag  # [K, J]
-    seams = colocated_representatives(verts_n)
+    if seams is None:
+        seams = colocated_representatives(verts_n)
+    recon, quality = playback_quality(anchor, verts_n, weights, transforms_n, pivots, parents0, seams, diag,
+                                      chunked=proxy is not None, progress=lambda f: track("report", 0.3 * f))
     frame_joints_count = np.full(K, -1, dtype=np.int32)
     frame_joints_count[report_frames] = [len(p) for _, p in skeletons]
     track("report", 0.3)
     stats: dict[str, Any] = {
         "name": seq.name, "frames": K, "vertices": V, "faces": int(len(faces)), "joints": J,
-        "models": cfg.models, "config": asdict(cfg),
-        "recon_mean": float(recon.mean()), "recon_max": float(recon.max()),
-        "recon_mean_per_frame": recon.mean(axis=1), "recon_max_per_frame": recon.max(axis=1),
-        "recon_unit": "fraction of the anchor bounding-box diagonal",
+        "models": cfg.models, "config": asdict(cfg), **quality,
         "fit_rmse_history": [r / diag for r in fit.rmse_history], "fit_seconds": fit.seconds, "fit_start": fit.start,
         "fit_keyframes": fit.keyframes,
         "bones_borrowing_motion": int(fit.borrowed.sum()),
         "articulated": bool(cfg.articulated),
-        "joint_separation_max": float(separation.max()),
-        "joint_separation_mean": float(separation[:, parents0 >= 0].mean()) if (parents0 >= 0).any() else 0.0,
-        "joint_separation_unit": "fraction of the anchor bounding-box diagonal",
         "joints_moved_max": joints_moved,
-        "seam_vertices": int((seams != np.arange(V)).sum()),
-        "seam_gap_max": seam_gap(posed, seams) / diag,
+        "proxy_vertices": None if proxy is None else proxy.size,
         "skeleton_source": skeleton_source,
         "skeleton_from_motion": motion_stats,
         "skin_frames": skin_frames.tolist(),
@@ -523,7 +627,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 else None,
     }
     if K > 1:
-        stab = stability_report(verts_n, report_frames, skeletons)
+        stab = stability_report(fit_verts, report_frames, skeletons)
         stats["stability"] = stab
         stats["pjdd"] = stab.get("paper_3frame", {}).get("pjdd")
         stats["topology_flicker"] = stab["clip"]["topology_flicker"]
@@ -535,7 +639,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
             gt_parents = seq.extras.get("parents")
             gt = [(box.apply(np.asarray(gt_joints)[f]), np.asarray(gt_parents) if gt_parents is not None
                    else np.full(np.shape(gt_joints)[1], -1)) for f in report_frames]
-            stats["gt"] = stability_report(verts_n, report_frames, gt)
+            stats["gt"] = stability_report(fit_verts, report_frames, gt)
     else:
         stats.update(pjdd=None, topology_flicker=None, mcjd=None, joint_drift=None, stability=None)
     frame_predictions = None

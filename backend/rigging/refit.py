@@ -23,10 +23,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from backend.metrics import joint_separation
 from backend.normalize import anchor_normalize
-from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, skin_anchor
-from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, seam_gap
+from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights
+from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, playback_quality
 from backend.rigging.result import RigResult
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.sequence import MeshSequence, colocated_representatives
@@ -211,28 +210,20 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
 
     track("report", 0.0)
     weights = fit.weights
-    posed = skin_anchor(anchor, weights, transforms_n)
-    recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)
-    separation = joint_separation(transforms_n, joints_n, parents) / diag
-    seams = colocated_representatives(verts_n)
+    recon, quality = playback_quality(anchor, verts_n, weights, transforms_n, joints_n, parents,
+                                      colocated_representatives(verts_n), diag, chunked=V > cfg.proxy_threshold,
+                                      progress=lambda f: track("report", f))
     track("report", 1.0)
     track.finish()
     stats: dict[str, Any] = {
         "name": seq.name, "frames": K, "vertices": V, "faces": int(len(seq.faces)), "joints": J,
         "roots": int((parents < 0).sum()), "models": None, "config": {**asdict(cfg), "heatmap": False,
                                                                       "refine_joints": False},
-        "recon_mean": float(recon.mean()), "recon_max": float(recon.max()),
-        "recon_mean_per_frame": recon.mean(axis=1), "recon_max_per_frame": recon.max(axis=1),
-        "recon_unit": "fraction of the anchor bounding-box diagonal",
+        **quality,
         "fit_rmse_history": [r / diag for r in fit.rmse_history], "fit_seconds": fit.seconds, "fit_start": fit.start,
         "fit_keyframes": fit.keyframes, "bones_borrowing_motion": int(fit.borrowed.sum()),
         "articulated": bool(cfg.articulated),
-        "joint_separation_max": float(separation.max()),
-        "joint_separation_mean": float(separation[:, parents >= 0].mean()) if (parents >= 0).any() else 0.0,
-        "joint_separation_unit": "fraction of the anchor bounding-box diagonal",
         "joints_moved_max": 0.0,
-        "seam_vertices": int((seams != np.arange(V)).sum()),
-        "seam_gap_max": seam_gap(posed, seams) / diag,
         "skeleton_source": "edited", "skeleton_from_motion": None,
         "skin_frames": [], "skin_instability_mean": None, "skin_instability_mean_per_frame": None,
         "pjdd": None, "topology_flicker": None, "mcjd": None, "joint_drift": None, "stability": None,

@@ -186,14 +186,18 @@ class _TransformStep:
         """A start's transforms, projected onto the articulated motions when the fit is articulated."""
         return project_to_articulated(transforms, self.joints, self.parents) if self.articulated else transforms
 
-    def sweep(self, resid: np.ndarray, groups: list, transforms: np.ndarray) -> None:
+    def sweep(self, resid: np.ndarray, groups: list, transforms: np.ndarray,
+              between: Callable[[], None] | None = None) -> None:
         """One sweep (in place; the error never rises): free, the exact per-bone update; articulated, the exact
-        per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones."""
+        per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones
+        (``between`` is called before those: progress and cancellation)."""
         if self.articulated:
             if self.block_sweep or self.lm_steps <= 0:
                 update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
                                               self.members)
             if self.lm_steps > 0:
+                if between is not None:
+                    between()
                 lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents,
                                             self.members)
                 transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
@@ -247,14 +251,16 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     J = len(parents)
     step = _TransformStep(a, xv, parents, joints, cfg)
     transforms, _ = initial_transforms(a, x, w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    tick(share)  # polls cancellation
     transforms = step.start(transforms)
     transforms[keys] = sub.transforms
     idx, val = to_sparse_rows(w, min(cfg.max_influences, J))
     groups = bone_groups(idx, val, J)
     resid = xv - blend_sparse(a, groups, transforms)
     for s in range(cfg.keyframe_sweeps):
-        tick(share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1))
-        step.sweep(resid, groups, transforms)
+        at = share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1)
+        tick(at)
+        step.sweep(resid, groups, transforms, between=lambda: tick(at + 0.5 * (1.0 - share) / cfg.keyframe_sweeps))
     if log.isEnabledFor(logging.DEBUG):
         log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, rms_vertex_error(resid))
     tick(1.0)
@@ -312,11 +318,14 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         if (rep != np.arange(len(rep))).any():
             return _fit_welded(a, x, w_in, parents, joints, faces, cfg, rep, progress, should_cancel, start)
 
+    reached = [0.0]  # the fraction sent never goes back (trial alternations tick below the main loop's)
+
     def tick(frac: float) -> None:
         if should_cancel is not None and should_cancel():
             raise FitCancelled("motion fit cancelled")
+        reached[0] = max(reached[0], float(frac))
         if progress is not None:
-            progress(float(frac))
+            progress(reached[0])
 
     K, V, _ = x.shape
     J = len(parents)
@@ -344,6 +353,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
                                                                  cfg.split_seed_fraction), w0)
             seeds["split"], _ = initial_transforms(a, x, one_hot(bone, J), parents, joints, 1.0, cfg.min_bone_mass, xv)
         for name, t_seed in seeds.items():
+            tick(0.5 / (cfg.refine_iters + 1))  # polls cancellation between the clusterings
             labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
                                                         cfg.min_bone_mass, frames_vm=xv)
             t_c = step.start(t_c)
@@ -371,10 +381,13 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
 
     def alternate(st: _FitState, move_joints: bool = False) -> None:
         """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
+        at = (len(st.rmse) - 1) / (cfg.refine_iters + 1)  # progress and cancellation inside the alternation
         for _ in range(cfg.transform_sweeps):
-            step.sweep(st.resid, st.groups, st.transforms)
+            step.sweep(st.resid, st.groups, st.transforms, between=lambda: tick(at + 0.25 / (cfg.refine_iters + 1)))
+        tick(at + 0.5 / (cfg.refine_iters + 1))
         if move_joints:
             step.move_joints(st.resid, st.groups, st.transforms)
+            tick(at + 0.75 / (cfg.refine_iters + 1))
         if cfg.refine_weights:
             st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
                                             M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,

@@ -1,0 +1,282 @@
+"""Rigging a large mesh through a proxy: the skeleton, the bone motion and the weights are solved on a few
+thousand well-spread vertices, then every vertex of the full mesh gets its own weights against that motion.
+
+1. :func:`build_proxy`: on the welded mesh (co-located vertices are one vertex), one seed vertex per occupied
+   cell of a voxel grid (per connected piece of the mesh, the vertex nearest the cell's centroid; the grid
+   step is searched so that about ``n_target`` cells are occupied); every vertex belongs to its nearest seed
+   along the mesh edges (a geodesic Voronoi partition, so cells never jump across a gap between parts);
+   the proxy's connectivity is the cells' adjacency (faces whose corners fall in two or three cells).
+   The proxy vertices are real vertices of the mesh: their trajectories are the input's own.
+2. the caller runs the skeleton from motion and the motion fit on the proxy (``verts[:, proxy.vertices]``,
+   ``proxy.faces``);
+3. :func:`full_mesh_weights`: every welded vertex gets its weights from one small least-squares solve on the
+   simplex against the proxy's bone motion (:func:`backend.rigging.fit.update_weights` with the transforms
+   fixed, on the fit's keyframes), warm-started from its nearest proxy vertices' weights (inverse-distance
+   blend, pruned to ``max_influences``), its candidate bones being those proxy vertices' bones plus the bones
+   whose motion alone reproduces it best; a pull toward the warm start (``smoothness``) keeps ambiguous
+   vertices with their neighbours. Vertices are processed in chunks (memory bounded; progress and
+   cancellation per chunk); co-located vertices get their representative's row, so seams cannot open;
+4. :func:`chunked_reconstruction_error`: the error on the full mesh, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components, dijkstra
+from scipy.spatial import cKDTree
+
+from backend.rigging.fit.solve import ResidualGram, motion_candidate_bones, update_weights
+from backend.rigging.fit.sparse import prune_weights, to_sparse_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MeshProxy:
+    """A coarse stand-in for a mesh (see the module docstring).
+
+    Attributes:
+        vertices: int64 ``[P]`` the proxy's vertices, as indices into the full mesh (co-location
+            representatives, ascending).
+        faces: int64 ``[F_p, 3]`` the proxy's connectivity, indices into ``vertices``; a pair of adjacent cells
+            that share no triangle with a third appears as ``(a, b, b)`` (an edge).
+        cell: int64 ``[V]`` every full-mesh vertex's proxy vertex (index into ``vertices``); co-located vertices
+            share their representative's cell.
+        representatives: int64 ``[V]`` co-location representatives
+            (:func:`backend.sequence.colocated_representatives`).
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    cell: np.ndarray
+    representatives: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(len(self.vertices))
+
+
+def _welded_graph(anchor: np.ndarray, faces: np.ndarray, keep: np.ndarray,
+                  compact: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Symmetric edge-length adjacency of the welded mesh (``[U, U]``) and its welded faces ``int64 [F, 3]``."""
+    f = compact[np.asarray(faces, dtype=np.int64)]
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    ok = i != j
+    i, j = i[ok], j[ok]
+    a = anchor[keep]
+    length = np.maximum(np.linalg.norm(a[i] - a[j], axis=1), 1e-12)
+    U = len(keep)
+    adj = sp.coo_matrix((np.concatenate([length, length]), (np.concatenate([i, j]), np.concatenate([j, i]))),
+                        shape=(U, U)).tocsr()
+    adj.sum_duplicates()
+    # duplicates (an edge shared by two faces) were summed: put the length back
+    adj.data = np.maximum(np.linalg.norm(a[adj.indices] - a[np.repeat(np.arange(U), np.diff(adj.indptr))], axis=1),
+                          1e-12)
+    return adj, f
+
+
+def _voxel_seeds(points: np.ndarray, piece: np.ndarray, step: float) -> np.ndarray:
+    """One seed per occupied (piece, voxel) cell: the point nearest the cell's centroid. ``int64 [S]`` sorted."""
+    ijk = np.floor((points - points.min(axis=0)) / step).astype(np.int64)
+    dims = ijk.max(axis=0) + 1
+    key = ((piece.astype(np.int64) * dims[0] + ijk[:, 0]) * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
+    _, cell = np.unique(key, return_inverse=True)
+    cell = cell.reshape(-1)
+    count = np.bincount(cell)
+    centroid = np.stack([np.bincount(cell, weights=points[:, d]) for d in range(3)], axis=1) / count[:, None]
+    dist = np.linalg.norm(points - centroid[cell], axis=1)
+    order = np.lexsort((dist, cell))
+    first = np.flatnonzero(np.r_[True, cell[order][1:] != cell[order][:-1]])
+    return np.sort(order[first])
+
+
+def _count_cells(points: np.ndarray, piece: np.ndarray, step: float) -> int:
+    ijk = np.floor((points - points.min(axis=0)) / step).astype(np.int64)
+    dims = ijk.max(axis=0) + 1
+    key = ((piece.astype(np.int64) * dims[0] + ijk[:, 0]) * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
+    return int(len(np.unique(key)))
+
+
+def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarray, n_target: int,
+                progress: Callable[[float], None] | None = None) -> MeshProxy:
+    """A proxy of about ``n_target`` vertices (see the module docstring).
+
+    Args:
+        anchor: float ``[V, 3]`` the anchor frame.
+        faces: int ``[F, 3]``.
+        representatives: int64 ``[V]`` from :func:`backend.sequence.colocated_representatives` on all frames.
+        n_target: wanted proxy size (met within a few percent on meshes larger than it; a mesh with fewer
+            welded vertices is its own proxy).
+        progress: called with the fraction done between the steps (graph, seeds, partition); may raise to cancel.
+    Returns:
+        :class:`MeshProxy`.
+    """
+    if n_target < 16:
+        raise ValueError(f"a proxy needs at least 16 vertices, got n_target={n_target}")
+    a = np.asarray(anchor, dtype=np.float64)
+    rep = np.asarray(representatives, dtype=np.int64)
+    keep = np.flatnonzero(rep == np.arange(len(rep)))
+    compact = np.searchsorted(keep, rep)  # [V] -> welded index
+    tick = progress if progress is not None else (lambda fraction: None)
+    adj, welded_faces = _welded_graph(a, faces, keep, compact)
+    tick(0.2)
+    U = len(keep)
+    points = a[keep]
+    if U <= n_target:
+        seeds = np.arange(U)
+    else:
+        _, piece = connected_components(adj, directed=False)
+        extent = float(np.ptp(points, axis=0).max())
+        # occupied cells of a surface grow like step^-2: search the step on a log scale
+        low, high = extent / 4096.0, extent
+        step = extent / np.sqrt(n_target)
+        best = (np.inf, step)
+        for _ in range(24):
+            count = _count_cells(points, piece, step)
+            best = min(best, (abs(count - n_target), step))
+            if abs(count - n_target) <= 0.03 * n_target:
+                break
+            if count > n_target:
+                low = step
+            else:
+                high = step
+            step = float(np.sqrt(low * high))
+        seeds = _voxel_seeds(points, piece, best[1])
+    tick(0.5)
+    if len(seeds) < U:
+        _, _, sources = dijkstra(adj, directed=False, indices=seeds, min_only=True, return_predecessors=True)
+        unreached = sources < 0
+        if unreached.any():  # cannot happen (every piece holds a seed); kept as a guard for isolated vertices
+            sources[unreached] = seeds[cKDTree(points[seeds]).query(points[unreached])[1]]
+        cell_welded = np.searchsorted(seeds, sources)
+    else:
+        cell_welded = np.arange(U)
+    tick(0.9)
+    lab = np.sort(cell_welded[welded_faces], axis=1)
+    lab = lab[lab[:, 0] != lab[:, 2]]
+    proxy_faces = np.unique(lab, axis=0) if len(lab) else np.zeros((0, 3), dtype=np.int64)
+    return MeshProxy(vertices=keep[seeds].astype(np.int64), faces=proxy_faces.astype(np.int64),
+                     cell=cell_welded[compact].astype(np.int64), representatives=rep)
+
+
+def use_proxy(mode: str, n_verts: int, threshold: int) -> bool:
+    """Whether :func:`backend.rigging.pipeline.rig_sequence` rigs through a proxy: ``mode`` ``on`` / ``off``,
+    or ``auto`` (more than ``threshold`` vertices)."""
+    if mode == "on":
+        return True
+    if mode == "off":
+        return False
+    return n_verts > threshold
+
+
+def fit_frames(n_frames: int, max_fit_frames: int) -> np.ndarray:
+    """The frames a full-mesh weight pass solves on: the motion fit's keyframes (``FitConfig.max_fit_frames``
+    evenly spaced, first and last included), or every frame."""
+    if max_fit_frames <= 0 or n_frames <= max_fit_frames:
+        return np.arange(n_frames)
+    return np.unique(np.round(np.linspace(0, n_frames - 1, max_fit_frames)).astype(np.int64))
+
+
+def _frames_chunk(verts: np.ndarray, frames: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Vertex-major float64 ``[B, len(frames), 3]`` of ``verts [K, V, 3]`` without copying any full frame."""
+    return np.ascontiguousarray(np.asarray(verts[np.ix_(frames, ids)], dtype=np.float64).transpose(1, 0, 2))
+
+
+def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.ndarray, transforms: np.ndarray,
+                      frames: np.ndarray, max_influences: int = 4, smoothness: float = 0.01, qp_iters: int = 10,
+                      motion_candidates: int = 3, neighbours: int = 3, chunk: int = 8192,
+                      progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """Every vertex's weights against the proxy's bone motion (step 3 of the module docstring).
+
+    Args:
+        verts: float ``[K, V, 3]`` the frames (float32 is read as is; only ``[len(frames), chunk, 3]`` float64
+            slices are made).
+        proxy: the :class:`MeshProxy`.
+        proxy_weights: float ``[P, J]`` the proxy's fitted weights.
+        transforms: float64 ``[K, J, 4, 4]`` the fitted bone transforms (anchor -> frame).
+        frames: int ``[K']`` frames the weights are solved on (:func:`fit_frames`).
+        max_influences, qp_iters: as in :class:`backend.rigging.fit.FitConfig`.
+        smoothness: pull of each row toward its warm start, relative to the warm start's error (as
+            ``FitConfig.smoothness`` pulls toward the neighbours' mean); one pass only, so it is kept weaker than
+            the fit's (its bias is not worked off by later alternations).
+        motion_candidates: candidate bones added per vertex from its own motion.
+        neighbours: proxy vertices blended into a vertex's warm start (inverse squared distance on the anchor).
+        chunk: vertices per batch (bounds memory: about ``chunk * (len(frames) * 3 + J * 4) * 8`` bytes for the
+            residual Gram, plus the weight solve's own temporaries).
+        progress: called with the fraction done after every chunk; it may raise to cancel.
+    Returns:
+        float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros; co-located vertices
+        share identical rows.
+    """
+    t0 = time.perf_counter()
+    verts = np.asarray(verts)
+    V = verts.shape[1]
+    W_p = np.asarray(proxy_weights, dtype=np.float64)
+    J = W_p.shape[1]
+    M = min(max_influences, J)
+    T = np.asarray(transforms, dtype=np.float64)[frames]
+    anchor_p = np.asarray(verts[0, proxy.vertices], dtype=np.float64)
+    tree = cKDTree(anchor_p)
+    k_near = min(max(neighbours, 1), proxy.size)
+    reps = np.flatnonzero(proxy.representatives == np.arange(V))
+    rows_idx = np.zeros((V, M), dtype=np.int64)
+    rows_val = np.zeros((V, M))
+    for s in range(0, len(reps), chunk):
+        ids = reps[s:s + chunk]
+        B = len(ids)
+        a = np.asarray(verts[0, ids], dtype=np.float64)
+        dist, near = tree.query(a, k=k_near)
+        dist, near = dist.reshape(B, k_near), near.reshape(B, k_near)
+        inv = 1.0 / np.maximum(dist, 1e-9) ** 2
+        inv /= inv.sum(axis=1, keepdims=True)
+        # dense [B, J] blend of the nearest proxy rows (J is a skeleton's size: small)
+        blend = np.einsum("bn,bnj->bj", inv, W_p[near])
+        # the cell's own proxy vertex (nearest along the mesh) always takes part
+        blend += 1e-3 * W_p[proxy.cell[ids]]
+        warm_idx, warm_val = to_sparse_rows(prune_weights(blend, M), M)
+        xv = _frames_chunk(verts, frames, ids)
+        gram = ResidualGram(a, xv, T)
+        cand, mask = motion_candidate_bones(gram.single_bone_errors(), *to_sparse_rows(blend, min(J, (k_near + 1) * M)),
+                                            motion_candidates)
+        idx, val = update_weights(a, xv, warm_idx, warm_val, T, cand, mask, sp.identity(B, format="csr"), M,
+                                  smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
+        rows_idx[ids], rows_val[ids] = idx, val
+        if progress is not None:
+            progress(min(s + chunk, len(reps)) / len(reps))
+    rep = proxy.representatives
+    rows_idx, rows_val = rows_idx[rep], rows_val[rep]  # seams: every vertex takes its representative's row
+    weights = np.zeros((V, J), dtype=np.float32)
+    np.add.at(weights, (np.repeat(np.arange(V), M), rows_idx.ravel()), rows_val.ravel().astype(np.float32))
+    log.debug("full-mesh weights: %d vertices (%d welded) on %d frames, %.2f s", V, len(reps), len(frames),
+              time.perf_counter() - t0)
+    return weights
+
+
+def chunked_reconstruction_error(anchor: np.ndarray, verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray,
+                                 chunk: int = 2048, progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """Per-frame per-vertex distance ``float32 [K, V]`` between LBS of ``anchor [V, 3]`` (``weights [V, J]``,
+    ``transforms [K, J, 4, 4]``) and ``verts [K, V, 3]``, ``chunk`` vertices at a time (no ``[K, V, 3]``
+    float64 copy): each chunk's blended 3x4 matrices are one product with the weights, as in
+    :func:`backend.lbs.linear_blend_skinning`. ``progress`` gets the fraction done after each chunk."""
+    K, V = verts.shape[:2]
+    T = np.asarray(transforms, dtype=np.float64)
+    J = T.shape[1]
+    flat = np.ascontiguousarray(T[:, :, :3, :].transpose(1, 0, 2, 3).reshape(J, K * 12))  # [J, K*12]
+    out = np.empty((K, V), dtype=np.float32)
+    for s in range(0, V, chunk):
+        e = min(s + chunk, V)
+        blended = (np.asarray(weights[s:e], dtype=np.float64) @ flat).reshape(e - s, K, 3, 4)
+        posed = np.einsum("bkij,bj->bki", blended[..., :3], np.asarray(anchor[s:e], dtype=np.float64))
+        posed += blended[..., 3]
+        posed -= np.asarray(verts[:, s:e], dtype=np.float64).transpose(1, 0, 2)
+        out[:, s:e] = np.sqrt(np.einsum("bkc,bkc->kb", posed, posed))
+        if progress is not None and (e == V or (s // chunk) % 16 == 15):
+            progress(e / V)
+    return out
