@@ -10,7 +10,8 @@ distance between distance-based weights to the posed bones and to the rest bones
 * the ``.blend`` size without and with the rig, the heat data's share of it (and the rig's size without
   it), the time to store it, and the Action's key count;
 * the mean time of ``scene.frame_set`` (which evaluates the armature-deformed mesh) with heatmap off
-  and on, and their ratio, on a second rig of ``--timing-verts`` vertices;
+  and on (colours only, the default; and with ``Write Values``), and their ratio, on a second rig of
+  ``--timing-verts`` vertices;
 * with ``--real``, the stored bytes per value of a real backend rig (``khronos_cesiumman_walk``, 40 frames,
   the shipped checkpoints) for comparison with the generated fields.
 
@@ -198,15 +199,17 @@ def timing_case(args) -> None:
     settings = bpy.context.window_manager.sprig_heatmap
     off = frame_change_seconds(frames, args.repeats)
     rows = [("off", off)]
-    for mode in ("RECON", "INSTABILITY"):
-        settings.mode = mode
+    for mode, write_values in (("RECON", False), ("INSTABILITY", False), ("RECON", True), ("INSTABILITY", True)):
+        settings.mode, settings.write_values = mode, write_values
         settings.enabled = True
-        rows.append((mode.lower(), frame_change_seconds(frames, args.repeats)))
+        name = mode.lower() + (" + values" if write_values else "")
+        rows.append((name, frame_change_seconds(frames, args.repeats)))
         settings.enabled = False
     print(f"frame change on a {len(verts)}-vertex rig ({args.timing_frames} frames, mean of "
           f"{args.repeats * len(frames)} frame_set calls):")
     for name, seconds in rows:
-        print(f"  heatmap {name:<12} {1000 * seconds:7.1f} ms  ({seconds / off:.2f}x off)")
+        print(f"  heatmap {name:<21} {1000 * seconds:7.1f} ms  ({seconds / off:.2f}x off)")
+    print("  (+ values: 'Write Values' on, the raw value attribute written on every frame too; off by default)")
     heatmap.clear_cache()
 
 

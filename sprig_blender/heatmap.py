@@ -10,7 +10,8 @@ is decoded once, on first use, and kept in memory as bytes. While the heatmap is
 handler (before the new frame is evaluated, so the colours cost no second evaluation of the mesh) writes
 the current frame's values into two point attributes of
 every rigged mesh in the scene: ``sprig_heat`` (colour, blue = stable, red = unstable; shown in Solid
-mode with the attribute colour type) and ``sprig_heat_value`` (the raw value). A ``POST_PIXEL`` draw
+mode with the attribute colour type) and, only when the user asks for it (``Write Values``: it costs
+playback time), ``sprig_heat_value`` (the raw value). A ``POST_PIXEL`` draw
 handler paints a legend and the current frame's numbers in the 3D views (never in background mode).
 
 The ``DRIFT`` mode colours bones instead: each bone of a rigged armature takes the colour of its joint's
@@ -204,8 +205,10 @@ def current_values(obj: bpy.types.Object, frame: float, mode: str) -> tuple[np.n
     return data.values_at(frame), scale_for(data)
 
 
-def apply(obj: bpy.types.Object, frame: float, mode: str) -> None:
-    """Write the heat colours and values of ``frame`` into ``obj``'s mesh attributes."""
+def apply(obj: bpy.types.Object, frame: float, mode: str, write_values: bool = False) -> None:
+    """Write the heat colours of ``frame`` into ``obj``'s colour attribute, and with ``write_values`` the
+    raw values into the ``sprig_heat_value`` point attribute (otherwise that attribute is removed, so
+    it never holds a stale frame's values)."""
     mesh = obj.data
     data = heat_data(mesh, shown_mode(obj, mode))
     values, colors = data.colors_at(frame, scale_for(data))
@@ -218,9 +221,12 @@ def apply(obj: bpy.types.Object, frame: float, mode: str) -> None:
     if mesh.color_attributes.active_color_name != COLOR_ATTRIBUTE:
         mesh.color_attributes.active_color = mesh.color_attributes[COLOR_ATTRIBUTE]
     value_attr = mesh.attributes.get(VALUE_ATTRIBUTE)
-    if value_attr is None:
-        value_attr = mesh.attributes.new(VALUE_ATTRIBUTE, "FLOAT", "POINT")
-    value_attr.data.foreach_set("value", values)
+    if write_values:
+        if value_attr is None:
+            value_attr = mesh.attributes.new(VALUE_ATTRIBUTE, "FLOAT", "POINT")
+        value_attr.data.foreach_set("value", values)
+    elif value_attr is not None:
+        mesh.attributes.remove(value_attr)
     mesh.update_tag()
 
 
@@ -342,7 +348,7 @@ def on_frame_change(scene: bpy.types.Scene, depsgraph=None) -> None:
     frame = scene.frame_current + scene.frame_subframe
     for obj in heat_objects(scene):
         try:
-            apply(obj, frame, settings.mode)
+            apply(obj, frame, settings.mode, settings.write_values)
         except Exception as exc:  # never break playback
             log.warning("heatmap update failed on %s: %s", obj.name, exc)
 
@@ -371,7 +377,7 @@ def enable(context: bpy.types.Context) -> int:
         _show_attribute_colors(context)
         objects = heat_objects(context.scene)
         for obj in objects:
-            apply(obj, context.scene.frame_current, mode)
+            apply(obj, context.scene.frame_current, mode, context.window_manager.sprig_heatmap.write_values)
         count = len(objects)
     _redraw(context)
     return count

@@ -158,6 +158,8 @@ class SPRIG_PT_heatmap(bpy.types.Panel):
         layout.active = settings.enabled
         layout.prop(settings, "mode", text="")
         layout.prop(settings, "scale_max")
+        if settings.mode != heatmap.DRIFT_MODE:
+            layout.prop(settings, "write_values")
         rigged = _rig_object(context)
         if settings.enabled and settings.mode == heatmap.DRIFT_MODE:
             armature = heatmap.armature_of(rigged)

@@ -103,6 +103,10 @@ class SPRIG_HeatmapSettings(bpy.types.PropertyGroup):
                                        update=_heatmap_refresh,
                                        description="Value shown as full red (0: the clip's 99th percentile; "
                                                    "the largest joint drift in the Joint Drift mode)")
+    write_values: bpy.props.BoolProperty(
+        name="Write Values", default=False, update=_heatmap_refresh,
+        description="Also write each vertex's raw value into the 'sprig_heat_value' point attribute on every "
+                    "frame (for geometry nodes, drivers or export); off by default, it costs playback time")
 
 
 class SPRIG_Runtime(bpy.types.PropertyGroup):

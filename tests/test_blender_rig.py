@@ -236,6 +236,8 @@ def test_heatmap_follows_frames_and_backend_values(scene):
     settings.mode = "RECON"
     settings.enabled = True
     assert heatmap.on_frame_change in bpy.app.handlers.frame_change_pre
+    assert heatmap.VALUE_ATTRIBUTE not in mesh.attributes  # raw values only when asked for (playback cost)
+    settings.write_values = True
     assert scene.display.shading.color_type == "VERTEX"
     vmax = convert.auto_heat_max(result.recon_error)
 
@@ -274,6 +276,8 @@ def test_heatmap_follows_frames_and_backend_values(scene):
     bpy.context.window_manager.sprig_heatmap.scale_max = 0.5
     np.testing.assert_allclose(values(), result.skin_instability[5], rtol=0, atol=inst_tol)
     np.testing.assert_allclose(colors(), convert.heat_colors(values(), 0.5), atol=1e-6)
+    settings.write_values = False  # switched off: the attribute goes, it would hold a stale frame
+    assert heatmap.VALUE_ATTRIBUTE not in mesh.attributes
 
     settings.enabled = False
     assert heatmap.on_frame_change not in bpy.app.handlers.frame_change_pre
@@ -458,6 +462,7 @@ def test_end_to_end_realdata_sequence(scene, checkpoints):
     from sprig_blender import heatmap
 
     bpy.context.window_manager.sprig_heatmap.enabled = True  # the heatmap is on: its stage runs
+    bpy.context.window_manager.sprig_heatmap.write_values = True
     assert run_operator() == ""
     rigged = bpy.data.objects["fox_rigged"]
     armature = bpy.data.objects["fox_rig"]

@@ -130,6 +130,7 @@ def test_rig_sequence_and_refit_are_each_one_undo_step(scene, checkpoints, refit
     verts, faces, _ = realdata_sequence("khronos_fox_run", N_FRAMES)
     source = shape_key_object("fox", verts, faces)
     bpy.context.window_manager.sprig_heatmap.enabled = True  # the heatmap is on: instability is stored too
+    bpy.context.window_manager.sprig_heatmap.write_values = True  # the raw values are read back below
     bpy.ops.ed.undo_push(message="fox")  # the state before Rig Sequence (Blender pushed one after the last edit)
     before_rig = scene_state("fox")
     assert before_rig["source_visible"] == (False, False, False) and before_rig["selected"] == ["fox"]

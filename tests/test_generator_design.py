@@ -286,3 +286,41 @@ def test_coordinate_prior_without_proposals_is_uniform_and_neutral_for_eos():
     lp, unc = coordinate_prior(tokens, torch.zeros(1, 2, 3), torch.zeros(1, 2), 32, torch.zeros(3), 0.02)
     assert torch.allclose(lp[0, :3], torch.zeros(3, 32), atol=1e-6)
     assert torch.all(unc == 1.0)
+
+
+def test_proposal_pointer_decoding_emits_each_proposal_at_most_once_within_the_residual():
+    torch.manual_seed(0)
+    gen = SkeletonGenerator(TINY_LOCAL).eval()
+    pts, nrm = frames(4)
+    props = torch.tensor([[0.1, 0.1, 0.1], [-0.2, 0.0, 0.1], [0.0, -0.2, 0.0]])
+    real_encode = gen.encode_points
+
+    def with_proposals(points, normals):  # row 0: three proposals; row 1: none (decoded unconstrained)
+        ctx = real_encode(points, normals)
+        ctx.proposal_weight.zero_()
+        ctx.proposals[0, :3] = props
+        ctx.proposal_weight[0, :3] = 1.0
+        return ctx
+
+    gen.encode_points = with_proposals
+    prop_bins = np.floor((props.numpy() + 0.5) * 32)
+    for temperature in (0.0, 1.0):
+        out = gen.generate(pts, nrm, max_joints=10, min_joints=5, temperature=temperature, coordinates="proposals",
+                           generator=torch.Generator().manual_seed(0))
+        joints, parents = out[0]
+        validate_tree(parents)
+        assert 1 <= len(parents) <= 3  # stops when the proposals are used up, even below min_joints
+        bins = np.floor((joints + 0.5) * 32)
+        gap = np.abs(bins[:, None] - prop_bins[None]).max(-1)  # [J, P] Chebyshev distance in bins
+        assert (gap.min(1) <= 1).all()  # every joint within one bin of a proposal
+        assert len(set(gap.argmin(1).tolist())) == len(parents)  # a different proposal each
+        assert len(out[1][1]) >= 5  # the row without proposals decodes freely (min_joints holds)
+    gen.encode_points = real_encode
+    with pytest.raises(ValueError, match="coordinates must be one of"):
+        gen.generate(pts, nrm, coordinates="nearest")
+    perceiver = SkeletonGenerator(SkeletonGeneratorConfig(n_disc=32, max_joints=12, d_model=32, n_heads=2,
+                                                          n_latents=8, n_enc_layers=1, n_dec_layers=1, n_freq=2))
+    with pytest.raises(ValueError, match="needs the local design"):
+        perceiver.generate(pts, nrm, coordinates="proposals")
+    with pytest.raises(ValueError, match="unknown coordinate decoding"):
+        SkeletonGeneratorConfig(decode_coordinates="snap")

@@ -12,7 +12,8 @@ every design ends its schedule when its budget ends.
 
 The clock counts training only: data waiting, forward, backward and the optimizer. Validation (same
 fixed frames for every design: teacher-forced CE and coordinate-token accuracy, greedy decodes scored
-with CD-J2J) runs every ``--val-minutes`` of training time and at the end, outside the clock. Run it
+with CD-J2J; designs with joint proposals are decoded twice, with free coordinate tokens and pointing
+at the proposals) runs every ``--val-minutes`` of training time and at the end, outside the clock. Run it
 with nothing else on the machine: the budget is wall-clock time.
 
 Resumable: ``WORKDIR/<design>/state.pt`` holds the model, the optimizer, the step and the training
@@ -188,7 +189,11 @@ def plot_comparison(records: dict[str, list[dict]], figure: Path, title: str) ->
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for design, recs in records.items():
         t = [r["train_s"] / 60 for r in recs]
-        axes[0].plot(t, [r["val_cd_j2j"] for r in recs], marker="o", label=design)
+        line = axes[0].plot(t, [r.get("val_free_cd_j2j", r["val_cd_j2j"]) for r in recs], marker="o",
+                            label=f"{design}, free coordinates" if "val_proposals_cd_j2j" in recs[0] else design)[0]
+        if "val_proposals_cd_j2j" in recs[0]:  # the same checkpoints decoded by pointing at proposals
+            axes[0].plot(t, [r["val_proposals_cd_j2j"] for r in recs], marker="s", linestyle="--",
+                         color=line.get_color(), label=f"{design}, pointing at proposals")
         axes[1].plot(t, [r["val_coord_acc"] for r in recs], marker="o", label=design)
     axes[0].set_ylabel("validation CD-J2J (greedy decodes)")
     axes[1].set_ylabel("coordinate-token accuracy (teacher-forced)")

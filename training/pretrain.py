@@ -56,7 +56,7 @@ from backend.models.checkpoint import (CheckpointInfo, load_training_state, read
                                        save_training_state)
 from backend.models.inference import resolve_device
 from backend.models.local_encoder import PointContext, joint_vote_loss, joint_vote_targets
-from backend.models.skeleton_generator import SkeletonGenerator, skeleton_token_loss
+from backend.models.skeleton_generator import COORDINATE_DECODINGS, SkeletonGenerator, skeleton_token_loss
 from backend.models.skinning_network import SkinningNetwork, skinning_kl_loss
 from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
 from backend.normalize import AnchorBox
@@ -403,13 +403,20 @@ def validate_skeleton(skel: SkeletonGenerator, frames: list[FrameSample], tokeni
     if gen_frames:
         pts = torch.from_numpy(np.stack([f.points for f in gen_frames])).to(device)
         nrm = torch.from_numpy(np.stack([f.normals for f in gen_frames])).to(device)
-        j2j, b2b, jerr = [], [], []
-        for s in range(0, len(gen_frames), batch):
-            for (pj, pp), f in zip(skel.generate(pts[s:s + batch], nrm[s:s + batch]), gen_frames[s:s + batch]):
-                qm = static_skeleton_quality(pj, f.joints, pp, f.parents)
-                j2j.append(qm.cd_j2j), b2b.append(qm.cd_b2b), jerr.append(abs(len(pp) - len(f.parents)))
-        out.update({"val_cd_j2j": float(np.mean(j2j)), "val_cd_b2b": float(np.mean(b2b)),
-                    "val_joint_count_err": float(np.mean(jerr))})
+        decodings = COORDINATE_DECODINGS if skel.cfg.design == "local" else ("free",)
+        for coordinates in decodings:
+            j2j, b2b, jerr = [], [], []
+            for s in range(0, len(gen_frames), batch):
+                decoded = skel.generate(pts[s:s + batch], nrm[s:s + batch], coordinates=coordinates)
+                for (pj, pp), f in zip(decoded, gen_frames[s:s + batch]):
+                    qm = static_skeleton_quality(pj, f.joints, pp, f.parents)
+                    j2j.append(qm.cd_j2j), b2b.append(qm.cd_b2b), jerr.append(abs(len(pp) - len(f.parents)))
+            scores = {"cd_j2j": float(np.mean(j2j)), "cd_b2b": float(np.mean(b2b)),
+                      "joint_count_err": float(np.mean(jerr))}
+            if coordinates == skel.cfg.decode_coordinates:
+                out.update({f"val_{k}": v for k, v in scores.items()})
+            if len(decodings) > 1:
+                out.update({f"val_{coordinates}_{k}": v for k, v in scores.items()})
     skel.train()
     return out
 

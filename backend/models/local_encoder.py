@@ -284,3 +284,53 @@ def joint_vote_loss(offsets: torch.Tensor, distances: torch.Tensor, target_offse
     """
     err = (offsets.float() - target_offsets).abs().sum(-1) + (distances.float() - target_distances).abs()
     return err.mean() / scale
+
+
+class ProposalPointer:
+    """Decoding that points at joint proposals: each decoded joint is one unused proposal, up to a
+    residual of ``residual`` bins per axis, so joint coordinates come from the dense votes and the
+    decoder chooses which proposal comes next, its exact bins within the residual, its parent, and
+    when to stop.
+
+    Used by :meth:`~backend.models.skeleton_generator.SkeletonGenerator.generate` as a mask on the
+    coordinate slots: x may take the bins near an unused proposal's x; y those near the y of a
+    proposal whose x matched; z likewise. When a joint's z is emitted, the matching proposal nearest
+    to the emitted bins is used up. Once every proposal is used, only EOS is allowed. Rows without any
+    proposal are not constrained (``constrained`` is False).
+
+    Args:
+        proposals: float ``[B, P, 3]`` normalized coordinates; weight: float ``[B, P]`` (> 0: real).
+        n_disc: coordinate bins; residual: bins either side of a proposal's bin that stay allowed.
+    """
+
+    def __init__(self, proposals: torch.Tensor, weight: torch.Tensor, n_disc: int, residual: int = 1):
+        if residual < 0:
+            raise ValueError(f"residual must be >= 0 bins, got {residual}")
+        self.bins = torch.floor((proposals.float() + 0.5) * n_disc).long().clamp(0, n_disc - 1)  # [B, P, 3]
+        self.unused = weight > 0  # [B, P]
+        self.constrained = self.unused.any(dim=1)  # [B]
+        self.candidates = self.unused.clone()
+        self.emitted = torch.zeros(self.bins.shape[0], 3, dtype=torch.long, device=self.bins.device)
+        self.residual = residual
+        self.axis_bins = torch.arange(n_disc, device=self.bins.device)
+
+    def allowed_bins(self, slot: int) -> torch.Tensor:
+        """Bool ``[B, n_disc]``: the bins coordinate ``slot`` (0 x, 1 y, 2 z) may take."""
+        candidates = self.unused if slot == 0 else self.candidates
+        near = (self.bins[:, :, slot, None] - self.axis_bins).abs() <= self.residual  # [B, P, n_disc]
+        return (near & candidates[..., None]).any(dim=1)
+
+    def emit(self, slot: int, picked: torch.Tensor, active: torch.Tensor) -> None:
+        """Record the bin ``picked [B]`` of coordinate ``slot`` on rows where ``active [B]``."""
+        if slot == 0:
+            self.candidates = self.unused.clone()
+        match = (self.bins[:, :, slot] - picked[:, None]).abs() <= self.residual
+        self.candidates = torch.where(active[:, None], self.candidates & match, self.candidates)
+        self.emitted[:, slot] = torch.where(active, picked, self.emitted[:, slot])
+        if slot == 2:
+            dist = (self.bins - self.emitted[:, None]).abs().sum(-1).float()
+            dist = dist.masked_fill(~self.candidates, float("inf"))
+            nearest = dist.argmin(dim=1)
+            use = active & self.candidates.any(dim=1)
+            rows = torch.nonzero(use, as_tuple=True)[0]
+            self.unused[rows, nearest[rows]] = False

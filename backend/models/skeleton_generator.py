@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.models.layers import MLP, Attention, FourierEmbedding, PerceiverEncoder, init_weights
-from backend.models.local_encoder import (LocalPointEncoder, PointContext, ProposalConfig, coordinate_prior,
-                                          joint_proposals, prior_log_sigma_init)
+from backend.models.local_encoder import (LocalPointEncoder, PointContext, ProposalConfig, ProposalPointer,
+                                          coordinate_prior, joint_proposals, prior_log_sigma_init)
 from backend.models.tokenizer import SkeletonTokenizer, merge_duplicate_joints
 
 log = logging.getLogger(__name__)
 
 
 DESIGNS = ("perceiver", "local")
+COORDINATE_DECODINGS = ("free", "proposals")
 EOS_PRIOR_EPS = 0.05
 """``local`` design: the EOS logit gains ``eos_scale * -log(uncovered + EOS_PRIOR_EPS)``."""
 
@@ -71,6 +72,10 @@ class SkeletonGeneratorConfig:
         cover_sigma: ``local``: width of the kernel that marks a proposal as used by an earlier joint.
         proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass: ``local``: the
             clustering of the votes (:class:`~backend.models.local_encoder.ProposalConfig`).
+        decode_coordinates: ``local``: how :meth:`SkeletonGenerator.generate` picks coordinate tokens by
+            default: ``free`` (any bin the logits favour) or ``proposals`` (each joint points at an unused
+            joint proposal, :class:`~backend.models.local_encoder.ProposalPointer`).
+        proposal_residual_bins: ``proposals`` decoding: bins either side of a proposal that stay allowed.
     """
 
     n_disc: int = 128
@@ -95,10 +100,15 @@ class SkeletonGeneratorConfig:
     proposal_radius: float = 0.02
     proposal_weight_scale: float = 0.1
     proposal_min_mass: float = 1.0
+    decode_coordinates: str = "free"
+    proposal_residual_bins: int = 1
 
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
             raise ValueError(f"unknown skeleton generator design {self.design!r}; choose from {DESIGNS}")
+        if self.decode_coordinates not in COORDINATE_DECODINGS:
+            raise ValueError(f"unknown coordinate decoding {self.decode_coordinates!r}; "
+                             f"choose from {COORDINATE_DECODINGS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -325,7 +335,7 @@ class SkeletonGenerator(nn.Module):
                  min_joints: int = 1, temperature: float = 0.0, use_cache: bool = True, dfs_constraint: bool = True,
                  generator: torch.Generator | None = None, stop_rule: str = "mass", stop_after_repeats: int = 0,
                  return_stats: bool = False, should_cancel: Callable[[], bool] | None = None,
-                 ) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
+                 coordinates: str | None = None) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list, dict]:
         """Decode one skeleton per frame with constrained (greedy by default) decoding.
 
         Constraints: coordinate slots emit only bins; the first parent slot emits only the root
@@ -353,6 +363,10 @@ class SkeletonGenerator(nn.Module):
             use_cache: use the KV cache (False recomputes the whole prefix every step).
             stop_rule: ``mass`` or ``argmax`` (see above).
             stop_after_repeats: ``n`` of the repetition stop (0: off, decode until EOS or the limit).
+            coordinates: ``free`` or ``proposals`` (``local`` design only: every joint points at an
+                unused joint proposal, within ``cfg.proposal_residual_bins`` bins per axis, and decoding
+                stops when none is left; see :class:`~backend.models.local_encoder.ProposalPointer`).
+                Default: ``cfg.decode_coordinates``.
             should_cancel: polled before every decoding step (a few ms each); when it returns True,
                 :class:`DecodingCancelled` is raised (the callback may also raise its own exception).
             return_stats: also return a dict of per-sample counts (greedy decoding only):
@@ -376,7 +390,16 @@ class SkeletonGenerator(nn.Module):
             raise ValueError(f"stop_after_repeats must be >= 0, got {stop_after_repeats}")
         min_joints = int(min(max(1, min_joints), max_joints))
         B, device = points.shape[0], points.device
+        coordinates = coordinates or self.cfg.decode_coordinates
+        if coordinates not in COORDINATE_DECODINGS:
+            raise ValueError(f"coordinates must be one of {COORDINATE_DECODINGS}, got {coordinates!r}")
         latents = self.encode_points(points, normals)
+        pointer = None
+        if coordinates == "proposals":
+            if not isinstance(latents, PointContext):
+                raise ValueError(f"coordinates='proposals' needs the local design, this model is {self.cfg.design!r}")
+            pointer = ProposalPointer(latents.proposals, latents.proposal_weight, tk.n_disc,
+                                      self.cfg.proposal_residual_bins)
         kv = self.cross_kv(latents) if use_cache else None
         tables = self.embedding_tables() if use_cache else None
         cache = self.new_cache(B, device, self.memory(latents).dtype) if use_cache else None
@@ -427,6 +450,12 @@ class SkeletonGenerator(nn.Module):
                     on_chain = ancestry[rows, (n_joints - 1).clamp(min=0)]
                     chain = on_chain.gather(1, parent_of_token.clamp(0, max_joints).expand(B, -1))
                     allowed = torch.where(n == 0, valid, valid & chain)
+            if pointer is not None and slot < 3:
+                near = F.pad(pointer.allowed_bins(slot), (0, tk.vocab_size - tk.n_disc))  # [B, vocab]
+                pointed = (allowed & ~is_bin) | (allowed & near)
+                if slot == 0:  # every proposal used: stop
+                    pointed = torch.where(near.any(1, keepdim=True), pointed, is_eos & (n >= 1))
+                allowed = torch.where(pointer.constrained[:, None], pointed, allowed)
             allowed = torch.where(finished[:, None], pad, allowed)
             masked = logits.masked_fill(~allowed, float("-inf"))
             if temperature > 0:
@@ -438,6 +467,8 @@ class SkeletonGenerator(nn.Module):
                 keep = finished if not stop_after_repeats else finished | stopping
                 nxt = self._stop_or_continue(masked, nxt, keep)
             active = ~finished
+            if pointer is not None and slot < 3:
+                pointer.emit(slot, nxt, active & (nxt < tk.n_disc))
             if temperature == 0 and return_stats:  # what an unconstrained decoder would have picked
                 free = logits.argmax(dim=-1)
                 if slot == 0 and stop_rule == "mass":
