@@ -256,6 +256,21 @@ def test_sprig_skeleton_smoke_stage_runs_and_resumes(workdir):
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("blocks."))
 
 
+def test_sprig_skeleton_collapse_guard_writes_no_collapsed_checkpoint(workdir):
+    # a guard no model can pass (more joints than the base on every frame x 10): the stage fails, nothing written
+    run = dict(FAST_SKEL, state_dir="collapse", out_checkpoint="checkpoints/collapsed.safetensors")
+    with pytest.raises(SK.SprigCollapseError, match="collapsed: every validated step"):
+        SK.run_stage("smoke", workdir, "cpu", min_joint_ratio=10.0, **run)
+    assert not (workdir / "checkpoints/collapsed.safetensors").exists()
+    lines = [json.loads(x) for x in (workdir / "collapse" / "log.jsonl").read_text().splitlines()]
+    val = [x for x in lines if "val_joint_ratio" in x]
+    assert val and all(x["val_joints"] > 0 and x["val_label_joints"] > 0 for x in val)
+    assert val[0]["step"] == 0 and val[0]["val_joint_ratio"] == pytest.approx(
+        val[0]["val_joints"] / val[0]["val_label_joints"])
+    assert SK.collapsed({"val_joint_ratio": 0.5}, SK.make_config("default"))
+    assert not SK.collapsed({"val_joint_ratio": 0.95}, SK.make_config("default")) and not SK.collapsed({}, SK.make_config("default"))
+
+
 def test_sprig_skinning_smoke_stage_runs_and_resumes(workdir):
     # an ablation run (no prior) writing its own checkpoint and state, killed after one step, resumed
     abl = dict(FAST_SKIN, loss={"use_prior": False}, state_dir="ablation_noprior",

@@ -83,6 +83,9 @@ class SprigSkeletonConfig:
             expected positions of the anchor frame's teacher-forced logits, differentiable) or
             ``"label"`` (the bin centres of ``t_0``, a constant target).
         max_joints: joint limit for pseudo-labels and decoding.
+        min_joint_ratio: collapse guard. A validation whose decoded skeletons have fewer joints on average
+            than this fraction of the anchor pseudo-labels' (the base's own skeletons) is a collapse:
+            that step is not exported, and the stage fails if no validated step passes.
         freeze_encoder: keep the point encoder frozen (§9).
         max_train_clips, n_val_clips: clip counts (None: all training clips).
         val_every, ckpt_every, log_every: steps.
@@ -111,6 +114,7 @@ class SprigSkeletonConfig:
     geom_every: int = 1
     geom_anchor: str = "predicted"
     max_joints: int = 64
+    min_joint_ratio: float = 0.9
     freeze_encoder: bool = True
     max_train_clips: int | None = None
     n_val_clips: int = 16
@@ -128,7 +132,8 @@ class SprigSkeletonConfig:
 
 STAGE_PRESETS: dict[str, dict] = {
     "smoke": dict(steps=6, batch_size=2, n_frames=3, max_train_clips=4, n_val_clips=2, val_every=3, ckpt_every=2,
-                  log_every=1, max_joints=12, lr=1e-4),
+                  log_every=1, max_joints=12, lr=1e-4,
+                  min_joint_ratio=0.0),  # a few steps on an untrained tiny base: joint counts are noise
     "default": dict(steps=1000, batch_size=8, lr=1e-5, geom_every=4),
     "large": dict(steps=20000, batch_size=20, lr=3e-6, val_every=1000, ckpt_every=500, log_every=50,
                   n_val_clips=64),
@@ -368,6 +373,10 @@ def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig
              device: torch.device) -> dict[str, float]:
     """Token losses on held-out clips and the stability of their decoded skeletons over the K frames.
 
+    ``val_joints``: mean joints of the decoded skeletons (every frame); ``val_label_joints``: mean joints
+    of the clips' anchor pseudo-labels (the base model's); ``val_joint_ratio``: their ratio (the collapse
+    guard's number).
+
     Stability uses the evaluation metrics (PJDD, BLRD, GSD, topology flicker of frames 1..K-1 against
     frame 0, :func:`backend.metrics.skeleton_stability.skeleton_stability`).
     """
@@ -375,6 +384,7 @@ def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig
     gen.eval()
     rng = np.random.default_rng(cfg.seed)
     anchor, sym, stats = [], [], {"pjdd": [], "blrd": [], "gsd": [], "topology_flicker": []}
+    decoded_joints, label_joints = [], []
     for s in range(0, len(clips), max(1, cfg.batch_size)):
         chunk = clips[s:s + cfg.batch_size]
         batch = make_batch(chunk, n_points, 10_000 + s, gen.tokenizer, device)
@@ -386,6 +396,8 @@ def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig
         for b in range(len(chunk)):
             joints = [per_frame[k][b][0] for k in range(K)]
             parents = [per_frame[k][b][1] for k in range(K)]
+            decoded_joints.extend(len(p) for p in parents)
+            label_joints.append((len(chunk[b].tokens) - 2) // 4)
             if min(len(j) for j in joints) < 2:
                 continue
             summary = skeleton_stability(joints, parents).summary()
@@ -393,12 +405,23 @@ def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig
                 if summary.get(key) is not None:
                     stats[key].append(summary[key])
     gen.train(was_training)
-    out = {"val_anchor_ce": float(np.mean(anchor)), "val_sym_ce": float(np.mean(sym))}
+    out = {"val_anchor_ce": float(np.mean(anchor)), "val_sym_ce": float(np.mean(sym)),
+           "val_joints": float(np.mean(decoded_joints)), "val_label_joints": float(np.mean(label_joints))}
+    out["val_joint_ratio"] = out["val_joints"] / max(out["val_label_joints"], 1e-9)
     out.update({f"val_{k}": float(np.mean(v)) for k, v in stats.items() if v})
     return out
 
 
 # ---- the stage -------------------------------------------------------------------------------------
+
+class SprigCollapseError(RuntimeError):
+    """SPRig fine-tuning produced fewer joints than its base on every validated step."""
+
+
+def collapsed(validation: dict, cfg: SprigSkeletonConfig) -> bool:
+    """Whether a validation entry fails the collapse guard (decoded joints < ``min_joint_ratio`` x the base's)."""
+    ratio = validation.get("val_joint_ratio")
+    return ratio is not None and ratio < cfg.min_joint_ratio
 
 def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int | None = None,
               **overrides) -> dict:
@@ -501,14 +524,27 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         if rank == 0 and val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
             last_val = book.log_validation(step, validate(model, val_clips, cfg, n_points, dev))
             set_train_mode(model, True, cfg)
-            book.export(step, model, last_val)
+            if not collapsed(last_val, cfg):
+                book.export(step, model, last_val)
         if step % cfg.ckpt_every == 0 or step == end:
             book.save_state(step, model, opt)
             if world > 1:
                 dist.barrier()
     bar.close()
     if step >= cfg.steps:
-        book.export(step, model, last_val)
+        if rank == 0 and collapsed(last_val, cfg):
+            good = [h for h in book.history if "val_joint_ratio" in h and h["step"] > 0 and not collapsed(h, cfg)]
+            if not good:
+                raise SprigCollapseError(
+                    f"sprig-skeleton collapsed: every validated step decodes fewer joints than "
+                    f"{cfg.min_joint_ratio:g}x the base's (last: {last_val['val_joints']:.1f} vs "
+                    f"{last_val['val_label_joints']:.1f}, step {step}); no checkpoint written to {out_path}. "
+                    "Lower the learning rate or the steps, or raise lambda_anchor")
+            log.error("sprig-skeleton: the final model collapsed (%.1f joints vs the base's %.1f); %s keeps step %d, "
+                      "the last validated step that did not", last_val["val_joints"], last_val["val_label_joints"],
+                      out_path, good[-1]["step"])
+        else:
+            book.export(step, model, last_val)
         if rank == 0:
             log.info("sprig-skeleton complete (%d steps): %s", step, out_path)
     if world > 1:
