@@ -324,3 +324,30 @@ def test_proposal_pointer_decoding_emits_each_proposal_at_most_once_within_the_r
         perceiver.generate(pts, nrm, coordinates="proposals")
     with pytest.raises(ValueError, match="unknown coordinate decoding"):
         SkeletonGeneratorConfig(decode_coordinates="snap")
+
+
+def test_proposals_then_free_decoding_continues_with_free_bins_after_the_proposals():
+    torch.manual_seed(0)
+    gen = SkeletonGenerator(TINY_LOCAL).eval()
+    pts, nrm = frames(4)
+    real_encode = gen.encode_points
+
+    def one_proposal(points, normals):
+        ctx = real_encode(points, normals)
+        ctx.proposal_weight.zero_()
+        ctx.proposals[:, 0] = torch.tensor([0.1, 0.1, 0.1])
+        ctx.proposal_weight[:, 0] = 1.0
+        return ctx
+
+    gen.encode_points = one_proposal
+    stop = gen.generate(pts, nrm, max_joints=10, min_joints=4, coordinates="proposals", temperature=1.0,
+                        generator=torch.Generator().manual_seed(0))
+    # sampled: an untrained greedy decoder repeats one position, and repeated joints are merged away
+    free_after = gen.generate(pts, nrm, max_joints=10, min_joints=4, coordinates="proposals-then-free",
+                              temperature=1.0, generator=torch.Generator().manual_seed(0))
+    gen.encode_points = real_encode
+    target = np.floor((np.array([0.1, 0.1, 0.1]) + 0.5) * 32)
+    for (j_stop, p_stop), (j_free, p_free) in zip(stop, free_after):
+        assert len(p_stop) == 1 and len(p_free) >= 4  # min_joints is kept once free bins are allowed
+        validate_tree(p_free)
+        assert np.abs(np.floor((j_free[0] + 0.5) * 32) - target).max() <= 1  # the first joint is the proposal

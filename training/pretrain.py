@@ -369,8 +369,10 @@ def validate_skeleton(skel: SkeletonGenerator, frames: list[FrameSample], tokeni
 
     Teacher-forced: ``val_skeleton_ce``, ``val_token_acc`` (all targets), ``val_coord_acc`` (coordinate
     bins only); ``local`` design: ``val_proposal_count_err`` (joint proposals vs ground-truth joints)
-    and ``val_proposal_cd_j2j`` (over the frames with at least one proposal; absent if none has). Greedy decodes of the first ``n_generate`` frames: ``val_cd_j2j``,
-    ``val_cd_b2b``, ``val_joint_count_err``.
+    and ``val_proposal_cd_j2j`` (over the frames with at least one proposal; absent if none has). Greedy
+    decodes of the first ``n_generate`` frames: ``val_cd_j2j``, ``val_cd_b2b``, ``val_joint_count_err``
+    (the model's own coordinate decoding, ``cfg.decode_coordinates``); ``local`` design: the same for every
+    coordinate decoding, ``val_free_*``, ``val_proposals_*`` and ``val_proposals-then-free_*``.
     """
     skel.eval()
     ce, acc, coord_acc, prop_cd, prop_err = [], [], [], [], []

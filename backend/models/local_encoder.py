@@ -295,35 +295,48 @@ class ProposalPointer:
     Used by :meth:`~backend.models.skeleton_generator.SkeletonGenerator.generate` as a mask on the
     coordinate slots: x may take the bins near an unused proposal's x; y those near the y of a
     proposal whose x matched; z likewise. When a joint's z is emitted, the matching proposal nearest
-    to the emitted bins is used up. Once every proposal is used, only EOS is allowed. Rows without any
-    proposal are not constrained (``constrained`` is False).
+    to the emitted bins is used up. Once every proposal is used, only EOS is allowed
+    (``when_used_up="stop"``) or the decoder goes on with free coordinate bins (``"free"``). Rows without
+    any proposal are not constrained (``constrained`` is False).
 
     Args:
         proposals: float ``[B, P, 3]`` normalized coordinates; weight: float ``[B, P]`` (> 0: real).
         n_disc: coordinate bins; residual: bins either side of a proposal's bin that stay allowed.
+        when_used_up: ``stop`` or ``free`` (see above).
     """
 
-    def __init__(self, proposals: torch.Tensor, weight: torch.Tensor, n_disc: int, residual: int = 1):
+    def __init__(self, proposals: torch.Tensor, weight: torch.Tensor, n_disc: int, residual: int = 1,
+                 when_used_up: str = "stop"):
         if residual < 0:
             raise ValueError(f"residual must be >= 0 bins, got {residual}")
+        if when_used_up not in ("stop", "free"):
+            raise ValueError(f"when_used_up must be 'stop' or 'free', got {when_used_up!r}")
+        self.when_used_up = when_used_up
         self.bins = torch.floor((proposals.float() + 0.5) * n_disc).long().clamp(0, n_disc - 1)  # [B, P, 3]
         self.unused = weight > 0  # [B, P]
         self.constrained = self.unused.any(dim=1)  # [B]
         self.candidates = self.unused.clone()
         self.emitted = torch.zeros(self.bins.shape[0], 3, dtype=torch.long, device=self.bins.device)
+        self.free_joint = torch.zeros(self.bins.shape[0], dtype=torch.bool, device=self.bins.device)  # [B]
         self.residual = residual
         self.axis_bins = torch.arange(n_disc, device=self.bins.device)
 
     def allowed_bins(self, slot: int) -> torch.Tensor:
-        """Bool ``[B, n_disc]``: the bins coordinate ``slot`` (0 x, 1 y, 2 z) may take."""
+        """Bool ``[B, n_disc]``: the bins coordinate ``slot`` (0 x, 1 y, 2 z) may take (all of them on rows
+        that decode the current joint freely; none at x on rows with every proposal used and ``stop``)."""
         candidates = self.unused if slot == 0 else self.candidates
         near = (self.bins[:, :, slot, None] - self.axis_bins).abs() <= self.residual  # [B, P, n_disc]
-        return (near & candidates[..., None]).any(dim=1)
+        allowed = (near & candidates[..., None]).any(dim=1)
+        if self.when_used_up == "free":
+            free_joint = ~self.unused.any(dim=1) if slot == 0 else self.free_joint
+            allowed = allowed | free_joint[:, None]
+        return allowed
 
     def emit(self, slot: int, picked: torch.Tensor, active: torch.Tensor) -> None:
         """Record the bin ``picked [B]`` of coordinate ``slot`` on rows where ``active [B]``."""
         if slot == 0:
             self.candidates = self.unused.clone()
+            self.free_joint = torch.where(active, ~self.unused.any(dim=1), self.free_joint)
         match = (self.bins[:, :, slot] - picked[:, None]).abs() <= self.residual
         self.candidates = torch.where(active[:, None], self.candidates & match, self.candidates)
         self.emitted[:, slot] = torch.where(active, picked, self.emitted[:, slot])

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 DESIGNS = ("perceiver", "local")
-COORDINATE_DECODINGS = ("free", "proposals")
+COORDINATE_DECODINGS = ("free", "proposals", "proposals-then-free")
 EOS_PRIOR_EPS = 0.05
 """``local`` design: the EOS logit gains ``eos_scale * -log(uncovered + EOS_PRIOR_EPS)``."""
 
@@ -73,8 +73,9 @@ class SkeletonGeneratorConfig:
         proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass: ``local``: the
             clustering of the votes (:class:`~backend.models.local_encoder.ProposalConfig`).
         decode_coordinates: ``local``: how :meth:`SkeletonGenerator.generate` picks coordinate tokens by
-            default: ``free`` (any bin the logits favour) or ``proposals`` (each joint points at an unused
-            joint proposal, :class:`~backend.models.local_encoder.ProposalPointer`).
+            default: ``free`` (any bin the logits favour), ``proposals`` (each joint points at an unused
+            joint proposal, :class:`~backend.models.local_encoder.ProposalPointer`; stop when none is left)
+            or ``proposals-then-free`` (the same, then free bins once every proposal is used).
         proposal_residual_bins: ``proposals`` decoding: bins either side of a proposal that stay allowed.
     """
 
@@ -363,9 +364,10 @@ class SkeletonGenerator(nn.Module):
             use_cache: use the KV cache (False recomputes the whole prefix every step).
             stop_rule: ``mass`` or ``argmax`` (see above).
             stop_after_repeats: ``n`` of the repetition stop (0: off, decode until EOS or the limit).
-            coordinates: ``free`` or ``proposals`` (``local`` design only: every joint points at an
+            coordinates: ``free``, ``proposals`` (``local`` design only: every joint points at an
                 unused joint proposal, within ``cfg.proposal_residual_bins`` bins per axis, and decoding
-                stops when none is left; see :class:`~backend.models.local_encoder.ProposalPointer`).
+                stops when none is left; see :class:`~backend.models.local_encoder.ProposalPointer`) or
+                ``proposals-then-free`` (free coordinate bins once every proposal is used).
                 Default: ``cfg.decode_coordinates``.
             should_cancel: polled before every decoding step (a few ms each); when it returns True,
                 :class:`DecodingCancelled` is raised (the callback may also raise its own exception).
@@ -395,11 +397,13 @@ class SkeletonGenerator(nn.Module):
             raise ValueError(f"coordinates must be one of {COORDINATE_DECODINGS}, got {coordinates!r}")
         latents = self.encode_points(points, normals)
         pointer = None
-        if coordinates == "proposals":
+        if coordinates != "free":
             if not isinstance(latents, PointContext):
-                raise ValueError(f"coordinates='proposals' needs the local design, this model is {self.cfg.design!r}")
+                raise ValueError(f"coordinates={coordinates!r} needs the local design, this model is "
+                                 f"{self.cfg.design!r}")
             pointer = ProposalPointer(latents.proposals, latents.proposal_weight, tk.n_disc,
-                                      self.cfg.proposal_residual_bins)
+                                      self.cfg.proposal_residual_bins,
+                                      when_used_up="free" if coordinates == "proposals-then-free" else "stop")
         kv = self.cross_kv(latents) if use_cache else None
         tables = self.embedding_tables() if use_cache else None
         cache = self.new_cache(B, device, self.memory(latents).dtype) if use_cache else None
@@ -453,7 +457,7 @@ class SkeletonGenerator(nn.Module):
             if pointer is not None and slot < 3:
                 near = F.pad(pointer.allowed_bins(slot), (0, tk.vocab_size - tk.n_disc))  # [B, vocab]
                 pointed = (allowed & ~is_bin) | (allowed & near)
-                if slot == 0:  # every proposal used: stop
+                if slot == 0:  # every proposal used and no free joints after them: stop
                     pointed = torch.where(near.any(1, keepdim=True), pointed, is_eos & (n >= 1))
                 allowed = torch.where(pointer.constrained[:, None], pointed, allowed)
             allowed = torch.where(finished[:, None], pad, allowed)
