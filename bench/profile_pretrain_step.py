@@ -66,7 +66,8 @@ def profile(P, batches, threads: int, bf16: bool) -> dict[str, list[float]]:
         t = tick("skeleton decoder forward", t)
         loss = skeleton_token_loss(logits, sb["tokens"], pad)
         if isinstance(context, PointContext):
-            off, dist = joint_vote_targets(sb["points"], sb["joints"], sb["joint_valid"])
+            off, dist = joint_vote_targets(sb["points"], sb["joints"], sb["joint_valid"],
+                                           context.offsets.shape[2])
             loss = loss + P.pretrain.vote_loss_weight * joint_vote_loss(context.offsets, context.distances, off, dist)
         t = tick("skeleton loss", t)
         memory = SkeletonGenerator.memory(context)

@@ -2,6 +2,7 @@
 interfaces inference, pretraining and SPRig use (same as the ``perceiver`` design's)."""
 
 import json
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_local_forward_backward_trains_every_part():
     tokens, skels = token_batch(gen.tokenizer)
     logits, ctx = gen(pts, nrm, tokens, return_context=True)
     assert logits.shape == (2, tokens.shape[1], gen.tokenizer.vocab_size)
-    assert isinstance(ctx, PointContext) and ctx.features.shape == (2, 96, 32) and ctx.offsets.shape == (2, 96, 3)
+    assert isinstance(ctx, PointContext) and ctx.features.shape == (2, 96, 32) and ctx.offsets.shape == (2, 96, 1, 3)
     joints = torch.zeros(2, 4, 3)
     valid = torch.zeros(2, 4, dtype=torch.bool)
     for b, (j, _) in enumerate(skels):
@@ -74,11 +75,33 @@ def test_joint_vote_targets_point_at_the_nearest_valid_joint():
     joints = torch.tensor([[[0.1, 0.0, 0.0], [1.0, 0.2, 0.0], [0.95, 0.1, 0.0]]])
     valid = torch.tensor([[True, True, False]])  # the third joint is padding: never a target
     off, dist = joint_vote_targets(pts, joints, valid)
-    assert torch.allclose(pts + off, torch.tensor([[[0.1, 0.0, 0.0], [1.0, 0.2, 0.0], [1.0, 0.2, 0.0]]]))
+    assert off.shape == (1, 3, 1, 3) and dist.shape == (1, 3, 1)
+    assert torch.allclose(pts + off[:, :, 0], torch.tensor([[[0.1, 0.0, 0.0], [1.0, 0.2, 0.0], [1.0, 0.2, 0.0]]]))
     assert torch.allclose(dist, off.norm(dim=-1))
     assert float(joint_vote_loss(off, dist, off, dist)) == 0.0
     with pytest.raises(ValueError, match="at least one valid joint"):
         joint_vote_targets(pts, joints, torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_several_votes_per_point_reach_the_next_nearest_joints():
+    pts = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
+    joints = torch.tensor([[[0.1, 0.0, 0.0], [0.5, 0.0, 0.0], [0.8, 0.0, 0.0], [9.0, 9.0, 9.0]]])
+    valid = torch.tensor([[True, True, True, False]])
+    off, dist = joint_vote_targets(pts, joints, valid, votes_per_point=2)
+    voted = pts[:, :, None] + off  # [1, 2, 2, 3]
+    # the middle joint (0.5) is nobody's nearest, but the second vote of both points reaches it
+    assert torch.allclose(voted[0, :, :, 0], torch.tensor([[0.1, 0.5], [0.8, 0.5]]))
+    assert torch.allclose(dist, off.norm(dim=-1))
+    # every vote is clustered: only the middle joint gets two votes, so only it reaches a mass of 1.5
+    prop, w = joint_proposals(pts, off, torch.zeros(1, 2, 2), ProposalConfig(min_mass=1.5, max_proposals=4))
+    assert w.tolist()[0] == [1, 0, 0, 0] and torch.allclose(prop[0, 0], joints[0, 1])
+    # more votes than valid joints: the farthest valid joint repeats, padding is never a target
+    one = valid & torch.tensor([[True, False, False, False]])
+    off, _ = joint_vote_targets(pts, joints, one, votes_per_point=3)
+    assert torch.allclose(pts[:, :, None] + off, joints[:, :1, None].expand(1, 2, 3, 3))
+    gen = SkeletonGenerator(replace(TINY_LOCAL, votes_per_point=2))
+    ctx = gen.encode_points(*frames())
+    assert ctx.offsets.shape == (2, 96, 2, 3) and ctx.distances.shape == (2, 96, 2)
 
 
 def test_joint_proposals_find_vote_clusters_deterministically():
@@ -87,8 +110,8 @@ def test_joint_proposals_find_vote_clusters_deterministically():
     counts = [30, 20, 3]  # the last cluster is too light (min_mass)
     moved = torch.cat([c + 0.004 * torch.randn(n, 3, generator=g) for c, n in zip(centres, counts)])[None]
     pts = moved + 0.1 * torch.randn(moved.shape, generator=g)
-    offsets = moved - pts
-    dist = torch.full(moved.shape[:2], 0.05)
+    offsets = (moved - pts)[:, :, None]
+    dist = torch.full(moved.shape[:2] + (1,), 0.05)
     cfg = ProposalConfig(min_mass=5.0, max_proposals=8)
     prop, w = joint_proposals(pts, offsets, dist, cfg)
     assert prop.shape == (1, 8, 3) and w.tolist()[0] == [1, 1, 0, 0, 0, 0, 0, 0]
@@ -315,6 +338,17 @@ def test_proposal_pointer_decoding_emits_each_proposal_at_most_once_within_the_r
         assert (gap.min(1) <= 1).all()  # every joint within one bin of a proposal
         assert len(set(gap.argmin(1).tolist())) == len(parents)  # a different proposal each
         assert len(out[1][1]) >= 5  # the row without proposals decodes freely (min_joints holds)
+    # a decoder that wants to stop at once: `proposals` stops after one joint, `all-proposals` uses all three
+    eos = gen.tokenizer.eos
+    hook = gen.head.register_forward_hook(lambda mod, inp, out: out.index_add(
+        -1, torch.tensor([eos]), torch.full(out.shape[:-1] + (1,), 50.0)))
+    early = gen.generate(pts, nrm, max_joints=10, coordinates="proposals")
+    every = gen.generate(pts, nrm, max_joints=10, coordinates="all-proposals")
+    hook.remove()
+    assert len(early[0][1]) == 1 and len(every[0][1]) == 3
+    validate_tree(every[0][1])
+    gap = np.abs(np.floor((every[0][0] + 0.5) * 32)[:, None] - prop_bins[None]).max(-1)
+    assert sorted(gap.argmin(1).tolist()) == [0, 1, 2] and (gap.min(1) <= 1).all()
     gen.encode_points = real_encode
     with pytest.raises(ValueError, match="coordinates must be one of"):
         gen.generate(pts, nrm, coordinates="nearest")

@@ -212,6 +212,32 @@ def test_eval_static_stage_writes_results(corpus_workdir, tmp_path):
     assert "| corpus test |" in table
 
 
+def test_compare_decodings_scores_each_decoding_beside_the_control(corpus_workdir, tmp_path):
+    from backend.models.checkpoint import save_model
+    from backend.models.skeleton_generator import SkeletonGenerator
+    from training.eval_static import compare_decodings, decodings_table
+
+    torch.manual_seed(0)
+    path = tmp_path / "skeleton_base.safetensors"
+    save_model(SkeletonGenerator(get_preset("smoke", design="local").skeleton), path, "pretrain", {"step": 0})
+    empty = tmp_path / "no_real_rigs"
+    empty.mkdir()
+    results = compare_decodings(path, corpus_workdir / "corpus", ["free", "proposals"], preset="smoke",
+                                realdata_dir=empty, config_overrides={"proposal_min_mass": 2.0})
+    assert results["overrides"] == {"proposal_min_mass": 2.0}
+    with pytest.raises(ValueError, match="decoding-time fields"):
+        compare_decodings(path, corpus_workdir / "corpus", ["free"], preset="smoke", realdata_dir=empty,
+                          config_overrides={"d_model": 8})
+    test = results["sets"]["corpus test"]
+    assert set(test) == {"free", "proposals", "kmeans_control"}
+    for decoding in ("free", "proposals"):
+        assert test[decoding]["n_frames"] == test["kmeans_control"]["n_frames"] > 0
+        assert test[decoding]["cd_j2j"] > 0 and test[decoding]["joints_pred_mean"] >= 1
+        assert not any(k.startswith("skin_") for k in test[decoding])  # skeletons only
+    table = decodings_table(results)
+    assert "| corpus test | decoding `proposals` |" in table and "k-means control" in table
+
+
 # ---- warm start from exported checkpoints (no state.pt) ------------------------------------------------
 
 # 12 steps; validation (and export) at step 6, resumable states every 3 steps

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -106,38 +106,52 @@ def forest_to_tree(joints: np.ndarray, parents: np.ndarray, weights: np.ndarray 
     return joints, parents.astype(np.int32), weights
 
 
-def score_frames(models: RiggerModels, frames: list[tuple[FrameSample, np.ndarray, np.ndarray, np.ndarray]],
-                 batch: int, desc: str) -> dict:
-    """Score skeleton generation and skinning on prepared frames.
+def score_skeleton_frames(skeleton, frames: list, batch: int, desc: str, coordinates: str | None = None,
+                          skinning=None) -> dict:
+    """Decode and score skeletons on prepared frames (and, given ``skinning``, skinning too).
 
     Args:
+        skeleton: a :class:`~backend.models.skeleton_generator.SkeletonGenerator`.
         frames: ``(sample, verts [V, 3], vertex normals [V, 3], gt weights [V, J])`` per frame, all
             normalized like ``sample``.
+        coordinates: the generator's coordinate decoding (``None``: its config's default).
+        skinning: ``RiggerModels`` whose ``predict_weights`` scores the skinning given the ground-truth
+            skeleton; ``None`` skips skinning.
+    Returns:
+        the summary of :func:`summarize` plus ``kmeans_control``.
     """
+    device = next(skeleton.parameters()).device
     rows, control = [], []
     for s in tqdm(range(0, len(frames), batch), desc=desc, leave=False):
         chunk = frames[s:s + batch]
-        pts = torch.from_numpy(np.stack([f[0].points for f in chunk])).to(models.device)
-        nrm = torch.from_numpy(np.stack([f[0].normals for f in chunk])).to(models.device)
+        pts = torch.from_numpy(np.stack([f[0].points for f in chunk])).to(device)
+        nrm = torch.from_numpy(np.stack([f[0].normals for f in chunk])).to(device)
         t0 = time.time()
-        gens, stats = models.skeleton.generate(pts, nrm, return_stats=True)
+        gens, stats = skeleton.generate(pts, nrm, return_stats=True, coordinates=coordinates)
         t_gen = (time.time() - t0) / len(chunk)
         for i, ((pj, pp), (fs, verts, vnrm, gt_w)) in enumerate(zip(gens, chunk)):
             q = static_skeleton_quality(pj, fs.joints, pp, fs.parents)
-            w = models.predict_weights(verts, vnrm, fs.points, fs.normals, fs.joints, fs.parents)
-            sk = static_skinning_quality(w, gt_w)
-            rows.append({"record": fs.record, "frame": fs.frame, "cd_j2j": q.cd_j2j, "cd_j2b": q.cd_j2b,
-                         "cd_b2b": q.cd_b2b, "joints_pred": len(pp), "joints_gt": len(fs.parents),
-                         "joint_count_err": abs(len(pp) - len(fs.parents)),
-                         "unconstrained_valid": stats["validity_overrides"][i] == 0,
-                         "canonical_free": stats["constraint_overrides"][i] == 0,
-                         "merge_free": stats["merged"][i] == 0, "hit_limit": stats["hit_limit"][i],
-                         "skin_precision": sk.precision, "skin_recall": sk.recall, "skin_l1": sk.avg_l1,
-                         "gen_seconds": t_gen})
+            row = {"record": fs.record, "frame": fs.frame, "cd_j2j": q.cd_j2j, "cd_j2b": q.cd_j2b,
+                   "cd_b2b": q.cd_b2b, "joints_pred": len(pp), "joints_gt": len(fs.parents),
+                   "joint_count_err": abs(len(pp) - len(fs.parents)),
+                   "unconstrained_valid": stats["validity_overrides"][i] == 0,
+                   "canonical_free": stats["constraint_overrides"][i] == 0,
+                   "merge_free": stats["merged"][i] == 0, "hit_limit": stats["hit_limit"][i],
+                   "skin_precision": np.nan, "skin_recall": np.nan, "skin_l1": np.nan, "gen_seconds": t_gen}
+            if skinning is not None:
+                w = skinning.predict_weights(verts, vnrm, fs.points, fs.normals, fs.joints, fs.parents)
+                sk = static_skinning_quality(w, gt_w)
+                row.update(skin_precision=sk.precision, skin_recall=sk.recall, skin_l1=sk.avg_l1)
+            rows.append(row)
             control.append(_skeleton_row(fs, *kmeans_skeleton(verts, len(fs.parents), seed=0)))
     out = summarize(rows)
     out["kmeans_control"] = summarize_skeletons(control)
     return out
+
+
+def score_frames(models: RiggerModels, frames: list, batch: int, desc: str) -> dict:
+    """Score skeleton generation and skinning of ``models`` on prepared frames (see :func:`score_skeleton_frames`)."""
+    return score_skeleton_frames(models.skeleton, frames, batch, desc, skinning=models)
 
 
 def _skeleton_row(fs: FrameSample, joints: np.ndarray, parents: np.ndarray) -> dict:
@@ -186,7 +200,8 @@ def summarize(rows: list[dict]) -> dict:
             "skin_precision", "skin_recall", "skin_l1", "gen_seconds"]
     out = {"n_frames": len(rows)}
     for k in keys:
-        out[k] = float(np.nanmean([float(r[k]) for r in rows]))
+        values = np.array([float(r[k]) for r in rows])
+        out[k] = float(np.nanmean(values)) if np.isfinite(values).any() else None  # skinning not scored: None
     out["joints_pred_mean"] = float(np.mean([r["joints_pred"] for r in rows]))
     out["joints_gt_mean"] = float(np.mean([r["joints_gt"] for r in rows]))
     out["valid_tree"] = 1.0  # constrained decoding: every output is a tree by construction
@@ -325,3 +340,108 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     return str(v)
+
+
+DECODING_FIELDS = {"proposal_radius", "proposal_min_mass", "proposal_weight_scale", "proposal_bandwidth",
+                   "proposal_residual_bins"}
+"""Config fields :func:`compare_decodings` may override: they act only when decoding, not on the weights."""
+
+
+def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[str], preset: str = "default",
+                      realdata_dir: Path | None = None, device: str = "cpu",
+                      config_overrides: dict | None = None) -> dict:
+    """Score one skeleton generator checkpoint with several coordinate decodings on the same frames.
+
+    The corpus test split and every real rig (as :func:`run_stage`), skeletons only; beside the
+    decodings, the k-means control and (real rigs) the skeleton from the clip's motion.
+    ``config_overrides`` replaces decoding-time fields of the model's config (the clustering of the
+    votes: ``proposal_radius``, ``proposal_min_mass``, ``proposal_weight_scale``, ``proposal_bandwidth``).
+
+    Returns:
+        ``{"checkpoint", "corpus_test": {decoding: summary, "kmeans_control": ...}, "realdata": {...}}``
+        (the per-frame rows dropped).
+    """
+    from backend.models.checkpoint import load_model
+    from training.data.corpus import Corpus
+
+    cfg = EVAL_PRESETS[preset]
+    skeleton, info = load_model(skeleton_path, expected="skeleton_generator", device=device)
+    unknown = set(config_overrides or {}) - DECODING_FIELDS
+    if unknown:
+        raise ValueError(f"only decoding-time fields can be overridden ({sorted(DECODING_FIELDS)}), got {sorted(unknown)}")
+    skeleton.cfg = replace(skeleton.cfg, **(config_overrides or {}))
+    tokenizer = skeleton.tokenizer
+    sets = {"corpus test": corpus_frames(Corpus(corpus_dir), cfg, tokenizer)}
+    realdata_dir = Path(realdata_dir) if realdata_dir else REALDATA
+    real_paths = sorted(realdata_dir.glob("*.npz")) if realdata_dir.is_dir() else []
+    for path in real_paths:
+        frames = real_frames(path, cfg, tokenizer)
+        if frames:
+            sets[f"real: {path.stem}"] = frames
+    results: dict = {"checkpoint": str(skeleton_path), "overrides": config_overrides or {}, "provenance": {k: info.provenance.get(k)
+                                                                      for k in ("step", "commit")}, "sets": {}}
+    for name, frames in sets.items():
+        entry = {}
+        for c in coordinates:
+            summary = score_skeleton_frames(skeleton, frames, cfg.batch, f"{name} ({c})", coordinates=c)
+            entry[c] = {k: v for k, v in summary.items() if k not in ("frames", "kmeans_control")
+                        and not k.startswith("skin_")}
+            entry["kmeans_control"] = summary["kmeans_control"]
+        if name.startswith("real: "):
+            entry["motion_skeleton"] = motion_skeleton_scores(realdata_dir / f"{name[6:]}.npz", frames)
+        results["sets"][name] = entry
+    real = [v for k, v in results["sets"].items() if k.startswith("real: ")]
+    if real:
+        pooled = {}
+        for key in (*coordinates, "kmeans_control", "motion_skeleton"):
+            pooled[key] = _pooled(real, key)
+        results["sets"]["real: all"] = pooled
+    return results
+
+
+def decodings_table(results: dict) -> str:
+    """Markdown table of :func:`compare_decodings` results."""
+    cols = ["n_frames", "cd_j2j", "cd_b2b", "joint_count_err", "joints_pred_mean", "joints_gt_mean"]
+    lines = ["| set | skeleton | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for name, entry in results["sets"].items():
+        for key, r in entry.items():
+            label = {**CONTROL_LABELS, "kmeans_control": "k-means control (no learning, GT joint count)"}.get(
+                key, f"decoding `{key}`")
+            lines.append(f"| {name} | {label} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.eval_static --skeleton CKPT --corpus DIR``: compare coordinate decodings."""
+    import argparse
+
+    from backend.models.skeleton_generator import COORDINATE_DECODINGS
+
+    parser = argparse.ArgumentParser(description=compare_decodings.__doc__)
+    parser.add_argument("--skeleton", type=Path, required=True, help="skeleton generator .safetensors")
+    parser.add_argument("--corpus", type=Path, required=True, help="corpus folder with a test split")
+    parser.add_argument("--coordinates", nargs="+", default=list(COORDINATE_DECODINGS), choices=COORDINATE_DECODINGS)
+    parser.add_argument("--preset", default="default", choices=sorted(EVAL_PRESETS))
+    parser.add_argument("--realdata", type=Path, help="folder of real rigs (default: ../shared/realdata)")
+    parser.add_argument("--out", type=Path, help="write the results here (.json and .md beside it)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help=f"override decoding-time config fields: {', '.join(sorted(DECODING_FIELDS))}")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field] = int(value) if field == "proposal_residual_bins" else float(value)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    results = compare_decodings(args.skeleton, args.corpus, args.coordinates, args.preset, args.realdata,
+                                config_overrides=overrides)
+    table = decodings_table(results)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+        args.out.with_suffix(".md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

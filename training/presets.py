@@ -136,11 +136,12 @@ GENERATOR_DESIGNS: dict[str, dict] = {
     "perceiver": {"design": "perceiver"},
     "local": {"design": "local"},
     "local-attn": {"design": "local", "n_point_attn_layers": 1},
+    "local-votes2": {"design": "local", "votes_per_point": 2},
 }
 """Skeleton generator designs selectable on any preset: changes to the preset's
 :class:`SkeletonGeneratorConfig` (its width, heads and decoder depth are kept). ``perceiver`` is the
-original design; ``local`` is the per-point encoder with dense joint votes and the proposal prior
-(``docs/generator_design.md``)."""
+original design; ``local`` is the per-point encoder with dense joint votes and the proposal prior;
+``local-votes2`` lets every point vote for its two nearest joints (``docs/generator_design.md``)."""
 
 
 def with_generator_design(preset: Preset, design: str) -> Preset:

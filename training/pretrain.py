@@ -199,7 +199,8 @@ def skeleton_batch_loss(model, batch: dict[str, torch.Tensor], pad_id: int, vote
     loss = skeleton_token_loss(logits, batch["tokens"], pad_id)
     parts = {"skeleton_ce": float(loss.detach())}
     if isinstance(context, PointContext):
-        target_off, target_dist = joint_vote_targets(batch["points"], batch["joints"], batch["joint_valid"])
+        target_off, target_dist = joint_vote_targets(batch["points"], batch["joints"], batch["joint_valid"],
+                                                     context.offsets.shape[2])
         vote = joint_vote_loss(context.offsets, context.distances, target_off, target_dist)
         loss = loss + vote_weight * vote
         parts["vote_loss"] = float(vote.detach())
@@ -372,7 +373,7 @@ def validate_skeleton(skel: SkeletonGenerator, frames: list[FrameSample], tokeni
     and ``val_proposal_cd_j2j`` (over the frames with at least one proposal; absent if none has). Greedy
     decodes of the first ``n_generate`` frames: ``val_cd_j2j``, ``val_cd_b2b``, ``val_joint_count_err``
     (the model's own coordinate decoding, ``cfg.decode_coordinates``); ``local`` design: the same for every
-    coordinate decoding, ``val_free_*``, ``val_proposals_*`` and ``val_proposals-then-free_*``.
+    coordinate decoding, ``val_free_*``, ``val_proposals_*``, ``val_proposals-then-free_*`` and ``val_all-proposals_*``.
     """
     skel.eval()
     ce, acc, coord_acc, prop_cd, prop_err = [], [], [], [], []

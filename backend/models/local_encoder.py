@@ -7,7 +7,9 @@ generator per-point supervision and a geometric prior instead:
 1. :class:`LocalPointEncoder` -- edge convolutions over each point's k nearest neighbours (DGCNN-style,
    rewritten so the ``[B, N, k, d_edge]`` edge tensor is only gathered and max-pooled, see
    :class:`EdgeConv`), a global max-pooled context, optional full self-attention over the points, and a
-   dense head that predicts for every point its offset to the nearest joint and its distance to it.
+   dense head that predicts for every point its offsets to its ``K`` nearest joints and the distances
+   to them (``K = votes_per_point``; with ``K > 1`` joints that are nobody's nearest -- deep inside, or
+   between closer joints -- still get votes).
 2. :func:`joint_proposals` -- the points moved by their predicted offsets collapse onto the joints;
    a deterministic density-peak clustering of the moved points gives joint proposals.
 3. :func:`coordinate_prior` -- for each coordinate token, the log-density of the proposals that are
@@ -34,8 +36,9 @@ class PointContext:
 
     Attributes:
         features: float ``[B, N, d]`` per-point features (the decoder's cross-attention memory).
-        offsets: float ``[B, N, 3]`` predicted offset from each point to its nearest joint.
-        distances: float ``[B, N]`` predicted distance from each point to its nearest joint (>= 0).
+        offsets: float ``[B, N, K, 3]`` predicted offsets from each point to its ``K`` nearest joints
+            (nearest first).
+        distances: float ``[B, N, K]`` predicted distances to them (>= 0).
         proposals: float ``[B, P, 3]`` joint proposals (normalized coordinates; detached).
         proposal_weight: float ``[B, P]`` 1 for a real proposal, 0 for padding.
         memory: float ``[B, M, d]`` the features the decoder cross-attends to (``M <= N`` points).
@@ -87,18 +90,22 @@ class EdgeConv(nn.Module):
 
 
 class LocalPointEncoder(nn.Module):
-    """Oriented points ``[B, N, 6]`` -> per-point features ``[B, N, d]``, offsets ``[B, N, 3]``, distances ``[B, N]``."""
+    """Oriented points ``[B, N, 6]`` -> per-point features ``[B, N, d]``, offsets ``[B, N, K, 3]`` and
+    distances ``[B, N, K]`` to the ``K = votes_per_point`` nearest joints."""
 
     def __init__(self, d_model: int, n_heads: int, n_edge_layers: int, n_attn_layers: int, knn: int,
-                 n_freq: int = 8, mlp_ratio: int = 4, dropout: float = 0.0, d_edge: int = 64):
+                 n_freq: int = 8, mlp_ratio: int = 4, dropout: float = 0.0, d_edge: int = 64,
+                 votes_per_point: int = 1):
         super().__init__()
         self.knn = knn
+        self.votes_per_point = votes_per_point
         self.embed = PointEmbedding(d_model, n_freq)
         self.edges = nn.ModuleList([EdgeConv(d_model, d_edge) for _ in range(n_edge_layers)])
         self.global_proj = nn.Linear(2 * d_model, d_model)
         self.attn = nn.ModuleList([SelfBlock(d_model, n_heads, mlp_ratio, dropout) for _ in range(n_attn_layers)])
         self.norm = nn.LayerNorm(d_model)
-        self.dense_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 4))
+        self.dense_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
+                                        nn.Linear(d_model, 4 * votes_per_point))
 
     def forward(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         xyz = pts[..., :3]
@@ -111,7 +118,7 @@ class LocalPointEncoder(nn.Module):
         for layer in self.attn:
             x = layer(x)
         x = self.norm(x)
-        dense = self.dense_head(x).float()
+        dense = self.dense_head(x).float().unflatten(-1, (self.votes_per_point, 4))  # [B, N, K, 4]
         return x, dense[..., :3], F.softplus(dense[..., 3])
 
 
@@ -144,13 +151,14 @@ def joint_proposals(points: torch.Tensor, offsets: torch.Tensor, distances: torc
     weight reaches ``cfg.min_mass``, and mark them assigned.
 
     Args:
-        points: float ``[B, N, 3]``; offsets: float ``[B, N, 3]``; distances: float ``[B, N]``.
+        points: float ``[B, N, 3]``; offsets: float ``[B, N, K, 3]``; distances: float ``[B, N, K]``
+            (``K`` votes per point; every vote is one moved point).
     Returns:
         ``proposals float32 [B, P, 3]`` and ``weight float32 [B, P]`` (1 real, 0 padding), with
         ``P = cfg.max_proposals``; real proposals come first, in order of decreasing density.
     """
-    moved = (points + offsets).float()
-    w = torch.exp(-distances.float().clamp_min(0) / cfg.weight_scale)  # [B, N]
+    moved = (points[:, :, None] + offsets).float().flatten(1, 2)  # [B, N K, 3]
+    w = torch.exp(-distances.float().clamp_min(0) / cfg.weight_scale).flatten(1)  # [B, N K]
     B, N, _ = moved.shape
     d2 = torch.cdist(moved, moved).square()  # [B, N, N]
     density = (torch.exp(-d2 / (2 * cfg.bandwidth ** 2)) * w[:, None, :]).sum(-1)  # [B, N]
@@ -251,14 +259,15 @@ def prior_log_sigma_init(sigma: float) -> torch.Tensor:
     return torch.full((3,), math.log(sigma))
 
 
-def joint_vote_targets(points: torch.Tensor, joints: torch.Tensor,
-                       joint_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense-head targets: each point's offset to its nearest ground-truth joint and the distance.
+def joint_vote_targets(points: torch.Tensor, joints: torch.Tensor, joint_valid: torch.Tensor,
+                       votes_per_point: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense-head targets: each point's offsets to its ``K`` nearest ground-truth joints and the distances.
 
     Args:
         points: float ``[B, N, 3]``; joints: float ``[B, J, 3]`` (padded); joint_valid: bool ``[B, J]``.
+        votes_per_point: ``K``; a frame with fewer valid joints repeats its farthest one.
     Returns:
-        ``offsets float32 [B, N, 3]`` and ``distances float32 [B, N]``.
+        ``offsets float32 [B, N, K, 3]`` and ``distances float32 [B, N, K]``, nearest first.
     Raises:
         ValueError: a frame without any valid joint.
     """
@@ -266,18 +275,23 @@ def joint_vote_targets(points: torch.Tensor, joints: torch.Tensor,
         raise ValueError("joint_vote_targets: every frame needs at least one valid joint")
     d2 = torch.cdist(points.float(), joints.float()).square()
     d2 = d2.masked_fill(~joint_valid[:, None, :], float("inf"))
-    nearest = d2.argmin(-1)  # [B, N]
-    target = joints.float().gather(1, nearest[..., None].expand(-1, -1, 3))
-    offsets = target - points.float()
+    K = min(votes_per_point, joints.shape[1])
+    order = d2.topk(K, dim=-1, largest=False).indices  # [B, N, K]
+    n_valid = joint_valid.sum(-1)  # [B]
+    slot = torch.minimum(torch.arange(votes_per_point, device=points.device)[None], n_valid[:, None] - 1)  # [B, K']
+    nearest = order.gather(2, slot[:, None, :].expand(-1, order.shape[1], -1))  # [B, N, K']
+    B, N, Kp = nearest.shape
+    target = joints.float().gather(1, nearest.reshape(B, N * Kp, 1).expand(-1, -1, 3)).view(B, N, Kp, 3)
+    offsets = target - points.float()[:, :, None]
     return offsets, offsets.norm(dim=-1)
 
 
 def joint_vote_loss(offsets: torch.Tensor, distances: torch.Tensor, target_offsets: torch.Tensor,
                     target_distances: torch.Tensor, scale: float = 0.02) -> torch.Tensor:
-    """Dense-head loss: mean over points of ``(|offset error|_1 + |distance error|) / scale``.
+    """Dense-head loss: mean over points and votes of ``(|offset error|_1 + |distance error|) / scale``.
 
     Args:
-        offsets, target_offsets: float ``[B, N, 3]``; distances, target_distances: float ``[B, N]``.
+        offsets, target_offsets: float ``[B, N, K, 3]``; distances, target_distances: float ``[B, N, K]``.
         scale: error (normalized units) that costs 1 (about 2.5 coordinate bins).
     Returns:
         scalar loss.

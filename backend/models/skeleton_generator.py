@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 DESIGNS = ("perceiver", "local")
-COORDINATE_DECODINGS = ("free", "proposals", "proposals-then-free")
+COORDINATE_DECODINGS = ("free", "proposals", "proposals-then-free", "all-proposals")
 EOS_PRIOR_EPS = 0.05
 """``local`` design: the EOS logit gains ``eos_scale * -log(uncovered + EOS_PRIOR_EPS)``."""
 
@@ -68,6 +68,8 @@ class SkeletonGeneratorConfig:
         n_memory_points: ``local``: the decoder cross-attends to the features of the first this many
             points (the samples are in random order, so a random subset; every point's features
             already pool its neighbours); 0: all points. All points vote for joints.
+        votes_per_point: ``local``: joints each point votes for (its ``K`` nearest; the dense head
+            predicts ``K`` offsets and distances per point, every vote is clustered).
         prior_sigma: ``local``: initial width of the proposal kernels of the coordinate prior.
         cover_sigma: ``local``: width of the kernel that marks a proposal as used by an earlier joint.
         proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass: ``local``: the
@@ -75,7 +77,9 @@ class SkeletonGeneratorConfig:
         decode_coordinates: ``local``: how :meth:`SkeletonGenerator.generate` picks coordinate tokens by
             default: ``free`` (any bin the logits favour), ``proposals`` (each joint points at an unused
             joint proposal, :class:`~backend.models.local_encoder.ProposalPointer`; stop when none is left)
-            or ``proposals-then-free`` (the same, then free bins once every proposal is used).
+            ``proposals-then-free`` (the same, then free bins once every proposal is used) or
+            ``all-proposals`` (pointing, with no stop before every proposal is used: the votes decide the
+            joint count, the decoder the order, the residual bins and the parents).
         proposal_residual_bins: ``proposals`` decoding: bins either side of a proposal that stay allowed.
     """
 
@@ -95,6 +99,7 @@ class SkeletonGeneratorConfig:
     n_edge_layers: int = 3
     n_point_attn_layers: int = 0
     n_memory_points: int = 128
+    votes_per_point: int = 1
     prior_sigma: float = 0.01
     cover_sigma: float = 0.015
     proposal_bandwidth: float = 0.01
@@ -167,7 +172,8 @@ class SkeletonGenerator(nn.Module):
         d = cfg.d_model
         if cfg.design == "local":
             self.encoder = LocalPointEncoder(d, cfg.n_heads, cfg.n_edge_layers, cfg.n_point_attn_layers, cfg.knn,
-                                             cfg.n_freq, cfg.mlp_ratio, cfg.dropout, cfg.d_edge)
+                                             cfg.n_freq, cfg.mlp_ratio, cfg.dropout, cfg.d_edge,
+                                             cfg.votes_per_point)
         else:
             self.encoder = PerceiverEncoder(d, cfg.n_heads, cfg.n_latents, cfg.n_enc_layers, cfg.n_freq,
                                             cfg.mlp_ratio, cfg.dropout)
@@ -367,7 +373,8 @@ class SkeletonGenerator(nn.Module):
             coordinates: ``free``, ``proposals`` (``local`` design only: every joint points at an
                 unused joint proposal, within ``cfg.proposal_residual_bins`` bins per axis, and decoding
                 stops when none is left; see :class:`~backend.models.local_encoder.ProposalPointer`) or
-                ``proposals-then-free`` (free coordinate bins once every proposal is used).
+                ``proposals-then-free`` (free coordinate bins once every proposal is used) or
+                ``all-proposals`` (EOS only once every proposal is used, so every proposal becomes a joint).
                 Default: ``cfg.decode_coordinates``.
             should_cancel: polled before every decoding step (a few ms each); when it returns True,
                 :class:`DecodingCancelled` is raised (the callback may also raise its own exception).
@@ -459,6 +466,8 @@ class SkeletonGenerator(nn.Module):
                 pointed = (allowed & ~is_bin) | (allowed & near)
                 if slot == 0:  # every proposal used and no free joints after them: stop
                     pointed = torch.where(near.any(1, keepdim=True), pointed, is_eos & (n >= 1))
+                    if coordinates == "all-proposals":  # no stop while a proposal is unused
+                        pointed = torch.where(pointer.unused.any(1, keepdim=True), pointed & ~is_eos, pointed)
                 allowed = torch.where(pointer.constrained[:, None], pointed, allowed)
             allowed = torch.where(finished[:, None], pad, allowed)
             masked = logits.masked_fill(~allowed, float("-inf"))
