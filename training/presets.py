@@ -132,11 +132,15 @@ def _large() -> Preset:
 
 PRESETS = {"smoke": _smoke, "default": _default, "large": _large}
 
+_LOCAL_DECODING = {"decode_coordinates": "all-proposals", "proposal_radius": 0.05, "proposal_min_mass": 2.5}
+"""How ``local`` designs decode by default: every vote cluster becomes a joint, clustered with the settings
+measured best on a trained model's own votes (``docs/generator_design.md`` §6-7)."""
+
 GENERATOR_DESIGNS: dict[str, dict] = {
     "perceiver": {"design": "perceiver"},
-    "local": {"design": "local"},
-    "local-attn": {"design": "local", "n_point_attn_layers": 1},
-    "local-votes2": {"design": "local", "votes_per_point": 2},
+    "local": {"design": "local", **_LOCAL_DECODING},
+    "local-attn": {"design": "local", "n_point_attn_layers": 1, **_LOCAL_DECODING},
+    "local-votes2": {"design": "local", "votes_per_point": 2, **_LOCAL_DECODING},
 }
 """Skeleton generator designs selectable on any preset: changes to the preset's
 :class:`SkeletonGeneratorConfig` (its width, heads and decoder depth are kept). ``perceiver`` is the
