@@ -134,6 +134,17 @@ def test_resume_after_a_stop_gives_the_same_weights(corpus_workdir, tmp_path):
             assert ka == kb and torch.equal(va, vb), ka
 
 
+def test_time_budget_exports_a_resumable_incomplete_run(corpus_workdir, tmp_path):
+    workdir = copy_corpus(corpus_workdir, tmp_path / "budget")
+    spent = run_stage("smoke", workdir, device="cpu", minutes=1e-9, **TINY)  # out of time after the first step
+    assert spent["step"] == 1 and not spent["complete"] and spent["validation"]["step"] == 1
+    _, info = load_model(workdir / "checkpoints" / "skeleton_base.safetensors")
+    assert info.provenance["step"] == 1 and not info.provenance["complete"]
+    assert (workdir / "pretrain" / "state.pt").is_file()
+    resumed = run_stage("smoke", workdir, device="cpu", minutes=60, **TINY)
+    assert resumed["step"] == TINY["steps"] and resumed["complete"]
+
+
 def test_state_of_another_preset_is_refused(corpus_workdir, tmp_path):
     workdir = copy_corpus(corpus_workdir, tmp_path / "w")
     run_stage("smoke", workdir, device="cpu", stop_after=3, **TINY)

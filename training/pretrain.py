@@ -646,7 +646,7 @@ def _leave_complete(base: BaseCheckpoints, ckpt_dir: Path, rank: int, world: int
 
 
 def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_after: int | None = None,
-              warm_start: WarmStartConfig | None = None, **overrides) -> dict:
+              warm_start: WarmStartConfig | None = None, minutes: float | None = None, **overrides) -> dict:
     """Pretrain both models; resumes from ``workdir/pretrain/state.pt`` when it exists, else warm-starts
     from exported base checkpoints of the same preset when there are incomplete ones (see
     :class:`WarmStartConfig`), else starts from scratch. Complete exported checkpoints are left alone.
@@ -656,6 +656,9 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
         workdir: run folder; the corpus is read from ``workdir/corpus``.
         device: ``auto`` | ``cpu`` | ``cuda``.
         stop_after: stop after this many steps as if killed (resume tests); the run stays incomplete.
+        minutes: wall-clock budget of this invocation: once it is spent, validate, export and save the
+            resumable state at the current step, and return (the run stays incomplete; call again to go on).
+            The learning-rate schedule still follows the preset's step count.
         warm_start: where to look for exported checkpoints when there is no ``state.pt`` (default:
             ``workdir/checkpoints``, then the repository's ``checkpoints/``).
         **overrides: :class:`PretrainConfig` fields to change (e.g. ``steps=10``).
@@ -786,6 +789,8 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
     t_last, run_loss = time.time(), []
     skel.train(), skin.train()
     batches = batch_stream(sampler, step, end, cfg)
+    deadline = None if minutes is None else time.time() + 60.0 * minutes
+    out_of_time = False
     while step < end:
         sb, kb = next(batches)
         sb = {k: v.to(dev, non_blocking=True) for k, v in sb.items()}
@@ -832,10 +837,25 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
             log_line(last_val)
             log.info("step %d validation: %s", step, {k: round(v, 4) for k, v in last_val.items() if k != "step"})
             export(last_val)
-        if step % cfg.ckpt_every == 0 or step == end:
+        if deadline is not None:
+            flag = torch.tensor([float(time.time() >= deadline)], device=dev)
+            if world > 1:  # rank 0's clock decides for every rank
+                dist.broadcast(flag, src=0)
+            out_of_time = bool(flag.item())
+        if out_of_time and step < end:
+            if rank == 0 and val_frames and last_val.get("step") != step:
+                last_val = {"step": step, **validate(skel, skin, val_frames, tokenizer, dev, cfg.skeleton_batch,
+                                                     cfg.n_val_generate, autocast)}
+                log_line(last_val)
+            export(last_val)
+            log.info("time budget of %.1f minutes spent at step %d of %d: exported and saved; run again to "
+                     "continue", minutes, step, cfg.steps)
+        if step % cfg.ckpt_every == 0 or step == end or out_of_time:
             save_state()
             if world > 1:
                 dist.barrier()
+        if out_of_time:
+            break
     bar.close()
     paths = {}
     if step >= cfg.steps:
@@ -854,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, help="override the preset's step count")
     parser.add_argument("--num-threads", type=int, help="torch CPU threads")
+    parser.add_argument("--minutes", type=float,
+                        help="wall-clock budget: validate, export and save at the step it runs out; run again to go on")
     parser.add_argument("--design", choices=sorted(GENERATOR_DESIGNS),
                         help="skeleton generator design (default: the preset's, perceiver)")
     parser.add_argument("--init-from", type=Path, metavar="DIR",
@@ -874,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         P.num_threads = args.num_threads
     ws = WarmStartConfig(init_from=args.init_from, search=not args.no_warm_start,
                          rewarmup_steps=args.rewarmup_steps)
-    result = run_stage(P, args.workdir, args.device, warm_start=ws)
+    result = run_stage(P, args.workdir, args.device, warm_start=ws, minutes=args.minutes)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0 if result["step"] > 0 else 1
