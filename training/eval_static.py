@@ -358,8 +358,9 @@ def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[s
     votes: ``proposal_radius``, ``proposal_min_mass``, ``proposal_weight_scale``, ``proposal_bandwidth``).
 
     Returns:
-        ``{"checkpoint", "corpus_test": {decoding: summary, "kmeans_control": ...}, "realdata": {...}}``
-        (the per-frame rows dropped).
+        ``{"checkpoint", "overrides", "provenance", "sets": {set name: {decoding: summary,
+        "kmeans_control": summary, "motion_skeleton": summary (real rigs)}}}`` with the set names
+        ``corpus test``, ``real: <clip>`` and ``real: all`` (pooled); per-frame rows dropped.
     """
     from backend.models.checkpoint import load_model
     from training.data.corpus import Corpus
@@ -378,8 +379,9 @@ def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[s
         frames = real_frames(path, cfg, tokenizer)
         if frames:
             sets[f"real: {path.stem}"] = frames
-    results: dict = {"checkpoint": str(skeleton_path), "overrides": config_overrides or {}, "provenance": {k: info.provenance.get(k)
-                                                                      for k in ("step", "commit")}, "sets": {}}
+    provenance = {k: info.provenance.get(k) for k in ("step", "commit")}
+    results: dict = {"checkpoint": str(skeleton_path), "overrides": config_overrides or {},
+                     "provenance": provenance, "sets": {}}
     for name, frames in sets.items():
         entry = {}
         for c in coordinates:
