@@ -31,6 +31,14 @@ from training.presets import get_preset  # noqa: E402
 from training.pretrain import FrameSampler, collate_skeleton, validation_frames  # noqa: E402
 
 
+def proposal_scores(prop: torch.Tensor, w: torch.Tensor, n_true: torch.Tensor, frames: list) -> str:
+    """Table cells: proposals per ground-truth joint, mean absolute count error, mean proposal CD-J2J."""
+    counts = w.sum(1)
+    cds = [cd_j2j(prop[i][w[i] > 0].numpy(), f.joints) for i, f in enumerate(frames) if w[i].sum() > 0]
+    return (f"{float(counts.sum() / n_true.sum()):.2f} | {float((counts - n_true).abs().mean()):.1f} "
+            f"| {np.mean(cds):.4f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, required=True)
@@ -76,13 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             for noise in args.noise:
                 noisy = off + noise * torch.randn(off.shape, generator=g)
                 prop, w = joint_proposals(b["points"], noisy, dist, cfg)
-                counts = w.sum(1)
-                cds = [cd_j2j(prop[i][w[i] > 0].numpy(), f.joints) for i, f in enumerate(frames) if w[i].sum() > 0]
                 lp, _ = coordinate_prior(b["tokens"], prop, w, tk.n_disc, log_sigma, P.skeleton.cover_sigma)
                 right = (lp[:, :-1].argmax(-1) == tgt) & is_coord
                 print(f"| {K} | {float(voted.sum()) / n_joints:.1%} | {radius:.3f} | {noise:.3f} "
-                      f"| {float(counts.sum() / n_true.sum()):.2f} | {float((counts - n_true).abs().mean()):.1f} "
-                      f"| {np.mean(cds):.4f} | {float(right.sum() / is_coord.sum()):.1%} |", flush=True)
+                      f"| {proposal_scores(prop, w, n_true, frames)} | {float(right.sum() / is_coord.sum()):.1%} |",
+                      flush=True)
     for path in args.skeleton:
         model, _ = load_model(path, expected="skeleton_generator")
         with torch.no_grad():
@@ -98,11 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 for scale in args.weight_scale or [model.cfg.proposal_weight_scale]:
                     cfg = replace(model.cfg.proposals, radius=radius, min_mass=min_mass, weight_scale=scale)
                     prop, w = joint_proposals(b["points"], ctx.offsets, ctx.distances, cfg)
-                    counts = w.sum(1)
-                    cds = [cd_j2j(prop[i][w[i] > 0].numpy(), f.joints) for i, f in enumerate(frames)
-                           if w[i].sum() > 0]
-                    print(f"| {radius:.3f} | {min_mass:g} | {scale:g} | {float(counts.sum() / n_true.sum()):.2f} "
-                          f"| {float((counts - n_true).abs().mean()):.1f} | {np.mean(cds):.4f} |", flush=True)
+                    print(f"| {radius:.3f} | {min_mass:g} | {scale:g} | {proposal_scores(prop, w, n_true, frames)} |",
+                          flush=True)
     return 0
 
 

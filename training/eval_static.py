@@ -107,7 +107,7 @@ def forest_to_tree(joints: np.ndarray, parents: np.ndarray, weights: np.ndarray 
 
 
 def score_skeleton_frames(skeleton, frames: list, batch: int, desc: str, coordinates: str | None = None,
-                          skinning=None) -> dict:
+                          skinning=None, control: bool = True) -> dict:
     """Decode and score skeletons on prepared frames (and, given ``skinning``, skinning too).
 
     Args:
@@ -117,11 +117,12 @@ def score_skeleton_frames(skeleton, frames: list, batch: int, desc: str, coordin
         coordinates: the generator's coordinate decoding (``None``: its config's default).
         skinning: ``RiggerModels`` whose ``predict_weights`` scores the skinning given the ground-truth
             skeleton; ``None`` skips skinning.
+        control: also score the k-means control on the same frames.
     Returns:
-        the summary of :func:`summarize` plus ``kmeans_control``.
+        the summary of :func:`summarize`, plus ``kmeans_control`` with ``control``.
     """
     device = next(skeleton.parameters()).device
-    rows, control = [], []
+    rows, control_rows = [], []
     for s in tqdm(range(0, len(frames), batch), desc=desc, leave=False):
         chunk = frames[s:s + batch]
         pts = torch.from_numpy(np.stack([f[0].points for f in chunk])).to(device)
@@ -143,9 +144,11 @@ def score_skeleton_frames(skeleton, frames: list, batch: int, desc: str, coordin
                 sk = static_skinning_quality(w, gt_w)
                 row.update(skin_precision=sk.precision, skin_recall=sk.recall, skin_l1=sk.avg_l1)
             rows.append(row)
-            control.append(_skeleton_row(fs, *kmeans_skeleton(verts, len(fs.parents), seed=0)))
+            if control:
+                control_rows.append(_skeleton_row(fs, *kmeans_skeleton(verts, len(fs.parents), seed=0)))
     out = summarize(rows)
-    out["kmeans_control"] = summarize_skeletons(control)
+    if control:
+        out["kmeans_control"] = summarize_skeletons(control_rows)
     return out
 
 
@@ -384,11 +387,12 @@ def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[s
                      "provenance": provenance, "sets": {}}
     for name, frames in sets.items():
         entry = {}
-        for c in coordinates:
-            summary = score_skeleton_frames(skeleton, frames, cfg.batch, f"{name} ({c})", coordinates=c)
-            entry[c] = {k: v for k, v in summary.items() if k not in ("frames", "kmeans_control")
-                        and not k.startswith("skin_")}
-            entry["kmeans_control"] = summary["kmeans_control"]
+        for i, c in enumerate(coordinates):  # the control depends on the frames only: score it once
+            summary = score_skeleton_frames(skeleton, frames, cfg.batch, f"{name} ({c})", coordinates=c,
+                                            control=i == 0)
+            if i == 0:
+                entry["kmeans_control"] = summary.pop("kmeans_control")
+            entry[c] = {k: v for k, v in summary.items() if k != "frames" and not k.startswith("skin_")}
         if name.startswith("real: "):
             entry["motion_skeleton"] = motion_skeleton_scores(realdata_dir / f"{name[6:]}.npz", frames)
         results["sets"][name] = entry
@@ -404,11 +408,11 @@ def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[s
 def decodings_table(results: dict) -> str:
     """Markdown table of :func:`compare_decodings` results."""
     cols = ["n_frames", "cd_j2j", "cd_b2b", "joint_count_err", "joints_pred_mean", "joints_gt_mean"]
+    labels = {**CONTROL_LABELS, "kmeans_control": "k-means control (no learning, GT joint count)"}
     lines = ["| set | skeleton | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for name, entry in results["sets"].items():
         for key, r in entry.items():
-            label = {**CONTROL_LABELS, "kmeans_control": "k-means control (no learning, GT joint count)"}.get(
-                key, f"decoding `{key}`")
+            label = labels.get(key, f"decoding `{key}`")
             lines.append(f"| {name} | {label} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 

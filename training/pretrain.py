@@ -831,23 +831,19 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
             log_line(entry)
             bar.set_postfix(skel=f"{ls:.3f}", skin=f"{lk:.3f}")
             t_last, run_loss = now, []
-        if rank == 0 and val_frames and (step % cfg.val_every == 0 or step == cfg.steps):
+        if deadline is not None:
+            flag = torch.tensor([float(time.time() >= deadline)], device=dev)
+            if world > 1:  # rank 0's clock decides for every rank
+                dist.broadcast(flag, src=0)
+            out_of_time = bool(flag.item()) and step < end
+        if rank == 0 and val_frames and (step % cfg.val_every == 0 or step == cfg.steps or out_of_time):
             last_val = {"step": step, **validate(skel, skin, val_frames, tokenizer, dev, cfg.skeleton_batch,
                                                  cfg.n_val_generate, autocast)}
             log_line(last_val)
             log.info("step %d validation: %s", step, {k: round(v, 4) for k, v in last_val.items() if k != "step"})
             export(last_val)
-        if deadline is not None:
-            flag = torch.tensor([float(time.time() >= deadline)], device=dev)
-            if world > 1:  # rank 0's clock decides for every rank
-                dist.broadcast(flag, src=0)
-            out_of_time = bool(flag.item())
-        if out_of_time and step < end:
-            if rank == 0 and val_frames and last_val.get("step") != step:
-                last_val = {"step": step, **validate(skel, skin, val_frames, tokenizer, dev, cfg.skeleton_batch,
-                                                     cfg.n_val_generate, autocast)}
-                log_line(last_val)
-            export(last_val)
+        if out_of_time:
+            export(last_val)  # without validation frames; a no-op when the validation above exported
             log.info("time budget of %.1f minutes spent at step %d of %d: exported and saved; run again to "
                      "continue", minutes, step, cfg.steps)
         if step % cfg.ckpt_every == 0 or step == end or out_of_time:
