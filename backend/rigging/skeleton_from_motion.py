@@ -609,12 +609,12 @@ def _renumber(alive: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.nda
     return keep, remap, np.where(parent[keep] >= 0, remap[np.maximum(parent[keep], 0)], -1)
 
 
-def _merge_into_parents(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
-                        root: int, joins) -> tuple:
-    """Merge parts into their parents while ``joins(p, q, parent, alive)`` says part ``p`` belongs to its parent
-    ``q`` (``parent``/``alive``: the current hierarchy), sweeping until nothing changes; children of a merged
-    part move to its parent. Returns the renumbered ``(parts [V], part_parent [P'], part_joint [P', 3],
-    transforms [K, P', 4, 4], root)``."""
+def _merge_parts(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
+                 root: int, merge_target) -> tuple:
+    """Merge parts while ``merge_target(p, parent, alive)`` names a part that part ``p`` belongs to (its parent or
+    a sibling; ``-1``: none; ``parent``/``alive``: the current hierarchy), sweeping until nothing changes; the
+    children of a merged part move to the part it joined. Returns the renumbered ``(parts [V], part_parent [P'],
+    part_joint [P', 3], transforms [K, P', 4, 4], root)``."""
     P = len(part_parent)
     parent = part_parent.copy()
     alive = np.ones(P, dtype=bool)
@@ -622,8 +622,10 @@ def _merge_into_parents(parts: np.ndarray, part_parent: np.ndarray, part_joint: 
     while changed:
         changed = False
         for p in range(P):
-            q = int(parent[p])
-            if alive[p] and q >= 0 and joins(p, q, parent, alive):
+            if not alive[p] or parent[p] < 0:
+                continue
+            q = int(merge_target(p, parent, alive))
+            if q >= 0:
                 parts = np.where(parts == p, q, parts)
                 parent[parent == p] = q
                 alive[p] = False
@@ -634,13 +636,29 @@ def _merge_into_parents(parts: np.ndarray, part_parent: np.ndarray, part_joint: 
 
 def _merge_short_bones(parts: np.ndarray, part_parent: np.ndarray, part_joint: np.ndarray, transforms: np.ndarray,
                        root: int, min_length: float):
-    """A part whose joint lies closer than ``min_length`` to its parent part's joint (a blend zone between
-    two joints, not a limb) joins its parent; its children keep their joints. Returns the renumbered
-    ``(parts [V], part_parent [P'], part_joint [P', 3], transforms [K, P', 4, 4], root)``."""
+    """Blend zones between two joints, not limbs, are merged away: a part whose joint lies closer than
+    ``min_length`` to its parent part's joint joins its parent (its children keep their joints), and a leaf
+    part whose joint lies that close to a larger sibling's joint (a sliver of the same joint cut off beside
+    the limb) joins that sibling. Returns the renumbered ``(parts [V], part_parent [P'], part_joint [P', 3],
+    transforms [K, P', 4, 4], root)``."""
+    size = np.bincount(parts, minlength=len(part_parent))
+
+    def merge_target(p: int, parent: np.ndarray, alive: np.ndarray) -> int:
+        q = int(parent[p])
+        if np.linalg.norm(part_joint[p] - part_joint[q]) < min_length:
+            return q
+        if ((parent == p) & alive).any():
+            return -1
+        siblings = np.flatnonzero((parent == q) & alive & (size > size[p]))
+        if len(siblings):
+            d = np.linalg.norm(part_joint[siblings] - part_joint[p], axis=1)
+            if d.min() < min_length:
+                return int(siblings[np.argmin(d)])
+        return -1
+
     if min_length <= 0:
-        return _merge_into_parents(parts, part_parent, part_joint, transforms, root, lambda *_: False)
-    return _merge_into_parents(parts, part_parent, part_joint, transforms, root,
-                               lambda p, q, parent, alive: np.linalg.norm(part_joint[p] - part_joint[q]) < min_length)
+        return _merge_parts(parts, part_parent, part_joint, transforms, root, lambda *_: -1)
+    return _merge_parts(parts, part_parent, part_joint, transforms, root, merge_target)
 
 
 def rotation_vectors(rot: np.ndarray) -> np.ndarray:
@@ -675,7 +693,8 @@ def _merge_smooth_bends(parts: np.ndarray, part_parent: np.ndarray, part_joint: 
         peak = np.degrees(min(np.abs(b1.reshape(-1, 3)).max(), np.abs(b2.reshape(-1, 3)).max()))
         return not (peak < moving_deg or n1 < 1e-9 or n2 < 1e-9 or float(b1 @ b2) / (n1 * n2) < min_cos)
 
-    return _merge_into_parents(parts, part_parent, part_joint, transforms, root, joins)
+    return _merge_parts(parts, part_parent, part_joint, transforms, root,
+                        lambda p, parent, alive: int(parent[p]) if joins(p, int(parent[p]), parent, alive) else -1)
 
 
 def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
