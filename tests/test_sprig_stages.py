@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.models.checkpoint import load_model, read_checkpoint
+from backend.models.checkpoint import load_model, read_checkpoint, save_model
 from backend.models.inference import RiggerModels
 from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
 from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
@@ -269,6 +269,28 @@ def test_sprig_skeleton_collapse_guard_writes_no_collapsed_checkpoint(workdir):
         val[0]["val_joints"] / val[0]["val_label_joints"])
     assert SK.collapsed({"val_joint_ratio": 0.5}, SK.make_config("default"))
     assert not SK.collapsed({"val_joint_ratio": 0.95}, SK.make_config("default")) and not SK.collapsed({}, SK.make_config("default"))
+
+
+def test_sprig_skeleton_on_a_local_base_learns_its_own_stop(workdir):
+    """A ``local`` base decodes ``all-proposals`` (its joint count is fixed by the frozen votes); the fine-tuned
+    model is saved with a decoding whose stop the token losses train, unless asked to keep the base's."""
+    from training.presets import get_preset
+
+    P = get_preset("smoke", design="local")
+    torch.manual_seed(0)
+    save_model(SkeletonGenerator(P.skeleton), workdir / "checkpoints/local_base.safetensors", "pretrain",
+               {"preset_config": P.to_dict(), "step": 0, "total_steps": 0})
+    run = dict(FAST_SKEL, base_checkpoint="checkpoints/local_base.safetensors")
+    done = SK.run_stage("smoke", workdir, "cpu", state_dir="local", out_checkpoint="checkpoints/local_sprig.safetensors",
+                        **run)
+    tuned, _ = load_model(done["checkpoint"], expected="skeleton_generator")
+    assert P.skeleton.decode_coordinates == "all-proposals"
+    assert tuned.cfg.design == "local" and tuned.cfg.decode_coordinates == "proposals-then-free"
+    kept = SK.run_stage("smoke", workdir, "cpu", state_dir="local_kept", decode_coordinates=None,
+                        out_checkpoint="checkpoints/local_kept.safetensors", **run)
+    assert load_model(kept["checkpoint"], expected="skeleton_generator")[0].cfg.decode_coordinates == "all-proposals"
+    with pytest.raises(ValueError, match="decode_coordinates must be one of"):
+        SK.make_config("smoke", decode_coordinates="nearest")
 
 
 def test_sprig_skinning_smoke_stage_runs_and_resumes(workdir):

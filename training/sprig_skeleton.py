@@ -29,7 +29,7 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # `python training/sprig_skeleton.py`
 
 from backend.metrics.skeleton_stability import skeleton_stability
 from backend.models.checkpoint import load_model
-from backend.models.skeleton_generator import SkeletonGenerator
+from backend.models.skeleton_generator import COORDINATE_DECODINGS, SkeletonGenerator
 from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
 from backend.normalize import AnchorBox
 from backend.sampling import points_on_frames, sample_surface
@@ -86,6 +86,12 @@ class SprigSkeletonConfig:
         min_joint_ratio: collapse guard. A validation whose decoded skeletons have fewer joints on average
             than this fraction of the anchor pseudo-labels' (the base's own skeletons) is a collapse:
             that step is not exported, and the stage fails if no validated step passes.
+        decode_coordinates: ``local`` base only: the fine-tuned model's coordinate decoding (saved in its
+            checkpoint; used by validation, the decodes of ``L_geom`` and everything that loads it). The base
+            decodes with ``all-proposals``, so its joint count is the number of vote clusters on each
+            frame; with the encoder (and so the votes) frozen, no token loss could change that count. The
+            default ``proposals-then-free`` lets the fine-tuned decoder stop where ``t_0`` stops (and go on
+            with free bins when a frame has fewer proposals). None keeps the base's decoding.
         freeze_encoder: keep the point encoder frozen (§9).
         max_train_clips, n_val_clips: clip counts (None: all training clips).
         val_every, ckpt_every, log_every: steps.
@@ -115,6 +121,7 @@ class SprigSkeletonConfig:
     geom_anchor: str = "predicted"
     max_joints: int = 64
     min_joint_ratio: float = 0.9
+    decode_coordinates: str | None = "proposals-then-free"
     freeze_encoder: bool = True
     max_train_clips: int | None = None
     n_val_clips: int = 16
@@ -150,6 +157,9 @@ def make_config(preset: str, **overrides) -> SprigSkeletonConfig:
         raise ValueError(f"n_frames must be at least 2 (anchor + one more), got {cfg.n_frames}")
     if cfg.geom_anchor not in ("predicted", "label"):
         raise ValueError(f"geom_anchor must be 'predicted' or 'label', got {cfg.geom_anchor!r}")
+    if cfg.decode_coordinates is not None and cfg.decode_coordinates not in COORDINATE_DECODINGS:
+        raise ValueError(f"decode_coordinates must be one of {COORDINATE_DECODINGS} or None, "
+                         f"got {cfg.decode_coordinates!r}")
     return cfg
 
 
@@ -471,7 +481,10 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         raise RuntimeError("no training clip has a usable anchor pseudo-label")
 
     torch.manual_seed(cfg.seed)
-    model = SkeletonGenerator(base.cfg).to(dev)
+    model_cfg = base.cfg
+    if base.cfg.design == "local" and cfg.decode_coordinates is not None:
+        model_cfg = replace(base.cfg, decode_coordinates=cfg.decode_coordinates)
+    model = SkeletonGenerator(model_cfg).to(dev)
     model.load_state_dict(base.state_dict())
     del base
     if cfg.freeze_encoder:
@@ -564,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, help="parent-slot weight (ablation (3): 1.0)")
     parser.add_argument("--state-dir", help="state/log folder under the workdir")
     parser.add_argument("--out", help="output checkpoint path under the workdir")
+    parser.add_argument("--decode", choices=[*COORDINATE_DECODINGS, "base"],
+                        help="local base: the fine-tuned model's coordinate decoding (default proposals-then-free; "
+                             "base: keep the base's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = {k: v for k, v in {"steps": args.steps, "alpha": args.alpha, "state_dir": args.state_dir,
@@ -572,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["no_geom"] = True
     if args.no_token:
         overrides["no_token"] = True
+    if args.decode is not None:
+        overrides["decode_coordinates"] = None if args.decode == "base" else args.decode
     result = run_stage(args.preset, args.workdir, args.device, **overrides)
     if dist.is_initialized():
         dist.destroy_process_group()
