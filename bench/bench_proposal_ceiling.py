@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="learned rows: clustering min_mass values to try (default: the model's)")
     parser.add_argument("--weight-scale", type=float, nargs="+", default=None,
                         help="learned rows: vote weight scales to try (default: the model's)")
+    parser.add_argument("--radius-scale", type=float, nargs="+", default=None,
+                        help="learned rows: adaptive-radius scales to try (0: fixed radius; default: the model's)")
     args = parser.parse_args(argv)
     from training.data.corpus import Corpus
 
@@ -97,15 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         off, _ = joint_vote_targets(b["points"], b["joints"], b["joint_valid"], K)
         vote_err = float((ctx.offsets - off).norm(dim=-1).mean())
         print(f"\n{path}: {K} vote(s) per point, mean vote error {vote_err:.4f}\n")
-        print("| radius | min mass | weight scale | proposals / joints | proposal count error | proposal CD-J2J |")
-        print("|---|---|---|---|---|---|")
+        print("| radius | radius scale | min mass | weight scale | proposals / joints | proposal count error "
+              "| proposal CD-J2J |")
+        print("|---|---|---|---|---|---|---|")
         for radius in args.radius or [model.cfg.proposal_radius]:
-            for min_mass in args.min_mass or [model.cfg.proposal_min_mass]:
-                for scale in args.weight_scale or [model.cfg.proposal_weight_scale]:
-                    cfg = replace(model.cfg.proposals, radius=radius, min_mass=min_mass, weight_scale=scale)
-                    prop, w = joint_proposals(b["points"], ctx.offsets, ctx.distances, cfg)
-                    print(f"| {radius:.3f} | {min_mass:g} | {scale:g} | {proposal_scores(prop, w, n_true, frames)} |",
-                          flush=True)
+            for radius_scale in args.radius_scale or [model.cfg.proposal_radius_scale]:
+                for min_mass in args.min_mass or [model.cfg.proposal_min_mass]:
+                    for scale in args.weight_scale or [model.cfg.proposal_weight_scale]:
+                        cfg = replace(model.cfg.proposals, radius=radius, radius_scale=radius_scale, min_mass=min_mass,
+                                      weight_scale=scale)
+                        prop, w = joint_proposals(b["points"], ctx.offsets, ctx.distances, cfg)
+                        print(f"| {radius:.3f} | {radius_scale:g} | {min_mass:g} | {scale:g} "
+                              f"| {proposal_scores(prop, w, n_true, frames)} |", flush=True)
     return 0
 
 

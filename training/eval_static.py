@@ -346,7 +346,7 @@ def _fmt(v) -> str:
 
 
 DECODING_FIELDS = {"proposal_radius", "proposal_min_mass", "proposal_weight_scale", "proposal_bandwidth",
-                   "proposal_residual_bins"}
+                   "proposal_radius_scale", "proposal_residual_bins"}
 """Config fields :func:`compare_decodings` may override: they act only when decoding, not on the weights."""
 
 

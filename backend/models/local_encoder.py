@@ -129,6 +129,11 @@ class ProposalConfig:
     Attributes:
         bandwidth: Gaussian kernel width of the density (normalized units).
         radius: points closer than this to a peak belong to it (its proposal is their weighted mean).
+        radius_scale: adaptive radius: a peak takes the points within ``radius_scale`` times the mean
+            predicted joint distance of the votes within ``radius`` of it (clipped to
+            ``[radius, max_radius]``): where joints lie far apart (a snake's body), the votes of the
+            points between them smear along the bone and one joint is still one proposal; 0: ``radius``.
+        max_radius: upper bound of the adaptive radius.
         weight_scale: a point's vote weight is ``exp(-distance / weight_scale)`` (near points vote more).
         min_mass: a peak needs at least this much vote weight among its members.
         max_proposals: at most this many proposals per frame.
@@ -136,6 +141,8 @@ class ProposalConfig:
 
     bandwidth: float = 0.01
     radius: float = 0.02
+    radius_scale: float = 0.0
+    max_radius: float = 0.15
     weight_scale: float = 0.1
     min_mass: float = 1.0
     max_proposals: int = 64
@@ -147,8 +154,9 @@ def joint_proposals(points: torch.Tensor, offsets: torch.Tensor, distances: torc
     """Joint proposals from the points moved by their offsets (deterministic density peaks).
 
     Repeatedly: take the unassigned moved point of highest weighted density (ties: lowest index),
-    make the weighted mean of the unassigned points within ``cfg.radius`` of it a proposal if their
-    weight reaches ``cfg.min_mass``, and mark them assigned.
+    make the weighted mean of the unassigned points within ``cfg.radius`` of it (or the adaptive
+    radius, ``cfg.radius_scale``) a proposal if their weight reaches ``cfg.min_mass``, and mark them
+    assigned.
 
     Args:
         points: float ``[B, N, 3]``; offsets: float ``[B, N, K, 3]``; distances: float ``[B, N, K]``
@@ -158,7 +166,8 @@ def joint_proposals(points: torch.Tensor, offsets: torch.Tensor, distances: torc
         ``P = cfg.max_proposals``; real proposals come first, in order of decreasing density.
     """
     moved = (points[:, :, None] + offsets).float().flatten(1, 2)  # [B, N K, 3]
-    w = torch.exp(-distances.float().clamp_min(0) / cfg.weight_scale).flatten(1)  # [B, N K]
+    dist = distances.float().clamp_min(0).flatten(1)  # [B, N K]
+    w = torch.exp(-dist / cfg.weight_scale)  # [B, N K]
     B, N, _ = moved.shape
     d2 = torch.cdist(moved, moved).square()  # [B, N, N]
     density = (torch.exp(-d2 / (2 * cfg.bandwidth ** 2)) * w[:, None, :]).sum(-1)  # [B, N]
@@ -175,6 +184,11 @@ def joint_proposals(points: torch.Tensor, offsets: torch.Tensor, distances: torc
         if not bool(alive.any()):
             break
         take = member[rows, peak] & free & alive[:, None]  # [B, N]
+        if cfg.radius_scale > 0:
+            near_w = w * take
+            spread = (dist * near_w).sum(-1) / near_w.sum(-1).clamp_min(1e-9)  # [B]
+            r = (cfg.radius_scale * spread).clamp(min=cfg.radius, max=max(cfg.radius, cfg.max_radius))
+            take = (d2[rows, peak] < r[:, None].square()) & free & alive[:, None]
         mass = (w * take).sum(-1)
         centre = (moved * (w * take)[..., None]).sum(1) / mass.clamp_min(1e-9)[:, None]
         ok = alive & (mass >= cfg.min_mass)

@@ -72,8 +72,9 @@ class SkeletonGeneratorConfig:
             predicts ``K`` offsets and distances per point, every vote is clustered).
         prior_sigma: ``local``: initial width of the proposal kernels of the coordinate prior.
         cover_sigma: ``local``: width of the kernel that marks a proposal as used by an earlier joint.
-        proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass: ``local``: the
-            clustering of the votes (:class:`~backend.models.local_encoder.ProposalConfig`).
+        proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass,
+            proposal_radius_scale: ``local``: the clustering of the votes
+            (:class:`~backend.models.local_encoder.ProposalConfig`).
         decode_coordinates: ``local``: how :meth:`SkeletonGenerator.generate` picks coordinate tokens by
             default: ``free`` (any bin the logits favour), ``proposals`` (each joint points at an unused
             joint proposal, :class:`~backend.models.local_encoder.ProposalPointer`; stop when none is left)
@@ -106,6 +107,7 @@ class SkeletonGeneratorConfig:
     proposal_radius: float = 0.02
     proposal_weight_scale: float = 0.1
     proposal_min_mass: float = 1.0
+    proposal_radius_scale: float = 0.0
     decode_coordinates: str = "free"
     proposal_residual_bins: int = 1
 
@@ -122,8 +124,8 @@ class SkeletonGeneratorConfig:
     @property
     def proposals(self) -> ProposalConfig:
         return ProposalConfig(bandwidth=self.proposal_bandwidth, radius=self.proposal_radius,
-                              weight_scale=self.proposal_weight_scale, min_mass=self.proposal_min_mass,
-                              max_proposals=self.max_joints)
+                              radius_scale=self.proposal_radius_scale, weight_scale=self.proposal_weight_scale,
+                              min_mass=self.proposal_min_mass, max_proposals=self.max_joints)
 
     @property
     def tokenizer(self) -> SkeletonTokenizer:
