@@ -71,7 +71,9 @@ def check_exportable(obj: bpy.types.Object | None) -> None:
     if obj is None:
         raise ExportError("no active object: select the animated mesh to rig")
     if obj.type != "MESH":
-        raise ExportError(f"'{obj.name}' is not a mesh (it is a {obj.type.lower()} object); select a mesh")
+        kind = obj.type.lower().replace("_", " ")
+        article = "an" if kind[:1] in "aeiou" else "a"
+        raise ExportError(f"'{obj.name}' is not a mesh (it is {article} {kind} object); select a mesh")
 
 
 def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: list[int]) -> ExportedFrames:

@@ -281,7 +281,7 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
             obj = rig_target(context)
             frames = export.frame_list(*context.scene.sprig.frame_range(context.scene))
         except export.ExportError as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, f"SPRig: {exc}")
             return None
         return obj, frames
 
@@ -292,7 +292,7 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
             exported, self._warnings = export.screen_motion(exported)
             backend = runner.get_backend(preferences.backend_settings(context))
         except (export.ExportError, runner.BackendSetupError) as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, f"SPRig: {exc}")
             return False
         for warning in self._warnings:
             self.report({"WARNING"}, f"SPRig: {warning}")
@@ -441,10 +441,10 @@ class SPRIG_OT_use_animated_range(bpy.types.Operator):
             obj = rig_target(context)
             found = export.animated_range(context, obj)
         except export.ExportError as exc:
-            self.report({"ERROR"}, str(exc))
+            self.report({"ERROR"}, f"SPRig: {exc}")
             return {"CANCELLED"}
         if found is None:
-            self.report({"ERROR"}, f"'{obj.name}' is not animated in the scene range")
+            self.report({"ERROR"}, f"SPRig: '{obj.name}' is not animated in the scene range")
             return {"CANCELLED"}
         settings = context.scene.sprig
         settings.use_scene_range = False
@@ -467,7 +467,7 @@ class SPRIG_OT_show_original(bpy.types.Operator):
         rigged = bpy.data.objects.get(self.rig) if self.rig else context.active_object
         source = builder.source_of(rigged)
         if source is None:
-            self.report({"ERROR"}, "select a rig made by SPRig (its original is shown or hidden)")
+            self.report({"ERROR"}, "SPRig: select a rig made by SPRig (its original is shown or hidden)")
             return {"CANCELLED"}
         builder.set_source_visible(source, self.show)
         return {"FINISHED"}
@@ -485,7 +485,7 @@ class SPRIG_OT_check_backend(bpy.types.Operator):
             info = runner.check_backend(preferences.backend_settings(context))
         except Exception as exc:
             runtime.backend_status = f"Backend not available: {runner.describe_error(exc)}"
-            self.report({"ERROR"}, runtime.backend_status)
+            self.report({"ERROR"}, f"SPRig: {runtime.backend_status}")
             return {"CANCELLED"}
         settings = getattr(context.scene, "sprig", None)
         device_note = ""
@@ -512,7 +512,7 @@ class SPRIG_OT_check_backend(bpy.types.Operator):
         lines.append("ready to rig" if not problems else f"NOT READY: {'; '.join(problems)}")
         runtime.backend_status = "\n".join(lines)
         if problems:
-            self.report({"ERROR"}, "; ".join(lines))
+            self.report({"ERROR"}, "SPRig: " + "; ".join(lines))
             return {"CANCELLED"}
         self.report({"INFO"}, "; ".join(lines))
         return {"FINISHED"}

@@ -326,7 +326,7 @@ def test_export_rejects_bad_input(scene):
         export.check_exportable(None)
     empty = bpy.data.objects.new("empty", None)
     scene.collection.objects.link(empty)
-    with pytest.raises(export.ExportError, match=r"'empty' is not a mesh \(it is a empty object\)"):
+    with pytest.raises(export.ExportError, match=r"'empty' is not a mesh \(it is an empty object\)"):
         export.export_frames(bpy.context, empty, [1, 2])
     obj = armature_tube(n_frames=4)
     with pytest.raises(export.ExportError, match="need at least 2 frames"):
