@@ -273,3 +273,44 @@ def test_bad_inputs_raise_clear_errors():
         skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail="medium"))
     with pytest.raises(ValueError, match="together"):
         skeleton_from_motion(verts, faces, prior_joints=np.zeros((3, 3)))
+
+
+def test_mirrored_chains_get_the_same_bone_count():
+    """A posed body whose left leg came out as three bones and right leg as two: the right leg is re-cut at the
+    left one's arc-length fractions, its vertices go to the new bones, a branch off it follows, names pair up."""
+    from backend.rigging.naming import name_bones
+    from backend.rigging.symmetry import equalize_mirrored_chains
+
+    plane = (np.array([1.0, 0.0, 0.0]), 0.0)
+    joints = np.array([[0.0, 0.2, 0.0],  # 0 root
+                       [0.1, 0.1, 0.0], [0.1, -0.1, 0.05], [0.1, -0.3, 0.0],  # 1-3 left leg: hip, knee, ankle
+                       [-0.1, 0.1, 0.0], [-0.1, -0.3, -0.05],  # 4-5 right leg (bent the other way): hip, ankle
+                       [-0.1, 0.15, 0.15]])  # 6 a small right branch (a pouch) hanging off the right hip
+    parents = np.array([-1, 0, 1, 2, 0, 4, 4])
+    tails = np.array([[0, 0.3, 0], [0.1, -0.1, 0.05], [0.1, -0.3, 0], [0.1, -0.45, 0],
+                      [-0.1, -0.3, -0.05], [-0.1, -0.45, -0.05], [-0.1, 0.17, 0.22]], dtype=np.float64)
+    # vertices along the right leg, owned by its two bones today
+    ys = np.linspace(0.1, -0.44, 30)
+    right = np.stack([np.full(30, -0.1), ys, np.zeros(30)], axis=1)
+    anchor = np.concatenate([right, right * [-1, 1, 1], [[0.0, 0.45, 0.0], [0.0, -0.5, 0.0]]])
+    bone_of_vertex = np.concatenate([np.where(ys > -0.3, 4, 5), np.where(ys > -0.1, 1, np.where(ys > -0.3, 2, 3)),
+                                     [0, 0]])
+    j2, p2, b2, recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex, anchor, plane)
+    validate_tree(p2, n_joints=len(j2))
+    assert recut == 1 and len(j2) == 8
+    left = [j for j in range(len(j2)) if j2[j, 0] > 0.05]
+    right_chain = [j for j in range(len(j2)) if j2[j, 0] < -0.05 and j2[j, 1] > -0.33]
+    right_chain = [j for j in right_chain if j2[j, 2] < 0.1]  # not the branch
+    assert len(left) == 3 and len(right_chain) == 3  # hip, knee, ankle on both sides
+    knee = [j for j in right_chain if -0.2 < j2[j, 1] < 0.0]
+    assert len(knee) == 1 and knee[0] in b2[:30]  # a new right knee, owning some right-leg vertices
+    assert set(np.unique(b2[:30])) <= set(right_chain) and len(np.unique(b2[:30])) == 3
+    branch = int(np.argmin(np.linalg.norm(j2 - joints[6], axis=1)))
+    assert p2[branch] in right_chain
+    names, _ = name_bones(j2, p2, anchor)
+    stems = lambda s: sorted(n[:-2] for n in names if n.endswith(s))  # noqa: E731
+    assert stems(".L") == [s for s in stems(".R") if s in stems(".L")] and len(stems(".L")) == 3
+    # left alone: chains of very different lengths (two different limbs)
+    far = tails.copy()
+    far[3] = [0.1, -1.5, 0.0]
+    assert equalize_mirrored_chains(joints, parents, far, bone_of_vertex, anchor, plane)[3] == 0

@@ -49,47 +49,28 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
     return n, offset
 
 
-def _subtree_leaf(j: int, children: list[list[int]], joints: np.ndarray) -> int:
-    """The joint of ``j``'s subtree farthest from ``j`` along the tree's longest path."""
-    best, best_depth = j, 0
-    stack = [(j, 0)]
-    while stack:
-        u, d = stack.pop()
-        if d > best_depth or (d == best_depth and np.linalg.norm(joints[u] - joints[j]) >
-                              np.linalg.norm(joints[best] - joints[j])):
-            best, best_depth = u, d
-        stack.extend((c, d + 1) for c in children[u])
-    return best
+def joint_sides(joints: np.ndarray, plane: tuple[np.ndarray, float] | None) -> np.ndarray:
+    """``"L"`` / ``"R"`` / ``""`` (central, or no mirror plane) for each joint of ``joints [J, 3]``."""
+    if plane is None:
+        return np.full(len(joints), "", dtype=object)
+    n, offset = plane
+    signed = np.asarray(joints, dtype=np.float64) @ n - offset
+    return np.where(signed > SIDE_TOLERANCE, "L", np.where(signed < -SIDE_TOLERANCE, "R", "")).astype(object)
 
 
-def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> tuple[list[str], dict | None]:
-    """Names for the bones of a tree (``joints [J, 3]``, ``parents [J]`` in topological order).
-
-    Returns the ``J`` unique names and the mirror plane used (``{"normal": [3], "offset": float}`` or None).
+def skeleton_chains(joints: np.ndarray, parents: np.ndarray) -> list[tuple[int, list[int]]]:
+    """The tree cut into chains: from each child of the root, and then from every joint of a chain for each
+    child the chain does not continue to, follow the straightest continuation (the child whose bone turns
+    least; with no direction yet, the deepest). Returns ``(origin, chain)`` pairs, root chains first;
+    every joint but the root is in exactly one chain.
     """
     joints = np.asarray(joints, dtype=np.float64)
-    parents = np.asarray(parents)
-    J = len(parents)
-    children: list[list[int]] = [[] for _ in range(J)]
+    children: list[list[int]] = [[] for _ in range(len(parents))]
     for j, p in enumerate(parents):
         if p >= 0:
             children[int(p)].append(j)
-    plane = mirror_plane(anchor)
-    if plane is not None:
-        n, offset = plane
-        signed = joints @ n - offset
-        side = np.where(signed > SIDE_TOLERANCE, "L", np.where(signed < -SIDE_TOLERANCE, "R", ""))
-    else:
-        side = np.full(J, "", dtype=object)
-    root = int(np.flatnonzero(parents < 0)[0])
-    names: list[str | None] = [None] * J
-    names[root] = "root"
-
-    anchor_y = np.asarray(anchor, dtype=np.float64)[:, 1]
-    ground = float(anchor_y.min() + GROUND_SHARE * np.ptp(anchor_y))  # legs reach below this height
 
     def chain_from(origin: int, start: int) -> list[int]:
-        """Joints from ``start`` on, each time to the child that continues the chain straightest."""
         chain, prev = [start], joints[origin]
         while children[chain[-1]]:
             cur = chain[-1]
@@ -105,56 +86,96 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> t
             chain.append(nxt)
         return chain
 
-    def chain_side(chain: list[int]) -> str:
-        """The side most of the chain's joints are on ("" when most are central)."""
-        sided = [str(side[u]) for u in chain if side[u]]
-        if 2 * len(sided) <= len(chain):
-            return ""
-        return max(("L", "R"), key=sided.count)
-
-    # the chains leaving the root: the central one reaching highest is the spine (neck and head at its end)
-    root_chains = [(c, chain_from(root, c)) for c in children[root]]
-    central = [(c, ch) for c, ch in root_chains if chain_side(ch) == ""]
-    spine_start, head_dir = None, None
-    if central:
-        c, ch = max(central, key=lambda item: joints[item[1][-1]][1])
-        if joints[ch[-1]][1] > joints[root][1]:
-            spine_start, head_dir = c, joints[ch[-1]] - joints[root]
-    chains: list[tuple[str, str, list[int]]] = []  # (role, side, joints)
+    root = int(np.flatnonzero(np.asarray(parents) < 0)[0])
+    out: list[tuple[int, list[int]]] = []
     pending = [(root, c) for c in children[root]]
     while pending:
         origin, start = pending.pop(0)
         chain = chain_from(origin, start)
+        out.append((origin, chain))
+        on_chain = set(chain)
+        for u in chain:
+            pending.extend((u, c) for c in children[u] if c not in on_chain)
+    return out
+
+
+def chain_side(chain: list[int], sides: np.ndarray) -> str:
+    """The side most of the chain's joints are on (``""`` when most are central)."""
+    sided = [str(sides[u]) for u in chain if sides[u]]
+    if 2 * len(sided) <= len(chain):
+        return ""
+    return max(("L", "R"), key=sided.count)
+
+
+def limb_kinds(chains: list[list[int]], joints: np.ndarray, anchor: np.ndarray) -> list[str]:
+    """``"leg"`` for a chain ending in the lowest ``GROUND_SHARE`` of the anchor's height, else ``"arm"``."""
+    anchor_y = np.asarray(anchor, dtype=np.float64)[:, 1]
+    ground = float(anchor_y.min() + GROUND_SHARE * np.ptp(anchor_y))
+    return ["leg" if joints[c[-1]][1] < ground else "arm" for c in chains]
+
+
+def pair_mirrored_chains(chains: list[list[int]], chain_sides: list[str], joints: np.ndarray,
+                         plane: tuple[np.ndarray, float], kinds: list[str] | None = None) -> dict[int, int]:
+    """Left chain index -> right chain index: each left chain (in order) takes the free right chain (of the
+    same kind, when ``kinds`` is given) whose first joint is nearest its own first joint mirrored."""
+    n, offset = plane
+    left = [i for i, s in enumerate(chain_sides) if s == "L"]
+    right = [i for i, s in enumerate(chain_sides) if s == "R"]
+    paired: dict[int, int] = {}
+    for i in left:
+        start = joints[chains[i][0]]
+        mirrored = start - 2.0 * (start @ n - offset) * n
+        free = [k for k in right if k not in paired.values() and (kinds is None or kinds[k] == kinds[i])]
+        if free:
+            d = [np.linalg.norm(joints[chains[k][0]] - mirrored) for k in free]
+            paired[i] = free[int(np.argmin(d))]
+    return paired
+
+
+def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> tuple[list[str], dict | None]:
+    """Names for the bones of a tree (``joints [J, 3]``, ``parents [J]`` in topological order).
+
+    Returns the ``J`` unique names and the mirror plane used (``{"normal": [3], "offset": float}`` or None).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents)
+    J = len(parents)
+    plane = mirror_plane(anchor)
+    side = joint_sides(joints, plane)
+    root = int(np.flatnonzero(parents < 0)[0])
+    names: list[str | None] = [None] * J
+    names[root] = "root"
+
+    all_chains = skeleton_chains(joints, parents)
+    limb = limb_kinds([c for _, c in all_chains], joints, anchor)  # legs reach the ground, arms do not
+    # the chains leaving the root: the central one reaching highest is the spine (neck and head at its end)
+    central = [ch for origin, ch in all_chains if origin == root and chain_side(ch, side) == ""]
+    spine_start, head_dir = None, None
+    if central:
+        ch = max(central, key=lambda c: joints[c[-1]][1])
+        if joints[ch[-1]][1] > joints[root][1]:
+            spine_start, head_dir = ch[0], joints[ch[-1]] - joints[root]
+    chains: list[tuple[str, str, list[int]]] = []  # (role, side, joints)
+    for (origin, chain), kind in zip(all_chains, limb):
         leaf = chain[-1]
-        s = chain_side(chain)
+        s = chain_side(chain, side)
         if s:
-            role = "leg" if joints[leaf][1] < ground else "arm"
-        elif origin == root and start == spine_start:
+            role = kind
+        elif origin == root and chain[0] == spine_start:
             role = "spine"
         elif head_dir is not None and float((joints[leaf] - joints[origin]) @ head_dir) < 0:
             role = "tail"
         else:
             role = "bone"
         chains.append((role, s, chain))
-        on_chain = set(chain)
-        for u in chain:
-            pending.extend((u, c) for c in children[u] if c not in on_chain)
 
     # number side chains so that mirrored ones share a number; central chains of one role likewise counted
     count: dict[tuple[str, str], int] = {}
     number: list[int] = [0] * len(chains)
-    left = [i for i, (r, s, _) in enumerate(chains) if s == "L"]
-    right = [i for i, (r, s, _) in enumerate(chains) if s == "R"]
     paired: dict[int, int] = {}
-    if plane is not None and left and right:
-        n, offset = plane
-        for i in left:
-            start = joints[chains[i][2][0]]
-            mirrored = start - 2.0 * (start @ n - offset) * n
-            free = [k for k in right if k not in paired.values() and chains[k][0] == chains[i][0]]
-            if free:
-                d = [np.linalg.norm(joints[chains[k][2][0]] - mirrored) for k in free]
-                paired[i] = free[int(np.argmin(d))]
+    if plane is not None:
+        paired = pair_mirrored_chains([c for _, _, c in chains], [sd for _, sd, _ in chains], joints, plane,
+                                      kinds=[r for r, _, _ in chains])
     for i, (role, s, chain) in enumerate(chains):
         if s == "R" and i in paired.values():
             continue

@@ -37,8 +37,9 @@ from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_ri
 from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
-from backend.rigging.naming import name_bones
+from backend.rigging.naming import mirror_plane, name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
+from backend.rigging.symmetry import equalize_mirrored_chains
 from backend.sequence import colocated_representatives
 from backend.skeleton import reorder, topological_order, validate_tree
 
@@ -90,6 +91,9 @@ class MotionSkeletonConfig:
             only child, joins the parent when the two bends follow each other over the clip (cosine of
             their rotation-vector series at least this; above 1: never): one blended joint cut in two
             by motion (not with an int ``detail``).
+        symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
+            (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
+            to one.
     """
 
     detail: str | int = "auto"
@@ -113,6 +117,7 @@ class MotionSkeletonConfig:
     end_chain: int = 4
     end_fraction: float = 0.5
     smooth_cos: float = 0.95
+    symmetric: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -929,9 +934,16 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     bone_of_vertex = inverse[built["bone_of_vertex"]]
+    tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    n_recut = 0
+    plane = mirror_plane(anchor) if cfg.symmetric else None
+    if plane is not None:
+        joints, parents, bone_of_vertex, n_recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex,
+                                                                            anchor, plane)
+        if n_recut:
+            tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
-    tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_end = 0
     if target is None:
         joints, parents, tails, ends = add_end_joints(joints, parents, tails, built["spacing"], cfg.end_chain,
@@ -945,7 +957,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
                  n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
-                 mirror_plane=mirror,
+                 mirror_plane=mirror, n_mirror_recut_chains=n_recut,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
