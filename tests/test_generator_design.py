@@ -2,8 +2,8 @@
 interfaces inference, pretraining and SPRig use (same as the ``perceiver`` design's)."""
 
 import json
-from dataclasses import replace
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,7 +41,11 @@ def token_batch(tk):
 def test_design_switch_validates_and_presets_select_it():
     with pytest.raises(ValueError, match="unknown skeleton generator design"):
         SkeletonGeneratorConfig(design="nope")
-    assert get_preset("default").skeleton.design == "perceiver"
+    default = get_preset("default").skeleton
+    assert default.design == "local" and default.decode_coordinates == "all-proposals"
+    assert get_preset("large").skeleton.design == "local" and get_preset("smoke").skeleton.design == "perceiver"
+    back = get_preset("default", design="perceiver").skeleton  # decodes without proposals
+    assert back.design == "perceiver" and back.decode_coordinates == "free" and back.d_model == default.d_model
     P = get_preset("smoke", design="local")
     assert P.skeleton.design == "local" and P.skeleton.d_model == get_preset("smoke").skeleton.d_model
     with pytest.raises(ValueError, match="unknown generator design"):
@@ -121,6 +125,27 @@ def test_joint_proposals_find_vote_clusters_deterministically():
     perm = torch.randperm(pts.shape[1], generator=g)
     shuffled = joint_proposals(pts[:, perm], offsets[:, perm], dist[:, perm], cfg)
     assert torch.allclose(shuffled[0], prop, atol=1e-6) and torch.equal(shuffled[1], w)
+
+
+def test_adaptive_radius_keeps_a_smeared_far_joint_one_proposal():
+    """Votes smeared along a bone between two far-apart joints (points that sit far from any joint) make
+    several proposals at a fixed radius; the adaptive radius, scaled by the votes' predicted distance,
+    makes one per joint and leaves tight clusters of near points as they were."""
+    g = torch.Generator().manual_seed(2)
+    smear = torch.stack([torch.linspace(0.0, 0.12, 40), torch.zeros(40), torch.zeros(40)], dim=1)  # [40, 3]
+    tight = torch.tensor([-0.3, 0.2, 0.0]) + 0.003 * torch.randn(20, 3, generator=g)
+    moved = torch.cat([smear, tight])[None]
+    pts = moved + 0.05 * torch.randn(moved.shape, generator=g)
+    offsets = (moved - pts)[:, :, None]
+    dist = torch.cat([torch.full((40,), 0.15), torch.full((20,), 0.01)])[None, :, None]
+    fixed = ProposalConfig(radius=0.03, min_mass=1.0, max_proposals=8)
+    n_fixed = int(joint_proposals(pts, offsets, dist, fixed)[1].sum())
+    adaptive = ProposalConfig(radius=0.03, radius_scale=0.75, max_radius=0.15, min_mass=1.0, max_proposals=8)
+    prop, w = joint_proposals(pts, offsets, dist, adaptive)
+    assert n_fixed >= 3 and int(w.sum()) == 2
+    assert (prop[0, :2] - torch.tensor([-0.3, 0.2, 0.0])).norm(dim=-1).min() < 0.005  # the tight cluster's centre
+    off = replace(adaptive, radius_scale=0.0)
+    assert torch.equal(joint_proposals(pts, offsets, dist, off)[1], joint_proposals(pts, offsets, dist, fixed)[1])
 
 
 def test_coordinate_prior_conditions_on_emitted_coordinates_and_fades_used_proposals():

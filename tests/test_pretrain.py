@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from backend.models import load_model, load_models
-from backend.models.checkpoint import CheckpointError, load_training_state, read_checkpoint
+from backend.models.checkpoint import CheckpointError, load_training_state, read_checkpoint, save_model
 from backend.models.skeleton_generator import SkeletonGenerator
 from backend.models.skinning_network import SkinningNetwork
 from backend.skeleton import is_valid_tree
@@ -169,6 +169,39 @@ def test_local_design_pretrains_with_joint_votes_and_refuses_a_perceiver_state(c
         run_stage(get_preset("smoke", design="local", **TINY), perceiver, device="cpu")
 
 
+def test_count_head_is_fitted_after_pretraining_and_dropped_by_a_continued_run(corpus_workdir, tmp_path):
+    from training import count_head as CH
+
+    local = copy_corpus(corpus_workdir, tmp_path / "count")
+    P = get_preset("smoke", design="local", **TINY)
+    run_stage(P, local, device="cpu", minutes=1e-9)  # an incomplete export at step 1
+    path = local / "checkpoints" / "skeleton_base.safetensors"
+    result = CH.run_stage("smoke", local, n_frames=12, batch=6)
+    assert not result["skipped"] and result["n_frames"] == 12 and result["val_count_err_head"] >= 0
+    model, info = load_model(path)
+    assert model.cfg.count_head and model.cfg.design == "local" and info.stage == "pretrain"
+    assert info.provenance["step"] == 1 and info.provenance["count_head"]["val_count_err_votes"] >= 0
+    assert float(model.count_head.linear.weight.detach().abs().sum()) > 0
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(2, 128, 3, generator=g) - 0.5
+    normals = torch.nn.functional.normalize(torch.randn(2, 128, 3, generator=g), dim=-1)
+    ctx = model.encode_points(points, normals)
+    _, fine_weight, feats = model.count_inputs(points, *model.encoder(torch.cat([points, normals], dim=-1)))
+    predicted = model.count_head(feats).round().clamp(1, model.cfg.max_joints)
+    assert torch.equal(ctx.proposal_weight.sum(1), torch.minimum(predicted, fine_weight.sum(1)))
+    assert all(is_valid_tree(p) for _, p in model.generate(points, normals, max_joints=8))
+    # continuing the pretraining from that export drops the fitted head (the stage fits it again)
+    (local / "pretrain" / "state.pt").unlink()
+    assert run_stage(P, local, device="cpu", minutes=60)["complete"]
+    assert not load_model(path)[0].cfg.count_head
+    # a perceiver model has no votes: skipped, file untouched
+    other = local / "checkpoints" / "perceiver.safetensors"
+    save_model(SkeletonGenerator(get_preset("smoke").skeleton), other, "pretrain", {"step": 0})
+    before = other.read_bytes()
+    assert CH.run_stage("smoke", local, checkpoint="checkpoints/perceiver.safetensors")["skipped"]
+    assert other.read_bytes() == before
+
+
 def test_ddp_with_two_cpu_processes(corpus_workdir, tmp_path):
     workdir = copy_corpus(corpus_workdir, tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -239,6 +272,9 @@ def test_compare_decodings_scores_each_decoding_beside_the_control(corpus_workdi
     with pytest.raises(ValueError, match="decoding-time fields"):
         compare_decodings(path, corpus_workdir / "corpus", ["free"], preset="smoke", realdata_dir=empty,
                           config_overrides={"d_model": 8})
+    with pytest.raises(ValueError, match="no fitted joint-count head"):
+        compare_decodings(path, corpus_workdir / "corpus", ["free"], preset="smoke", realdata_dir=empty,
+                          config_overrides={"count_head": True})
     test = results["sets"]["corpus test"]
     assert set(test) == {"free", "proposals", "kmeans_control"}
     for decoding in ("free", "proposals"):

@@ -346,7 +346,7 @@ def _fmt(v) -> str:
 
 
 DECODING_FIELDS = {"proposal_radius", "proposal_min_mass", "proposal_weight_scale", "proposal_bandwidth",
-                   "proposal_radius_scale", "proposal_residual_bins"}
+                   "proposal_radius_scale", "proposal_residual_bins", "count_head"}
 """Config fields :func:`compare_decodings` may override: they act only when decoding, not on the weights."""
 
 
@@ -358,7 +358,8 @@ def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[s
     The corpus test split and every real rig (as :func:`run_stage`), skeletons only; beside the
     decodings, the k-means control and (real rigs) the skeleton from the clip's motion.
     ``config_overrides`` replaces decoding-time fields of the model's config (the clustering of the
-    votes: ``proposal_radius``, ``proposal_min_mass``, ``proposal_weight_scale``, ``proposal_bandwidth``).
+    votes: ``proposal_radius``, ``proposal_min_mass``, ``proposal_weight_scale``, ``proposal_bandwidth``;
+    ``count_head`` false decodes a model with a fitted joint-count head from its votes alone).
 
     Returns:
         ``{"checkpoint", "overrides", "provenance", "sets": {set name: {decoding: summary,
@@ -373,6 +374,8 @@ def compare_decodings(skeleton_path: Path, corpus_dir: Path, coordinates: list[s
     unknown = set(config_overrides or {}) - DECODING_FIELDS
     if unknown:
         raise ValueError(f"only decoding-time fields can be overridden ({sorted(DECODING_FIELDS)}), got {sorted(unknown)}")
+    if (config_overrides or {}).get("count_head") and not hasattr(skeleton, "count_head"):
+        raise ValueError(f"{skeleton_path} has no fitted joint-count head (training/count_head.py fits one)")
     skeleton.cfg = replace(skeleton.cfg, **(config_overrides or {}))
     tokenizer = skeleton.tokenizer
     sets = {"corpus test": corpus_frames(Corpus(corpus_dir), cfg, tokenizer)}
@@ -436,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     for item in args.set:
         field, _, value = item.partition("=")
-        overrides[field] = int(value) if field == "proposal_residual_bins" else float(value)
+        if field == "count_head":
+            overrides[field] = value.lower() in ("1", "true", "yes", "on")
+        else:
+            overrides[field] = int(value) if field == "proposal_residual_bins" else float(value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     results = compare_decodings(args.skeleton, args.corpus, args.coordinates, args.preset, args.realdata,
                                 config_overrides=overrides)

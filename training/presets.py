@@ -103,7 +103,7 @@ def _smoke() -> Preset:
 
 
 def _default() -> Preset:
-    return Preset(
+    return with_generator_design(Preset(
         name="default",
         skeleton=SkeletonGeneratorConfig(d_model=192, n_heads=6, n_latents=64, n_enc_layers=2, n_dec_layers=4),
         skinning=SkinningNetworkConfig(d_model=96, n_heads=4, n_latents=48, n_shape_layers=1, n_joint_layers=2,
@@ -112,11 +112,11 @@ def _default() -> Preset:
         skeleton_optim=OptimConfig(lr=5e-4, warmup_steps=300),
         skinning_optim=OptimConfig(lr=5e-4, warmup_steps=300),
         num_threads=1,  # the second core prepares batches (data_workers=1)
-    )
+    ), "local")
 
 
 def _large() -> Preset:
-    return Preset(
+    return with_generator_design(Preset(
         name="large",
         skeleton=SkeletonGeneratorConfig(d_model=512, n_heads=8, n_latents=256, n_enc_layers=4, n_dec_layers=8,
                                          dropout=0.1),
@@ -127,7 +127,7 @@ def _large() -> Preset:
                                 record_cache=2048, frames_per_record=8),
         skeleton_optim=OptimConfig(lr=3e-4, warmup_steps=2000),
         skinning_optim=OptimConfig(lr=3e-4, warmup_steps=2000),
-    )
+    ), "local")
 
 
 PRESETS = {"smoke": _smoke, "default": _default, "large": _large}
@@ -137,14 +137,15 @@ _LOCAL_DECODING = {"decode_coordinates": "all-proposals", "proposal_radius": 0.0
 measured best on a trained model's own votes (``docs/generator_design.md`` §6-7)."""
 
 GENERATOR_DESIGNS: dict[str, dict] = {
-    "perceiver": {"design": "perceiver"},
+    "perceiver": {"design": "perceiver", "decode_coordinates": "free"},
     "local": {"design": "local", **_LOCAL_DECODING},
     "local-attn": {"design": "local", "n_point_attn_layers": 1, **_LOCAL_DECODING},
     "local-votes2": {"design": "local", "votes_per_point": 2, **_LOCAL_DECODING},
 }
 """Skeleton generator designs selectable on any preset: changes to the preset's
 :class:`SkeletonGeneratorConfig` (its width, heads and decoder depth are kept). ``perceiver`` is the
-original design; ``local`` is the per-point encoder with dense joint votes and the proposal prior;
+original design (the ``smoke`` preset's, so that CI stays fast); ``local`` (the ``default`` and ``large``
+presets') is the per-point encoder with dense joint votes and the proposal prior;
 ``local-votes2`` lets every point vote for its two nearest joints (``docs/generator_design.md``)."""
 
 

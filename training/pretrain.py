@@ -3,7 +3,7 @@
     python training/run.py --stage pretrain --preset default
     torchrun --nproc_per_node 4 training/run.py --stage pretrain --preset large     # multi-GPU
     python -m training.pretrain --preset smoke --workdir runs/smoke --steps 10       # with overrides
-    python -m training.pretrain --preset default --design local --workdir runs/local  # other generator design
+    python -m training.pretrain --preset default --design perceiver --workdir runs/perceiver  # other design
 
 Every training sample is one random frame of a corpus creature: the frame is rotated about the up
 axis (Y), normalized by its own bounding box (the paper's anchor normalization with that frame as
@@ -463,6 +463,10 @@ BOOKKEEPING_FIELDS = frozenset({
     "num_threads", "pretrain.data_workers", "pretrain.record_cache", "pretrain.log_every", "pretrain.val_every",
     "pretrain.ckpt_every", "pretrain.n_val_frames", "pretrain.n_val_generate",
 })
+# Skeleton-generator fields set after pretraining by the count-head stage (``training/count_head.py``); a
+# continued pretraining drops the fitted head (its weights are ``COUNT_HEAD_PREFIX*``) and the stage fits it again.
+FITTED_AFTER_FIELDS = frozenset({"count_head", "count_min_mass"})
+COUNT_HEAD_PREFIX = "count_head."
 
 
 @dataclass
@@ -587,7 +591,8 @@ def read_base_checkpoints(folder: Path, P: Preset, explicit: bool) -> BaseCheckp
         if not diffs:  # the model config is part of the preset config; check the file's own copy too
             model_cfg = json.loads(json.dumps((P.skeleton if name == "skeleton_base" else P.skinning).to_dict()))
             diffs = [f"model config {d}" for d in config_differences(
-                info.config, model_cfg, defaults=default_cfg["skeleton" if name == "skeleton_base" else "skinning"])]
+                info.config, model_cfg, defaults=default_cfg["skeleton" if name == "skeleton_base" else "skinning"])
+                if d.split(":", 1)[0] not in FITTED_AFTER_FIELDS]
         if diffs:
             raise WarmStartError(
                 f"{info.path} was trained with a different configuration of preset {P.name!r} "
@@ -706,8 +711,13 @@ def run_stage(preset: str | Preset, workdir: Path, device: str = "auto", stop_af
             log.info("resuming pretraining from step %d of %d (%s)", step, cfg.steps, state_path)
     elif base is not None:
         for name, model in (("skeleton_base", skel), ("skinning_base", skin)):
+            tensors = {k: v for k, v in base.tensors[name].items()
+                       if not k.startswith(COUNT_HEAD_PREFIX) or k in model.state_dict()}
+            if len(tensors) < len(base.tensors[name]) and rank == 0:
+                log.info("%s: its fitted joint-count head is dropped (training/count_head.py fits it again after "
+                         "pretraining)", base.infos[name].path)
             try:
-                model.load_state_dict(base.tensors[name])
+                model.load_state_dict(tensors)
             except RuntimeError as exc:
                 raise WarmStartError(f"{base.infos[name].path}: weights do not fit the {P.name!r} model: "
                                      f"{exc}") from exc
@@ -873,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float,
                         help="wall-clock budget: validate, export and save at the step it runs out; run again to go on")
     parser.add_argument("--design", choices=sorted(GENERATOR_DESIGNS),
-                        help="skeleton generator design (default: the preset's, perceiver)")
+                        help="skeleton generator design (default: the preset's: local; perceiver for smoke)")
     parser.add_argument("--init-from", type=Path, metavar="DIR",
                         help="without pretrain/state.pt: continue from the exported skeleton_base/skinning_base "
                              "checkpoints in DIR (default: search WORKDIR/checkpoints, then the repository's "

@@ -25,12 +25,13 @@ if __package__ in (None, ""):  # `python training/run.py` from the repository ro
 STAGES: dict[str, str] = {
     "data": "training.data.generate:run_stage",
     "pretrain": "training.pretrain:run_stage",
+    "count-head": "training.count_head:run_stage",
     "eval-static": "training.eval_static:run_stage",
     "sprig-skeleton": "training.sprig_skeleton:run_stage",
     "sprig-skinning": "training.sprig_skinning:run_stage",
     "eval": "training.evaluate:run_stage",
 }
-PIPELINE = ["data", "pretrain", "sprig-skeleton", "sprig-skinning", "eval"]
+PIPELINE = ["data", "pretrain", "count-head", "sprig-skeleton", "sprig-skinning", "eval"]
 PRESETS = ("smoke", "default", "large")
 
 

@@ -490,6 +490,8 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
     if cfg.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
+    for p in getattr(model, "count_head", torch.nn.Identity()).parameters():  # fitted on the frozen encoder
+        p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     book = StageBookkeeping(

@@ -200,6 +200,34 @@ def joint_proposals(points: torch.Tensor, offsets: torch.Tensor, distances: torc
     return proposals.gather(1, order[..., None].expand(-1, -1, 3)), weight.gather(1, order)
 
 
+def count_features(features: torch.Tensor, distances: torch.Tensor, n_candidates: torch.Tensor,
+                   max_joints: int) -> torch.Tensor:
+    """What :class:`JointCountHead` sees of a frame: the per-point features ``[B, N, d]`` mean- and
+    max-pooled, the mean and spread of the points' predicted distance to their nearest joint
+    (``distances [B, N, K]``), and the number of candidate proposals ``n_candidates [B]`` over
+    ``max_joints``. Returns float ``[B, 2 d + 3]``."""
+    near = distances[..., 0].float()
+    return torch.cat([features.float().mean(1), features.float().amax(1), near.mean(1, keepdim=True),
+                      near.std(1, keepdim=True), n_candidates.float()[:, None] / max_joints], dim=1)
+
+
+class JointCountHead(nn.Module):
+    """The number of joints of a frame, ``exp(w . count_features + b)``: a linear map fitted in closed form
+    (ridge regression on the log joint count, ``training/count_head.py``) after pretraining, on the frozen
+    encoder. The votes alone miscount in both directions (a snake's smeared votes over-count, a hand's merged
+    ones under-count); pooled features know what kind of creature it is."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.linear = nn.Linear(2 * d_model + 3, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``count_features [B, 2 d + 3]`` -> predicted joint count float ``[B]`` (> 0)."""
+        return self.linear(features.float())[:, 0].clamp(max=10.0).exp()
+
+
 def coordinate_prior(tokens: torch.Tensor, proposals: torch.Tensor, proposal_weight: torch.Tensor,
                      n_disc: int, log_sigma: torch.Tensor, cover_sigma: float, floor: float = 1e-3,
                      first_position: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

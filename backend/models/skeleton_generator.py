@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.models.layers import MLP, Attention, FourierEmbedding, PerceiverEncoder, init_weights
-from backend.models.local_encoder import (LocalPointEncoder, PointContext, ProposalConfig, ProposalPointer,
-                                          coordinate_prior, joint_proposals, prior_log_sigma_init)
+from backend.models.local_encoder import (JointCountHead, LocalPointEncoder, PointContext, ProposalConfig,
+                                          ProposalPointer, coordinate_prior, count_features, joint_proposals,
+                                          prior_log_sigma_init)
 from backend.models.tokenizer import SkeletonTokenizer, merge_duplicate_joints
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class SkeletonGeneratorConfig:
         proposal_bandwidth, proposal_radius, proposal_weight_scale, proposal_min_mass,
             proposal_radius_scale: ``local``: the clustering of the votes
             (:class:`~backend.models.local_encoder.ProposalConfig`).
+        count_head: ``local``: a :class:`~backend.models.local_encoder.JointCountHead` predicts each frame's
+            joint count, and the proposals are the densest that many of a finer clustering (minimum vote
+            mass ``count_min_mass``); fitted after pretraining (``training/count_head.py``).
+        count_min_mass: the finer clustering's minimum vote mass.
         decode_coordinates: ``local``: how :meth:`SkeletonGenerator.generate` picks coordinate tokens by
             default: ``free`` (any bin the logits favour), ``proposals`` (each joint points at an unused
             joint proposal, :class:`~backend.models.local_encoder.ProposalPointer`; stop when none is left)
@@ -108,6 +113,8 @@ class SkeletonGeneratorConfig:
     proposal_weight_scale: float = 0.1
     proposal_min_mass: float = 1.0
     proposal_radius_scale: float = 0.0
+    count_head: bool = False
+    count_min_mass: float = 1.0
     decode_coordinates: str = "free"
     proposal_residual_bins: int = 1
 
@@ -176,6 +183,8 @@ class SkeletonGenerator(nn.Module):
             self.encoder = LocalPointEncoder(d, cfg.n_heads, cfg.n_edge_layers, cfg.n_point_attn_layers, cfg.knn,
                                              cfg.n_freq, cfg.mlp_ratio, cfg.dropout, cfg.d_edge,
                                              cfg.votes_per_point)
+            if cfg.count_head:
+                self.count_head = JointCountHead(d)
         else:
             self.encoder = PerceiverEncoder(d, cfg.n_heads, cfg.n_latents, cfg.n_enc_layers, cfg.n_freq,
                                             cfg.mlp_ratio, cfg.dropout)
@@ -208,9 +217,30 @@ class SkeletonGenerator(nn.Module):
         if self.cfg.design != "local":
             return self.encoder(torch.cat([points, normals], dim=-1))
         features, offsets, distances = self.encoder(torch.cat([points, normals], dim=-1))
-        proposals, weight = joint_proposals(points, offsets.detach(), distances.detach(), self.cfg.proposals)
+        if self.cfg.count_head:
+            proposals, weight = self.counted_proposals(points, features, offsets, distances)
+        else:
+            proposals, weight = joint_proposals(points, offsets.detach(), distances.detach(), self.cfg.proposals)
         n_memory = self.cfg.n_memory_points or features.shape[1]
         return PointContext(features, offsets, distances, proposals, weight, features[:, :n_memory])
+
+    def count_inputs(self, points: torch.Tensor, features: torch.Tensor, offsets: torch.Tensor,
+                     distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The finer clustering (minimum mass ``cfg.count_min_mass``) of the votes, ``(proposals [B, P, 3],
+        weight [B, P], count_features [B, 2 d + 3])``: what :class:`JointCountHead` is fitted on."""
+        fine = replace(self.cfg.proposals, min_mass=self.cfg.count_min_mass)
+        proposals, weight = joint_proposals(points, offsets.detach(), distances.detach(), fine)
+        feats = count_features(features.detach(), distances.detach(), weight.sum(1), self.cfg.max_joints)
+        return proposals, weight, feats
+
+    def counted_proposals(self, points: torch.Tensor, features: torch.Tensor, offsets: torch.Tensor,
+                          distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count_head``: the densest ``round(predicted count)`` proposals of the finer clustering."""
+        proposals, weight, feats = self.count_inputs(points, features, offsets, distances)
+        with torch.no_grad():
+            n = self.count_head(feats).round().clamp(1, self.cfg.max_joints).long()
+        keep = torch.minimum(n, weight.sum(1).long())
+        return proposals, weight * (torch.arange(weight.shape[1], device=weight.device)[None] < keep[:, None]).float()
 
     @staticmethod
     def memory(context: torch.Tensor | PointContext) -> torch.Tensor:
