@@ -8,14 +8,10 @@ names, so that ``.L`` / ``.R`` chains match one to one (X-mirror posing and Symm
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from backend.rigging.naming import chain_side, joint_sides, limb_kinds, pair_mirrored_chains, skeleton_chains
 from backend.skeleton import reorder, topological_order
-
-log = logging.getLogger(__name__)
 
 LENGTH_RATIO = 1.6  # mirrored chains whose lengths differ by more than this factor are left alone
 
