@@ -34,7 +34,7 @@ from backend.models.checkpoint import load_model, save_model
 from backend.models.local_encoder import joint_proposals
 from backend.models.skeleton_generator import SkeletonGenerator
 from training.presets import get_preset
-from training.pretrain import FrameSampler, FrameSample, collate_skeleton, validation_frames
+from training.pretrain import COUNT_HEAD_PREFIX, FrameSample, FrameSampler, collate_skeleton, validation_frames
 from training.stage_utils import stage_config
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,7 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", **overrides) -> 
         log.info("%s is a %r skeleton generator: no votes to count, nothing to fit", path, model.cfg.design)
         return {"skipped": True, "checkpoint": str(path)}
     model.eval()
-    if model.cfg.count_min_mass != cfg.min_mass:  # the features depend on the finer clustering
-        fitted = SkeletonGenerator(replace(model.cfg, count_min_mass=cfg.min_mass))
-        fitted.load_state_dict(model.state_dict())
-        model = fitted.eval()
+    model.cfg = replace(model.cfg, count_min_mass=cfg.min_mass)  # the features depend on the finer clustering
     corpus = Corpus(workdir / "corpus")
     tk = model.tokenizer
     sampler = FrameSampler(corpus, "train", P.pretrain, tk)
@@ -120,7 +117,7 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", **overrides) -> 
     w, b = fit_ridge(x, np.log(np.maximum(y, 1.0)), cfg.ridge)
     head_cfg = replace(model.cfg, count_head=True, count_min_mass=cfg.min_mass)
     out = SkeletonGenerator(head_cfg)
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("count_head.")}
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(COUNT_HEAD_PREFIX)}
     state["count_head.linear.weight"] = torch.tensor(w, dtype=torch.float32)[None]
     state["count_head.linear.bias"] = torch.tensor([b], dtype=torch.float32)
     out.load_state_dict(state)
@@ -129,9 +126,7 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", **overrides) -> 
     record = {"n_frames": len(train), **asdict(cfg)}
     if val:
         vx, vy, n_votes, n_fine = frame_counts(model, val, cfg.batch)
-        with torch.no_grad():
-            predicted = out.count_head(torch.tensor(vx)).numpy()
-        kept = np.minimum(np.clip(np.round(predicted), 1, head_cfg.max_joints), n_fine)  # as counted_proposals
+        kept = out.kept_count(torch.tensor(vx), torch.tensor(n_fine)).numpy()
         record.update(val_frames=len(val), val_joints_mean=float(vy.mean()),
                       val_count_err_votes=float(np.abs(n_votes - vy).mean()),
                       val_count_err_head=float(np.abs(kept - vy).mean()))

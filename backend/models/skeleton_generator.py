@@ -237,10 +237,16 @@ class SkeletonGenerator(nn.Module):
                           distances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``count_head``: the densest ``round(predicted count)`` proposals of the finer clustering."""
         proposals, weight, feats = self.count_inputs(points, features, offsets, distances)
-        with torch.no_grad():
-            n = self.count_head(feats).round().clamp(1, self.cfg.max_joints).long()
-        keep = torch.minimum(n, weight.sum(1).long())
+        keep = self.kept_count(feats, weight.sum(1))
         return proposals, weight * (torch.arange(weight.shape[1], device=weight.device)[None] < keep[:, None]).float()
+
+    @torch.no_grad()
+    def kept_count(self, count_feats: torch.Tensor, n_candidates: torch.Tensor) -> torch.Tensor:
+        """``count_head``: how many proposals a frame keeps, int64 ``[B]``: the predicted joint count of
+        ``count_feats [B, 2 d + 3]``, rounded, within ``[1, max_joints]`` and at most the ``n_candidates [B]``
+        proposals of the finer clustering."""
+        n = self.count_head(count_feats).round().clamp(1, self.cfg.max_joints).long()
+        return torch.minimum(n, n_candidates.long())
 
     @staticmethod
     def memory(context: torch.Tensor | PointContext) -> torch.Tensor:
