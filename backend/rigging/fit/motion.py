@@ -119,7 +119,7 @@ class FitConfig:
     articulated_lm_steps: int = 3
     articulated_block_sweep: bool = True
     refine_joints: bool = True
-    joint_regularisation: float = 1e-2
+    joint_regularisation: float = 1e-3
     weld_seams: bool = True
     seam_tol: float = 1e-6
 
