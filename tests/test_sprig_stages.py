@@ -259,8 +259,9 @@ def test_sprig_skeleton_smoke_stage_runs_and_resumes(workdir):
 def test_sprig_skeleton_collapse_guard_writes_no_collapsed_checkpoint(workdir):
     # a guard no model can pass (more joints than the base on every frame x 10): the stage fails, nothing written
     run = dict(FAST_SKEL, state_dir="collapse", out_checkpoint="checkpoints/collapsed.safetensors")
-    with pytest.raises(SK.SprigCollapseError, match="collapsed: every validated step"):
+    with pytest.raises(SK.SprigCollapseError, match="collapsed: every validated step") as failure:
         SK.run_stage("smoke", workdir, "cpu", min_joint_ratio=10.0, **run)
+    assert "already decoded" in str(failure.value)  # step 0 failed too: the message blames the decoding, not training
     assert not (workdir / "checkpoints/collapsed.safetensors").exists()
     lines = [json.loads(x) for x in (workdir / "collapse" / "log.jsonl").read_text().splitlines()]
     val = [x for x in lines if "val_joint_ratio" in x]

@@ -550,11 +550,18 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         if rank == 0 and collapsed(last_val, cfg):
             good = [h for h in book.history if "val_joint_ratio" in h and h["step"] > 0 and not collapsed(h, cfg)]
             if not good:
+                start = [h for h in book.history if "val_joint_ratio" in h and h["step"] == 0]
+                advice = ("Lower the learning rate or the steps, or raise lambda_anchor"
+                          if not start or not collapsed(start[0], cfg) else
+                          f"the untrained copy already decoded {start[0]['val_joint_ratio']:.2f}x the base's joints at "
+                          f"step 0, so the fine-tuned decoding (decode_coordinates="
+                          f"{cfg.decode_coordinates!r}) stops earlier than the base's, whatever the training: "
+                          "decode as the base does (--decode base) or lower min_joint_ratio knowingly")
                 raise SprigCollapseError(
                     f"sprig-skeleton collapsed: every validated step decodes fewer joints than "
                     f"{cfg.min_joint_ratio:g}x the base's (last: {last_val['val_joints']:.1f} vs "
                     f"{last_val['val_label_joints']:.1f}, step {step}); no checkpoint written to {out_path}. "
-                    "Lower the learning rate or the steps, or raise lambda_anchor")
+                    + advice)
             log.error("sprig-skeleton: the final model collapsed (%.1f joints vs the base's %.1f); %s keeps step %d, "
                       "the last validated step that did not", last_val["val_joints"], last_val["val_label_joints"],
                       out_path, good[-1]["step"])
