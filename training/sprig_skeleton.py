@@ -548,9 +548,10 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
     bar.close()
     if step >= cfg.steps:
         if rank == 0 and collapsed(last_val, cfg):
-            good = [h for h in book.history if "val_joint_ratio" in h and h["step"] > 0 and not collapsed(h, cfg)]
+            validated = [h for h in book.history if "val_joint_ratio" in h]
+            good = [h for h in validated if h["step"] > 0 and not collapsed(h, cfg)]
             if not good:
-                start = [h for h in book.history if "val_joint_ratio" in h and h["step"] == 0]
+                start = [h for h in validated if h["step"] == 0]
                 advice = ("Lower the learning rate or the steps, or raise lambda_anchor"
                           if not start or not collapsed(start[0], cfg) else
                           f"the untrained copy already decoded {start[0]['val_joint_ratio']:.2f}x the base's joints at "
