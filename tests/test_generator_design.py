@@ -306,7 +306,8 @@ def test_compare_designs_resumes_an_interrupted_design(tiny_corpus, tmp_path):
 
 
 def test_sprig_skeleton_stage_fine_tunes_a_local_base(tiny_corpus, tmp_path):
-    """The SPRig skeleton stage (pseudo-labels, Eq. 2/8/9 and Eq. 3, frozen encoder) runs on a ``local`` base."""
+    """The SPRig skeleton stage (pseudo-labels, Eq. 2/8/9, Eq. 3 and the vote term) runs on a ``local`` base: the
+    encoder's trunk stays frozen, its vote head and the decoder train."""
     from backend.models.skinning_network import SkinningNetwork
     from backend.models.checkpoint import read_checkpoint
     from training import sprig_skeleton as SK
@@ -320,14 +321,18 @@ def test_sprig_skeleton_stage_fine_tunes_a_local_base(tiny_corpus, tmp_path):
     save_model(SkeletonGenerator(P.skeleton), run / "checkpoints/skeleton_base.safetensors", "pretrain", prov)
     save_model(SkinningNetwork(P.skinning), run / "checkpoints/skinning_base.safetensors", "pretrain", prov)
     done = SK.run_stage("smoke", run, "cpu", steps=2, max_train_clips=2, n_val_clips=1, val_every=2, ckpt_every=1,
-                        max_joints=6, n_points=64)
+                        max_joints=6, n_points=64, lambda_vote=1.0)
     assert done["complete"]
     model, info = load_model(done["checkpoint"], expected="skeleton_generator")
     assert info.config["design"] == "local"
     base, _ = read_checkpoint(run / "checkpoints/skeleton_base.safetensors")
     tuned = model.state_dict()
-    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder."))  # votes frozen too
+    head = "encoder.dense_head."
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("encoder.") and not k.startswith(head))
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith(head))
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("blocks."))
+    lines = [json.loads(x) for x in (run / "sprig_skeleton" / "log.jsonl").read_text().splitlines()]
+    assert all(x["vote"] > 0 for x in lines if "total" in x) and any("val_vote" in x for x in lines)
 
 
 def test_coordinate_prior_without_proposals_is_uniform_and_neutral_for_eos():

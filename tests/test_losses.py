@@ -351,3 +351,54 @@ def test_skinning_loss_every_term_finite_with_gradients_and_switches():
     off = KL.SkinningLossConfig(use_sym=False, use_prior=False)
     t2, p2 = KL.skinning_loss(pred.detach(), teacher, valid, points, joints, parents, off)
     assert p2["total"] == pytest.approx(p2["l1"] + 0.25 * p2["anchor"] + 0.02 * p2["ent"], rel=1e-5)
+
+
+# --- vote space (local design) --------------------------------------------------------------------
+
+def _rotation(axis, angle: float) -> torch.Tensor:
+    a = torch.tensor(axis, dtype=torch.float64)
+    a = a / a.norm()
+    k = torch.tensor([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def test_local_rotations_recover_each_parts_rotation_and_identity_on_the_anchor():
+    g = torch.Generator().manual_seed(0)
+    left = torch.rand(1, 40, 3, generator=g, dtype=torch.float64) * 0.2 - 0.5  # two far-apart rigid parts
+    right = torch.rand(1, 40, 3, generator=g, dtype=torch.float64) * 0.2 + 0.3
+    anchor = torch.cat([left, right], dim=1)  # [1, 80, 3]
+    r_left, r_right = _rotation([0, 1, 0], 0.4), _rotation([1, 0, 1], -0.9)
+    frame = torch.cat([left @ r_left.T + 0.1, right @ r_right.T - 0.2], dim=1)
+    rot = SL.local_rotations(torch.stack([anchor, frame], dim=1), n_neighbours=8)  # [1, 2, 80, 3, 3]
+    assert rot.shape == (1, 2, 80, 3, 3)
+    assert torch.allclose(rot[0, 0], torch.eye(3).expand(80, 3, 3), atol=1e-5)
+    assert torch.allclose(rot[0, 1, :40], r_left.float().expand(40, 3, 3), atol=1e-5)
+    assert torch.allclose(rot[0, 1, 40:], r_right.float().expand(40, 3, 3), atol=1e-5)
+    with pytest.raises(ValueError, match="B, K, N, 3"):
+        SL.local_rotations(anchor)
+
+
+def test_vote_consistency_is_zero_for_votes_carried_by_the_local_motion_and_trains_toward_them():
+    g = torch.Generator().manual_seed(1)
+    B, K, N, Kv = 2, 3, 16, 1
+    rot = torch.stack([_rotation([0, 0, 1], 0.3 * k).float() for k in range(K)])  # [K, 3, 3]
+    rot = rot[None, :, None].expand(B, K, N, 3, 3)
+    anchor_off = torch.randn(B, N, Kv, 3, generator=g) * 0.05
+    anchor_dist = anchor_off.norm(dim=-1)
+    carried = torch.einsum("bknij,bnvj->bknvi", rot, anchor_off)
+    exact = SL.vote_consistency_loss(carried, anchor_dist[:, None].expand(B, K, N, Kv), anchor_off, anchor_dist, rot)
+    assert float(exact) < 1e-5
+    off = torch.zeros(B, K, N, Kv, 3, requires_grad=True)
+    dist = torch.zeros(B, K, N, Kv, requires_grad=True)
+    opt = torch.optim.Adam([off, dist], lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = SL.vote_consistency_loss(off, dist, anchor_off, anchor_dist, rot)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[0] > 1.0 and losses[-1] < 0.5 * losses[0]
+    # rotating the anchor's votes matters: the unrotated target is not the minimum on frames k > 0
+    assert float(SL.vote_consistency_loss(anchor_off[:, None].expand(B, K, N, Kv, 3), anchor_dist[:, None].expand(
+        B, K, N, Kv), anchor_off, anchor_dist, rot)) > 10 * float(exact)

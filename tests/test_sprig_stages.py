@@ -272,24 +272,34 @@ def test_sprig_skeleton_collapse_guard_writes_no_collapsed_checkpoint(workdir):
     assert not SK.collapsed({"val_joint_ratio": 0.95}, SK.make_config("default")) and not SK.collapsed({}, SK.make_config("default"))
 
 
-def test_sprig_skeleton_on_a_local_base_learns_its_own_stop(workdir):
-    """A ``local`` base decodes ``all-proposals`` (its joint count is fixed by the frozen votes); the fine-tuned
-    model is saved with a decoding whose stop the token losses train, unless asked to keep the base's."""
+def test_sprig_skeleton_on_a_local_base_keeps_its_decoding_and_trains_the_votes(workdir):
+    """A ``local`` base decodes ``all-proposals`` (every kept vote cluster is a joint); the fine-tuned model keeps
+    that decoding unless asked otherwise; the vote term (opt-in) trains the encoder's dense head (the trunk stays
+    frozen); without it (the default) the votes stay the base's."""
     from training.presets import get_preset
 
     P = get_preset("smoke", design="local")
     torch.manual_seed(0)
     save_model(SkeletonGenerator(P.skeleton), workdir / "checkpoints/local_base.safetensors", "pretrain",
                {"preset_config": P.to_dict(), "step": 0, "total_steps": 0})
+    base, _ = read_checkpoint(workdir / "checkpoints/local_base.safetensors")
+    head = "encoder.dense_head."
     run = dict(FAST_SKEL, base_checkpoint="checkpoints/local_base.safetensors")
     done = SK.run_stage("smoke", workdir, "cpu", state_dir="local", out_checkpoint="checkpoints/local_sprig.safetensors",
-                        **run)
+                        lambda_vote=1.0, **run)
     tuned, _ = load_model(done["checkpoint"], expected="skeleton_generator")
     assert P.skeleton.decode_coordinates == "all-proposals"
-    assert tuned.cfg.design == "local" and tuned.cfg.decode_coordinates == "proposals-then-free"
-    kept = SK.run_stage("smoke", workdir, "cpu", state_dir="local_kept", decode_coordinates=None,
-                        out_checkpoint="checkpoints/local_kept.safetensors", **run)
-    assert load_model(kept["checkpoint"], expected="skeleton_generator")[0].cfg.decode_coordinates == "all-proposals"
+    assert tuned.cfg.design == "local" and tuned.cfg.decode_coordinates == "all-proposals"
+    state = tuned.state_dict()
+    assert any(not torch.equal(base[k], state[k]) for k in base if k.startswith(head))
+    assert all(torch.equal(base[k], state[k]) for k in base if k.startswith("encoder.") and not k.startswith(head))
+    free = SK.run_stage("smoke", workdir, "cpu", state_dir="local_free", decode_coordinates="proposals-then-free",
+                        out_checkpoint="checkpoints/local_free.safetensors", **run)  # lambda_vote 0 by default
+    tuned_free, _ = load_model(free["checkpoint"], expected="skeleton_generator")
+    assert tuned_free.cfg.decode_coordinates == "proposals-then-free"
+    assert all(torch.equal(base[k], v) for k, v in tuned_free.state_dict().items() if k.startswith("encoder."))
+    lines = [json.loads(x) for x in (workdir / "local_free" / "log.jsonl").read_text().splitlines()]
+    assert not any("vote" in x or "val_vote" in x for x in lines)
     with pytest.raises(ValueError, match="decode_coordinates must be one of"):
         SK.make_config("smoke", decode_coordinates="nearest")
 

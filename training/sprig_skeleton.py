@@ -48,8 +48,9 @@ from backend.models.tokenizer import SkeletonTokenizer, TokenizerError
 from backend.normalize import AnchorBox
 from backend.sampling import points_on_frames, sample_surface
 from training.losses.skeleton_losses import (GeometryLossConfig, anchor_token_loss, batch_geometry_loss,
-                                             expected_joint_positions, shift_for_next_token, skeleton_total_loss,
-                                             symmetric_token_loss, token_loss)
+                                             expected_joint_positions, local_rotations, shift_for_next_token,
+                                             skeleton_total_loss, symmetric_token_loss, token_loss,
+                                             vote_consistency_loss)
 from training.presets import get_preset
 from training.pretrain import git_commit, setup_distributed
 from training.stage_utils import (StageBookkeeping, autocast_factory, finetune_provenance, mean_log_entry,
@@ -87,12 +88,22 @@ class SprigSkeletonConfig:
             than this fraction of the anchor pseudo-labels' (the base's own skeletons) is a collapse:
             that step is not exported, and the stage fails if no validated step passes.
         decode_coordinates: ``local`` base only: the fine-tuned model's coordinate decoding (saved in its
-            checkpoint; used by validation, the decodes of ``L_geom`` and everything that loads it). The base
-            decodes with ``all-proposals``, so its joint count is the number of vote clusters on each
-            frame; with the encoder (and so the votes) frozen, no token loss could change that count. The
-            default ``proposals-then-free`` lets the fine-tuned decoder stop where ``t_0`` stops (and go on
-            with free bins when a frame has fewer proposals). None keeps the base's decoding.
-        freeze_encoder: keep the point encoder frozen (§9).
+            checkpoint; used by validation, the decodes of ``L_geom`` and everything that loads it). None
+            (default) keeps the base's (``all-proposals``: every kept vote cluster becomes a joint, so the
+            joint count comes from the votes and the count head). ``proposals-then-free`` lets the decoder
+            stop where ``t_0`` stops; on the shipped base it emits 0.80x the base's joints before any
+            training, which the collapse guard refuses (``docs/sprig_training.md``).
+        lambda_vote: ``local`` base only: weight of the vote consistency term
+            (:func:`training.losses.skeleton_losses.vote_consistency_loss`): every frame's per-point joint
+            votes pulled toward the base's anchor votes carried by the surface's local motion. The joints of
+            a ``local`` model are clusters of these votes, so this is where their frame-to-frame
+            consistency is decided; the token losses only choose among the clusters. 0 (default): off; on the
+            shipped base it did not make the votes steadier (``docs/sprig_training.md``).
+        vote_lr: learning rate of the vote head (the encoder's dense head, trained when ``lambda_vote > 0``
+            even with ``freeze_encoder``), and of the whole encoder when it is not frozen.
+        vote_neighbours: anchor neighbours of each sample whose motion gives its local rotation.
+        freeze_encoder: keep the point encoder frozen (§9); with ``lambda_vote > 0`` its dense (vote) head
+            still trains.
         max_train_clips, n_val_clips: clip counts (None: all training clips).
         val_every, ckpt_every, log_every: steps.
         seed: sampling seed.
@@ -121,7 +132,10 @@ class SprigSkeletonConfig:
     geom_anchor: str = "predicted"
     max_joints: int = 64
     min_joint_ratio: float = 0.9
-    decode_coordinates: str | None = "proposals-then-free"
+    decode_coordinates: str | None = None
+    lambda_vote: float = 0.0
+    vote_lr: float = 1e-4
+    vote_neighbours: int = 16
     freeze_encoder: bool = True
     max_train_clips: int | None = None
     n_val_clips: int = 16
@@ -355,14 +369,29 @@ def forward_losses(model, gen: SkeletonGenerator, batch: dict, cfg: SprigSkeleto
     return out
 
 
+def vote_term(gen: SkeletonGenerator, teacher: torch.nn.Module, batch: dict, cfg: SprigSkeletonConfig) -> torch.Tensor:
+    """The vote consistency term of a batch (``local`` design): the model's votes on every frame against the
+    frozen base encoder ``teacher``'s anchor votes carried by each sample's local rotation."""
+    pts, nrm = batch["points"], batch["normals"]  # [B, K, N, 3]
+    B, K, N, _ = pts.shape
+    with torch.no_grad():
+        _, anchor_off, anchor_dist = teacher(torch.cat([pts[:, 0], nrm[:, 0]], dim=-1))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not cfg.freeze_encoder):
+        feats = gen.encoder.features(torch.cat([pts, nrm], dim=-1).flatten(0, 1))  # [B K, N, d]
+    off, dist = gen.encoder.votes(feats)
+    return vote_consistency_loss(off.view(B, K, N, -1, 3), dist.view(B, K, N, -1), anchor_off, anchor_dist,
+                                 local_rotations(pts, cfg.vote_neighbours))
+
+
 def training_loss(model, gen: SkeletonGenerator, batch: dict, cfg: SprigSkeletonConfig, rng: np.random.Generator,
-                  with_geom: bool) -> tuple[torch.Tensor, dict[str, float]]:
+                  with_geom: bool, teacher: torch.nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """``L_total`` of §3.4 for one batch, with the ablation switches; returns the loss and its parts.
 
     Args:
         model: the module to call (the generator, or its DistributedDataParallel wrapper).
         gen: the bare generator (tokenizer and decoding).
         with_geom: compute ``L_geom`` on this step (decodes every non-anchor frame).
+        teacher: the frozen base's point encoder (``local`` design): adds ``lambda_vote`` x :func:`vote_term`.
     """
     use_geom = with_geom and not cfg.no_geom and cfg.lambda_geom > 0
     decoded = decode_frames(gen, batch, cfg) if use_geom else None
@@ -370,8 +399,14 @@ def training_loss(model, gen: SkeletonGenerator, batch: dict, cfg: SprigSkeleton
     l_tok = token_loss(terms["anchor"], terms["sym"], cfg.lambda_anchor, cfg.lambda_sym)
     total = skeleton_total_loss(l_tok, terms["geom"], 0.0 if cfg.no_token else cfg.lambda_token,
                                 cfg.lambda_geom if use_geom else 0.0)
+    l_vote = None
+    if teacher is not None and cfg.lambda_vote > 0:
+        l_vote = vote_term(gen, teacher, batch, cfg)
+        total = total + cfg.lambda_vote * l_vote
     parts = {"anchor": float(terms["anchor"].detach()), "sym": float(terms["sym"].detach()),
              "token": float(l_tok.detach()), "total": float(total.detach())}
+    if l_vote is not None:
+        parts["vote"] = float(l_vote.detach())
     if use_geom:
         parts["geom"] = float(terms["geom"].detach())
         parts.update({f"geom_{k}": v for k, v in terms["geom_parts"].items()})
@@ -380,7 +415,7 @@ def training_loss(model, gen: SkeletonGenerator, batch: dict, cfg: SprigSkeleton
 
 @torch.no_grad()
 def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig, n_points: int,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, teacher: torch.nn.Module | None = None) -> dict[str, float]:
     """Token losses on held-out clips and the stability of their decoded skeletons over the K frames.
 
     ``val_joints``: mean joints of the decoded skeletons (every frame); ``val_label_joints``: mean joints
@@ -388,18 +423,21 @@ def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig
     guard's number).
 
     Stability uses the evaluation metrics (PJDD, BLRD, GSD, topology flicker of frames 1..K-1 against
-    frame 0, :func:`backend.metrics.skeleton_stability.skeleton_stability`).
+    frame 0, :func:`backend.metrics.skeleton_stability.skeleton_stability`). With the base's point encoder as
+    ``teacher``, also ``val_vote``: the vote consistency term (:func:`vote_term`).
     """
     was_training = gen.training
     gen.eval()
     rng = np.random.default_rng(cfg.seed)
     anchor, sym, stats = [], [], {"pjdd": [], "blrd": [], "gsd": [], "topology_flicker": []}
-    decoded_joints, label_joints = [], []
+    decoded_joints, label_joints, votes = [], [], []
     for s in range(0, len(clips), max(1, cfg.batch_size)):
         chunk = clips[s:s + cfg.batch_size]
         batch = make_batch(chunk, n_points, 10_000 + s, gen.tokenizer, device)
         terms = forward_losses(gen, gen, batch, cfg, rng, None)
         anchor.append(float(terms["anchor"])), sym.append(float(terms["sym"]))
+        if teacher is not None:
+            votes.append(float(vote_term(gen, teacher, batch, cfg)))
         K = batch["points"].shape[1]
         per_frame = [gen.generate(batch["points"][:, k], batch["normals"][:, k], max_joints=cfg.max_joints)
                      for k in range(K)]
@@ -418,6 +456,8 @@ def validate(gen: SkeletonGenerator, clips: list[Clip], cfg: SprigSkeletonConfig
     out = {"val_anchor_ce": float(np.mean(anchor)), "val_sym_ce": float(np.mean(sym)),
            "val_joints": float(np.mean(decoded_joints)), "val_label_joints": float(np.mean(label_joints))}
     out["val_joint_ratio"] = out["val_joints"] / max(out["val_label_joints"], 1e-9)
+    if votes:
+        out["val_vote"] = float(np.mean(votes))
     out.update({f"val_{k}": float(np.mean(v)) for k, v in stats.items() if v})
     return out
 
@@ -486,14 +526,24 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         model_cfg = replace(base.cfg, decode_coordinates=cfg.decode_coordinates)
     model = SkeletonGenerator(model_cfg).to(dev)
     model.load_state_dict(base.state_dict())
+    # the vote consistency term's pseudo-labels come from the frozen base's encoder
+    teacher = base.encoder if base.cfg.design == "local" and cfg.lambda_vote > 0 else None
     del base
     if cfg.freeze_encoder:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
+    vote_head = [] if teacher is None else list((model.encoder if not cfg.freeze_encoder else
+                                                  model.encoder.dense_head).parameters())
+    for p in vote_head:
+        p.requires_grad_(True)
     for p in getattr(model, "count_head", torch.nn.Identity()).parameters():  # fitted on the frozen encoder
         p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head_ids = {id(p) for p in vote_head}
+    groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr}]
+    if vote_head:
+        groups.append({"params": vote_head, "lr": cfg.vote_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     book = StageBookkeeping(
         "sprig-skeleton", state_dir, out_path, base_info.sha256, total_steps=cfg.steps, rank=rank,
         provenance=finetune_provenance(preset, workdir, base_path, base_info.sha256, len(train_clips), world, dev,
@@ -508,7 +558,7 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
                  n_points, cfg.n_frames, cfg.steps, sum(p.numel() for p in params) / 1e6)
     last_val: dict = book.last_validation("val_anchor_ce")
     if rank == 0 and step == 0 and val_clips:
-        last_val = book.log_validation(0, validate(model, val_clips, cfg, n_points, dev))
+        last_val = book.log_validation(0, validate(model, val_clips, cfg, n_points, dev, teacher))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     per_rank = train_clips[rank::world] or train_clips
     bar = tqdm(total=cfg.steps, initial=step, desc=f"sprig-skeleton[{preset}]", disable=rank != 0,
@@ -521,7 +571,8 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
         pick = rng.choice(len(per_rank), size=min(cfg.batch_size, len(per_rank)), replace=False)
         batch = make_batch([per_rank[i] for i in pick], n_points, int(rng.integers(2**31)), model.tokenizer, dev)
         with autocast():
-            loss, parts = training_loss(model_m, model, batch, cfg, rng, with_geom=step % cfg.geom_every == 0)
+            loss, parts = training_loss(model_m, model, batch, cfg, rng, with_geom=step % cfg.geom_every == 0,
+                                        teacher=teacher)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite sprig-skeleton loss at step {step}: {parts}")
         opt.zero_grad(set_to_none=True)
@@ -537,7 +588,7 @@ def run_stage(preset: str, workdir: Path, device: str = "auto", stop_after: int 
             book.log_line(mean_log_entry(step, run, float(gnorm), now - t_last, sort_keys=True))
             t_last, run = now, []
         if rank == 0 and val_clips and (step % cfg.val_every == 0 or step == cfg.steps):
-            last_val = book.log_validation(step, validate(model, val_clips, cfg, n_points, dev))
+            last_val = book.log_validation(step, validate(model, val_clips, cfg, n_points, dev, teacher))
             set_train_mode(model, True, cfg)
             if not collapsed(last_val, cfg):
                 book.export(step, model, last_val)
@@ -588,12 +639,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", help="state/log folder under the workdir")
     parser.add_argument("--out", help="output checkpoint path under the workdir")
     parser.add_argument("--decode", choices=[*COORDINATE_DECODINGS, "base"],
-                        help="local base: the fine-tuned model's coordinate decoding (default proposals-then-free; "
-                             "base: keep the base's)")
+                        help="local base: the fine-tuned model's coordinate decoding (default base: the base's own)")
+    parser.add_argument("--lambda-vote", type=float, help="local base: weight of the vote consistency term (0: off)")
+    parser.add_argument("--lr", type=float, help="learning rate of the decoder")
+    parser.add_argument("--vote-lr", type=float, help="learning rate of the vote head")
+    parser.add_argument("--val-every", type=int, help="validate (and export) every this many steps")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     overrides = {k: v for k, v in {"steps": args.steps, "alpha": args.alpha, "state_dir": args.state_dir,
-                                   "out_checkpoint": args.out}.items() if v is not None}
+                                   "out_checkpoint": args.out, "lambda_vote": args.lambda_vote, "lr": args.lr,
+                                   "vote_lr": args.vote_lr, "val_every": args.val_every}.items() if v is not None}
     if args.no_geom:
         overrides["no_geom"] = True
     if args.no_token:

@@ -108,6 +108,11 @@ class LocalPointEncoder(nn.Module):
                                         nn.Linear(d_model, 4 * votes_per_point))
 
     def forward(self, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.features(pts)
+        return (x, *self.votes(x))
+
+    def features(self, pts: torch.Tensor) -> torch.Tensor:
+        """Per-point features ``[B, N, d]`` of oriented points ``pts [B, N, 6]`` (everything but the dense head)."""
         xyz = pts[..., :3]
         idx = knn_indices(xyz, self.knn)
         x = self.embed(pts)
@@ -117,9 +122,13 @@ class LocalPointEncoder(nn.Module):
         x = x + self.global_proj(torch.cat([x, glob], dim=-1))
         for layer in self.attn:
             x = layer(x)
-        x = self.norm(x)
-        dense = self.dense_head(x).float().unflatten(-1, (self.votes_per_point, 4))  # [B, N, K, 4]
-        return x, dense[..., :3], F.softplus(dense[..., 3])
+        return self.norm(x)
+
+    def votes(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dense head: offsets float32 ``[B, N, K, 3]`` to the ``K`` nearest joints and their distances
+        ``[B, N, K]`` from per-point ``features [B, N, d]``."""
+        dense = self.dense_head(features).float().unflatten(-1, (self.votes_per_point, 4))  # [B, N, K, 4]
+        return dense[..., :3], F.softplus(dense[..., 3])
 
 
 @dataclass

@@ -529,3 +529,58 @@ def skeleton_total_loss(l_token: Tensor, l_geom: Tensor, lambda_token: float = 1
                         lambda_geom: float = 0.5) -> Tensor:
     """§3.4: ``L_total = lambda_token * L_token + lambda_geom * L_geom`` (paper: lambda_geom = 0.5)."""
     return lambda_token * l_token + lambda_geom * l_geom
+
+
+# ------------------------------------------------------------------------------------------------
+# Vote space (the `local` design; not in the paper)
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def local_rotations(points: Tensor, n_neighbours: int = 16) -> Tensor:
+    """How the surface around every point turns from the anchor to each frame: the Kabsch rotation of each
+    point's ``n_neighbours`` nearest anchor neighbours (itself included) onto the same samples on frame ``k``.
+
+    The samples correspond across frames (one (face, barycentric) set for all frames), so this needs no
+    labels: it is the observed local motion of the input.
+
+    Args:
+        points: float ``[B, K, N, 3]``, frame 0 the anchor.
+    Returns:
+        float32 ``[B, K, N, 3, 3]`` rotations (identity on the anchor, up to round-off).
+    """
+    if points.ndim != 4 or points.shape[-1] != 3:
+        raise ValueError(f"points must be [B, K, N, 3], got {list(points.shape)}")
+    B, K, N, _ = points.shape
+    x = points.double()
+    n = min(n_neighbours, N)
+    idx = torch.cdist(x[:, 0], x[:, 0]).topk(n, dim=-1, largest=False).indices  # [B, N, n]
+    flat = (idx + N * torch.arange(B, device=x.device)[:, None, None]).reshape(-1)
+    src = x[:, 0].reshape(B * N, 3).index_select(0, flat).view(B, 1, N, n, 3)
+    dst = x.transpose(0, 1).reshape(K, B * N, 3)[:, flat].view(K, B, N, n, 3).transpose(0, 1)  # [B, K, N, n, 3]
+    cov = (src - src.mean(-2, keepdim=True)).transpose(-1, -2) @ (dst - dst.mean(-2, keepdim=True))  # [B, K, N, 3, 3]
+    u, _, vt = torch.linalg.svd(cov)
+    d = torch.sign(torch.linalg.det(vt.transpose(-1, -2) @ u.transpose(-1, -2)))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    fix = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], dim=-1))
+    return (vt.transpose(-1, -2) @ fix @ u.transpose(-1, -2)).float()
+
+
+def vote_consistency_loss(offsets: Tensor, distances: Tensor, anchor_offsets: Tensor, anchor_distances: Tensor,
+                          rotations: Tensor, scale: float = 0.02) -> Tensor:
+    """Dense analogue of Eq. 8-9 for the ``local`` design, whose joints come from clustering per-point votes:
+    every frame's votes should be the anchor pseudo-label's votes (the frozen base's, on the anchor) carried
+    by the surface's own local motion, ``o_k,i = R_k,i o_0,i`` and ``d_k,i = d_0,i``, in the L1 form of the
+    pretraining vote loss (:func:`backend.models.local_encoder.joint_vote_loss`). Frame 0 (``R = I``) is the
+    anchor term.
+
+    Args:
+        offsets: float ``[B, K, N, Kv, 3]`` and distances ``[B, K, N, Kv]``: the model's votes on every frame.
+        anchor_offsets: float ``[B, N, Kv, 3]`` and anchor_distances ``[B, N, Kv]``: the pseudo-label votes.
+        rotations: float ``[B, K, N, 3, 3]`` from :func:`local_rotations`.
+        scale: error (normalized units) that costs 1.
+    Returns:
+        scalar, mean over clips, frames, points and votes.
+    """
+    target = torch.einsum("bknij,bnvj->bknvi", rotations.float(), anchor_offsets.float())
+    err = (offsets.float() - target).abs().sum(-1) + (distances.float() - anchor_distances.float()[:, None]).abs()
+    return err.mean() / scale
