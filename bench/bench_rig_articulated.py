@@ -8,6 +8,8 @@ creatures, each with its artist / ground-truth skeleton:
 * CD-J2J of the rig's anchor skeleton to the ground truth (anchor-box normalized; target mean <= 0.04, no
   real clip above 0.06), beside two references: ``k-means`` (the control: k-means centres of the anchor
   vertices, ground-truth joint count, no learning) and ``net`` (the shipped generator's own anchor skeleton);
+* ``out``: the share of the rig's anchor joints outside the anchor mesh (generalized winding number below
+  0.5; the artists' own skeletons: 0.06 on the real clips, 0.03 on the corpus clips);
 * ``sep``: the largest joint separation over the whole animation (a child joint carried by its own bone's
   transform vs by its parent's), % of the box diagonal (target <= 1e-2 %, i.e. 1e-4 of the diagonal);
 * ``seam``: the largest gap between co-located vertices over all frames, % of the diagonal;
@@ -42,7 +44,7 @@ from bench_fit_vs_dembones import run_dembones  # noqa: E402
 from bench_rig_scaling import make_sequence  # noqa: E402
 from bench_skeleton import REALDATA, load_corpus, load_realdata, network_skeleton  # noqa: E402
 
-from backend.metrics import cd_j2j, kmeans_joints  # noqa: E402
+from backend.metrics import cd_j2j, kmeans_joints, outside_fraction  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.pipeline import RigConfig, get_models, rig_sequence  # noqa: E402
 from backend.sequence import MeshSequence  # noqa: E402
@@ -73,6 +75,7 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     st = result.stats
     row = dict(name=clip["name"], set=clip["set"], joints=len(result.parents), gt_joints=len(clip["parents"]),
                cd=cd_j2j(box.apply(result.joints), gt),
+               out=outside_fraction(result.joints, verts[0], clip["faces"]),
                kmeans=cd_j2j(kmeans_joints(box.apply(verts[0]), len(clip["parents"])), gt),
                net=cd_j2j(network_skeleton(models, box.apply(verts), clip["faces"]), gt),
                sep=100 * st["joint_separation_max"], seam=100 * st["seam_gap_max"],
@@ -90,7 +93,7 @@ def fmt(r: dict) -> str:
     db = (f"{r['db_mean']:7.3f} {r['recon_mean'] / max(r['db_mean'], 1e-9):6.2f}x" if "db_mean" in r
           else f"{'-':>7s} {'-':>7s}")
     return (f"{r['name'][:28]:28s} {r['joints']:3d}/{r['gt_joints']:<3d} {ratio:4.2f} | {r['cd']:.4f} "
-            f"{r['kmeans']:.4f} {r['net']:.4f} | {r['sep']:8.1e} {r['seam']:8.1e} | {r['recon_mean']:6.3f} "
+            f"{r['kmeans']:.4f} {r['net']:.4f} | {r['out']:4.2f} | {r['sep']:8.1e} {r['seam']:8.1e} | {r['recon_mean']:6.3f} "
             f"{r['recon_max']:6.2f} | {db} | {r['seconds']:5.1f}")
 
 
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = load_clips(args.clips, args.cache)
     rows = [rig_clip(c, config, models, not args.no_dembones) for c in tqdm(clips, desc="rigging")]
 
-    print(f"{'clip':28s} {'J/GT':7s} {'ratio':4s} | {'CD-J2J k-means net':20s} | {'sep %':8s} {'seam %':8s} | "
+    print(f"{'clip':28s} {'J/GT':7s} {'ratio':4s} | {'CD-J2J k-means net':20s} | {'out':4s} | {'sep %':8s} {'seam %':8s} | "
           f"{'recon % mean max':13s} | {'DB mean ratio':15s} | {'s':>5s}")
     for group in ("real", "seams", "sample", "corpus"):
         part = [r for r in rows if r["set"] == group]
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = [r["joints"] / r["gt_joints"] for r in part]
         print(f"{'mean ' + group + f' ({len(part)})':28s} ratio {min(ratios):.2f}-{max(ratios):.2f} | "
               f"{np.mean([r['cd'] for r in part]):.4f} {np.mean([r['kmeans'] for r in part]):.4f} "
-              f"{np.mean([r['net'] for r in part]):.4f} | max sep {max(r['sep'] for r in part):.1e} | "
+              f"{np.mean([r['net'] for r in part]):.4f} | {np.mean([r['out'] for r in part]):4.2f} | max sep {max(r['sep'] for r in part):.1e} | "
               f"recon mean {np.mean([r['recon_mean'] for r in part]):.3f}")
     if not args.no_speed:
         seq = make_sequence(60, 1)

@@ -4,9 +4,11 @@ generator's ground-truth anchor skeleton, beside two references.
 For every clip (the real clips in ``--realdata`` and the first ``--clips`` test-split creatures of the
 default corpus configuration), all in the anchor-box normalized frame:
 
-* ``motion``: CD-J2J of :func:`skeleton_from_motion` (default config) to the ground-truth anchor joints,
-  its joint count, parts found (``mov``: moving ones), seconds; ``+tips``: the same skeleton with its leaf
-  bones' tails counted as end joints (the corpus skeletons have a joint at every extremity);
+* ``motion``: CD-J2J of :func:`skeleton_from_motion` (default config, or ``--config``) to the ground-truth
+  anchor joints, its joint count, parts found (``mov``: moving ones), ``out``: the share of its joints
+  outside the anchor mesh (generalized winding number below 0.5; ``GT``: the same for the ground truth's
+  joints), seconds; ``+tips``: the same skeleton with its leaf bones' tails counted as end joints (the
+  corpus skeletons have a joint at every extremity);
 * ``k-means``: the control with the ground truth's joint count: k-means centres of the anchor vertices
   (seeded);
 * ``network``: the shipped skeleton generator on the anchor (as ``rig_sequence`` runs it: sampled surface
@@ -33,7 +35,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.metrics import cd_j2j, kmeans_joints  # noqa: E402
+from backend.metrics import cd_j2j, kmeans_joints, outside_fraction  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion  # noqa: E402
 
@@ -140,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--figure", type=Path, default=None, help="draw the Fox run and CesiumMan skeletons here")
     parser.add_argument("--json", type=Path, default=None, help="write every per-clip number here")
+    parser.add_argument("--config", default="{}",
+                        help='MotionSkeletonConfig fields as JSON, e.g. \'{"hinge_ratio": 0}\' (default: none)')
     args = parser.parse_args(argv)
 
     detail = int(args.detail) if args.detail.lstrip("-").isdigit() else args.detail
-    config = MotionSkeletonConfig(detail=detail)
+    config = MotionSkeletonConfig(detail=detail, **json.loads(args.config))
     clips = load_realdata(args.realdata) + load_corpus(args.corpus, args.cache, args.clips)
     models = None
     if not args.no_network:
@@ -165,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                    gt_joints=int(len(gt)), joints=int(len(skel.parents)), cd=cd_j2j(skel.joints, gt),
                    cd_tips=cd_j2j(with_tips, gt), tips=int(len(leaves)),
                    seconds=seconds, kmeans=cd_j2j(kmeans_joints(verts_n[0], len(gt)), gt),
-                   parts=int(skel.stats["n_parts"]), moving=int(skel.stats["n_moving_parts"]))
+                   parts=int(skel.stats["n_parts"]), moving=int(skel.stats["n_moving_parts"]),
+                   out=outside_fraction(skel.joints, verts_n[0], clip["faces"]),
+                   gt_out=outside_fraction(gt, verts_n[0], clip["faces"]))
         if models is not None:
             net = network_skeleton(models, verts_n.astype(np.float32), clip["faces"])
             row.update(net=cd_j2j(net, gt), net_joints=int(len(net)))
@@ -175,14 +181,15 @@ def main(argv: list[str] | None = None) -> int:
 
     net_cols = models is not None
     head = (f"{'clip':34s} {'K':>3s} {'V':>5s} | {'motion':>7s} {'+tips':>6s} {'J':>3s} {'GT J':>4s} {'ratio':>5s} {'parts':>5s} "
-            f"{'mov':>3s} {'s':>5s} | {'k-means':>7s}" + (f" | {'network':>7s} {'net J':>5s}" if net_cols else ""))
+            f"{'mov':>3s} {'out':>4s} {'GT':>4s} {'s':>5s} | {'k-means':>7s}" + (f" | {'network':>7s} {'net J':>5s}" if net_cols else ""))
     print(f"CD-J2J to the ground-truth anchor skeleton (anchor-box normalized); detail={detail}")
     print(head)
     print("-" * len(head))
 
     def line(r: dict) -> str:
         s = (f"{r['name'][:34]:34s} {r['frames']:3d} {r['verts']:5d} | {r['cd']:7.4f} {r['cd_tips']:6.4f} {r['joints']:3d} {r['gt_joints']:4d} "
-             f"{r['joints'] / r['gt_joints']:5.2f} {r['parts']:5d} {r['moving']:3d} {r['seconds']:5.2f} | {r['kmeans']:7.4f}")
+             f"{r['joints'] / r['gt_joints']:5.2f} {r['parts']:5d} {r['moving']:3d} {r['out']:4.2f} {r['gt_out']:4.2f} "
+             f"{r['seconds']:5.2f} | {r['kmeans']:7.4f}")
         return s + (f" | {r['net']:7.4f} {r['net_joints']:5d}" if net_cols else "")
 
     for group in ("real", "corpus"):
@@ -193,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             print(line(r))
         mean = (f"{'mean ' + group + f' ({len(rs)})':34s} {'':3s} {'':5s} | {np.mean([r['cd'] for r in rs]):7.4f} "
                 f"{np.mean([r['cd_tips'] for r in rs]):6.4f} "
-                f"{'':3s} {'':4s} {'':5s} {'':5s} {'':3s} {np.mean([r['seconds'] for r in rs]):5.2f} | "
+                f"{'':3s} {'':4s} {'':5s} {'':5s} {'':3s} {np.mean([r['out'] for r in rs]):4.2f} "
+                f"{np.mean([r['gt_out'] for r in rs]):4.2f} {np.mean([r['seconds'] for r in rs]):5.2f} | "
                 f"{np.mean([r['kmeans'] for r in rs]):7.4f}")
         if net_cols:
             mean += f" | {np.mean([r['net'] for r in rs]):7.4f}"

@@ -326,3 +326,19 @@ def test_static_skinning_precision_recall_l1_by_hand():
     assert q.avg_l1 == pytest.approx(0.4 / 2)
     tiny = np.array([[0.9995, 0.0005, 0.0], [0.5, 0.5, 0.0], [0, 0, 1.0]])  # 5e-4 < 1e-3 -> pruned
     assert static_skinning_quality(tiny, gt).precision == pytest.approx(1.0)
+
+
+def test_winding_numbers_tell_inside_from_outside_of_a_closed_box():
+    from backend.metrics import outside_fraction, winding_numbers
+
+    # a unit cube, outward-oriented triangles
+    v = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    faces = np.array([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))])
+    pts = np.array([[0.5, 0.5, 0.5], [0.1, 0.9, 0.2], [1.5, 0.5, 0.5], [0.5, -0.2, 0.5], [3.0, 3.0, 3.0]])
+    w = winding_numbers(pts, v, faces, chunk=2)
+    np.testing.assert_allclose(np.abs(w), [1, 1, 0, 0, 0], atol=1e-9)
+    assert outside_fraction(pts, v, faces) == pytest.approx(0.6)
+    # reversed orientation flips the sign only; the inside test uses |w|
+    np.testing.assert_allclose(winding_numbers(pts, v, faces[:, ::-1]), -w, atol=1e-12)
+    assert outside_fraction(np.zeros((0, 3)), v, faces) == 0.0

@@ -148,6 +148,27 @@ def test_centre_of_rotation_recovers_a_ball_joint():
     assert np.linalg.norm(c - centre) < 1e-2 and residual < 1e-2
 
 
+def test_centre_of_rotation_keeps_a_wobbling_hinge_on_its_border():
+    # a knee: flexing about the x axis through `centre`, with a 3 degree wobble about z through a point
+    # 0.3 further along the axis; the border (the knee's cross-section) is centred on the true joint
+    centre = np.array([0.05, -0.1, 0.02])
+    wobble_at = centre + np.array([0.3, 0.0, 0.0])
+    K = 24
+    a = np.tile(np.eye(4), (K, 1, 1))
+    b = np.tile(np.eye(4), (K, 1, 1))
+    for k in range(K):
+        flex = _rotation(np.array([1.0, 0, 0]), np.radians(40) * np.sin(2 * np.pi * k / K))
+        wobble = _rotation(np.array([0, 0, 1.0]), np.radians(3.0) * np.cos(2 * np.pi * k / K))
+        R = wobble @ flex
+        b[k, :3, :3] = R
+        b[k, :3, 3] = wobble @ (centre - flex @ centre) + wobble_at - wobble @ wobble_at
+    slid, _ = centre_of_rotation(a, b, centre, border_weight=0.005)
+    c, _ = centre_of_rotation(a, b, centre, border_weight=0.005, hinge_ratio=0.1)
+    assert abs(slid[0] - centre[0]) > 0.03  # the weak pull alone lets the joint slide along the axis
+    assert abs(c[0] - centre[0]) < 1e-9  # along the axis: the border's coordinate
+    assert np.linalg.norm(c[1:] - centre[1:]) < 0.01  # across it: the motion's
+
+
 def test_chain_joints_at_the_centres_of_rotation():
     verts, faces, joints = bending_chain()
     skel = skeleton_from_motion(verts, faces)
@@ -314,3 +335,27 @@ def test_mirrored_chains_get_the_same_bone_count():
     far = tails.copy()
     far[3] = [0.1, -1.5, 0.0]
     assert equalize_mirrored_chains(joints, parents, far, bone_of_vertex, anchor, plane)[3] == 0
+
+
+def test_pull_joints_inside_moves_only_the_joints_outside_the_mesh():
+    from backend.metrics import winding_numbers
+    from backend.rigging.skeleton_from_motion import pull_joints_inside
+
+    # a closed tube along x (radius 0.1), like a limb; one joint inside, one just outside its skin
+    xs = np.linspace(-0.4, 0.4, 17)
+    verts, faces = _tube(np.stack([xs, np.zeros_like(xs), np.zeros_like(xs)], axis=1), 0.1, n_around=12)
+    n = 12
+    caps = []
+    for end, centre in ((0, verts[:n].mean(axis=0)), (len(xs) - 1, verts[-n:].mean(axis=0))):
+        c = len(verts) + len(caps)
+        caps.append(centre)
+        ring = end * n + np.arange(n)
+        faces = np.concatenate([faces, np.stack([ring, np.roll(ring, -1), np.full(n, c)], axis=1)])
+    verts = np.concatenate([verts, np.array(caps)])
+    joints = np.array([[0.0, 0.02, 0.0], [0.1, 0.13, 0.0]])
+    assert (np.abs(winding_numbers(joints, verts, faces)) >= 0.5).tolist() == [True, False]
+    pulled, moved = pull_joints_inside(joints, verts, faces, spacing=0.1)
+    assert moved == 1
+    np.testing.assert_array_equal(pulled[0], joints[0])
+    assert abs(winding_numbers(pulled[1:], verts, faces)[0]) >= 0.5
+    assert np.linalg.norm(pulled[1] - joints[1]) < 0.15  # to the limb's axis nearby, not far along it

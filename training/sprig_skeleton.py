@@ -18,7 +18,8 @@ same (face, barycentric) samples on every frame. The generator is fine-tuned wit
   bin centre of every coordinate slot gives differentiable joints. The anchor skeleton is ``t_0``
   with the expected positions of the anchor frame's teacher-forced logits.
 
-The point encoder stays frozen (§9). Outputs under ``workdir``: ``sprig_skeleton/state.pt``
+The point encoder stays frozen (§9); with the opt-in vote term of a ``local`` base (``lambda_vote``) its vote
+head trains too. Outputs under ``workdir``: ``sprig_skeleton/state.pt``
 (resumable, atomic), ``sprig_skeleton/log.jsonl``, ``sprig_skeleton/labels.npz`` (pseudo-label
 cache) and ``checkpoints/skeleton_sprig.safetensors``.
 """
@@ -155,7 +156,7 @@ STAGE_PRESETS: dict[str, dict] = {
     "smoke": dict(steps=6, batch_size=2, n_frames=3, max_train_clips=4, n_val_clips=2, val_every=3, ckpt_every=2,
                   log_every=1, max_joints=12, lr=1e-4,
                   min_joint_ratio=0.0),  # a few steps on an untrained tiny base: joint counts are noise
-    "default": dict(steps=1000, batch_size=8, lr=1e-5, geom_every=4),
+    "default": dict(steps=300, batch_size=8, lr=1e-5, geom_every=4, val_every=100),
     "large": dict(steps=20000, batch_size=20, lr=3e-6, val_every=1000, ckpt_every=500, log_every=50,
                   n_val_clips=64),
 }

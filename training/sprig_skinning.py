@@ -119,7 +119,7 @@ class SprigSkinningConfig:
 STAGE_PRESETS: dict[str, dict] = {
     "smoke": dict(steps=6, batch_size=2, max_train_clips=4, n_val_clips=2, val_every=3, ckpt_every=2, log_every=1,
                   max_joints=16, min_valid_joints=2, lr=1e-4, n_query=128, n_shape=128),
-    "default": dict(steps=1000, batch_size=12, lr=1e-5),
+    "default": dict(steps=500, batch_size=12, lr=1e-5),
     "large": dict(steps=20000, batch_size=12, lr=1e-5, val_every=1000, ckpt_every=500, log_every=50,
                   n_val_clips=64),
 }

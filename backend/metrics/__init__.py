@@ -2,7 +2,7 @@
 
 - ``alignment``: Kabsch / Procrustes alignment and joint correspondence (Hungarian matching).
 - ``skeleton_stability``: PJDD, BLRD, GSD, JAD, MPJPE@Anchor (Eq. 28-32), anchor MST, topology flicker.
-- ``static_skeleton``: CD-J2J, CD-J2B, CD-B2B (§10.6).
+- ``static_skeleton``: CD-J2J, CD-J2B, CD-B2B (§10.6); joints outside the mesh (winding numbers).
 - ``skinning``: Top-K mask, ``R`` and ``<., m>`` (Eq. 17-18, numpy or torch), L1 / SymKL / Entropy
   (Eq. 35-37), ``Cons_j`` / ``Delta_j`` (Eq. 38-39), static Precision / Recall / L1.
 - ``drift``: motion-compensated joint drift (MCJD), a whole-clip stability measure.
@@ -39,13 +39,22 @@ from .skinning import (
     teacher_symkl,
     topk_mask,
 )
-from .static_skeleton import StaticSkeletonQuality, cd_b2b, cd_j2b, cd_j2j, sample_bones, static_skeleton_quality
+from .static_skeleton import (
+    StaticSkeletonQuality,
+    cd_b2b,
+    cd_j2b,
+    cd_j2j,
+    outside_fraction,
+    sample_bones,
+    static_skeleton_quality,
+    winding_numbers,
+)
 
 __all__ = [
     "DriftResult", "JointMatching", "SkeletonStability", "SkinConsistency", "SkinningQuality", "StabilityConfig",
     "StaticSkeletonQuality", "blrd", "carry_joints", "cd_b2b", "cd_j2b", "cd_j2j", "cons_improvement", "correspond",
     "euclidean_mst", "gsd", "jad", "joint_separation", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
-    "masked_renormalize", "match_joints", "motion_compensated_joint_drift", "mpjpe_anchor", "pjdd",
+    "masked_renormalize", "match_joints", "motion_compensated_joint_drift", "mpjpe_anchor", "outside_fraction", "pjdd",
     "procrustes_align", "sample_bones", "skeleton_stability", "skin_consistency", "static_skeleton_quality",
-    "static_skinning_quality", "teacher_l1", "teacher_symkl", "topk_mask",
+    "static_skinning_quality", "teacher_l1", "teacher_symkl", "topk_mask", "winding_numbers",
 ]

@@ -1,4 +1,5 @@
-"""Static skeleton quality (paper §10.6): CD-J2J, CD-J2B, CD-B2B.
+"""Static skeleton quality (paper §10.6): CD-J2J, CD-J2B, CD-B2B; and, not in the paper, the share of joints
+outside the mesh (:func:`outside_fraction`).
 
 All three are symmetric Chamfer distances (the mean of the two directed average nearest-neighbour
 distances) in the anchor-normalized frame (longest side of the anchor box = 1). Bones are sampled
@@ -93,3 +94,40 @@ def static_skeleton_quality(pred_joints: np.ndarray, gt_joints: np.ndarray, pred
     b2b = (cd_b2b(pred_joints, pred_parents, gt_joints, gt_parents, step)
            if gt_parents is not None and pred_parents is not None else None)
     return StaticSkeletonQuality(cd_j2j(pred_joints, gt_joints), j2b, b2b)
+
+
+def winding_numbers(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Generalized winding number of a triangle mesh at each point (Jacobson et al. 2013): the signed solid
+    angle of every triangle seen from the point (Van Oosterom & Strackee), summed, over ``4 pi``.
+
+    About 1 inside a closed, outward-oriented surface and 0 outside; for open or inconsistently oriented
+    meshes (flat-shaded exports, separate pieces) it degrades gracefully, so use ``|w| >= 0.5`` as "inside".
+
+    Args:
+        points: float ``[P, 3]``; verts: float ``[V, 3]``; faces: int ``[F, 3]``.
+        chunk: points per batch (memory ``~ chunk * F * 9`` floats).
+    Returns:
+        float64 ``[P]``.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    tri = np.asarray(verts, dtype=np.float64)[np.asarray(faces, dtype=np.int64)]  # [F, 3, 3]
+    out = np.empty(len(pts))
+    for s in range(0, len(pts), chunk):
+        rel = tri[None] - pts[s:s + chunk, None, None]  # [p, F, 3, 3]
+        a, b, c = rel[:, :, 0], rel[:, :, 1], rel[:, :, 2]
+        la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
+        det = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
+        den = (la * lb * lc + np.einsum("pfi,pfi->pf", a, b) * lc + np.einsum("pfi,pfi->pf", b, c) * la
+               + np.einsum("pfi,pfi->pf", c, a) * lb)
+        out[s:s + chunk] = 2.0 * np.arctan2(det, den).sum(axis=1) / (4.0 * np.pi)
+    return out
+
+
+def outside_fraction(joints: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> float:
+    """Share of ``joints [J, 3]`` outside the mesh ``verts [V, 3]`` / ``faces [F, 3]`` (``|winding| < 0.5``):
+    what an animator sees as bones sticking out of the body. An artist's rig scores a few percent (joints
+    placed on a thin part's surface)."""
+    j = np.asarray(joints, dtype=np.float64).reshape(-1, 3)
+    if len(j) == 0:
+        return 0.0
+    return float((np.abs(winding_numbers(j, verts, faces)) < 0.5).mean())

@@ -13,11 +13,13 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    the centre of the part graph; a short part bending along with its parent (one blended joint cut in
    two by motion) joins it;
 4. a joint between a part and its parent at their centre of rotation (:func:`centre_of_rotation`),
-   regularised toward the centre of their shared border (a hinge fixes it only up to its axis);
+   regularised toward the centre of their shared border; along a hinge's axis, which the motion does not
+   fix, it takes the border's coordinate;
 5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
    from its joint; for the root part, distance along its principal axis from its centre), one bone per
    connected piece of each level band, joints at the centres of the cross-sections; long leaf chains get
-   an end joint at their tip;
+   an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
+   (:func:`pull_joints_inside`);
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
    chains from the root are named spine/neck/head, tail, leg or arm by where they go.
 """
@@ -79,6 +81,9 @@ class MotionSkeletonConfig:
         min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
         border_weight: pull of a joint toward its parts' shared border, per frame (in squared rotation
             units: 0.02 is about an 8 degree rotation).
+        hinge_ratio: along a direction the two parts barely rotate apart about (eigenvalue below this
+            share of the largest: a hinge's axis), the joint takes the border's coordinate
+            (:func:`centre_of_rotation`).
         max_frames: frames used for the motion (evenly spaced, the anchor included).
         cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
             every vertex joins the cluster whose motion reproduces it best.
@@ -111,6 +116,8 @@ class MotionSkeletonConfig:
     band_fraction: float = 1.0
     min_bone_fraction: float = 0.25
     border_weight: float = 0.005
+    hinge_ratio: float = 0.1
+    pull_inside: bool = True
     max_frames: int = 32
     cluster_vertices: int = 3000
     weld_tolerance: float = 1e-6
@@ -210,14 +217,22 @@ def relative_rotation_deg(transforms_a: np.ndarray, transforms_b: np.ndarray) ->
 
 
 def centre_of_rotation(transforms_a: np.ndarray, transforms_b: np.ndarray, border_centre: np.ndarray,
-                       border_weight: float) -> tuple[np.ndarray, float]:
+                       border_weight: float, hinge_ratio: float = 0.0) -> tuple[np.ndarray, float]:
     """The point both parts move alike: ``argmin_c sum_t |(R_a - R_b) c + (t_a - t_b)|^2 + K w |c - b|^2``.
+
+    The motion fixes ``c`` only across the directions the two parts rotate apart about: for a hinge,
+    ``sum_t (R_a - R_b)^T (R_a - R_b)`` has a near-zero eigenvalue along the hinge's axis, and a joint left
+    to the small pull ``w`` there slides along the axis, out of the body, to absorb a little wobble (on
+    the Khronos Fox run, hip and shoulder joints landed 0.13-0.25 from their borders, outside the legs).
+    Directions whose eigenvalue is below ``hinge_ratio`` times the largest take the border's coordinate
+    exactly; the others are the motion's (with the pull ``w``).
 
     Args:
         transforms_a, transforms_b: float ``[K, 4, 4]`` rigid motions (anchor -> frame t) of the two parts.
         border_centre: float ``[3]``: the centre of their shared border ``b`` (fixes the free directions:
             a hinge's axis, or everything when the parts never move apart).
         border_weight: ``w`` per frame.
+        hinge_ratio: eigenvalue ratio below which a direction counts as the hinge's axis (0: none).
     Returns:
         the centre ``float64 [3]`` and the RMS over frames of the joint's residual (how far the two parts
         pull the joint apart: ~0 for a true ball or hinge joint).
@@ -225,9 +240,12 @@ def centre_of_rotation(transforms_a: np.ndarray, transforms_b: np.ndarray, borde
     dR = transforms_a[:, :3, :3] - transforms_b[:, :3, :3]  # [K, 3, 3]
     dt = transforms_a[:, :3, 3] - transforms_b[:, :3, 3]  # [K, 3]
     K = len(dR)
-    A = np.einsum("kab,kac->bc", dR, dR) + K * border_weight * np.eye(3)
-    rhs = -np.einsum("kab,ka->b", dR, dt) + K * border_weight * border_centre
-    c = np.linalg.solve(A, rhs)
+    ev, basis = np.linalg.eigh(np.einsum("kab,kac->bc", dR, dR))  # ascending, columns = directions
+    rhs = basis.T @ (-np.einsum("kab,ka->b", dR, dt) + K * border_weight * border_centre)
+    coords = rhs / (ev + K * border_weight)
+    axis = ev < hinge_ratio * ev[-1]
+    coords[axis] = (basis.T @ border_centre)[axis]
+    c = basis @ coords
     residual = np.einsum("kab,b->ka", dR, c) + dt
     return c, float(np.sqrt((residual ** 2).sum(axis=1).mean()))
 
@@ -716,7 +734,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
     joint_of: dict[tuple[int, int], np.ndarray] = {}
     link_cost: dict[tuple[int, int], float] = {}
     for (a, b), border in links.items():
-        c, res = centre_of_rotation(transforms[:, a], transforms[:, b], border, cfg.border_weight)
+        c, res = centre_of_rotation(transforms[:, a], transforms[:, b], border, cfg.border_weight, cfg.hinge_ratio)
         if np.linalg.norm(c - border) > 0.25:  # runaway solve (nearly parallel motions): the border
             c = border
         joint_of[(a, b)] = c
@@ -807,6 +825,43 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
     return dict(joints=np.asarray(bones_joint), parents=np.asarray(bones_parent), bone_of_vertex=bone_of_vertex,
                 parts=parts, n_parts=P, n_moving=int(moving.sum()),
                 spacing=spacing, n_clusters=int(clusters.max()) + 1)
+
+
+def pull_joints_inside(joints: np.ndarray, anchor: np.ndarray, faces: np.ndarray, spacing: float,
+                       tries: int = 4) -> tuple[np.ndarray, int]:
+    """Move joints that lie outside the anchor mesh to the centre of the surface around them.
+
+    A joint is outside when the mesh's generalized winding number there is below 0.5 in magnitude
+    (:func:`backend.metrics.winding_numbers`). Its replacement is the mean of the anchor vertices within
+    ``r`` of it, ``r`` starting at twice its distance to the nearest vertex (at least a quarter ``spacing``)
+    and growing 1.5x per try while that mean is still outside; a joint with no inside candidate stays.
+
+    Args:
+        joints: float ``[J, 3]``; anchor: float ``[V, 3]``; faces: int ``[F, 3]`` (welded: a closed
+            surface where the mesh is one); spacing: the skeleton's bone spacing.
+    Returns:
+        the joints ``float64 [J, 3]`` (a copy) and how many moved.
+    """
+    from backend.metrics import winding_numbers
+
+    out = np.array(joints, dtype=np.float64)
+    outside = np.flatnonzero(np.abs(winding_numbers(out, anchor, faces)) < 0.5)
+    if len(outside) == 0:
+        return out, 0
+    tree = cKDTree(anchor)
+    moved = 0
+    for j in outside:
+        d0, _ = tree.query(out[j])
+        r = max(2.0 * d0, 0.25 * spacing)
+        for _ in range(tries):
+            near = tree.query_ball_point(out[j], r)
+            cand = anchor[near].mean(axis=0)
+            if abs(winding_numbers(cand[None], anchor, faces)[0]) >= 0.5:
+                out[j] = cand
+                moved += 1
+                break
+            r *= 1.5
+    return out, moved
 
 
 def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np.ndarray,
@@ -942,6 +997,11 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                                                                             anchor, plane)
         if n_recut:
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    n_pulled = 0
+    if cfg.pull_inside:
+        joints, n_pulled = pull_joints_inside(joints, anchor, welded_faces, built["spacing"])
+        if n_pulled:
+            tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
     n_end = 0
@@ -957,7 +1017,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
                  n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
-                 mirror_plane=mirror, n_mirror_recut_chains=n_recut,
+                 mirror_plane=mirror, n_mirror_recut_chains=n_recut, n_pulled_inside=n_pulled,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
