@@ -152,6 +152,53 @@ def test_joint_refinement_moves_misplaced_joints_toward_the_pivots():
         fit_motion(frames[0], frames, w, parents, None, faces, FitConfig(articulated=True))
 
 
+def test_joint_refinement_keeps_joints_inside_when_told_where_inside_is():
+    """``refine_joints(region=...)``: a joint whose free step would leave the allowed region stops at its edge
+    (the others move as without the constraint), and the step still lowers the error."""
+    from backend.rigging.fit.articulated import refine_joints
+
+    frames, faces, joints, parents, w, T = branching_sequence()
+    off = joints + 0.06 * np.random.default_rng(4).normal(size=joints.shape)
+    held = fit_motion(frames[0], frames, w, parents, off, faces, FitConfig(articulated=True, refine_joints=False))
+    anchor = frames[0].astype(np.float64)
+    frames_vm = np.ascontiguousarray(frames.transpose(1, 0, 2)).astype(np.float64)
+    J = len(parents)
+    idx, val = to_sparse_rows(held.weights.astype(np.float64), 4)
+    groups = bone_groups(idx, val, J)
+    free = refine_joints(anchor, frames_vm, groups, held.transforms, off, off, parents, 1e-3)
+    assert free is not None
+    step = np.linalg.norm(free[1] - off, axis=1)
+    j = int(np.argmax(step))
+    radius = 0.5 * step[j]  # "inside": within half the free step of joint j's prior; everywhere for the others
+
+    class Region:  # the interface of JointRegion, with a ball for joint j as its "mesh"
+        prior_inside = np.ones(J, dtype=bool)
+
+        def inside(self, pts: np.ndarray, which: np.ndarray) -> np.ndarray:
+            return (which != j) | (np.linalg.norm(pts - off[j], axis=1) <= radius + 1e-12)
+
+    kept = refine_joints(anchor, frames_vm, groups, held.transforms, off, off, parents, 1e-3, region=Region())
+    assert kept is not None
+    assert np.linalg.norm(kept[1][j] - off[j]) <= radius + 1e-6
+    assert np.linalg.norm(kept[1][j] - off[j]) > 0.8 * radius  # at the edge, not back at the prior
+    old_err = np.sum((frames_vm - blend_sparse(anchor, groups, held.transforms)) ** 2)
+    assert np.sum(kept[2] ** 2) < old_err
+    assert joint_separation(kept[0], kept[1], parents).max() < 1e-9
+
+
+def test_joint_region_tests_inside_a_closed_box_with_a_safe_ball_per_joint():
+    from backend.rigging.fit.articulated import JointRegion
+
+    v = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=np.float64)
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    faces = np.array([t for a, b, c, d in quads for t in ((a, b, c), (a, c, d))])
+    region = JointRegion(v, faces, np.array([[0.5, 0.5, 0.5], [0.9, 0.5, 0.5], [2.0, 0.5, 0.5]]))
+    assert region.prior_inside.tolist() == [True, True, False]
+    np.testing.assert_allclose(region.safe, [0.5, 0.1, 0.0])
+    pts = np.array([[0.6, 0.6, 0.6], [1.05, 0.5, 0.5], [0.95, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    assert region.inside(pts, np.array([0, 1, 1, 2])).tolist() == [True, False, True, True]
+
+
 def test_colocated_representatives_group_whole_trajectories():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 6, 3))

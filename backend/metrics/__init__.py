@@ -47,6 +47,7 @@ from .static_skeleton import (
     outside_fraction,
     sample_bones,
     static_skeleton_quality,
+    surface_distance,
     winding_numbers,
 )
 
@@ -56,5 +57,5 @@ __all__ = [
     "euclidean_mst", "gsd", "jad", "joint_separation", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
     "masked_renormalize", "match_joints", "motion_compensated_joint_drift", "mpjpe_anchor", "outside_fraction", "pjdd",
     "procrustes_align", "sample_bones", "skeleton_stability", "skin_consistency", "static_skeleton_quality",
-    "static_skinning_quality", "teacher_l1", "teacher_symkl", "topk_mask", "winding_numbers",
+    "static_skinning_quality", "surface_distance", "teacher_l1", "teacher_symkl", "topk_mask", "winding_numbers",
 ]

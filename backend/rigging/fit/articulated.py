@@ -304,9 +304,43 @@ class ArticulatedGaussNewton:
         return transforms, resid
 
 
+class JointRegion:
+    """Where the joints of a skeleton may go: inside the anchor mesh. Tested by the generalized winding
+    number (:func:`backend.metrics.winding_numbers`), skipped for a point within its joint's safe ball (the
+    given joint's distance to the surface, :func:`backend.metrics.surface_distance`), so that the fit's joint
+    steps, which move most joints a little, cost one winding-number pass per fit, not one per step.
+
+    Args:
+        verts: float ``[V, 3]`` the anchor; faces: int ``[F, 3]``; joints: float ``[J, 3]`` the given joints.
+    """
+
+    def __init__(self, verts: np.ndarray, faces: np.ndarray, joints: np.ndarray):
+        from backend.metrics import surface_distance, winding_numbers
+
+        self.verts, self.faces = np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64)
+        self.joints = np.asarray(joints, dtype=np.float64).reshape(-1, 3)
+        self.prior_inside = np.abs(winding_numbers(self.joints, self.verts, self.faces)) >= 0.5
+        self.safe = np.zeros(len(self.joints))
+        if self.prior_inside.any():
+            self.safe[self.prior_inside] = surface_distance(self.joints[self.prior_inside], self.verts, self.faces)
+
+    def inside(self, points: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """``bool [n]``: is ``points[i]`` (a position for joint ``which[i]``) inside the mesh."""
+        from backend.metrics import winding_numbers
+
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        which = np.asarray(which, dtype=np.int64).reshape(-1)
+        out = np.linalg.norm(pts - self.joints[which], axis=1) < self.safe[which]
+        rest = np.flatnonzero(~out)
+        if len(rest):
+            out[rest] = np.abs(winding_numbers(pts[rest], self.verts, self.faces)) >= 0.5
+        return out
+
+
 def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]],
                   transforms: np.ndarray, joints: np.ndarray, prior: np.ndarray, parents: np.ndarray,
-                  regularisation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+                  regularisation: float, region: JointRegion | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Move the joints (the pivots) and the root's path to fit the frames better, every bone's global rotation
     fixed: with the rotations fixed, an articulated motion's translations are linear in the anchor joints
     ``c`` and the root's posed joint ``q_k``, so the best ones solve one small linear least-squares problem,
@@ -320,6 +354,11 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
         transforms: articulated ``[K, J, 4, 4]`` for ``joints [J, 3]``; prior: ``[J, 3]``; parents: ``[J]`` with
             a single root (index 0).
         regularisation: weight of ``|| c - prior ||^2`` relative to the mean diagonal of the data term.
+        region: a :class:`JointRegion` made for ``prior``, or None. Given, a joint the step
+            would carry from inside the anchor mesh to outside is held at the last point inside on its way (found
+            by bisection; its pull made 1e6 times stronger) and the step solved again, twice at most: a thin
+            limb's best pivot for the data is often just outside its skin, where an animator sees the bone
+            poke out.
     Returns:
         ``(transforms, joints, resid)`` when the squared error drops, else None.
     """
@@ -360,17 +399,37 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
     lam = regularisation * max(float(np.trace(H_cc)) / (3 * J), 1e-30)
     n = 3 * J + 3 * K
     H = np.zeros((n, n))
-    H[:3 * J, :3 * J] = H_cc + lam * np.eye(3 * J)
+    H[:3 * J, :3 * J] = H_cc
     H[:3 * J, 3 * J:] = H_cq.transpose(1, 0, 2).reshape(3 * J, 3 * K)
     H[3 * J:, :3 * J] = H[:3 * J, 3 * J:].T
     H[3 * J:, 3 * J:] = float(V) * np.eye(3 * K)
-    b = np.concatenate([b_c + lam * np.asarray(prior, dtype=np.float64).ravel(), b_q.ravel()])
-    try:
-        z = np.linalg.solve(H, b)
-    except np.linalg.LinAlgError:
-        return None
-    c = z[:3 * J].reshape(J, 3)
-    q = z[3 * J:].reshape(K, 3)
+    prior = np.asarray(prior, dtype=np.float64).reshape(J, 3)
+    target = prior.copy()
+    pull = np.full(J, lam)
+    prior_inside = region.prior_inside if region is not None else None
+    for _ in range(3 if region is not None else 1):
+        H_reg = H.copy()
+        H_reg[np.arange(3 * J), np.arange(3 * J)] += np.repeat(pull, 3)
+        b = np.concatenate([b_c + (np.repeat(pull, 3) * target.ravel()), b_q.ravel()])
+        try:
+            z = np.linalg.solve(H_reg, b)
+        except np.linalg.LinAlgError:
+            return None
+        c = z[:3 * J].reshape(J, 3)
+        q = z[3 * J:].reshape(K, 3)
+        if prior_inside is None:
+            break
+        escaped = np.flatnonzero(prior_inside & ~region.inside(c, np.arange(J)) & (pull == lam))
+        if not len(escaped):
+            break
+        # hold each at the last point inside on its way from the prior (bisection along the step)
+        lo, hi = np.zeros(len(escaped)), np.ones(len(escaped))
+        for _ in range(6):
+            mid = 0.5 * (lo + hi)
+            ok = region.inside(prior[escaped] + mid[:, None] * (c[escaped] - prior[escaped]), escaped)
+            lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+        target[escaped] = prior[escaped] + lo[:, None] * (c[escaped] - prior[escaped])
+        pull[escaped] = lam * 1e6
     posed = np.zeros((K, J, 3))
     for j in range(J):
         p = int(parents[j])

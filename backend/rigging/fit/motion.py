@@ -13,7 +13,7 @@ from backend.skeleton import validate_tree
 
 from backend.sequence import colocated_representatives
 
-from .articulated import (ArticulatedGaussNewton, project_to_articulated, refine_joints, subtrees,
+from .articulated import (ArticulatedGaussNewton, JointRegion, project_to_articulated, refine_joints, subtrees,
                           update_articulated_transforms)
 from .solve import candidate_bones, mesh_neighbours, update_transforms, update_weights
 from .sparse import blend_sparse, bone_groups, one_hot, prune_weights, rms_vertex_error, sparse_to_dense, to_sparse_rows
@@ -86,6 +86,9 @@ class FitConfig:
             start trials) move the joints (and the root's path) to their least-squares best for the current
             rotations, regularised toward the given joints by ``joint_regularisation`` (relative to the data
             term); kept only where the error drops. :attr:`MotionFit.joints` holds the result.
+        keep_joints_inside: with ``refine_joints`` and ``faces``, a joint the step would carry out of the
+            anchor mesh (generalized winding number, :func:`backend.metrics.winding_numbers`) stays where it was
+            given (:func:`.articulated.refine_joints` ``inside``).
         weld_seams: vertices at the same position on every frame (the seams of flat-shaded or UV-split
             meshes) are fitted as one vertex, with the faces remapped so the weight smoothing sees the
             seam as connected, and get identical weights (so the seams cannot open).
@@ -120,6 +123,7 @@ class FitConfig:
     articulated_block_sweep: bool = True
     refine_joints: bool = True
     joint_regularisation: float = 1e-3
+    keep_joints_inside: bool = True
     weld_seams: bool = True
     seam_tol: float = 1e-6
 
@@ -173,13 +177,16 @@ class _TransformStep:
     """The transform side of the fit, free or articulated (``FitConfig.articulated``)."""
 
     def __init__(self, anchor: np.ndarray, frames_vm: np.ndarray, parents: np.ndarray, joints: np.ndarray | None,
-                 cfg: FitConfig):
+                 cfg: FitConfig, faces: np.ndarray | None = None):
         self.anchor, self.frames_vm, self.parents = anchor, frames_vm, parents
         self.articulated, self.lm_steps = cfg.articulated, cfg.articulated_lm_steps
         self.block_sweep = cfg.articulated_block_sweep
         self.refine_joints, self.joint_regularisation = cfg.articulated and cfg.refine_joints, cfg.joint_regularisation
         self.joints = None if joints is None else np.asarray(joints, dtype=np.float64)
         self.prior = self.joints
+        self.region = None
+        if self.refine_joints and cfg.keep_joints_inside and faces is not None and len(faces):
+            self.region = JointRegion(anchor, faces, self.joints)
         self.members = subtrees(parents) if cfg.articulated else None
 
     def start(self, transforms: np.ndarray) -> np.ndarray:
@@ -209,7 +216,7 @@ class _TransformStep:
         if not self.refine_joints:
             return
         out = refine_joints(self.anchor, self.frames_vm, groups, transforms, self.joints, self.prior, self.parents,
-                            self.joint_regularisation)
+                            self.joint_regularisation, self.region)
         if out is not None:
             transforms[:], self.joints, resid[:] = out[0], out[1], out[2]
 
@@ -336,7 +343,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     idx, val = to_sparse_rows(w0, M)
     tick(0.0)
     xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
-    step = _TransformStep(a, xv, parents, joints, cfg)
+    step = _TransformStep(a, xv, parents, joints, cfg, faces)
     transforms, borrowed = initial_transforms(a, x, w0, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
     transforms = step.start(transforms)
     scale = float(np.ptp(a, axis=0).max())
