@@ -356,7 +356,7 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
         regularisation: weight of ``|| c - prior ||^2`` relative to the mean diagonal of the data term.
         region: a :class:`JointRegion` made for ``prior``, or None. Given, a joint the step
             would carry from inside the anchor mesh to outside is held at the last point inside on its way (found
-            by bisection; its pull made 1e6 times stronger) and the step solved again, twice at most: a thin
+            by bisection; its pull made 1e9 times stronger) and the step solved again, four times at most: a thin
             limb's best pivot for the data is often just outside its skin, where an animator sees the bone
             poke out.
     Returns:
@@ -407,7 +407,8 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
     target = prior.copy()
     pull = np.full(J, lam)
     prior_inside = region.prior_inside if region is not None else None
-    for _ in range(3 if region is not None else 1):
+    rounds = 4 if region is not None else 0  # pinning rounds; every round ends with a solve
+    for round_ in range(rounds + 1):
         H_reg = H.copy()
         H_reg[np.arange(3 * J), np.arange(3 * J)] += np.repeat(pull, 3)
         b = np.concatenate([b_c + (np.repeat(pull, 3) * target.ravel()), b_q.ravel()])
@@ -417,7 +418,7 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
             return None
         c = z[:3 * J].reshape(J, 3)
         q = z[3 * J:].reshape(K, 3)
-        if prior_inside is None:
+        if prior_inside is None or round_ == rounds:
             break
         escaped = np.flatnonzero(prior_inside & ~region.inside(c, np.arange(J)) & (pull == lam))
         if not len(escaped):
@@ -429,7 +430,7 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
             ok = region.inside(prior[escaped] + mid[:, None] * (c[escaped] - prior[escaped]), escaped)
             lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
         target[escaped] = prior[escaped] + lo[:, None] * (c[escaped] - prior[escaped])
-        pull[escaped] = lam * 1e6
+        pull[escaped] = lam * 1e9
     posed = np.zeros((K, J, 3))
     for j in range(J):
         p = int(parents[j])
