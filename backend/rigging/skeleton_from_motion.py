@@ -734,7 +734,10 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
     joint_of: dict[tuple[int, int], np.ndarray] = {}
     link_cost: dict[tuple[int, int], float] = {}
     for (a, b), border in links.items():
-        c, res = centre_of_rotation(transforms[:, a], transforms[:, b], border, cfg.border_weight, cfg.hinge_ratio)
+        # the link's cost: how well a joint anywhere explains the pair's motion; its place: on the border
+        # along a hinge's axis
+        _, res = centre_of_rotation(transforms[:, a], transforms[:, b], border, cfg.border_weight)
+        c, _ = centre_of_rotation(transforms[:, a], transforms[:, b], border, cfg.border_weight, cfg.hinge_ratio)
         if np.linalg.norm(c - border) > 0.25:  # runaway solve (nearly parallel motions): the border
             c = border
         joint_of[(a, b)] = c
