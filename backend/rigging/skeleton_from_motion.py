@@ -84,6 +84,8 @@ class MotionSkeletonConfig:
         hinge_ratio: along a direction the two parts barely rotate apart about (eigenvalue below this
             share of the largest: a hinge's axis), the joint takes the border's coordinate
             (:func:`centre_of_rotation`).
+        pull_inside: joints left outside the anchor mesh move to the centre of the surface around them
+            (:func:`pull_joints_inside`).
         max_frames: frames used for the motion (evenly spaced, the anchor included).
         cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
             every vertex joins the cluster whose motion reproduces it best.

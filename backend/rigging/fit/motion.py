@@ -87,8 +87,8 @@ class FitConfig:
             rotations, regularised toward the given joints by ``joint_regularisation`` (relative to the data
             term); kept only where the error drops. :attr:`MotionFit.joints` holds the result.
         keep_joints_inside: with ``refine_joints`` and ``faces``, a joint the step would carry out of the
-            anchor mesh (generalized winding number, :func:`backend.metrics.winding_numbers`) stays where it was
-            given (:func:`.articulated.refine_joints` ``inside``).
+            anchor mesh (generalized winding number, :func:`backend.metrics.winding_numbers`) is held at the
+            last point inside on its step (:func:`.articulated.refine_joints` ``region``).
         weld_seams: vertices at the same position on every frame (the seams of flat-shaded or UV-split
             meshes) are fitted as one vertex, with the faces remapped so the weight smoothing sees the
             seam as connected, and get identical weights (so the seams cannot open).
