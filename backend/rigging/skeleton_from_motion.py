@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from scipy.spatial import cKDTree
 
+from backend.metrics import winding_numbers
 from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_rigid_fits
 from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
@@ -847,8 +848,6 @@ def pull_joints_inside(joints: np.ndarray, anchor: np.ndarray, faces: np.ndarray
     Returns:
         the joints ``float64 [J, 3]`` (a copy) and how many moved.
     """
-    from backend.metrics import winding_numbers
-
     out = np.array(joints, dtype=np.float64)
     outside = np.flatnonzero(np.abs(winding_numbers(out, anchor, faces)) < 0.5)
     if len(outside) == 0:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from backend.metrics import surface_distance, winding_numbers
+
 from .rigid import proper_rotation, rigid_matrix
 from .solve import _batched_spd_solve
 from .sparse import apply_transforms, homogeneous
@@ -315,8 +317,6 @@ class JointRegion:
     """
 
     def __init__(self, verts: np.ndarray, faces: np.ndarray, joints: np.ndarray):
-        from backend.metrics import surface_distance, winding_numbers
-
         self.verts, self.faces = np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64)
         self.joints = np.asarray(joints, dtype=np.float64).reshape(-1, 3)
         self.prior_inside = np.abs(winding_numbers(self.joints, self.verts, self.faces)) >= 0.5
@@ -326,8 +326,6 @@ class JointRegion:
 
     def inside(self, points: np.ndarray, which: np.ndarray) -> np.ndarray:
         """``bool [n]``: is ``points[i]`` (a position for joint ``which[i]``) inside the mesh."""
-        from backend.metrics import winding_numbers
-
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         which = np.asarray(which, dtype=np.int64).reshape(-1)
         out = np.linalg.norm(pts - self.joints[which], axis=1) < self.safe[which]
