@@ -71,13 +71,16 @@ def bending_chain(K: int = 16, seed: int = 0):
     return _animate(rest, bone, joints, parents, rot), faces, joints
 
 
-def two_legged(K: int = 16, separate: bool = False):
+def two_legged(K: int = 16, separate: bool = False, hat: bool = False):
     """A body along Z with two two-bone legs at x = +-0.12 (mirror plane x = 0), walking in antiphase.
 
-    With ``separate`` every bone is its own mesh piece (like a robot made of rigid parts). Frame 0 is the
-    rest pose."""
+    With ``separate`` every bone is its own mesh piece (like a robot made of rigid parts); with ``hat`` a
+    separate piece sits on the body and moves with it (an ornament of a rigid model). Frame 0 is the rest
+    pose."""
     body, body_f = _tube(np.stack([np.zeros(31), np.full(31, 0.12), np.linspace(-0.2, 0.4, 31)], axis=1), 0.09)
     pieces = [(body, body_f, 0)]
+    if hat:
+        pieces.append((*_tube(np.stack([np.zeros(9), np.full(9, 0.26), np.linspace(0.0, 0.12, 9)], axis=1), 0.03), 0))
     joints = [np.array([0.0, 0.1, 0.0])]
     parents = [-1]
     for side in (1.0, -1.0):
@@ -207,6 +210,18 @@ def test_two_legged_creature_mirrored_names(separate):
     right = {n[:-2] for n in skel.names if n.endswith(".R")}
     assert left and left == right
     assert any(n.startswith("leg") for n in skel.names)
+
+
+def test_separate_piece_moving_with_its_neighbour_gets_no_bone():
+    """A separate mesh piece that never moves relative to the body (a robot's head plate, an ornament) is part
+    of the body's bone, as a rigger weights it; separate pieces that move (the legs) keep their own bones."""
+    verts, faces, _ = two_legged(separate=True, hat=True)
+    skel = skeleton_from_motion(verts, faces)
+    _check_skeleton(skel, verts.shape[1])
+    bone = skel.init_weights.argmax(axis=1)
+    hat_bones = np.unique(bone[310:400])  # the hat's 90 vertices follow the body's 310
+    assert len(hat_bones) == 1 and hat_bones[0] in bone[:310]  # one bone, shared with the body
+    assert _nearest(skel.joints, verts[0, 310:400]).min() > 0.05  # no joint in or at the hat
 
 
 def test_detail_controls_the_bone_count():

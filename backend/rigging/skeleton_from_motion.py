@@ -77,8 +77,9 @@ class MotionSkeletonConfig:
             are then collapsed back to one bone per spacing).
         min_bone_fraction: a part whose joint is closer than this many spacings to its parent's joint
             (a blend zone, not a limb) joins its parent (not with an int ``detail``).
-        piece_fraction: a separate mesh piece with at least this share of the vertices keeps its own bone
-            (smaller ones join the piece they are nearest to when they move with it).
+        piece_fraction: separate mesh pieces merge like touching parts (a piece moving with the one it is
+            nearest to joins it, one moving apart keeps its bone); with an int ``detail`` the pieces with at
+            least this share of the vertices that move apart are the last to merge.
         min_tail_fraction: a chain's last bone shorter than this share of ``spacing`` joins its parent.
         border_weight: pull of a joint toward its parts' shared border, per frame (in squared rotation
             units: 0.02 is about an 8 degree rotation).
@@ -394,8 +395,9 @@ def merge_rigid_parts(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_mat
     part's vertices would move (RMS over frames) if it followed the union's one rigid motion,
     ``sqrt((E(a+b) - E(a) - E(b)) / (K min(n_a, n_b)))``. Merging goes on while the cheapest cost is
     below ``merge_error`` (or while more than ``target`` parts remain). Parts of separate mesh pieces
-    (linked only by their nearest vertices) merge only when the smaller has fewer than ``min_piece``
-    vertices: a separate rigid piece keeps its own bone, as a rigger would give it.
+    (linked only by their nearest vertices) that move apart (cost at least ``merge_error``) merge only when
+    the smaller has fewer than ``min_piece`` vertices: a separate rigid piece that moves keeps its own bone,
+    as a rigger would give it, and one that moves with its neighbour (a robot's head plates) joins it.
 
     Returns ``parts int64 [V]`` (renumbered) and their rigid motions ``float64 [K, P, 4, 4]``.
     """
@@ -411,7 +413,7 @@ def merge_rigid_parts(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_mat
     def cost_of(a: int, b: int) -> float:
         extra = moments.fit([a, b])[1] - own[a] - own[b]
         c = float(np.sqrt(max(extra, 0.0) / (K * min(moments.n[a], moments.n[b]))))
-        if (a, b) not in touching and min(moments.n[a], moments.n[b]) >= min_piece:
+        if (a, b) not in touching and min(moments.n[a], moments.n[b]) >= min_piece and c >= merge_error:
             c += 1e3  # separate pieces: last to merge (only to reach a requested count)
         return c
 
