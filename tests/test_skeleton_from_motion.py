@@ -257,6 +257,12 @@ def test_end_joints_only_at_the_tips_of_long_chains():
     assert t2.shape == j2.shape and t2[-1, 1] > 0.5
     validate_tree(p2, n_joints=len(j2))
     assert len(add_end_joints(joints, parents, tails, 0.1, 0, 0.5)[1]) == len(parents)  # 0: none
+    # a short limb whose tip is on the ground (a foot) gets one however short its chain
+    low = tails.copy()
+    low[6] = [0.3, -0.2, 0]
+    _, p3, _, ends3 = add_end_joints(joints, parents, low, 0.1, 4, 0.5, ground=-0.15)
+    assert ends3.tolist() == [4, 6] and p3.tolist() == parents.tolist() + [4, 6]
+    assert add_end_joints(joints, parents, low, 0.1, 4, 0.5)[3].tolist() == [4]  # no ground: no foot
     verts, faces, _ = bending_chain()
     plain = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(end_chain=0))
     ended = skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(end_chain=1))

@@ -100,6 +100,10 @@ class MotionSkeletonConfig:
             only child, joins the parent when the two bends follow each other over the clip (cosine of
             their rotation-vector series at least this; above 1: never): one blended joint cut in two
             by motion (not with an int ``detail``).
+        foot_height: a leaf whose tip lies within this share of the anchor's height above its lowest point
+            (a foot or hoof on the ground) gets an end joint at its tip however short its chain, as riggers
+            give feet a toe joint (0: none; never with an int ``detail``). End joints outside the mesh are
+            pulled in like the others (``pull_inside``).
         symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
             (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
             to one.
@@ -129,6 +133,7 @@ class MotionSkeletonConfig:
     end_fraction: float = 0.5
     smooth_cos: float = 0.95
     symmetric: bool = True
+    foot_height: float = 0.05
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -905,10 +910,11 @@ def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_
 
 
 def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, spacing: float, min_chain: int,
-                   min_length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """End joints at the tips of long limbs: every leaf whose chain (the leaf and its single-child
-    ancestors) has at least ``min_chain`` bones and whose tail lies more than ``min_length * spacing`` from
-    its joint gets a child bone from that tail, a quarter spacing long along the leaf, with no vertices of its own.
+                   min_length: float, ground: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """End joints at the tips of long limbs and feet: every leaf whose chain (the leaf and its single-child
+    ancestors) has at least ``min_chain`` bones, or whose tail's height (Y) is at most ``ground``, and whose
+    tail lies more than ``min_length * spacing`` from its joint gets a child bone from that tail, a quarter
+    spacing long along the leaf, with no vertices of its own.
 
     Args:
         joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first).
@@ -924,7 +930,9 @@ def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, s
         chain, p = 1, int(parents[leaf])
         while p >= 0 and n_children[p] == 1:
             chain, p = chain + 1, int(parents[p])
-        if min_chain > 0 and chain >= min_chain and np.linalg.norm(tails[leaf] - joints[leaf]) > min_length * spacing:
+        long_chain = min_chain > 0 and chain >= min_chain
+        foot = ground is not None and tails[leaf, 1] <= ground
+        if (long_chain or foot) and np.linalg.norm(tails[leaf] - joints[leaf]) > min_length * spacing:
             ends.append(int(leaf))
     if not ends:
         return joints, parents, tails, np.zeros(0, dtype=np.int64)
@@ -1012,9 +1020,17 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     J = len(parents)
     n_end = 0
     if target is None:
+        ground = anchor[:, 1].min() + cfg.foot_height * np.ptp(anchor[:, 1]) if cfg.foot_height > 0 else None
         joints, parents, tails, ends = add_end_joints(joints, parents, tails, built["spacing"], cfg.end_chain,
-                                                      cfg.end_fraction)
+                                                      cfg.end_fraction, ground)
         n_end = len(ends)
+        if n_end and cfg.pull_inside:  # a tip on a thin foot or ear can lie outside: pull it in too
+            heads, n_end_pulled = pull_joints_inside(joints[J:], anchor, welded_faces, built["spacing"])
+            if n_end_pulled:
+                direction = heads - joints[ends]
+                direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-12)
+                joints[J:], tails[J:] = heads, heads + 0.25 * built["spacing"] * direction
+                n_pulled += n_end_pulled
         J = len(parents)
     names, mirror = name_bones(joints, parents, anchor)
     weights = np.zeros((V, J), dtype=np.float32)
