@@ -222,6 +222,7 @@ def test_separate_piece_moving_with_its_neighbour_gets_no_bone():
     hat_bones = np.unique(bone[310:400])  # the hat's 90 vertices follow the body's 310
     assert len(hat_bones) == 1 and hat_bones[0] in bone[:310]  # one bone, shared with the body
     assert _nearest(skel.joints, verts[0, 310:400]).min() > 0.05  # no joint in or at the hat
+    assert len(set(bone[400:].tolist()) - set(bone[:310].tolist())) >= 4  # the four leg pieces keep bones
 
 
 def test_detail_controls_the_bone_count():
@@ -313,6 +314,8 @@ def test_bad_inputs_raise_clear_errors():
         skeleton_from_motion(bad, faces)
     with pytest.raises(ValueError, match="detail"):
         skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(detail="medium"))
+    with pytest.raises(ValueError, match="foot_height"):
+        skeleton_from_motion(verts, faces, config=MotionSkeletonConfig(foot_height=-0.1))
     with pytest.raises(ValueError, match="together"):
         skeleton_from_motion(verts, faces, prior_joints=np.zeros((3, 3)))
 

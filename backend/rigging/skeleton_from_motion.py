@@ -153,6 +153,8 @@ class MotionSkeletonConfig:
             raise ValueError(f"end_chain must be >= 0, got {self.end_chain}")
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
+        if not 0.0 <= self.foot_height < 1.0:
+            raise ValueError(f"foot_height must be in [0, 1), got {self.foot_height}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -910,7 +912,8 @@ def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_
 
 
 def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, spacing: float, min_chain: int,
-                   min_length: float, ground: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   min_length: float,
+                   ground: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """End joints at the tips of long limbs and feet: every leaf whose chain (the leaf and its single-child
     ancestors) has at least ``min_chain`` bones, or whose tail's height (Y) is at most ``ground``, and whose
     tail lies more than ``min_length * spacing`` from its joint gets a child bone from that tail, a quarter
