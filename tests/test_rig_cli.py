@@ -178,3 +178,21 @@ def test_rig_per_frame_writes_an_eval_input_that_sprig_eval_scores(tmp_path, che
     assert scored.returncode == 0, scored.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["topology_flicker"] is not None and result["skin_l1"] is not None
+
+
+def test_still_clip_rigs_with_a_warning_and_no_progress_lines_in_a_log(tmp_path, checkpoints):
+    """A clip that never moves still rigs (from its shape), with one warning saying so; with stderr going to a
+    file (not a terminal) no progress-bar updates fill it."""
+    seq = multipart_sequence(n_frames=4)
+    src = tmp_path / "still.npz"
+    np.savez(src, verts=np.repeat(seq.verts[:1], 4, axis=0), faces=seq.faces)
+    proc = sprig("rig", str(src), "-o", str(tmp_path / "still.glb"), "--checkpoints", str(checkpoints))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "still.glb").is_file()
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "does not move over its 4 frames" in warnings[0]
+    assert "%|" not in proc.stderr  # no tqdm bar lines
+    moving = tmp_path / "moving.npz"
+    np.savez(moving, verts=seq.verts, faces=seq.faces)
+    proc = sprig("rig", str(moving), "-o", str(tmp_path / "moving.glb"), "--checkpoints", str(checkpoints))
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr

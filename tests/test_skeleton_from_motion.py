@@ -131,6 +131,10 @@ def _check_skeleton(skel: RigSkeleton, V: int) -> None:
     J = len(skel.parents)
     validate_tree(skel.parents, n_joints=J)
     assert skel.joints.shape == (J, 3) and skel.tails.shape == (J, 3) and len(skel.names) == J
+    for j in range(J):  # a bone with one child ends where the child starts (Blender connects them)
+        kids = np.flatnonzero(skel.parents == j)
+        if len(kids) == 1:
+            np.testing.assert_allclose(skel.tails[j], skel.joints[kids[0]], atol=1e-9)
     assert len(set(skel.names)) == J
     assert skel.init_weights.shape == (V, J) and skel.init_weights.dtype == np.float32
     np.testing.assert_allclose(skel.init_weights.sum(axis=1), 1.0, atol=1e-6)

@@ -121,11 +121,31 @@ def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
                       per_frame=_per_input(args.per_frame, out_glb, ".npz") if args.per_frame is not None else None)
 
 
+STILL_TOLERANCE = 1e-5  # a clip whose vertices all move less than this share of the anchor diagonal is still
+
+
+def still_clip_warning(seq) -> str | None:
+    """A warning when the sequence gives no motion to rig (one frame, or frames that never change), else None:
+    such a clip still rigs, but its skeleton comes from the shape alone and the Action holds one pose."""
+    if seq.n_frames < 2:
+        return f"{seq.name}: one frame only: the skeleton comes from the shape alone and the rig has no motion"
+    anchor = seq.verts[0]
+    diag = float(np.linalg.norm(np.ptp(anchor, axis=0))) or 1.0
+    moved = max(float(np.abs(seq.verts[k] - anchor).max()) for k in range(1, seq.n_frames))
+    if moved / diag <= STILL_TOLERANCE:
+        return (f"{seq.name}: the mesh does not move over its {seq.n_frames} frames: the skeleton comes from the "
+                "shape alone and the rig has no motion")
+    return None
+
+
 def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=None) -> RigResult:
     """Load, rig and write the outputs of one sequence (each file written atomically). ``models``: the loaded
     models, or a function returning them (called only once the input has loaded, so a bad file is refused
     before any model is loaded)."""
     seq = load_sequence(path, frames=parse_frame_slice(args.frames))
+    warning = still_clip_warning(seq)
+    if warning is not None and not args.quiet:
+        print(f"warning: {warning}", file=sys.stderr)
     from backend.rigging.pipeline import RigConfig, rig_sequence
 
     if callable(models):
@@ -134,7 +154,8 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
                        per_frame_predictions=args.per_frame is not None, up_axis=args.up, proxy=args.proxy)
-    bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=args.quiet)
+    # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
+    bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
 
     def progress(stage: str, fraction: float) -> None:
         bar.set_postfix_str(stage)
@@ -217,7 +238,7 @@ def run_rig(args: argparse.Namespace) -> int:
         return loaded[0]
 
     failures: list[Path] = []
-    for path in tqdm(inputs, desc="sequences", unit="seq", disable=args.quiet or not batch):
+    for path in tqdm(inputs, desc="sequences", unit="seq", disable=True if args.quiet or not batch else None):
         outputs = planned[path]
         out = outputs.glb
         start = time.perf_counter()

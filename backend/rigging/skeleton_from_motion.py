@@ -1033,6 +1033,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 direction = heads - joints[ends]
                 direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), 1e-12)
                 joints[J:], tails[J:] = heads, heads + 0.25 * built["spacing"] * direction
+                tails[ends] = heads  # a limb's last bone still ends where its end bone starts
                 n_pulled += n_end_pulled
         J = len(parents)
     names, mirror = name_bones(joints, parents, anchor)
