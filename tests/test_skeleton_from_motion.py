@@ -387,3 +387,30 @@ def test_pull_joints_inside_moves_only_the_joints_outside_the_mesh():
     np.testing.assert_array_equal(pulled[0], joints[0])
     assert abs(winding_numbers(pulled[1:], verts, faces)[0]) >= 0.5
     assert np.linalg.norm(pulled[1] - joints[1]) < 0.15  # to the limb's axis nearby, not far along it
+
+
+def test_names_raised_leg_pairs_with_its_twin_and_hips_carry_the_hind_legs():
+    """A running quadruped at its anchor: one foreleg raised off the ground is still the twin of the other
+    (both ``leg``, one number, ``.L`` / ``.R``), and the chain behind the root that the hind legs leave is the
+    hips up to them, then the tail."""
+    from backend.rigging.naming import name_bones
+
+    joints = np.array([[0, 0.5, 0],  # 0 root
+                       [0, 0.55, 0.2], [0, 0.6, 0.35], [0, 0.7, 0.45],  # 1-3 spine, neck, head
+                       [0, 0.5, -0.2], [0, 0.55, -0.35], [0, 0.6, -0.5],  # 4-6 behind the root, then the tail
+                       [0.1, 0.45, -0.2], [0.1, 0.2, -0.2], [0.1, 0.0, -0.2],  # 7-9 hind leg L
+                       [-0.1, 0.45, -0.2], [-0.1, 0.2, -0.2], [-0.1, 0.0, -0.2],  # 10-12 hind leg R
+                       [0.1, 0.5, 0.2], [0.1, 0.25, 0.2], [0.1, 0.02, 0.2],  # 13-15 foreleg L, on the ground
+                       [-0.1, 0.5, 0.2], [-0.1, 0.4, 0.429], [-0.1, 0.45, 0.6535]],  # 16-18 foreleg R, raised
+                      dtype=np.float64)
+    parents = np.array([-1, 0, 1, 2, 0, 4, 5, 4, 7, 8, 4, 10, 11, 1, 13, 14, 1, 16, 17])
+    body = np.stack([np.zeros(40), np.full(40, 0.55), np.linspace(-0.5, 0.45, 40)], axis=1)
+    legs = np.concatenate([np.stack([np.full(20, x), np.linspace(0.0, 0.5, 20), np.full(20, z)], axis=1)
+                           for x in (0.1, -0.1) for z in (0.2, -0.2)])
+    names, mirror = name_bones(joints, parents, np.concatenate([body, legs]))
+    assert mirror is not None
+    fore_l, fore_r = names[13], names[16]
+    assert fore_l.startswith("leg") and fore_l.endswith(".L") and fore_r == fore_l[:-2] + ".R"
+    assert names[7][:-2] == names[10][:-2] and names[7].startswith("leg") and names[7] != fore_l[:-2] + ".L"
+    assert names[4] == "hips_01" and names[5:7] == ["tail_01", "tail_02"]
+    assert names[1:4] == ["spine_01", "neck", "head"]

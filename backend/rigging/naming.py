@@ -1,16 +1,18 @@
 """Readable bone names from a skeleton's structure: the anchor's bilateral mirror plane gives ``.L`` / ``.R``
 (Blender's convention), the chains leaving the root (each following its straightest continuation) are
-named by where they go: spine/neck/head up the middle, tail the other way, legs down the sides to the
-ground, arms otherwise, anything else ``boneN_NN``."""
+named by where they go: spine/neck/head up the middle, tail the other way (``hips`` up to the last bone
+hind limbs leave it), legs down the sides to the ground (and the mirror twin of a leg raised off it),
+arms otherwise, anything else ``boneN_NN``."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-MIRROR_TOLERANCE = 0.02  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
+MIRROR_TOLERANCE = 0.03  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
-GROUND_SHARE = 0.25  # a side chain ending in the lowest quarter of the anchor's height is a leg, else an arm
+GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
+PAIR_DISTANCE = 0.1  # mirrored chains of different kinds pair when their first joints mirror within this
 
 
 def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tuple[np.ndarray, float] | None:
@@ -115,20 +117,28 @@ def limb_kinds(chains: list[list[int]], joints: np.ndarray, anchor: np.ndarray) 
 
 
 def pair_mirrored_chains(chains: list[list[int]], chain_sides: list[str], joints: np.ndarray,
-                         plane: tuple[np.ndarray, float], kinds: list[str] | None = None) -> dict[int, int]:
-    """Left chain index -> right chain index: each left chain (in order) takes the free right chain (of the
-    same kind, when ``kinds`` is given) whose first joint is nearest its own first joint mirrored."""
+                         plane: tuple[np.ndarray, float], kinds: list[str] | None = None,
+                         max_distance: float = np.inf) -> dict[int, int]:
+    """Left chain index -> right chain index, closest pairs first: the distance of a (left, right) pair is
+    how far the right chain's first joint lies from the left one's mirrored plus the difference of their
+    lengths (along their joints), so a limb pairs with its twin rather than with a stub beside it; pairs (of the
+    same kind, when ``kinds`` is given) closer than ``max_distance`` are taken in order of that distance."""
     n, offset = plane
     left = [i for i, s in enumerate(chain_sides) if s == "L"]
-    right = [i for i, s in enumerate(chain_sides) if s == "R"]
-    paired: dict[int, int] = {}
+    right = [k for k, s in enumerate(chain_sides) if s == "R"]
+    arc = {i: float(np.linalg.norm(np.diff(joints[chains[i]], axis=0), axis=1).sum()) for i in left + right}
+    candidates = []
     for i in left:
         start = joints[chains[i][0]]
         mirrored = start - 2.0 * (start @ n - offset) * n
-        free = [k for k in right if k not in paired.values() and (kinds is None or kinds[k] == kinds[i])]
-        if free:
-            d = [np.linalg.norm(joints[chains[k][0]] - mirrored) for k in free]
-            paired[i] = free[int(np.argmin(d))]
+        for k in right:
+            d = float(np.linalg.norm(joints[chains[k][0]] - mirrored)) + abs(arc[i] - arc[k])
+            if d < max_distance and (kinds is None or kinds[k] == kinds[i]):
+                candidates.append((d, i, k))
+    paired: dict[int, int] = {}
+    for _, i, k in sorted(candidates):
+        if i not in paired and k not in paired.values():
+            paired[i] = k
     return paired
 
 
@@ -169,13 +179,29 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> t
             role = "bone"
         chains.append((role, s, chain))
 
+    # a "tail" chain that side chains (hind legs) leave is the rear of the body up to the last of them
+    starts_sided = {chain[0]: s for _, s, chain in chains}
+    hips_end = [-1] * len(chains)
+    for i, (role, _, chain) in enumerate(chains):
+        if role == "tail":
+            branched = [k for k, u in enumerate(chain)
+                        if any(starts_sided.get(int(c)) for c in np.flatnonzero(parents == u))]
+            hips_end[i] = max(branched) if branched else -1
     # number side chains so that mirrored ones share a number; central chains of one role likewise counted
     count: dict[tuple[str, str], int] = {}
     number: list[int] = [0] * len(chains)
     paired: dict[int, int] = {}
     if plane is not None:
-        paired = pair_mirrored_chains([c for _, _, c in chains], [sd for _, sd, _ in chains], joints, plane,
-                                      kinds=[r for r, _, _ in chains])
+        # mirrored chains pair by where they start (a limb posed off the ground on one side only, like a running
+        # fox's raised foreleg, is still its twin: the pair is a leg when either side reaches the ground), then
+        # what is left by kind
+        chain_list, chain_sides = [c for _, _, c in chains], [sd for _, sd, _ in chains]
+        paired = pair_mirrored_chains(chain_list, chain_sides, joints, plane, max_distance=PAIR_DISTANCE)
+        for i, k in paired.items():
+            role = "leg" if "leg" in (chains[i][0], chains[k][0]) else chains[i][0]
+            chains[i], chains[k] = (role, *chains[i][1:]), (role, *chains[k][1:])
+        rest = [sd if i not in paired and i not in paired.values() else "" for i, sd in enumerate(chain_sides)]
+        paired.update(pair_mirrored_chains(chain_list, rest, joints, plane, kinds=[r for r, _, _ in chains]))
     for i, (role, s, chain) in enumerate(chains):
         if s == "R" and i in paired.values():
             continue
@@ -201,6 +227,10 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> t
             labels = ["neck", "head"]
         elif role == "spine":
             labels = ["head"]
+        elif role == "tail" and hips_end[i] >= 0:  # the rear body the hind limbs hang from, then the tail
+            k0 = hips_end[i] + 1
+            hips = "hips" + tag[len("tail"):]  # numbered like the tails when there are several
+            labels = [f"{hips}_{k + 1:02d}" for k in range(k0)] + [f"{tag}_{k + 1:02d}" for k in range(len(chain) - k0)]
         else:
             labels = [f"{tag}_{k + 1:02d}" for k in range(len(chain))]
         for u, lab in zip(chain, labels):
