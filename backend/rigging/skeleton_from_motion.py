@@ -17,11 +17,11 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    fix, it takes the border's coordinate;
 5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
    from its joint; for the root part, distance along its principal axis from its centre), one bone per
-   connected piece of each level band, joints at the centres of the cross-sections; long leaf chains get
-   an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
+   connected piece of each level band, joints at the centres of the cross-sections; long leaf chains and
+   feet get an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
    (:func:`pull_joints_inside`);
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
-   chains from the root are named spine/neck/head, tail, leg or arm by where they go.
+   chains from the root are named spine/neck/head, hips/tail, leg or arm by where they go.
 """
 
 from __future__ import annotations
