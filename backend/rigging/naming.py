@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 MIRROR_TOLERANCE = 0.03  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
-PAIR_DISTANCE = 0.1  # mirrored chains of different kinds pair when their first joints mirror within this
+PAIR_DISTANCE = 0.1  # chains pair as mirror twins, whatever their kind, within this (start mismatch + length difference)
 
 
 def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tuple[np.ndarray, float] | None:
