@@ -254,7 +254,8 @@ def run_rig(args: argparse.Namespace) -> int:
             s = result.stats
             tqdm.write(f"{path.name}: {s['joints']} joints, {s['frames']} frames, recon mean "
                        f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
-                       f"PJDD(0-2) {s.get('pjdd')}, {time.perf_counter() - start:.1f} s -> {out}")
+                       f"PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
+                       f"{time.perf_counter() - start:.1f} s with loading -> {out}")
     if failures:
         tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed: {', '.join(str(p) for p in failures)}",
                    file=sys.stderr)
