@@ -60,9 +60,9 @@ class FitConfig:
             the others are dropped.
         max_fit_frames: when the weights are refined and the clip has more frames than this (> 0), the
             start and the alternations use this many evenly spaced keyframes (the first and the last
-            included); then, with the weights fixed, every frame's transforms get a Kabsch start (the
-            keyframes keep their refined ones) and ``keyframe_sweeps`` block-coordinate sweeps. 0: all
-            frames.
+            included); then, with the weights fixed, the other frames' transforms get a Kabsch start and up
+            to ``keyframe_sweeps`` block-coordinate sweeps (fewer when a sweep lowers their RMS error by less
+            than ``tol``); the keyframes keep their refined transforms. 0: all frames.
         candidates: a vertex's candidate bones in the weight solve: ``"motion"`` (its current support plus
             the ``motion_candidates`` bones whose rigid motion alone reproduces it best, re-chosen every
             alternation) or ``"tree"`` (its initial support plus, with ``neighbour_candidates``, their
@@ -249,27 +249,36 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     every frame's transforms fitted to those weights (see ``FitConfig.max_fit_frames``)."""
     K = x.shape[0]
     keys = np.unique(np.round(np.linspace(0, K - 1, cfg.max_fit_frames)).astype(np.int64))
-    share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over all frames
+    share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over the other frames
     sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
                      progress=lambda f: tick(share * f))
     joints = sub.joints
-    xv = np.ascontiguousarray(x.transpose(1, 0, 2))
     w = sub.weights.astype(np.float64)
     J = len(parents)
-    step = _TransformStep(a, xv, parents, joints, cfg)
-    transforms, _ = initial_transforms(a, x, w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
-    tick(share)  # polls cancellation
-    transforms = step.start(transforms)
+    transforms = np.empty((K, J, 4, 4))
     transforms[keys] = sub.transforms
+    # the other frames: a Kabsch start from the refined weights, then block sweeps (the keyframes keep theirs)
+    rest = np.setdiff1d(np.arange(K), keys)
+    xv = np.ascontiguousarray(x[rest].transpose(1, 0, 2))
+    step = _TransformStep(a, xv, parents, joints, cfg)
+    t_rest, _ = initial_transforms(a, x[rest], w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    tick(share)  # polls cancellation
+    t_rest = step.start(t_rest)
     idx, val = to_sparse_rows(w, min(cfg.max_influences, J))
     groups = bone_groups(idx, val, J)
-    resid = xv - blend_sparse(a, groups, transforms)
-    for s in range(cfg.keyframe_sweeps):
+    resid = xv - blend_sparse(a, groups, t_rest)
+    before = rms_vertex_error(resid)
+    for s in range(cfg.keyframe_sweeps):  # stops early like the alternations (``tol``)
         at = share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1)
         tick(at)
-        step.sweep(resid, groups, transforms, between=lambda: tick(at + 0.5 * (1.0 - share) / cfg.keyframe_sweeps))
+        step.sweep(resid, groups, t_rest, between=lambda: tick(at + 0.5 * (1.0 - share) / cfg.keyframe_sweeps))
+        after = rms_vertex_error(resid)
+        if before - after <= cfg.tol * before:
+            break
+        before = after
+    transforms[rest] = t_rest
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("keyframe fit: %d of %d frames, all-frame rmse %.3g", len(keys), K, rms_vertex_error(resid))
+        log.debug("keyframe fit: %d of %d frames, other frames' rmse %.3g", len(keys), K, rms_vertex_error(resid))
     tick(1.0)
     return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
                      seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist(), joints=step.joints)
