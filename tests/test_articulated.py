@@ -112,6 +112,32 @@ def test_articulated_updates_are_exact_and_never_raise_the_error():
             np.testing.assert_allclose(transforms, T, atol=1e-3)  # thin leaf bones: the spin is weakly determined
 
 
+
+def test_block_update_from_the_prediction_equals_the_sum_over_the_subtree():
+    """Given the frames, a subtree's part is the prediction minus the other bones' part: the same update as the
+    sum over the subtree's bones, to rounding, on overlapping (four-influence) weights."""
+    frames, faces, joints, parents, w, T = branching_sequence()
+    rng = np.random.default_rng(5)
+    start = T.copy()
+    start[1:, :, :3, :3] = start[1:, :, :3, :3] @ np.linalg.qr(np.eye(3) + 0.2 * rng.normal(size=(3, 3)))[0]
+    start[..., :3, :3] *= np.sign(np.linalg.det(start[..., :3, :3]))[..., None, None]
+    start = project_to_articulated(start, joints, parents)
+    anchor = frames[0]
+    xv = np.ascontiguousarray(frames.transpose(1, 0, 2))
+    w_blend = np.clip(w + 0.2 * rng.random(w.shape), 0, None)
+    w_blend /= w_blend.sum(1, keepdims=True)
+    groups = bone_groups(*to_sparse_rows(w_blend, 4), len(parents))
+    out = []
+    for given in (None, xv):
+        transforms = start.copy()
+        resid = xv - blend_sparse(anchor, groups, transforms)
+        for _ in range(3):
+            update_articulated_transforms(anchor, resid, groups, transforms, joints, parents, frames_vm=given)
+        out.append((transforms, resid))
+    assert np.abs(out[0][1]).max() > 1e-3  # not converged: the comparison is not between two exact fits
+    np.testing.assert_allclose(out[1][0], out[0][0], atol=1e-12)
+    np.testing.assert_allclose(out[1][1], out[0][1], atol=1e-12)
+
 def test_articulated_fit_reproduces_an_articulated_sequence_and_keeps_bones_attached():
     frames, faces, joints, parents, w, T = branching_sequence()
     rng = np.random.default_rng(1)

@@ -69,6 +69,30 @@ def bending_rig(rest: np.ndarray, n_frames: int = 8):
     return weights, T, joints, frames
 
 
+
+def test_proxy_faces_keep_the_mesh_orientation():
+    """The proxy of a closed oriented surface is a coarse oriented surface: winding number ~1 inside, ~0 outside
+    (the joints' inside tests run on it), and the same orientation turned around reads ~-1."""
+    from backend.metrics import winding_numbers
+
+    verts, faces = tube(n_rings=60, n_around=16)
+    caps = []  # close the tube's ends with a fan (outward-oriented like the side)
+    for ring, sign in ((0, -1), (59, 1)):
+        centre = len(verts) + len(caps)
+        caps.append([3.0 * ring / 59, 0.0, 0.0])
+        for a in range(16):
+            p, q = ring * 16 + a, ring * 16 + (a + 1) % 16
+            faces = np.vstack([faces, [[centre, q, p]] if sign < 0 else [[centre, p, q]]])
+    verts = np.vstack([verts, caps])
+    probe = np.array([[1.5, 0.0, 0.0], [0.7, 0.1, 0.0], [1.5, 0.6, 0.0], [4.0, 0.0, 0.0]])
+    full = winding_numbers(probe, verts, faces)
+    assert full[0] > 0.9 and full[1] > 0.9 and abs(full[2]) < 0.1 and abs(full[3]) < 0.1  # outward-oriented
+    proxy = build_proxy(verts, faces, colocated_representatives(verts[None]), 120)
+    coarse = winding_numbers(probe, verts[proxy.vertices], proxy.faces)
+    assert coarse[0] > 0.9 and coarse[1] > 0.9 and abs(coarse[2]) < 0.1 and abs(coarse[3]) < 0.1, coarse
+    flipped = winding_numbers(probe[:1], verts[proxy.vertices], proxy.faces[:, ::-1])
+    assert flipped[0] < -0.9
+
 def test_proxy_partitions_the_mesh():
     rest, faces = tube(seam=True)
     frames = bending_rig(rest)[3]

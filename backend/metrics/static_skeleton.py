@@ -111,14 +111,18 @@ def winding_numbers(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, ch
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     tri = np.asarray(verts, dtype=np.float64)[np.asarray(faces, dtype=np.int64)]  # [F, 3, 3]
+    corners = [np.ascontiguousarray(tri[:, i, k]) for i in range(3) for k in range(3)]  # 9 x [F]
     out = np.empty(len(pts))
     for s in range(0, len(pts), chunk):
-        rel = tri[None] - pts[s:s + chunk, None, None]  # [p, F, 3, 3]
-        a, b, c = rel[:, :, 0], rel[:, :, 1], rel[:, :, 2]
-        la, lb, lc = (np.linalg.norm(x, axis=-1) for x in (a, b, c))
-        det = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
-        den = (la * lb * lc + np.einsum("pfi,pfi->pf", a, b) * lc + np.einsum("pfi,pfi->pf", b, c) * la
-               + np.einsum("pfi,pfi->pf", c, a) * lb)
+        p = pts[s:s + chunk]
+        # corner vectors from the points, one [p, F] array per component (plain elementwise arithmetic)
+        ax, ay, az, bx, by, bz, cx, cy, cz = (corners[3 * i + k][None] - p[:, k:k + 1]
+                                              for i in range(3) for k in range(3))
+        la, lb, lc = np.sqrt(ax * ax + ay * ay + az * az), np.sqrt(bx * bx + by * by + bz * bz), \
+            np.sqrt(cx * cx + cy * cy + cz * cz)
+        det = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+        den = (la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+               + (cx * ax + cy * ay + cz * az) * lb)
         out[s:s + chunk] = 2.0 * np.arctan2(det, den).sum(axis=1) / (4.0 * np.pi)
     return out
 

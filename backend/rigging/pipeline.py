@@ -120,7 +120,7 @@ class RigConfig:
     device: str = "auto"
     max_influences: int = 4
     refine: bool = True
-    refine_iters: int = 15
+    refine_iters: int = 20
     skeleton: str = "motion"
     detail: str = "auto"
     articulated: bool = True
@@ -137,7 +137,7 @@ class RigConfig:
     per_frame_predictions: bool = False
     up_axis: str = "y"
     proxy: str = "auto"
-    proxy_threshold: int = 20000
+    proxy_threshold: int = 8000
     proxy_vertices: int = 4000
 
     def motion_detail(self) -> str | int:

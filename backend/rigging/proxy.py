@@ -159,11 +159,25 @@ def build_proxy(anchor: np.ndarray, faces: np.ndarray, representatives: np.ndarr
     else:
         cell_welded = np.arange(U)
     tick(0.9)
-    lab = np.sort(cell_welded[welded_faces], axis=1)
-    lab = lab[lab[:, 0] != lab[:, 2]]
-    proxy_faces = np.unique(lab, axis=0) if len(lab) else np.zeros((0, 3), dtype=np.int64)
+    proxy_faces = _cell_faces(cell_welded[welded_faces])
     return MeshProxy(vertices=keep[seeds].astype(np.int64), faces=proxy_faces.astype(np.int64),
                      cell=cell_welded[compact].astype(np.int64), representatives=rep)
+
+
+def _cell_faces(corner_cells: np.ndarray) -> np.ndarray:
+    """The proxy's faces from the cells of the mesh's triangle corners (``int [F, 3]``, the mesh's winding): a
+    triangle over three cells keeps its orientation (turned cyclically so its smallest cell comes first), so the
+    proxy is a coarse oriented surface whose winding numbers tell inside from outside like the mesh's; one over
+    two cells becomes the edge ``(a, b, b)`` (sorted; no area); duplicates are dropped. ``int64 [F_p, 3]``."""
+    lab = np.asarray(corner_cells, dtype=np.int64).reshape(-1, 3)
+    three = (lab[:, 0] != lab[:, 1]) & (lab[:, 1] != lab[:, 2]) & (lab[:, 0] != lab[:, 2])
+    tri = lab[three]
+    first = np.argmin(tri, axis=1)
+    tri = tri[np.arange(len(tri))[:, None], (first[:, None] + np.arange(3)) % 3]
+    edges = np.sort(lab[~three], axis=1)
+    edges = edges[edges[:, 0] != edges[:, 2]]
+    out = np.concatenate([tri, edges])
+    return np.unique(out, axis=0) if len(out) else np.zeros((0, 3), dtype=np.int64)
 
 
 def use_proxy(mode: str, n_verts: int, threshold: int) -> bool:

@@ -67,7 +67,8 @@ def project_to_articulated(transforms: np.ndarray, joints: np.ndarray, parents: 
 
 def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]],
                                   transforms: np.ndarray, joints: np.ndarray, parents: np.ndarray,
-                                  members: list[np.ndarray] | None = None) -> None:
+                                  members: list[np.ndarray] | None = None,
+                                  frames_vm: np.ndarray | None = None) -> None:
     """One parents-first sweep of exact block updates of the bones' local rotations (roots: rigid motions).
 
     Updates ``transforms float64 [K, J, 4, 4]`` (articulated on entry, see :func:`project_to_articulated`;
@@ -79,6 +80,10 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
         groups: per-bone sparse weights from :func:`bone_groups`.
         joints: ``[J, 3]`` anchor joints; parents: ``[J]`` (parents precede children).
         members: :func:`subtrees` of ``parents`` when the caller has them.
+        frames_vm: the frames (vertex-major ``[V, K, 3]``) when the caller has them: a subtree's part ``u`` is
+            then the prediction (frames minus residual) minus the other bones' part, which only the few
+            bones that share the subtree's vertices (its parent's side of the joint) have, instead of a sum
+            over every bone of the subtree (same result, far less work near the root).
     """
     K, J = transforms.shape[:2]
     parents = np.asarray(parents).reshape(-1)
@@ -87,6 +92,14 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
     ah = homogeneous(np.asarray(anchor, dtype=np.float64))
     V = ah.shape[0]
     slot = np.full(V, -1, dtype=np.int64)
+    touching = row_mass = None
+    in_subtree = np.zeros(J, dtype=bool)
+    if frames_vm is not None:
+        touching = np.zeros((V, J), dtype=bool)  # touching[v, b]: bone b weighs vertex v
+        row_mass = np.zeros(V)
+        for b, (v, w) in enumerate(groups):
+            touching[v, b] = True
+            row_mass[v] += w
     for j in range(J):
         bones = members[j]
         verts = np.unique(np.concatenate([groups[b][0] for b in bones]))
@@ -94,15 +107,29 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
             continue
         slot[verts] = np.arange(len(verts))
         pivot = transforms[:, j, :3, :3] @ c[j] + transforms[:, j, :3, 3]  # [K, 3] posed joint
-        u = np.zeros((len(verts), K, 3))
-        s = np.zeros(len(verts))
-        for b in bones:
-            v, w = groups[b]
-            if len(v) == 0:
-                continue
-            rows = slot[v]  # a vertex appears at most once per bone
-            u[rows] += w[:, None, None] * apply_transforms(transforms[:, b], ah[v])
-            s[rows] += w
+        if frames_vm is not None and len(bones) > 1:
+            # the prediction minus the part of the bones outside the subtree (they share only its border)
+            in_subtree[bones] = True
+            u = frames_vm[verts] - resid[verts]
+            s = row_mass[verts].copy()
+            for b in np.flatnonzero(touching[verts].any(axis=0) & ~in_subtree) if touching is not None else ():
+                v, w = groups[b]
+                shared = slot[v] >= 0
+                v, w = v[shared], w[shared]
+                rows = slot[v]
+                u[rows] -= w[:, None, None] * apply_transforms(transforms[:, b], ah[v])
+                s[rows] -= w
+            in_subtree[bones] = False
+        else:
+            u = np.zeros((len(verts), K, 3))
+            s = np.zeros(len(verts))
+            for b in bones:
+                v, w = groups[b]
+                if len(v) == 0:
+                    continue
+                rows = slot[v]  # a vertex appears at most once per bone
+                u[rows] += w[:, None, None] * apply_transforms(transforms[:, b], ah[v])
+                s[rows] += w
         slot[verts] = -1
         u -= s[:, None, None] * pivot[None]
         target = resid[verts] + u  # what the subtree's part should be, relative to the pivot

@@ -122,7 +122,7 @@ class FitConfig:
     articulated_lm_steps: int = 3
     articulated_block_sweep: bool = True
     refine_joints: bool = True
-    joint_regularisation: float = 1e-3
+    joint_regularisation: float = 2e-3
     keep_joints_inside: bool = True
     weld_seams: bool = True
     seam_tol: float = 1e-6
@@ -201,7 +201,7 @@ class _TransformStep:
         if self.articulated:
             if self.block_sweep or self.lm_steps <= 0:
                 update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
-                                              self.members)
+                                              self.members, self.frames_vm)
             if self.lm_steps > 0:
                 if between is not None:
                     between()
