@@ -313,7 +313,7 @@ def add_rig_command(subparsers) -> None:
                         "every bone a free rigid motion")
     p.add_argument("--proxy", choices=["auto", "on", "off"], default="auto",
                    help="rig through a proxy of ~4000 vertices, then give every vertex its weights: auto uses it "
-                        "above 8000 vertices (faster on large meshes, and as accurate)")
+                        "above 8000 vertices (much faster on large meshes)")
     p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",
                    help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
     p.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints",

@@ -118,7 +118,7 @@ class MotionSkeletonConfig:
     default_spacing: float = 0.11
     core_scale: float = 1.5
     min_part_fraction: float = 0.004
-    min_tail_fraction: float = 0.45
+    min_tail_fraction: float = 0.7
     piece_fraction: float = 0.02
     max_ring: float = 1.6
     band_fraction: float = 1.0

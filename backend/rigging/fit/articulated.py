@@ -112,7 +112,7 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
             in_subtree[bones] = True
             u = frames_vm[verts] - resid[verts]
             s = row_mass[verts].copy()
-            for b in np.flatnonzero(touching[verts].any(axis=0) & ~in_subtree) if touching is not None else ():
+            for b in np.flatnonzero(touching[verts].any(axis=0) & ~in_subtree):
                 v, w = groups[b]
                 shared = slot[v] >= 0
                 v, w = v[shared], w[shared]
