@@ -40,6 +40,7 @@ from .skinning import (
     topk_mask,
 )
 from .static_skeleton import (
+    FastWindingNumbers,
     StaticSkeletonQuality,
     cd_b2b,
     cd_j2b,
@@ -52,7 +53,7 @@ from .static_skeleton import (
 )
 
 __all__ = [
-    "DriftResult", "JointMatching", "SkeletonStability", "SkinConsistency", "SkinningQuality", "StabilityConfig",
+    "DriftResult", "FastWindingNumbers", "JointMatching", "SkeletonStability", "SkinConsistency", "SkinningQuality", "StabilityConfig",
     "StaticSkeletonQuality", "blrd", "carry_joints", "cd_b2b", "cd_j2b", "cd_j2j", "cons_improvement", "correspond",
     "euclidean_mst", "gsd", "jad", "joint_separation", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
     "masked_renormalize", "match_joints", "motion_compensated_joint_drift", "mpjpe_anchor", "outside_fraction", "pjdd",

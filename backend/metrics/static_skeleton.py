@@ -127,6 +127,72 @@ def winding_numbers(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, ch
     return out
 
 
+class FastWindingNumbers:
+    """Generalized winding numbers of one triangle mesh at many query points, fast: the faces are grouped
+    into spatial clusters (cells of a grid), and a cluster far from the query point (further than ``beta``
+    times its radius) contributes the solid angle of its summed vector area seen from its area-weighted
+    centre (the first-order far field of Barill et al. 2018, "Fast winding numbers for soups and clouds");
+    nearer clusters are summed exactly as :func:`winding_numbers` does. Built once per mesh; the error is
+    about 1e-3 inside or outside a closed surface, far below the 0.5 threshold used to tell them apart.
+
+    Args:
+        verts: float ``[V, 3]``; faces: int ``[F, 3]``.
+        faces_per_cluster: about this many faces per cluster; beta: far-field distance in cluster radii.
+    """
+
+    def __init__(self, verts: np.ndarray, faces: np.ndarray, faces_per_cluster: int = 48, beta: float = 2.0):
+        tri = np.asarray(verts, dtype=np.float64)[np.asarray(faces, dtype=np.int64).reshape(-1, 3)]  # [F, 3, 3]
+        self.beta = float(beta)
+        F = len(tri)
+        centroid = tri.mean(axis=1)
+        area_vec = 0.5 * np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # [F, 3] outward x area
+        lo, hi = (centroid.min(axis=0), centroid.max(axis=0)) if F else (np.zeros(3), np.ones(3))
+        n_cells = max(1, F // max(faces_per_cluster, 1))
+        step = max(float(np.prod(np.maximum(hi - lo, 1e-9))) / n_cells, 1e-30) ** (1.0 / 3.0)
+        key = np.floor((centroid - lo) / step).astype(np.int64) if F else np.zeros((0, 3), np.int64)
+        _, cluster = np.unique(key, axis=0, return_inverse=True)
+        cluster = cluster.reshape(-1)
+        order = np.argsort(cluster, kind="stable")
+        self.tri, cluster = tri[order], cluster[order]
+        C = int(cluster.max()) + 1 if F else 0
+        self.start = np.searchsorted(cluster, np.arange(C + 1))
+        area = np.linalg.norm(area_vec[order], axis=1)
+        weight = np.maximum(np.add.reduceat(area, self.start[:-1]) if C else np.zeros(0), 1e-300)
+        self.centre = (np.add.reduceat(centroid[order] * area[:, None], self.start[:-1]) / weight[:, None]
+                       if C else np.zeros((0, 3)))
+        self.dipole = np.add.reduceat(area_vec[order], self.start[:-1]) if C else np.zeros((0, 3))
+        corner_dist = np.linalg.norm(self.tri - self.centre[cluster][:, None], axis=2).max(axis=1)
+        self.radius = np.maximum.reduceat(corner_dist, self.start[:-1]) if C else np.zeros(0)
+
+    def __call__(self, points: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """float64 ``[P]``: the winding number at each of ``points [P, 3]``."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        out = np.zeros(len(pts))
+        if len(self.centre) == 0:
+            return out
+        for s in range(0, len(pts), chunk):
+            p = pts[s:s + chunk]
+            rel = self.centre[None] - p[:, None]  # [p, C, 3]
+            dist = np.linalg.norm(rel, axis=2)
+            far = dist > self.beta * self.radius[None]
+            d3 = np.where(far, dist, 1.0) ** 3
+            out[s:s + chunk] = (np.einsum("pci,ci->pc", rel, self.dipole) * far / d3).sum(axis=1) / (4.0 * np.pi)
+            qi, ci = np.nonzero(~far)  # (point, cluster) pairs summed exactly
+            if not len(qi):
+                continue
+            counts = self.start[ci + 1] - self.start[ci]
+            point_of = np.repeat(qi, counts)
+            face_of = np.repeat(self.start[ci] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            a, b, c = (self.tri[face_of, i] - p[point_of] for i in range(3))
+            la, lb, lc = (np.sqrt(np.einsum("fi,fi->f", x, x)) for x in (a, b, c))
+            det = np.einsum("fi,fi->f", a, np.cross(b, c))
+            den = (la * lb * lc + np.einsum("fi,fi->f", a, b) * lc + np.einsum("fi,fi->f", b, c) * la
+                   + np.einsum("fi,fi->f", c, a) * lb)
+            out[s:s + chunk] += np.bincount(point_of, weights=2.0 * np.arctan2(det, den),
+                                            minlength=len(p)) / (4.0 * np.pi)
+        return out
+
+
 def outside_fraction(joints: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> float:
     """Share of ``joints [J, 3]`` outside the mesh ``verts [V, 3]`` / ``faces [F, 3]`` (``|winding| < 0.5``):
     what an animator sees as bones sticking out of the body. An artist's rig scores a few percent (joints

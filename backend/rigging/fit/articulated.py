@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.metrics import surface_distance, winding_numbers
+from backend.metrics import FastWindingNumbers, surface_distance
 
 from .rigid import proper_rotation, rigid_matrix
 from .solve import _batched_spd_solve
@@ -335,7 +335,8 @@ class ArticulatedGaussNewton:
 
 class JointRegion:
     """Where the joints of a skeleton may go: inside the anchor mesh. Tested by the generalized winding
-    number (:func:`backend.metrics.winding_numbers`), skipped for a point within its joint's safe ball (the
+    number (:class:`backend.metrics.FastWindingNumbers`: the bisection in :func:`refine_joints` asks about a
+    few points at a time, many times), skipped for a point within its joint's safe ball (the
     given joint's distance to the surface, :func:`backend.metrics.surface_distance`), so that the fit's joint
     steps, which move most joints a little, cost one winding-number pass per fit, not one per step.
 
@@ -346,7 +347,8 @@ class JointRegion:
     def __init__(self, verts: np.ndarray, faces: np.ndarray, joints: np.ndarray):
         self.verts, self.faces = np.asarray(verts, dtype=np.float64), np.asarray(faces, dtype=np.int64)
         self.joints = np.asarray(joints, dtype=np.float64).reshape(-1, 3)
-        self.prior_inside = np.abs(winding_numbers(self.joints, self.verts, self.faces)) >= 0.5
+        self.winding = FastWindingNumbers(self.verts, self.faces)
+        self.prior_inside = np.abs(self.winding(self.joints)) >= 0.5
         self.safe = np.zeros(len(self.joints))
         if self.prior_inside.any():
             self.safe[self.prior_inside] = surface_distance(self.joints[self.prior_inside], self.verts, self.faces)
@@ -358,7 +360,7 @@ class JointRegion:
         out = np.linalg.norm(pts - self.joints[which], axis=1) < self.safe[which]
         rest = np.flatnonzero(~out)
         if len(rest):
-            out[rest] = np.abs(winding_numbers(pts[rest], self.verts, self.faces)) >= 0.5
+            out[rest] = np.abs(self.winding(pts[rest])) >= 0.5
         return out
 
 
