@@ -116,15 +116,22 @@ def winding_numbers(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, ch
     for s in range(0, len(pts), chunk):
         p = pts[s:s + chunk]
         # corner vectors from the points, one [p, F] array per component (plain elementwise arithmetic)
-        ax, ay, az, bx, by, bz, cx, cy, cz = (corners[3 * i + k][None] - p[:, k:k + 1]
-                                              for i in range(3) for k in range(3))
-        la, lb, lc = np.sqrt(ax * ax + ay * ay + az * az), np.sqrt(bx * bx + by * by + bz * bz), \
-            np.sqrt(cx * cx + cy * cy + cz * cz)
-        det = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
-        den = (la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
-               + (cx * ax + cy * ay + cz * az) * lb)
-        out[s:s + chunk] = 2.0 * np.arctan2(det, den).sum(axis=1) / (4.0 * np.pi)
+        rel = [corners[3 * i + k][None] - p[:, k:k + 1] for i in range(3) for k in range(3)]
+        out[s:s + chunk] = _solid_angles(*rel).sum(axis=1) / (4.0 * np.pi)
     return out
+
+
+def _solid_angles(*corners: np.ndarray) -> np.ndarray:
+    """Signed solid angles of triangles seen from the origin (Van Oosterom & Strackee), from their corners'
+    coordinates relative to the viewpoint: nine arrays ``ax, ay, az, bx, ..., cz`` of one shape (plain
+    elementwise arithmetic, faster than stacked vectors)."""
+    ax, ay, az, bx, by, bz, cx, cy, cz = corners
+    la, lb, lc = np.sqrt(ax * ax + ay * ay + az * az), np.sqrt(bx * bx + by * by + bz * bz), \
+        np.sqrt(cx * cx + cy * cy + cz * cz)
+    det = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+    den = (la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+           + (cx * ax + cy * ay + cz * az) * lb)
+    return 2.0 * np.arctan2(det, den)
 
 
 class FastWindingNumbers:
@@ -183,13 +190,8 @@ class FastWindingNumbers:
             counts = self.start[ci + 1] - self.start[ci]
             point_of = np.repeat(qi, counts)
             face_of = np.repeat(self.start[ci] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
-            a, b, c = (self.tri[face_of, i] - p[point_of] for i in range(3))
-            la, lb, lc = (np.sqrt(np.einsum("fi,fi->f", x, x)) for x in (a, b, c))
-            det = np.einsum("fi,fi->f", a, np.cross(b, c))
-            den = (la * lb * lc + np.einsum("fi,fi->f", a, b) * lc + np.einsum("fi,fi->f", b, c) * la
-                   + np.einsum("fi,fi->f", c, a) * lb)
-            out[s:s + chunk] += np.bincount(point_of, weights=2.0 * np.arctan2(det, den),
-                                            minlength=len(p)) / (4.0 * np.pi)
+            rel = [self.tri[face_of, i, k] - p[point_of, k] for i in range(3) for k in range(3)]
+            out[s:s + chunk] += np.bincount(point_of, weights=_solid_angles(*rel), minlength=len(p)) / (4.0 * np.pi)
         return out
 
 
