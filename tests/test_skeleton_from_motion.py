@@ -414,3 +414,33 @@ def test_names_raised_leg_pairs_with_its_twin_and_hips_carry_the_hind_legs():
     assert names[7][:-2] == names[10][:-2] and names[7].startswith("leg") and names[7] != fore_l[:-2] + ".L"
     assert names[4] == "hips_01" and names[5:7] == ["tail_01", "tail_02"]
     assert names[1:4] == ["spine_01", "neck", "head"]
+
+
+def test_a_limb_branching_off_the_other_sides_limb_hangs_from_the_body():
+    """A left thigh hung under the right one (a crotch part holding both thigh tops) moves to the nearest
+    ancestor that is central or on its own side; a chain that crosses the mirror plane with one child per
+    joint (a tail swinging sideways) and same-side branches stay as they are."""
+    from backend.rigging.symmetry import uncross_limbs
+
+    plane = (np.array([1.0, 0.0, 0.0]), 0.0)  # x > 0: left
+    joints = np.array([
+        [0.0, 0.2, 0.0],     # 0 root (central)
+        [-0.05, 0.0, 0.0],   # 1 crotch / right thigh top (R)
+        [-0.08, -0.2, 0.0],  # 2 right knee (R), child of 1
+        [0.06, -0.02, 0.0],  # 3 left thigh top (L), hung under 1: crossed
+        [0.08, -0.2, 0.0],   # 4 left knee (L)
+        [0.0, 0.1, -0.2],    # 5 tail base (central)
+        [0.05, 0.1, -0.3],   # 6 tail (L)
+        [-0.05, 0.1, -0.4],  # 7 tail (R), the only child of 6: a chain crossing the plane
+        [0.1, 0.15, 0.0],    # 8 left arm (L)
+        [0.2, 0.15, 0.0],    # 9 left forearm (L)
+        [0.2, 0.05, 0.0],    # 10 left hand branch (L): same side, stays
+    ])
+    parents = np.array([-1, 0, 1, 1, 3, 0, 5, 6, 0, 8, 8])
+    new, moved = uncross_limbs(joints, parents, plane)
+    assert moved == 1
+    assert new[3] == 0 and new[4] == 3  # the left thigh now hangs from the root, its knee still from it
+    np.testing.assert_array_equal(np.delete(new, 3), np.delete(parents, 3))
+    validate_tree(new, n_joints=len(joints))
+    same, none = uncross_limbs(joints, parents, None)  # no mirror plane: no sides, nothing moves
+    assert none == 0 and (same == parents).all()

@@ -42,7 +42,7 @@ from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
 from backend.rigging.naming import mirror_plane, name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
-from backend.rigging.symmetry import equalize_mirrored_chains
+from backend.rigging.symmetry import equalize_mirrored_chains, uncross_limbs
 from backend.sequence import colocated_representatives
 from backend.skeleton import reorder, topological_order, validate_tree
 
@@ -1019,6 +1019,11 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         joints, n_pulled = pull_joints_inside(joints, anchor, welded_faces, built["spacing"])
         if n_pulled:
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    n_uncrossed = 0
+    if plane is not None:
+        parents, n_uncrossed = uncross_limbs(joints, parents, plane)
+        if n_uncrossed:
+            tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
     n_end = 0
@@ -1043,7 +1048,8 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
                  n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
-                 mirror_plane=mirror, n_mirror_recut_chains=n_recut, n_pulled_inside=n_pulled,
+                 mirror_plane=mirror, n_mirror_recut_chains=n_recut, n_uncrossed_limbs=n_uncrossed,
+                 n_pulled_inside=n_pulled,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],

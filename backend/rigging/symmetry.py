@@ -118,3 +118,37 @@ def equalize_mirrored_chains(joints: np.ndarray, parents: np.ndarray, tails: np.
     inverse = np.empty_like(order)
     inverse[order] = np.arange(len(order))
     return joints, parents.astype(np.int64), inverse[bone_of_vertex], recut
+
+
+def uncross_limbs(joints: np.ndarray, parents: np.ndarray, plane: tuple[np.ndarray, float] | None
+                  ) -> tuple[np.ndarray, int]:
+    """Hang a limb that branches off the other side's limb from the nearest ancestor not on that side.
+
+    The motion parts of a crotch or a chest can hold the top of both thighs (or both shoulders), and the
+    spanning tree then hangs one leg under the other (CesiumMan's ``leg_01.L`` under ``leg_01.R``): rotating
+    one thigh would swing the other leg. A joint on one side whose parent is on the other side and has other
+    children (a branch, not a chain that crosses the mirror plane, like a tail swinging sideways) gets the
+    parent's nearest ancestor that is central or on its own side as parent; its position is unchanged.
+
+    Args:
+        joints: float ``[J, 3]``; parents: int ``[J]`` (parents precede children); plane: the mirror plane or None.
+    Returns:
+        ``(parents [J], number of joints re-hung)``; still topological.
+    """
+    parents = np.asarray(parents).copy()
+    if plane is None:
+        return parents, 0
+    side = joint_sides(joints, plane)
+    opposite = {"L": "R", "R": "L"}
+    moved = 0
+    for j in range(len(parents)):
+        p = int(parents[j])
+        if p < 0 or not side[j] or side[p] != opposite[side[j]] or np.count_nonzero(parents == p) < 2:
+            continue
+        while p >= 0 and side[p] == opposite[side[j]]:
+            p = int(parents[p])
+        if p >= 0:
+            parents[j] = p
+            moved += 1
+    return parents, moved
+
