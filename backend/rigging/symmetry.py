@@ -3,7 +3,8 @@
 The motion clustering sees each side separately, so a knee can come out as one part on the left and two on
 the right, and the shape chains can cut two mirrored legs into two and three bones. A rigger gives both
 sides the same bones; the skeleton from motion does the same here, before its bones get end joints and
-names, so that ``.L`` / ``.R`` chains match one to one (X-mirror posing and Symmetrize then work).
+names, so that ``.L`` / ``.R`` chains match one to one (X-mirror posing and Symmetrize then work). A limb
+that the spanning tree hung under the other side's limb hangs from the body instead (:func:`uncross_limbs`).
 """
 
 from __future__ import annotations
