@@ -80,15 +80,21 @@ def test_subtrees_of_a_branching_tree():
         [0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [2, 3], [3], [4, 5], [5]]
 
 
+def perturbed_start(T: np.ndarray, joints: np.ndarray, parents: np.ndarray, rng: np.random.Generator,
+                    scale: float) -> np.ndarray:
+    """The generating transforms ``T [K, J, 4, 4]`` with every frame but the first turned by one random
+    rotation (``scale`` of noise), projected back onto the articulated motions."""
+    start = T.copy()
+    start[1:, :, :3, :3] = start[1:, :, :3, :3] @ np.linalg.qr(np.eye(3) + scale * rng.normal(size=(3, 3)))[0]
+    start[..., :3, :3] *= np.sign(np.linalg.det(start[..., :3, :3]))[..., None, None]
+    return project_to_articulated(start, joints, parents)
+
+
 def test_articulated_updates_are_exact_and_never_raise_the_error():
     """Both transform updates lower the error monotonically from a perturbed start, keep the bones attached,
     keep the residual they carry equal to the true one, and reach the generating motion (GT weights)."""
     frames, faces, joints, parents, w, T = branching_sequence()
-    rng = np.random.default_rng(3)
-    start = T.copy()
-    start[1:, :, :3, :3] = start[1:, :, :3, :3] @ np.linalg.qr(np.eye(3) + 0.15 * rng.normal(size=(3, 3)))[0]
-    start[..., :3, :3] *= np.sign(np.linalg.det(start[..., :3, :3]))[..., None, None]
-    start = project_to_articulated(start, joints, parents)
+    start = perturbed_start(T, joints, parents, np.random.default_rng(3), 0.15)
     anchor = frames[0]
     xv = np.ascontiguousarray(frames.transpose(1, 0, 2))
     groups = bone_groups(*to_sparse_rows(w, 4), len(parents))
@@ -112,16 +118,12 @@ def test_articulated_updates_are_exact_and_never_raise_the_error():
             np.testing.assert_allclose(transforms, T, atol=1e-3)  # thin leaf bones: the spin is weakly determined
 
 
-
 def test_block_update_from_the_prediction_equals_the_sum_over_the_subtree():
     """Given the frames, a subtree's part is the prediction minus the other bones' part: the same update as the
     sum over the subtree's bones, to rounding, on overlapping (four-influence) weights."""
     frames, faces, joints, parents, w, T = branching_sequence()
     rng = np.random.default_rng(5)
-    start = T.copy()
-    start[1:, :, :3, :3] = start[1:, :, :3, :3] @ np.linalg.qr(np.eye(3) + 0.2 * rng.normal(size=(3, 3)))[0]
-    start[..., :3, :3] *= np.sign(np.linalg.det(start[..., :3, :3]))[..., None, None]
-    start = project_to_articulated(start, joints, parents)
+    start = perturbed_start(T, joints, parents, rng, 0.2)
     anchor = frames[0]
     xv = np.ascontiguousarray(frames.transpose(1, 0, 2))
     w_blend = np.clip(w + 0.2 * rng.random(w.shape), 0, None)
