@@ -140,7 +140,8 @@ class FastWindingNumbers:
     times its radius) contributes the solid angle of its summed vector area seen from its area-weighted
     centre (the first-order far field of Barill et al. 2018, "Fast winding numbers for soups and clouds");
     nearer clusters are summed exactly as :func:`winding_numbers` does. Built once per mesh; the error is
-    about 1e-3 inside or outside a closed surface, far below the 0.5 threshold used to tell them apart.
+    about 1e-2 (at most 0.03 measured near real meshes), far below the 0.5 threshold that tells inside from
+    outside.
 
     Args:
         verts: float ``[V, 3]``; faces: int ``[F, 3]``.
@@ -150,26 +151,27 @@ class FastWindingNumbers:
     def __init__(self, verts: np.ndarray, faces: np.ndarray, faces_per_cluster: int = 48, beta: float = 2.0):
         tri = np.asarray(verts, dtype=np.float64)[np.asarray(faces, dtype=np.int64).reshape(-1, 3)]  # [F, 3, 3]
         self.beta = float(beta)
-        F = len(tri)
+        if len(tri) == 0:  # no faces: winding number 0 everywhere
+            self.tri, self.start = tri, np.zeros(1, dtype=np.int64)
+            self.centre, self.dipole, self.radius = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
+            return
         centroid = tri.mean(axis=1)
         area_vec = 0.5 * np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # [F, 3] outward x area
-        lo, hi = (centroid.min(axis=0), centroid.max(axis=0)) if F else (np.zeros(3), np.ones(3))
-        n_cells = max(1, F // max(faces_per_cluster, 1))
+        lo, hi = centroid.min(axis=0), centroid.max(axis=0)
+        n_cells = max(1, len(tri) // max(faces_per_cluster, 1))
         step = max(float(np.prod(np.maximum(hi - lo, 1e-9))) / n_cells, 1e-30) ** (1.0 / 3.0)
-        key = np.floor((centroid - lo) / step).astype(np.int64) if F else np.zeros((0, 3), np.int64)
-        _, cluster = np.unique(key, axis=0, return_inverse=True)
+        _, cluster = np.unique(np.floor((centroid - lo) / step).astype(np.int64), axis=0, return_inverse=True)
         cluster = cluster.reshape(-1)
         order = np.argsort(cluster, kind="stable")
         self.tri, cluster = tri[order], cluster[order]
-        C = int(cluster.max()) + 1 if F else 0
-        self.start = np.searchsorted(cluster, np.arange(C + 1))
+        self.start = np.searchsorted(cluster, np.arange(int(cluster.max()) + 2))
+        first = self.start[:-1]
         area = np.linalg.norm(area_vec[order], axis=1)
-        weight = np.maximum(np.add.reduceat(area, self.start[:-1]) if C else np.zeros(0), 1e-300)
-        self.centre = (np.add.reduceat(centroid[order] * area[:, None], self.start[:-1]) / weight[:, None]
-                       if C else np.zeros((0, 3)))
-        self.dipole = np.add.reduceat(area_vec[order], self.start[:-1]) if C else np.zeros((0, 3))
+        weight = np.maximum(np.add.reduceat(area, first), 1e-300)
+        self.centre = np.add.reduceat(centroid[order] * area[:, None], first) / weight[:, None]
+        self.dipole = np.add.reduceat(area_vec[order], first)
         corner_dist = np.linalg.norm(self.tri - self.centre[cluster][:, None], axis=2).max(axis=1)
-        self.radius = np.maximum.reduceat(corner_dist, self.start[:-1]) if C else np.zeros(0)
+        self.radius = np.maximum.reduceat(corner_dist, first)
 
     def __call__(self, points: np.ndarray, chunk: int = 256) -> np.ndarray:
         """float64 ``[P]``: the winding number at each of ``points [P, 3]``."""
