@@ -1019,11 +1019,9 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         joints, n_pulled = pull_joints_inside(joints, anchor, welded_faces, built["spacing"])
         if n_pulled:
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
-    n_uncrossed = 0
-    if plane is not None:
-        parents, n_uncrossed = uncross_limbs(joints, parents, plane)
-        if n_uncrossed:
-            tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    parents, n_uncrossed = uncross_limbs(joints, parents, plane)  # no mirror plane: nothing moves
+    if n_uncrossed:
+        tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
     n_end = 0

@@ -152,4 +152,3 @@ def uncross_limbs(joints: np.ndarray, parents: np.ndarray, plane: tuple[np.ndarr
             parents[j] = p
             moved += 1
     return parents, moved
-
