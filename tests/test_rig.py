@@ -221,6 +221,18 @@ def test_bad_options_are_named(models):
         rig_sequence(seq, RigConfig(max_influences=0), models=models)
     with pytest.raises(ValueError, match="stop_after_repeats"):
         rig_sequence(seq, RigConfig(stop_after_repeats=-2), models=models)
+    with pytest.raises(ValueError, match="motion_candidates"):
+        rig_sequence(seq, RigConfig(motion_candidates=-1), models=models)
+
+
+def test_a_large_fit_gets_a_share_of_the_alternations_and_candidates():
+    cfg = RigConfig(refine_iters=40, motion_candidates=12)
+    small = cfg.motion_fit_config(large=False, refine_joints=True)
+    large = cfg.motion_fit_config(large=True, refine_joints=False)
+    assert (small.refine_iters, small.motion_candidates, small.refine_joints) == (40, 12, True)
+    assert (large.refine_iters, large.motion_candidates, large.refine_joints) == (20, 6, False)
+    assert small.articulated and small.max_influences == cfg.max_influences
+    assert RigConfig(refine=False).motion_fit_config(large=False, refine_joints=True).refine_iters == 0
 
 
 def test_frame_selection():

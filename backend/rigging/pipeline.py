@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 PAPER_PROTOCOL_FRAMES = 3  # paper §5.1: the anchor and the next two frames
 CPU_REPORT_FRAMES = 4  # skeleton frames for the report when the models run on a CPU (auto setting)
 CPU_SKIN_FRAMES = 4  # skinning frames for the heatmap when the models run on a CPU (auto setting)
+LARGE_FIT_SHARE = 0.5  # share of the alternations and motion candidates a large (proxy) fit gets
 
 
 class RigCancelled(RuntimeError):
@@ -63,7 +64,9 @@ class RigConfig:
         max_influences: non-zero weights per vertex after pruning (4 like glTF and game engines).
         refine: alternate transform/weight refinement after the rigid start (lower error; the weights
             then differ from the network's prediction).
-        refine_iters: at most this many refinement alternations.
+        refine_iters: at most this many refinement alternations (a large fit: see ``motion_fit_config``).
+        motion_candidates: candidate bones per vertex added from its own motion in the weight solve
+            (``FitConfig.motion_candidates``; a large fit: see ``motion_fit_config``).
         skeleton: where the rig's skeleton comes from: ``motion`` (joints where the clip's parts turn, chains
             along the limbs that never move, the generator's anchor skeleton as a prior; see
             :mod:`backend.rigging.skeleton_from_motion`) or ``network`` (the generator's anchor skeleton as is).
@@ -120,7 +123,8 @@ class RigConfig:
     device: str = "auto"
     max_influences: int = 4
     refine: bool = True
-    refine_iters: int = 20
+    refine_iters: int = 40
+    motion_candidates: int = 12
     skeleton: str = "motion"
     detail: str = "auto"
     articulated: bool = True
@@ -153,13 +157,25 @@ class RigConfig:
             raise ValueError(f"a detail bone count must be between 2 and 256, got {count}")
         return count
 
+    def motion_fit_config(self, large: bool, refine_joints: bool) -> FitConfig:
+        """The motion fit's options. ``large``: the fit runs on a proxy (or, in a refit, on more than
+        ``proxy_threshold`` vertices); it then gets ``LARGE_FIT_SHARE`` of the alternations and candidates,
+        which cost time in proportion to the vertices while the error of a proxy rig is set mostly by the
+        full-mesh weight pass (measured in ``docs/fitting.md``)."""
+        share = LARGE_FIT_SHARE if large else 1.0
+        return FitConfig(max_influences=self.max_influences,
+                         refine_iters=int(np.ceil(self.refine_iters * share)) if self.refine else 0,
+                         motion_candidates=int(np.ceil(self.motion_candidates * share)),
+                         articulated=self.articulated, refine_joints=refine_joints)
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
         max_points = 16384  # 32x the trained value; beyond it memory grows for no accuracy
         if not isinstance(self.n_points, int) or not 16 <= self.n_points <= max_points:
             raise ValueError(f"n_points must be an integer in [16, {max_points}], got {self.n_points!r}")
         # upper bounds: a request (e.g. a server line) must not buy an endless run or allocation
-        for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("max_joints", 1, 1024),
+        for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("motion_candidates", 0, 256),
+                                ("max_joints", 1, 1024),
                                 ("batch_frames", 1, 4096), ("stop_after_repeats", 0, 1024),
                                 ("proxy_threshold", 0, 2**31 - 1), ("proxy_vertices", 64, 1_000_000)):
             value = getattr(self, name)
@@ -553,8 +569,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     track("skinning", 1.0)
 
     # -- motion fit
-    fit_cfg = FitConfig(max_influences=cfg.max_influences, refine_iters=cfg.refine_iters if cfg.refine else 0,
-                        articulated=cfg.articulated, refine_joints=cfg.refine_joints)
+    fit_cfg = cfg.motion_fit_config(large=proxy is not None, refine_joints=cfg.refine_joints)
     track("fit", 0.0)
     try:
         fit = fit_motion(fit_verts[0], fit_verts, rig_weights, parents0, joints0, fit_faces, fit_cfg,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from backend.normalize import anchor_normalize
-from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights
+from backend.rigging.fit import FitCancelled, fit_motion, prune_weights
 from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, playback_quality
 from backend.rigging.result import RigResult
 from backend.rigging.rig_skeleton import RigSkeleton
@@ -153,7 +153,8 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
 
     The joints stay where the skeleton has them (``RigConfig.refine_joints`` is not applied), so the
     result's joints, tails and names are the skeleton's. Used options: ``max_influences``, ``refine``,
-    ``refine_iters``, ``articulated``, ``up_axis``.
+    ``refine_iters``, ``motion_candidates``, ``articulated``, ``up_axis``
+    (``proxy_threshold`` only to size the fit: :meth:`RigConfig.motion_fit_config`).
 
     Args:
         seq: the frames (frame 0 is the anchor, the skeleton's rest pose).
@@ -198,8 +199,7 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         start = nearest_bone_weights(anchor, joints_n, tails_n)
     rig_weights = prune_weights(start, cfg.max_influences)
 
-    fit_cfg = FitConfig(max_influences=cfg.max_influences, refine_iters=cfg.refine_iters if cfg.refine else 0,
-                        articulated=cfg.articulated, refine_joints=False)
+    fit_cfg = cfg.motion_fit_config(large=V > cfg.proxy_threshold, refine_joints=False)
     track("fit", 0.0)
     try:
         fit = fit_motion(anchor, verts_n, rig_weights, parents, joints_n, seq.faces, fit_cfg,
