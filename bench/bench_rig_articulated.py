@@ -16,6 +16,10 @@ creatures, each with its artist / ground-truth skeleton:
 * ``recon``: mean / max reconstruction error, % of the diagonal; ``DB``: Dem Bones (``py-dem-bones``, the
   peer for mesh sequence -> skinned animation, free rigid bones, no hierarchy) at the rig's bone count on the
   real clips and the sample (target: ours <= 1.5x);
+* ``artist``: on the real clips, the articulated fit (``rig_sequence``'s fit options, joints held) on the
+  artist's own skeleton, started from the artist's weights (extra roots, e.g. IK controllers, hang from their
+  nearest earlier joint), and its ratio to Dem Bones at the artist's bone count: what an articulated rig with
+  the artist's joints reaches on that clip;
 * seconds of the whole ``rig_sequence`` call.
 
 The last line times ``rig_sequence`` on 60 frames x 9.3k vertices (CesiumMan subdivided once, as in
@@ -40,12 +44,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_articulated_fit import flat_shaded  # noqa: E402
-from bench_fit_vs_dembones import run_dembones  # noqa: E402
+from bench_fit_vs_dembones import error_pct, run_dembones  # noqa: E402
 from bench_rig_scaling import make_sequence  # noqa: E402
 from bench_skeleton import REALDATA, load_corpus, load_realdata, network_skeleton  # noqa: E402
 
 from backend.metrics import cd_j2j, kmeans_joints, outside_fraction  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
+from backend.rigging.fit import fit_motion  # noqa: E402
 from backend.rigging.pipeline import RigConfig, get_models, rig_sequence  # noqa: E402
 from backend.sequence import MeshSequence  # noqa: E402
 
@@ -62,6 +67,24 @@ def load_clips(n_corpus: int, cache: Path) -> list[dict]:
     if n_corpus:
         clips += load_corpus(ROOT / "runs" / "default" / "corpus", cache, n_corpus)
     return clips
+
+
+def artist_articulated(clip: dict, config: RigConfig) -> dict:
+    """The articulated fit on the artist's skeleton from the artist's weights, and Dem Bones at its bone count
+    (mean errors, % of the box diagonal). A second root (an IK controller that translates on its own) hangs from
+    the nearest joint before it, so the tree has one root as the articulated fit needs."""
+    verts = np.asarray(clip["verts"], dtype=np.float64)
+    joints = np.asarray(clip["joints"], dtype=np.float64)
+    parents = np.asarray(clip["parents"]).copy()
+    roots = np.flatnonzero(parents < 0)
+    for r in roots[1:]:
+        earlier = np.flatnonzero(np.arange(len(parents)) < r)
+        parents[r] = earlier[np.argmin(np.linalg.norm(joints[earlier] - joints[r], axis=1))]
+    fit = fit_motion(verts[0], verts, clip["weights"], parents, joints, clip["faces"],
+                     config.motion_fit_config(large=False, refine_joints=False))
+    db = run_dembones(dict(verts=verts, faces=clip["faces"], parents=parents), iterations=30)
+    return dict(artist_mean=error_pct(verts, fit.weights, fit.transforms)[0], artist_db_mean=db["mean"],
+                artist_roots=len(roots))
 
 
 def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
@@ -85,6 +108,8 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
         db = run_dembones(dict(verts=verts.astype(np.float64), faces=clip["faces"], parents=result.parents),
                           iterations=30, n_bones=len(result.parents))
         row.update(db_mean=db["mean"], db_bones=db["bones"], db_seconds=db["wall"])
+        if clip["set"] == "real":
+            row.update(artist_articulated(clip, config))
     return row
 
 
@@ -92,9 +117,11 @@ def fmt(r: dict) -> str:
     ratio = r["joints"] / r["gt_joints"]
     db = (f"{r['db_mean']:7.3f} {r['recon_mean'] / max(r['db_mean'], 1e-9):6.2f}x" if "db_mean" in r
           else f"{'-':>7s} {'-':>7s}")
+    artist = (f"{r['artist_mean']:6.3f} {r['artist_mean'] / max(r['artist_db_mean'], 1e-9):5.2f}x" if "artist_mean" in r
+              else f"{'-':>6s} {'-':>6s}")
     return (f"{r['name'][:28]:28s} {r['joints']:3d}/{r['gt_joints']:<3d} {ratio:4.2f} | {r['cd']:.4f} "
             f"{r['kmeans']:.4f} {r['net']:.4f} | {r['out']:4.2f} | {r['sep']:8.1e} {r['seam']:8.1e} | {r['recon_mean']:6.3f} "
-            f"{r['recon_max']:6.2f} | {db} | {r['seconds']:5.1f}")
+            f"{r['recon_max']:6.2f} | {db} | {artist} | {r['seconds']:5.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [rig_clip(c, config, models, not args.no_dembones) for c in tqdm(clips, desc="rigging")]
 
     print(f"{'clip':28s} {'J/GT':7s} {'ratio':4s} | {'CD-J2J k-means net':20s} | {'out':4s} | {'sep %':8s} {'seam %':8s} | "
-          f"{'recon % mean max':13s} | {'DB mean ratio':15s} | {'s':>5s}")
+          f"{'recon % mean max':13s} | {'DB mean ratio':15s} | {'artist ratio':13s} | {'s':>5s}")
     for group in ("real", "seams", "sample", "corpus"):
         part = [r for r in rows if r["set"] == group]
         if not part:
