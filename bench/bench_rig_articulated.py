@@ -81,7 +81,7 @@ def artist_articulated(clip: dict, config: RigConfig) -> dict:
         earlier = np.flatnonzero(np.arange(len(parents)) < r)
         parents[r] = earlier[np.argmin(np.linalg.norm(joints[earlier] - joints[r], axis=1))]
     fit = fit_motion(verts[0], verts, clip["weights"], parents, joints, clip["faces"],
-                     config.motion_fit_config(large=False, refine_joints=False))
+                     config.motion_fit_config(len(verts[0]), refine_joints=False))
     db = run_dembones(dict(verts=verts, faces=clip["faces"], parents=parents), iterations=30)
     return dict(artist_mean=error_pct(verts, fit.weights, fit.transforms)[0], artist_db_mean=db["mean"],
                 artist_roots=len(roots))

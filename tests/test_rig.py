@@ -20,7 +20,7 @@ from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGenerat
 from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
 from backend.normalize import anchor_normalize
 from backend.rigging.report import render_report, write_report
-from backend.rigging.pipeline import RigCancelled, RigConfig, rig_sequence, select_frames
+from backend.rigging.pipeline import LARGE_FIT_VERTICES, RigCancelled, RigConfig, rig_sequence, select_frames
 from backend.rigging.result import RigResult
 from backend.sequence import MeshSequence
 from backend.skeleton import validate_tree
@@ -225,14 +225,14 @@ def test_bad_options_are_named(models):
         rig_sequence(seq, RigConfig(motion_candidates=-1), models=models)
 
 
-def test_a_large_fit_gets_a_share_of_the_alternations_and_candidates():
+def test_a_fit_on_many_vertices_gets_a_share_of_the_alternations_and_candidates():
     cfg = RigConfig(refine_iters=40, motion_candidates=12)
-    small = cfg.motion_fit_config(large=False, refine_joints=True)
-    large = cfg.motion_fit_config(large=True, refine_joints=False)
+    small = cfg.motion_fit_config(LARGE_FIT_VERTICES, refine_joints=True)
+    large = cfg.motion_fit_config(LARGE_FIT_VERTICES + 1, refine_joints=False)
     assert (small.refine_iters, small.motion_candidates, small.refine_joints) == (40, 12, True)
     assert (large.refine_iters, large.motion_candidates, large.refine_joints) == (20, 6, False)
     assert small.articulated and small.max_influences == cfg.max_influences
-    assert RigConfig(refine=False).motion_fit_config(large=False, refine_joints=True).refine_iters == 0
+    assert RigConfig(refine=False).motion_fit_config(100, refine_joints=True).refine_iters == 0
 
 
 def test_frame_selection():

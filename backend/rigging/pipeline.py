@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 PAPER_PROTOCOL_FRAMES = 3  # paper §5.1: the anchor and the next two frames
 CPU_REPORT_FRAMES = 4  # skeleton frames for the report when the models run on a CPU (auto setting)
 CPU_SKIN_FRAMES = 4  # skinning frames for the heatmap when the models run on a CPU (auto setting)
-LARGE_FIT_SHARE = 0.5  # share of the alternations and motion candidates a large (proxy) fit gets
+LARGE_FIT_VERTICES = 3000  # a motion fit on more vertices than this (a proxy's included) is a large one ...
+LARGE_FIT_SHARE = 0.5  # ... and gets this share of the alternations and motion candidates
 
 
 class RigCancelled(RuntimeError):
@@ -64,9 +65,10 @@ class RigConfig:
         max_influences: non-zero weights per vertex after pruning (4 like glTF and game engines).
         refine: alternate transform/weight refinement after the rigid start (lower error; the weights
             then differ from the network's prediction).
-        refine_iters: at most this many refinement alternations (a large fit: see ``motion_fit_config``).
+        refine_iters: at most this many refinement alternations (a fit on many vertices gets fewer: see
+            ``motion_fit_config``).
         motion_candidates: candidate bones per vertex added from its own motion in the weight solve
-            (``FitConfig.motion_candidates``; a large fit: see ``motion_fit_config``).
+            (``FitConfig.motion_candidates``; a fit on many vertices gets fewer: see ``motion_fit_config``).
         skeleton: where the rig's skeleton comes from: ``motion`` (joints where the clip's parts turn, chains
             along the limbs that never move, the generator's anchor skeleton as a prior; see
             :mod:`backend.rigging.skeleton_from_motion`) or ``network`` (the generator's anchor skeleton as is).
@@ -157,12 +159,13 @@ class RigConfig:
             raise ValueError(f"a detail bone count must be between 2 and 256, got {count}")
         return count
 
-    def motion_fit_config(self, large: bool, refine_joints: bool) -> FitConfig:
-        """The motion fit's options. ``large``: the fit runs on a proxy (or, in a refit, on more than
-        ``proxy_threshold`` vertices); it then gets ``LARGE_FIT_SHARE`` of the alternations and candidates,
-        which cost time in proportion to the vertices while the error of a proxy rig is set mostly by the
-        full-mesh weight pass (measured in ``docs/fitting.md``)."""
-        share = LARGE_FIT_SHARE if large else 1.0
+    def motion_fit_config(self, n_vertices: int, refine_joints: bool) -> FitConfig:
+        """The motion fit's options for a fit on ``n_vertices`` vertices (the proxy's, with a proxy). A fit on
+        more than ``LARGE_FIT_VERTICES`` gets ``LARGE_FIT_SHARE`` of the alternations and candidates: both cost
+        time in proportion to the vertices, and there they gain little (measured in ``docs/fitting.md``: half
+        the time at 0-10 % more error on 4-8k-vertex clips; a proxy rig's error is set mostly by its full-mesh
+        weight pass)."""
+        share = LARGE_FIT_SHARE if n_vertices > LARGE_FIT_VERTICES else 1.0
         return FitConfig(max_influences=self.max_influences,
                          refine_iters=int(np.ceil(self.refine_iters * share)) if self.refine else 0,
                          motion_candidates=int(np.ceil(self.motion_candidates * share)),
@@ -569,7 +572,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     track("skinning", 1.0)
 
     # -- motion fit
-    fit_cfg = cfg.motion_fit_config(large=proxy is not None, refine_joints=cfg.refine_joints)
+    fit_cfg = cfg.motion_fit_config(len(fit_ids), refine_joints=cfg.refine_joints)
     track("fit", 0.0)
     try:
         fit = fit_motion(fit_verts[0], fit_verts, rig_weights, parents0, joints0, fit_faces, fit_cfg,

@@ -153,8 +153,8 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
 
     The joints stay where the skeleton has them (``RigConfig.refine_joints`` is not applied), so the
     result's joints, tails and names are the skeleton's. Used options: ``max_influences``, ``refine``,
-    ``refine_iters``, ``motion_candidates``, ``articulated``, ``up_axis``
-    (``proxy_threshold`` only to size the fit: :meth:`RigConfig.motion_fit_config`).
+    ``refine_iters``, ``motion_candidates`` (sized to the mesh: :meth:`RigConfig.motion_fit_config`),
+    ``articulated``, ``up_axis``.
 
     Args:
         seq: the frames (frame 0 is the anchor, the skeleton's rest pose).
@@ -199,7 +199,7 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         start = nearest_bone_weights(anchor, joints_n, tails_n)
     rig_weights = prune_weights(start, cfg.max_influences)
 
-    fit_cfg = cfg.motion_fit_config(large=V > cfg.proxy_threshold, refine_joints=False)
+    fit_cfg = cfg.motion_fit_config(V, refine_joints=False)
     track("fit", 0.0)
     try:
         fit = fit_motion(anchor, verts_n, rig_weights, parents, joints_n, seq.faces, fit_cfg,
