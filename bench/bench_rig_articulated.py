@@ -77,9 +77,8 @@ def artist_articulated(clip: dict, config: RigConfig) -> dict:
     joints = np.asarray(clip["joints"], dtype=np.float64)
     parents = np.asarray(clip["parents"]).copy()
     roots = np.flatnonzero(parents < 0)
-    for r in roots[1:]:
-        earlier = np.flatnonzero(np.arange(len(parents)) < r)
-        parents[r] = earlier[np.argmin(np.linalg.norm(joints[earlier] - joints[r], axis=1))]
+    for r in roots[1:]:  # joints before r are 0 .. r-1
+        parents[r] = int(np.argmin(np.linalg.norm(joints[:r] - joints[r], axis=1)))
     fit = fit_motion(verts[0], verts, clip["weights"], parents, joints, clip["faces"],
                      config.motion_fit_config(len(verts[0]), refine_joints=False))
     db = run_dembones(dict(verts=verts, faces=clip["faces"], parents=parents), iterations=30)
