@@ -444,3 +444,58 @@ def test_a_limb_branching_off_the_other_sides_limb_hangs_from_the_body():
     validate_tree(new, n_joints=len(joints))
     same, none = uncross_limbs(joints, parents, None)  # no mirror plane: no sides, nothing moves
     assert none == 0 and (same == parents).all()
+
+
+def _standing_quadruped_anchor(head_turn: float) -> np.ndarray:
+    """Points of a quadruped standing along +Z with its mirror plane at x = 0.06 (a body, four legs, a tail
+    behind, a head in front); the head (a fifth of the points) shifted ``head_turn`` to its left, which moves
+    the points' mean off that plane."""
+    rng = np.random.default_rng(0)
+
+    def blob(n: int, centre: list[float], radii: list[float]) -> np.ndarray:
+        d = rng.normal(size=(n, 3))
+        return np.asarray(centre) + np.asarray(radii) * d / np.linalg.norm(d, axis=1, keepdims=True)
+
+    body = blob(400, [0.06, 0.55, -0.1], [0.1, 0.08, 0.3])
+    legs = np.concatenate([np.stack([0.06 + x + 0.02 * np.cos(t), np.linspace(0.0, 0.5, 60), z + 0.02 * np.sin(t)],
+                                    axis=1) for x in (0.07, -0.07) for z in (0.1, -0.3)
+                           for t in [rng.uniform(0, 2 * np.pi, 60)]])
+    tail = np.stack([np.full(40, 0.06), np.linspace(0.5, 0.4, 40), np.linspace(-0.4, -0.6, 40)], axis=1)
+    head = blob(170, [0.06 + head_turn, 0.75, 0.3], [0.06, 0.06, 0.08])
+    return np.concatenate([body, legs, tail, head])
+
+
+def test_mirror_plane_through_the_body_when_the_head_is_turned():
+    """The plane is searched, not taken through the points' mean: with the head turned 0.06 to one side the
+    mean moves 0.008 off the body's middle, and the plane found still lies within 0.002 of x = 0.06."""
+    anchor = _standing_quadruped_anchor(0.06)
+    assert abs(anchor[:, 0].mean() - 0.06) > 0.006
+    plane = mirror_plane(anchor)
+    assert plane is not None
+    normal, offset = plane
+    assert abs(normal[0] - 1.0) < 1e-3 and abs(offset - 0.06) < 0.002
+
+
+def test_names_from_a_torso_hub_and_a_tucked_leg_pairs_with_its_twin():
+    """A root whose only child branches into spine, tail and four legs: that child is the ``torso`` and the
+    chains leaving it are named as if they left the root (spine / neck / head, tail, legs); a foreleg tucked
+    under the middle (its joints within the central band) takes the side its twin leaves free."""
+    from backend.rigging.naming import name_bones
+
+    anchor = _standing_quadruped_anchor(0.0)
+    joints = np.array([[0.06, 0.52, -0.1], [0.06, 0.55, -0.1],  # 0 root, 1 torso
+                       [0.06, 0.6, 0.15], [0.06, 0.7, 0.3], [0.06, 0.78, 0.42],  # 2-4 spine, neck, head
+                       [0.06, 0.55, -0.35], [0.06, 0.5, -0.45],  # 5-6 tail
+                       [0.16, 0.45, -0.35], [0.16, 0.2, -0.35], [0.16, 0.02, -0.35],  # 7-9 hind leg L
+                       [-0.04, 0.45, -0.35], [-0.04, 0.2, -0.35], [-0.04, 0.02, -0.35],  # 10-12 hind leg R
+                       [0.0, 0.45, 0.15], [0.0, 0.25, 0.12], [0.0, 0.05, 0.14],  # 13-15 foreleg R
+                       [0.075, 0.45, 0.15], [0.07, 0.25, 0.12], [0.075, 0.05, 0.14]],  # 16-18 foreleg L, tucked in
+                      dtype=np.float64)
+    parents = np.array([-1, 0, 1, 2, 3, 1, 5, 1, 7, 8, 1, 10, 11, 2, 13, 14, 2, 16, 17])
+    names, mirror = name_bones(joints, parents, anchor)
+    assert mirror is not None and abs(mirror["offset"] - 0.06) < 0.002
+    assert names[:2] == ["root", "torso"]
+    assert names[2:5] == ["spine_01", "neck", "head"]
+    assert names[5].startswith("tail") and names[6].startswith("tail")
+    assert names[7].endswith(".L") and names[10] == names[7][:-2] + ".R" and names[7].startswith("leg")
+    assert names[13].startswith("leg") and names[13].endswith(".R") and names[16] == names[13][:-2] + ".L"

@@ -1,6 +1,7 @@
 """Readable bone names from a skeleton's structure: the anchor's bilateral mirror plane gives ``.L`` / ``.R``
 (Blender's convention), the chains leaving the root (each following its straightest continuation) are
-named by where they go: spine/neck/head up the middle, tail the other way (``hips`` up to the last bone
+named by where they go (a root whose only child is the body's hub hands them to it, the ``torso``):
+spine/neck/head up the middle, tail the other way (``hips`` up to the last bone
 hind limbs leave it), legs down the sides to the ground (and the mirror twin of a leg raised off it),
 arms otherwise, anything else ``boneN_NN``."""
 
@@ -9,42 +10,65 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-MIRROR_TOLERANCE = 0.03  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
+MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
+MIRROR_COARSE_DEG = 5.0  # the plane search's first step between normals (degrees about the up axis)
 PAIR_DISTANCE = 0.1  # chains pair as mirror twins, whatever their kind, within this (start mismatch + length difference)
+
+
+def _mirror_mismatch(points: np.ndarray, tree: cKDTree, normal: np.ndarray, offset: float) -> float:
+    """Median distance from the points mirrored in the plane ``p . normal = offset`` to their nearest point."""
+    mirrored = points - 2.0 * ((points @ normal) - offset)[:, None] * normal
+    return float(np.median(tree.query(mirrored)[0]))
 
 
 def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tuple[np.ndarray, float] | None:
     """The anchor's bilateral mirror plane ``(normal [3], offset)`` (points ``p`` with ``p . n = offset``),
     or None when no vertical plane mirrors the vertices within ``tolerance`` (median nearest distance of
-    the mirrored vertices, in the normalized frame: the median lets a posed limb or two differ).
+    the mirrored vertices, in the normalized frame: the median lets a posed limb or two, a turned head or a
+    swung tail differ).
 
-    Candidates are vertical planes: normals along X, Z and the horizontal principal axes, each through the
-    vertices' mean (refined once by the mean of matched mid-points).
+    A search over vertical planes, coarse to fine: normals every ``MIRROR_COARSE_DEG`` degrees about the up
+    axis and offsets every 0.01 around the vertices' mean (on a subsample), then the best three refined to half a
+    degree and 0.001. The vertices' mean is not the plane: a head turned to one side moves it off the body's
+    middle (the Fox survey clip: 0.019 of the box).
     """
     a = np.asarray(anchor, dtype=np.float64)
+    rng = np.random.default_rng(0)
     if len(a) > 1500:
-        a = a[np.random.default_rng(0).choice(len(a), 1500, replace=False)]
-    tree = cKDTree(a)
-    flat = a[:, [0, 2]] - a[:, [0, 2]].mean(axis=0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    candidates = [np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])]
-    candidates += [np.array([v[0], 0.0, v[1]]) / np.linalg.norm(v) for v in vt]
+        a = a[rng.choice(len(a), 1500, replace=False)]
+    coarse = a if len(a) <= 400 else a[rng.choice(len(a), 400, replace=False)]
+    tree, coarse_tree = cKDTree(a), cKDTree(coarse)
+
+    def normal_at(deg: float) -> np.ndarray:
+        rad = np.radians(deg)
+        return np.array([np.cos(rad), 0.0, np.sin(rad)])
+
+    scored = []
+    for deg in np.arange(0.0, 180.0, MIRROR_COARSE_DEG):
+        n = normal_at(deg)
+        centre = float((a @ n).mean())
+        for offset in centre + np.arange(-0.15, 0.15 + 1e-9, 0.01):
+            scored.append((_mirror_mismatch(coarse, coarse_tree, n, offset), float(deg), float(offset)))
+    scored.sort()
     best: tuple[float, np.ndarray, float] | None = None
-    for n in candidates:
-        offset = float((a @ n).mean())
-        for _ in range(2):
-            mirrored = a - 2.0 * ((a @ n) - offset)[:, None] * n
-            d, k = tree.query(mirrored)
-            offset = float(0.5 * ((a @ n) + (a[k] @ n)).mean())
-        mirrored = a - 2.0 * ((a @ n) - offset)[:, None] * n
-        score = float(np.median(tree.query(mirrored)[0]))
-        if best is None or score < best[0]:
-            best = (score, n, offset)
+    for _, deg0, offset0 in scored[:3]:
+        for deg in deg0 + np.arange(-MIRROR_COARSE_DEG / 2, MIRROR_COARSE_DEG / 2 + 1e-9, 0.5):
+            n = normal_at(deg)
+            for offset in offset0 + np.arange(-0.01, 0.01 + 1e-9, 0.002):
+                score = _mirror_mismatch(a, tree, n, offset)
+                if best is None or score < best[0]:
+                    best = (score, n, float(offset))
+    _, n, offset = best
+    for o in offset + np.arange(-0.002, 0.002 + 1e-9, 0.001):  # the offset to 0.001 at the best normal
+        score = _mirror_mismatch(a, tree, n, o)
+        if score < best[0]:
+            best = (score, n, float(o))
     if best is None or best[0] > tolerance:
         return None
     _, n, offset = best
+    n = np.where(np.abs(n) < 1e-12, 0.0, n)
     # orient the normal so that +side is +X (or +Z): the character's left when it faces +Z (glTF)
     if n[0] < -1e-9 or (abs(n[0]) <= 1e-9 and n[2] < 0):
         n, offset = -n, -offset
@@ -60,11 +84,11 @@ def joint_sides(joints: np.ndarray, plane: tuple[np.ndarray, float] | None) -> n
     return np.where(signed > SIDE_TOLERANCE, "L", np.where(signed < -SIDE_TOLERANCE, "R", "")).astype(object)
 
 
-def skeleton_chains(joints: np.ndarray, parents: np.ndarray) -> list[tuple[int, list[int]]]:
-    """The tree cut into chains: from each child of the root, and then from every joint of a chain for each
-    child the chain does not continue to, follow the straightest continuation (the child whose bone turns
-    least; with no direction yet, the deepest). Returns ``(origin, chain)`` pairs, root chains first;
-    every joint but the root is in exactly one chain.
+def skeleton_chains(joints: np.ndarray, parents: np.ndarray, start: int | None = None) -> list[tuple[int, list[int]]]:
+    """The tree cut into chains: from each child of the root (or of ``start``), and then from every joint of a
+    chain for each child the chain does not continue to, follow the straightest continuation (the child whose
+    bone turns least; with no direction yet, the deepest). Returns ``(origin, chain)`` pairs, root chains
+    first; every joint below the root (``start``) is in exactly one chain.
     """
     joints = np.asarray(joints, dtype=np.float64)
     children: list[list[int]] = [[] for _ in range(len(parents))]
@@ -88,7 +112,7 @@ def skeleton_chains(joints: np.ndarray, parents: np.ndarray) -> list[tuple[int, 
             chain.append(nxt)
         return chain
 
-    root = int(np.flatnonzero(np.asarray(parents) < 0)[0])
+    root = int(np.flatnonzero(np.asarray(parents) < 0)[0]) if start is None else int(start)
     out: list[tuple[int, list[int]]] = []
     pending = [(root, c) for c in children[root]]
     while pending:
@@ -142,39 +166,53 @@ def pair_mirrored_chains(chains: list[list[int]], chain_sides: list[str], joints
     return paired
 
 
-def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> tuple[list[str], dict | None]:
+def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
+               plane: tuple[np.ndarray, float] | None | str = "search") -> tuple[list[str], dict | None]:
     """Names for the bones of a tree (``joints [J, 3]``, ``parents [J]`` in topological order).
 
-    Returns the ``J`` unique names and the mirror plane used (``{"normal": [3], "offset": float}`` or None).
+    ``plane``: the anchor's mirror plane when the caller has it (None: no sides); ``"search"`` finds it
+    (:func:`mirror_plane`). Returns the ``J`` unique names and the mirror plane used
+    (``{"normal": [3], "offset": float}`` or None).
     """
     joints = np.asarray(joints, dtype=np.float64)
     parents = np.asarray(parents)
     J = len(parents)
-    plane = mirror_plane(anchor)
+    if isinstance(plane, str):
+        plane = mirror_plane(anchor)
     side = joint_sides(joints, plane)
     root = int(np.flatnonzero(parents < 0)[0])
     names: list[str | None] = [None] * J
     names[root] = "root"
+    # the body's hub: a root whose only child branches three ways or more (the root's joint beside the body's
+    # centre, e.g. a motion skeleton whose root part moves as one) hands the chains to that child, the torso
+    kids = np.flatnonzero(parents == root)
+    hub = root
+    if len(kids) == 1 and int((parents == kids[0]).sum()) >= 3:
+        hub = int(kids[0])
+        names[hub] = "torso"
+    body = {root, hub}
 
-    all_chains = skeleton_chains(joints, parents)
+    all_chains = skeleton_chains(joints, parents, start=hub)  # with a torso, its children start the chains
     limb = limb_kinds([c for _, c in all_chains], joints, anchor)  # legs reach the ground, arms do not
-    # the chains leaving the root: the central one reaching highest is the spine (neck and head at its end)
-    central = [ch for origin, ch in all_chains if origin == root and chain_side(ch, side) == ""]
+    # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
+    central = [ch for origin, ch in all_chains if origin in body and chain_side(ch, side) == ""]
     spine_start, head_dir = None, None
     if central:
         ch = max(central, key=lambda c: joints[c[-1]][1])
-        if joints[ch[-1]][1] > joints[root][1]:
-            spine_start, head_dir = ch[0], joints[ch[-1]] - joints[root]
+        if joints[ch[-1]][1] > joints[hub][1]:
+            spine_start, head_dir = ch[0], joints[ch[-1]] - joints[hub]
     chains: list[tuple[str, str, list[int]]] = []  # (role, side, joints)
     for (origin, chain), kind in zip(all_chains, limb):
         leaf = chain[-1]
         s = chain_side(chain, side)
         if s:
             role = kind
-        elif origin == root and chain[0] == spine_start:
+        elif origin in body and chain[0] == spine_start:
             role = "spine"
-        elif head_dir is not None and float((joints[leaf] - joints[origin]) @ head_dir) < 0:
+        elif origin in body and head_dir is not None and float((joints[leaf] - joints[origin]) @ head_dir) < 0:
             role = "tail"
+        elif origin not in body and kind == "leg":  # a limb tucked under the body's middle (a raised foreleg)
+            role = "leg"
         else:
             role = "bone"
         chains.append((role, s, chain))
@@ -202,6 +240,27 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray) -> t
             chains[i], chains[k] = (role, *chains[i][1:]), (role, *chains[k][1:])
         rest = [sd if i not in paired and i not in paired.values() else "" for i, sd in enumerate(chain_sides)]
         paired.update(pair_mirrored_chains(chain_list, rest, joints, plane, kinds=[r for r, _, _ in chains]))
+        # a limb tucked under the middle (central "leg") is the twin of an unpaired limb on one side: it takes
+        # the other side
+        taken = set(paired) | set(paired.values())
+        for i, (role, sd, chain) in enumerate(chains):
+            if role != "leg" or sd or i in taken:
+                continue
+            for flip in ("L", "R"):
+                trial = ["" for _ in chains]
+                trial[i] = flip
+                for k, (_, sk, _) in enumerate(chains):
+                    if sk and sk != flip and k not in taken:
+                        trial[k] = sk
+                twin = pair_mirrored_chains(chain_list, trial, joints, plane, max_distance=PAIR_DISTANCE)
+                mine = [(a, b) for a, b in twin.items() if i in (a, b)]
+                if mine:
+                    chains[i] = (chains[i][0], flip, chain)
+                    k = mine[0][1] if mine[0][0] == i else mine[0][0]
+                    chains[k] = ("leg", chains[k][1], chains[k][2])
+                    paired[mine[0][0]] = mine[0][1]
+                    taken |= {i, k}
+                    break
     for i, (role, s, chain) in enumerate(chains):
         if s == "R" and i in paired.values():
             continue

@@ -21,7 +21,7 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    feet get an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
    (:func:`pull_joints_inside`);
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
-   chains from the root are named spine/neck/head, hips/tail, leg or arm by where they go.
+   chains from the root (or the torso it hangs) are named spine/neck/head, hips/tail, leg or arm by where they go.
 """
 
 from __future__ import annotations
@@ -1039,7 +1039,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 tails[ends] = heads  # a limb's last bone still ends where its end bone starts
                 n_pulled += n_end_pulled
         J = len(parents)
-    names, mirror = name_bones(joints, parents, anchor)
+    names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else "search")
     weights = np.zeros((V, J), dtype=np.float32)
     weights[np.arange(V), bone_of_vertex[group]] = 1.0
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
