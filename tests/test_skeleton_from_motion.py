@@ -10,7 +10,7 @@ from backend.rigging.naming import mirror_plane
 from backend.rigging.skeleton_from_motion import (MotionSkeletonConfig, RigSkeleton, _merge_smooth_bends,
                                                   add_end_joints, centre_of_rotation, rotation_vectors,
                                                   skeleton_from_motion, weld_colocated)
-from backend.skeleton import validate_tree
+from backend.skeleton import reorder, topological_order, validate_tree
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -499,3 +499,79 @@ def test_names_from_a_torso_hub_and_a_tucked_leg_pairs_with_its_twin():
     assert names[5].startswith("tail") and names[6].startswith("tail")
     assert names[7].endswith(".L") and names[10] == names[7][:-2] + ".R" and names[7].startswith("leg")
     assert names[13].startswith("leg") and names[13].endswith(".R") and names[16] == names[13][:-2] + ".L"
+
+
+def _box(lo: list[float], hi: list[float], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """A closed, outward-oriented box surface ``lo``..``hi`` with ``n`` segments per edge: verts, faces."""
+    lo_a, hi_a = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    verts, faces = [], []
+    for axis in range(3):
+        for side in (0, 1):
+            u, v = [a for a in range(3) if a != axis]
+            base = len(verts)
+            for i in range(n + 1):
+                for k in range(n + 1):
+                    p = np.empty(3)
+                    p[axis] = (lo_a, hi_a)[side][axis]
+                    p[u] = lo_a[u] + (hi_a[u] - lo_a[u]) * i / n
+                    p[v] = lo_a[v] + (hi_a[v] - lo_a[v]) * k / n
+                    verts.append(p)
+            for i in range(n):
+                for k in range(n):
+                    a, b, c, d = (base + i * (n + 1) + k, base + (i + 1) * (n + 1) + k,
+                                  base + i * (n + 1) + k + 1, base + (i + 1) * (n + 1) + k + 1)
+                    faces += [[a, b, c], [b, d, c]]
+    verts_a = np.asarray(verts)
+    faces_a = np.asarray(faces, dtype=np.int64)
+    # orient every face outward (the box is convex: its normal points away from the centre)
+    centre = 0.5 * (lo_a + hi_a)
+    tri = verts_a[faces_a]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    flip = ((tri.mean(axis=1) - centre) * normal).sum(axis=1) < 0
+    faces_a[flip] = faces_a[flip][:, ::-1]
+    return verts_a, faces_a
+
+
+def test_legs_starting_under_a_thick_body_get_hip_joints():
+    """A standing animal whose legs never move against the body: the legs' chains start where they leave the
+    belly; each gets a joint up the leg at the body's middle (a hip / shoulder), the leg hangs from it, and
+    the thigh's vertices inside the body go to it. A leg whose first joint is already in the body's middle
+    (a hip the motion found) gets none."""
+    from backend.rigging.skeleton_from_motion import add_limb_roots
+
+    body_v, body_f = _box([-0.12, 0.0, -0.4], [0.12, 0.3, 0.4])
+    verts, faces = [body_v], [body_f]
+    feet = [(-0.08, -0.3), (0.08, -0.3), (-0.08, 0.3), (0.08, 0.3)]
+    for x, z in feet:
+        v, f = _box([x - 0.03, -0.4, z - 0.03], [x + 0.03, 0.02, z + 0.03], n=4)
+        faces.append(f + sum(len(a) for a in verts))
+        verts.append(v)
+    anchor, faces_a = np.concatenate(verts), np.concatenate(faces)
+    # root in the body; legs 1-4 start at the belly (y = 0), each one bone down to its foot
+    joints = np.array([[0.0, 0.15, 0.0]] + [[x, 0.0, z] for x, z in feet])
+    parents = np.array([-1, 0, 0, 0, 0])
+    tails = np.array([[0.0, 0.15, 0.3]] + [[x, -0.4, z] for x, z in feet])
+    bone_of_vertex = np.zeros(len(anchor), dtype=np.int64)
+    for i, (x, z) in enumerate(feet):
+        in_leg = (np.abs(anchor[:, 0] - x) <= 0.031) & (np.abs(anchor[:, 2] - z) <= 0.031) & (anchor[:, 1] < 0.0)
+        bone_of_vertex[in_leg] = i + 1
+    out_j, out_p, out_bov, added = add_limb_roots(joints, parents, tails, bone_of_vertex, anchor, faces_a,
+                                                  spacing=0.1, ground=-0.2)
+    assert added == 4
+    hips = out_j[5:]
+    np.testing.assert_allclose(hips[:, [0, 2]], joints[1:, [0, 2]], atol=1e-9)  # straight up each leg
+    assert np.all(np.abs(hips[:, 1] - 0.15) <= 0.03)  # at the body's middle height
+    assert out_p[1:5].tolist() == [5, 6, 7, 8] and out_p[5:].tolist() == [0, 0, 0, 0]
+    for h in range(4):
+        mine = anchor[out_bov == 5 + h]
+        assert len(mine) > 0 and np.all(mine[:, 1] >= -1e-9)  # the thigh in the body, not the leg's own
+    order = topological_order(out_p)
+    validate_tree(reorder(out_j, out_p, order)[1], n_joints=9)
+
+    # the hips already where the motion put them (the body's middle): nothing is added
+    joints_hip = joints.copy()
+    joints_hip[1:, 1] = 0.15
+    tails_hip = tails.copy()
+    _, _, _, added = add_limb_roots(joints_hip, parents, tails_hip, bone_of_vertex, anchor, faces_a,
+                                    spacing=0.1, ground=-0.2)
+    assert added == 0

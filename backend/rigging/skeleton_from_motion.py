@@ -40,7 +40,7 @@ from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_ri
 from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
-from backend.rigging.naming import mirror_plane, name_bones
+from backend.rigging.naming import GROUND_SHARE, mirror_plane, name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.rigging.symmetry import equalize_mirrored_chains, uncross_limbs
 from backend.sequence import colocated_representatives
@@ -104,6 +104,9 @@ class MotionSkeletonConfig:
             (a foot or hoof on the ground) gets an end joint at its tip however short its chain, as riggers
             give feet a toe joint (0: none; never with an int ``detail``). End joints outside the mesh are
             pulled in like the others (``pull_inside``).
+        limb_roots: a leg whose chain starts below a thick body (its first joint where the limb leaves the
+            belly, as when the legs never move against the body) gets a joint where a rigger puts the hip or
+            shoulder: up the leg, at the body's middle (:func:`add_limb_roots`; never with an int ``detail``).
         symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
             (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
             to one.
@@ -134,6 +137,7 @@ class MotionSkeletonConfig:
     smooth_cos: float = 0.95
     symmetric: bool = True
     foot_height: float = 0.05
+    limb_roots: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -947,6 +951,85 @@ def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, s
             np.concatenate([tails, heads + 0.25 * spacing * direction]), ends_a)
 
 
+def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, bone_of_vertex: np.ndarray,
+                   anchor: np.ndarray, faces: np.ndarray, spacing: float, ground: float,
+                   step: float = 0.005) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Hip and shoulder joints for legs whose chain starts below a thick body.
+
+    The shape cut (level bands from the body's core) starts a leg where the leg leaves the belly, since a
+    band holding the thigh also holds belly; when the leg never moves against the body (a standing animal),
+    the motion does not move that joint up either, and the thigh rotates with the body. For every leg (a chain
+    of joints, each with one child, whose last bone's tail lies below ``ground``, Y up) whose first joint ``s``
+    is thin (its distance to the nearest vertex less than half the largest above it) the vertical line up from ``s``
+    is followed inside the mesh (across gaps shorter than a quarter ``spacing``: a limb modelled apart), and the point on it
+    farthest from the surface (the body's middle there) becomes a new joint between ``s`` and its parent when
+    it lies at least 0.75 ``spacing`` above ``s``. The vertices around that new bone (within twice the
+    leg's radius at ``s`` of the segment, not the leg's own) are given to it.
+
+    Args:
+        joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first); bone_of_vertex: int ``[V]``;
+        anchor: float ``[V, 3]``; faces: int ``[F, 3]`` (welded); ground: the height (Y) below which a chain
+        end stands on the floor.
+    Returns:
+        ``(joints [J', 3], parents [J'], bone_of_vertex [V], added)``, the new joints appended (a parent may
+        follow its child: reorder before use).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents).copy()
+    bone_of_vertex = np.asarray(bone_of_vertex).copy()
+    J = len(parents)
+    n_children = np.bincount(parents[parents >= 0], minlength=J)
+    tree = cKDTree(anchor)
+    new_joints: list[np.ndarray] = []
+    for leaf in np.flatnonzero(n_children == 0):
+        if tails[leaf, 1] > ground:
+            continue
+        chain = [int(leaf)]
+        while parents[chain[-1]] >= 0 and n_children[parents[chain[-1]]] == 1 and parents[parents[chain[-1]]] >= 0:
+            chain.append(int(parents[chain[-1]]))
+        chain = chain[::-1]  # start .. leaf
+        s = chain[0]
+        if parents[s] < 0:
+            continue
+        down = (joints[chain[1]] if len(chain) > 1 else tails[s]) - joints[s]
+        if down[1] > -0.5 * np.linalg.norm(down):  # not a leg standing under the body
+            continue
+        line = joints[s] + np.arange(0.0, 1.0, step)[:, None] * np.array([0.0, 1.0, 0.0])
+        inside = np.abs(winding_numbers(line, anchor, faces)) >= 0.5
+        if not inside[0]:
+            continue
+        # the inside run up from s, across gaps shorter than a quarter spacing (a limb modelled apart from
+        # the body, open seams)
+        run, gap = len(inside), 0
+        for i, flag in enumerate(inside):
+            gap = 0 if flag else gap + 1
+            if gap * step > 0.25 * spacing:
+                run = i - gap + 1
+                break
+        depth = tree.query(line[:run])[0]  # distance to the nearest vertex (the surface) along the run
+        if depth[0] >= 0.5 * depth.max():
+            continue  # the leg starts inside the body already (a hip found by the motion)
+        k = int(np.argmax(depth))
+        hip = line[k]
+        if np.linalg.norm(hip - joints[s]) < 0.75 * spacing:
+            continue
+        # the new bone's vertices: around the segment hip -> s, not the leg's own
+        seg = joints[s] - hip
+        length2 = float(seg @ seg)
+        t = np.clip(((anchor - hip) @ seg) / length2, 0.0, 1.0)
+        radial = np.linalg.norm(anchor - (hip + t[:, None] * seg), axis=1)
+        own = np.isin(bone_of_vertex, chain)
+        take = (~own) & (radial <= 2.0 * depth[0]) & (t > 0.0) & (t < 1.0)
+        new = J + len(new_joints)
+        bone_of_vertex[take] = new
+        parents = np.append(parents, parents[s])
+        parents[s] = new
+        new_joints.append(hip)
+    if not new_joints:
+        return joints, parents, bone_of_vertex, 0
+    return np.concatenate([joints, np.asarray(new_joints)]), parents, bone_of_vertex, len(new_joints)
+
+
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
                          config: MotionSkeletonConfig | None = None) -> RigSkeleton:
@@ -1022,6 +1105,18 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     parents, n_uncrossed = uncross_limbs(joints, parents, plane)  # no mirror plane: nothing moves
     if n_uncrossed:
         tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    n_limb_roots = 0
+    if target is None and cfg.limb_roots:
+        low = anchor[:, 1].min() + GROUND_SHARE * np.ptp(anchor[:, 1])
+        joints, parents, bone_of_vertex, n_limb_roots = add_limb_roots(joints, parents, tails, bone_of_vertex,
+                                                                        anchor, welded_faces, built["spacing"], low)
+        if n_limb_roots:
+            order = topological_order(parents)
+            joints, parents = reorder(joints, parents, order)
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            bone_of_vertex = inverse[bone_of_vertex]
+            tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
     n_end = 0
@@ -1047,7 +1142,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
                  n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
                  mirror_plane=mirror, n_mirror_recut_chains=n_recut, n_uncrossed_limbs=n_uncrossed,
-                 n_pulled_inside=n_pulled,
+                 n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
