@@ -575,3 +575,25 @@ def test_legs_starting_under_a_thick_body_get_hip_joints():
     _, _, _, added = add_limb_roots(joints_hip, parents, tails_hip, bone_of_vertex, anchor, faces_a,
                                     spacing=0.1, ground=-0.2)
     assert added == 0
+
+
+def test_a_chest_two_legs_leave_is_not_part_of_either_leg():
+    """Both forelegs hang from one central joint below the torso: that joint is the ``chest`` and the legs
+    are mirrored twins from their first sided joint on (not ``leg_01.R`` for the chest and a shifted left)."""
+    from backend.rigging.naming import name_bones
+
+    anchor = _standing_quadruped_anchor(0.0)
+    joints = np.array([[0.06, 0.52, -0.1], [0.06, 0.55, -0.1],  # 0 root, 1 torso
+                       [0.06, 0.6, 0.15], [0.06, 0.7, 0.3], [0.06, 0.78, 0.42],  # 2-4 spine, neck, head
+                       [0.06, 0.55, -0.35], [0.06, 0.5, -0.45],  # 5-6 tail
+                       [0.16, 0.45, -0.35], [0.16, 0.2, -0.35], [0.16, 0.02, -0.35],  # 7-9 hind leg L
+                       [-0.04, 0.45, -0.35], [-0.04, 0.2, -0.35], [-0.04, 0.02, -0.35],  # 10-12 hind leg R
+                       [0.06, 0.48, 0.15],  # 13 chest
+                       [-0.04, 0.45, 0.15], [-0.04, 0.2, 0.15], [-0.04, 0.02, 0.15],  # 14-16 foreleg R
+                       [0.16, 0.45, 0.15], [0.16, 0.2, 0.15], [0.16, 0.02, 0.15]],  # 17-19 foreleg L
+                      dtype=np.float64)
+    parents = np.array([-1, 0, 1, 2, 3, 1, 5, 1, 7, 8, 1, 10, 11, 1, 13, 14, 15, 13, 17, 18])
+    names, _ = name_bones(joints, parents, anchor)
+    assert names[13] == "chest"
+    assert names[14].endswith("_01.R") and names[17] == names[14][:-2] + ".L" and names[14].startswith("leg")
+    assert [n[:-2] for n in names[14:17]] == [n[:-2] for n in names[17:20]]

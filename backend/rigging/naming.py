@@ -193,6 +193,20 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     body = {root, hub}
 
     all_chains = skeleton_chains(joints, parents, start=hub)  # with a torso, its children start the chains
+    # a chain that starts in the middle, at a joint two limbs leave (a chest or pelvis below the torso), and
+    # goes on to one side: that girdle is not part of the limb
+    girdles: list[int] = []
+    split: list[tuple[int, list[int]]] = []
+    for origin, chain in all_chains:
+        k = 0
+        while k < len(chain) - 1 and not side[chain[k]]:
+            k += 1
+        if 0 < k and chain_side(chain[k:], side) and int((parents == chain[k - 1]).sum()) >= 2:
+            girdles.extend(chain[:k])
+            split.append((chain[k - 1], chain[k:]))
+        else:
+            split.append((origin, chain))
+    all_chains = split
     limb = limb_kinds([c for _, c in all_chains], joints, anchor)  # legs reach the ground, arms do not
     # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
     central = [ch for origin, ch in all_chains if origin in body and chain_side(ch, side) == ""]
@@ -294,6 +308,10 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
             labels = [f"{tag}_{k + 1:02d}" for k in range(len(chain))]
         for u, lab in zip(chain, labels):
             names[u] = lab + suffix
+
+    for u in girdles:  # in front of the torso (toward the head) a chest, behind it a pelvis
+        front = head_dir is not None and float((joints[u] - joints[hub]) @ head_dir) > 0
+        names[u] = "chest" if front else "pelvis"
 
     # unique names (a collision only from odd structures): add a letter
     seen: dict[str, int] = {}
