@@ -122,7 +122,7 @@ class FitConfig:
     articulated_lm_steps: int = 3
     articulated_block_sweep: bool = True
     refine_joints: bool = True
-    joint_regularisation: float = 2e-3
+    joint_regularisation: float = 5e-4
     keep_joints_inside: bool = True
     weld_seams: bool = True
     seam_tol: float = 1e-6
