@@ -597,3 +597,20 @@ def test_a_chest_two_legs_leave_is_not_part_of_either_leg():
     assert names[13] == "chest"
     assert names[14].endswith("_01.R") and names[17] == names[14][:-2] + ".L" and names[14].startswith("leg")
     assert [n[:-2] for n in names[14:17]] == [n[:-2] for n in names[17:20]]
+
+
+def test_no_hip_joints_under_a_thin_body():
+    """A fin under a fish's tall, flat body (thinner than half a bone spacing): its vertical line runs far up
+    the body, but there is no trunk to hang a hip in, so no joint is added."""
+    from backend.rigging.skeleton_from_motion import add_limb_roots
+
+    body_v, body_f = _box([-0.015, 0.0, -0.4], [0.015, 0.3, 0.4], n=24)
+    fin_v, fin_f = _box([-0.005, -0.3, -0.33], [0.005, 0.02, -0.27], n=4)
+    anchor, faces_a = np.concatenate([body_v, fin_v]), np.concatenate([body_f, fin_f + len(body_v)])
+    joints = np.array([[0.0, 0.15, 0.0], [0.0, 0.0, -0.3]])
+    tails = np.array([[0.0, 0.15, 0.3], [0.0, -0.3, -0.3]])
+    bone_of_vertex = np.zeros(len(anchor), dtype=np.int64)
+    bone_of_vertex[len(body_v):] = 1
+    _, _, _, added = add_limb_roots(joints, np.array([-1, 0]), tails, bone_of_vertex, anchor, faces_a,
+                                    spacing=0.1, ground=-0.2)
+    assert added == 0

@@ -960,10 +960,11 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     band holding the thigh also holds belly; when the leg never moves against the body (a standing animal),
     the motion does not move that joint up either, and the thigh rotates with the body. For every leg (a chain
     of joints, each with one child, whose last bone's tail lies below ``ground``, Y up) whose first joint ``s``
-    is thin (its distance to the nearest vertex less than half the largest above it) the vertical line up from ``s``
-    is followed inside the mesh (across gaps shorter than a quarter ``spacing``: a limb modelled apart), and the point on it
-    farthest from the surface (the body's middle there) becomes a new joint between ``s`` and its parent when
-    it lies at least 0.75 ``spacing`` above ``s``. The vertices around that new bone (within twice the
+    is thin (its distance to the nearest vertex less than half the largest above it) the vertical line up from
+    ``s`` is followed inside the mesh (across gaps shorter than a quarter ``spacing``: a limb modelled apart),
+    and the point on it farthest from the surface (the body's middle there) becomes a new joint between ``s``
+    and its parent when it lies at least 0.75 ``spacing`` above ``s`` in a body at least half a ``spacing``
+    thick there (its distance to the nearest vertex at least a quarter ``spacing``: not a fish's fin). The vertices around that new bone (within twice the
     leg's radius at ``s`` of the segment, not the leg's own) are given to it.
 
     Args:
@@ -1007,8 +1008,8 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
                 run = i - gap + 1
                 break
         depth = tree.query(line[:run])[0]  # distance to the nearest vertex (the surface) along the run
-        if depth[0] >= 0.5 * depth.max():
-            continue  # the leg starts inside the body already (a hip found by the motion)
+        if depth[0] >= 0.5 * depth.max() or depth.max() < 0.25 * spacing:
+            continue  # the leg starts inside the body already (a hip found by the motion), or no thick body above
         k = int(np.argmax(depth))
         hip = line[k]
         if np.linalg.norm(hip - joints[s]) < 0.75 * spacing:
