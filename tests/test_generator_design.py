@@ -282,7 +282,8 @@ def test_compare_designs_trains_each_for_the_budget_resumes_and_plots(tiny_corpu
 def test_compare_designs_resumes_an_interrupted_design(tiny_corpus, tmp_path):
     from training import compare_designs as CD
 
-    kw = dict(preset="smoke", val_minutes=1.0, save_minutes=0.005, n_val_frames=2, n_val_generate=1, threads=1)
+    # a state after every step (save_minutes > 0 as the CLI requires, far below one step), whatever the machine speed
+    kw = dict(preset="smoke", val_minutes=1.0, save_minutes=1e-6, n_val_frames=2, n_val_generate=1, threads=1)
     calls = {"n": 0}
     real = CD.skeleton_batch_loss
 
