@@ -614,3 +614,23 @@ def test_no_hip_joints_under_a_thin_body():
     _, _, _, added = add_limb_roots(joints, np.array([-1, 0]), tails, bone_of_vertex, anchor, faces_a,
                                     spacing=0.1, ground=-0.2)
     assert added == 0
+
+
+def test_a_turned_head_and_a_swung_tail_stay_spine_and_tail():
+    """Neck and head turned to the left, the tail swung to the right: both chains leave the torso on its middle
+    and have no mirror twin, so they are the spine (``spine_01``, ``neck``, ``head``) and the tail, not an
+    ``arm.L`` and a ``leg.R``; the legs, which have twins, keep their sides."""
+    from backend.rigging.naming import name_bones
+
+    anchor = _standing_quadruped_anchor(0.0)
+    joints = np.array([[0.06, 0.52, -0.1], [0.06, 0.55, -0.1],  # 0 root, 1 torso
+                       [0.06, 0.6, 0.15], [0.12, 0.7, 0.28], [0.16, 0.78, 0.36],  # 2-4 spine, neck, head (turned)
+                       [0.06, 0.55, -0.35], [0.0, 0.45, -0.45], [-0.04, 0.2, -0.5],  # 5-7 tail, swung right and down
+                       [0.16, 0.45, -0.3], [0.16, 0.2, -0.3], [0.16, 0.02, -0.3],  # 8-10 hind leg L
+                       [-0.04, 0.45, -0.3], [-0.04, 0.2, -0.3], [-0.04, 0.02, -0.3]],  # 11-13 hind leg R
+                      dtype=np.float64)
+    parents = np.array([-1, 0, 1, 2, 3, 1, 5, 6, 1, 8, 9, 1, 11, 12])
+    names, _ = name_bones(joints, parents, anchor)
+    assert names[1] == "torso" and names[2:5] == ["spine_01", "neck", "head"]
+    assert all(n.startswith("tail") and "." not in n for n in names[5:8])
+    assert names[8].endswith(".L") and names[11] == names[8][:-2] + ".R" and names[8].startswith("leg")

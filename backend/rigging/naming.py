@@ -209,16 +209,27 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     all_chains = split
     limb = limb_kinds([c for _, c in all_chains], joints, anchor)  # legs reach the ground, arms do not
     # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
-    central = [ch for origin, ch in all_chains if origin in body and chain_side(ch, side) == ""]
+    # limbs come in mirrored pairs and leave the body off its middle; a chain with no mirror twin that leaves the
+    # body on its middle is the spine or a tail, even where it swings to one side (a turned head, a swung tail)
+    majority = [chain_side(ch, side) for _, ch in all_chains]
+    twinned: set[int] = set()
+    if plane is not None:
+        chain_list = [ch for _, ch in all_chains]
+        for twins in (pair_mirrored_chains(chain_list, majority, joints, plane, max_distance=PAIR_DISTANCE),
+                      pair_mirrored_chains(chain_list, majority, joints, plane, kinds=limb)):
+            twinned |= set(twins) | set(twins.values())
+    sides = ["" if majority[i] and i not in twinned and origin in body and not side[chain[0]] else majority[i]
+             for i, (origin, chain) in enumerate(all_chains)]
+
+    central = [ch for (origin, ch), sd in zip(all_chains, sides) if origin in body and sd == ""]
     spine_start, head_dir = None, None
     if central:
         ch = max(central, key=lambda c: joints[c[-1]][1])
         if joints[ch[-1]][1] > joints[hub][1]:
             spine_start, head_dir = ch[0], joints[ch[-1]] - joints[hub]
     chains: list[tuple[str, str, list[int]]] = []  # (role, side, joints)
-    for (origin, chain), kind in zip(all_chains, limb):
+    for (origin, chain), kind, s in zip(all_chains, limb, sides):
         leaf = chain[-1]
-        s = chain_side(chain, side)
         if s:
             role = kind
         elif origin in body and chain[0] == spine_start:
