@@ -53,9 +53,10 @@ _PLAIN_ROWS = (
      "mean distance between the rig's playback and the input, as a share of the model's size"),
     ("Worst vertex", "recon_max", lambda v: f"{100.0 * v:.1f}% off", 0.05, 0.15,
      "the largest such distance on any vertex and frame"),
-    ("Skeleton steadiness", "topology_flicker",
+    ("Network per frame", "topology_flicker",
      lambda v: "same bones on every frame checked" if v == 0 else f"bones differ on {100.0 * v:.0f}% of frames",
-     1e-9, 0.25, "whether the skeleton found on later frames has the same bones as the rig's"),
+     1e-9, 0.25, "whether the skeleton network, run on each later frame by itself, finds the bones it finds on "
+     "the first (the stability report); the rig keeps one skeleton on every frame"),
     ("Weight steadiness", "skin_instability_mean", lambda v: f"{100.0 * v:.0f}% of weight moves", 0.10, 0.25,
      "how much the predicted weights change over the clip (lower: steadier skinning)"),
 )

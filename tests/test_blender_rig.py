@@ -689,8 +689,8 @@ def test_menu_entry_cancel_and_plain_result_words(scene):
              "skin_instability_mean": 0.3, "pjdd": 0.01, "mcjd": 0.02, "config": {"heatmap": True}}
     assert operators.plain_summary(stats) == [
         ("Bones", "9", ""), ("Matches the animation", "0.59% off", "good"), ("Worst vertex", "20.0% off", "poor"),
-        ("Skeleton steadiness", "bones differ on 67% of frames", "poor"),
+        ("Network per frame", "bones differ on 67% of frames", "poor"),
         ("Weight steadiness", "30% of weight moves", "poor")]
     stats["config"]["heatmap"] = False  # no weights predicted on later frames: no weight row
-    assert [row[0] for row in operators.plain_summary(stats)][-1] == "Skeleton steadiness"
-    assert operators.plain_note("Skeleton steadiness")
+    assert [row[0] for row in operators.plain_summary(stats)][-1] == "Network per frame"
+    assert "the rig keeps one skeleton" in operators.plain_note("Network per frame")
