@@ -964,8 +964,9 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     ``s`` is followed inside the mesh (across gaps shorter than a quarter ``spacing``: a limb modelled apart),
     and the point on it farthest from the surface (the body's middle there) becomes a new joint between ``s``
     and its parent when it lies at least 0.75 ``spacing`` above ``s`` in a body at least half a ``spacing``
-    thick there (its distance to the nearest vertex at least a quarter ``spacing``: not a fish's fin). The vertices around that new bone (within twice the
-    leg's radius at ``s`` of the segment, not the leg's own) are given to it.
+    thick there (its distance to the nearest vertex at least a quarter ``spacing``: not a fish's fin). The
+    vertices around that new bone (within twice the leg's radius at ``s`` of the segment, not the leg's own) are
+    given to it.
 
     Args:
         joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first); bone_of_vertex: int ``[V]``;
@@ -1031,6 +1032,16 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     return np.concatenate([joints, np.asarray(new_joints)]), parents, bone_of_vertex, len(new_joints)
 
 
+def _parents_first(joints: np.ndarray, parents: np.ndarray,
+                   bone_of_vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The skeleton renumbered so that parents precede children, and every vertex's bone renumbered with it."""
+    order = topological_order(parents)
+    joints, parents = reorder(joints, parents, order)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return joints, parents, inverse[bone_of_vertex]
+
+
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
                          config: MotionSkeletonConfig | None = None) -> RigSkeleton:
@@ -1085,11 +1096,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 best = trial
         built = best
 
-    order = topological_order(built["parents"])
-    joints, parents = reorder(built["joints"], built["parents"], order)
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    bone_of_vertex = inverse[built["bone_of_vertex"]]
+    joints, parents, bone_of_vertex = _parents_first(built["joints"], built["parents"], built["bone_of_vertex"])
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
     plane = mirror_plane(anchor) if cfg.symmetric else None
@@ -1112,11 +1119,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         joints, parents, bone_of_vertex, n_limb_roots = add_limb_roots(joints, parents, tails, bone_of_vertex,
                                                                         anchor, welded_faces, built["spacing"], low)
         if n_limb_roots:
-            order = topological_order(parents)
-            joints, parents = reorder(joints, parents, order)
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            bone_of_vertex = inverse[bone_of_vertex]
+            joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     J = len(parents)
