@@ -208,7 +208,6 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
             split.append((origin, chain))
     all_chains = split
     limb = limb_kinds([c for _, c in all_chains], joints, anchor)  # legs reach the ground, arms do not
-    # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
     # limbs come in mirrored pairs and leave the body off its middle; a chain with no mirror twin that leaves the
     # body on its middle is the spine or a tail, even where it swings to one side (a turned head, a swung tail)
     majority = [chain_side(ch, side) for _, ch in all_chains]
@@ -220,7 +219,7 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
             twinned |= set(twins) | set(twins.values())
     sides = ["" if majority[i] and i not in twinned and origin in body and not side[chain[0]] else majority[i]
              for i, (origin, chain) in enumerate(all_chains)]
-
+    # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
     central = [ch for (origin, ch), sd in zip(all_chains, sides) if origin in body and sd == ""]
     spine_start, head_dir = None, None
     if central:
