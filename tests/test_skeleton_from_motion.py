@@ -465,6 +465,16 @@ def _standing_quadruped_anchor(head_turn: float) -> np.ndarray:
     return np.concatenate([body, legs, tail, head])
 
 
+# a quadruped's trunk in the frame of ``_standing_quadruped_anchor`` (mirror plane x = 0.06): root, torso,
+# spine / neck / head, tail, both hind legs; the naming tests hang forelegs on it
+_TRUNK_JOINTS = np.array([[0.06, 0.52, -0.1], [0.06, 0.55, -0.1],  # 0 root, 1 torso
+                          [0.06, 0.6, 0.15], [0.06, 0.7, 0.3], [0.06, 0.78, 0.42],  # 2-4 spine, neck, head
+                          [0.06, 0.55, -0.35], [0.06, 0.5, -0.45],  # 5-6 tail
+                          [0.16, 0.45, -0.35], [0.16, 0.2, -0.35], [0.16, 0.02, -0.35],  # 7-9 hind leg L
+                          [-0.04, 0.45, -0.35], [-0.04, 0.2, -0.35], [-0.04, 0.02, -0.35]])  # 10-12 hind leg R
+_TRUNK_PARENTS = np.array([-1, 0, 1, 2, 3, 1, 5, 1, 7, 8, 1, 10, 11])
+
+
 def test_mirror_plane_through_the_body_when_the_head_is_turned():
     """The plane is searched, not taken through the points' mean: with the head turned 0.06 to one side the
     mean moves 0.008 off the body's middle, and the plane found still lies within 0.002 of x = 0.06."""
@@ -483,15 +493,10 @@ def test_names_from_a_torso_hub_and_a_tucked_leg_pairs_with_its_twin():
     from backend.rigging.naming import name_bones
 
     anchor = _standing_quadruped_anchor(0.0)
-    joints = np.array([[0.06, 0.52, -0.1], [0.06, 0.55, -0.1],  # 0 root, 1 torso
-                       [0.06, 0.6, 0.15], [0.06, 0.7, 0.3], [0.06, 0.78, 0.42],  # 2-4 spine, neck, head
-                       [0.06, 0.55, -0.35], [0.06, 0.5, -0.45],  # 5-6 tail
-                       [0.16, 0.45, -0.35], [0.16, 0.2, -0.35], [0.16, 0.02, -0.35],  # 7-9 hind leg L
-                       [-0.04, 0.45, -0.35], [-0.04, 0.2, -0.35], [-0.04, 0.02, -0.35],  # 10-12 hind leg R
-                       [0.0, 0.45, 0.15], [0.0, 0.25, 0.12], [0.0, 0.05, 0.14],  # 13-15 foreleg R
-                       [0.075, 0.45, 0.15], [0.07, 0.25, 0.12], [0.075, 0.05, 0.14]],  # 16-18 foreleg L, tucked in
-                      dtype=np.float64)
-    parents = np.array([-1, 0, 1, 2, 3, 1, 5, 1, 7, 8, 1, 10, 11, 2, 13, 14, 2, 16, 17])
+    # 13-15 foreleg R, 16-18 foreleg L tucked in (within the central band)
+    joints = np.concatenate([_TRUNK_JOINTS, [[0.0, 0.45, 0.15], [0.0, 0.25, 0.12], [0.0, 0.05, 0.14],
+                                            [0.075, 0.45, 0.15], [0.07, 0.25, 0.12], [0.075, 0.05, 0.14]]])
+    parents = np.concatenate([_TRUNK_PARENTS, [2, 13, 14, 2, 16, 17]])
     names, mirror = name_bones(joints, parents, anchor)
     assert mirror is not None and abs(mirror["offset"] - 0.06) < 0.002
     assert names[:2] == ["root", "torso"]
@@ -583,16 +588,10 @@ def test_a_chest_two_legs_leave_is_not_part_of_either_leg():
     from backend.rigging.naming import name_bones
 
     anchor = _standing_quadruped_anchor(0.0)
-    joints = np.array([[0.06, 0.52, -0.1], [0.06, 0.55, -0.1],  # 0 root, 1 torso
-                       [0.06, 0.6, 0.15], [0.06, 0.7, 0.3], [0.06, 0.78, 0.42],  # 2-4 spine, neck, head
-                       [0.06, 0.55, -0.35], [0.06, 0.5, -0.45],  # 5-6 tail
-                       [0.16, 0.45, -0.35], [0.16, 0.2, -0.35], [0.16, 0.02, -0.35],  # 7-9 hind leg L
-                       [-0.04, 0.45, -0.35], [-0.04, 0.2, -0.35], [-0.04, 0.02, -0.35],  # 10-12 hind leg R
-                       [0.06, 0.48, 0.15],  # 13 chest
-                       [-0.04, 0.45, 0.15], [-0.04, 0.2, 0.15], [-0.04, 0.02, 0.15],  # 14-16 foreleg R
-                       [0.16, 0.45, 0.15], [0.16, 0.2, 0.15], [0.16, 0.02, 0.15]],  # 17-19 foreleg L
-                      dtype=np.float64)
-    parents = np.array([-1, 0, 1, 2, 3, 1, 5, 1, 7, 8, 1, 10, 11, 1, 13, 14, 15, 13, 17, 18])
+    joints = np.concatenate([_TRUNK_JOINTS, [[0.06, 0.48, 0.15],  # 13 chest
+                                            [-0.04, 0.45, 0.15], [-0.04, 0.2, 0.15], [-0.04, 0.02, 0.15],  # 14-16 R
+                                            [0.16, 0.45, 0.15], [0.16, 0.2, 0.15], [0.16, 0.02, 0.15]]])  # 17-19 L
+    parents = np.concatenate([_TRUNK_PARENTS, [1, 13, 14, 15, 13, 17, 18]])
     names, _ = name_bones(joints, parents, anchor)
     assert names[13] == "chest"
     assert names[14].endswith("_01.R") and names[17] == names[14][:-2] + ".L" and names[14].startswith("leg")

@@ -65,7 +65,7 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
         score = _mirror_mismatch(a, tree, n, o)
         if score < best[0]:
             best = (score, n, float(o))
-    if best is None or best[0] > tolerance:
+    if best[0] > tolerance:
         return None
     _, n, offset = best
     n = np.where(np.abs(n) < 1e-12, 0.0, n)
@@ -210,10 +210,10 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     limb = limb_kinds([c for _, c in all_chains], joints, anchor)  # legs reach the ground, arms do not
     # limbs come in mirrored pairs and leave the body off its middle; a chain with no mirror twin that leaves the
     # body on its middle is the spine or a tail, even where it swings to one side (a turned head, a swung tail)
-    majority = [chain_side(ch, side) for _, ch in all_chains]
+    chain_list = [ch for _, ch in all_chains]
+    majority = [chain_side(ch, side) for ch in chain_list]
     twinned: set[int] = set()
     if plane is not None:
-        chain_list = [ch for _, ch in all_chains]
         for twins in (pair_mirrored_chains(chain_list, majority, joints, plane, max_distance=PAIR_DISTANCE),
                       pair_mirrored_chains(chain_list, majority, joints, plane, kinds=limb)):
             twinned |= set(twins) | set(twins.values())
@@ -257,7 +257,7 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
         # mirrored chains pair by where they start (a limb posed off the ground on one side only, like a running
         # fox's raised foreleg, is still its twin: the pair is a leg when either side reaches the ground), then
         # what is left by kind
-        chain_list, chain_sides = [c for _, _, c in chains], [sd for _, sd, _ in chains]
+        chain_sides = [sd for _, sd, _ in chains]  # chain_list: the same chains, in this order
         paired = pair_mirrored_chains(chain_list, chain_sides, joints, plane, max_distance=PAIR_DISTANCE)
         for i, k in paired.items():
             role = "leg" if "leg" in (chains[i][0], chains[k][0]) else chains[i][0]
