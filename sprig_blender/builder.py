@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import bpy
@@ -85,7 +86,29 @@ def validate_result(result, n_verts: int, n_frames: int) -> None:
 
 def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[int],
               stats: dict | None = None) -> BuiltRig:
-    """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``.
+    """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``:
+    :func:`build_rig_steps` run to the end. Raises ``BuildError`` (the result does not fit; nothing is left
+    behind)."""
+    return run_to_end(build_rig_steps(context, source, result, frames, stats), context)
+
+
+def run_to_end(steps: Generator, context: bpy.types.Context):
+    """Run a step generator (:func:`build_rig_steps`) to its end, sending it ``context``; returns its value."""
+    try:
+        next(steps)
+        while True:
+            steps.send(context)
+    except StopIteration as finished:
+        return finished.value
+
+
+def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[int],
+                    stats: dict | None = None) -> Generator[str, bpy.types.Context, BuiltRig]:
+    """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``, one
+    step at a time: yields what it does next (a few words, for the status bar; no step takes a second on a
+    200k-vertex mesh) and returns the :class:`BuiltRig`. Advance it with ``send(context)``, the context of
+    the call that runs the step (a modal operator's context is valid only during its call). Closed before the
+    end, or failing, it removes everything it made (using ``bpy.context``).
 
     Args:
         source: the animated mesh object that was exported (read only).
@@ -103,9 +126,9 @@ def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, fram
     previous_active = view_layer.objects.active
     previous_selected = [o for o in context.selected_objects]
     try:
-        built = _build(context, source, result, frames, stats or dict(result.stats), created)
-    except Exception:
-        if context.mode != "OBJECT" and bpy.ops.object.mode_set.poll():
+        built = yield from _build(context, source, result, frames, stats or dict(result.stats), created)
+    except BaseException:  # an error, or closed (GeneratorExit) by a cancel
+        if bpy.context.mode != "OBJECT" and bpy.ops.object.mode_set.poll():
             bpy.ops.object.mode_set(mode="OBJECT")
         created.remove_all()
         if previous_active is not None and previous_active.name in view_layer.objects:
@@ -117,7 +140,8 @@ def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, fram
     return built
 
 
-def _build(context, source, result, frames, stats, created: _Created) -> BuiltRig:
+def _build(context, source, result, frames, stats, created: _Created) -> Generator[str, bpy.types.Context, BuiltRig]:
+    context = (yield "armature") or context
     scene = context.scene
     base = source.name
     anchor = np.asarray(result.anchor_verts, dtype=np.float64)
@@ -144,6 +168,7 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     attached = convert.attached_bones(result.joints, result.parents, transforms, ATTACHED_TOL * max(diag, 1e-12))
     bone_names = _edit_bones(context, arm_obj, result, attached, tol=ATTACHED_TOL * max(diag, 1e-12))
 
+    context = (yield "vertex groups") or context
     _vertex_groups(mesh_obj, bone_names, np.asarray(result.weights, dtype=np.float32))
     mesh_obj.parent = arm_obj
     mesh_obj.matrix_parent_inverse = mathutils.Matrix.Identity(4)
@@ -151,10 +176,12 @@ def _build(context, source, result, frames, stats, created: _Created) -> BuiltRi
     modifier.object = arm_obj
     modifier.use_vertex_groups = True
 
+    context = (yield "animation") or context
     rest = np.array([np.array(arm_data.bones[name].matrix_local, dtype=np.float64) for name in bone_names])
     action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents), transforms, attached, frames,
                         f"{base}_motion", created, KEY_TOL * max(diag, 1e-12))
 
+    context = (yield "heatmap data") or context
     kept = _instability_frames(stats, len(frames))  # frame indices, None without the heatmap stage
     instability = None if kept is None else np.asarray(result.skin_instability, dtype=np.float32)[kept]
     heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32), instability,

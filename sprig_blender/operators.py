@@ -34,6 +34,12 @@ def cancel_active_job() -> None:
 EXPORT_SLICE_S = 0.2  # frames exported per timer tick of an interactive run: as many as fit in this time
 
 
+def progress_text(stage: str, fraction: float) -> str:
+    """The status bar's text for a running job: its stage and the whole run's share done, to a tenth of a
+    percent so that a long stage visibly moves (``fraction`` 0: the stage alone, e.g. "starting backend...")."""
+    return f"{stage or 'starting'} {100 * fraction:.1f}%" if fraction > 0 else f"{stage or 'starting'}..."
+
+
 # (label, stats keys tried in order, formatter) of the key numbers shown after a run
 _SUMMARY_ROWS = (
     ("Joints", ("joints",), lambda v: f"{int(v)}"),
@@ -115,10 +121,13 @@ def rig_target(context) -> bpy.types.Object:
 class _BackendJobOperator:
     """What Rig Sequence and Refit share: a backend job in a worker thread, polled by a timer (modal) or waited
     on (``execute``); Esc or the panel's Cancel stops it. Subclasses define ``_start`` (start ``self._job``,
-    return False after reporting an error) and ``_apply`` (use the finished job's result)."""
+    return False after reporting an error) and ``_apply`` (use the finished job's result), or ``_apply_steps``
+    (the same one step at a time, so that an interactive run shows each step and Esc stops between them)."""
 
     _timer = None
     _verb = "rigging"
+    _apply_steps = None  # a generator function (context, job): yields status texts, returns the result set
+    _applying = None  # the running _apply_steps generator of an interactive run
 
     @classmethod
     def poll(cls, context):
@@ -161,6 +170,8 @@ class _BackendJobOperator:
         _Active.job = None
         runtime = context.window_manager.sprig_runtime
         runtime.running, runtime.stage, runtime.progress = False, "", 0.0
+        if job.state == "done" and self._apply_steps is not None:
+            return builder.run_to_end(self._apply_steps(context, job), context)
         if job.state == "cancelled":
             self.report({"WARNING"}, f"SPRig: {self._verb} cancelled; nothing was changed")
             return {"CANCELLED"}
@@ -186,6 +197,7 @@ class _BackendJobOperator:
             return {"CANCELLED"}
         obj, frames = plan
         self._job, self._export_object, self._export_total = None, obj, len(frames)
+        runner.warm_up(preferences.backend_settings(context))  # the server starts while the frames export
         _Active.export = export.export_frames_stepwise(context, obj, frames)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
@@ -234,6 +246,8 @@ class _BackendJobOperator:
     def modal(self, context, event):
         if self._job is None:
             return self._modal_export(context, event)
+        if self._applying is not None:
+            return self._modal_apply(context, event)
         if event.type == "ESC" and event.value == "PRESS":
             self._job.cancel()
             self._status(context, "cancelling...")
@@ -245,11 +259,40 @@ class _BackendJobOperator:
             runtime = context.window_manager.sprig_runtime
             runtime.stage, runtime.progress = self._job.stage, self._job.fraction
             context.window_manager.progress_update(int(100 * self._job.fraction))
-            self._status(context, f"{self._job.stage} {100 * self._job.fraction:.0f}% (Esc to cancel)")
+            self._status(context, f"{progress_text(self._job.stage, self._job.fraction)} (Esc to cancel)")
             _redraw_panels(context)
             return {"RUNNING_MODAL"}
+        if self._job.state == "done" and self._apply_steps is not None:
+            self._applying = self._apply_steps(context, self._job)
+            return self._modal_apply(context, None)
         self._end_modal(context)
         result = self._finish(context)
+        _redraw_panels(context)
+        return result
+
+    def _modal_apply(self, context, event) -> set[str]:
+        """One step of :meth:`_apply_steps` per timer tick (``event`` None: its first step, now); Esc removes
+        what the steps made so far."""
+        runtime = context.window_manager.sprig_runtime
+        if event is not None and event.type == "ESC" and event.value == "PRESS":
+            self._applying.close()
+            result = {"CANCELLED"}
+            self.report({"WARNING"}, f"SPRig: {self._verb} cancelled; nothing was changed")
+        elif event is not None and event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        else:
+            try:
+                text = next(self._applying) if event is None else self._applying.send(context)
+                runtime.stage = text
+                self._status(context, f"{text} (Esc to cancel)")
+                _redraw_panels(context)
+                return {"RUNNING_MODAL"}
+            except StopIteration as finished:
+                result = finished.value
+        self._applying = None
+        _Active.job = None
+        runtime.running, runtime.stage, runtime.progress = False, "", 0.0
+        self._end_modal(context)
         _redraw_panels(context)
         return result
 
@@ -305,19 +348,28 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
         log.info("rigging %s: %d frames, %d vertices", obj.name, *exported.verts.shape[:2])
         return True
 
-    def _apply(self, context, job) -> set[str]:
-        """Build the rig from the finished job."""
+    def _apply_steps(self, context, job):
+        """Build the rig from the finished job, a step at a time (:func:`builder.build_rig_steps`): yields
+        status texts, takes each step's context by ``send``, returns the operator's result."""
         source = bpy.data.objects.get(self._source_name)
         if source is None:
             self.report({"ERROR"}, f"SPRig: the object '{self._source_name}' was removed while rigging")
             return {"CANCELLED"}
-        settings = context.scene.sprig
+        steps = builder.build_rig_steps(context, source, job.result, self._exported.frames)
         try:
-            built = builder.build_rig(context, source, job.result, self._exported.frames)
+            label = next(steps)
+            while True:
+                context = (yield f"building the rig: {label}") or context
+                label = steps.send(context)
+        except StopIteration as finished:
+            built = finished.value
         except Exception as exc:
             log.exception("building the rig failed")
             self.report({"ERROR"}, f"SPRig: could not build the rig: {exc}")
             return {"CANCELLED"}
+        finally:
+            steps.close()  # closed early (Esc): removes what it made
+        settings = context.scene.sprig
         if settings.replace_previous:
             builder.replace_previous(built, source)
         if settings.hide_original:

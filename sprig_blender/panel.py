@@ -72,7 +72,7 @@ class SPRIG_PT_main(bpy.types.Panel):
         if runtime.running:
             box = layout.box()
             box.progress(factor=runtime.progress, type="BAR",
-                         text=f"{runtime.stage or 'working'}  {100 * runtime.progress:.0f}%")
+                         text=operators.progress_text(runtime.stage, runtime.progress))
             box.operator("sprig.cancel_rig", icon="CANCEL")
         else:
             layout.operator("sprig.rig_sequence", icon="ARMATURE_DATA")

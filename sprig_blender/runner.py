@@ -47,7 +47,7 @@ class BackendSettings:
     def client_config(self) -> "backend_client.ClientConfig":
         return backend_client.ClientConfig(python=self.python, backend_path=self.backend_path or None,
                                            device=self.device, checkpoints=self.checkpoints or None,
-                                           hang_timeout_s=self.hang_timeout_s)
+                                           hang_timeout_s=self.hang_timeout_s, preload=True)
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -98,9 +98,11 @@ class SubprocessBackend:
             raise BackendSetupError("set the backend Python executable in the SPRig add-on preferences")
         self.settings = settings
         self.client = backend_client.BackendClient(settings.client_config())
+        self._start_lock = threading.Lock()  # a warm-up thread and the job may start it at once
 
     def start(self) -> None:
-        self.client.start()
+        with self._start_lock:
+            self.client.start()
 
     def info(self) -> dict:
         return self.client.info()
@@ -117,10 +119,11 @@ class SubprocessBackend:
         self.client.cancel()
 
     def alive(self) -> bool:
-        return self.client.running
+        return self._start_lock.locked() or self.client.running  # starting counts: it is not to be replaced
 
     def close(self) -> None:
-        self.client.close()
+        with self._start_lock:  # after a start in progress, so that no server is left running
+            self.client.close()
 
 
 class InProcessBackend:
@@ -189,6 +192,23 @@ def get_backend(settings: BackendSettings) -> SubprocessBackend | InProcessBacke
             _BACKEND = SubprocessBackend(settings) if mode == "SUBPROCESS" else InProcessBackend(settings)
             _BACKEND_KEY = key
         return _BACKEND
+
+
+def warm_up(settings: BackendSettings) -> None:
+    """Start the shared backend in a background thread (the server then loads its models), so that a rig whose
+    frames are still being exported does not wait for it afterwards. Errors are left for the rig to report."""
+    try:
+        backend = get_backend(settings)
+    except BackendSetupError:
+        return
+
+    def start() -> None:
+        try:
+            backend.start()
+        except Exception as exc:  # the job's own start reports it
+            log.info("backend warm-up: %s", exc)
+
+    threading.Thread(target=start, name="sprig-warm-up", daemon=True).start()
 
 
 def discard_backend(backend: Any | None = None) -> None:
@@ -322,10 +342,12 @@ class RigJob:
             self._events.put(JobEvent("progress", stage=stage, fraction=fraction))
 
         try:
+            progress("starting backend", 0.0)
             self.backend.start()
             problems = setup_problems(_remember_info(self.backend), self.options, needs_models=self.skeleton is None)
             if problems:
                 raise BackendSetupError("; ".join(problems))
+            progress("sending frames", 0.0)
             if self.skeleton is None:
                 result = self.backend.rig(self.verts, self.faces, self.options, self.name, self.fps, progress,
                                           self._cancel)

@@ -370,7 +370,8 @@ def _source_for_job():
 
 
 def _run_job_and(source, interrupt: str):
-    """Start a RigJob on ``source``; on its first progress message ``cancel`` it or ``kill`` the server."""
+    """Start a RigJob on ``source``; on the backend's first progress message (after the job's own "starting
+    backend" and "sending frames") ``cancel`` it or ``kill`` the server."""
     from sprig_blender import export, preferences, runner
 
     exported = export.export_frames(bpy.context, source, export.frame_list(1, 6, 1))
@@ -378,7 +379,8 @@ def _run_job_and(source, interrupt: str):
     job = runner.RigJob(backend, exported.verts, exported.faces, bpy.context.scene.sprig.rig_options(), name="walker")
     job.start()
     deadline = time.monotonic() + 120
-    while job.state == "running" and not job.stage and time.monotonic() < deadline:
+    while job.state == "running" and job.stage in ("", "starting backend", "sending frames") \
+            and time.monotonic() < deadline:
         job.poll()
         time.sleep(0.01)
     assert job.stage, f"no progress before the job ended: {job.state} {job.message}"

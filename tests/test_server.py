@@ -354,6 +354,21 @@ def test_missing_checkpoints_are_a_structured_error(tmp_path):
 
 
 @needs_rigger
+def test_preloading_server_rigs_and_reports_missing_models_at_the_rig(checkpoints, tmp_path):
+    verts, faces = wave_sequence(3)
+    with BackendClient(sys.executable, backend_path=str(ROOT), checkpoints=str(checkpoints), preload=True) as client:
+        assert "--preload" in client.process.args
+        result = client.rig(verts, faces, options=FAST)
+        assert result.bone_transforms.shape[0] == len(verts)
+    # a preload that fails (no checkpoints) is only logged: the rig still gets the structured error
+    with BackendClient(sys.executable, backend_path=str(ROOT), checkpoints=str(tmp_path), preload=True) as client:
+        with pytest.raises(BackendError) as err:
+            client.rig(verts, faces)
+        assert err.value.code == "models_unavailable"
+        assert client.ping()["pong"] is True
+
+
+@needs_rigger
 def test_cancel_a_running_rig(client):
     verts, faces = wave_sequence(24, rings=24, segments=24)
     import threading

@@ -633,3 +633,20 @@ def test_a_turned_head_and_a_swung_tail_stay_spine_and_tail():
     assert names[1] == "torso" and names[2:5] == ["spine_01", "neck", "head"]
     assert all(n.startswith("tail") and "." not in n for n in names[5:8])
     assert names[8].endswith(".L") and names[11] == names[8][:-2] + ".R" and names[8].startswith("leg")
+
+
+def test_motion_spacing_takes_the_leaves_when_short_links_are_blend_zones():
+    from backend.rigging.skeleton_from_motion import motion_spacing
+
+    # a hub with four short links (0.05) to four long end segments (0.2): a tentacle creature's smooth bends
+    parents = np.array([-1, 0, 0, 0, 0, 1, 2, 3, 4])
+    joints = np.zeros((9, 3))
+    for i, direction in enumerate(np.eye(3)[[0, 1, 2, 0]] * np.array([[1], [1], [1], [-1]])):
+        joints[1 + i] = 0.05 * direction
+        joints[5 + i] = 0.25 * direction
+    assert motion_spacing(joints, parents, 0.0, 0.11) == pytest.approx(0.125)  # the median of 4 x 0.05, 4 x 0.2
+    assert motion_spacing(joints, parents, 1.3, 0.11) == pytest.approx(0.2)
+    # leaves no longer than the median links: the median stays
+    joints[5:] = joints[1:5] * 2.0
+    assert motion_spacing(joints, parents, 1.3, 0.11) == pytest.approx(0.05)
+    assert motion_spacing(joints[:2], parents[:2], 1.3, 0.11) == 0.11  # too few links: the default

@@ -87,6 +87,7 @@ class ClientConfig:
     hang_timeout_s: float = 30.0  # silence after which a running request counts as hung
     heartbeat_s: float = 2.0  # heartbeat period asked of the server (must be well below hang_timeout_s)
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables for the server
+    preload: bool = False  # the server loads its models right after start (``--preload``)
 
 
 class BackendClient:
@@ -148,6 +149,8 @@ class BackendClient:
                "--heartbeat", str(self.config.heartbeat_s)]
         if self.config.checkpoints:
             cmd += ["--checkpoints", str(self.config.checkpoints)]
+        if self.config.preload:
+            cmd.append("--preload")
         cwd = self.config.backend_path if self.config.backend_path and Path(self.config.backend_path).is_dir() else None
         try:
             self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -154,6 +154,7 @@ class ServerConfig:
     checkpoints: Path | None = None  # checkpoint folder handed to the rigger (None: its default)
     workdir: Path | None = None  # where result files go when a request names no output (None: a temp folder)
     heartbeat_s: float = 2.0  # seconds between heartbeats while a rig runs
+    preload: bool = False  # after the ready line, import the pipeline and load the models in the background
 
 
 # ----------------------------------------------------------------------------------------------
@@ -435,6 +436,15 @@ class Server:
             except (BrokenPipeError, ValueError, OSError):  # the client is gone
                 self._stop.set()
 
+    def _preload(self) -> None:
+        """Import the pipeline and load the models for the server's defaults while the client is still busy
+        (the add-on exports frames meanwhile); a failure is only logged: the first rig reports it."""
+        try:
+            self.rigger.module.get_models(self.rigger.make_config({}))
+            log.info("models preloaded")
+        except Exception as exc:  # RequestError (no pipeline), CheckpointError, ...
+            log.warning("preloading the models failed: %s", exc)
+
     def send_error(self, request_id: Any, code: str, message: str) -> None:
         self.send(_error_reply(request_id, code, message))
 
@@ -445,6 +455,8 @@ class Server:
         self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()})
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
+        if self.config.preload:
+            threading.Thread(target=self._preload, name="preload", daemon=True).start()
         while not self._stop.is_set():
             try:
                 line = self.read_line()
@@ -793,6 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=None, help="checkpoint folder for the rigger")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for result files (default: a temp folder)")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats while rigging")
+    parser.add_argument("--preload", action="store_true",
+                        help="load the models right after start (in the background), so the first rig need not wait")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     # stdout carries the protocol only: anything else printed (by libraries) goes to stderr.
@@ -805,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServerConfig(device=args.device, checkpoints=args.checkpoints, workdir=args.workdir,
-                          heartbeat_s=args.heartbeat)
+                          heartbeat_s=args.heartbeat, preload=args.preload)
     install_termination_cleanup()  # SIGTERM: no temporary result file left behind
     return Server(config, protocol_in, protocol_out).serve()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -244,16 +245,18 @@ class _Progress:
             self.callback("done", 1.0)
 
 
-def _decoding_progress(track: _Progress, done: int, batch: int, total: int, max_joints: int) -> Callable[[], bool]:
+def _decoding_progress(track: _Progress, done: int, batch: int, total: int, max_joints: int,
+                       share: float = 1.0) -> Callable[[], bool]:
     """The skeleton generator's ``should_cancel`` for a batch of ``batch`` of ``total`` report frames after
-    ``done``: polls cancellation and moves the skeleton stage's progress with the decoding steps (at most
-    ``4 * max_joints + 1`` per skeleton), so a long decoding still reports several times a second."""
+    ``done``: polls cancellation and moves the skeleton stage's progress (decoding takes its first ``share``)
+    with the decoding steps (at most ``4 * max_joints + 1`` per skeleton), so a long decoding still reports
+    several times a second."""
     steps = [0]
     span = 4 * max_joints + 1
 
     def poll() -> bool:
         steps[0] += 1
-        track("skeleton", (done + batch * min(steps[0] / span, 1.0)) / total)
+        track("skeleton", share * (done + batch * min(steps[0] / span, 1.0)) / total)
         return False
 
     return poll
@@ -263,6 +266,7 @@ def _decoding_progress(track: _Progress, done: int, batch: int, total: int, max_
 # Models
 
 _MODEL_CACHE: dict[tuple, Any] = {}
+_MODEL_LOCK = threading.Lock()  # a server's preload and its first rig load the models once
 
 
 def get_models(config: RigConfig):
@@ -274,10 +278,11 @@ def get_models(config: RigConfig):
     stamps = tuple(sorted((p.name, p.stat().st_mtime_ns) for names in CHECKPOINT_NAMES.values() for n in names
                           if (p := folder / n).is_file()))
     key = (str(folder), config.models, config.device, stamps)
-    if key not in _MODEL_CACHE:
-        _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = load_models(folder, which=config.models, device=config.device)
-    return _MODEL_CACHE[key]
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE.clear()
+            _MODEL_CACHE[key] = load_models(folder, which=config.models, device=config.device)
+        return _MODEL_CACHE[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,28 +518,31 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     track("sample", 1.0)
 
     # -- skeletons: anchor (canonical) and report frames
+    given = skeleton(seq) if callable(skeleton) else skeleton
+    from_motion = given is None and cfg.skeleton == "motion"
+    decoding_share = 0.5 if from_motion else 1.0  # of the skeleton stage; the skeleton from motion takes the rest
     skeletons: list[tuple[np.ndarray, np.ndarray]] = []
     for s in range(0, len(report_frames), cfg.batch_frames):
-        track("skeleton", s / len(report_frames))
+        track("skeleton", decoding_share * s / len(report_frames))
         idx = [slot[int(f)] for f in report_frames[s:s + cfg.batch_frames]]
         skeletons.extend(models.generate_skeletons(points[idx], normals[idx], max_joints=cfg.max_joints,
                                                   stop_after_repeats=cfg.stop_after_repeats,
                                                   should_cancel=_decoding_progress(track, s, len(idx),
                                                                                    len(report_frames),
-                                                                                   cfg.max_joints)))
-    track("skeleton", 1.0)
+                                                                                   cfg.max_joints,
+                                                                                   decoding_share)))
+    track("skeleton", decoding_share)
     joints0 = np.asarray(skeletons[0][0], dtype=np.float32).reshape(-1, 3)
     parents0 = np.asarray(skeletons[0][1], dtype=np.int32).reshape(-1)
     try:
         validate_tree(parents0, n_joints=len(joints0))
     except SkeletonError as exc:
         raise RuntimeError(f"the skeleton generator returned an invalid anchor skeleton: {exc}") from exc
-    given = skeleton(seq) if callable(skeleton) else skeleton
     names0, tails_n, skeleton_source, motion_stats = None, None, "network", None
-    if given is None and cfg.skeleton == "motion":
-        track("skeleton", 1.0)  # polls cancellation
+    if from_motion:
         found = skeleton_from_motion(fit_verts, fit_faces, joints0, parents0,
-                                     MotionSkeletonConfig(detail=cfg.motion_detail()))
+                                     MotionSkeletonConfig(detail=cfg.motion_detail()),
+                                     progress=lambda f: track("skeleton", decoding_share + (1.0 - decoding_share) * f))
         log.info("%s: skeleton from motion: %d joints (the generator's has %d)", seq.name, len(found.parents),
                  len(parents0))
         joints0 = np.asarray(found.joints, dtype=np.float32)

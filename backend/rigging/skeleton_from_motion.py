@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,8 +64,8 @@ class MotionSkeletonConfig:
             (RMS, normalized units) by following the union's rigid motion (``coarse`` 1.6x, ``fine`` 0.6x).
         moving_deg: a part whose largest rotation relative to its parent reaches this counts as moving
             (statistics only).
-        spacing: bone length of the shape chains; ``None`` = the median length of the joints found by
-            motion, clipped to ``spacing_range`` (``coarse`` 1.5x, ``fine`` 0.7x).
+        spacing: bone length of the shape chains; ``None`` = the length of the bones found by motion
+            (:func:`motion_spacing`), clipped to ``spacing_range`` (``coarse`` 1.5x, ``fine`` 0.7x).
         spacing_range: bounds of the automatic spacing.
         default_spacing: the spacing when fewer than three joints are found by motion.
         core_scale: the root part's chains start from its core: its vertices within this many times the
@@ -104,6 +105,8 @@ class MotionSkeletonConfig:
             (a foot or hoof on the ground) gets an end joint at its tip however short its chain, as riggers
             give feet a toe joint (0: none; never with an int ``detail``). End joints outside the mesh are
             pulled in like the others (``pull_inside``).
+        leaf_spacing: when the motion's leaf links are longer than this many times its median link, the spacing is
+            the leaves' median (:func:`motion_spacing`; ``0``: never).
         limb_roots: a leg whose chain starts below a thick body (its first joint where the limb leaves the
             belly, as when the legs never move against the body) gets a joint where a rigger puts the hip or
             shoulder: up the leg, at the body's middle (:func:`add_limb_roots`; never with an int ``detail``).
@@ -138,6 +141,7 @@ class MotionSkeletonConfig:
     symmetric: bool = True
     foot_height: float = 0.05
     limb_roots: bool = True
+    leaf_spacing: float = 1.3
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -157,6 +161,8 @@ class MotionSkeletonConfig:
             raise ValueError(f"end_chain must be >= 0, got {self.end_chain}")
         if self.max_frames < 2:
             raise ValueError(f"max_frames must be >= 2, got {self.max_frames}")
+        if self.leaf_spacing < 0:
+            raise ValueError(f"leaf_spacing must be >= 0, got {self.leaf_spacing}")
         if not 0.0 <= self.foot_height < 1.0:
             raise ValueError(f"foot_height must be in [0, 1), got {self.foot_height}")
 
@@ -551,6 +557,29 @@ def level_set_bones(verts_idx: np.ndarray, f: np.ndarray, spacing: float, adj: s
     return remap[piece], new_parent, joint[keep]
 
 
+def motion_spacing(part_joint: np.ndarray, part_parent: np.ndarray, leaf_ratio: float, default: float) -> float:
+    """The length of the bones the motion shows: the median distance from a part's joint to its parent part's.
+
+    Where the leaves' links (a part with no child part: a whole end segment, rigid over the clip) have a median
+    more than ``leaf_ratio`` times that (``0``: never), the leaves' median is taken instead: the short links are
+    then blend zones that smooth skinning cut out of one bend (a tentacle, a fish's body), not bones.
+
+    Args:
+        part_joint: float ``[P, 3]``; part_parent: int ``[P]`` (``-1`` for the root).
+    Returns:
+        the spacing, or ``default`` when fewer than three links exist.
+    """
+    child = np.flatnonzero(part_parent >= 0)
+    if len(child) < 3:
+        return default
+    lengths = np.linalg.norm(part_joint[child] - part_joint[part_parent[child]], axis=1)
+    spacing = float(np.median(lengths))
+    leaf = np.bincount(part_parent[child], minlength=len(part_parent))[child] == 0
+    if leaf_ratio > 0 and leaf.sum() >= 3 and float(np.median(lengths[leaf])) > leaf_ratio * spacing:
+        spacing = float(np.median(lengths[leaf]))
+    return spacing
+
+
 def _geodesic_from(adj_w: sp.csr_matrix, verts_idx: np.ndarray, sources_local: np.ndarray) -> np.ndarray:
     """Geodesic (mesh edge) distance ``[n]`` within the part ``verts_idx`` from its local ``sources``;
     ``inf`` for vertices of pieces the sources do not reach."""
@@ -777,9 +806,8 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
     elif cfg.spacing is not None:
         spacing = cfg.spacing * spacing_scale
     else:
-        lengths = [np.linalg.norm(part_joint[p] - part_joint[part_parent[p]]) for p in range(P) if part_parent[p] >= 0]
-        base = float(np.median(lengths)) if len(lengths) >= 3 else cfg.default_spacing
-        spacing = float(np.clip(base, *cfg.spacing_range)) * spacing_scale
+        spacing = float(np.clip(motion_spacing(part_joint, part_parent, cfg.leaf_spacing, cfg.default_spacing),
+                                *cfg.spacing_range)) * spacing_scale
     if target is None:
         parts, part_parent, part_joint, transforms, root = _merge_short_bones(
             parts, part_parent, part_joint, transforms, root, cfg.min_bone_fraction * spacing)
@@ -953,7 +981,8 @@ def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, s
 
 def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, bone_of_vertex: np.ndarray,
                    anchor: np.ndarray, faces: np.ndarray, spacing: float, ground: float,
-                   step: float = 0.005) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                   step: float = 0.005, between: Callable[[float], None] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Hip and shoulder joints for legs whose chain starts below a thick body.
 
     The shape cut (level bands from the body's core) starts a leg where the leg leaves the belly, since a
@@ -972,6 +1001,7 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
         joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first); bone_of_vertex: int ``[V]``;
         anchor: float ``[V, 3]``; faces: int ``[F, 3]`` (welded); ground: the height (Y) below which a chain
         end stands on the floor.
+        between: called with the share of chain ends done before each one (progress and cancellation).
     Returns:
         ``(joints [J', 3], parents [J'], bone_of_vertex [V], added)``, the new joints appended (a parent may
         follow its child: reorder before use).
@@ -983,7 +1013,10 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     n_children = np.bincount(parents[parents >= 0], minlength=J)
     tree = cKDTree(anchor)
     new_joints: list[np.ndarray] = []
-    for leaf in np.flatnonzero(n_children == 0):
+    leaves = np.flatnonzero(n_children == 0)
+    for i, leaf in enumerate(leaves):
+        if between is not None:
+            between(i / len(leaves))
         if tails[leaf, 1] > ground:
             continue
         chain = [int(leaf)]
@@ -1044,7 +1077,8 @@ def _parents_first(joints: np.ndarray, parents: np.ndarray,
 
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
-                         config: MotionSkeletonConfig | None = None) -> RigSkeleton:
+                         config: MotionSkeletonConfig | None = None,
+                         progress: Callable[[float], None] | None = None) -> RigSkeleton:
     """A skeleton for an animated mesh from its motion and shape.
 
     Args:
@@ -1055,12 +1089,15 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
             size recorded in ``stats``, not used otherwise (on the real and corpus clips of
             ``bench/bench_skeleton.py`` it is 3-5x further from the artist's skeleton than this method).
         config: :class:`MotionSkeletonConfig`.
+        progress: called with the fraction done (0 to 1) between steps (each under a second on a
+            4000-vertex proxy, 2 cores); an exception it raises (a cancel) stops the build there.
     Returns:
         :class:`RigSkeleton`.
     Raises:
         ValueError: bad shapes, non-finite values, faces out of range, bad config.
     """
     t0 = time.perf_counter()
+    report = progress if progress is not None else (lambda fraction: None)
     cfg = config or MotionSkeletonConfig()
     cfg.validate()
     x, f = _check_inputs(verts, faces)
@@ -1085,21 +1122,26 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
 
     max_parts, merge_error, spacing_scale, target = _detail_knobs(cfg)
     max_parts = min(max_parts, max(1, U // 8))
+    report(0.05)
     built = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, spacing_scale, target)
     if target is not None and len(built["parents"]) != target:
         # meet the requested count by the chain spacing (coarser or finer), keeping the closest
         best = built
-        for scale in (0.5, 0.6, 0.7, 0.85, 1.2, 1.5, 2.0, 3.0, 6.0):
+        scales = (0.5, 0.6, 0.7, 0.85, 1.2, 1.5, 2.0, 3.0, 6.0)
+        for i, scale in enumerate(scales):
+            report(0.4 + 0.2 * i / len(scales))
             trial = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, 1.0, target,
                            spacing_override=built["spacing"] * scale)
             if abs(len(trial["parents"]) - target) < abs(len(best["parents"]) - target):
                 best = trial
         built = best
 
+    report(0.6)
     joints, parents, bone_of_vertex = _parents_first(built["joints"], built["parents"], built["bone_of_vertex"])
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
     plane = mirror_plane(anchor) if cfg.symmetric else None
+    report(0.8)
     if plane is not None:
         joints, parents, bone_of_vertex, n_recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex,
                                                                             anchor, plane)
@@ -1113,15 +1155,18 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     parents, n_uncrossed = uncross_limbs(joints, parents, plane)  # no mirror plane: nothing moves
     if n_uncrossed:
         tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    report(0.85)
     n_limb_roots = 0
     if target is None and cfg.limb_roots:
         low = anchor[:, 1].min() + GROUND_SHARE * np.ptp(anchor[:, 1])
-        joints, parents, bone_of_vertex, n_limb_roots = add_limb_roots(joints, parents, tails, bone_of_vertex,
-                                                                        anchor, welded_faces, built["spacing"], low)
+        joints, parents, bone_of_vertex, n_limb_roots = add_limb_roots(
+            joints, parents, tails, bone_of_vertex, anchor, welded_faces, built["spacing"], low,
+            between=lambda f: report(0.85 + 0.05 * f))
         if n_limb_roots:
             joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
+    report(0.9)
     J = len(parents)
     n_end = 0
     if target is None:
@@ -1138,7 +1183,9 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 tails[ends] = heads  # a limb's last bone still ends where its end bone starts
                 n_pulled += n_end_pulled
         J = len(parents)
+    report(0.95)
     names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else "search")
+    report(1.0)
     weights = np.zeros((V, J), dtype=np.float32)
     weights[np.arange(V), bone_of_vertex[group]] = 1.0
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],

@@ -17,6 +17,8 @@ the weighted rigid (Procrustes) fit of the same quantities.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from backend.metrics import FastWindingNumbers, surface_distance
@@ -68,7 +70,8 @@ def project_to_articulated(transforms: np.ndarray, joints: np.ndarray, parents: 
 def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]],
                                   transforms: np.ndarray, joints: np.ndarray, parents: np.ndarray,
                                   members: list[np.ndarray] | None = None,
-                                  frames_vm: np.ndarray | None = None) -> None:
+                                  frames_vm: np.ndarray | None = None,
+                                  between: Callable[[float], None] | None = None) -> None:
     """One parents-first sweep of exact block updates of the bones' local rotations (roots: rigid motions).
 
     Updates ``transforms float64 [K, J, 4, 4]`` (articulated on entry, see :func:`project_to_articulated`;
@@ -84,6 +87,7 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
             then the prediction (frames minus residual) minus the other bones' part, which only the few
             bones that share the subtree's vertices (its parent's side of the joint) have, instead of a sum
             over every bone of the subtree (same result, far less work near the root).
+        between: called with the share of bones done after every bone (progress and cancellation).
     """
     K, J = transforms.shape[:2]
     parents = np.asarray(parents).reshape(-1)
@@ -101,6 +105,8 @@ def update_articulated_transforms(anchor: np.ndarray, resid: np.ndarray, groups:
             touching[v, b] = True
             row_mass[v] += w
     for j in range(J):
+        if between is not None and j:
+            between(j / J)
         bones = members[j]
         verts = np.unique(np.concatenate([groups[b][0] for b in bones]))
         if len(verts) < (3 if parents[j] < 0 else 2):
@@ -309,14 +315,17 @@ class ArticulatedGaussNewton:
 
         return self.frames_vm - blend_sparse(self.anchor, self.groups, transforms)
 
-    def run(self, transforms: np.ndarray, resid: np.ndarray, iters: int = 3,
-            damping: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, transforms: np.ndarray, resid: np.ndarray, iters: int = 3, damping: float = 1e-3,
+            between: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``iters`` LM steps (per frame: accepted where the frame's error drops, else 10x the damping and the
-        frame keeps its transforms). Returns the new ``transforms [K, J, 4, 4]`` and residual ``[V, K, 3]``."""
+        frame keeps its transforms); ``between(share done)`` before every step but the first. Returns the new
+        ``transforms [K, J, 4, 4]`` and residual ``[V, K, 3]``."""
         K = transforms.shape[0]
         lam = np.full(K, damping)
         err = np.square(resid).sum(axis=(0, 2))
-        for _ in range(iters):
+        for i in range(iters):
+            if between is not None and i:
+                between(i / iters)
             JtJ, Jtr = self._normal_equations(transforms, resid)
             diag = np.einsum("kpp->kp", JtJ)
             scale = np.maximum(diag.max(axis=1), 1e-300)

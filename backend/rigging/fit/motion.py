@@ -21,6 +21,9 @@ from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bon
 
 log = logging.getLogger(__name__)
 
+START_SHARE = 0.2
+"""Share of a fit's progress given to its starts (clusterings, trial alternations): about their share of its time."""
+
 
 class FitCancelled(RuntimeError):
     """Raised inside :func:`fit_motion` when its ``should_cancel`` callback returns True."""
@@ -194,20 +197,25 @@ class _TransformStep:
         return project_to_articulated(transforms, self.joints, self.parents) if self.articulated else transforms
 
     def sweep(self, resid: np.ndarray, groups: list, transforms: np.ndarray,
-              between: Callable[[], None] | None = None) -> None:
+              between: Callable[[float], None] | None = None) -> None:
         """One sweep (in place; the error never rises): free, the exact per-bone update; articulated, the exact
         per-bone local-rotation update, then ``articulated_lm_steps`` Levenberg-Marquardt steps on all bones
-        (``between`` is called before those: progress and cancellation)."""
+        (``between(share of the sweep done)`` is called between bones and steps: progress and cancellation)."""
         if self.articulated:
-            if self.block_sweep or self.lm_steps <= 0:
+            blocks = self.block_sweep or self.lm_steps <= 0
+            block_share = 0.5 if blocks and self.lm_steps > 0 else float(blocks)
+            if blocks:
                 update_articulated_transforms(self.anchor, resid, groups, transforms, self.joints, self.parents,
-                                              self.members, self.frames_vm)
+                                              self.members, self.frames_vm,
+                                              between=None if between is None else lambda f: between(block_share * f))
             if self.lm_steps > 0:
                 if between is not None:
-                    between()
+                    between(block_share)
                 lm = ArticulatedGaussNewton(self.anchor, self.frames_vm, groups, self.joints, self.parents,
                                             self.members)
-                transforms[:], resid[:] = lm.run(transforms, resid, self.lm_steps)
+                transforms[:], resid[:] = lm.run(
+                    transforms, resid, self.lm_steps,
+                    between=None if between is None else lambda f: between(block_share + (1.0 - block_share) * f))
         else:
             update_transforms(self.anchor, resid, groups, transforms)
 
@@ -271,7 +279,7 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     for s in range(cfg.keyframe_sweeps):  # stops early like the alternations (``tol``)
         at = share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1)
         tick(at)
-        step.sweep(resid, groups, t_rest, between=lambda: tick(at + 0.5 * (1.0 - share) / cfg.keyframe_sweeps))
+        step.sweep(resid, groups, t_rest, between=lambda f, at=at: tick(at + f * (1.0 - share) / cfg.keyframe_sweeps))
         after = rms_vertex_error(resid)
         if before - after <= cfg.tol * before:
             break
@@ -351,10 +359,26 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     w0 = prune_weights(w_in, M).astype(np.float64)
     idx, val = to_sparse_rows(w0, M)
     tick(0.0)
+
+    def done(alternations: float) -> float:
+        """The fit's progress after ``alternations`` (fractional) alternations: the starts take the first
+        ``START_SHARE``, each alternation an equal part of the rest."""
+        return START_SHARE + (1.0 - START_SHARE) * min(alternations / max(cfg.refine_iters, 1), 1.0)
+
+    rounds = [0]
+
+    def clustering_round() -> None:
+        """Progress creeping through the first half of the starts' share during their clusterings (their
+        rounds are not known in advance); the trial alternations take the second half."""
+        rounds[0] += 1
+        tick(0.5 * START_SHARE * rounds[0] / (rounds[0] + 8))
+
     xv = np.ascontiguousarray(x.transpose(1, 0, 2))  # vertex-major [V, K, 3]
     step = _TransformStep(a, xv, parents, joints, cfg, faces)
+    tick(0.02 * START_SHARE)
     transforms, borrowed = initial_transforms(a, x, w0, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
     transforms = step.start(transforms)
+    tick(0.04 * START_SHARE)
     scale = float(np.ptp(a, axis=0).max())
     groups = bone_groups(idx, val, J)
     resid = xv - blend_sparse(a, groups, transforms)
@@ -366,12 +390,11 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
             seeds["weights"] = transforms
         if cfg.init in ("split", "best"):
             bone = match_clusters_to_bones(split_motion_clusters(a, xv, J, cfg.motion_init_rounds,
-                                                                 cfg.split_seed_fraction), w0)
+                                                                 cfg.split_seed_fraction, between=clustering_round), w0)
             seeds["split"], _ = initial_transforms(a, x, one_hot(bone, J), parents, joints, 1.0, cfg.min_bone_mass, xv)
         for name, t_seed in seeds.items():
-            tick(0.5 / (cfg.refine_iters + 1))  # polls cancellation between the clusterings
             labels, t_c, borrowed_c = cluster_by_motion(a, x, t_seed, parents, joints, cfg.motion_init_rounds,
-                                                        cfg.min_bone_mass, frames_vm=xv)
+                                                        cfg.min_bone_mass, frames_vm=xv, between=clustering_round)
             t_c = step.start(t_c)
             idx_c = np.zeros((V, M), dtype=np.int64)
             val_c = np.zeros((V, M))
@@ -385,7 +408,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     starts = [st for st in starts if st.sq_err <= cfg.start_trial_ratio * starts[0].sq_err]
     for st in starts:  # a start that already reproduces the frames (to float noise) is not refined
         st.converged = st.rmse[0] <= 1e-7 * scale
-    tick(1.0 / (cfg.refine_iters + 1))
+    tick(0.5 * START_SHARE)
 
     neighbours = None
     smoothing = cfg.smoothness > 0 or (cfg.smooth_steps > 0 and cfg.smooth_slack > 0)
@@ -395,19 +418,21 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         for st in starts:
             st.cand, st.cand_mask = candidate_bones(st.idx, st.val, parents, cfg.neighbour_candidates)
 
-    def alternate(st: _FitState, move_joints: bool = False) -> None:
-        """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``)."""
-        at = (len(st.rmse) - 1) / (cfg.refine_iters + 1)  # progress and cancellation inside the alternation
-        for _ in range(cfg.transform_sweeps):
-            step.sweep(st.resid, st.groups, st.transforms, between=lambda: tick(at + 0.25 / (cfg.refine_iters + 1)))
-        tick(at + 0.5 / (cfg.refine_iters + 1))
+    def alternate(st: _FitState, progress_at: Callable[[float], float], move_joints: bool = False) -> None:
+        """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``);
+        ``progress_at(f)``: the fit's progress ``f`` (0 to 1) through this alternation."""
+        n = cfg.transform_sweeps
+        for i in range(n):
+            step.sweep(st.resid, st.groups, st.transforms, between=lambda f, i=i: tick(progress_at(0.5 * (i + f) / n)))
+        tick(progress_at(0.5))
         if move_joints:
             step.move_joints(st.resid, st.groups, st.transforms)
-            tick(at + 0.75 / (cfg.refine_iters + 1))
+            tick(progress_at(0.75))
         if cfg.refine_weights:
             st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
                                             M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
-                                            cfg.chunk, cfg.motion_candidates)
+                                            cfg.chunk, cfg.motion_candidates,
+                                            between=lambda f: tick(progress_at(0.75 + 0.25 * f)))
             st.groups = bone_groups(st.idx, st.val, J)
             st.resid = xv - blend_sparse(a, st.groups, st.transforms)
         st.rmse.append(rms_vertex_error(st.resid))
@@ -415,18 +440,24 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
 
     if len(starts) > 1 and cfg.refine_iters > 0:
         trial = min(cfg.start_trial_iters, cfg.refine_iters)
+        trials = [0]
+        width = 0.5 * START_SHARE / max(trial * len(starts), 1)  # of the starts' second half, per trial alternation
         for st in starts:
             while len(st.rmse) - 1 < trial and not st.converged:
-                tick(1.0 / (cfg.refine_iters + 1))  # polls cancellation
-                alternate(st)
+                base = 0.5 * START_SHARE + width * trials[0]
+                tick(base)  # polls cancellation
+                alternate(st, lambda f, base=base: base + width * f)
+                trials[0] += 1
+        tick(START_SHARE)
         log.debug("after %d trial alternations: %s", trial, {st.name: st.rmse[-1] for st in starts})
         starts.sort(key=lambda st: st.rmse[-1])
     best = starts[0]
     log.debug("motion fit start: %s, rmse %.3g", best.name, best.rmse[0])
     while len(best.rmse) - 1 < cfg.refine_iters and not best.converged:
-        alternate(best, move_joints=True)
+        at = len(best.rmse) - 1
+        alternate(best, lambda f, at=at: done(at + f), move_joints=True)
         log.debug("motion fit alternation %d: rmse %.3g", len(best.rmse) - 1, best.rmse[-1])
-        tick(len(best.rmse) / (cfg.refine_iters + 1))
+        tick(done(len(best.rmse) - 1))
     idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
     weights_out = sparse_to_dense(idx, val, J).astype(np.float32)
     return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -273,7 +275,8 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
                    transforms: np.ndarray, cand: np.ndarray | None, cand_mask: np.ndarray | None,
                    neighbours: sp.csr_matrix | None, max_influences: int, smoothness: float,
                    smooth_steps: int = 2, smooth_slack: float = 0.5, qp_iters: int = 10,
-                   chunk: int = 16384, motion_candidates: int = 6) -> tuple[np.ndarray, np.ndarray]:
+                   chunk: int = 16384, motion_candidates: int = 6,
+                   between: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve every vertex's weights with the transforms fixed, then smooth them over the mesh.
 
     1. Per vertex, minimise its squared LBS error ``w^T R_v w`` (see :class:`ResidualGram`) plus
@@ -287,7 +290,8 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
        ``smooth_slack`` of the improvement step 1 made for that vertex, so the error never rises.
 
     When ``cand`` is None the candidates are chosen here by :func:`motion_candidate_bones` (current
-    support plus ``motion_candidates`` bones) for the current transforms.
+    support plus ``motion_candidates`` bones) for the current transforms. ``between(fraction)`` is called
+    after every chunk of vertices (progress and cancellation).
 
     Returns new sparse rows ``idx int64 [V, max_influences]``, ``val float64 [V, max_influences]``.
     """
@@ -322,6 +326,8 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
         worse = ~(e_new <= e_old)  # guard: never raise a vertex's error (NaN counts as worse)
         w[worse], e_new[worse] = w_old[worse], e_old[worse]
         W_new[s:e], err_old[s:e], err_new[s:e] = w, e_old, e_new
+        if between is not None:
+            between(0.8 * e / V)
 
     if neighbours is not None and smooth_steps > 0 and smooth_slack > 0:
         dense = np.zeros((V, J))
@@ -339,6 +345,8 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
             R = gram.chunk(s, e, cand[s:e], cand_mask[s:e])
             ok = _quad(Ws[s:e], R) <= allowed[s:e]
             W_new[s:e][ok] = Ws[s:e][ok]
+            if between is not None:
+                between(0.8 + 0.2 * e / V)
 
     top = np.argsort(-W_new, axis=1, kind="stable")[:, :max_influences]
     new_idx = np.zeros((V, max_influences), dtype=np.int64)

@@ -4,6 +4,7 @@ splitting) that gives the refinement better starting weights than the networks' 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -77,7 +78,8 @@ def initial_transforms(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarr
 
 def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.ndarray, parents: np.ndarray,
                       joints: np.ndarray | None = None, rounds: int = 5, min_bone_mass: float = 0.5,
-                      frames_vm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      frames_vm: np.ndarray | None = None,
+                      between: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Motion clustering (rigid k-means): alternately give every vertex to the bone whose rigid motion
     reproduces it best, and re-fit every bone's rigid motion to its vertices (Kabsch).
 
@@ -90,6 +92,7 @@ def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.nda
         parents: ``[J]``; joints: ``[J, 3]`` (tie-break when borrowing).
         rounds: at most this many assignment / re-fit rounds (stops early when no vertex changes bone).
         frames_vm: the frames as vertex-major float64 ``[V, K, 3]`` when the caller already has them.
+        between: called before every round (progress and cancellation).
     Returns:
         ``labels int64 [V]`` (each vertex's bone), ``transforms float64 [K, J, 4, 4]``, ``borrowed bool [J]``.
     """
@@ -100,6 +103,8 @@ def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.nda
     labels = np.full(V, -1, dtype=np.int64)
     borrowed = np.zeros(J, dtype=bool)
     for _ in range(rounds):
+        if between is not None:
+            between()
         new = ResidualGram(a, xv, transforms).single_bone_errors().argmin(axis=1)
         if np.array_equal(new, labels):
             break
@@ -110,7 +115,8 @@ def cluster_by_motion(anchor: np.ndarray, frames: np.ndarray, transforms: np.nda
 
 
 def split_motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int, rounds: int = 5,
-                          seed_fraction: float = 0.5, min_size: int = 6) -> np.ndarray:
+                          seed_fraction: float = 0.5, min_size: int = 6,
+                          between: Callable[[], None] | None = None) -> np.ndarray:
     """Motion clusters grown by splitting, the start of smooth skinning decomposition (Le & Deng 2012).
 
     Starting from one cluster (one global rigid motion), every phase splits the clusters with the
@@ -124,6 +130,7 @@ def split_motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters:
         anchor: ``[V, 3]``; frames_vm: the frames vertex-major, float64 ``[V, K, 3]``.
         n_clusters: at most this many clusters (fewer when clusters get smaller than ``min_size``).
         rounds: k-means rounds per phase (stops early when no vertex changes cluster).
+        between: called before every phase and round (progress and cancellation).
     Returns:
         ``labels int64 [V]`` in ``[0, m)``, ``m <= n_clusters``.
     """
@@ -133,6 +140,8 @@ def split_motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters:
     labels = np.zeros(V, dtype=np.int64)
     transforms = weighted_rigid_fits(a, None, np.ones((V, 1)), frames_vm)[0]
     while transforms.shape[1] < n_clusters:
+        if between is not None:
+            between()
         m = transforms.shape[1]
         own = ResidualGram(a, frames_vm, transforms).single_bone_errors()[np.arange(V), labels]
         total = np.bincount(labels, own, minlength=m)
@@ -151,6 +160,8 @@ def split_motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters:
         transforms = np.concatenate([transforms, *seeds], axis=1)
         m = transforms.shape[1]
         for _ in range(rounds):
+            if between is not None:
+                between()
             new = ResidualGram(a, frames_vm, transforms).single_bone_errors().argmin(axis=1)
             if np.array_equal(new, labels):
                 break
