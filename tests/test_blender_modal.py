@@ -145,3 +145,17 @@ def test_interactive_run_shows_every_phase_and_esc_while_building_leaves_nothing
 
     assert _Active.job is None and _Active.export is None
     assert bpy.context.window_manager.sprig_runtime.running is False
+
+
+def test_interactive_run_with_a_missing_backend_python_fails_clearly_and_leaves_nothing(scene, tmp_path):
+    set_backend("SUBPROCESS", python=str(tmp_path / "no_such_python"))
+    armature_tube(n_frames=4)
+    before = data_counts()
+    op = invoke_rig_sequence()  # the warm-up's start fails in its thread; the job's own start reports it
+    result, _ = drive(op)
+    assert result == {"CANCELLED"}
+    assert op._job.state == "error" and "backend Python executable not found" in op._job.message, op._job.message
+    assert data_counts() == before
+    from sprig_blender.operators import _Active
+
+    assert _Active.job is None and _Active.export is None
