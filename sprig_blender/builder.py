@@ -169,7 +169,8 @@ def _build(context, source, result, frames, stats, created: _Created) -> Generat
     bone_names = _edit_bones(context, arm_obj, result, attached, tol=ATTACHED_TOL * max(diag, 1e-12))
 
     context = (yield "vertex groups") or context
-    _vertex_groups(mesh_obj, bone_names, np.asarray(result.weights, dtype=np.float32))
+    for share in _vertex_groups_steps(mesh_obj, bone_names, np.asarray(result.weights, dtype=np.float32)):
+        context = (yield f"vertex groups {100 * share:.0f}%") or context
     mesh_obj.parent = arm_obj
     mesh_obj.matrix_parent_inverse = mathutils.Matrix.Identity(4)
     modifier = mesh_obj.modifiers.new("SPRig Armature", "ARMATURE")
@@ -466,11 +467,27 @@ def _edit_bones(context, arm_obj, result, attached: np.ndarray, tol: float) -> l
 
 def _vertex_groups(mesh_obj, bone_names: list[str], weights: np.ndarray) -> None:
     """One vertex group per bone holding that bone's non-zero weights ``weights [V, J]``."""
+    for _ in _vertex_groups_steps(mesh_obj, bone_names, weights):
+        pass
+
+
+VERTEX_GROUP_SLICE = 250_000  # weights written per step of :func:`_vertex_groups_steps` (about 0.25 s)
+
+
+def _vertex_groups_steps(mesh_obj, bone_names: list[str], weights: np.ndarray) -> Generator[float, None, None]:
+    """:func:`_vertex_groups` in slices of about ``VERTEX_GROUP_SLICE`` weights: yields the share written."""
+    total = max(int(np.count_nonzero(weights)), 1)
+    written = since = 0
     for j, name in enumerate(bone_names):
         group = mesh_obj.vertex_groups.new(name=name)
         column = weights[:, j]
         for v in np.flatnonzero(column > 0.0).tolist():
             group.add([v], float(column[v]), "REPLACE")
+            written += 1
+            since += 1
+            if since >= VERTEX_GROUP_SLICE:
+                since = 0
+                yield written / total
 
 
 def _keyframes(arm_obj, bone_names, rest, parents, transforms, attached, frames, action_name,
