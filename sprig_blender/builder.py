@@ -185,8 +185,9 @@ def _build(context, source, result, frames, stats, created: _Created) -> Generat
     context = (yield "heatmap data") or context
     kept = _instability_frames(stats, len(frames))  # frame indices, None without the heatmap stage
     instability = None if kept is None else np.asarray(result.skin_instability, dtype=np.float32)[kept]
-    heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32), instability,
-                            None if kept is None else [frames[k] for k in kept])
+    for share in heatmap.store_heat_data_steps(mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32),
+                                               instability, None if kept is None else [frames[k] for k in kept]):
+        context = (yield f"heatmap data {100 * share:.0f}%") or context
     stats = dict(stats)
     stats.setdefault("joints", len(bone_names))
     stats.setdefault("frames", len(frames))

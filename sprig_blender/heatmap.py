@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import bpy
@@ -117,6 +118,15 @@ def store_heat_data(mesh: bpy.types.Mesh, frames: list[int], recon: np.ndarray,
                     instability: np.ndarray | None = None, instability_frames: list[int] | None = None) -> None:
     """Keep ``recon float32 [K, V]`` at scene ``frames [K]`` and, when given, ``instability float32 [Ki, V]``
     at scene ``instability_frames [Ki]`` (default: ``frames``) on ``mesh`` (see the module docstring)."""
+    for _ in store_heat_data_steps(mesh, frames, recon, instability, instability_frames):
+        pass
+
+
+def store_heat_data_steps(mesh: bpy.types.Mesh, frames: list[int], recon: np.ndarray,
+                          instability: np.ndarray | None = None,
+                          instability_frames: list[int] | None = None) -> Generator[float, None, None]:
+    """:func:`store_heat_data` a slice of compression at a time: yields the share done. The mesh's heat data
+    change only after the last step (a run stopped before leaves the mesh as it was)."""
     V = len(mesh.vertices)
     recon = np.asarray(recon, dtype=np.float32)
     if recon.shape != (len(frames), V):
@@ -130,13 +140,22 @@ def store_heat_data(mesh: bpy.types.Mesh, frames: list[int], recon: np.ndarray,
             raise ValueError(f"heat data shapes do not match: instability {list(instability.shape)}, "
                              f"{len(inst_frames)} frames, {V} vertices")
         per_mode["INSTABILITY"] = (instability, inst_frames)
+    encoded = {}
+    for i, (mode, (values, _)) in enumerate(per_mode.items()):
+        steps = convert.encode_heat_steps(values)
+        while True:
+            try:
+                yield (i + next(steps)) / len(per_mode)
+            except StopIteration as finished:
+                encoded[mode] = finished.value
+                break
     for mode in DATA_KEYS:
         for key in _keys(mode):
             if key in mesh:
                 del mesh[key]
     mesh[FRAMES_KEY] = [int(f) for f in frames]
     for mode, (values, mode_frames) in per_mode.items():
-        payload, scale = convert.encode_heat(values)
+        payload, scale = encoded[mode]
         data_key, scale_key, frames_key = _keys(mode)
         mesh[data_key] = payload
         mesh[scale_key] = scale

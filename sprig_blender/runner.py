@@ -45,9 +45,17 @@ class BackendSettings:
     hang_timeout_s: float = 60.0
 
     def client_config(self) -> "backend_client.ClientConfig":
+        # the server reads only frames this add-on exported: it may load production-size clips, which the
+        # loaders' default ceiling (meant for files of unknown origin) refuses above 10 million positions
         return backend_client.ClientConfig(python=self.python, backend_path=self.backend_path or None,
                                            device=self.device, checkpoints=self.checkpoints or None,
-                                           hang_timeout_s=self.hang_timeout_s, preload=True)
+                                           hang_timeout_s=self.hang_timeout_s, preload=True,
+                                           env={"SPRIG_MAX_VERTEX_FRAMES": str(EXPORT_MAX_VERTEX_FRAMES)})
+
+
+EXPORT_MAX_VERTEX_FRAMES = 100_000_000
+"""Vertex positions (frames x vertices) the add-on's server accepts: 1.2 GB as float32, a 600k-vertex mesh over
+160 frames."""
 
 
 # -- backends -----------------------------------------------------------------------------------

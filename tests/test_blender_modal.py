@@ -159,3 +159,24 @@ def test_interactive_run_with_a_missing_backend_python_fails_clearly_and_leaves_
     from sprig_blender.operators import _Active
 
     assert _Active.job is None and _Active.export is None
+
+
+def test_heat_values_compressed_in_slices_decode_like_one_piece(monkeypatch):
+    import numpy as np
+
+    from sprig_blender import convert
+
+    values = np.random.default_rng(0).random((5, 301)).astype(np.float32) ** 3
+    whole, scale = convert.encode_heat(values)
+    monkeypatch.setattr(convert, "HEAT_SLICE_BYTES", 97)
+    steps = convert.encode_heat_steps(values)
+    shares = []
+    while True:
+        try:
+            shares.append(next(steps))
+        except StopIteration as finished:
+            sliced, sliced_scale = finished.value
+            break
+    assert len(shares) == 16 and shares == sorted(shares) and shares[-1] == 1.0  # 5 x 301 bytes in 97-byte slices
+    assert sliced_scale == scale
+    np.testing.assert_array_equal(convert.decode_heat_levels(sliced, 5, 301), convert.decode_heat_levels(whole, 5, 301))

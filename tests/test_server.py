@@ -70,7 +70,7 @@ class RawServer:
             line = self.proc.stdout.readline()
             assert line, "server closed its output"
             message = json.loads(line)
-            if message.get("type") != "heartbeat":
+            if message.get("type") not in ("heartbeat", "progress"):
                 return message
 
     def ask(self, line: str) -> dict:
@@ -311,7 +311,9 @@ def test_rig_roundtrip_progress_and_busy(client, tmp_path):
     assert isinstance(result, RigResult)
     assert result.anchor_verts.shape == verts[0].shape and result.bone_transforms.shape[0] == len(verts)
     np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, atol=1e-4)
-    assert stages and all(0.0 <= f <= 1.0 for _, f in stages) and stages[-1] == ("done", 1.0)
+    assert stages and all(0.0 <= f <= 1.0 for _, f in stages) and stages[-2:] == [("done", 1.0),
+                                                                               ("writing the result", 1.0)]
+    assert stages[:2] == [("reading frames", 0.0), ("checking frames", 0.0)]  # the input, before the rig starts
     assert [f for _, f in stages] == sorted(f for _, f in stages)  # overall progress never goes back
     assert {"skeleton_sprig.safetensors", "skinning_sprig.safetensors"} <= {c["name"] for c in client.info()["checkpoints"]}
     # a second request while one runs is refused with "busy"; the first still finishes

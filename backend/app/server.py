@@ -11,7 +11,8 @@ Protocol (every message is one JSON object on one line, UTF-8):
 
   - ``{"id": ..., "type": "result", "result": {...}}`` once per successful request;
   - ``{"id": ..., "type": "error", "error": {"code": ..., "message": ...}}`` once per failed request;
-  - ``{"id": ..., "type": "progress", "stage": <str>, "fraction": <float in [0, 1]>}`` while a rig runs;
+  - ``{"id": ..., "type": "progress", "stage": <str>, "fraction": <float in [0, 1]>}`` while a rig runs, and
+    while its input is read ("reading frames", "checking frames", before a reply that may be an error);
   - ``{"type": "heartbeat", "busy": <bool>}`` every ``--heartbeat`` seconds while a rig runs, so that a
     client can tell a long computation from a hung process.
 
@@ -162,8 +163,9 @@ class ServerConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_sequence_npz(path: str | os.PathLike) -> MeshSequence:
-    """Read a request's input ``.npz`` into a validated :class:`MeshSequence`.
+def load_sequence_npz(path: str | os.PathLike, on_step: Callable[[str], None] | None = None) -> MeshSequence:
+    """Read a request's input ``.npz`` into a validated :class:`MeshSequence` (``on_step`` is told "reading
+    frames", then "checking frames": a production-size clip takes a second or two).
 
     The file holds ``verts float32 [K, V, 3]``, ``faces int32 [F, 3]`` and optionally ``fps`` (scalar),
     ``name`` (string scalar), ``times [K]`` and extras, read by the project's npz reader
@@ -180,6 +182,8 @@ def load_sequence_npz(path: str | os.PathLike) -> MeshSequence:
     path = Path(path)
     if not path.exists():
         raise RequestError(ErrorCode.FILE_NOT_FOUND, f"input file not found: {path}")
+    if on_step is not None:
+        on_step("reading frames")
     try:
         arrays = read_npz_arrays(path)
     except SequenceError as exc:
@@ -190,6 +194,8 @@ def load_sequence_npz(path: str | os.PathLike) -> MeshSequence:
     if missing:
         raise RequestError(ErrorCode.BAD_FILE,
                            f"{path}: missing array(s) {', '.join(missing)} (need verts [K,V,3] and faces [F,3])")
+    if on_step is not None:
+        on_step("checking frames")
     try:
         return sequence_from_npz_arrays(path, arrays)
     except SequenceError as exc:
@@ -609,7 +615,8 @@ class Server:
         except OutputPathError as exc:
             raise RequestError(ErrorCode.INVALID_PARAMS, str(exc)) from None
         self.rigger.make_config(options)
-        seq = load_sequence_npz(source)
+        seq = load_sequence_npz(source, on_step=lambda step: self.send(
+            {"id": request_id, "type": "progress", "stage": step, "fraction": 0.0}))
         with self._job_lock:
             if self._job is not None and self._job.thread.is_alive():
                 raise RequestError(ErrorCode.BUSY, f"a rig is already running (request {self._job.request_id!r})")
@@ -657,6 +664,7 @@ class Server:
             result = work(seq, options, progress, cancel.is_set)
             if cancel.is_set():
                 raise RequestError(ErrorCode.CANCELLED, "the rig was cancelled")
+            progress("writing the result", 1.0)  # a production-size result takes a moment to write and read
             with atomic_write(out_path) as temp:
                 result.save(temp)
             stats = dict(result.stats)

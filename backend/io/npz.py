@@ -191,7 +191,8 @@ def _check_member_size(path: Path, info: zipfile.ZipInfo) -> None:
     """Refuse a member whose declared uncompressed size or compression ratio is beyond :data:`LIMITS`."""
     if info.file_size > LIMITS.max_array_bytes + 4096:
         raise SequenceError(f"{path}: member '{info.filename}' unpacks to {info.file_size:,} bytes, above the limit "
-                            f"of {LIMITS.max_array_bytes:,}")
+                            f"of {LIMITS.max_array_bytes:,} (a corrupt or hostile file, or a clip too large to load "
+                            "at once; set SPRIG_MAX_VERTEX_FRAMES to raise the ceiling, or select fewer frames)")
     if info.compress_type != zipfile.ZIP_STORED and info.file_size > _SMALL_MEMBER:
         ratio = info.file_size / max(info.compress_size, 1)
         if ratio > LIMITS.max_compression_ratio:
