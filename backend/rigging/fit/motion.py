@@ -257,7 +257,7 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     every frame's transforms fitted to those weights (see ``FitConfig.max_fit_frames``)."""
     K = x.shape[0]
     keys = np.unique(np.round(np.linspace(0, K - 1, cfg.max_fit_frames)).astype(np.int64))
-    share = 0.85  # of the progress bar: the keyframe fit; the rest: the sweeps over the other frames
+    share = 0.75  # of the progress bar: the keyframe fit; the rest: the sweeps over the other frames (about their time)
     sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
                      progress=lambda f: tick(share * f))
     joints = sub.joints
