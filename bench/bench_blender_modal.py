@@ -24,7 +24,6 @@ import argparse
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,14 +31,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 TICK_S = 0.1  # the operator's event timer interval
-
-
-@dataclass
-class FakeEvent:
-    """The two fields of a window-manager event the operator reads."""
-
-    type: str
-    value: str = "NOTHING"
 
 
 def wave_sphere(n_verts: int, n_frames: int):
@@ -88,40 +79,16 @@ class Recorder:
         return sorted(((times[i + 1] - times[i], texts[i]) for i in range(len(times) - 1)), reverse=True)
 
 
-def window_override():
-    import bpy
-
-    window = bpy.context.window_manager.windows[0]
-    area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
-    return bpy.context.temp_override(window=window, screen=window.screen, area=area)
-
-
-def run_once(operator_class, cancel_at: str | None, rng: random.Random, timeout: float = 900.0) -> dict:
+def run_once(cancel_at: str | None, rng: random.Random, timeout: float = 900.0) -> dict:
     """One interactive Rig Sequence; with ``cancel_at`` (a phase: ``export`` or a backend stage), Esc a random
     0-0.5 s after that phase starts. Returns timings and the outcome."""
     import bpy
+    from test_blender_scenes import ModalEvent, invoke_rig_sequence, window_override
 
     from sprig_blender.operators import _Active
 
-    captured = []
-    execute = operator_class.execute
-
-    def invoking_execute(op, context):
-        # background mode calls execute for INVOKE_DEFAULT (there is no event): call invoke as a click does;
-        # the modal handler it adds then owns the operator, as in an interactive session
-        captured.append(op)
-        return op.invoke(context, FakeEvent("LEFTMOUSE", "PRESS"))
-
-    operator_class.execute = invoking_execute
-    try:
-        with window_override():
-            started = time.monotonic()
-            returned = bpy.ops.sprig.rig_sequence("INVOKE_DEFAULT")
-    finally:
-        operator_class.execute = execute
-    if returned != {"RUNNING_MODAL"}:
-        raise RuntimeError(f"Rig Sequence did not start its modal run: {returned}")
-    op = captured[0]
+    started = time.monotonic()
+    op = invoke_rig_sequence()
     runtime = bpy.context.window_manager.sprig_runtime
     phase_start: dict[str, float] = {"export": started}
     esc_due = esc_sent = None
@@ -135,9 +102,9 @@ def run_once(operator_class, cancel_at: str | None, rng: random.Random, timeout:
         with window_override():
             if esc_due is not None and esc_sent is None and time.monotonic() >= esc_due:
                 esc_sent = time.monotonic()
-                result = op.modal(bpy.context, FakeEvent("ESC", "PRESS"))
+                result = op.modal(bpy.context, ModalEvent("ESC", "PRESS"))
             else:
-                result = op.modal(bpy.context, FakeEvent("TIMER"))
+                result = op.modal(bpy.context, ModalEvent("TIMER"))
         if result != {"RUNNING_MODAL"}:
             break
     ended = time.monotonic()
@@ -173,7 +140,7 @@ def main() -> None:
     recorder = Recorder(operators.SPRIG_OT_rig_sequence)
     try:
         # the full run
-        run = run_once(operators.SPRIG_OT_rig_sequence, None, rng)
+        run = run_once(None, rng)
         phases = sorted(run["phase_start"].items(), key=lambda kv: kv[1])
         bounds = [t for _, t in phases] + [run["ended"]]
         print(f"full run: {run['ended'] - run['started']:.1f} s, result {run['result']}, job {run['job_state']}")
@@ -197,7 +164,7 @@ def main() -> None:
         bpy.context.view_layer.objects.active = obj
         for phase in args.cancel_in:
             before = data_counts()
-            run = run_once(operators.SPRIG_OT_rig_sequence, phase, rng)
+            run = run_once(phase, rng)
             left = {k: v - before[k] for k, v in data_counts().items() if v != before[k]}
             if run["esc_sent"] is None:
                 print(f"cancel in {phase:9s}: the phase never came (result {run['result']})")

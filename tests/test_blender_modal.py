@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import dataclass
-
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from test_blender_scenes import (armature_tube, data_counts, disable_addon, ground_truth_rig,  # noqa: E402
-                                 realdata_sequence, reset_scene, set_backend, shape_key_object)
+from test_blender_scenes import (ModalEvent, armature_tube, data_counts, disable_addon, ground_truth_rig,  # noqa: E402
+                                 invoke_rig_sequence, realdata_sequence, reset_scene, set_backend, shape_key_object,
+                                 window_override)
 
 pytestmark = pytest.mark.blender
 needs_rigger = pytest.mark.skipif(importlib.util.find_spec("backend.rigging.pipeline") is None,
                                   reason="rigger not available")
-
-
-@dataclass
-class Event:
-    type: str
-    value: str = "NOTHING"
 
 
 @pytest.fixture(scope="module")
@@ -47,33 +40,6 @@ def scene():
     disable_addon()
 
 
-def window_override():
-    window = bpy.context.window_manager.windows[0]
-    area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
-    return bpy.context.temp_override(window=window, screen=window.screen, area=area)
-
-
-def invoke_rig_sequence():
-    """Click Rig Sequence; returns the running operator."""
-    from sprig_blender import operators
-
-    cls = operators.SPRIG_OT_rig_sequence
-    captured = []
-    execute = cls.execute
-
-    def invoking_execute(op, context):
-        captured.append(op)
-        return op.invoke(context, Event("LEFTMOUSE", "PRESS"))
-
-    cls.execute = invoking_execute
-    try:
-        with window_override():
-            assert bpy.ops.sprig.rig_sequence("INVOKE_DEFAULT") == {"RUNNING_MODAL"}
-    finally:
-        cls.execute = execute
-    return captured[0]
-
-
 def drive(op, esc_when=None, timeout: float = 120.0) -> tuple[set[str], list[str]]:
     """Timer ticks until the operator ends (Esc on the first tick where ``esc_when(stage)`` is true);
     returns its result and the stages it showed."""
@@ -84,7 +50,7 @@ def drive(op, esc_when=None, timeout: float = 120.0) -> tuple[set[str], list[str
         stage = bpy.context.window_manager.sprig_runtime.stage
         if not stages or stages[-1] != stage:
             stages.append(stage)
-        event = Event("ESC", "PRESS") if esc_when is not None and esc_when(stage) else Event("TIMER")
+        event = ModalEvent("ESC", "PRESS") if esc_when is not None and esc_when(stage) else ModalEvent("TIMER")
         with window_override():
             result = op.modal(bpy.context, event)
         if result != {"RUNNING_MODAL"}:

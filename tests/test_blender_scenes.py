@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +334,47 @@ def test_export_rejects_bad_input(scene):
         export.export_frames(bpy.context, obj, [1])
     with pytest.raises(export.ExportError, match="frame range is empty"):
         export.frame_list(5, 2, 1)
+
+
+# -- the interactive (modal) path, driven as Blender's window manager drives it ----------------
+
+
+@dataclass
+class ModalEvent:
+    """The two fields of a window-manager event the operators read."""
+
+    type: str
+    value: str = "NOTHING"
+
+
+def window_override():
+    """A context with the window, its screen and its 3D view (what a click on a panel button has)."""
+    window = bpy.context.window_manager.windows[0]
+    area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
+    return bpy.context.temp_override(window=window, screen=window.screen, area=area)
+
+
+def invoke_rig_sequence():
+    """Click Rig Sequence; returns the running operator. Background mode runs ``execute`` for
+    ``INVOKE_DEFAULT`` (there is no event), so for this call ``execute`` hands over to ``invoke``; the modal
+    handler ``invoke`` adds then owns the operator, as in an interactive session. The caller gives it its
+    events (``op.modal(context, ModalEvent("TIMER"))``)."""
+    from sprig_blender import operators
+
+    cls = operators.SPRIG_OT_rig_sequence
+    captured = []
+    execute = cls.execute
+
+    def invoking_execute(op, context):
+        captured.append(op)
+        return op.invoke(context, ModalEvent("LEFTMOUSE", "PRESS"))
+
+    cls.execute = invoking_execute
+    try:
+        with window_override():
+            returned = bpy.ops.sprig.rig_sequence("INVOKE_DEFAULT")
+    finally:
+        cls.execute = execute
+    if returned != {"RUNNING_MODAL"}:
+        raise RuntimeError(f"Rig Sequence did not start its modal run: {returned}")
+    return captured[0]
