@@ -1,4 +1,5 @@
-"""Shared fixtures of the training-stage tests: one torch thread, tiny corpora and tiny run folders.
+"""Shared fixtures: for the training-stage tests one torch thread, tiny corpora and tiny run folders; for the
+Blender tests a fresh scene and untrained checkpoints.
 
 Nothing here is autouse; a test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``
 or by naming a fixture. Heavy imports happen inside the fixtures so other test modules do not pay for them.
@@ -62,3 +63,27 @@ def make_base_run(tiny_corpus_config):
         return root
 
     return make
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Untrained tiny checkpoints (see tests/test_server.py): the real pipeline runs, rig quality is not judged.
+    Modules that need other checkpoints define their own ``checkpoints`` fixture."""
+    from test_server import write_untrained_checkpoints
+
+    return write_untrained_checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture
+def scene():
+    """A Blender test's empty factory scene with the add-on enabled; afterwards the add-on's backend is stopped
+    (if one was started) and the add-on disabled."""
+    import bpy
+    from test_blender_scenes import disable_addon, reset_scene
+
+    reset_scene()
+    yield bpy.context.scene
+    from sprig_blender import runner
+
+    runner.discard_backend()
+    disable_addon()

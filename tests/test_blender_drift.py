@@ -19,13 +19,6 @@ pytestmark = pytest.mark.blender
 Q = 1.0 / 255  # Blender stores custom bone colours with 8 bits per channel
 
 
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    disable_addon()
-
-
 def drift_rig(n_frames: int = 8):
     """The fox's artist rig built in Blender, with stats holding the MCJD of its own per-frame joints.
 

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import importlib.util
 import time
+
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from test_blender_scenes import (ModalEvent, armature_tube, data_counts, disable_addon, ground_truth_rig,  # noqa: E402
+from test_blender_scenes import (ModalEvent, armature_tube, data_counts, ground_truth_rig,  # noqa: E402
                                  invoke_rig_sequence, realdata_sequence, reset_scene, set_backend, shape_key_object,
                                  window_override)
 
 pytestmark = pytest.mark.blender
 needs_rigger = pytest.mark.skipif(importlib.util.find_spec("backend.rigging.pipeline") is None,
                                   reason="rigger not available")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    from test_server import write_untrained_checkpoints
-
-    return write_untrained_checkpoints(tmp_path_factory.mktemp("checkpoints"))
-
-
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    from sprig_blender import runner
-
-    runner.discard_backend()
-    disable_addon()
 
 
 def drive(op, esc_when=None, timeout: float = 120.0) -> tuple[set[str], list[str]]:

@@ -13,30 +13,12 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from test_blender_scenes import (armature_tube, data_counts, disable_addon, evaluated_world_verts,  # noqa: E402
-                                 ground_truth_rig, realdata_sequence, reset_scene, set_backend, shape_key_object)
+from test_blender_scenes import (armature_tube, data_counts, evaluated_world_verts, ground_truth_rig,  # noqa: E402
+                                 realdata_sequence, set_backend, shape_key_object)
 
 pytestmark = pytest.mark.blender
 HAS_RIGGER = importlib.util.find_spec("backend.rigging.pipeline") is not None
 needs_rigger = pytest.mark.skipif(not HAS_RIGGER, reason="rigger not available")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Untrained tiny checkpoints (see tests/test_server.py): the real pipeline runs, rig quality is not judged."""
-    from test_server import write_untrained_checkpoints
-
-    return write_untrained_checkpoints(tmp_path_factory.mktemp("checkpoints"))
-
-
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    from sprig_blender import runner
-
-    runner.discard_backend()
-    disable_addon()
 
 
 def weight_sums(mesh_obj) -> np.ndarray:

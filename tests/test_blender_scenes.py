@@ -193,13 +193,6 @@ def ground_truth_rig(raw: dict, verts: np.ndarray) -> RigResult:
 # -- tests of the frame export ------------------------------------------------------------------
 
 
-@pytest.fixture
-def scene():
-    reset_scene()
-    yield bpy.context.scene
-    disable_addon()
-
-
 def test_export_shape_key_animation_matches_the_clip(scene):
     from sprig_blender import export
 

@@ -24,14 +24,6 @@ pytestmark = [pytest.mark.blender, pytest.mark.skipif(not HAS_RIGGER, reason="ri
 N_FRAMES = 6
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Untrained tiny checkpoints (see tests/test_server.py): the real pipeline runs, rig quality is not judged."""
-    from test_server import write_untrained_checkpoints
-
-    return write_untrained_checkpoints(tmp_path_factory.mktemp("checkpoints"))
-
-
 @pytest.fixture
 def scene():
     reset_scene()

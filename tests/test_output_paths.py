@@ -205,13 +205,6 @@ def test_eval_refuses_json_equal_to_its_input(tmp_path, npz_input, capsys):
     assert digest(npz_input) == before
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> Path:
-    from tests.test_server import write_untrained_checkpoints
-
-    return write_untrained_checkpoints(tmp_path_factory.mktemp("ckpt"))
-
-
 def test_rig_into_an_existing_folder_writes_inside_it_and_leaves_no_part_file(tmp_path, npz_input, checkpoints, capsys):
     out_dir = tmp_path / "results"
     out_dir.mkdir()

@@ -14,7 +14,6 @@ import pytest
 
 from backend.io import load_sequence
 from tests.test_rig import multipart_sequence
-from tests.test_server import write_untrained_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,11 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def sprig(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "backend.app.cli", *args], capture_output=True, text=True, cwd=ROOT,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> Path:
-    return write_untrained_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 def test_rig_single_file_writes_glb_report_and_json(tmp_path, checkpoints):

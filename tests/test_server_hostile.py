@@ -20,7 +20,7 @@ import pytest
 from backend.app.server import Server, ServerConfig
 from backend.rigging.result import RigResult
 from tests.hostile_lines import KINDS, hostile_lines
-from tests.test_server import FAST, wave_sequence, write_untrained_checkpoints
+from tests.test_server import FAST, wave_sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_CODES = {"bad_json", "bad_request", "unknown_method", "invalid_params", "file_not_found", "bad_file",
@@ -65,11 +65,6 @@ class ByteServer:
         self.proc.wait(10)
         self.proc.stdin.close()
         self.proc.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> Path:
-    return write_untrained_checkpoints(tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture
