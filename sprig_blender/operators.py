@@ -20,9 +20,17 @@ class _Active:
 
     job: runner.RigJob | None = None
     export = None
+    cancel_requested = False  # the panel's Cancel: the running operator stops on its next event, as with Esc
+
+
+def _stop_pressed(event) -> bool:
+    """Esc, or the panel's Cancel since the last event: the running operator stops in any phase (export, backend
+    job, building the rig)."""
+    return _Active.cancel_requested or (event is not None and event.type == "ESC" and event.value == "PRESS")
 
 
 def cancel_active_job() -> None:
+    _Active.cancel_requested = False
     if _Active.export is not None:
         _Active.export.close()  # restores the scene's frame
         _Active.export = None
@@ -128,6 +136,7 @@ class _BackendJobOperator:
     _verb = "rigging"
     _apply_steps = None  # a generator function (context, job): yields status texts, returns the result set
     _applying = None  # the running _apply_steps generator of an interactive run
+    _stopping = False  # Esc or Cancel was pressed while the backend job ran
 
     @classmethod
     def poll(cls, context):
@@ -199,6 +208,9 @@ class _BackendJobOperator:
         self._job, self._export_object, self._export_total = None, obj, len(frames)
         runner.warm_up(preferences.backend_settings(context))  # the server starts while the frames export
         _Active.export = export.export_frames_stepwise(context, obj, frames)
+        _Active.cancel_requested = False
+        runtime = context.window_manager.sprig_runtime
+        runtime.running, runtime.stage, runtime.progress = True, "exporting frames", 0.0  # the panel shows Cancel
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.1, window=context.window)
         wm.progress_begin(0, 100)
@@ -207,6 +219,9 @@ class _BackendJobOperator:
         return {"RUNNING_MODAL"}
 
     def _end_modal(self, context) -> None:
+        _Active.cancel_requested = False
+        runtime = context.window_manager.sprig_runtime
+        runtime.running, runtime.stage, runtime.progress = False, "", 0.0
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
         wm.progress_end()
@@ -214,7 +229,7 @@ class _BackendJobOperator:
 
     def _modal_export(self, context, event) -> set[str]:
         """One timer tick of the frame export: frames for up to ``EXPORT_SLICE_S``, then the job starts."""
-        if event.type == "ESC" and event.value == "PRESS":
+        if _stop_pressed(event):
             cancel_active_job()
             self._end_modal(context)
             self.report({"WARNING"}, f"SPRig: {self._verb} cancelled while exporting frames; nothing was changed")
@@ -248,8 +263,11 @@ class _BackendJobOperator:
             return self._modal_export(context, event)
         if self._applying is not None:
             return self._modal_apply(context, event)
-        if event.type == "ESC" and event.value == "PRESS":
+        if _stop_pressed(event):
+            _Active.cancel_requested = False
+            self._stopping = True  # a result that arrives anyway is not applied
             self._job.cancel()
+            context.window_manager.sprig_runtime.stage = "cancelling"
             self._status(context, "cancelling...")
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
@@ -257,11 +275,19 @@ class _BackendJobOperator:
         self._job.poll()
         if not self._job.finished:
             runtime = context.window_manager.sprig_runtime
+            if self._stopping:
+                return {"RUNNING_MODAL"}  # "cancelling" stays shown until the backend stops
             runtime.stage, runtime.progress = self._job.stage, self._job.fraction
             context.window_manager.progress_update(int(100 * self._job.fraction))
             self._status(context, f"{progress_text(self._job.stage, self._job.fraction)} (Esc to cancel)")
             _redraw_panels(context)
             return {"RUNNING_MODAL"}
+        if self._job.state == "done" and self._stopping:  # finished just as it was stopped
+            _Active.job = None
+            self._end_modal(context)
+            self.report({"WARNING"}, f"SPRig: {self._verb} cancelled; nothing was changed")
+            _redraw_panels(context)
+            return {"CANCELLED"}
         if self._job.state == "done" and self._apply_steps is not None:
             self._applying = self._apply_steps(context, self._job)
             return self._modal_apply(context, None)
@@ -272,9 +298,9 @@ class _BackendJobOperator:
 
     def _modal_apply(self, context, event) -> set[str]:
         """One step of :meth:`_apply_steps` per timer tick (``event`` None: its first step, now); Esc removes
-        what the steps made so far."""
+        what the steps made so far (so does the panel's Cancel)."""
         runtime = context.window_manager.sprig_runtime
-        if event is not None and event.type == "ESC" and event.value == "PRESS":
+        if event is not None and _stop_pressed(event):
             self._applying.close()
             result = {"CANCELLED"}
             self.report({"WARNING"}, f"SPRig: {self._verb} cancelled; nothing was changed")
@@ -291,7 +317,6 @@ class _BackendJobOperator:
                 result = finished.value
         self._applying = None
         _Active.job = None
-        runtime.running, runtime.stage, runtime.progress = False, "", 0.0
         self._end_modal(context)
         _redraw_panels(context)
         return result
@@ -474,10 +499,12 @@ class SPRIG_OT_cancel_rig(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _Active.job is not None
+        return _Active.job is not None or _Active.export is not None
 
     def execute(self, context):
-        _Active.job.cancel()
+        _Active.cancel_requested = True  # seen by the running operator on its next timer tick (0.1 s)
+        if _Active.job is not None and not _Active.job.finished:
+            _Active.job.cancel()  # the backend stops now
         context.window_manager.sprig_runtime.stage = "cancelling"
         return {"FINISHED"}
 

@@ -24,9 +24,10 @@ needs_rigger = pytest.mark.skipif(importlib.util.find_spec("backend.rigging.pipe
                                   reason="rigger not available")
 
 
-def drive(op, esc_when=None, timeout: float = 120.0) -> tuple[set[str], list[str]]:
-    """Timer ticks until the operator ends (Esc on the first tick where ``esc_when(stage)`` is true);
-    returns its result and the stages it showed."""
+def drive(op, esc_when=None, cancel_when=None, timeout: float = 120.0) -> tuple[set[str], list[str]]:
+    """Timer ticks until the operator ends (Esc on the first tick where ``esc_when(stage)`` is true; the panel's
+    Cancel button pressed before the first tick where ``cancel_when(stage)`` is); returns its result and the
+    stages it showed."""
     stages = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -34,6 +35,10 @@ def drive(op, esc_when=None, timeout: float = 120.0) -> tuple[set[str], list[str
         stage = bpy.context.window_manager.sprig_runtime.stage
         if not stages or stages[-1] != stage:
             stages.append(stage)
+        if cancel_when is not None and cancel_when(stage):
+            assert bpy.ops.sprig.cancel_rig.poll(), stage  # the button is live in this phase
+            bpy.ops.sprig.cancel_rig()
+            cancel_when = None
         event = ModalEvent("ESC", "PRESS") if esc_when is not None and esc_when(stage) else ModalEvent("TIMER")
         with window_override():
             result = op.modal(bpy.context, event)
@@ -95,6 +100,25 @@ def test_interactive_run_shows_every_phase_and_esc_while_building_leaves_nothing
 
     assert _Active.job is None and _Active.export is None
     assert bpy.context.window_manager.sprig_runtime.running is False
+
+
+@needs_rigger
+def test_panel_cancel_stops_the_export_and_the_build_and_leaves_nothing(scene, checkpoints):
+    from sprig_blender.operators import _Active
+
+    for phase in ("exporting frames", "building the rig: vertex groups"):
+        reset_scene()
+        set_backend("SUBPROCESS", checkpoints=checkpoints)
+        armature_tube(n_frames=6)
+        before = data_counts()
+        op = invoke_rig_sequence()
+        assert bpy.context.window_manager.sprig_runtime.running  # the panel shows the bar and Cancel at once
+        result, stages = drive(op, cancel_when=lambda stage: stage == phase)
+        assert result == {"CANCELLED"} and stages[-1] == phase, (phase, stages)
+        assert data_counts() == before
+        assert _Active.job is None and _Active.export is None and not _Active.cancel_requested
+        assert bpy.context.window_manager.sprig_runtime.running is False
+        assert not bpy.ops.sprig.cancel_rig.poll()
 
 
 def test_interactive_run_with_a_missing_backend_python_fails_clearly_and_leaves_nothing(scene, tmp_path):
