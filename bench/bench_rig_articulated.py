@@ -20,6 +20,10 @@ creatures, each with its artist / ground-truth skeleton:
   artist's own skeleton, started from the artist's weights (extra roots, e.g. IK controllers, hang from their
   nearest earlier joint), and its ratio to Dem Bones at the artist's bone count: what an articulated rig with
   the artist's joints reaches on that clip;
+* ``artist slip`` (printed under the table): how far the artist's own animation moves a child joint away from
+  where its parent carries it (``joint_separation`` of the artist's bone motions, % of the diagonal) and on
+  how many joints: a translation key on a non-root bone. An articulated rig cannot follow such a motion with
+  rotations alone, while Dem Bones' free bones can;
 * seconds of the whole ``rig_sequence`` call.
 
 The last line times ``rig_sequence`` on 60 frames x 9.3k vertices (CesiumMan subdivided once, as in
@@ -48,7 +52,7 @@ from bench_fit_vs_dembones import error_pct, run_dembones  # noqa: E402
 from bench_rig_scaling import make_sequence  # noqa: E402
 from bench_skeleton import REALDATA, load_corpus, load_realdata, network_skeleton  # noqa: E402
 
-from backend.metrics import cd_j2j, kmeans_joints, outside_fraction  # noqa: E402
+from backend.metrics import cd_j2j, joint_separation, kmeans_joints, outside_fraction  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.fit import fit_motion  # noqa: E402
 from backend.rigging.pipeline import RigConfig, get_models, rig_sequence  # noqa: E402
@@ -79,11 +83,17 @@ def artist_articulated(clip: dict, config: RigConfig) -> dict:
     roots = np.flatnonzero(parents < 0)
     for r in roots[1:]:  # joints before r are 0 .. r-1
         parents[r] = int(np.argmin(np.linalg.norm(joints[:r] - joints[r], axis=1)))
+    skin = np.tile(np.eye(4), (*clip["skin_mats"].shape[:2], 1, 1))
+    skin[..., :3, :] = clip["skin_mats"]  # rest -> frame k
+    motion = skin @ np.linalg.inv(skin[0])[None]  # anchor (frame 0) -> frame k
+    diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
+    slip = joint_separation(motion, joints, clip["parents"]).max(axis=0) / diag  # [J], original forest
     fit = fit_motion(verts[0], verts, clip["weights"], parents, joints, clip["faces"],
                      config.motion_fit_config(len(verts[0]), refine_joints=False))
     db = run_dembones(dict(verts=verts, faces=clip["faces"], parents=parents), iterations=30)
     return dict(artist_mean=error_pct(verts, fit.weights, fit.transforms)[0], artist_db_mean=db["mean"],
-                artist_roots=len(roots))
+                artist_roots=len(roots), artist_slip=100 * float(slip.max()),
+                artist_slipping=[clip["joint_names"][j] for j in np.flatnonzero(slip > 1e-4)])
 
 
 def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
@@ -151,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{np.mean([r['cd'] for r in part]):.4f} {np.mean([r['kmeans'] for r in part]):.4f} "
               f"{np.mean([r['net'] for r in part]):.4f} | {np.mean([r['out'] for r in part]):4.2f} | max sep {max(r['sep'] for r in part):.1e} | "
               f"recon mean {np.mean([r['recon_mean'] for r in part]):.3f}")
+    for r in rows:
+        if "artist_slip" in r:
+            print(f"artist slip {r['name'][:28]:28s} {r['artist_slip']:6.3f} % of the diagonal, "
+                  f"{len(r['artist_slipping'])} joints" + (f" ({', '.join(r['artist_slipping'])})"
+                                                          if r["artist_slipping"] else ""))
     if not args.no_speed:
         seq = make_sequence(60, 1)
         t0 = time.perf_counter()
