@@ -15,7 +15,7 @@ import bpy
 import mathutils
 import numpy as np
 
-from . import convert, heatmap
+from . import convert, export, heatmap
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def validate_result(result, n_verts: int, n_frames: int) -> None:
         raise BuildError("the backend's skeleton is not ordered parents-first")
 
 
-def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[int],
+def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[float],
               stats: dict | None = None) -> BuiltRig:
     """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``:
     :func:`build_rig_steps` run to the end. Raises ``BuildError`` (the result does not fit; nothing is left
@@ -102,7 +102,7 @@ def run_to_end(steps: Generator, context: bpy.types.Context):
         return finished.value
 
 
-def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[int],
+def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[float],
                     stats: dict | None = None) -> Generator[str, bpy.types.Context, BuiltRig]:
     """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``, one
     step at a time: yields what it does next (a few words, for the status bar; no step takes a second on a
@@ -194,7 +194,7 @@ def _build(context, source, result, frames, stats, created: _Created) -> Generat
     for obj in (mesh_obj, arm_obj):
         obj["sprig_stats"] = json.dumps(stats, default=float)
         obj["sprig_source"] = source.name
-        obj[FRAMES_KEY] = [int(f) for f in frames]
+        obj[FRAMES_KEY] = [float(f) for f in frames]
     mesh_obj["sprig_armature"] = arm_obj.name
     arm_obj[heatmap.BONE_NAMES_KEY] = list(bone_names)  # joint order, for per-joint values such as drift
 
@@ -226,14 +226,15 @@ def rig_objects(obj: bpy.types.Object | None) -> tuple[bpy.types.Object, bpy.typ
     return mesh, armature
 
 
-def rig_frames(mesh_obj: bpy.types.Object) -> list[int]:
-    """The scene frames a rig was fitted to (rigs made before they were stored: the heat data's frames)."""
+def rig_frames(mesh_obj: bpy.types.Object) -> list[float]:
+    """The scene frames a rig was fitted to (an animation's key times may fall between frames; rigs made before
+    they were stored: the heat data's frames)."""
     stored = mesh_obj.get(FRAMES_KEY)
     if stored is None:
         stored = mesh_obj.data.get(heatmap.FRAMES_KEY)
     if stored is None:
         raise BuildError(f"'{mesh_obj.name}' does not say which frames it was rigged on; run Rig Sequence again")
-    return [int(f) for f in stored]
+    return [float(f) for f in stored]
 
 
 def edited_skeleton(arm_obj: bpy.types.Object) -> dict:
@@ -251,7 +252,7 @@ def edited_skeleton(arm_obj: bpy.types.Object) -> dict:
 
 
 def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, result,
-                frames: list[int]) -> None:
+                frames: list[float]) -> None:
     """Put a refit's weights and motion on an existing rig, keeping its armature's bones as the user edited them.
 
     The result's bones are matched to the armature's by name. The mesh's vertex groups of the old and new
@@ -310,7 +311,7 @@ def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj:
     stats.setdefault("frames", len(frames))
     for obj in (mesh_obj, arm_obj):
         obj["sprig_stats"] = json.dumps(stats, default=float)
-        obj[FRAMES_KEY] = [int(f) for f in frames]
+        obj[FRAMES_KEY] = [float(f) for f in frames]
     arm_obj[heatmap.BONE_NAMES_KEY] = names
 
 
@@ -403,12 +404,12 @@ def source_of(obj: bpy.types.Object | None) -> bpy.types.Object | None:
     return bpy.data.objects.get(name) if isinstance(name, str) else None
 
 
-def _rigged_mesh(context, source, anchor_frame: int, anchor: np.ndarray, created: _Created) -> bpy.types.Object:
+def _rigged_mesh(context, source, anchor_frame: float, anchor: np.ndarray, created: _Created) -> bpy.types.Object:
     """A mesh object ``<name>_rigged`` holding the evaluated source at the anchor frame, in world space."""
     scene = context.scene
     original_frame, original_subframe = scene.frame_current, scene.frame_subframe
     try:
-        scene.frame_set(anchor_frame)
+        export.set_scene_frame(scene, anchor_frame)
         depsgraph = context.evaluated_depsgraph_get()
         evaluated = source.evaluated_get(depsgraph)
         mesh = bpy.data.meshes.new_from_object(evaluated, preserve_all_data_layers=True, depsgraph=depsgraph)

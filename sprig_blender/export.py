@@ -20,8 +20,9 @@ class ExportedFrames:
     Attributes:
         verts: float32 ``[K, V, 3]`` world-space vertex positions of the evaluated mesh per frame.
         faces: int32 ``[F, 3]`` triangles (Blender's loop triangles of the anchor frame).
-        frames: int ``[K]`` scene frame numbers; ``frames[0]`` is the anchor.
-        fps: scene frames per second (accounting for the frame step).
+        frames: ``[K]`` scene frame numbers (whole frames, or an animation's own key times, which may fall
+            between frames: :func:`sample_frames`); ``frames[0]`` is the anchor.
+        fps: the sequence's frames per second (the scene's rate over the median spacing of ``frames``).
         name: the object's name.
         local_change: largest change of an object-space vertex coordinate from the anchor frame (0: the
             mesh itself never deforms; any motion comes from the object's transform).
@@ -29,7 +30,7 @@ class ExportedFrames:
 
     verts: np.ndarray
     faces: np.ndarray
-    frames: list[int]
+    frames: list[float]
     fps: float
     name: str
     local_change: float = 0.0
@@ -50,6 +51,79 @@ def frame_list(start: int, end: int, step: int) -> list[int]:
     if frames[-1] != int(end):
         frames.append(int(end))
     return frames
+
+
+def set_scene_frame(scene: bpy.types.Scene, frame: float) -> None:
+    """Go to scene ``frame``, which may fall between two frames (an animation key at 12.6: frame 12, subframe
+    0.6)."""
+    whole = int(np.floor(frame))
+    scene.frame_set(whole, subframe=float(frame - whole))
+
+
+def frame_text(frame: float) -> str:
+    """``12`` for a whole frame, ``12.6`` for one between frames (messages)."""
+    return f"{int(frame)}" if float(frame).is_integer() else f"{frame:.2f}".rstrip("0")
+
+
+def _fcurves(owner) -> list:
+    """The F-curves of the Action ``owner`` (an ID) plays, or [] (Blender 4.4+'s slotted Actions and the older
+    flat ones)."""
+    anim = getattr(owner, "animation_data", None)
+    if anim is None or anim.action is None:
+        return []
+    try:
+        from bpy_extras.anim_utils import animdata_get_channelbag_for_assigned_slot
+    except ImportError:  # before Blender 4.4
+        return list(getattr(anim.action, "fcurves", []))
+    bag = animdata_get_channelbag_for_assigned_slot(anim)
+    return list(bag.fcurves) if bag is not None else []
+
+
+# Modifiers that change nothing over time by themselves: a shape-key animation under them is still played
+# pose by pose at its keys
+STATIC_MODIFIERS = {"SUBSURF", "TRIANGULATE", "EDGE_SPLIT", "WEIGHTED_NORMAL", "MIRROR", "SOLIDIFY", "BEVEL",
+                    "DATA_TRANSFER", "NORMAL_EDIT", "SMOOTH_BY_ANGLE"}
+
+
+def shape_key_frames(obj: bpy.types.Object, start: int, end: int) -> list[float] | None:
+    """The scene frames in ``[start, end]`` where ``obj``'s shape-key animation has keys (with the keys of its own
+    and its parents' transform animation), when keyed shape keys are all that deform it: the poses the
+    animation was made from. None when something else deforms the mesh (an armature, a cache, a modifier that
+    can change over time), when it has no shape-key keys, or when fewer than two fall in the range.
+
+    Between its keys a shape-key animation is a blend of two poses, not a pose: a limb turning between two keys
+    shrinks toward the chord, and a clip imported at another frame rate than its own (a 26.67 fps glTF in a
+    27 fps scene) is made of such blends on nearly every frame, which changes the skeleton found from it.
+    """
+    keys = getattr(obj.data, "shape_keys", None)
+    if keys is None:
+        return None
+    if any(m.show_viewport and m.type not in STATIC_MODIFIERS for m in obj.modifiers):
+        return None
+    times = [point.co[0] for curve in _fcurves(keys) for point in curve.keyframe_points]
+    if not times:
+        return None
+    owner = obj
+    while owner is not None:  # the object's (and its parents') own keys, which move it between the shape keys
+        times += [point.co[0] for curve in _fcurves(owner) for point in curve.keyframe_points]
+        owner = owner.parent
+    inside = np.unique(np.round(np.asarray(times, dtype=np.float64), 4))
+    inside = inside[(inside >= start - 1e-4) & (inside <= end + 1e-4)]
+    return [float(t) for t in inside] if len(inside) >= 2 else None
+
+
+def sample_frames(obj: bpy.types.Object, start: int, end: int, step: int, at_keys: bool = True) -> list[float]:
+    """The frames Rig Sequence reads: with ``at_keys``, a shape-key animation's own keys in ``[start, end]``
+    (every ``step``-th, and the last; :func:`shape_key_frames`), else (or when there are none) the scene frames
+    ``start, start + step, ..., end`` (:func:`frame_list`)."""
+    frames = frame_list(start, end, step)
+    keyed = shape_key_frames(obj, start, end) if at_keys else None
+    if keyed is None:
+        return frames
+    picked = keyed[::step]
+    if picked[-1] != keyed[-1]:
+        picked.append(keyed[-1])
+    return picked
 
 
 def topology_modifiers(obj: bpy.types.Object) -> list[str]:
@@ -76,7 +150,7 @@ def check_exportable(obj: bpy.types.Object | None) -> None:
         raise ExportError(f"'{obj.name}' is not a mesh (it is {article} {kind} object); select a mesh")
 
 
-def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: list[int]) -> ExportedFrames:
+def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: list[float]) -> ExportedFrames:
     """Read the evaluated mesh of ``obj`` at each of ``frames`` (shape keys, modifiers, caches applied).
 
     The scene's current frame is restored afterwards.
@@ -94,7 +168,7 @@ def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: lis
 
 
 def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
-                           frames: list[int]) -> Generator[int, None, ExportedFrames]:
+                           frames: list[float]) -> Generator[int, None, ExportedFrames]:
     """:func:`export_frames` one frame at a time: yields the number of frames read so far after each one and
     returns the :class:`ExportedFrames` (``StopIteration.value``), so that a modal operator can show progress
     and stop between frames. Closing the generator early restores the scene's frame. Raises as
@@ -112,7 +186,7 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
     faces: np.ndarray | None = None
     try:
         for index, frame in enumerate(frames):
-            scene.frame_set(frame)
+            set_scene_frame(scene, frame)
             depsgraph = context.evaluated_depsgraph_get()
             evaluated = obj.evaluated_get(depsgraph)
             mesh = evaluated.to_mesh()
@@ -124,11 +198,11 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
                     if n_verts < 4 or len(mesh.polygons) == 0:
                         if topology_modifiers(obj) and len(obj.data.polygons) > 0:
                             raise ExportError(f"topology changes: '{obj.name}' has {n_verts} vertices and "
-                                              f"{len(mesh.polygons)} faces at frame {frame} (the first frame) but "
+                                              f"{len(mesh.polygons)} faces at frame {frame_text(frame)} (the first frame) but "
                                               f"{len(obj.data.vertices)} vertices before modifiers; "
                                               + _topology_hint(obj))
                         raise ExportError(f"'{obj.name}' has {n_verts} vertices and {len(mesh.polygons)} faces at "
-                                          f"frame {frame}; need a mesh with faces")
+                                          f"frame {frame_text(frame)}; need a mesh with faces")
                     anchor_loops = loops
                     mesh.calc_loop_triangles()
                     faces = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
@@ -137,11 +211,11 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
                 else:
                     n_anchor = verts.shape[1]
                     if n_verts != n_anchor:
-                        raise ExportError(f"topology changes at frame {frame}: {n_verts} vertices, the anchor frame "
-                                          f"{frames[0]} has {n_anchor}; " + _topology_hint(obj))
+                        raise ExportError(f"topology changes at frame {frame_text(frame)}: {n_verts} vertices, the anchor "
+                                          f"frame {frame_text(frames[0])} has {n_anchor}; " + _topology_hint(obj))
                     if loops.shape != anchor_loops.shape or not np.array_equal(loops, anchor_loops):
-                        raise ExportError(f"topology changes at frame {frame}: the faces differ from the anchor frame "
-                                          f"{frames[0]}; " + _topology_hint(obj))
+                        raise ExportError(f"topology changes at frame {frame_text(frame)}: the faces differ from the anchor "
+                                          f"frame {frame_text(frames[0])}; " + _topology_hint(obj))
                 co = np.empty(n_verts * 3, dtype=np.float32)
                 mesh.vertices.foreach_get("co", co)
             finally:
@@ -153,14 +227,14 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
             world = np.array(evaluated.matrix_world, dtype=np.float64)
             co = co.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
             if not np.isfinite(co).all():
-                raise ExportError(f"'{obj.name}' has NaN or infinite vertex positions at frame {frame}")
+                raise ExportError(f"'{obj.name}' has NaN or infinite vertex positions at frame {frame_text(frame)}")
             if verts is None:
                 verts = np.empty((len(frames), len(co), 3), dtype=np.float32)
             verts[index] = co
             yield index + 1
     finally:
         scene.frame_set(original_frame, subframe=original_subframe)
-    step = frames[1] - frames[0]
+    step = float(np.median(np.diff(np.asarray(frames, dtype=np.float64))))
     fps = scene.render.fps / scene.render.fps_base / step
     return ExportedFrames(verts=verts, faces=faces, frames=list(frames), fps=float(fps),
                           name=obj.name, local_change=local_change)
@@ -217,14 +291,15 @@ def screen_motion(exported: ExportedFrames) -> tuple[ExportedFrames, list[str]]:
     check = check_motion(exported)
     frames = exported.frames
     if check.last_moving == 0:
-        raise ExportError(f"'{exported.name}' does not move over frames {frames[0]}-{frames[-1]}: nothing to rig "
-                          "(is the animation outside this frame range? 'Use Animated Range' finds it)")
+        raise ExportError(f"'{exported.name}' does not move over frames {frame_text(frames[0])}-"
+                          f"{frame_text(frames[-1])}: nothing to rig (is the animation outside this frame range? "
+                          "'Use Animated Range' finds it)")
     warnings = []
     if check.last_moving < len(frames) - 1:
         end = frames[check.last_moving]
-        warnings.append(f"'{exported.name}' stops moving at frame {end}: frames {frames[check.last_moving + 1]}-"
-                        f"{frames[-1]} repeat it and were left out ('Use Animated Range' sets the range to the "
-                        "animation)")
+        warnings.append(f"'{exported.name}' stops moving at frame {frame_text(end)}: frames "
+                        f"{frame_text(frames[check.last_moving + 1])}-{frame_text(frames[-1])} repeat it and were "
+                        "left out ('Use Animated Range' sets the range to the animation)")
         exported = trim_frames(exported, check.last_moving + 1)
     if not check.deforms:
         warnings.append(f"'{exported.name}' does not deform: it only moves as a whole (object, parent or "

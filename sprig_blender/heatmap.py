@@ -48,7 +48,7 @@ BONE_NAMES_KEY = "sprig_bone_names"  # bone names in joint order, written by the
 @dataclass
 class HeatData:
     """Heat values of one rigged mesh in one mode: stored bytes ``levels uint8 [K, V]`` at scene
-    ``frames int [K]``, the value of each byte ``level_values float32 [256]`` and the colour scale max."""
+    ``frames float [K]`` (scene frames), the value of each byte ``level_values float32 [256]`` and the colour scale max."""
 
     frames: np.ndarray
     levels: np.ndarray
@@ -114,17 +114,17 @@ def _keys(mode: str) -> tuple[str, str, str]:
     return key, f"{key}_scale", f"{key}_frames"
 
 
-def store_heat_data(mesh: bpy.types.Mesh, frames: list[int], recon: np.ndarray,
-                    instability: np.ndarray | None = None, instability_frames: list[int] | None = None) -> None:
+def store_heat_data(mesh: bpy.types.Mesh, frames: list[float], recon: np.ndarray,
+                    instability: np.ndarray | None = None, instability_frames: list[float] | None = None) -> None:
     """Keep ``recon float32 [K, V]`` at scene ``frames [K]`` and, when given, ``instability float32 [Ki, V]``
     at scene ``instability_frames [Ki]`` (default: ``frames``) on ``mesh`` (see the module docstring)."""
     for _ in store_heat_data_steps(mesh, frames, recon, instability, instability_frames):
         pass
 
 
-def store_heat_data_steps(mesh: bpy.types.Mesh, frames: list[int], recon: np.ndarray,
+def store_heat_data_steps(mesh: bpy.types.Mesh, frames: list[float], recon: np.ndarray,
                           instability: np.ndarray | None = None,
-                          instability_frames: list[int] | None = None) -> Generator[float, None, None]:
+                          instability_frames: list[float] | None = None) -> Generator[float, None, None]:
     """:func:`store_heat_data` a slice of compression at a time: yields the share done. The mesh's heat data
     change only after the last step (a run stopped before leaves the mesh as it was)."""
     V = len(mesh.vertices)
@@ -153,13 +153,13 @@ def store_heat_data_steps(mesh: bpy.types.Mesh, frames: list[int], recon: np.nda
         for key in _keys(mode):
             if key in mesh:
                 del mesh[key]
-    mesh[FRAMES_KEY] = [int(f) for f in frames]
+    mesh[FRAMES_KEY] = [float(f) for f in frames]
     for mode, (values, mode_frames) in per_mode.items():
         payload, scale = encoded[mode]
         data_key, scale_key, frames_key = _keys(mode)
         mesh[data_key] = payload
         mesh[scale_key] = scale
-        mesh[frames_key] = [int(f) for f in mode_frames]
+        mesh[frames_key] = [float(f) for f in mode_frames]
     for key in list(_State.cache):
         if key[0] == mesh.name_full:
             del _State.cache[key]
@@ -185,7 +185,7 @@ def heat_data(mesh: bpy.types.Mesh, mode: str) -> HeatData:
     if data is None or data.levels.shape[1] != len(mesh.vertices):
         data_key, scale_key, frames_key = _keys(mode)
         stored = mesh[data_key]
-        frames = np.asarray(mesh[frames_key] if frames_key in mesh else mesh[FRAMES_KEY], dtype=np.int64)
+        frames = np.asarray(mesh[frames_key] if frames_key in mesh else mesh[FRAMES_KEY], dtype=np.float64)
         if isinstance(stored, bytes):
             levels = convert.decode_heat_levels(stored, len(frames), len(mesh.vertices))
             level_values = convert.heat_level_values(float(mesh[scale_key]))

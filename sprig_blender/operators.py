@@ -67,10 +67,6 @@ _PLAIN_ROWS = (
      "mean distance between the rig's playback and the input, as a share of the model's size"),
     ("Worst vertex", "recon_max", lambda v: f"{100.0 * v:.1f}% off", 0.05, 0.15,
      "the largest such distance on any vertex and frame"),
-    ("Network per frame", "topology_flicker",
-     lambda v: "same bones on every frame checked" if v == 0 else f"bones differ on {100.0 * v:.0f}% of frames",
-     1e-9, 0.25, "whether the skeleton network, run on each later frame by itself, finds the bones it finds on "
-     "the first (the stability report); the rig keeps one skeleton on every frame"),
     ("Weight steadiness", "skin_instability_mean", lambda v: f"{100.0 * v:.0f}% of weight moves", 0.10, 0.25,
      "how much the predicted weights change over the clip (lower: steadier skinning)"),
 )
@@ -78,8 +74,10 @@ _PLAIN_ROWS = (
 
 def plain_summary(stats: dict) -> list[tuple[str, str, str]]:
     """``(label, value, verdict)`` rows in plain words for a rig's stats: how closely playback follows the
-    input and how steady the skeleton and weights are, each with ``good`` / ``fair`` / ``poor``. The weight
-    row is left out when the rig was made without the heatmap stage (no weights predicted on later frames)."""
+    input and how steady the predicted weights are, each with ``good`` / ``fair`` / ``poor``. The weight row is
+    left out when the rig was made without the heatmap stage (no weights predicted on later frames). The skeleton
+    network's per-frame topology flicker is not a verdict here: it rates the network run on each frame by itself
+    (the stability report), not the rig, which keeps one skeleton on every frame (it stays under Details)."""
     config = stats.get("config") if isinstance(stats.get("config"), dict) else {}
     rows = []
     if isinstance(stats.get("joints"), (int, float)):
@@ -145,7 +143,7 @@ class _BackendJobOperator:
             return False
         return True
 
-    def _export_plan(self, context) -> tuple[bpy.types.Object, list[int]] | None:
+    def _export_plan(self, context) -> tuple[bpy.types.Object, list[float]] | None:
         """The object whose frames the job needs and the frame numbers; reports and returns None on error."""
         raise NotImplementedError
 
@@ -344,11 +342,13 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
             return False
         return True
 
-    def _export_plan(self, context) -> tuple[bpy.types.Object, list[int]] | None:
-        """The selected mesh (or the original of a selected rig) and the panel's frame range."""
+    def _export_plan(self, context) -> tuple[bpy.types.Object, list[float]] | None:
+        """The selected mesh (or the original of a selected rig) and the frames to read in the panel's range (a
+        shape-key animation's own keys with At Shape-Key Keys, :func:`export.sample_frames`)."""
+        settings = context.scene.sprig
         try:
             obj = rig_target(context)
-            frames = export.frame_list(*context.scene.sprig.frame_range(context.scene))
+            frames = export.sample_frames(obj, *settings.frame_range(context.scene), at_keys=settings.at_shape_keys)
         except export.ExportError as exc:
             self.report({"ERROR"}, f"SPRig: {exc}")
             return None
@@ -431,7 +431,7 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
             return False
         return True
 
-    def _export_plan(self, context) -> tuple[bpy.types.Object, list[int]] | None:
+    def _export_plan(self, context) -> tuple[bpy.types.Object, list[float]] | None:
         """Read the edited bones; the rig's original and the frames the rig was made from."""
         mesh_obj, arm_obj = builder.rig_objects(context.active_object)
         if context.mode != "OBJECT":  # leaving Edit Mode writes the edited bones to the armature

@@ -56,6 +56,7 @@ class SPRIG_PT_main(bpy.types.Panel):
             sub.prop(settings, "frame_end")
         col.operator("sprig.use_animated_range", icon="TIME")
         col.prop(settings, "frame_step")
+        col.prop(settings, "at_shape_keys")
 
         col = layout.column(align=True)
         col.prop(settings, "detail")

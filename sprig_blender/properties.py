@@ -29,6 +29,11 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
     frame_end: bpy.props.IntProperty(name="End", default=250, description="Last frame")
     frame_step: bpy.props.IntProperty(name="Step", default=1, min=1, soft_max=10,
                                       description="Use every n-th frame (in-between frames are interpolated)")
+    at_shape_keys: bpy.props.BoolProperty(
+        name="At Shape-Key Keys", default=True,
+        description="When keyed shape keys alone animate the mesh, read it at their keys (the animation's own "
+                    "poses, which can fall between frames) instead of at every frame: in between, a shape-key "
+                    "animation is a blend of two poses, which changes the skeleton found from it")
     detail: bpy.props.EnumProperty(
         name="Detail", default="auto",
         items=[("auto", "Auto", "As many bones as the clip's motion and shape call for", 0),

@@ -79,8 +79,11 @@ def evaluated_world_verts(obj) -> np.ndarray:
     return (co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]).astype(np.float32)
 
 
-def shape_key_object(name: str, verts: np.ndarray, faces: np.ndarray, first_frame: int = 1):
-    """A mesh whose shape keys replay ``verts [K, V, 3]`` at frames ``first_frame ...`` (one key per frame)."""
+def shape_key_object(name: str, verts: np.ndarray, faces: np.ndarray, first_frame: int = 1,
+                     time_scale: float = 1.0):
+    """A mesh whose shape keys replay ``verts [K, V, 3]`` at frames ``first_frame + time_scale * k`` (one key per
+    frame with the default scale; another scale puts keys between frames, as a glTF imported at another frame
+    rate than its own has them); the scene's range ends at the last key's frame, rounded up."""
     mesh = bpy.data.meshes.new(name)
     mesh.from_pydata(verts[0].tolist(), [], np.asarray(faces).tolist())
     mesh.update()
@@ -90,11 +93,12 @@ def shape_key_object(name: str, verts: np.ndarray, faces: np.ndarray, first_fram
     for k in range(1, len(verts)):
         key = obj.shape_key_add(name=f"frame_{k:03d}")
         key.data.foreach_set("co", np.asarray(verts[k], dtype=np.float32).ravel())
-        for frame, value in ((first_frame + k - 1, 0.0), (first_frame + k, 1.0), (first_frame + k + 1, 0.0)):
+        for step, value in ((k - 1, 0.0), (k, 1.0), (k + 1, 0.0)):
             key.value = value
-            key.keyframe_insert("value", frame=frame)
+            key.keyframe_insert("value", frame=first_frame + time_scale * step)
     scene = bpy.context.scene
-    scene.frame_start, scene.frame_end = first_frame, first_frame + len(verts) - 1
+    scene.frame_start = first_frame
+    scene.frame_end = int(np.ceil(first_frame + time_scale * (len(verts) - 1) - 1e-6))
     bpy.context.view_layer.objects.active = obj
     obj.select_set(True)
     return obj

@@ -269,6 +269,15 @@ def test_client_reports_a_backend_that_cannot_start(tmp_path):
     with pytest.raises(BackendStartError) as err:
         client.start()
     assert "exited at start (exit status 1)" in str(err.value) and "No module named 'backend'" in str(err.value)
+    assert str(err.value).startswith(f"the backend Python {str(fake)!r} cannot import the backend's own code")
+    client.close()
+    # a system Python without numpy: the message says which package and what to choose instead
+    fake.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                    "echo \"ModuleNotFoundError: No module named 'numpy.core'\" >&2\nexit 1\n")
+    client = BackendClient(str(fake), start_timeout_s=30)
+    with pytest.raises(BackendStartError) as err:
+        client.start()
+    assert "cannot import the package 'numpy': choose the Python of an environment" in str(err.value)
     client.close()
     not_executable = tmp_path / "python3"
     not_executable.write_text("")

@@ -416,6 +416,22 @@ def test_names_raised_leg_pairs_with_its_twin_and_hips_carry_the_hind_legs():
     assert names[1:4] == ["spine_01", "neck", "head"]
 
 
+def test_limb_kinds_a_long_armed_biped_s_hanging_arms_are_arms():
+    """Two limb pairs that both reach the lowest share of the height: on an upright body the pair leaving it
+    clearly higher (shoulders) are arms; on a body longer than tall (a quadruped) both pairs are legs."""
+    from backend.rigging.naming import limb_kinds
+
+    joints = np.array([[0.1, -0.1, 0.0], [0.1, -0.5, 0.0],  # left leg: hip to foot
+                       [-0.1, -0.1, 0.0], [-0.1, -0.5, 0.0],  # right leg
+                       [0.2, 0.1, 0.0], [0.3, -0.4, 0.0],  # left arm: shoulder to a hand hanging low
+                       [-0.2, 0.1, 0.0], [-0.3, -0.4, 0.0]])  # right arm
+    chains = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    upright = np.array([[0.0, -0.5, 0.0], [0.0, 0.5, 0.0], [0.35, 0.0, 0.2], [-0.35, 0.0, -0.2]])
+    assert limb_kinds(chains, joints, upright) == ["leg", "leg", "arm", "arm"]
+    long_body = upright[:, [2, 1, 0]] * np.array([1.0, 0.5, 3.0])  # longer along z than tall
+    assert limb_kinds(chains, joints, long_body) == ["leg", "leg", "leg", "leg"]
+
+
 def test_a_limb_branching_off_the_other_sides_limb_hangs_from_the_body():
     """A left thigh hung under the right one (a crotch part holding both thigh tops) moves to the nearest
     ancestor that is central or on its own side; a chain that crosses the mirror plane with one child per

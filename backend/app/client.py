@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -176,7 +177,8 @@ class BackendClient:
                 continue
             if message is None:  # stdout closed: the process died at start
                 code = self._wait_exit(5.0)
-                raise BackendStartError("start_failed", f"the backend exited at start ({_describe_exit(code)})"
+                raise BackendStartError("start_failed", self._missing_module_hint(python)
+                                        + f"the backend exited at start ({_describe_exit(code)})"
                                         + self._stderr_hint())
             if message.get("type") == "ready":
                 self.server_info = message
@@ -414,6 +416,20 @@ class BackendClient:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self._wait_exit(5.0)
+
+    def _missing_module_hint(self, python: str) -> str:
+        """A plain first sentence when the server died because ``python`` lacks a package (a system Python
+        instead of the project's environment), else ""."""
+        time.sleep(0.05)  # let the stderr reader catch the last lines
+        for line in reversed(self._stderr_tail):
+            match = re.search(r"ModuleNotFoundError: No module named '([^']+)'", line)
+            if match:
+                module = match.group(1).split(".")[0]
+                what = ("the backend's own code (set Backend folder to the checkout, or pip install it there)"
+                        if module == "backend" else f"the package {module!r}")
+                return (f"the backend Python {python!r} cannot import {what}: choose the Python of an environment "
+                        f"where the project is installed (e.g. <checkout>/.venv/bin/python after 'make setup'). ")
+        return ""
 
     def _stderr_hint(self) -> str:
         time.sleep(0.05)  # let the stderr reader catch the last lines

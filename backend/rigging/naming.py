@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
+ARM_START_GAP = 0.15  # on an upright body, a "leg" starting this share of the height above the lowest leg is an arm
 MIRROR_COARSE_DEG = 5.0  # the plane search's first step between normals (degrees about the up axis)
 PAIR_DISTANCE = 0.1  # chains pair as mirror twins, whatever their kind, within this (start mismatch + length difference)
 
@@ -134,10 +135,21 @@ def chain_side(chain: list[int], sides: np.ndarray) -> str:
 
 
 def limb_kinds(chains: list[list[int]], joints: np.ndarray, anchor: np.ndarray) -> list[str]:
-    """``"leg"`` for a chain ending in the lowest ``GROUND_SHARE`` of the anchor's height, else ``"arm"``."""
-    anchor_y = np.asarray(anchor, dtype=np.float64)[:, 1]
-    ground = float(anchor_y.min() + GROUND_SHARE * np.ptp(anchor_y))
-    return ["leg" if joints[c[-1]][1] < ground else "arm" for c in chains]
+    """``"leg"`` for a chain ending in the lowest ``GROUND_SHARE`` of the anchor's height, else ``"arm"``; on an
+    upright body (taller than it is wide and long), a chain that would be a leg but starts more than
+    ``ARM_START_GAP`` of the height above the lowest-starting leg is an arm: a long-armed biped's hanging hands
+    (a dancing robot's) reach as low as a quadruped's feet, but they leave the body at the shoulders."""
+    anchor = np.asarray(anchor, dtype=np.float64)
+    extent = np.ptp(anchor, axis=0)
+    ground = float(anchor[:, 1].min() + GROUND_SHARE * extent[1])
+    kinds = ["leg" if joints[c[-1]][1] < ground else "arm" for c in chains]
+    legs = [i for i, kind in enumerate(kinds) if kind == "leg"]
+    if extent[1] > max(extent[0], extent[2]) and len(legs) >= 3:
+        starts = np.array([joints[chains[i][0]][1] for i in legs])
+        for i, start in zip(legs, starts):
+            if start - starts.min() > ARM_START_GAP * extent[1]:
+                kinds[i] = "arm"
+    return kinds
 
 
 def pair_mirrored_chains(chains: list[list[int]], chain_sides: list[str], joints: np.ndarray,
