@@ -12,13 +12,19 @@ default corpus configuration), all in the anchor-box normalized frame:
 * ``k-means``: the control with the ground truth's joint count: k-means centres of the anchor vertices
   (seeded);
 * ``network``: the shipped skeleton generator on the anchor (as ``rig_sequence`` runs it: sampled surface
-  points, ``RigConfig`` defaults), CD-J2J and joint count.
+  points, ``RigConfig`` defaults), CD-J2J and joint count;
+* with ``--noise-draws N``: how steady the skeleton is when the clip changes imperceptibly. ``N`` more
+  skeletons per clip from the clip plus seeded Gaussian noise of ``--noise`` (1e-5) times the anchor's box
+  diagonal on every vertex and frame (far below what the eye or the reconstruction error sees); printed:
+  the joint counts and CD-J2J of the clean and noisy skeletons, and ``pair``: the mean CD-J2J between every two
+  of them (0 for a skeleton that does not change).
 
 Corpus creatures come from ``--corpus`` when that folder holds a corpus (``training/run.py --stage data``),
 else they are generated in memory with the default :class:`CorpusConfig` (creature ``i`` depends only on
 the seed and ``i``) and cached as npz under ``--cache``.
 
     python bench/bench_skeleton.py [--clips 24] [--frames 0] [--no-network] [--figure docs/skeleton_from_motion.png]
+                                   [--noise-draws 3]
 """
 
 from __future__ import annotations
@@ -103,6 +109,26 @@ def network_skeleton(models, verts_n: np.ndarray, faces: np.ndarray) -> np.ndarr
     return np.asarray(joints, dtype=np.float64).reshape(-1, 3)
 
 
+def noise_steadiness(verts: np.ndarray, faces: np.ndarray, joints: np.ndarray, clean, config: MotionSkeletonConfig,
+                     draws: int, noise: float) -> dict:
+    """Skeletons of ``draws`` noisy copies of a clip (``verts [K, V, 3]``; seeded Gaussian noise of ``noise`` x the
+    anchor box diagonal) beside the clean one (``clean``): joint counts, CD-J2J to the ground truth ``joints``
+    and the mean CD-J2J between every two of them (each in its own anchor box)."""
+    verts = np.asarray(verts, dtype=np.float64)
+    diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
+    box = AnchorBox.fit(verts[0])
+    skeletons, counts, cds = [clean.joints], [len(clean.parents)], [cd_j2j(clean.joints, box.apply(joints))]
+    for seed in range(1, draws + 1):
+        noisy = verts + np.random.default_rng(seed).normal(size=verts.shape) * noise * diag
+        noisy_box = AnchorBox.fit(noisy[0])
+        skel = skeleton_from_motion(noisy_box.apply(noisy), faces, config=config)
+        skeletons.append(skel.joints)
+        counts.append(len(skel.parents))
+        cds.append(cd_j2j(skel.joints, noisy_box.apply(np.asarray(joints, dtype=np.float64))))
+    pairs = [cd_j2j(skeletons[a], skeletons[b]) for a in range(len(skeletons)) for b in range(a + 1, len(skeletons))]
+    return dict(draw_joints=counts, draw_cd=cds, pair=float(np.mean(pairs)))
+
+
 def draw_figure(clips: list[dict], path: Path) -> None:
     """Three orthographic views per clip: anchor vertices (grey), bones (blue), artist joints (red x)."""
     import matplotlib
@@ -143,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--figure", type=Path, default=None, help="draw the Fox run and CesiumMan skeletons here")
     parser.add_argument("--json", type=Path, default=None, help="write every per-clip number here")
+    parser.add_argument("--noise-draws", type=int, default=0, help="noisy copies per clip for the steadiness check")
+    parser.add_argument("--noise", type=float, default=1e-5, help="noise, share of the anchor box diagonal")
     parser.add_argument("--config", default="{}",
                         help='MotionSkeletonConfig fields as JSON, e.g. \'{"hinge_ratio": 0}\' (default: none)')
     args = parser.parse_args(argv)
@@ -176,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         if models is not None:
             net = network_skeleton(models, verts_n.astype(np.float32), clip["faces"])
             row.update(net=cd_j2j(net, gt), net_joints=int(len(net)))
+        if args.noise_draws:
+            row.update(noise_steadiness(verts, clip["faces"], clip["joints"], skel, config, args.noise_draws,
+                                        args.noise))
         rows.append(row)
         if clip["name"] in ("khronos_fox_run", "khronos_cesiumman_walk"):
             figure_clips.append(dict(name=clip["name"], anchor=verts_n[0], skeleton=skel, gt=gt))
@@ -211,6 +242,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {group}: max CD-J2J {max(r['cd'] for r in rs):.4f} (+tips {max(r['cd_tips'] for r in rs):.4f}); joint ratio {min(ratios):.2f}-{max(ratios):.2f} "
               f"(clips outside 0.6-1.5x: {sum(not 0.6 <= q <= 1.5 for q in ratios)})")
         print("-" * len(head))
+    if args.noise_draws:
+        print(f"steadiness: {args.noise_draws} copies of each clip with Gaussian noise of {args.noise:g} x the diagonal")
+        for group in ("real", "corpus"):
+            rs = [r for r in rows if r["set"] == group]
+            for r in rs:
+                print(f"  {r['name'][:34]:34s} joints {r['draw_joints']} / {r['gt_joints']}  CD-J2J "
+                      f"{' '.join(f'{c:.4f}' for c in r['draw_cd'])}  pair {r['pair']:.4f}")
+            if rs:
+                ratios = [j / r["gt_joints"] for r in rs for j in r["draw_joints"]]
+                print(f"  mean {group}: pair {np.mean([r['pair'] for r in rs]):.4f}, CD-J2J over all draws "
+                      f"{np.mean([c for r in rs for c in r['draw_cd']]):.4f} (worst {max(max(r['draw_cd']) for r in rs):.4f}), "
+                      f"joint count range per clip {np.mean([np.ptp(r['draw_joints']) for r in rs]):.1f} on average, "
+                      f"ratio {min(ratios):.2f}-{max(ratios):.2f}")
     if args.figure and figure_clips:
         draw_figure(figure_clips, args.figure)
         print(f"figure: {args.figure}")
