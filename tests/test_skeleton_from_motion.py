@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 
 from backend.lbs import linear_blend_skinning
@@ -430,6 +431,78 @@ def test_limb_kinds_a_long_armed_biped_s_hanging_arms_are_arms():
     assert limb_kinds(chains, joints, upright) == ["leg", "leg", "arm", "arm"]
     long_body = upright[:, [2, 1, 0]] * np.array([1.0, 0.5, 3.0])  # longer along z than tall
     assert limb_kinds(chains, joints, long_body) == ["leg", "leg", "leg", "leg"]
+
+
+def _voxel_surface(filled: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """The closed surface of a voxel set ``filled bool [X, Y, Z]`` (cells of edge ``size``): its exposed cell
+    faces as triangles on shared corner vertices. ``(verts [V, 3], faces [F, 3])``."""
+    quads = []
+    for x, y, z in zip(*np.nonzero(filled)):
+        for axis in range(3):
+            for side in (0, 1):
+                step = np.zeros(3, dtype=int)
+                step[axis] = 1 if side else -1
+                n = np.array([x, y, z]) + step
+                if all(0 <= n[a] < filled.shape[a] for a in range(3)) and filled[tuple(n)]:
+                    continue
+                u, w = [a for a in range(3) if a != axis]
+                base = np.array([x, y, z])
+                base[axis] += side
+                corners = []
+                for du, dw in ((0, 0), (1, 0), (1, 1), (0, 1)):
+                    c = base.copy()
+                    c[u] += du
+                    c[w] += dw
+                    corners.append(tuple(c))
+                quads.append(corners if side else corners[::-1])
+    keys = sorted({c for q in quads for c in q})
+    index = {c: i for i, c in enumerate(keys)}
+    faces = [[index[q[0]], index[q[1]], index[q[2]]] for q in quads] + [[index[q[0]], index[q[2]], index[q[3]]]
+                                                                        for q in quads]
+    return np.asarray(keys, dtype=np.float64) * size, np.asarray(faces)
+
+
+def test_a_leg_the_cuts_left_without_bones_gets_a_chain():
+    """A table-like body on four legs whose skeleton has chains in two legs only: the other two feet get chains
+    from the body's middle down to the ground, hung from the body's bone, holding their legs' vertices."""
+    from backend.rigging.skeleton_from_motion import add_missing_legs, edge_graph
+
+    filled = np.zeros((10, 8, 5), dtype=bool)
+    filled[:, 5:8, :] = True  # the body
+    for x in (0, 9):
+        for z in (0, 4):
+            filled[x, :5, z] = True  # four legs, one cell thick
+    verts, faces = _voxel_surface(filled, 0.1)
+    verts -= verts.mean(axis=0)
+    adj = edge_graph(faces, len(verts))
+    coo = adj.tocoo()
+    adj_w = sp.csr_matrix((np.linalg.norm(verts[coo.row] - verts[coo.col], axis=1), (coo.row, coo.col)),
+                          shape=adj.shape)
+    leg_x = {0: verts[:, 0].min() + 0.05, 9: verts[:, 0].max() - 0.05}
+    body_y = verts[:, 1].max() - 0.15
+    joints = np.array([[0.0, body_y, 0.0],  # 0 the body's bone
+                       [leg_x[0], body_y, verts[:, 2].min() + 0.05],  # 1-2 a chain in one front leg
+                       [leg_x[0], verts[:, 1].min() + 0.1, verts[:, 2].min() + 0.05],
+                       [leg_x[0], body_y, verts[:, 2].max() - 0.05],  # 3-4 the other front leg
+                       [leg_x[0], verts[:, 1].min() + 0.1, verts[:, 2].max() - 0.05]])
+    parents = np.array([-1, 0, 1, 0, 3])
+    bone_of_vertex = np.zeros(len(verts), dtype=np.int64)
+    new_joints, new_parents, new_bones, added = add_missing_legs(joints, parents, bone_of_vertex, verts, adj, adj_w,
+                                                                 spacing=0.2, foot_share=0.15)
+    assert added == 2 and len(new_parents) > len(parents)
+    np.testing.assert_array_equal(new_joints[:5], joints)
+    hind = verts[:, 0] > leg_x[9] - 0.1
+    hind_legs = hind & (verts[:, 1] < verts[:, 1].min() + 0.45)
+    assert (new_bones[hind_legs] >= 5).all()  # the hind legs' vertices went to the new chains
+    for first in np.flatnonzero(new_parents[5:] == 0) + 5:  # each new chain starts at the body, goes down
+        chain = [int(first)]
+        while (kids := np.flatnonzero(new_parents == chain[-1])).size:
+            chain.append(int(kids[0]))
+        ys = new_joints[chain, 1]
+        assert len(chain) >= 2 and np.all(np.diff(ys) < 0) and ys[0] > verts[:, 1].min() + 0.45
+        assert new_joints[chain, 0].min() > leg_x[9] - 0.15  # in the hind legs
+    # every leg with a joint already: nothing added
+    assert add_missing_legs(new_joints, new_parents, new_bones, verts, adj, adj_w, 0.2, 0.15)[3] == 0
 
 
 def test_a_limb_branching_off_the_other_sides_limb_hangs_from_the_body():

@@ -142,6 +142,7 @@ class MotionSkeletonConfig:
     foot_height: float = 0.05
     limb_roots: bool = True
     leaf_spacing: float = 1.3
+    missing_legs: float = 0.15
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -1065,6 +1066,108 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     return np.concatenate([joints, np.asarray(new_joints)]), parents, bone_of_vertex, len(new_joints)
 
 
+LEG_WIDTH_JUMP = 1.5  # a band piece this many times wider (RMS radius) than the leg so far is the body
+
+
+def add_missing_legs(joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np.ndarray, anchor: np.ndarray,
+                     adj: sp.csr_matrix, adj_w: sp.csr_matrix, spacing: float, foot_share: float,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Chains for legs the cuts left without one: a foot on the ground with no joint on its leg.
+
+    A leg that never moves against the body belongs to the body's part, and that part's level bands from the
+    body's core can cross the belly and the leg together, so the leg may get no bone at all (the standing Fox:
+    on copies of its clip with noise of 1e-5 of the diagonal, its forelegs vanished on one draw in three).
+    Every piece of the mesh below ``foot_share`` of the anchor's height (Y up) with no joint below twice that
+    height within its own radius plus half a ``spacing`` of its centre (across the ground, XZ) is such a foot.
+    Its leg is followed up by level bands of the geodesic distance from the foot (half a ``spacing`` wide),
+    each band's piece touching the last, until a piece is more than ``LEG_WIDTH_JUMP`` times as wide (RMS radius)
+    as the leg's widest so far: the body, whose piece's centre becomes the leg's first joint (hip or shoulder). The chain
+    runs down the bands' centres from there to the foot, a joint per ``spacing`` (at least two bones), hangs
+    from the bone holding most of that body piece, and its bones take the leg's vertices (each the nearest
+    bone along the chain). A leg shorter than a ``spacing`` is left alone.
+
+    Args:
+        joints: ``[J, 3]``; parents: ``[J]``; bone_of_vertex: ``[V]``; anchor: ``[V, 3]``; adj / adj_w: the
+        welded mesh's edge graph, unweighted / by edge length ``[V, V]``; foot_share: share of the height.
+    Returns:
+        ``(joints [J', 3], parents [J'], bone_of_vertex [V], added legs)``, new joints appended (each new
+        chain parents first).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    parents = np.asarray(parents).copy()
+    bone_of_vertex = np.asarray(bone_of_vertex).copy()
+    V = len(anchor)
+    y = anchor[:, 1]
+    low = np.flatnonzero(y < y.min() + foot_share * np.ptp(y))
+    if len(low) == 0:
+        return joints, parents, bone_of_vertex, 0
+    n_pieces, piece = connected_components(adj[low][:, low], directed=False)
+    new_joints: list[np.ndarray] = []
+    added = 0
+    for k in range(n_pieces):
+        foot = low[piece == k]
+        if len(foot) < 4:
+            continue
+        centre = anchor[foot].mean(axis=0)
+        reach = float(np.linalg.norm(anchor[foot][:, [0, 2]] - centre[[0, 2]], axis=1).max()) + 0.5 * spacing
+        near = np.linalg.norm(joints[:, [0, 2]] - centre[[0, 2]], axis=1) < reach
+        if (near & (joints[:, 1] < y.min() + 2.0 * foot_share * np.ptp(y))).any():
+            continue  # a joint on this leg already (only joints count: a body bone's tail may reach into it)
+        f = _geodesic_from(adj_w, np.arange(V), foot)
+        band = np.where(np.isfinite(f), np.floor(f / (0.5 * spacing)), -1).astype(np.int64)
+        current = np.zeros(V, dtype=bool)
+        current[foot] = True
+        leg = current.copy()
+        centres = [centre]
+        widest = float(np.sqrt(((anchor[foot] - centre) ** 2).sum(axis=1).mean()))
+        body = None
+        for b in range(1, int(band.max()) + 1):
+            cand = np.flatnonzero((band == b) & ~leg)
+            if len(cand) == 0:
+                break
+            n_c, comp = connected_components(adj[cand][:, cand], directed=False)
+            touch = np.bincount(comp, weights=np.asarray(adj[cand][:, current].sum(axis=1)).ravel(), minlength=n_c)
+            if touch.max() <= 0:
+                break
+            ring = cand[comp == int(np.argmax(touch))]
+            c = anchor[ring].mean(axis=0)
+            width = float(np.sqrt(((anchor[ring] - c) ** 2).sum(axis=1).mean()))
+            if width > LEG_WIDTH_JUMP * widest:
+                body = ring
+                break
+            widest = max(widest, width)
+            leg[ring] = True
+            current[:] = False
+            current[ring] = True
+            centres.append(c)
+        if body is None:
+            continue
+        hip = anchor[body].mean(axis=0)
+        path = np.concatenate([[hip], np.asarray(centres[::-1])])  # hip down the bands' centres to the foot
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+        if arc[-1] < spacing:
+            continue
+        n_bones = max(2, int(round(arc[-1] / spacing)))
+        chain = np.stack([np.interp(arc[-1] * i / n_bones, arc, path[:, a]) for i in range(n_bones)
+                          for a in range(3)]).reshape(n_bones, 3)
+        parent = int(np.argmax(np.bincount(bone_of_vertex[body], minlength=len(parents))))
+        first = len(joints) + len(new_joints)
+        for i in range(n_bones):
+            new_joints.append(chain[i])
+            parents = np.append(parents, parent if i == 0 else first + i - 1)
+        members = np.flatnonzero(leg)
+        ends = np.concatenate([chain[1:], path[-1:]])
+        seg = ends - chain  # [B, 3] bone segments
+        t = np.clip(np.einsum("vbc,bc->vb", anchor[members][:, None] - chain[None], seg)
+                    / np.maximum((seg ** 2).sum(axis=1), 1e-12), 0.0, 1.0)
+        dist = np.linalg.norm(anchor[members][:, None] - (chain[None] + t[..., None] * seg[None]), axis=2)
+        bone_of_vertex[members] = first + dist.argmin(axis=1)
+        added += 1
+    if not new_joints:
+        return joints, parents, bone_of_vertex, 0
+    return np.concatenate([joints, np.asarray(new_joints)]), parents, bone_of_vertex, added
+
+
 def _parents_first(joints: np.ndarray, parents: np.ndarray,
                    bone_of_vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The skeleton renumbered so that parents precede children, and every vertex's bone renumbered with it."""
@@ -1156,7 +1259,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     if n_uncrossed:
         tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     report(0.85)
-    n_limb_roots = 0
+    n_limb_roots = n_new_legs = 0
     if target is None and cfg.limb_roots:
         low = anchor[:, 1].min() + GROUND_SHARE * np.ptp(anchor[:, 1])
         joints, parents, bone_of_vertex, n_limb_roots = add_limb_roots(
@@ -1165,6 +1268,12 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         if n_limb_roots:
             joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+        if cfg.missing_legs > 0:
+            joints, parents, bone_of_vertex, n_new_legs = add_missing_legs(
+                joints, parents, bone_of_vertex, anchor, adj, adj_w, built["spacing"], cfg.missing_legs)
+            if n_new_legs:
+                joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
+                tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     report(0.9)
     J = len(parents)
@@ -1193,7 +1302,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
                  n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
                  mirror_plane=mirror, n_mirror_recut_chains=n_recut, n_uncrossed_limbs=n_uncrossed,
-                 n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
+                 n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots, n_missing_legs=n_new_legs,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
