@@ -428,7 +428,7 @@ class BackendClient:
                 what = ("the backend's own code (set Backend folder to the checkout, or pip install it there)"
                         if module == "backend" else f"the package {module!r}")
                 return (f"the backend Python {python!r} cannot import {what}: choose the Python of an environment "
-                        f"where the project is installed (e.g. <checkout>/.venv/bin/python after 'make setup'). ")
+                        f"where the project is installed (e.g. <checkout>/.venv/bin/python after 'make setup'); ")
         return ""
 
     def _stderr_hint(self) -> str:
