@@ -417,6 +417,31 @@ def test_names_raised_leg_pairs_with_its_twin_and_hips_carry_the_hind_legs():
     assert names[1:4] == ["spine_01", "neck", "head"]
 
 
+def test_names_a_head_turned_to_one_side_at_the_anchor_is_still_the_head():
+    """A standing quadruped whose head is turned to its right at the anchor: the neck leaves the chest (a girdle
+    the forelegs leave too) already off the mirror plane. With no twin it is the spine's end, neck and head,
+    not a right arm."""
+    from backend.rigging.naming import name_bones
+
+    joints = np.array([[0, 0.5, 0],  # 0 root
+                       [0, 0.5, 0.2],  # 1 chest: the forelegs and the neck leave it
+                       [0.1, 0.45, 0.2], [0.1, 0.2, 0.2], [0.1, 0.0, 0.2],  # 2-4 foreleg L
+                       [-0.1, 0.45, 0.2], [-0.1, 0.2, 0.2], [-0.1, 0.0, 0.2],  # 5-7 foreleg R
+                       [-0.06, 0.6, 0.28], [-0.14, 0.72, 0.32],  # 8-9 neck and head, turned right
+                       [0.1, 0.45, -0.2], [0.1, 0.2, -0.2], [0.1, 0.0, -0.2],  # 10-12 hind leg L
+                       [-0.1, 0.45, -0.2], [-0.1, 0.2, -0.2], [-0.1, 0.0, -0.2],  # 13-15 hind leg R
+                       [0, 0.5, -0.3], [0, 0.45, -0.45]], dtype=np.float64)  # 16-17 tail
+    parents = np.array([-1, 0, 1, 2, 3, 1, 5, 6, 1, 8, 0, 10, 11, 0, 13, 14, 0, 16])
+    body = np.stack([np.zeros(40), np.full(40, 0.5), np.linspace(-0.45, 0.3, 40)], axis=1)
+    legs = np.concatenate([np.stack([np.full(20, x), np.linspace(0.0, 0.5, 20), np.full(20, z)], axis=1)
+                           for x in (0.1, -0.1) for z in (0.2, -0.2)])
+    names, mirror = name_bones(joints, parents, np.concatenate([body, legs]))
+    assert mirror is not None
+    assert names[8:10] == ["neck", "head"] and names[1] == "chest"
+    assert names[2].endswith(".L") and names[5] == names[2][:-2] + ".R" and names[2].startswith("leg")
+    assert names[16:18] == ["tail_01", "tail_02"]
+
+
 def test_limb_kinds_a_long_armed_biped_s_hanging_arms_are_arms():
     """Two limb pairs that both reach the lowest share of the height: on an upright body the pair leaving it
     clearly higher (shoulders) are arms; on a body longer than tall (a quadruped) both pairs are legs."""

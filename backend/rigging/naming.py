@@ -229,10 +229,13 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
         for twins in (pair_mirrored_chains(chain_list, majority, joints, plane, max_distance=PAIR_DISTANCE),
                       pair_mirrored_chains(chain_list, majority, joints, plane, kinds=limb)):
             twinned |= set(twins) | set(twins.values())
-    sides = ["" if majority[i] and i not in twinned and origin in body and not side[chain[0]] else majority[i]
-             for i, (origin, chain) in enumerate(all_chains)]
+    # a chain leaving a girdle (a chest between the limbs) counts as leaving the body: a head turned to one side
+    # at the anchor can hang its chains from the chest
+    trunk = body | set(girdles)
+    sides = ["" if majority[i] and i not in twinned and (origin in body and not side[chain[0]] or origin in girdles)
+             else majority[i] for i, (origin, chain) in enumerate(all_chains)]
     # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
-    central = [ch for (origin, ch), sd in zip(all_chains, sides) if origin in body and sd == ""]
+    central = [ch for (origin, ch), sd in zip(all_chains, sides) if origin in trunk and sd == ""]
     spine_start, head_dir = None, None
     if central:
         ch = max(central, key=lambda c: joints[c[-1]][1])
@@ -243,7 +246,7 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
         leaf = chain[-1]
         if s:
             role = kind
-        elif origin in body and chain[0] == spine_start:
+        elif origin in trunk and chain[0] == spine_start:
             role = "spine"
         elif origin in body and head_dir is not None and float((joints[leaf] - joints[origin]) @ head_dir) < 0:
             role = "tail"
