@@ -198,8 +198,8 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
                     if n_verts < 4 or len(mesh.polygons) == 0:
                         if topology_modifiers(obj) and len(obj.data.polygons) > 0:
                             raise ExportError(f"topology changes: '{obj.name}' has {n_verts} vertices and "
-                                              f"{len(mesh.polygons)} faces at frame {frame_text(frame)} (the first frame) but "
-                                              f"{len(obj.data.vertices)} vertices before modifiers; "
+                                              f"{len(mesh.polygons)} faces at frame {frame_text(frame)} (the first "
+                                              f"frame) but {len(obj.data.vertices)} vertices before modifiers; "
                                               + _topology_hint(obj))
                         raise ExportError(f"'{obj.name}' has {n_verts} vertices and {len(mesh.polygons)} faces at "
                                           f"frame {frame_text(frame)}; need a mesh with faces")
@@ -211,11 +211,12 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
                 else:
                     n_anchor = verts.shape[1]
                     if n_verts != n_anchor:
-                        raise ExportError(f"topology changes at frame {frame_text(frame)}: {n_verts} vertices, the anchor "
-                                          f"frame {frame_text(frames[0])} has {n_anchor}; " + _topology_hint(obj))
+                        raise ExportError(f"topology changes at frame {frame_text(frame)}: {n_verts} vertices, "
+                                          f"the anchor frame {frame_text(frames[0])} has {n_anchor}; "
+                                          + _topology_hint(obj))
                     if loops.shape != anchor_loops.shape or not np.array_equal(loops, anchor_loops):
-                        raise ExportError(f"topology changes at frame {frame_text(frame)}: the faces differ from the anchor "
-                                          f"frame {frame_text(frames[0])}; " + _topology_hint(obj))
+                        raise ExportError(f"topology changes at frame {frame_text(frame)}: the faces differ from "
+                                          f"the anchor frame {frame_text(frames[0])}; " + _topology_hint(obj))
                 co = np.empty(n_verts * 3, dtype=np.float32)
                 mesh.vertices.foreach_get("co", co)
             finally:

@@ -110,6 +110,8 @@ class MotionSkeletonConfig:
         limb_roots: a leg whose chain starts below a thick body (its first joint where the limb leaves the
             belly, as when the legs never move against the body) gets a joint where a rigger puts the hip or
             shoulder: up the leg, at the body's middle (:func:`add_limb_roots`; never with an int ``detail``).
+        missing_legs: a foot in this lowest share of the anchor's height with no joint on its leg gets a chain
+            up to the body (:func:`add_missing_legs`; 0: never; never with an int ``detail``).
         symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
             (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
             to one.
@@ -166,6 +168,8 @@ class MotionSkeletonConfig:
             raise ValueError(f"leaf_spacing must be >= 0, got {self.leaf_spacing}")
         if not 0.0 <= self.foot_height < 1.0:
             raise ValueError(f"foot_height must be in [0, 1), got {self.foot_height}")
+        if not 0.0 <= self.missing_legs < 0.5:
+            raise ValueError(f"missing_legs must be in [0, 0.5), got {self.missing_legs}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1076,15 +1080,15 @@ def add_missing_legs(joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np
 
     A leg that never moves against the body belongs to the body's part, and that part's level bands from the
     body's core can cross the belly and the leg together, so the leg may get no bone at all (the standing Fox:
-    on copies of its clip with noise of 1e-5 of the diagonal, its forelegs vanished on one draw in three).
+    on copies of its clip with noise of 1e-5 of the diagonal, its forelegs vanished on three draws in eight).
     Every piece of the mesh below ``foot_share`` of the anchor's height (Y up) with no joint below twice that
     height within its own radius plus half a ``spacing`` of its centre (across the ground, XZ) is such a foot.
     Its leg is followed up by level bands of the geodesic distance from the foot (half a ``spacing`` wide),
     each band's piece touching the last, until a piece is more than ``LEG_WIDTH_JUMP`` times as wide (RMS radius)
-    as the leg's widest so far: the body, whose piece's centre becomes the leg's first joint (hip or shoulder). The chain
-    runs down the bands' centres from there to the foot, a joint per ``spacing`` (at least two bones), hangs
-    from the bone holding most of that body piece, and its bones take the leg's vertices (each the nearest
-    bone along the chain). A leg shorter than a ``spacing`` is left alone.
+    as the leg's widest so far: the body, whose piece's centre becomes the leg's first joint (hip or shoulder).
+    The chain runs down the bands' centres from there to the foot, a joint per ``spacing`` (at least two
+    bones), hangs from the bone holding most of that body piece, and its bones take the leg's vertices (each the
+    nearest bone along the chain). A leg shorter than a ``spacing`` is left alone.
 
     Args:
         joints: ``[J, 3]``; parents: ``[J]``; bone_of_vertex: ``[V]``; anchor: ``[V, 3]``; adj / adj_w: the
@@ -1268,12 +1272,12 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         if n_limb_roots:
             joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
-        if cfg.missing_legs > 0:
-            joints, parents, bone_of_vertex, n_new_legs = add_missing_legs(
-                joints, parents, bone_of_vertex, anchor, adj, adj_w, built["spacing"], cfg.missing_legs)
-            if n_new_legs:
-                joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
-                tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
+    if target is None and cfg.missing_legs > 0:
+        joints, parents, bone_of_vertex, n_new_legs = add_missing_legs(
+            joints, parents, bone_of_vertex, anchor, adj, adj_w, built["spacing"], cfg.missing_legs)
+        if n_new_legs:
+            joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
+            tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     validate_tree(parents, n_joints=len(joints))
     report(0.9)
     J = len(parents)
