@@ -89,17 +89,7 @@ def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, fram
     """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``:
     :func:`build_rig_steps` run to the end. Raises ``BuildError`` (the result does not fit; nothing is left
     behind)."""
-    return run_to_end(build_rig_steps(context, source, result, frames, stats), context)
-
-
-def run_to_end(steps: Generator, context: bpy.types.Context):
-    """Run a step generator (:func:`build_rig_steps`) to its end, sending it ``context``; returns its value."""
-    try:
-        next(steps)
-        while True:
-            steps.send(context)
-    except StopIteration as finished:
-        return finished.value
+    return convert.run_to_end(build_rig_steps(context, source, result, frames, stats), context)
 
 
 def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[float],

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
+from . import convert
+
 
 class ExportError(RuntimeError):
     """The object cannot be exported as a mesh sequence (the message says why)."""
@@ -159,12 +161,7 @@ def export_frames(context: bpy.types.Context, obj: bpy.types.Object, frames: lis
         ExportError: a non-mesh or empty object, fewer than two frames, or a topology change (naming the
             first frame whose vertex count or connectivity differs from the anchor's).
     """
-    steps = export_frames_stepwise(context, obj, frames)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return convert.run_to_end(export_frames_stepwise(context, obj, frames))
 
 
 def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,

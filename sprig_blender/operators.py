@@ -9,7 +9,7 @@ import time
 
 import bpy
 
-from . import builder, export, heatmap, preferences, runner
+from . import builder, convert, export, heatmap, preferences, runner
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class _BackendJobOperator:
         runtime = context.window_manager.sprig_runtime
         runtime.running, runtime.stage, runtime.progress = False, "", 0.0
         if job.state == "done" and self._apply_steps is not None:
-            return builder.run_to_end(self._apply_steps(context, job), context)
+            return convert.run_to_end(self._apply_steps(context, job), context)
         if job.state == "cancelled":
             self.report({"WARNING"}, f"SPRig: {self._verb} cancelled; nothing was changed")
             return {"CANCELLED"}

@@ -56,7 +56,7 @@ def test_progress_text():
 
 
 def test_build_steps_closed_midway_leave_nothing(scene):
-    from sprig_blender import builder, export
+    from sprig_blender import builder, convert, export
 
     verts, faces, raw = realdata_sequence("khronos_fox_run", 6)
     source = shape_key_object("fox", verts, faces)
@@ -69,7 +69,7 @@ def test_build_steps_closed_midway_leave_nothing(scene):
     steps.close()  # Esc between two steps
     assert data_counts() == before
     # and run to its end, the same steps give the rig
-    built = builder.run_to_end(builder.build_rig_steps(bpy.context, source, ground_truth_rig(raw, verts), frames),
+    built = convert.run_to_end(builder.build_rig_steps(bpy.context, source, ground_truth_rig(raw, verts), frames),
                                bpy.context)
     assert len(built.armature_object.data.bones) == len(raw["parents"])
 
