@@ -764,3 +764,48 @@ def test_motion_spacing_takes_the_leaves_when_short_links_are_blend_zones():
     joints[5:] = joints[1:5] * 2.0
     assert motion_spacing(joints, parents, 1.3, 0.11) == pytest.approx(0.05)
     assert motion_spacing(joints[:2], parents[:2], 1.3, 0.11) == 0.11  # too few links: the default
+
+
+def test_one_sided_share_tells_a_patch_of_skin_from_a_tube_or_a_closed_body():
+    from backend.rigging.skeleton_from_motion import one_sided_share
+
+    filled = np.zeros((4, 3, 2), dtype=bool)
+    filled[:, :, :] = True
+    box, box_faces = _voxel_surface(filled, 0.1)
+    assert one_sided_share(box, box_faces) < 1e-9  # closed: every direction cancels
+    ys = np.linspace(0.0, 0.4, 9)
+    tube, tube_faces = _tube(np.stack([np.zeros_like(ys), ys, np.zeros_like(ys)], axis=1), 0.05)
+    assert one_sided_share(tube, tube_faces) < 0.05  # open at both ends, but it faces all around
+    top = box_faces[(box[box_faces][:, :, 1] > box[:, 1].max() - 1e-9).all(axis=1)]
+    assert one_sided_share(box, top) == pytest.approx(1.0)  # the top of the box faces up
+    assert one_sided_share(box, box_faces[:0]) == 0.0
+
+
+def test_a_chain_that_is_a_patch_of_skin_is_dropped_and_a_limb_is_kept():
+    """A box body with a leg under it: a chain in the leg stays; a chain holding only a patch of the body's
+    top (a cut of the skin, with no volume around it) goes, and its vertices go to the bone it left."""
+    from backend.rigging.skeleton_from_motion import drop_surface_patches
+
+    filled = np.zeros((6, 7, 4), dtype=bool)
+    filled[:, 4:7, :] = True  # the body
+    filled[2:4, :4, 1:3] = True  # a leg under it, two cells thick
+    verts, faces = _voxel_surface(filled, 0.1)
+    body_y, top_y = 0.4, verts[:, 1].max()
+    joints = np.array([[0.3, 0.55, 0.2],  # 0 the body
+                       [0.3, body_y, 0.2], [0.3, 0.15, 0.2],  # 1-2 the leg
+                       [0.1, top_y - 0.05, 0.2]])  # 3 the patch on the top
+    parents = np.array([-1, 0, 1, 0])
+    bone_of_vertex = np.zeros(len(verts), dtype=np.int64)
+    bone_of_vertex[verts[:, 1] < body_y + 1e-9] = 1
+    bone_of_vertex[verts[:, 1] < 0.2 + 1e-9] = 2
+    patch = (verts[:, 1] > top_y - 1e-9) & (verts[:, 0] < 0.3 + 1e-9)
+    bone_of_vertex[patch] = 3
+    new_joints, new_parents, new_bones, dropped = drop_surface_patches(joints, parents, bone_of_vertex, verts, faces,
+                                                                       max_share=0.6)
+    assert dropped == 1
+    np.testing.assert_array_equal(new_parents, [-1, 0, 1])
+    np.testing.assert_array_equal(new_joints, joints[:3])
+    assert (new_bones[patch] == 0).all()
+    np.testing.assert_array_equal(new_bones[~patch], bone_of_vertex[~patch])
+    # a chain leaving a joint with one child is never looked at
+    assert drop_surface_patches(joints, np.array([-1, 0, 1, 2]), bone_of_vertex, verts, faces, 0.6)[3] == 0

@@ -17,7 +17,9 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    fix, it takes the border's coordinate;
 5. shape: every part longer than the bone spacing is cut into a chain by level sets (geodesic distance
    from its joint; for the root part, distance along its principal axis from its centre), one bone per
-   connected piece of each level band, joints at the centres of the cross-sections; long leaf chains and
+   connected piece of each level band, joints at the centres of the cross-sections; a chain that is only a
+   patch of skin facing one side (a blend zone the motion cut off a flank) is dropped
+   (:func:`drop_surface_patches`); long leaf chains and
    feet get an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
    (:func:`pull_joints_inside`);
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
@@ -37,6 +39,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spannin
 from scipy.spatial import cKDTree
 
 from backend.metrics import winding_numbers
+from backend.rigging.fit.articulated import subtrees
 from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_rigid_fits
 from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
@@ -112,6 +115,9 @@ class MotionSkeletonConfig:
             shoulder: up the leg, at the body's middle (:func:`add_limb_roots`; never with an int ``detail``).
         missing_legs: a foot in this lowest share of the anchor's height with no joint on its leg gets a chain
             up to the body (:func:`add_missing_legs`; 0: never; never with an int ``detail``).
+        max_one_sided: a chain leaving a branching joint whose surface faces one side by more than this
+            (:func:`one_sided_share`: a patch of skin the motion cut, not a limb) is dropped, its vertices to the
+            bone it left (:func:`drop_surface_patches`; 1: never; never with an int ``detail``).
         symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
             (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
             to one.
@@ -145,6 +151,7 @@ class MotionSkeletonConfig:
     limb_roots: bool = True
     leaf_spacing: float = 1.3
     missing_legs: float = 0.15
+    max_one_sided: float = 0.6
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -170,6 +177,8 @@ class MotionSkeletonConfig:
             raise ValueError(f"foot_height must be in [0, 1), got {self.foot_height}")
         if not 0.0 <= self.missing_legs < 0.5:
             raise ValueError(f"missing_legs must be in [0, 0.5), got {self.missing_legs}")
+        if not 0.5 <= self.max_one_sided <= 1.0:
+            raise ValueError(f"max_one_sided must be in [0.5, 1], got {self.max_one_sided}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1172,6 +1181,58 @@ def add_missing_legs(joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np
     return np.concatenate([joints, np.asarray(new_joints)]), parents, bone_of_vertex, added
 
 
+def one_sided_share(anchor: np.ndarray, faces: np.ndarray) -> float:
+    """How much a piece of surface faces one way: ``|sum of its faces' area vectors| / its area`` (``anchor
+    [V, 3]``, ``faces [F, 3]``). Near 0 for a closed or tube-like piece (a limb, a tail: its normals point all
+    around), 0.5 for a hemisphere, near 1 for a patch of skin that faces one side (a flank, a belly)."""
+    if len(faces) == 0:
+        return 0.0
+    a = anchor
+    area_vectors = 0.5 * np.cross(a[faces[:, 1]] - a[faces[:, 0]], a[faces[:, 2]] - a[faces[:, 0]])
+    total = float(np.linalg.norm(area_vectors, axis=1).sum())
+    return float(np.linalg.norm(area_vectors.sum(axis=0)) / total) if total > 0 else 0.0
+
+
+def drop_surface_patches(joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np.ndarray, anchor: np.ndarray,
+                         faces: np.ndarray, max_share: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Chains that are patches of skin, not limbs, are dropped.
+
+    Smooth skinning moves the skin over a joint's blend zone with its own motion, and the motion cut can make
+    a part of it (a horse's flank over its hip, a patch of a dragon's back): a chain that leaves the body but
+    has no volume around it. A limb, a tail or a head is a closed tube or blob, whose faces point all around;
+    such a patch faces one side (:func:`one_sided_share`). Every chain that leaves a joint where two or more
+    chains leave, whose faces (those with all three vertices on its bones) face one side by more than
+    ``max_share``, is dropped, shallowest first, and its vertices go to the bone it left.
+
+    Args:
+        joints: ``[J, 3]``; parents: ``[J]``, parents first; bone_of_vertex: ``[V]``; anchor: ``[V, 3]``;
+        faces: ``[F, 3]`` (welded).
+    Returns:
+        ``(joints [J'], parents [J'], bone_of_vertex [V], dropped chains)``, parents still first.
+    """
+    parents = np.asarray(parents)
+    J = len(parents)
+    children = np.bincount(parents[parents >= 0], minlength=J)
+    members = subtrees(parents)
+    alive = np.ones(J, dtype=bool)
+    bone_of_vertex = np.asarray(bone_of_vertex).copy()
+    dropped = 0
+    for j in range(J):
+        p = int(parents[j])
+        if p < 0 or children[p] < 2 or not alive[j]:
+            continue
+        on_chain = np.isin(bone_of_vertex, members[j])
+        chain_faces = faces[on_chain[faces].all(axis=1)]
+        if one_sided_share(anchor, chain_faces) > max_share:
+            alive[members[j]] = False
+            bone_of_vertex[on_chain] = p
+            dropped += 1
+    if not dropped:
+        return joints, parents, bone_of_vertex, 0
+    keep, remap, new_parents = _renumber(alive, parents)
+    return np.asarray(joints)[keep], new_parents, remap[bone_of_vertex], dropped
+
+
 def _parents_first(joints: np.ndarray, parents: np.ndarray,
                    bone_of_vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The skeleton renumbered so that parents precede children, and every vertex's bone renumbered with it."""
@@ -1245,6 +1306,12 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
 
     report(0.6)
     joints, parents, bone_of_vertex = _parents_first(built["joints"], built["parents"], built["bone_of_vertex"])
+    n_patches = n_patch_bones = 0
+    if target is None and cfg.max_one_sided < 1.0:
+        before = len(parents)
+        joints, parents, bone_of_vertex, n_patches = drop_surface_patches(joints, parents, bone_of_vertex, anchor,
+                                                                         welded_faces, cfg.max_one_sided)
+        n_patch_bones = before - len(parents)
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
     plane = mirror_plane(anchor) if cfg.symmetric else None
@@ -1304,9 +1371,10 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
-                 n_shape_bones=J - built["n_parts"] - n_end, n_end_bones=n_end, spacing=built["spacing"],
-                 mirror_plane=mirror, n_mirror_recut_chains=n_recut, n_uncrossed_limbs=n_uncrossed,
-                 n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots, n_missing_legs=n_new_legs,
+                 n_shape_bones=J + n_patch_bones - built["n_parts"] - n_end, n_end_bones=n_end,
+                 spacing=built["spacing"], mirror_plane=mirror, n_mirror_recut_chains=n_recut,
+                 n_uncrossed_limbs=n_uncrossed, n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
+                 n_missing_legs=n_new_legs, n_surface_patches=n_patches, n_patch_bones=n_patch_bones,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],

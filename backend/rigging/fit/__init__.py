@@ -13,8 +13,8 @@ transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinnin
    global motion (:func:`split_motion_clusters`) and each is then given to the bone whose region in the
    given weights it overlaps most (:func:`match_clusters_to_bones`), so bones keep their identity; a
    second clustering starts each bone from the region the given weights assign it. These and the given
-   weights' own start, when close to the best of them, are each refined for a few trial alternations,
-   and the refinement goes on from the best (``FitConfig.start_trial_ratio``).
+   weights' own start (by default all of them; ``FitConfig.start_trial_ratio``) are each refined for a
+   few trial alternations, and the refinement goes on from the best.
 2. **Refinement** (optional), alternating:
 
    * transforms: block-coordinate descent, one bone at a time; each bone's update is the exact
