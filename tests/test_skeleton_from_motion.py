@@ -809,3 +809,27 @@ def test_a_chain_that_is_a_patch_of_skin_is_dropped_and_a_limb_is_kept():
     np.testing.assert_array_equal(new_bones[~patch], bone_of_vertex[~patch])
     # a chain leaving a joint with one child is never looked at
     assert drop_surface_patches(joints, np.array([-1, 0, 1, 2]), bone_of_vertex, verts, faces, 0.6)[3] == 0
+
+
+def test_names_a_chain_crossing_the_mirror_plane_is_not_a_limb():
+    """The head chain of a standing quadruped leaves the body just off its middle on the left and swings over
+    to the right (a turned head on a noisy copy of the Fox survey): with no twin and joints on both sides of the
+    mirror plane it is the spine's end, neck and head, not an arm; a limb stays on its side."""
+    from backend.rigging.naming import name_bones
+
+    joints = np.array([[0, 0.5, 0],  # 0 root
+                       [0.1, 0.45, 0.2], [0.1, 0.2, 0.2], [0.1, 0.0, 0.2],  # 1-3 foreleg L
+                       [-0.1, 0.45, 0.2], [-0.1, 0.2, 0.2], [-0.1, 0.0, 0.2],  # 4-6 foreleg R
+                       [0.05, 0.55, 0.25], [-0.04, 0.62, 0.33], [-0.12, 0.72, 0.4],  # 7-9 neck and head
+                       [0.1, 0.45, -0.2], [0.1, 0.2, -0.2], [0.1, 0.0, -0.2],  # 10-12 hind leg L
+                       [-0.1, 0.45, -0.2], [-0.1, 0.2, -0.2], [-0.1, 0.0, -0.2],  # 13-15 hind leg R
+                       [0, 0.5, -0.3], [0, 0.45, -0.45]], dtype=np.float64)  # 16-17 tail
+    parents = np.array([-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14, 0, 16])
+    body = np.stack([np.zeros(40), np.full(40, 0.5), np.linspace(-0.45, 0.3, 40)], axis=1)
+    legs = np.concatenate([np.stack([np.full(20, x), np.linspace(0.0, 0.5, 20), np.full(20, z)], axis=1)
+                           for x in (0.1, -0.1) for z in (0.2, -0.2)])
+    plane = (np.array([1.0, 0.0, 0.0]), 0.0)
+    names, _ = name_bones(joints, parents, np.concatenate([body, legs]), plane)
+    assert names[7:10] == ["spine_01", "neck", "head"]
+    assert {names[1], names[4]} == {"leg1_01.L", "leg1_01.R"} or {names[1], names[4]} == {"leg2_01.L", "leg2_01.R"}
+    assert names[16:18] == ["tail_01", "tail_02"]

@@ -231,8 +231,12 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
             twinned |= set(twins) | set(twins.values())
     # a chain leaving a girdle (a chest between the limbs) counts as leaving the body: a head turned to one side
     # at the anchor can hang its chains from the chest
+    # and a chain with no twin whose joints lie on both sides of the plane is not a limb either: a limb stays on
+    # its side (a head turned at the anchor whose neck starts just off the middle crosses it)
     trunk = body | set(girdles)
-    sides = ["" if majority[i] and i not in twinned and (origin in body and not side[chain[0]] or origin in girdles)
+    crosses = [{"L", "R"} <= {str(side[u]) for u in chain} for _, chain in all_chains]
+    sides = ["" if majority[i] and i not in twinned and (origin in body and not side[chain[0]] or origin in girdles
+                                                         or origin in trunk and crosses[i])
              else majority[i] for i, (origin, chain) in enumerate(all_chains)]
     # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
     central = [ch for (origin, ch), sd in zip(all_chains, sides) if origin in trunk and sd == ""]
