@@ -545,7 +545,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
                                      progress=lambda f: track("skeleton", decoding_share + (1.0 - decoding_share) * f))
         log.info("%s: skeleton from motion: %d joints (the generator's has %d)", seq.name, len(found.parents),
                  len(parents0))
-        joints0 = np.asarray(found.joints, dtype=np.float32)
+        joints0 = np.asarray(found.joints, dtype=np.float64)  # not rounded: the fit is sensitive to its start
         parents0 = np.asarray(found.parents, dtype=np.int32)
         names0, tails_n = list(found.names), np.asarray(found.tails, dtype=np.float64)
         start_weights_given, skeleton_source, motion_stats = found.init_weights, "motion", found.stats
