@@ -411,8 +411,8 @@ def test_names_raised_leg_pairs_with_its_twin_and_hips_carry_the_hind_legs():
     names, mirror = name_bones(joints, parents, np.concatenate([body, legs]))
     assert mirror is not None
     fore_l, fore_r = names[13], names[16]
-    assert fore_l.startswith("leg") and fore_l.endswith(".L") and fore_r == fore_l[:-2] + ".R"
-    assert names[7][:-2] == names[10][:-2] and names[7].startswith("leg") and names[7] != fore_l[:-2] + ".L"
+    assert fore_l == "foreleg_01.L" and fore_r == "foreleg_01.R"  # two leg pairs: fore (nearer the head), hind
+    assert names[7] == "hindleg_01.L" and names[10] == "hindleg_01.R"
     assert names[4] == "hips_01" and names[5:7] == ["tail_01", "tail_02"]
     assert names[1:4] == ["spine_01", "neck", "head"]
 
@@ -438,7 +438,7 @@ def test_names_a_head_turned_to_one_side_at_the_anchor_is_still_the_head():
     names, mirror = name_bones(joints, parents, np.concatenate([body, legs]))
     assert mirror is not None
     assert names[8:10] == ["neck", "head"] and names[1] == "chest"
-    assert names[2].endswith(".L") and names[5] == names[2][:-2] + ".R" and names[2].startswith("leg")
+    assert names[2] == "foreleg_01.L" and names[5] == "foreleg_01.R"
     assert names[16:18] == ["tail_01", "tail_02"]
 
 
@@ -616,8 +616,8 @@ def test_names_from_a_torso_hub_and_a_tucked_leg_pairs_with_its_twin():
     assert names[:2] == ["root", "torso"]
     assert names[2:5] == ["spine_01", "neck", "head"]
     assert names[5].startswith("tail") and names[6].startswith("tail")
-    assert names[7].endswith(".L") and names[10] == names[7][:-2] + ".R" and names[7].startswith("leg")
-    assert names[13].startswith("leg") and names[13].endswith(".R") and names[16] == names[13][:-2] + ".L"
+    assert names[7] == "hindleg_01.L" and names[10] == "hindleg_01.R"
+    assert names[13] == "foreleg_01.R" and names[16] == "foreleg_01.L"
 
 
 def _box(lo: list[float], hi: list[float], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -708,7 +708,7 @@ def test_a_chest_two_legs_leave_is_not_part_of_either_leg():
     parents = np.concatenate([_TRUNK_PARENTS, [1, 13, 14, 15, 13, 17, 18]])
     names, _ = name_bones(joints, parents, anchor)
     assert names[13] == "chest"
-    assert names[14].endswith("_01.R") and names[17] == names[14][:-2] + ".L" and names[14].startswith("leg")
+    assert names[14] == "foreleg_01.R" and names[17] == "foreleg_01.L"
     assert [n[:-2] for n in names[14:17]] == [n[:-2] for n in names[17:20]]
 
 
@@ -831,5 +831,7 @@ def test_names_a_chain_crossing_the_mirror_plane_is_not_a_limb():
     plane = (np.array([1.0, 0.0, 0.0]), 0.0)
     names, _ = name_bones(joints, parents, np.concatenate([body, legs]), plane)
     assert names[7:10] == ["spine_01", "neck", "head"]
-    assert {names[1], names[4]} == {"leg1_01.L", "leg1_01.R"} or {names[1], names[4]} == {"leg2_01.L", "leg2_01.R"}
+    # two leg pairs on a body with a head: the pair nearer the head are the forelegs
+    assert names[1:4] == ["foreleg_01.L", "foreleg_02.L", "foreleg_03.L"] and names[4] == "foreleg_01.R"
+    assert names[10] == "hindleg_01.L" and names[13] == "hindleg_01.R"
     assert names[16:18] == ["tail_01", "tail_02"]

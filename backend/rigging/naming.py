@@ -320,9 +320,19 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
         for side_key in sides:
             totals[(role, side_key)] = max(totals.get((role, side_key), 0), number[i])
 
+    # exactly two mirrored pairs of legs and a head: the pair leaving the body nearer the head are the forelegs
+    leg_tags: dict[int, str] = {}
+    legs = [i for i, (role, s, _) in enumerate(chains) if role == "leg"]
+    if head_dir is not None and legs and all(chains[i][1] for i in legs) and {number[i] for i in legs} == {1, 2}:
+        ahead = {n: float(np.mean([(joints[chains[i][2][0]] - joints[hub]) @ head_dir for i in legs if number[i] == n]))
+                 for n in (1, 2)}
+        fore = max((1, 2), key=ahead.get)
+        leg_tags = {fore: "foreleg", 3 - fore: "hindleg"}
     for i, (role, s, chain) in enumerate(chains):
         suffix = f".{s}" if s else ""
         tag = role if totals[(role, s)] <= 1 and role != "bone" else f"{role}{number[i]}"
+        if role == "leg" and leg_tags:
+            tag = leg_tags[number[i]]
         if role == "spine" and len(chain) >= 3:
             labels = [f"spine_{k + 1:02d}" for k in range(len(chain) - 2)] + ["neck", "head"]
         elif role == "spine" and len(chain) == 2:
