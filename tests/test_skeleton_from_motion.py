@@ -417,6 +417,15 @@ def test_names_raised_leg_pairs_with_its_twin_and_hips_carry_the_hind_legs():
     assert names[1:4] == ["spine_01", "neck", "head"]
 
 
+def _body_on_four_legs() -> np.ndarray:
+    """Anchor points of a quadruped along +Z (mirror plane x = 0): a body line at y = 0.5 and four vertical legs
+    at x = +-0.1, z = +-0.2, down to the ground (y = 0)."""
+    body = np.stack([np.zeros(40), np.full(40, 0.5), np.linspace(-0.45, 0.3, 40)], axis=1)
+    legs = np.concatenate([np.stack([np.full(20, x), np.linspace(0.0, 0.5, 20), np.full(20, z)], axis=1)
+                           for x in (0.1, -0.1) for z in (0.2, -0.2)])
+    return np.concatenate([body, legs])
+
+
 def test_names_a_head_turned_to_one_side_at_the_anchor_is_still_the_head():
     """A standing quadruped whose head is turned to its right at the anchor: the neck leaves the chest (a girdle
     the forelegs leave too) already off the mirror plane. With no twin it is the spine's end, neck and head,
@@ -432,10 +441,7 @@ def test_names_a_head_turned_to_one_side_at_the_anchor_is_still_the_head():
                        [-0.1, 0.45, -0.2], [-0.1, 0.2, -0.2], [-0.1, 0.0, -0.2],  # 13-15 hind leg R
                        [0, 0.5, -0.3], [0, 0.45, -0.45]], dtype=np.float64)  # 16-17 tail
     parents = np.array([-1, 0, 1, 2, 3, 1, 5, 6, 1, 8, 0, 10, 11, 0, 13, 14, 0, 16])
-    body = np.stack([np.zeros(40), np.full(40, 0.5), np.linspace(-0.45, 0.3, 40)], axis=1)
-    legs = np.concatenate([np.stack([np.full(20, x), np.linspace(0.0, 0.5, 20), np.full(20, z)], axis=1)
-                           for x in (0.1, -0.1) for z in (0.2, -0.2)])
-    names, mirror = name_bones(joints, parents, np.concatenate([body, legs]))
+    names, mirror = name_bones(joints, parents, _body_on_four_legs())
     assert mirror is not None
     assert names[8:10] == ["neck", "head"] and names[1] == "chest"
     assert names[2] == "foreleg_01.L" and names[5] == "foreleg_01.R"
@@ -825,11 +831,8 @@ def test_names_a_chain_crossing_the_mirror_plane_is_not_a_limb():
                        [-0.1, 0.45, -0.2], [-0.1, 0.2, -0.2], [-0.1, 0.0, -0.2],  # 13-15 hind leg R
                        [0, 0.5, -0.3], [0, 0.45, -0.45]], dtype=np.float64)  # 16-17 tail
     parents = np.array([-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14, 0, 16])
-    body = np.stack([np.zeros(40), np.full(40, 0.5), np.linspace(-0.45, 0.3, 40)], axis=1)
-    legs = np.concatenate([np.stack([np.full(20, x), np.linspace(0.0, 0.5, 20), np.full(20, z)], axis=1)
-                           for x in (0.1, -0.1) for z in (0.2, -0.2)])
     plane = (np.array([1.0, 0.0, 0.0]), 0.0)
-    names, _ = name_bones(joints, parents, np.concatenate([body, legs]), plane)
+    names, _ = name_bones(joints, parents, _body_on_four_legs(), plane)
     assert names[7:10] == ["spine_01", "neck", "head"]
     # two leg pairs on a body with a head: the pair nearer the head are the forelegs
     assert names[1:4] == ["foreleg_01.L", "foreleg_02.L", "foreleg_03.L"] and names[4] == "foreleg_01.R"
