@@ -217,6 +217,26 @@ def test_two_legged_creature_mirrored_names(separate):
     assert any(n.startswith("leg") for n in skel.names)
 
 
+@pytest.mark.parametrize("proxy_size", [100, 300])
+def test_mirror_plane_of_a_proxy_is_searched_on_the_full_mesh(proxy_size):
+    """A proxy's vertices (one per grid cell) are not a mirror-symmetric sampling: searched on them alone the
+    plane came out along the body (normal z) and the legs were ``bone1_*`` / ``bone2_*``; searched on the full
+    mesh's vertices (``surface_points``) it is x = 0 and the legs pair as ``.L`` / ``.R``."""
+    from backend.rigging.proxy import build_proxy
+    from backend.sequence import colocated_representatives
+
+    verts, faces, _ = two_legged()
+    proxy = build_proxy(verts[0], faces, colocated_representatives(verts), proxy_size)
+    skel = skeleton_from_motion(verts[:, proxy.vertices], proxy.faces, surface_points=verts[0])
+    _check_skeleton(skel, proxy.size)
+    plane = skel.stats["mirror_plane"]
+    assert plane is not None and abs(plane["normal"][0]) > 0.999 and abs(plane["offset"]) < 0.01
+    left = {n[:-2] for n in skel.names if n.endswith(".L")}
+    right = {n[:-2] for n in skel.names if n.endswith(".R")}
+    assert len(left & right) >= 3  # (the coarse proxy's legs may differ by a tip bone)
+    assert not any(n.startswith("bone") for n in skel.names)
+
+
 def test_separate_piece_moving_with_its_neighbour_gets_no_bone():
     """A separate mesh piece that never moves relative to the body (a robot's head plate, an ornament) is part
     of the body's bone, as a rigger weights it; separate pieces that move (the legs) keep their own bones."""

@@ -11,6 +11,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
+MIRROR_TREE_POINTS = 20000  # the mirrored points' neighbours are searched among at most this many vertices
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
 ARM_START_GAP = 0.15  # on an upright body, a "leg" starting this share of the height above the lowest leg is an arm
@@ -35,12 +36,16 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
     degree and 0.001. The vertices' mean is not the plane: a head turned to one side moves it off the body's
     middle (the Fox survey clip: 0.019 of the box).
     """
-    a = np.asarray(anchor, dtype=np.float64)
+    dense = np.asarray(anchor, dtype=np.float64)
     rng = np.random.default_rng(0)
-    if len(a) > 1500:
-        a = a[rng.choice(len(a), 1500, replace=False)]
+    if len(dense) > MIRROR_TREE_POINTS:
+        dense = dense[rng.choice(len(dense), MIRROR_TREE_POINTS, replace=False)]
+    a = dense if len(dense) <= 1500 else dense[rng.choice(len(dense), 1500, replace=False)]
     coarse = a if len(a) <= 400 else a[rng.choice(len(a), 400, replace=False)]
-    tree, coarse_tree = cKDTree(a), cKDTree(coarse)
+    # the mirrored points are looked up among all the points (not only those mirrored): on a sampling that is not
+    # itself symmetric (a proxy's cells, a scan's triangulation) a mirrored point then lands near the surface's
+    # points at the dense sampling's spacing, and the right plane scores clearly lowest
+    tree = coarse_tree = cKDTree(dense)
 
     def normal_at(deg: float) -> np.ndarray:
         rad = np.radians(deg)

@@ -542,7 +542,8 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     if from_motion:
         found = skeleton_from_motion(fit_verts, fit_faces, joints0, parents0,
                                      MotionSkeletonConfig(detail=cfg.motion_detail()),
-                                     progress=lambda f: track("skeleton", decoding_share + (1.0 - decoding_share) * f))
+                                     progress=lambda f: track("skeleton", decoding_share + (1.0 - decoding_share) * f),
+                                     surface_points=None if proxy is None else anchor)
         log.info("%s: skeleton from motion: %d joints (the generator's has %d)", seq.name, len(found.parents),
                  len(parents0))
         joints0 = np.asarray(found.joints, dtype=np.float64)  # not rounded: the fit is sensitive to its start

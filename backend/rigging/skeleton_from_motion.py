@@ -1246,7 +1246,8 @@ def _parents_first(joints: np.ndarray, parents: np.ndarray,
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
                          config: MotionSkeletonConfig | None = None,
-                         progress: Callable[[float], None] | None = None) -> RigSkeleton:
+                         progress: Callable[[float], None] | None = None,
+                         surface_points: np.ndarray | None = None) -> RigSkeleton:
     """A skeleton for an animated mesh from its motion and shape.
 
     Args:
@@ -1259,6 +1260,9 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         config: :class:`MotionSkeletonConfig`.
         progress: called with the fraction done (0 to 1) between steps (each under a second on a
             4000-vertex proxy, 2 cores); an exception it raises (a cancel) stops the build there.
+        surface_points: float ``[N, 3]`` the anchor's full-resolution vertices (same space) when ``verts`` is a
+            proxy of a larger mesh: the mirror plane is searched on them (a proxy's cells are not a symmetric
+            sampling, and on CesiumMan's 4000-vertex proxy the search found a plane 28 degrees off).
     Returns:
         :class:`RigSkeleton`.
     Raises:
@@ -1314,7 +1318,8 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         n_patch_bones = before - len(parents)
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
-    plane = mirror_plane(anchor) if cfg.symmetric else None
+    plane_points = anchor if surface_points is None else np.asarray(surface_points, dtype=np.float64)
+    plane = mirror_plane(plane_points) if cfg.symmetric else None
     report(0.8)
     if plane is not None:
         joints, parents, bone_of_vertex, n_recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex,
@@ -1364,7 +1369,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 n_pulled += n_end_pulled
         J = len(parents)
     report(0.95)
-    names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else "search")
+    names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else mirror_plane(plane_points))
     report(1.0)
     weights = np.zeros((V, J), dtype=np.float32)
     weights[np.arange(V), bone_of_vertex[group]] = 1.0
