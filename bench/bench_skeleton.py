@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                    seconds=seconds, kmeans=cd_j2j(kmeans_joints(verts_n[0], len(gt)), gt),
                    parts=int(skel.stats["n_parts"]), moving=int(skel.stats["n_moving_parts"]),
                    out=outside_fraction(skel.joints, verts_n[0], clip["faces"]),
-                   gt_out=outside_fraction(gt, verts_n[0], clip["faces"]))
+                   gt_out=outside_fraction(gt, verts_n[0], clip["faces"]), names=list(skel.names))
         if models is not None:
             net = network_skeleton(models, verts_n.astype(np.float32), clip["faces"])
             row.update(net=cd_j2j(net, gt), net_joints=int(len(net)))

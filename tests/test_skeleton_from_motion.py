@@ -646,6 +646,21 @@ def test_names_from_a_torso_hub_and_a_tucked_leg_pairs_with_its_twin():
     assert names[13] == "foreleg_01.R" and names[16] == "foreleg_01.L"
 
 
+def test_names_a_head_chain_just_off_the_middle_is_central():
+    """A neck and head whose joints all lie 0.03-0.04 to one side of the plane (past the side tolerance, as on
+    a proxy's skeleton) with no mirror twin are still ``spine`` / ``neck`` / ``head``: a limb leaves the body
+    further out. Before the central band they were one side's ``arm_*``."""
+    from backend.rigging.naming import name_bones
+
+    anchor = _standing_quadruped_anchor(0.0)
+    joints = _TRUNK_JOINTS.copy()
+    joints[2:5, 0] += [0.03, 0.035, 0.04]
+    names, mirror = name_bones(joints, _TRUNK_PARENTS, anchor)
+    assert mirror is not None and abs(mirror["offset"] - 0.06) < 0.002
+    assert names[2:5] == ["spine_01", "neck", "head"]
+    assert names[7] == "leg_01.L" and names[10] == "leg_01.R"
+
+
 def _box(lo: list[float], hi: list[float], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """A closed, outward-oriented box surface ``lo``..``hi`` with ``n`` segments per edge: verts, faces."""
     lo_a, hi_a = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)

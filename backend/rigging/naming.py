@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 MIRROR_TREE_POINTS = 20000  # the mirrored points' neighbours are searched among at most this many vertices
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
+CENTRAL_BAND = 0.05  # an unpaired chain from the trunk whose joints lie this close to the plane (mean) is central
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
 ARM_START_GAP = 0.15  # on an upright body, a "leg" starting this share of the height above the lowest leg is an arm
 MIRROR_COARSE_DEG = 5.0  # the plane search's first step between normals (degrees about the up axis)
@@ -238,10 +239,15 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     # at the anchor can hang its chains from the chest
     # and a chain with no twin whose joints lie on both sides of the plane is not a limb either: a limb stays on
     # its side (a head turned at the anchor whose neck starts just off the middle crosses it)
+    # and an untwinned chain from the trunk that keeps close to the plane (a head whose neck leaves the shoulders
+    # a little off the middle: on a 4000-vertex proxy of CesiumMan its joints lay 0.02-0.05 to one side) is
+    # central: a limb leaves the body further out
     trunk = body | set(girdles)
     crosses = [{"L", "R"} <= {str(side[u]) for u in chain} for _, chain in all_chains]
+    near = [plane is not None and float(np.abs(joints[chain] @ plane[0] - plane[1]).mean()) < CENTRAL_BAND
+            for _, chain in all_chains]
     sides = ["" if majority[i] and i not in twinned and (origin in body and not side[chain[0]] or origin in girdles
-                                                         or origin in trunk and crosses[i])
+                                                         or origin in trunk and (crosses[i] or near[i]))
              else majority[i] for i, (origin, chain) in enumerate(all_chains)]
     # the chains leaving the body: the central one reaching highest is the spine (neck and head at its end)
     central = [ch for (origin, ch), sd in zip(all_chains, sides) if origin in trunk and sd == ""]
