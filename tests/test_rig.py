@@ -226,10 +226,10 @@ def test_bad_options_are_named(models):
 
 
 def test_a_fit_on_many_vertices_gets_a_share_of_the_alternations_and_candidates():
-    cfg = RigConfig(refine_iters=40, motion_candidates=12)
+    cfg = RigConfig()
     small = cfg.motion_fit_config(LARGE_FIT_VERTICES, refine_joints=True)
     large = cfg.motion_fit_config(LARGE_FIT_VERTICES + 1, refine_joints=False)
-    assert (small.refine_iters, small.motion_candidates, small.refine_joints) == (40, 12, True)
+    assert (small.refine_iters, small.motion_candidates, small.refine_joints) == (80, 12, True)
     assert (large.refine_iters, large.motion_candidates, large.refine_joints) == (20, 6, False)
     assert small.articulated and small.max_influences == cfg.max_influences
     assert RigConfig(refine=False).motion_fit_config(100, refine_joints=True).refine_iters == 0

@@ -48,7 +48,8 @@ PAPER_PROTOCOL_FRAMES = 3  # paper §5.1: the anchor and the next two frames
 CPU_REPORT_FRAMES = 4  # skeleton frames for the report when the models run on a CPU (auto setting)
 CPU_SKIN_FRAMES = 4  # skinning frames for the heatmap when the models run on a CPU (auto setting)
 LARGE_FIT_VERTICES = 3000  # a motion fit on more vertices than this (a proxy's included) is a large one ...
-LARGE_FIT_SHARE = 0.5  # ... and gets this share of the alternations and motion candidates
+LARGE_FIT_ITERS_SHARE = 0.25  # ... and gets this share of the alternations (80 -> 20) ...
+LARGE_FIT_CANDIDATES_SHARE = 0.5  # ... and of the motion candidates (12 -> 6)
 
 
 class RigCancelled(RuntimeError):
@@ -126,7 +127,7 @@ class RigConfig:
     device: str = "auto"
     max_influences: int = 4
     refine: bool = True
-    refine_iters: int = 40
+    refine_iters: int = 80
     motion_candidates: int = 12
     skeleton: str = "motion"
     detail: str = "auto"
@@ -162,14 +163,17 @@ class RigConfig:
 
     def motion_fit_config(self, n_vertices: int, refine_joints: bool) -> FitConfig:
         """The motion fit's options for a fit on ``n_vertices`` vertices (the proxy's, with a proxy). A fit on
-        more than ``LARGE_FIT_VERTICES`` gets ``LARGE_FIT_SHARE`` of the alternations and candidates: both cost
-        time in proportion to the vertices, and there they gain little (measured in ``docs/fitting.md``: half
-        the time at 0-10 % more error on 4-8k-vertex clips; a proxy rig's error is set mostly by its full-mesh
-        weight pass)."""
-        share = LARGE_FIT_SHARE if n_vertices > LARGE_FIT_VERTICES else 1.0
+        more than ``LARGE_FIT_VERTICES`` gets ``LARGE_FIT_ITERS_SHARE`` of the alternations and
+        ``LARGE_FIT_CANDIDATES_SHARE`` of the candidates: both cost time in proportion to the vertices, and there
+        they gain little (measured in ``docs/fitting.md``: half the time at 0-10 % more error on 4-8k-vertex
+        clips; a proxy rig's error is set mostly by its full-mesh weight pass). A small fit stops before
+        ``refine_iters`` once it no longer improves (most real clips by 40; the standing Fox needs about 80)."""
+        large = n_vertices > LARGE_FIT_VERTICES
+        iters_share = LARGE_FIT_ITERS_SHARE if large else 1.0
+        candidates_share = LARGE_FIT_CANDIDATES_SHARE if large else 1.0
         return FitConfig(max_influences=self.max_influences,
-                         refine_iters=int(np.ceil(self.refine_iters * share)) if self.refine else 0,
-                         motion_candidates=int(np.ceil(self.motion_candidates * share)),
+                         refine_iters=int(np.ceil(self.refine_iters * iters_share)) if self.refine else 0,
+                         motion_candidates=int(np.ceil(self.motion_candidates * candidates_share)),
                          articulated=self.articulated, refine_joints=refine_joints)
 
     def validate(self) -> None:
