@@ -661,6 +661,41 @@ def test_names_a_head_chain_just_off_the_middle_is_central():
     assert names[7] == "leg_01.L" and names[10] == "leg_01.R"
 
 
+def test_root_of_an_upright_body_goes_to_the_hips():
+    """A biped whose torso moved as one part has its root's joint in the chest; with the legs leaving below it
+    and the neck and arms above, the joint goes to the hips (the legs' first joints' mean) and the tail to the
+    chest (the others' mean). A pelvis child that both legs leave counts as both; a long body lying along Z (a
+    quadruped) and a root with a leg above its joint keep theirs."""
+    from backend.rigging.skeleton_from_motion import root_at_hips
+
+    anchor = np.array([[-0.2, -0.5, -0.1], [0.2, 0.5, 0.1]])  # only the extent matters: upright
+    joints = np.array([[0.0, 0.2, 0.0],  # 0 root (chest)
+                       [0.0, 0.3, 0.0], [0.0, 0.4, 0.0],  # 1-2 neck, head
+                       [0.1, 0.22, 0.0], [-0.1, 0.22, 0.0],  # 3-4 arms
+                       [0.08, 0.0, 0.0], [0.08, -0.45, 0.0],  # 5-6 leg L
+                       [-0.08, 0.0, 0.0], [-0.08, -0.45, 0.0]])  # 7-8 leg R
+    parents = np.array([-1, 0, 1, 0, 0, 0, 5, 0, 7])
+    tails = joints + [0.0, -0.02, 0.0]
+    ground = -0.15
+    out, out_tails, moved = root_at_hips(joints, parents, tails, anchor, ground)
+    assert moved
+    np.testing.assert_allclose(out[0], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(out_tails[0], joints[[1, 3, 4]].mean(axis=0))
+    np.testing.assert_array_equal(out[1:], joints[1:])
+    # both legs hang from a pelvis child of the root: the hips are the pelvis's joint
+    pelvis = np.concatenate([joints, [[0.0, 0.05, 0.0]]])
+    pelvis_parents = np.array([-1, 0, 1, 0, 0, 9, 5, 9, 7, 0])
+    _, _, moved = root_at_hips(pelvis, pelvis_parents, np.concatenate([tails, [[0.0, 0.0, 0.0]]]), anchor, ground)
+    assert moved
+    # lying along Z (longer than tall): unchanged
+    long_body = np.array([[-0.2, -0.3, -0.5], [0.2, 0.3, 0.5]])
+    assert not root_at_hips(joints, parents, tails, long_body, ground)[2]
+    # a leg that leaves above the root's joint: unchanged
+    high = joints.copy()
+    high[7] = [-0.08, 0.25, 0.0]
+    assert not root_at_hips(high, parents, tails, anchor, ground)[2]
+
+
 def _box(lo: list[float], hi: list[float], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """A closed, outward-oriented box surface ``lo``..``hi`` with ``n`` segments per edge: verts, faces."""
     lo_a, hi_a = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)

@@ -21,7 +21,8 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    patch of skin facing one side (a blend zone the motion cut off a flank) is dropped
    (:func:`drop_surface_patches`); long leaf chains and
    feet get an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
-   (:func:`pull_joints_inside`);
+   (:func:`pull_joints_inside`); on an upright body whose legs leave the root below its joint, the root's
+   joint goes to the hips (:func:`root_at_hips`);
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
    chains from the root (or the torso it hangs) are named spine/neck/head, hips/tail, leg or arm by where they go.
 """
@@ -118,6 +119,8 @@ class MotionSkeletonConfig:
         max_one_sided: a chain leaving a branching joint whose surface faces one side by more than this
             (:func:`one_sided_share`: a patch of skin the motion cut, not a limb) is dropped, its vertices to the
             bone it left (:func:`drop_surface_patches`; 1: never; never with an int ``detail``).
+        root_at_hips: on an upright body whose legs leave the root below its joint, the root's joint goes to
+            the hips (:func:`root_at_hips`; the deformation does not change; never with an int ``detail``).
         symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
             (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
             to one.
@@ -152,6 +155,7 @@ class MotionSkeletonConfig:
     leaf_spacing: float = 1.3
     missing_legs: float = 0.15
     max_one_sided: float = 0.6
+    root_at_hips: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -1181,6 +1185,52 @@ def add_missing_legs(joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np
     return np.concatenate([joints, np.asarray(new_joints)]), parents, bone_of_vertex, added
 
 
+def root_at_hips(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, anchor: np.ndarray,
+                 ground: float) -> tuple[np.ndarray, np.ndarray, bool]:
+    """On an upright body whose legs leave the root below the root's joint, the root's joint goes to the hips.
+
+    The root part's joint is its vertices' centre, which on a biped whose torso moves as one part is the chest
+    (CesiumMan: its legs then hang from a root in the chest, where an animator looks for the hips). The root
+    bone's motion is a free rigid motion, so its joint does not change the deformation: moving it only changes
+    where the armature's root bone is drawn and pivots. When the body is taller than it is wide and long, the
+    root's child chains that reach below ``ground`` (legs; one that two legs leave counts twice: a pelvis) are
+    at least two, all of them start below the root's joint and every other child starts above it, the root's
+    joint goes to those children's joints' mean (the hips) and its tail to the other children's mean (the
+    chest, where the arms and neck leave). A root whose only children are legs keeps its joint.
+
+    Args:
+        joints: float ``[J, 3]``; parents: int ``[J]`` (parents first); tails: float ``[J, 3]``.
+        anchor: float ``[V, 3]`` the anchor (Y up).
+        ground: height below which a chain that reaches it is a leg.
+    Returns:
+        ``(joints, tails, moved)`` (copies when moved).
+    """
+    extent = np.ptp(anchor, axis=0)
+    roots = np.flatnonzero(parents < 0)
+    if len(roots) != 1 or extent[1] <= max(extent[0], extent[2]):
+        return joints, tails, False
+    root = int(roots[0])
+    members = subtrees(parents)
+
+    def reaches_ground(j: int) -> bool:
+        return min(float(joints[members[j], 1].min()), float(tails[members[j], 1].min())) < ground
+
+    kids = np.flatnonzero(parents == root)
+    legs = [int(k) for k in kids if reaches_ground(int(k))]
+    others = [int(k) for k in kids if int(k) not in legs]
+    # a child that both legs hang from (a pelvis the motion cut as one part with the top of a thigh) counts
+    # as two legs leaving at its joint
+    n_legs = sum(max(1, sum(reaches_ground(int(c)) for c in np.flatnonzero(parents == k))) for k in legs)
+    y = joints[root, 1]
+    if (n_legs < 2 or not others or any(joints[k, 1] >= y for k in legs)
+            or any(joints[k, 1] <= y for k in others)):
+        return joints, tails, False
+    joints, tails = joints.copy(), tails.copy()
+    tails[root] = joints[others].mean(axis=0)
+    joints[root] = joints[legs].mean(axis=0)
+    return joints, tails, True
+
+
 def one_sided_share(anchor: np.ndarray, faces: np.ndarray) -> float:
     """How much a piece of surface faces one way: ``|sum of its faces' area vectors| / its area`` (``anchor
     [V, 3]``, ``faces [F, 3]``). Near 0 for a closed or tube-like piece (a limb, a tail: its normals point all
@@ -1368,6 +1418,10 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                 tails[ends] = heads  # a limb's last bone still ends where its end bone starts
                 n_pulled += n_end_pulled
         J = len(parents)
+    moved_root = False
+    if target is None and cfg.root_at_hips:
+        joints, tails, moved_root = root_at_hips(joints, parents, tails, anchor,
+                                                 anchor[:, 1].min() + GROUND_SHARE * np.ptp(anchor[:, 1]))
     report(0.95)
     names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else mirror_plane(plane_points))
     report(1.0)
@@ -1380,6 +1434,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  spacing=built["spacing"], mirror_plane=mirror, n_mirror_recut_chains=n_recut,
                  n_uncrossed_limbs=n_uncrossed, n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
                  n_missing_legs=n_new_legs, n_surface_patches=n_patches, n_patch_bones=n_patch_bones,
+                 root_at_hips=moved_root,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
