@@ -4,8 +4,8 @@
     python scripts/build_extension.py --output-dir out --blender-ext /path/to/blender_ext.py
 
 Steps: stage ``blender_manifest.toml`` + the ``sprig_blender/`` package + the backend client it talks
-through (``backend/app/client.py`` and ``backend/rigging/result.py``, copied to ``_backend/``: standard library and
-numpy only) in ``build/extension/``, then run ``blender_ext.py validate`` and ``blender_ext.py build``.
+through (``backend/app/client.py``, ``backend/rigging/result.py`` and ``backend/skeleton.py``, copied to
+``_backend/``: standard library and numpy only, importing each other relatively) in ``build/extension/``, then run ``blender_ext.py validate`` and ``blender_ext.py build``.
 ``blender_ext.py`` is found inside the installed ``bpy`` package (or a Blender install given with
 ``--blender-ext``). Exits non-zero, printing the tool's message, when validation or the build fails.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sprig_blender"
 MANIFEST = ROOT / "blender_manifest.toml"
-VENDORED = ("app/client.py", "rigging/result.py")  # from backend/, copied to _backend/ (same sub-folders)
+VENDORED = ("app/client.py", "rigging/result.py", "skeleton.py")  # from backend/, copied to _backend/ (same folders)
 
 log = logging.getLogger("build_extension")
 
@@ -49,8 +49,8 @@ def stage(staging: Path) -> Path:
     vendor = staging / "_backend"
     vendor.mkdir()
     (vendor / "__init__.py").write_text(
-        '"""Copy of the SPRig backend client (backend/app/client.py, backend/rigging/result.py) made by '
-        'scripts/build_extension.py."""\n')
+        '"""Copy of the SPRig backend client (backend/app/client.py, backend/rigging/result.py, '
+        'backend/skeleton.py) made by scripts/build_extension.py."""\n')
     for name in VENDORED:  # the client imports the result type relatively, so the sub-folders are kept
         target = vendor / name
         if not (target.parent / "__init__.py").exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -33,7 +34,7 @@ def test_extension_validates_and_builds(archive):
         names = set(zf.namelist())
         manifest = zf.read("blender_manifest.toml").decode()
     assert {"blender_manifest.toml", "__init__.py", "operators.py", "builder.py", "heatmap.py", "export.py",
-            "_backend/app/client.py", "_backend/rigging/result.py"} <= names
+            "_backend/app/client.py", "_backend/rigging/result.py", "_backend/skeleton.py"} <= names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     import tomllib
 
@@ -41,13 +42,17 @@ def test_extension_validates_and_builds(archive):
     assert meta["schema_version"] == "1.0.0" and meta["type"] == "add-on"
     assert meta["license"] == ["SPDX:GPL-3.0-or-later"] and meta["blender_version_min"] == "4.2.0"
     assert "files" in meta["permissions"]
-    # the bundled client must not need the backend package (only stdlib + numpy)
-    client_source = (ROOT / "backend" / "app" / "client.py").read_text()
-    assert "from backend" not in client_source and "import torch" not in client_source
+    # the bundled client must not need the backend package (only stdlib + numpy; the copies import each other
+    # relatively): a Blender's own Python has no backend package
+    for name in build_extension.VENDORED:
+        source = (ROOT / "backend" / name).read_text()
+        assert not re.search(r"^\s*(from|import) (backend|torch)\b", source, re.MULTILINE), name
 
 
 INSTALL_SCRIPT = r"""
-import json, sys, bpy
+import json, sys
+sys.modules["backend"] = None  # as in a Blender whose Python has no backend package: only the bundled copy imports
+import bpy
 bpy.ops.wm.read_factory_settings(use_empty=True)
 out = {}
 bpy.ops.extensions.package_install_files(filepath=sys.argv[-1], repo="user_default", enable_on_install=True)
@@ -60,6 +65,10 @@ prefs = bpy.context.preferences.addons[module].preferences
 out["prefs_mode"] = prefs.backend_mode
 ext = sys.modules[module]
 out["bundled_client"] = ext.runner.backend_client.__name__
+import numpy as np
+from bl_ext.user_default.sprig._backend.rigging import result as bundled_result
+tails = bundled_result.default_tails(np.eye(3), np.array([[0.0, 0, 0], [0, 1, 0]]), np.array([-1, 0]))
+out["bundled_tail"] = [round(float(x), 6) for x in tails[0]]  # the root's tail on its only child's head
 bpy.ops.preferences.addon_disable(module=module)
 out["after_disable"] = [hasattr(bpy.types, "SPRIG_OT_rig_sequence"), hasattr(bpy.types.Scene, "sprig"),
                         module in bpy.context.preferences.addons]
@@ -75,7 +84,7 @@ def test_extension_installs_and_enables_through_blenders_extension_api(archive, 
     assert proc.returncode == 0 and line, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads(line[0][len("RESULT"):])
     assert out == {"enabled": True, "operator": True, "panel": True, "scene_prop": True, "prefs_mode": "AUTO",
-                   "bundled_client": "bl_ext.user_default.sprig._backend.app.client",
+                   "bundled_client": "bl_ext.user_default.sprig._backend.app.client", "bundled_tail": [0.0, 1.0, 0.0],
                    "after_disable": [False, False, False]}
     assert (tmp_path / "blender_user" / "extensions" / "user_default" / "sprig" / "blender_manifest.toml").exists()
 

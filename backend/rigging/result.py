@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.skeleton import bone_tails
+from ..skeleton import bone_tails  # relative: the extension bundles a copy (scripts/build_extension.py)
 
 ARRAY_FIELDS = ("anchor_verts", "faces", "joints", "parents", "weights", "bone_transforms",
                 "frame_joints_count", "recon_error", "skin_instability")
