@@ -7,11 +7,14 @@ arms otherwise, anything else ``boneN_NN``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.spatial import cKDTree
 
 MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
-MIRROR_TREE_POINTS = 20000  # the mirrored points' neighbours are searched among at most this many vertices
+MIRROR_TREE_POINTS = 8000  # the mirrored points' neighbours are searched among at most this many vertices ...
+MIRROR_COARSE_TREE_POINTS = 3000  # ... and among this many in the coarse search
 SIDE_TOLERANCE = 0.02  # joints closer than this to the mirror plane are central
 CENTRAL_BAND = 0.05  # an unpaired chain from the trunk whose joints lie this close to the plane (mean) is central
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
@@ -26,7 +29,8 @@ def _mirror_mismatch(points: np.ndarray, tree: cKDTree, normal: np.ndarray, offs
     return float(np.median(tree.query(mirrored)[0]))
 
 
-def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tuple[np.ndarray, float] | None:
+def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE,
+                 progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, float] | None:
     """The anchor's bilateral mirror plane ``(normal [3], offset)`` (points ``p`` with ``p . n = offset``),
     or None when no vertical plane mirrors the vertices within ``tolerance`` (median nearest distance of
     the mirrored vertices, in the normalized frame: the median lets a posed limb or two, a turned head or a
@@ -35,7 +39,8 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
     A search over vertical planes, coarse to fine: normals every ``MIRROR_COARSE_DEG`` degrees about the up
     axis and offsets every 0.01 around the vertices' mean (on a subsample), then the best three refined to half a
     degree and 0.001. The vertices' mean is not the plane: a head turned to one side moves it off the body's
-    middle (the Fox survey clip: 0.019 of the box).
+    middle (the Fox survey clip: 0.019 of the box). ``progress`` is called with the share of the search done
+    every few dozen planes (about 0.1 s); it may raise to cancel.
     """
     dense = np.asarray(anchor, dtype=np.float64)
     rng = np.random.default_rng(0)
@@ -46,22 +51,29 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE) -> tup
     # the mirrored points are looked up among all the points (not only those mirrored): on a sampling that is not
     # itself symmetric (a proxy's cells, a scan's triangulation) a mirrored point then lands near the surface's
     # points at the dense sampling's spacing, and the right plane scores clearly lowest
-    tree = coarse_tree = cKDTree(dense)
+    tree = cKDTree(dense)
+    coarse_tree = tree if len(dense) <= MIRROR_COARSE_TREE_POINTS else cKDTree(
+        dense[rng.choice(len(dense), MIRROR_COARSE_TREE_POINTS, replace=False)])
 
     def normal_at(deg: float) -> np.ndarray:
         rad = np.radians(deg)
         return np.array([np.cos(rad), 0.0, np.sin(rad)])
 
+    tick = progress if progress is not None else (lambda fraction: None)
+    degrees = np.arange(0.0, 180.0, MIRROR_COARSE_DEG)
     scored = []
-    for deg in np.arange(0.0, 180.0, MIRROR_COARSE_DEG):
+    for i, deg in enumerate(degrees):
         n = normal_at(deg)
         centre = float((a @ n).mean())
         for offset in centre + np.arange(-0.15, 0.15 + 1e-9, 0.01):
             scored.append((_mirror_mismatch(coarse, coarse_tree, n, offset), float(deg), float(offset)))
+        tick(0.5 * (i + 1) / len(degrees))
     scored.sort()
     best: tuple[float, np.ndarray, float] | None = None
-    for _, deg0, offset0 in scored[:3]:
-        for deg in deg0 + np.arange(-MIRROR_COARSE_DEG / 2, MIRROR_COARSE_DEG / 2 + 1e-9, 0.5):
+    fine = np.arange(-MIRROR_COARSE_DEG / 2, MIRROR_COARSE_DEG / 2 + 1e-9, 0.5)
+    for c, (_, deg0, offset0) in enumerate(scored[:3]):
+        for i, deg in enumerate(deg0 + fine):
+            tick(0.5 + 0.5 * (c * len(fine) + i) / (3 * len(fine)))
             n = normal_at(deg)
             for offset in offset0 + np.arange(-0.01, 0.01 + 1e-9, 0.002):
                 score = _mirror_mismatch(a, tree, n, offset)

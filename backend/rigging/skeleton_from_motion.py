@@ -1369,7 +1369,8 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
     plane_points = anchor if surface_points is None else np.asarray(surface_points, dtype=np.float64)
-    plane = mirror_plane(plane_points) if cfg.symmetric else None
+    report(0.65)
+    plane = mirror_plane(plane_points, progress=lambda f: report(0.65 + 0.15 * f)) if cfg.symmetric else None
     report(0.8)
     if plane is not None:
         joints, parents, bone_of_vertex, n_recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex,
