@@ -379,8 +379,9 @@ def test_load_models_lists_missing_files_and_runs_inference(tmp_path):
     with pytest.raises(CheckpointError, match="skinning_base.safetensors"):
         load_models(tmp_path, which="base", device="cpu")
     save_model(SkinningNetwork(TINY_SKIN), tmp_path / "skinning_base.safetensors", stage="pretrain")
-    models = load_models(tmp_path, which="auto", device="cpu")  # no SPRig files: falls back to base
-    assert isinstance(models, RiggerModels) and models.skeleton_info.stage == "pretrain"
+    loaded: list[float] = []  # the rig's "models" stage moves once the first file is in
+    models = load_models(tmp_path, which="auto", device="cpu", progress=loaded.append)  # no SPRig files: the base
+    assert isinstance(models, RiggerModels) and models.skeleton_info.stage == "pretrain" and loaded == [0.5]
     pts, nrm = oriented_cloud(3, 64)
     skeletons = models.generate_skeletons(pts.numpy(), nrm.numpy(), max_joints=8)
     assert len(skeletons) == 3 and all(is_valid_tree(p) for _, p in skeletons)

@@ -135,7 +135,8 @@ class RiggerModels:
         return out[0] if single else out
 
 
-def load_models(checkpoint_dir: Path | str, which: str = "sprig", device: str | torch.device = "auto") -> RiggerModels:
+def load_models(checkpoint_dir: Path | str, which: str = "sprig", device: str | torch.device = "auto",
+                progress: Callable[[float], None] | None = None) -> RiggerModels:
     """Load ``skeleton_<which>`` and ``skinning_<which>`` from ``checkpoint_dir``.
 
     Args:
@@ -143,6 +144,8 @@ def load_models(checkpoint_dir: Path | str, which: str = "sprig", device: str | 
         which: ``sprig`` (fine-tuned), ``base`` (pretrained static rigger), or ``auto`` (per model
             the SPRig file when present, else the base one, with a warning).
         device: ``auto``, ``cpu``, ``cuda``...
+        progress: called with 0.5 once the skeleton generator is loaded (each file takes about half a second
+            to verify and load on 2 cores); it may raise to cancel.
     Raises:
         CheckpointError: listing every missing file, or naming a corrupt/mismatched one.
     """
@@ -169,6 +172,8 @@ def load_models(checkpoint_dir: Path | str, which: str = "sprig", device: str | 
             hint = " (run `python training/run.py --stage pretrain` and copy its checkpoints/ here)"
         raise CheckpointError(f"missing checkpoint file(s): {', '.join(missing)}{hint}")
     skel, skel_info = load_model(paths[0], expected="skeleton_generator", device=dev)
+    if progress is not None:
+        progress(0.5)
     skin, skin_info = load_model(paths[1], expected="skinning_network", device=dev)
     log.info("loaded %s (%s) and %s (%s) on %s", paths[0].name, skel_info.stage, paths[1].name, skin_info.stage, dev)
     return RiggerModels(skeleton=skel, skinning=skin, device=dev, skeleton_info=skel_info, skinning_info=skin_info)

@@ -273,9 +273,10 @@ _MODEL_CACHE: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.Lock()  # a server's preload and its first rig load the models once
 
 
-def get_models(config: RigConfig):
+def get_models(config: RigConfig, progress: Callable[[float], None] | None = None):
     """Load (once per checkpoint folder, choice, device and file dates) the skeleton generator and the
-    skinning network. Raises ``backend.models.checkpoint.CheckpointError`` naming missing/corrupt files."""
+    skinning network (``progress`` as in :func:`backend.models.inference.load_models`, when they are loaded).
+    Raises ``backend.models.checkpoint.CheckpointError`` naming missing/corrupt files."""
     from backend.models.inference import CHECKPOINT_NAMES, load_models
 
     folder = Path(config.checkpoint_dir).expanduser().resolve()
@@ -285,7 +286,7 @@ def get_models(config: RigConfig):
     with _MODEL_LOCK:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = load_models(folder, which=config.models, device=config.device)
+            _MODEL_CACHE[key] = load_models(folder, which=config.models, device=config.device, progress=progress)
         return _MODEL_CACHE[key]
 
 
@@ -488,7 +489,7 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     diag = float(np.linalg.norm(np.ptp(anchor.astype(np.float64), axis=0)))
     track("models", 0.0)  # loading (or the cached models) is timed on its own
     if models is None:
-        models = get_models(cfg)
+        models = get_models(cfg, progress=lambda f: track("models", f))
     _seed_torch(cfg.seed)
 
     track("sample", 0.0)
