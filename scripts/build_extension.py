@@ -5,7 +5,8 @@
 
 Steps: stage ``blender_manifest.toml`` + the ``sprig_blender/`` package + the backend client it talks
 through (``backend/app/client.py``, ``backend/rigging/result.py`` and ``backend/skeleton.py``, copied to
-``_backend/``: standard library and numpy only, importing each other relatively) in ``build/extension/``, then run ``blender_ext.py validate`` and ``blender_ext.py build``.
+``_backend/``: standard library and numpy only, importing each other relatively) in ``build/extension/``, then
+run ``blender_ext.py validate`` and ``blender_ext.py build``.
 ``blender_ext.py`` is found inside the installed ``bpy`` package (or a Blender install given with
 ``--blender-ext``). Exits non-zero, printing the tool's message, when validation or the build fails.
 """
