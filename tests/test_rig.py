@@ -328,3 +328,26 @@ def test_articulated_rig_and_a_given_skeleton(models):
     with pytest.raises(ValueError, match="init_weights must have shape"):
         rig_sequence(seq, RigConfig(**FAST), models=models,
                      skeleton=RigSkeleton(joints=joints, parents=np.array([-1, 0, 0, 0]), init_weights=init[:5]))
+
+
+def test_waiting_for_models_another_thread_loads_keeps_reporting(checkpoints):
+    """A server's preload holds the model lock while it loads: a rig arriving meanwhile reports progress every
+    0.2 s (rising, below what loading itself reports) and gets the models once the lock is free."""
+    import threading
+    import time
+
+    from backend.rigging import pipeline
+
+    config = RigConfig(checkpoint_dir=str(checkpoints), device="cpu", models="auto")
+    seen: list[float] = []
+    out: list = []
+    pipeline._MODEL_LOCK.acquire()  # as a preload in progress
+    try:
+        waiter = threading.Thread(target=lambda: out.append(pipeline.get_models(config, progress=seen.append)))
+        waiter.start()
+        time.sleep(0.9)
+        assert len(seen) >= 3 and seen == sorted(seen) and max(seen) <= 0.4
+    finally:
+        pipeline._MODEL_LOCK.release()
+    waiter.join(timeout=60)
+    assert len(out) == 1 and isinstance(out[0], RiggerModels)

@@ -275,7 +275,8 @@ _MODEL_LOCK = threading.Lock()  # a server's preload and its first rig load the 
 
 def get_models(config: RigConfig, progress: Callable[[float], None] | None = None):
     """Load (once per checkpoint folder, choice, device and file dates) the skeleton generator and the
-    skinning network (``progress`` as in :func:`backend.models.inference.load_models`, when they are loaded).
+    skinning network (``progress`` as in :func:`backend.models.inference.load_models`, when they are loaded, and
+    every 0.2 s while another thread, a server's preload, is loading them).
     Raises ``backend.models.checkpoint.CheckpointError`` naming missing/corrupt files."""
     from backend.models.inference import CHECKPOINT_NAMES, load_models
 
@@ -283,11 +284,18 @@ def get_models(config: RigConfig, progress: Callable[[float], None] | None = Non
     stamps = tuple(sorted((p.name, p.stat().st_mtime_ns) for names in CHECKPOINT_NAMES.values() for n in names
                           if (p := folder / n).is_file()))
     key = (str(folder), config.models, config.device, stamps)
-    with _MODEL_LOCK:
+    waited = 0.0
+    while not _MODEL_LOCK.acquire(timeout=0.2):  # a server's preload is loading them: report (and cancel) meanwhile
+        waited += 0.2
+        if progress is not None:
+            progress(min(0.4, 0.1 * waited))
+    try:
         if key not in _MODEL_CACHE:
             _MODEL_CACHE.clear()
             _MODEL_CACHE[key] = load_models(folder, which=config.models, device=config.device, progress=progress)
         return _MODEL_CACHE[key]
+    finally:
+        _MODEL_LOCK.release()
 
 
 # ---------------------------------------------------------------------------------------------
