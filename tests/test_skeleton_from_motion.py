@@ -715,6 +715,23 @@ def test_root_of_an_upright_body_goes_to_the_hips():
     assert not root_at_hips(high, parents, tails, anchor, ground)[2]
 
 
+def test_leaf_tails_poking_out_of_the_mesh_are_shortened():
+    """A leaf bone's tail past the surface (the stub beyond a foot's tip) moves back toward its joint until it is
+    inside; a tail already inside and a bone ending on its only child's joint keep theirs."""
+    from backend.metrics import winding_numbers
+    from backend.rigging.skeleton_from_motion import pull_leaf_tails_inside
+
+    verts, faces = _box([0.0, 0.0, 0.0], [1.0, 0.2, 0.2])
+    joints = np.array([[0.1, 0.1, 0.1], [0.8, 0.1, 0.1], [0.5, 0.1, 0.1]])
+    parents = np.array([-1, 0, 0])
+    tails = np.array([[0.5, 0.1, 0.1], [1.3, 0.1, 0.1], [0.5, 0.15, 0.1]])  # 1: 0.3 past the end; 2: inside
+    out, n = pull_leaf_tails_inside(joints, parents, tails, verts, faces)
+    assert n == 1
+    assert abs(winding_numbers(out[1:2], verts, faces)[0]) >= 0.5
+    np.testing.assert_allclose(out[1], [0.8 + 0.25 * 0.5, 0.1, 0.1])  # half was still outside, a quarter is in
+    np.testing.assert_array_equal(out[[0, 2]], tails[[0, 2]])
+
+
 def _box(lo: list[float], hi: list[float], n: int = 6) -> tuple[np.ndarray, np.ndarray]:
     """A closed, outward-oriented box surface ``lo``..``hi`` with ``n`` segments per edge: verts, faces."""
     lo_a, hi_a = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)

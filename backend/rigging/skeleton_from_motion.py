@@ -21,7 +21,8 @@ Steps (all numpy/scipy, on the anchor-normalized clip):
    patch of skin facing one side (a blend zone the motion cut off a flank) is dropped
    (:func:`drop_surface_patches`); long leaf chains and
    feet get an end joint at their tip; a joint left outside the mesh moves to the centre of the surface around it
-   (:func:`pull_joints_inside`); on an upright body whose legs leave the root below its joint, the root's
+   (:func:`pull_joints_inside`), and a leaf bone's tail outside it moves back toward its joint
+   (:func:`pull_leaf_tails_inside`); on an upright body whose legs leave the root below its joint, the root's
    joint goes to the hips (:func:`root_at_hips`);
 6. names from the structure: the bilateral mirror plane of the anchor (when there is one) gives ``.L/.R``;
    chains from the root (or the torso it hangs) are named spine/neck/head, hips/tail, leg or arm by where they go.
@@ -92,7 +93,8 @@ class MotionSkeletonConfig:
             share of the largest: a hinge's axis), the joint takes the border's coordinate
             (:func:`centre_of_rotation`).
         pull_inside: joints left outside the anchor mesh move to the centre of the surface around them
-            (:func:`pull_joints_inside`).
+            (:func:`pull_joints_inside`), and leaf bones whose tail is outside are shortened
+            (:func:`pull_leaf_tails_inside`).
         max_frames: frames used for the motion (evenly spaced, the anchor included).
         cluster_vertices: motion clusters are grown on at most this many vertices (seeded subsample), then
             every vertex joins the cluster whose motion reproduces it best.
@@ -927,6 +929,36 @@ def pull_joints_inside(joints: np.ndarray, anchor: np.ndarray, faces: np.ndarray
     return out, moved
 
 
+def pull_leaf_tails_inside(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, anchor: np.ndarray,
+                           faces: np.ndarray, factors: tuple[float, ...] = (0.5, 0.25, 0.125)) -> tuple[np.ndarray, int]:
+    """Shorten leaf bones whose tail lies outside the anchor mesh (the stub past a foot's or a tail's tip).
+
+    A leaf's tail only says where Blender draws the bone's end (it does not move a vertex), and a tip poking out
+    of a foot or a head is what an animator sees first. For every leaf bone whose joint is inside and whose tail
+    is outside (generalized winding number below 0.5 in magnitude), the tail moves toward the joint by the first
+    of ``factors`` (of the bone's length) that puts it inside, else by the last.
+
+    Args:
+        joints, tails: float ``[J, 3]``; parents: int ``[J]``; anchor: float ``[V, 3]``; faces: int ``[F, 3]``.
+    Returns:
+        the tails ``float64 [J, 3]`` (a copy) and how many were shortened.
+    """
+    out = np.array(tails, dtype=np.float64)
+    leaves = np.setdiff1d(np.arange(len(parents)), parents[parents >= 0])
+    if len(leaves) == 0:
+        return out, 0
+    inside = np.abs(winding_numbers(np.concatenate([joints[leaves], out[leaves]]), anchor, faces)) >= 0.5
+    todo = leaves[inside[:len(leaves)] & ~inside[len(leaves):]]
+    for f in factors:
+        if len(todo) == 0:
+            break
+        cand = joints[todo] + f * (tails[todo] - joints[todo])
+        out[todo] = cand
+        todo = todo[np.abs(winding_numbers(cand, anchor, faces)) < 0.5]
+    n = int(np.sum(np.any(out[leaves] != np.asarray(tails, dtype=np.float64)[leaves], axis=1)))
+    return out, n
+
+
 def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np.ndarray,
            spacing: float) -> np.ndarray:
     """Bone tails: the child's joint (one child), the children's mean (several), and for a leaf the
@@ -1423,6 +1455,9 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     if target is None and cfg.root_at_hips:
         joints, tails, moved_root = root_at_hips(joints, parents, tails, anchor,
                                                  anchor[:, 1].min() + GROUND_SHARE * np.ptp(anchor[:, 1]))
+    n_short_tails = 0
+    if target is None and cfg.pull_inside:
+        tails, n_short_tails = pull_leaf_tails_inside(joints, parents, tails, anchor, welded_faces)
     report(0.95)
     names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else mirror_plane(plane_points))
     report(1.0)
@@ -1435,7 +1470,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  spacing=built["spacing"], mirror_plane=mirror, n_mirror_recut_chains=n_recut,
                  n_uncrossed_limbs=n_uncrossed, n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
                  n_missing_legs=n_new_legs, n_surface_patches=n_patches, n_patch_bones=n_patch_bones,
-                 root_at_hips=moved_root,
+                 root_at_hips=moved_root, n_leaf_tails_shortened=n_short_tails,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],
