@@ -586,6 +586,42 @@ def test_a_limb_branching_off_the_other_sides_limb_hangs_from_the_body():
     assert none == 0 and (same == parents).all()
 
 
+def test_mirrored_limbs_hang_from_the_same_trunk_bone():
+    """The left arm hangs from an upper-chest bone near the middle, the right arm from the root below it: the
+    right arm moves to the chest bone. Twins whose parents are not one above the other, a parent off the trunk,
+    and a twin that hangs from its own twin's chain (it must not become its own ancestor) stay as they are."""
+    from backend.rigging.symmetry import share_twin_parents
+
+    plane = (np.array([1.0, 0.0, 0.0]), 0.0)  # x > 0: left
+    joints = np.array([
+        [0.0, 0.0, 0.0],     # 0 root (hips)
+        [0.03, 0.3, 0.0],    # 1 upper chest, 0.03 off the middle (within the trunk band)
+        [0.15, 0.3, 0.0],    # 2 left arm, from 1
+        [0.3, 0.3, 0.0],     # 3 left forearm
+        [-0.15, 0.3, 0.0],   # 4 right arm, from the root
+        [-0.3, 0.3, 0.0],    # 5 right forearm
+        [0.0, 0.45, 0.0],    # 6 neck, from 1
+    ])
+    parents = np.array([-1, 0, 1, 2, 0, 4, 1])
+    new, moved = share_twin_parents(joints, parents, plane)
+    assert moved == 1 and new[4] == 1
+    np.testing.assert_array_equal(np.delete(new, 4), np.delete(parents, 4))
+    validate_tree(new, n_joints=len(joints), require_topological=False)
+    assert share_twin_parents(joints, parents, None)[1] == 0  # no mirror plane: nothing moves
+    # the chest bone far off the middle (a shoulder): not the trunk, nothing moves
+    off = joints.copy()
+    off[1, 0] = 0.08
+    assert share_twin_parents(off, parents, plane)[1] == 0
+    # the right arm hangs from the left arm's second joint, still near the middle: moving the left arm under
+    # it would make a loop (37k CesiumMan hit this), so nothing moves
+    looped_joints = np.array([[0.0, 0.0, 0.0], [0.0, 0.3, 0.0], [0.0, 0.4, 0.0],  # root, chest, neck
+                              [0.03, 0.3, 0.0], [0.04, 0.28, 0.0], [0.15, 0.2, 0.0], [0.3, 0.1, 0.0],  # left arm
+                              [-0.045, 0.28, 0.0], [-0.15, 0.2, 0.0], [-0.3, 0.1, 0.0]])  # right arm, from 4
+    looped = np.array([-1, 0, 1, 1, 3, 4, 5, 4, 7, 8])
+    out, n = share_twin_parents(looped_joints, looped, plane)
+    assert n == 0 and (out == looped).all()
+
+
 def _standing_quadruped_anchor(head_turn: float) -> np.ndarray:
     """Points of a quadruped standing along +Z with its mirror plane at x = 0.06 (a body, four legs, a tail
     behind, a head in front); the head (a fifth of the points) shifted ``head_turn`` to its left, which moves

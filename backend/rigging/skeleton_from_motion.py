@@ -48,7 +48,7 @@ from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters
 from backend.rigging.naming import GROUND_SHARE, mirror_plane, name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
-from backend.rigging.symmetry import equalize_mirrored_chains, uncross_limbs
+from backend.rigging.symmetry import equalize_mirrored_chains, share_twin_parents, uncross_limbs
 from backend.sequence import colocated_representatives
 from backend.skeleton import reorder, topological_order, validate_tree
 
@@ -123,6 +123,8 @@ class MotionSkeletonConfig:
             bone it left (:func:`drop_surface_patches`; 1: never; never with an int ``detail``).
         root_at_hips: on an upright body whose legs leave the root below its joint, the root's joint goes to
             the hips (:func:`root_at_hips`; the deformation does not change; never with an int ``detail``).
+        share_twin_parents: mirrored limbs that leave different trunk bones, one above the other, both hang
+            from the lower one in the tree (:func:`~backend.rigging.symmetry.share_twin_parents`).
         symmetric: on a mirror-symmetric anchor, give mirrored chains the same number of bones
             (:func:`~backend.rigging.symmetry.equalize_mirrored_chains`), so ``.L`` / ``.R`` bones match one
             to one.
@@ -158,6 +160,7 @@ class MotionSkeletonConfig:
     missing_legs: float = 0.15
     max_one_sided: float = 0.6
     root_at_hips: bool = True
+    share_twin_parents: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -1415,7 +1418,12 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         if n_pulled:
             tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     parents, n_uncrossed = uncross_limbs(joints, parents, plane)  # no mirror plane: nothing moves
-    if n_uncrossed:
+    n_shared = 0
+    if cfg.share_twin_parents:
+        parents, n_shared = share_twin_parents(joints, parents, plane)
+        if n_shared:
+            joints, parents, bone_of_vertex = _parents_first(joints, parents, bone_of_vertex)
+    if n_uncrossed or n_shared:
         tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     report(0.85)
     n_limb_roots = n_new_legs = 0
@@ -1470,7 +1478,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
                  spacing=built["spacing"], mirror_plane=mirror, n_mirror_recut_chains=n_recut,
                  n_uncrossed_limbs=n_uncrossed, n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
                  n_missing_legs=n_new_legs, n_surface_patches=n_patches, n_patch_bones=n_patch_bones,
-                 root_at_hips=moved_root, n_leaf_tails_shortened=n_short_tails,
+                 root_at_hips=moved_root, n_leaf_tails_shortened=n_short_tails, n_twin_parents_shared=n_shared,
                  prior_joints=None if prior_joints is None else int(len(prior_joints)),
                  seconds=time.perf_counter() - t0)
     log.info("skeleton from motion: %d bones (%d parts, %d moving), %.2f s", J, built["n_parts"],

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from backend.rigging.naming import chain_side, joint_sides, limb_kinds, pair_mirrored_chains, skeleton_chains
+from backend.rigging.naming import (CENTRAL_BAND, PAIR_DISTANCE, chain_side, joint_sides, limb_kinds,
+                                   pair_mirrored_chains, skeleton_chains)
 from backend.skeleton import reorder, topological_order
 
 LENGTH_RATIO = 1.6  # mirrored chains whose lengths differ by more than this factor are left alone
@@ -151,4 +152,54 @@ def uncross_limbs(joints: np.ndarray, parents: np.ndarray, plane: tuple[np.ndarr
         if p >= 0:
             parents[j] = p
             moved += 1
+    return parents, moved
+
+
+def share_twin_parents(joints: np.ndarray, parents: np.ndarray, plane: tuple[np.ndarray, float] | None
+                       ) -> tuple[np.ndarray, int]:
+    """Hang mirrored limbs from the same trunk bone.
+
+    The spanning tree picks each limb's parent from the motion alone, and two parts of the trunk can tie: on
+    CesiumMan subdivided to 37k vertices the left arm hung from a small upper-chest bone (``spine_01``) and the
+    right arm from the root, so turning that bone swung one arm only. For two mirrored chains (paired as the
+    names pair them) that leave different joints of the trunk (within ``CENTRAL_BAND`` of the plane), one an
+    ancestor of the other, the chain leaving the ancestor moves to the other (the bone nearer the limbs: the chest, not the hips). Positions are unchanged;
+    on that clip the fit's error moved 0.0683 -> 0.0687 %.
+
+    Args:
+        joints: float ``[J, 3]``; parents: int ``[J]`` (parents precede children); plane: the mirror plane or None.
+    Returns:
+        ``(parents [J], number of chains moved)``; a moved chain's new parent may follow it in index order
+        (renumber with :func:`backend.skeleton.topological_order`).
+    """
+    parents = np.asarray(parents).copy()
+    if plane is None:
+        return parents, 0
+    side = joint_sides(joints, plane)
+    offset = np.abs(np.asarray(joints, dtype=np.float64) @ plane[0] - plane[1])  # [J] distance to the plane
+    chain_list = [chain for _, chain in skeleton_chains(joints, parents)]
+    twins = pair_mirrored_chains(chain_list, [chain_side(c, side) for c in chain_list], joints, plane,
+                                 max_distance=PAIR_DISTANCE)
+
+    def ancestors(j: int) -> set[int]:
+        out, p = set(), int(parents[j])
+        while p >= 0:
+            out.add(p)
+            p = int(parents[p])
+        return out
+
+    moved = 0
+    for i, k in twins.items():
+        a, b = chain_list[i][0], chain_list[k][0]
+        pa, pb = int(parents[a]), int(parents[b])
+        if pa == pb or pa < 0 or pb < 0 or max(offset[pa], offset[pb]) >= CENTRAL_BAND:
+            continue
+        above_b, above_a = ancestors(pb) | {pb}, ancestors(pa) | {pa}
+        if pa in above_b and a not in above_b:  # (never under its own chain: a twin can hang from a limb)
+            parents[a] = pb
+        elif pb in above_a and b not in above_a:
+            parents[b] = pa
+        else:
+            continue
+        moved += 1
     return parents, moved
