@@ -163,8 +163,9 @@ def share_twin_parents(joints: np.ndarray, parents: np.ndarray, plane: tuple[np.
     CesiumMan subdivided to 37k vertices the left arm hung from a small upper-chest bone (``spine_01``) and the
     right arm from the root, so turning that bone swung one arm only. For two mirrored chains (paired as the
     names pair them) that leave different joints of the trunk (within ``CENTRAL_BAND`` of the plane), one an
-    ancestor of the other, the chain leaving the ancestor moves to the other (the bone nearer the limbs: the chest, not the hips). Positions are unchanged;
-    on that clip the fit's error moved 0.0683 -> 0.0687 %.
+    ancestor of the other, the chain leaving the ancestor moves to the other (the bone nearer the limbs: the
+    chest, not the hips), unless that would hang it under its own chain. Positions are unchanged; the fit's
+    error moves a little either way (``docs/fitting.md``).
 
     Args:
         joints: float ``[J, 3]``; parents: int ``[J]`` (parents precede children); plane: the mirror plane or None.
