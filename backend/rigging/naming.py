@@ -94,12 +94,17 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE,
     return n, offset
 
 
+def plane_distance(points: np.ndarray, plane: tuple[np.ndarray, float]) -> np.ndarray:
+    """Signed distance ``float64 [N]`` of ``points [N, 3]`` to the mirror plane (positive: the left side)."""
+    n, offset = plane
+    return np.asarray(points, dtype=np.float64) @ n - offset
+
+
 def joint_sides(joints: np.ndarray, plane: tuple[np.ndarray, float] | None) -> np.ndarray:
     """``"L"`` / ``"R"`` / ``""`` (central, or no mirror plane) for each joint of ``joints [J, 3]``."""
     if plane is None:
         return np.full(len(joints), "", dtype=object)
-    n, offset = plane
-    signed = np.asarray(joints, dtype=np.float64) @ n - offset
+    signed = plane_distance(joints, plane)
     return np.where(signed > SIDE_TOLERANCE, "L", np.where(signed < -SIDE_TOLERANCE, "R", "")).astype(object)
 
 
@@ -256,7 +261,7 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     # central: a limb leaves the body further out
     trunk = body | set(girdles)
     crosses = [{"L", "R"} <= {str(side[u]) for u in chain} for _, chain in all_chains]
-    near = [plane is not None and float(np.abs(joints[chain] @ plane[0] - plane[1]).mean()) < CENTRAL_BAND
+    near = [plane is not None and float(np.abs(plane_distance(joints[chain], plane)).mean()) < CENTRAL_BAND
             for _, chain in all_chains]
     sides = ["" if majority[i] and i not in twinned and (origin in body and not side[chain[0]] or origin in girdles
                                                          or origin in trunk and (crosses[i] or near[i]))

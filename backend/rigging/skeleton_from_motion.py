@@ -933,7 +933,8 @@ def pull_joints_inside(joints: np.ndarray, anchor: np.ndarray, faces: np.ndarray
 
 
 def pull_leaf_tails_inside(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, anchor: np.ndarray,
-                           faces: np.ndarray, factors: tuple[float, ...] = (0.5, 0.25, 0.125)) -> tuple[np.ndarray, int]:
+                           faces: np.ndarray, factors: tuple[float, ...] = (0.5, 0.25, 0.125)
+                           ) -> tuple[np.ndarray, int]:
     """Shorten leaf bones whose tail lies outside the anchor mesh (the stub past a foot's or a tail's tip).
 
     A leaf's tail only says where Blender draws the bone's end (it does not move a vertex), and a tip poking out
@@ -952,14 +953,14 @@ def pull_leaf_tails_inside(joints: np.ndarray, parents: np.ndarray, tails: np.nd
         return out, 0
     inside = np.abs(winding_numbers(np.concatenate([joints[leaves], out[leaves]]), anchor, faces)) >= 0.5
     todo = leaves[inside[:len(leaves)] & ~inside[len(leaves):]]
+    shortened = len(todo)
     for f in factors:
         if len(todo) == 0:
             break
         cand = joints[todo] + f * (tails[todo] - joints[todo])
         out[todo] = cand
         todo = todo[np.abs(winding_numbers(cand, anchor, faces)) < 0.5]
-    n = int(np.sum(np.any(out[leaves] != np.asarray(tails, dtype=np.float64)[leaves], axis=1)))
-    return out, n
+    return out, shortened
 
 
 def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_vertex: np.ndarray,
@@ -1403,9 +1404,10 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         n_patch_bones = before - len(parents)
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
-    plane_points = anchor if surface_points is None else np.asarray(surface_points, dtype=np.float64)
     report(0.65)
-    plane = mirror_plane(plane_points, progress=lambda f: report(0.65 + 0.15 * f)) if cfg.symmetric else None
+    searched_plane = mirror_plane(anchor if surface_points is None else np.asarray(surface_points, dtype=np.float64),
+                                  progress=lambda f: report(0.65 + 0.15 * f))
+    plane = searched_plane if cfg.symmetric else None  # the names use the plane either way
     report(0.8)
     if plane is not None:
         joints, parents, bone_of_vertex, n_recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex,
@@ -1467,7 +1469,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     if target is None and cfg.pull_inside:
         tails, n_short_tails = pull_leaf_tails_inside(joints, parents, tails, anchor, welded_faces)
     report(0.95)
-    names, mirror = name_bones(joints, parents, anchor, plane if cfg.symmetric else mirror_plane(plane_points))
+    names, mirror = name_bones(joints, parents, anchor, searched_plane)
     report(1.0)
     weights = np.zeros((V, J), dtype=np.float32)
     weights[np.arange(V), bone_of_vertex[group]] = 1.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from backend.rigging.naming import (CENTRAL_BAND, PAIR_DISTANCE, chain_side, joint_sides, limb_kinds,
-                                   pair_mirrored_chains, skeleton_chains)
+                                   pair_mirrored_chains, plane_distance, skeleton_chains)
 from backend.skeleton import reorder, topological_order
 
 LENGTH_RATIO = 1.6  # mirrored chains whose lengths differ by more than this factor are left alone
@@ -177,7 +177,7 @@ def share_twin_parents(joints: np.ndarray, parents: np.ndarray, plane: tuple[np.
     if plane is None:
         return parents, 0
     side = joint_sides(joints, plane)
-    offset = np.abs(np.asarray(joints, dtype=np.float64) @ plane[0] - plane[1])  # [J] distance to the plane
+    offset = np.abs(plane_distance(joints, plane))  # [J]
     chain_list = [chain for _, chain in skeleton_chains(joints, parents)]
     twins = pair_mirrored_chains(chain_list, [chain_side(c, side) for c in chain_list], joints, plane,
                                  max_distance=PAIR_DISTANCE)
