@@ -2,10 +2,12 @@
 
     python scripts/build_extension.py                 # -> dist/sprig-<version>.zip
     python scripts/build_extension.py --output-dir out --blender-ext /path/to/blender_ext.py
+    python scripts/build_extension.py --output-dir /tmp/out --staging-dir /tmp/stage   # a read-only checkout
 
 Steps: stage ``blender_manifest.toml`` + the ``sprig_blender/`` package + the backend client it talks
 through (``backend/app/client.py``, ``backend/rigging/result.py`` and ``backend/skeleton.py``, copied to
-``_backend/``: standard library and numpy only, importing each other relatively) in ``build/extension/``, then
+``_backend/``: standard library and numpy only, importing each other relatively) in a staging folder (a
+temporary one unless ``--staging-dir`` is given; nothing is written into the checkout), then
 run ``blender_ext.py validate`` and ``blender_ext.py build``.
 ``blender_ext.py`` is found inside the installed ``bpy`` package (or a Blender install given with
 ``--blender-ext``). Exits non-zero, printing the tool's message, when validation or the build fails.
@@ -19,6 +21,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,9 +74,13 @@ def run_tool(blender_ext: Path, args: list[str]) -> str:
 
 
 def build(output_dir: Path, blender_ext: Path | None = None, staging: Path | None = None) -> Path:
-    """Stage, validate and build; returns the path of the ``.zip``."""
+    """Stage (into ``staging``, or a temporary folder removed afterwards), validate and build; returns the path
+    of the ``.zip``."""
     blender_ext = blender_ext or find_blender_ext()
-    staging = stage(staging or ROOT / "build" / "extension")
+    if staging is None:
+        with tempfile.TemporaryDirectory(prefix="sprig_extension_") as folder:
+            return build(output_dir, blender_ext, Path(folder) / "extension")
+    staging = stage(staging)
     log.info("validating %s", staging)
     log.info(run_tool(blender_ext, ["validate", str(staging)]))
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -91,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "dist")
     parser.add_argument("--blender-ext", type=Path, default=None, help="path of blender_ext.py (default: from bpy)")
+    parser.add_argument("--staging-dir", type=Path, default=None,
+                        help="folder the extension's files are gathered in (default: a temporary folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        archive = build(args.output_dir, args.blender_ext)
+        archive = build(args.output_dir, args.blender_ext, args.staging_dir)
     except (FileNotFoundError, RuntimeError) as exc:
         log.error("%s", exc)
         return 1

@@ -223,9 +223,15 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
             else:
                 local_change = max(local_change, float(np.abs(co - anchor_local).max()))
             world = np.array(evaluated.matrix_world, dtype=np.float64)
-            co = co.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN / Inf are named just below
+                co = co.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
             if not np.isfinite(co).all():
                 raise ExportError(f"'{obj.name}' has NaN or infinite vertex positions at frame {frame_text(frame)}")
+            largest = float(np.abs(co).max()) if len(co) else 0.0
+            if largest > MAX_ABS_COORDINATE:
+                raise ExportError(f"'{obj.name}' has vertex coordinates of {largest:.3g} at frame {frame_text(frame)}; "
+                                  f"beyond {MAX_ABS_COORDINATE:.0e} they overflow single precision: rescale the mesh "
+                                  "(wrong unit or a stray vertex?)")
             if verts is None:
                 verts = np.empty((len(frames), len(co), 3), dtype=np.float32)
             verts[index] = co
@@ -240,6 +246,7 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
 
 # -- is the input worth rigging? --------------------------------------------------------------------
 
+MAX_ABS_COORDINATE = 1e12  # the backend refuses larger coordinates (backend.sequence.MAX_ABS_COORDINATE)
 MOTION_TOLERANCE = 1e-5  # a vertex moving less than this share of the anchor box diagonal is not moving
 
 

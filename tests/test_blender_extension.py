@@ -24,8 +24,13 @@ import build_extension  # noqa: E402
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
+    """Built as the README says (the command line), staged in a temporary folder: nothing lands in the checkout."""
     folder = tmp_path_factory.mktemp("extension")
-    return build_extension.build(folder / "dist", staging=folder / "stage")
+    had_build = (ROOT / "build").exists()
+    assert build_extension.main(["--output-dir", str(folder / "dist")]) == 0
+    assert (ROOT / "build").exists() == had_build
+    (zip_path,) = (folder / "dist").glob("sprig-*.zip")
+    return zip_path
 
 
 def test_extension_validates_and_builds(archive):

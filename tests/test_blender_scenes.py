@@ -7,6 +7,7 @@ The helpers here are imported by the other ``test_blender_*`` modules and by
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,24 @@ def test_motion_screening(scene):
     cached.data.shape_keys.animation_data_clear()  # no keys: the range is found by evaluating the mesh
     cached.modifiers.new("cache", "MESH_CACHE")  # a cache modifier without a file leaves the mesh as it is
     assert export.animated_range(bpy.context, cached) is None
+
+
+def test_export_names_the_frame_of_bad_coordinates(scene, recwarn):
+    """NaN, Inf and coordinates the backend would refuse are named with the object and Blender's frame number."""
+    from backend.sequence import MAX_ABS_COORDINATE
+    from sprig_blender import export
+
+    assert export.MAX_ABS_COORDINATE == MAX_ABS_COORDINATE
+    verts, faces, _ = realdata_sequence("khronos_fox_run", 4)
+    for value, message in ((np.nan, "NaN or infinite vertex positions at frame 3"),
+                           (np.inf, "NaN or infinite vertex positions at frame 3"),
+                           (1e30, r"vertex coordinates of 1e\+30 at frame 3; beyond 1e\+12")):
+        bad = verts.copy()
+        bad[2, 5, 0] = value  # the third key: Blender frame 3
+        obj = shape_key_object(f"bad_{value}", bad, faces)
+        with pytest.raises(export.ExportError, match=re.escape(f"'bad_{value}' has ") + message):
+            export.export_frames(bpy.context, obj, export.frame_list(1, 4, 1))
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
 
 
 def test_export_rejects_bad_input(scene):

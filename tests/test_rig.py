@@ -163,6 +163,38 @@ def test_joint_drift_in_stats_equals_the_metric(models):
     assert "Joint drift (MCJD per joint)" in html and "joint drift min / max" in html
 
 
+class _ThreadRecordingModels(_RecordingModels):
+    """The real models, noting torch's thread count at every network call."""
+
+    def __init__(self, models: RiggerModels):
+        super().__init__(models)
+        self.threads: list[int] = []
+
+    def generate_skeletons(self, *args, **kwargs):
+        self.threads.append(torch.get_num_threads())
+        return super().generate_skeletons(*args, **kwargs)
+
+    def predict_weights(self, *args, **kwargs):
+        self.threads.append(torch.get_num_threads())
+        return super().predict_weights(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cpu_threads, expected", [(1, 1), (2, 2), (0, 3)])
+def test_networks_run_with_cpu_threads_and_the_setting_is_restored(models, cpu_threads, expected):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        recording = _ThreadRecordingModels(models)
+        rig_sequence(multipart_sequence(), RigConfig(**FAST, cpu_threads=cpu_threads), models=recording)
+        assert recording.threads and set(recording.threads) == {expected}  # 0: the caller's setting is kept
+        assert torch.get_num_threads() == 3  # put back after the rig
+        with pytest.raises(ValueError, match="cpu_threads"):
+            rig_sequence(multipart_sequence(), RigConfig(**FAST, cpu_threads=-1), models=recording)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_single_frame_sequence(models):
     seq = multipart_sequence(n_frames=1)
     result = rig_sequence(seq, RigConfig(**FAST), models=models)

@@ -153,7 +153,8 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
-                       per_frame_predictions=args.per_frame is not None, up_axis=args.up, proxy=args.proxy)
+                       per_frame_predictions=args.per_frame is not None, up_axis=args.up, proxy=args.proxy,
+                       cpu_threads=args.threads)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
 
@@ -314,6 +315,9 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--proxy", choices=["auto", "on", "off"], default="auto",
                    help="rig through a proxy of ~4000 vertices, then give every vertex its weights: auto uses it "
                         "above 8000 vertices (much faster on large meshes)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads of the networks on a CPU (default 1: more gain little on these small steps "
+                        "and slow down badly when another program uses a core; 0: one per core)")
     p.add_argument("--models", choices=["sprig", "base", "auto"], default="auto",
                    help="SPRig fine-tuned checkpoints, the base static rigger, or auto (SPRig when present)")
     p.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints",

@@ -25,6 +25,8 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -116,6 +118,10 @@ class RigConfig:
             the error; ``stats["proxy_vertices"]`` says whether (and with how many) it was used.
         proxy_threshold: ``auto`` uses a proxy on meshes with more vertices than this.
         proxy_vertices: the proxy's size.
+        cpu_threads: torch threads of the networks on a CPU while a rig runs (restored after; 0: torch's
+            default, one per core). One by default: the networks' work is many small steps, where a second
+            thread gained about 10 % on an idle 2-core machine and made the skeleton stage 3-4x slower as soon as
+            anything else (Blender, another job) used a core (its threads spin waiting for each other).
         per_frame_predictions: also keep every frame's own prediction, as a static rigger run frame by
             frame would give it (skeleton generated on the frame, weights predicted for that skeleton on
             the frame's vertices) in :attr:`RigResult.frame_predictions`, so any run can be scored with
@@ -147,6 +153,7 @@ class RigConfig:
     proxy: str = "auto"
     proxy_threshold: int = 8000
     proxy_vertices: int = 4000
+    cpu_threads: int = 1
 
     def motion_detail(self) -> str | int:
         """``detail`` as :class:`MotionSkeletonConfig` takes it (a count as an int). Raises ValueError."""
@@ -185,7 +192,8 @@ class RigConfig:
         for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("motion_candidates", 0, 256),
                                 ("max_joints", 1, 1024),
                                 ("batch_frames", 1, 4096), ("stop_after_repeats", 0, 1024),
-                                ("proxy_threshold", 0, 2**31 - 1), ("proxy_vertices", 64, 1_000_000)):
+                                ("proxy_threshold", 0, 2**31 - 1), ("proxy_vertices", 64, 1_000_000),
+                                ("cpu_threads", 0, 1024)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} must be >= {low} and <= {high} (an integer), got {value!r}")
@@ -485,6 +493,14 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
     cfg.validate()
     if not isinstance(seq, MeshSequence):
         raise TypeError(f"rig_sequence needs a MeshSequence, got {type(seq).__name__}")
+    with _network_threads(cfg.cpu_threads, import_torch=models is None):
+        return _rig_sequence(seq, cfg, progress, should_cancel, models, skeleton)
+
+
+def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, float], None] | None,
+                  should_cancel: Callable[[], bool] | None, models,
+                  skeleton: RigSkeleton | Callable[[MeshSequence], RigSkeleton] | None) -> RigResult:
+    """:func:`rig_sequence` once its options are checked."""
     track = _Progress(progress, should_cancel)
     t_start = time.perf_counter()
     K, V = seq.n_frames, seq.n_verts
@@ -714,6 +730,30 @@ def rig_sequence(seq: MeshSequence, config: RigConfig | None = None,
         frame_predictions=frame_predictions,
         tails=None if tails_n is None else box.invert(np.asarray(tails_n, dtype=np.float32)),
     )
+
+
+@contextmanager
+def _network_threads(threads: int, import_torch: bool) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (> 0) for the block, then put back (an in-process caller such as
+    Blender keeps its own setting). torch is imported only when ``import_torch`` (the models will be loaded
+    anyway); otherwise the setting applies if something already imported it."""
+    torch = sys.modules.get("torch")
+    if torch is None and import_torch and threads > 0:
+        try:
+            import torch
+        except ImportError:  # get_models will say what is missing
+            torch = None
+    if torch is None or threads <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _seed_torch(seed: int) -> None:
