@@ -8,7 +8,7 @@ import pytest
 from backend.io.gltf import save_rigged_gltf
 from backend.io import load_sequence
 from backend.lbs import linear_blend_skinning
-from backend.metrics import joint_separation
+from backend.metrics import bone_distances, far_led_share, joint_separation
 from backend.rigging.fit import FitConfig, fit_motion, reconstruction_error
 from backend.rigging.fit.articulated import (ArticulatedGaussNewton, project_to_articulated, subtrees,
                                              update_articulated_transforms)
@@ -312,3 +312,25 @@ def test_carry_tails_keeps_connections_and_directions() -> None:
     np.testing.assert_allclose(out[1], tails[1] + [0.1, 0, 0])  # branching: moves with its head
     np.testing.assert_allclose(out[2], tails[2] + [0, 0.2, 0])  # leaves keep direction and length
     np.testing.assert_allclose(out[3], tails[3] + [0, 0, 0.3])
+
+
+def test_bone_distances_and_far_led_share():
+    """A straight 3-bone chain along x (joints at 0, 1, 2, the last bone's tail at 3): distances are to the
+    segments, and skin led by a bone that is not among the nearest ones is counted."""
+    joints = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0]])
+    tails = np.array([[1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]])
+    parents = np.array([-1, 0, 1])
+    points = np.array([[0.5, 1.0, 0], [1.5, 0.0, 2.0], [2.9, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    d = bone_distances(points, joints, tails, parents)
+    np.testing.assert_allclose(d[0], [1.0, np.hypot(0.5, 1.0), np.hypot(1.5, 1.0)])
+    np.testing.assert_allclose(d[1], [np.hypot(0.5, 2.0), 2.0, np.hypot(0.5, 2.0)])
+    np.testing.assert_allclose(d[2], [1.9, 0.9, 0.0], atol=1e-12)  # bone 1 ends at 2, bone 2 at its tail 3
+    np.testing.assert_allclose(d[3], [1.0, 2.0, 3.0])
+    near = np.eye(3)[[0, 1, 2, 0]]  # every point led by its nearest bone
+    assert far_led_share(points, near, joints, tails, parents, nearest=1) == 0.0
+    far = np.eye(3)[[2, 1, 0, 2]]  # points 0, 2, 3 led by the bone farthest from them
+    assert far_led_share(points, far, joints, tails, parents, nearest=1) == 0.75
+    assert far_led_share(points, far, joints, tails, parents, nearest=2) == 0.75  # two bones nearer than the lead
+    assert far_led_share(points, far, joints, tails, parents, nearest=3) == 0.0
+    with pytest.raises(ValueError, match="tails"):
+        bone_distances(points, joints, tails[:2], parents)

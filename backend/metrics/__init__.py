@@ -6,11 +6,12 @@
 - ``skinning``: Top-K mask, ``R`` and ``<., m>`` (Eq. 17-18, numpy or torch), L1 / SymKL / Entropy
   (Eq. 35-37), ``Cons_j`` / ``Delta_j`` (Eq. 38-39), static Precision / Recall / L1.
 - ``drift``: motion-compensated joint drift (MCJD), a whole-clip stability measure.
-- ``articulation``: joint separation (do a rig's bones stay attached at their joints on every frame).
+- ``articulation``: joint separation (do a rig's bones stay attached at their joints on every frame); skin
+  led by a far bone (does posing a bone move skin far from it).
 - ``controls``: the no-learning k-means control skeleton every evaluation prints beside the models.
 """
 
-from .articulation import joint_separation
+from .articulation import bone_distances, far_led_share, joint_separation
 from .controls import kmeans_joints, kmeans_skeleton
 from .alignment import JointMatching, correspond, kabsch, match_joints, procrustes_align
 from .drift import DriftResult, carry_joints, motion_compensated_joint_drift
@@ -54,8 +55,8 @@ from .static_skeleton import (
 
 __all__ = [
     "DriftResult", "FastWindingNumbers", "JointMatching", "SkeletonStability", "SkinConsistency", "SkinningQuality", "StabilityConfig",
-    "StaticSkeletonQuality", "blrd", "carry_joints", "cd_b2b", "cd_j2b", "cd_j2j", "cons_improvement", "correspond",
-    "euclidean_mst", "gsd", "jad", "joint_separation", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
+    "StaticSkeletonQuality", "blrd", "bone_distances", "carry_joints", "cd_b2b", "cd_j2b", "cd_j2j", "cons_improvement", "correspond",
+    "euclidean_mst", "far_led_share", "gsd", "jad", "joint_separation", "joint_temporal_variance", "kabsch", "masked_average", "masked_entropy",
     "masked_renormalize", "match_joints", "motion_compensated_joint_drift", "mpjpe_anchor", "outside_fraction", "pjdd",
     "procrustes_align", "sample_bones", "skeleton_stability", "skin_consistency", "static_skeleton_quality",
     "static_skinning_quality", "surface_distance", "teacher_l1", "teacher_symkl", "topk_mask", "winding_numbers",
