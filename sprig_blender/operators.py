@@ -82,6 +82,11 @@ def plain_summary(stats: dict) -> list[tuple[str, str, str]]:
     rows = []
     if isinstance(stats.get("joints"), (int, float)):
         rows.append(("Bones", f"{int(stats['joints'])}", ""))
+    for label, key in (("Bones far from the mesh", "bones_far_from_skin"), ("Bones leading no vertex",
+                                                                           "bones_without_skin")):
+        bones = stats.get(key)
+        if isinstance(bones, list) and bones:
+            rows.append((label, f"{len(bones)}: {', '.join(bones[:6])}" + (", ..." if len(bones) > 6 else ""), ""))
     for label, key, fmt, good, fair, _note in _PLAIN_ROWS:
         value = stats.get(key)
         if not isinstance(value, (int, float)) or (key == "skin_instability_mean" and config.get("heatmap") is False):

@@ -708,3 +708,5 @@ def test_menu_entry_cancel_and_plain_result_words(scene):
     stats["config"]["heatmap"] = False  # no weights predicted on later frames: no weight row
     assert [row[0] for row in operators.plain_summary(stats)][-1] == "Worst vertex"
     assert "predicted weights" in operators.plain_note("Weight steadiness")
+    stats["bones_without_skin"] = ["head", "toe.L"]  # named after the bone count
+    assert operators.plain_summary(stats)[:2] == [("Bones", "9", ""), ("Bones leading no vertex", "2: head, toe.L", "")]

@@ -62,6 +62,9 @@ def check_refit(seq: MeshSequence, result, names: list[str], heads: np.ndarray) 
     np.testing.assert_allclose(result.weights.sum(axis=1), 1.0, atol=1e-4)
     assert (np.count_nonzero(result.weights, axis=1) <= FAST.max_influences).all()
     assert result.stats["skeleton_source"] == "edited" and result.stats["config"]["heatmap"] is False
+    led = np.bincount(result.weights.argmax(axis=1), minlength=len(names))
+    assert result.stats["bones_without_skin"] == [n for n, count in zip(result.joint_names, led) if count == 0]
+    assert 0.0 <= result.stats["far_led_share"] <= 1.0
 
 
 def test_skeleton_from_bones_orders_parents_first_and_names_problems():
@@ -107,6 +110,16 @@ def test_refit_after_deleting_a_bone_and_moving_another_keeps_every_bone_attache
     original = refit_sequence(seq, skeleton_from_bones(names, parents, heads, tails), FAST)
     check_refit(seq, original, names, heads)
     assert original.stats["recon_mean"] != result.stats["recon_mean"]
+
+
+def test_refit_names_a_bone_added_far_outside_the_mesh():
+    seq, names, parents, heads, tails = fox(6)
+    diag = float(np.linalg.norm(np.ptp(seq.verts[0], axis=0)))
+    far = heads[0] + np.array([0.0, 2.0 * diag, 0.0])  # two diagonals above the fox
+    result = refit_sequence(seq, skeleton_from_bones(names + ["stray"], parents + [names[0]],
+                                                     np.vstack([heads, far]), np.vstack([tails, far + 0.1 * diag])),
+                            FAST)
+    assert result.stats["bones_far_from_skin"] == ["stray"]  # the fit may still use it (a far pivot moves skin)
 
 
 def test_server_refit_maps_by_name_and_refuses_bad_skeletons(tmp_path):

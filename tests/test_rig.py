@@ -383,3 +383,24 @@ def test_waiting_for_models_another_thread_loads_keeps_reporting(checkpoints):
         pipeline._MODEL_LOCK.release()
     waiter.join(timeout=60)
     assert len(out) == 1 and isinstance(out[0], RiggerModels)
+
+
+def test_skin_reach_names_bones_without_skin_and_counts_far_led_vertices():
+    """A chain of six bones along x (joints at 0..5); both vertices led by the first bone, one beside it and one
+    beside the last bone, five bones nearer to it than its leader."""
+    from backend.rigging.pipeline import skin_reach
+
+    joints = np.array([[float(x), 0, 0] for x in range(6)])
+    tails = joints + [1.0, 0, 0]
+    parents = np.arange(-1, 5)
+    anchor = np.array([[0.5, 0.1, 0], [5.5, 0.1, 0]])
+    weights = np.zeros((2, 6))
+    weights[:, 0] = 0.6
+    weights[:, 1] = 0.4
+    reach = skin_reach(anchor, weights, joints, tails, parents, list("abcdef"), diag=6.0)
+    assert reach["bones_without_skin"] == ["b", "c", "d", "e", "f"]
+    assert reach["far_led_share"] == 0.5
+    weights[1] = np.eye(6)[5]  # led by the bone it lies on
+    assert reach["bones_far_from_skin"] == ["c", "d"]  # 1.5 from either vertex: 0.25 of the diagonal (6)
+    assert skin_reach(anchor, weights, joints, None, parents, list("abcdef"), diag=6.0) == {
+        "bones_without_skin": ["b", "c", "d", "e"], "bones_far_from_skin": ["c", "d"], "far_led_share": 0.0}

@@ -30,7 +30,8 @@ RIGGED_SUFFIX = "_rigged.glb"  # a batch writes <stem>_rigged.glb for each input
 PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSError, MemoryError)
 
 SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
-                "topology_flicker", "mcjd", "skin_l1", "skin_symkl", "skin_instability_mean", "seconds")
+                "topology_flicker", "mcjd", "skin_l1", "skin_symkl", "skin_instability_mean", "bones_without_skin",
+                "bones_far_from_skin", "far_led_share", "seconds")
 
 
 def parse_frame_slice(text: str | None) -> slice | None:
@@ -257,6 +258,15 @@ def run_rig(args: argparse.Namespace) -> int:
                        f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
                        f"PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
                        f"{time.perf_counter() - start:.1f} s with loading -> {out}")
+            if s.get("bones_far_from_skin"):
+                from backend.rigging.pipeline import BONE_FAR_FROM_SKIN  # loaded by the rig already
+
+                tqdm.write(f"  {len(s['bones_far_from_skin'])} bones lie far from the mesh (over "
+                           f"{100 * BONE_FAR_FROM_SKIN:.0f}% of its size from every vertex): "
+                           f"{', '.join(s['bones_far_from_skin'])}")
+            if s.get("bones_without_skin"):
+                tqdm.write(f"  {len(s['bones_without_skin'])} of {s['joints']} bones lead no vertex (posing one "
+                           f"moves skin only through small weights): {', '.join(s['bones_without_skin'])}")
     if failures:
         tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed: {', '.join(str(p) for p in failures)}",
                    file=sys.stderr)

@@ -65,16 +65,16 @@ def bone_distances(points: np.ndarray, joints: np.ndarray, tails: np.ndarray, pa
 
 
 def far_led_share(points: np.ndarray, weights: np.ndarray, joints: np.ndarray, tails: np.ndarray,
-                  parents: np.ndarray, nearest: int = 4) -> float:
+                  parents: np.ndarray, nearest: int = 4, distances: np.ndarray | None = None) -> float:
     """Share of the points whose largest weight is on a bone that is not among the ``nearest`` bones closest to
     them (:func:`bone_distances`): skin that posing a far bone moves. The reconstruction error cannot see it
     when several bones move alike over the clip; an animator sees it as soon as a bone is posed.
 
     Args:
         points: float ``[V, 3]`` the anchor vertices; weights: ``[V, J]``; joints, tails: ``[J, 3]``;
-            parents: ``[J]``.
+            parents: ``[J]``; distances: their :func:`bone_distances` ``[V, J]`` when the caller has them.
     """
-    d = bone_distances(points, joints, tails, parents)
+    d = bone_distances(points, joints, tails, parents) if distances is None else np.asarray(distances)
     w = np.asarray(weights)
     lead = np.argmax(w, axis=1)
     closer = (d < d[np.arange(len(d)), lead][:, None]).sum(axis=1)  # bones nearer than the leading one

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, skin_anchor
-from backend.metrics import joint_separation, motion_compensated_joint_drift, skeleton_stability
+from backend.metrics import bone_distances, far_led_share, joint_separation, motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
 from backend.rigging.proxy import build_proxy, chunked_reconstruction_error, fit_frames, full_mesh_weights, use_proxy
 from backend.rigging.result import RigResult
@@ -42,7 +42,7 @@ from backend.rigging.rig_skeleton import RigSkeleton
 from backend.rigging.skeleton_from_motion import MotionSkeletonConfig, skeleton_from_motion
 from backend.sampling import points_on_frames, sample_surface, vertex_normals
 from backend.sequence import MeshSequence, colocated_representatives
-from backend.skeleton import SkeletonError, carry_tails, depths, validate_tree
+from backend.skeleton import SkeletonError, bone_tails, carry_tails, depths, validate_tree
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +425,38 @@ def seam_gap(posed: np.ndarray, representatives: np.ndarray) -> float:
     return float(np.linalg.norm(posed[:, split] - posed[:, representatives[split]], axis=-1).max())
 
 
+SKIN_REACH_VERTICES = 20000  # the far-led share is measured on at most this many vertices (a seeded subset)
+BONE_FAR_FROM_SKIN = 0.15  # a bone farther than this share of the anchor box diagonal from every vertex is reported
+
+
+def skin_reach(anchor: np.ndarray, weights: np.ndarray, joints: np.ndarray, tails: np.ndarray | None,
+               parents: np.ndarray, names: list[str], diag: float) -> dict[str, Any]:
+    """Which skin the bones move when posed, which the reconstruction error does not show: ``bones_without_skin``
+    (names of the bones that are no vertex's largest weight: posing one moves skin only through small weights),
+    ``bones_far_from_skin`` (bones farther than ``BONE_FAR_FROM_SKIN`` of the diagonal from every vertex, e.g. one
+    an edit left outside the mesh: the fit may still use it to move skin far from it) and ``far_led_share``
+    (:func:`backend.metrics.far_led_share`: vertices led by a bone that is not among the four nearest to them).
+
+    Args:
+        anchor: ``[V, 3]``; weights ``[V, J]``; joints, tails ``[J, 3]`` (tails None: :func:`bone_tails`), same
+            space; parents ``[J]``; names ``J``; diag: the anchor box diagonal.
+    """
+    w = np.asarray(weights)
+    J = w.shape[1]
+    led = np.bincount(np.argmax(w, axis=1), minlength=J)
+    if tails is None:
+        tails = bone_tails(joints, parents, min_length=0.02 * diag)
+    pick = np.arange(len(w))
+    if len(pick) > SKIN_REACH_VERTICES:
+        pick = np.sort(np.random.default_rng(0).choice(len(w), SKIN_REACH_VERTICES, replace=False))
+    points = np.asarray(anchor)[pick]
+    distances = bone_distances(points, joints, tails, parents)  # [P, J]
+    far = far_led_share(points, w[pick], joints, tails, parents, distances=distances) if J > 1 else 0.0
+    away = distances.min(axis=0) > BONE_FAR_FROM_SKIN * diag
+    return {"bones_without_skin": [names[j] for j in np.flatnonzero(led == 0)],
+            "bones_far_from_skin": [names[j] for j in np.flatnonzero(away)], "far_led_share": far}
+
+
 def playback_quality(anchor: np.ndarray, verts_n: np.ndarray, weights: np.ndarray, transforms_n: np.ndarray,
                      pivots: np.ndarray, parents: np.ndarray, seams: np.ndarray, diag: float, chunked: bool,
                      progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -683,6 +715,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         "skin_frames": skin_frames.tolist(),
         "skin_instability_mean": float(instability[1:].mean()) if K > 1 else None,
         "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 else None,
+        **skin_reach(anchor, weights, pivots, tails_n, parents0, names0 or _joint_names(parents0), diag),
     }
     if K > 1:
         stab = stability_report(fit_verts, report_frames, skeletons)

@@ -25,7 +25,7 @@ import numpy as np
 
 from backend.normalize import anchor_normalize
 from backend.rigging.fit import FitCancelled, fit_motion, prune_weights
-from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, playback_quality
+from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, playback_quality, skin_reach
 from backend.rigging.result import RigResult
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.sequence import MeshSequence, colocated_representatives
@@ -224,6 +224,7 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         "fit_keyframes": fit.keyframes, "bones_borrowing_motion": int(fit.borrowed.sum()),
         "articulated": bool(cfg.articulated),
         "joints_moved_max": 0.0,
+        **skin_reach(anchor, weights, joints_n, tails_n, parents, names, diag),
         "skeleton_source": "edited", "skeleton_from_motion": None,
         "skin_frames": [], "skin_instability_mean": None, "skin_instability_mean_per_frame": None,
         "pjdd": None, "topology_flicker": None, "mcjd": None, "joint_drift": None, "stability": None,
