@@ -161,6 +161,8 @@ def test_joint_drift_in_stats_equals_the_metric(models):
     assert st["mcjd"] == pytest.approx(drift.mean) and all(v >= 0 for v in st["joint_drift"])
     html = render_report(result)
     assert "Joint drift (MCJD per joint)" in html and "joint drift min / max" in html
+    assert "skeleton network, run on each frame: topology flicker" in html  # the network's, not the rig's
+    assert "skin led by a far bone" in html
 
 
 class _ThreadRecordingModels(_RecordingModels):

@@ -25,6 +25,9 @@ from backend.rigging.result import RigResult
 
 log = logging.getLogger(__name__)
 
+# the stability rows rate the skeleton network run on each frame by itself (the paper's protocol); the rig keeps
+# one skeleton on every frame
+NETWORK_PER_FRAME = "skeleton network, run on each frame"
 STABILITY_KEYS = (("pjdd", "PJDD (Eq. 28)"), ("blrd", "BLRD (Eq. 29)"), ("gsd", "GSD (Eq. 30)"),
                   ("jad", "JAD (Eq. 31)"), ("mcjd", "MCJD"))
 
@@ -318,8 +321,18 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
         ("joints", _fmt(len(result.joints))), ("models", _fmt(st.get("models", "n/a"))),
         ("reconstruction error mean / max", f"{100 * float(result.recon_error.mean()):.4f}% / "
                                             f"{100 * float(result.recon_error.max()):.3f}% of the box diagonal"),
-        ("skinning instability (mean, non-anchor frames)", _fmt(st.get("skin_instability_mean"))),
     ]
+    for label, key in (("bones leading no vertex (posing one moves skin only through small weights)",
+                        "bones_without_skin"),
+                       ("bones far from the mesh (over 15% of the box diagonal from every vertex)",
+                        "bones_far_from_skin")):
+        if st.get(key):
+            rows.append((label, f"{len(st[key])}: " + html.escape(", ".join(str(n) for n in st[key]))))
+    if st.get("far_led_share") is not None:
+        rows.append(("skin led by a far bone (not among the four nearest)", f"{100 * st['far_led_share']:.1f}% of "
+                                                                             "the vertices"))
+    rows.append(("skinning network, weights predicted on each frame: instability (mean, non-anchor frames)",
+                 _fmt(st.get("skin_instability_mean"))))
     history = st.get("fit_rmse_history") or []
     if history:
         keys = st.get("fit_keyframes")
@@ -330,11 +343,11 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
     for title, block in (("paper protocol, frames 0-2", stab.get("paper_3frame")),
                          (f"report frames {stab.get('frames', [])}", stab.get("clip"))):
         if block:
-            rows.append((f"PJDD / BLRD / GSD / JAD ({title})",
+            rows.append((f"{NETWORK_PER_FRAME}: PJDD / BLRD / GSD / JAD ({title})",
                          " / ".join(_fmt(block.get(k)) for k in ("pjdd", "blrd", "gsd", "jad"))))
-            rows.append((f"topology flicker ({title})", _fmt(block.get("topology_flicker"))))
+            rows.append((f"{NETWORK_PER_FRAME}: topology flicker ({title})", _fmt(block.get("topology_flicker"))))
     if stab.get("clip"):
-        rows.append(("MCJD (report frames)", _fmt(stab["clip"].get("mcjd"))))
+        rows.append((f"{NETWORK_PER_FRAME}: MCJD (report frames)", _fmt(stab["clip"].get("mcjd"))))
     drift = joint_drift_values(result)
     if drift is not None:
         worst = int(np.nanargmax(drift))
@@ -382,8 +395,10 @@ def render_report(result: RigResult, title: str | None = None, max_faces: int = 
     stab_png = _stability_figure(st)
     if stab_png:
         parts += ["<h2>Skeleton stability per frame</h2>",
-                  "<p class='note'>Each report frame's generated skeleton against the anchor's, after rigid "
-                  "alignment (paper Eq. 28-31). Over a whole clip these also count the creature's own articulation; "
+                  "<p class='note'>The skeleton network run on each report frame by itself (the paper's protocol, "
+                  "what SPRig's fine-tuning steadies) against its skeleton on the anchor, after rigid alignment "
+                  "(paper Eq. 28-31); the rig itself keeps one skeleton on every frame. Over a whole clip these "
+                  "also count the creature's own articulation; "
                   "MCJD compares with the anchor joints carried by the mesh's local motion instead. Grey: the same "
                   "metrics for the ground-truth skeleton, when the input had one.</p>", _img(stab_png, "stability")]
     if result.n_frames > 1:
