@@ -33,7 +33,8 @@ def test_rig_single_file_writes_glb_report_and_json(tmp_path, checkpoints):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     for key in ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
-                "topology_flicker", "skin_l1", "skin_symkl", "seconds"):
+                "topology_flicker", "skin_l1", "skin_symkl", "bones_without_skin", "bones_far_from_skin",
+                "far_led_share", "seconds"):
         assert key in summary
     assert summary["frames"] == 5 and summary["vertices"] == seq.n_verts
     assert (tmp_path / "r.html").read_text().lstrip().lower().startswith("<!doctype html")
@@ -190,3 +191,31 @@ def test_still_clip_rigs_with_a_warning_and_no_progress_lines_in_a_log(tmp_path,
     np.savez(moving, verts=seq.verts, faces=seq.faces)
     proc = sprig("rig", str(moving), "-o", str(tmp_path / "moving.glb"), "--checkpoints", str(checkpoints))
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr
+
+
+def test_skin_notes_name_far_and_skinless_bones():
+    from backend.app.rig_command import skin_notes
+
+    assert skin_notes({"joints": 5, "bones_without_skin": [], "bones_far_from_skin": []}) == []
+    lines = skin_notes({"joints": 5, "bones_without_skin": ["head", "toe.L"], "bones_far_from_skin": ["stray"]})
+    assert lines == ["1 bones lie far from the mesh (over 15% of its size from every vertex): stray",
+                     "2 of 5 bones lead no vertex (posing one moves skin only through small weights): head, toe.L"]
+
+
+def test_demo_rigs_a_clip_and_scores_its_artist_rig(tmp_path, checkpoints):
+    """`make demo`'s job on the first six frames of the bundled sample, with tiny untrained checkpoints."""
+    from backend.app import demo
+
+    with np.load(demo.SAMPLE) as data:
+        clip = {k: data[k] for k in ("verts", "joints", "parents", "faces", "weights")}
+    clip["verts"], clip["joints"] = clip["verts"][:6], clip["joints"][:6]
+    src = tmp_path / "walk.npz"
+    np.savez(src, **clip)
+    proc = subprocess.run([sys.executable, "-m", "backend.app.demo", "--clip", str(src), "--out", str(tmp_path / "out"),
+                           "--checkpoints", str(checkpoints)], capture_output=True, text=True, cwd=ROOT,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "rigged walk.npz:" in proc.stdout and "side by side" in proc.stdout
+    for name in ("walk_rigged.glb", "walk_report.html", "walk_artist.json", "walk_jitter1pct.json"):
+        assert (tmp_path / "out" / name).is_file()
+    assert json.loads((tmp_path / "out" / "walk_artist.json").read_text())["n_frames"] == 6

@@ -72,6 +72,7 @@ SUMMARY_KEYS = ("pjdd", "pjdd_clip", "blrd", "gsd", "jad", "topology_flicker", "
 
 def rig_clip(clip: Path, out: Path, checkpoints: Path) -> None:
     """Rig ``clip`` with the checkpoints and write the GLB and the HTML report (logs why when it cannot)."""
+    from backend.app.rig_command import skin_notes
     from backend.io import load_sequence
     from backend.io.gltf import save_rigged_gltf
     from backend.models.checkpoint import CheckpointError
@@ -90,7 +91,8 @@ def rig_clip(clip: Path, out: Path, checkpoints: Path) -> None:
     s = result.stats
     sys.stdout.write(f"rigged {clip.name}: {s['joints']} joints, {s['frames']} frames, reconstruction error mean "
                      f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
-                     f"{s['seconds']:.1f} s -> {glb}, {report}\n\n")
+                     f"{s['seconds']:.1f} s -> {glb}, {report}\n"
+                     + "".join(f"  {line}\n" for line in skin_notes(s)) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,6 +125,22 @@ def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
 STILL_TOLERANCE = 1e-5  # a clip whose vertices all move less than this share of the anchor diagonal is still
 
 
+def skin_notes(stats: dict) -> list[str]:
+    """Lines naming the bones a user posing the rig should know about (``stats`` of a rig or refit): bones far
+    from the mesh and bones that lead no vertex (:func:`backend.rigging.pipeline.skin_reach`)."""
+    lines = []
+    if stats.get("bones_far_from_skin"):
+        from backend.rigging.pipeline import BONE_FAR_FROM_SKIN  # loaded by the rig already
+
+        lines.append(f"{len(stats['bones_far_from_skin'])} bones lie far from the mesh (over "
+                     f"{100 * BONE_FAR_FROM_SKIN:.0f}% of its size from every vertex): "
+                     f"{', '.join(stats['bones_far_from_skin'])}")
+    if stats.get("bones_without_skin"):
+        lines.append(f"{len(stats['bones_without_skin'])} of {stats['joints']} bones lead no vertex (posing one "
+                     f"moves skin only through small weights): {', '.join(stats['bones_without_skin'])}")
+    return lines
+
+
 def still_clip_warning(seq) -> str | None:
     """A warning when the sequence gives no motion to rig (one frame, or frames that never change), else None:
     such a clip still rigs, but its skeleton comes from the shape alone and the Action holds one pose."""
@@ -258,15 +274,8 @@ def run_rig(args: argparse.Namespace) -> int:
                        f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
                        f"PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
                        f"{time.perf_counter() - start:.1f} s with loading -> {out}")
-            if s.get("bones_far_from_skin"):
-                from backend.rigging.pipeline import BONE_FAR_FROM_SKIN  # loaded by the rig already
-
-                tqdm.write(f"  {len(s['bones_far_from_skin'])} bones lie far from the mesh (over "
-                           f"{100 * BONE_FAR_FROM_SKIN:.0f}% of its size from every vertex): "
-                           f"{', '.join(s['bones_far_from_skin'])}")
-            if s.get("bones_without_skin"):
-                tqdm.write(f"  {len(s['bones_without_skin'])} of {s['joints']} bones lead no vertex (posing one "
-                           f"moves skin only through small weights): {', '.join(s['bones_without_skin'])}")
+            for line in skin_notes(s):
+                tqdm.write(f"  {line}")
     if failures:
         tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed: {', '.join(str(p) for p in failures)}",
                    file=sys.stderr)
