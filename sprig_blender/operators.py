@@ -48,15 +48,18 @@ def progress_text(stage: str, fraction: float) -> str:
     return f"{stage or 'starting'} {100 * fraction:.1f}%" if fraction > 0 else f"{stage or 'starting'}..."
 
 
-# (label, stats keys tried in order, formatter) of the key numbers shown after a run
+# (label, stats keys tried in order, formatter) of the key numbers shown after a run; "Net" rows rate the networks
+# run on each frame by themselves (the stability report, the paper's protocol), not the rig, which keeps one
+# skeleton and one set of weights on every frame
 _SUMMARY_ROWS = (
     ("Joints", ("joints",), lambda v: f"{int(v)}"),
     ("Recon error", ("recon_mean",), lambda v: f"{100.0 * v:.3f}% of diag"),
     ("Recon max", ("recon_max",), lambda v: f"{100.0 * v:.3f}% of diag"),
-    ("PJDD (frames 0-2)", ("pjdd",), lambda v: f"{v:.4g}"),
-    ("Topology flicker", ("topology_flicker", "flicker"), lambda v: f"{100.0 * v:.0f}% of frames"),
-    ("Joint drift (MCJD)", ("mcjd",), lambda v: f"{v:.4g}"),
-    ("Skin instability", ("skin_instability_mean",), lambda v: f"{v:.4g}"),
+    ("Skin led by far bones", ("far_led_share",), lambda v: f"{100.0 * v:.1f}% of vertices"),
+    ("Net PJDD (frames 0-2)", ("pjdd",), lambda v: f"{v:.4g}"),
+    ("Net topology flicker", ("topology_flicker", "flicker"), lambda v: f"{100.0 * v:.0f}% of frames"),
+    ("Net joint drift (MCJD)", ("mcjd",), lambda v: f"{v:.4g}"),
+    ("Net skin instability", ("skin_instability_mean",), lambda v: f"{v:.4g}"),
     ("Frames", ("frames",), lambda v: f"{int(v)}"),
 )
 
@@ -105,7 +108,10 @@ def stats_summary(stats: dict) -> list[tuple[str, str]]:
     """Readable key numbers of a rig's stats (``RigResult.stats``): joints, reconstruction error, PJDD on the
     paper's 3-frame protocol, topology flicker, joint drift, skinning instability (those present)."""
     rows: list[tuple[str, str]] = []
+    config = stats.get("config") if isinstance(stats.get("config"), dict) else {}
     for label, keys, fmt in _SUMMARY_ROWS:
+        if keys[0] == "skin_instability_mean" and config.get("heatmap") is False:
+            continue  # not computed without Weight Stability Data (the stored 0 is no measurement)
         value = next((stats[k] for k in keys if isinstance(stats.get(k), (int, float))), None)
         if value is not None:
             rows.append((label, fmt(value)))

@@ -708,5 +708,7 @@ def test_menu_entry_cancel_and_plain_result_words(scene):
     stats["config"]["heatmap"] = False  # no weights predicted on later frames: no weight row
     assert [row[0] for row in operators.plain_summary(stats)][-1] == "Worst vertex"
     assert "predicted weights" in operators.plain_note("Weight steadiness")
+    assert ("Net skin instability", "0.3") in operators.stats_summary({**stats, "config": {"heatmap": True}})
+    assert "Net skin instability" not in dict(operators.stats_summary(stats))  # heatmap off: not measured
     stats["bones_without_skin"] = ["head", "toe.L"]  # named after the bone count
     assert operators.plain_summary(stats)[:2] == [("Bones", "9", ""), ("Bones leading no vertex", "2: head, toe.L", "")]

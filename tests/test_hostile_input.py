@@ -363,3 +363,9 @@ def test_input_that_is_a_fifo_is_refused_without_blocking(tmp_path, suffix):
     os.mkfifo(tmp_path / f"pipe{suffix}")  # opening it for reading would block until a writer appears
     with pytest.raises(SequenceError, match="not a regular file"):
         load_sequence(tmp_path / f"pipe{suffix}")
+
+
+def test_a_png_renamed_to_glb_is_named_not_a_glb(tmp_path):
+    (tmp_path / "picture.glb").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(SequenceError, match=r"not a GLB file: it starts with b'\\x89PNG'"):
+        load_sequence(tmp_path / "picture.glb")

@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from backend.io import (load_sequence, read_anime_header, read_obj, save_anime, save_mesh_folder, save_npz,
                         save_rigged_gltf, save_sequence, top_k_influences)
 from backend.io.gltf import matrix_to_quat, quat_slerp, sample_channel
-from backend.io.mesh_folder import natural_key
+from backend.io.mesh_folder import missing_frame_numbers, natural_key
 from backend.lbs import linear_blend_skinning
 from backend.sequence import MeshSequence, SequenceError
 
@@ -150,6 +150,21 @@ def test_mesh_folder_round_trip(tmp_path, fmt):
     np.testing.assert_allclose(back.verts, seq.verts, rtol=0, atol=1e-6)
     sub = load_sequence(tmp_path / "frames", frames=slice(10, None))
     np.testing.assert_allclose(sub.verts, seq.verts[10:], atol=1e-6)
+
+
+def test_mesh_folder_with_a_missing_frame_file_says_which(tmp_path, caplog):
+    seq = _sequence(k=6)
+    save_mesh_folder(seq, tmp_path / "frames")
+    assert load_sequence(tmp_path / "frames").extras["missing_frames"] == []
+    (tmp_path / "frames" / "bar_0003.obj").unlink()
+    with caplog.at_level("WARNING", logger="backend.io.mesh_folder"):
+        back = load_sequence(tmp_path / "frames")
+    assert back.n_frames == 5 and back.extras["missing_frames"] == [3]
+    assert "skip number 3" in caplog.text
+    for k in (1, 5):  # every other frame kept: a regular step, no gap
+        (tmp_path / "frames" / f"bar_{k:04d}.obj").unlink()
+    assert missing_frame_numbers(sorted((tmp_path / "frames").iterdir())) == []
+    assert missing_frame_numbers([Path("a_1.obj"), Path("b_3.obj"), Path("a_7.obj")]) == []  # two prefixes
 
 
 def test_folder_natural_order_quads_and_uv_indices(tmp_path):

@@ -302,6 +302,7 @@ def test_heatmap_stage_skipped_when_not_asked(models):
     check_contract(result, seq)
     assert len(calls) == 1  # the anchor's weights only: no prediction on later frames
     assert result.stats["skin_frames"] == [] and not result.skin_instability.any()
+    assert result.stats["skin_instability_mean"] is None  # not measured, not zero
 
 
 def test_report_is_self_contained_html(models, tmp_path):

@@ -30,7 +30,7 @@ RIGGED_SUFFIX = "_rigged.glb"  # a batch writes <stem>_rigged.glb for each input
 PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSError, MemoryError)
 
 SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
-                "topology_flicker", "mcjd", "skin_l1", "skin_symkl", "skin_instability_mean", "bones_without_skin",
+                "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
                 "bones_far_from_skin", "far_led_share", "seconds")
 
 
@@ -95,8 +95,6 @@ def summary(result: RigResult) -> dict:
     out = {key: stats.get(key) for key in SUMMARY_KEYS}
     for key in ("blrd", "gsd", "jad"):
         out[key] = paper.get(key)
-    out["skin_l1"] = stats.get("skin_l1")
-    out["skin_symkl"] = stats.get("skin_symkl")
     out["stats"] = stats
     return out
 
@@ -272,7 +270,7 @@ def run_rig(args: argparse.Namespace) -> int:
             s = result.stats
             tqdm.write(f"{path.name}: {s['joints']} joints, {s['frames']} frames, recon mean "
                        f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
-                       f"PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
+                       f"network PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
                        f"{time.perf_counter() - start:.1f} s with loading -> {out}")
             for line in skin_notes(s):
                 tqdm.write(f"  {line}")

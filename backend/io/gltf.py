@@ -200,6 +200,9 @@ def read_document(path: str | Path) -> GltfDocument:
             offset = end + (-end % 4)
         if json_text is None:
             raise _err(path, "corrupt GLB: no JSON chunk")
+    elif path.suffix.lower() == ".glb":
+        raise _err(path, f"not a GLB file: it starts with {data[:4]!r}, a GLB with b'glTF' (another format renamed "
+                         "to .glb, or an empty or damaged file?)")
     else:
         json_text = data
     try:

@@ -52,6 +52,22 @@ def list_frame_files(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
+def missing_frame_numbers(files: list[Path]) -> list[int]:
+    """Frame numbers missing from a numbered file list (``walk_0009.obj``, ``walk_0011.obj``: ``[10]``).
+
+    Each stem's last number is its frame number; the step is the smallest difference between consecutive
+    numbers (so a folder written every other frame has no gap). Empty when the stems do not all share one
+    prefix and suffix around a number, or when fewer than three files are numbered.
+    """
+    numbered = [re.fullmatch(r"(.*?)(\d+)(\D*)", p.stem) for p in files]
+    if len(files) < 3 or not all(numbered) or len({(m.group(1), m.group(3)) for m in numbered}) != 1:
+        return []
+    numbers = np.unique([int(m.group(2)) for m in numbered])
+    step = int(np.diff(numbers).min()) if len(numbers) > 1 else 1
+    expected = np.arange(numbers[0], numbers[-1] + 1, step)
+    return [int(n) for n in np.setdiff1d(expected, numbers)]
+
+
 def read_obj(path: str | Path, with_faces: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Read vertex positions (and triangulated faces) of a Wavefront OBJ file.
 
@@ -230,7 +246,9 @@ def load_mesh_folder(folder: str | Path, fps: float | None = None,
         frames: optional selection of frames (indices into the sorted file list); only those are read.
     Returns:
         :class:`MeshSequence` ``verts float32 [K, V, 3]``, faces of the first selected frame;
-        ``extras["frame_files"]`` lists the file names used.
+        ``extras["frame_files"]`` lists the file names used, ``extras["missing_frames"]`` the numbers missing
+        from the files' numbering (:func:`missing_frame_numbers`; logged as a warning: the clip plays without
+        those frames).
     Raises:
         SequenceError: no frames, unreadable file, or a vertex count that changes (names the first bad file).
     """
@@ -254,8 +272,19 @@ def load_mesh_folder(folder: str | Path, fps: float | None = None,
                 f"{int(idx[0])} ({first.name}) has {n_poly}; truncated file or different topology?")
         verts[row] = vk
     log.info("read %d frames from %s", len(idx), folder)
-    return build_sequence(verts, faces, folder, fps, {"frame_files": [files[k].name for k in idx]},
-                          name=folder.resolve().name)
+    missing = missing_frame_numbers(files)
+    if missing:
+        log.warning("%s: the frame files skip %s %s; the clip plays without %s", folder,
+                    "numbers" if len(missing) > 1 else "number", _listed(missing),
+                    "them" if len(missing) > 1 else "it")
+    return build_sequence(verts, faces, folder, fps, {"frame_files": [files[k].name for k in idx],
+                                                      "missing_frames": missing}, name=folder.resolve().name)
+
+
+def _listed(numbers: list[int], shown: int = 8) -> str:
+    """``10, 11, 14`` (the first ``shown``, then how many more)."""
+    head = ", ".join(str(n) for n in numbers[:shown])
+    return head + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
 def save_mesh_folder(seq: MeshSequence, folder: str | Path, fmt: str = "obj") -> Path:

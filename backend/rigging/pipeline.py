@@ -713,8 +713,9 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         "skeleton_source": skeleton_source,
         "skeleton_from_motion": motion_stats,
         "skin_frames": skin_frames.tolist(),
-        "skin_instability_mean": float(instability[1:].mean()) if K > 1 else None,
-        "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 else None,
+        # None without the heatmap stage: no weights were predicted on later frames (the zeros are no measurement)
+        "skin_instability_mean": float(instability[1:].mean()) if K > 1 and cfg.heatmap else None,
+        "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 and cfg.heatmap else None,
         **skin_reach(anchor, weights, pivots, tails_n, parents0, names0 or _joint_names(parents0), diag),
     }
     if K > 1:
