@@ -394,3 +394,35 @@ def test_keyframe_fit_reproduces_every_frame_of_a_long_clip():
                    progress=calls.append, should_cancel=lambda: len(calls) >= 3)
     with pytest.raises(ValueError, match="max_fit_frames"):
         FitConfig(max_fit_frames=1)
+
+
+def test_bones_in_reach_keep_near_bones_and_the_two_nearest():
+    from backend.rigging.fit.solve import bones_in_reach
+
+    joints = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]])  # a chain along x: diagonal 3
+    parents = np.array([-1, 0, 1, 2])
+    points = np.array([[0.0, 0, 0], [0.2, 0.1, 0], [3.0, 0, 0.0]])
+    reach = bones_in_reach(points, joints, parents, 0.1, diag=3.0)  # 0.3 units
+    assert reach[0].tolist() == [True, True, False, False]  # bone 1 (from 1 to 2) only as a nearest
+    assert reach[1].tolist() == [True, True, False, False]
+    assert reach[2].tolist() == [False, False, True, True]
+    assert bones_in_reach(points, joints, parents, 10.0).all()
+
+
+def test_weights_keep_to_bones_in_reach_while_the_error_still_falls():
+    """A bending tube: with a reach of 0.2 of the diagonal no vertex keeps weight on a far bone, except the one
+    bone whose motion alone follows it best."""
+    from backend.rigging.fit.solve import ResidualGram, bones_in_reach
+
+    frames, faces, joints, parents, w_gt = tube_sequence(n_frames=8)
+    anchor = frames[0]
+    w0 = np.full(w_gt.shape, 1.0 / w_gt.shape[1])  # every bone everywhere
+    free = fit_motion(anchor, frames, w0, parents, joints, faces, FitConfig(refine_iters=6))
+    limited = fit_motion(anchor, frames, w0, parents, joints, faces, FitConfig(refine_iters=6, max_bone_distance=0.2))
+    reach = bones_in_reach(anchor, joints, parents, 0.2)
+    single = ResidualGram(anchor, np.ascontiguousarray(frames.transpose(1, 0, 2)),
+                          limited.transforms).single_bone_errors()
+    reach[np.arange(len(anchor)), single.argmin(axis=1)] = True
+    assert (free.weights[~reach] > 0).any()  # without the limit far bones help
+    assert not (limited.weights[~reach] > 0).any()
+    assert limited.rmse_history[-1] < 0.5 * limited.rmse_history[0]  # the fit still works within the reach

@@ -220,3 +220,10 @@ def test_demo_rigs_a_clip_and_scores_its_artist_rig(tmp_path, checkpoints):
     for name in ("walk_rigged.glb", "walk_report.html", "walk_artist.json", "walk_jitter1pct.json"):
         assert (tmp_path / "out" / name).is_file()
     assert json.loads((tmp_path / "out" / "walk_artist.json").read_text())["n_frames"] == 6
+
+
+def test_the_cli_default_bone_reach_is_the_pipeline_default():
+    from backend.app.rig_command import RIG_DEFAULT_BONE_REACH
+    from backend.rigging.pipeline import RigConfig
+
+    assert RIG_DEFAULT_BONE_REACH == RigConfig().bone_reach

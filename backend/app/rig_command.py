@@ -120,6 +120,7 @@ def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
                       per_frame=_per_input(args.per_frame, out_glb, ".npz") if args.per_frame is not None else None)
 
 
+RIG_DEFAULT_BONE_REACH = 0.25  # RigConfig.bone_reach's default (the pipeline is imported only once a file loads)
 STILL_TOLERANCE = 1e-5  # a clip whose vertices all move less than this share of the anchor diagonal is still
 
 
@@ -169,7 +170,7 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
                        per_frame_predictions=args.per_frame is not None, up_axis=args.up, proxy=args.proxy,
-                       cpu_threads=args.threads)
+                       cpu_threads=args.threads, bone_reach=args.bone_reach)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
 
@@ -332,6 +333,10 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--proxy", choices=["auto", "on", "off"], default="auto",
                    help="rig through a proxy of ~4000 vertices, then give every vertex its weights: auto uses it "
                         "above 8000 vertices (much faster on large meshes)")
+    p.add_argument("--bone-reach", type=float, default=RIG_DEFAULT_BONE_REACH, metavar="R",
+                   help=f"a vertex's weights use only bones within R of the model's size (box diagonal) of it, "
+                        f"plus its two nearest and the one that moves most like it, so posing a bone moves no skin "
+                        f"far from it (default {RIG_DEFAULT_BONE_REACH}; 0: any bone, a slightly lower error)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads of the networks on a CPU (default 1: more gain little on these small steps "
                         "and slow down badly when another program uses a core; 0: one per core)")

@@ -73,6 +73,8 @@ class RigConfig:
             ``motion_fit_config``).
         motion_candidates: candidate bones per vertex added from its own motion in the weight solve
             (``FitConfig.motion_candidates``; a fit on many vertices gets fewer: see ``motion_fit_config``).
+        bone_reach: a vertex's weights use only bones within this share of the anchor box diagonal of it (its two
+            nearest always; ``FitConfig.max_bone_distance``), so posing a bone moves no skin far from it; 0: any.
         skeleton: where the rig's skeleton comes from: ``motion`` (joints where the clip's parts turn, chains
             along the limbs that never move, the generator's anchor skeleton as a prior; see
             :mod:`backend.rigging.skeleton_from_motion`) or ``network`` (the generator's anchor skeleton as is).
@@ -135,6 +137,7 @@ class RigConfig:
     refine: bool = True
     refine_iters: int = 80
     motion_candidates: int = 12
+    bone_reach: float = 0.25
     skeleton: str = "motion"
     detail: str = "auto"
     articulated: bool = True
@@ -181,7 +184,7 @@ class RigConfig:
         return FitConfig(max_influences=self.max_influences,
                          refine_iters=int(np.ceil(self.refine_iters * iters_share)) if self.refine else 0,
                          motion_candidates=int(np.ceil(self.motion_candidates * candidates_share)),
-                         articulated=self.articulated, refine_joints=refine_joints)
+                         max_bone_distance=self.bone_reach, articulated=self.articulated, refine_joints=refine_joints)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -197,6 +200,10 @@ class RigConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} must be >= {low} and <= {high} (an integer), got {value!r}")
+        if isinstance(self.bone_reach, bool) or not isinstance(self.bone_reach, (int, float)) \
+                or not 0.0 <= self.bone_reach <= 10.0:
+            raise ValueError(f"bone_reach must be a number in [0, 10] (share of the box diagonal), "
+                             f"got {self.bone_reach!r}")
         if self.skeleton not in ("motion", "network"):
             raise ValueError(f"skeleton must be 'motion' or 'network', got {self.skeleton!r}")
         self.motion_detail()  # raises on a bad detail
@@ -666,7 +673,8 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         track("weights", 0.0)
         weights = full_mesh_weights(verts_n, proxy, fit.weights, transforms_n, fit_frames(K, fit_cfg.max_fit_frames),
                                     cfg.max_influences, qp_iters=fit_cfg.qp_iters,
-                                    progress=lambda f: track("weights", f))
+                                    progress=lambda f: track("weights", f), joints=pivots, parents=parents0,
+                                    max_bone_distance=cfg.bone_reach)
         track("weights", 1.0)
 
     # -- per-frame skinning for the instability heatmap (at the proxy's vertices, carried to its cells)

@@ -31,7 +31,8 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
-from backend.rigging.fit.solve import ResidualGram, motion_candidate_bones, update_weights
+from backend.rigging.fit.solve import (ResidualGram, bones_in_reach, motion_candidate_bones, restrict_to_reach,
+                                      update_weights)
 from backend.rigging.fit.sparse import prune_weights, to_sparse_rows
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ def _frames_chunk(verts: np.ndarray, frames: np.ndarray, ids: np.ndarray) -> np.
 def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.ndarray, transforms: np.ndarray,
                       frames: np.ndarray, max_influences: int = 4, smoothness: float = 0.01, qp_iters: int = 10,
                       motion_candidates: int = 3, neighbours: int = 3, chunk: int = 8192,
-                      progress: Callable[[float], None] | None = None) -> np.ndarray:
+                      progress: Callable[[float], None] | None = None, joints: np.ndarray | None = None,
+                      parents: np.ndarray | None = None, max_bone_distance: float = 0.0) -> np.ndarray:
     """Every vertex's weights against the proxy's bone motion (step 3 of the module docstring).
 
     Args:
@@ -225,6 +227,8 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         chunk: vertices per batch (bounds memory: about ``chunk * (len(frames) * 3 + J * 4) * 8`` bytes for the
             residual Gram, plus the weight solve's own temporaries).
         progress: called with the fraction done after every chunk; it may raise to cancel.
+        joints, parents, max_bone_distance: with ``max_bone_distance > 0``, a vertex's weights use only the bones
+            in its reach (``FitConfig.max_bone_distance``, :func:`~backend.rigging.fit.solve.bones_in_reach`).
     Returns:
         float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros; co-located vertices
         share identical rows.
@@ -240,6 +244,8 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
     tree = cKDTree(anchor_p)
     k_near = min(max(neighbours, 1), proxy.size)
     reps = np.flatnonzero(proxy.representatives == np.arange(V))
+    limited = max_bone_distance > 0 and joints is not None and parents is not None and J > 1
+    diag = float(np.linalg.norm(np.ptp(np.asarray(verts[0], dtype=np.float64), axis=0)))
     rows_idx = np.zeros((V, M), dtype=np.int64)
     rows_val = np.zeros((V, M))
     for s in range(0, len(reps), chunk):
@@ -254,11 +260,15 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         blend = np.einsum("bn,bnj->bj", inv, W_p[near])
         # the cell's own proxy vertex (nearest along the mesh) always takes part
         blend += 1e-3 * W_p[proxy.cell[ids]]
+        reach = None
+        if limited:
+            reach = bones_in_reach(a, joints, parents, max_bone_distance, diag)
+            blend = restrict_to_reach(blend, reach, a, joints, parents)
         warm_idx, warm_val = to_sparse_rows(prune_weights(blend, M), M)
         xv = _frames_chunk(verts, frames, ids)
         gram = ResidualGram(a, xv, T)
         cand, mask = motion_candidate_bones(gram.single_bone_errors(), *to_sparse_rows(blend, min(J, (k_near + 1) * M)),
-                                            motion_candidates)
+                                            motion_candidates, reach)
         idx, val = update_weights(a, xv, warm_idx, warm_val, T, cand, mask, sp.identity(B, format="csr"), M,
                                   smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
         rows_idx[ids], rows_val[ids] = idx, val

@@ -73,9 +73,51 @@ def mesh_neighbours(faces: np.ndarray, n_verts: int) -> sp.csr_matrix:
     return sp.diags(1.0 / deg) @ adj
 
 
+NEAREST_IN_REACH = 2  # a vertex's nearest bones are always in its reach (:func:`bones_in_reach`)
+
+
+def bones_in_reach(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, max_distance: float,
+                   diag: float | None = None) -> np.ndarray:
+    """``bool [V, J]``: the bones a vertex's weights may use: those within ``max_distance`` times the anchor box
+    diagonal of it (a bone being its segments from its joint to its children's, a leaf its joint), and always
+    its ``NEAREST_IN_REACH`` nearest bones.
+
+    Args:
+        anchor: float ``[V, 3]``; joints: float ``[J, 3]``; parents: int ``[J]``.
+        diag: the whole anchor's box diagonal when ``anchor`` is a part of it (default: ``anchor``'s own).
+    """
+    from backend.metrics import bone_distances
+
+    a = np.asarray(anchor, dtype=np.float64)
+    d = bone_distances(a, joints, joints, parents)  # [V, J]; a bone's own tail is its joint: leaves are points
+    if diag is None:
+        diag = float(np.linalg.norm(np.ptp(a, axis=0))) if len(a) else 0.0
+    reach = d <= max_distance * diag
+    nearest = np.argpartition(d, min(NEAREST_IN_REACH, d.shape[1]) - 1, axis=1)[:, :NEAREST_IN_REACH]
+    np.put_along_axis(reach, nearest, True, axis=1)
+    return reach
+
+
+def restrict_to_reach(weights: np.ndarray, reach: np.ndarray, anchor: np.ndarray, joints: np.ndarray,
+                      parents: np.ndarray) -> np.ndarray:
+    """``weights [V, J]`` with the weight on bones out of ``reach [V, J]`` removed and the rows renormalised; a row
+    left empty goes to the vertex's nearest bone in reach. Returns float64 ``[V, J]``."""
+    from backend.metrics import bone_distances
+
+    w = np.where(reach, np.asarray(weights, dtype=np.float64), 0.0)
+    total = w.sum(axis=1)
+    empty = np.flatnonzero(total <= 0)
+    if len(empty):
+        d = np.where(reach[empty], bone_distances(np.asarray(anchor)[empty], joints, joints, parents), np.inf)
+        w[empty, d.argmin(axis=1)] = 1.0
+        total[empty] = 1.0
+    return w / total[:, None]
+
+
 def candidate_bones(idx: np.ndarray, val: np.ndarray, parents: np.ndarray,
-                    with_neighbours: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Per vertex, the bones its weights may use: its support plus (optionally) their tree neighbours.
+                    with_neighbours: bool = True, reach: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per vertex, the bones its weights may use: its support plus (optionally) their tree neighbours, only
+    those in ``reach`` (``bool [V, J]``, :func:`bones_in_reach`) when given.
 
     Returns ``cand int64 [V, C]`` and ``mask bool [V, C]`` (padding is ``False``).
     """
@@ -88,6 +130,8 @@ def candidate_bones(idx: np.ndarray, val: np.ndarray, parents: np.ndarray,
         adj[child, parents[child]] = True
         adj[parents[child], child] = True
         support = support | ((support.astype(np.int32) @ adj.astype(np.int32)) > 0)
+    if reach is not None:
+        support &= reach
     return _candidates_from_mask(support)
 
 
@@ -102,22 +146,35 @@ def _candidates_from_mask(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def motion_candidate_bones(single_errors: np.ndarray, idx: np.ndarray, val: np.ndarray,
-                           n_extra: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per vertex, its current support plus the ``n_extra`` bones whose rigid motion alone reproduces it best.
+                           n_extra: int, reach: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per vertex, its current support plus the ``n_extra`` bones whose rigid motion alone reproduces it best
+    (among the bones in ``reach``, ``bool [V, J]``, when given, to which the best of all is added: a rigid piece
+    that moves with a far bone still follows it).
 
     Args:
         single_errors: ``[V, J]`` squared error of each vertex moved by each bone alone (summed over frames).
         idx, val: current sparse weight rows ``[V, M]``.
         n_extra: bones added per vertex (0: the support only).
+        reach: :func:`bones_in_reach`, or None for every bone.
     Returns:
         ``cand int64 [V, C]`` and ``mask bool [V, C]`` as in :func:`candidate_bones`.
     """
     V, J = single_errors.shape
     allowed = sparse_to_dense(idx, val, J) > 0
+    if reach is not None:  # the bone whose motion alone follows the vertex best is always in its reach
+        reach = reach.copy()
+        reach[np.arange(V), np.argmin(single_errors, axis=1)] = True
+        allowed &= reach
+        single_errors = np.where(reach, single_errors, np.inf)
     n_extra = min(n_extra, J)
     if n_extra > 0:
         best = np.argpartition(single_errors, n_extra - 1, axis=1)[:, :n_extra]
-        np.put_along_axis(allowed, best, True, axis=1)
+        if reach is not None:  # fewer than n_extra bones in reach: the rest are not candidates
+            best_ok = np.take_along_axis(reach, best, axis=1)
+            rows = np.repeat(np.arange(V)[:, None], best.shape[1], axis=1)
+            allowed[rows[best_ok], best[best_ok]] = True
+        else:
+            np.put_along_axis(allowed, best, True, axis=1)
     return _candidates_from_mask(allowed)
 
 
@@ -276,7 +333,8 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
                    neighbours: sp.csr_matrix | None, max_influences: int, smoothness: float,
                    smooth_steps: int = 2, smooth_slack: float = 0.5, qp_iters: int = 10,
                    chunk: int = 16384, motion_candidates: int = 6,
-                   between: Callable[[float], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   between: Callable[[float], None] | None = None,
+                   reach: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Re-solve every vertex's weights with the transforms fixed, then smooth them over the mesh.
 
     1. Per vertex, minimise its squared LBS error ``w^T R_v w`` (see :class:`ResidualGram`) plus
@@ -290,7 +348,7 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
        ``smooth_slack`` of the improvement step 1 made for that vertex, so the error never rises.
 
     When ``cand`` is None the candidates are chosen here by :func:`motion_candidate_bones` (current
-    support plus ``motion_candidates`` bones) for the current transforms. ``between(fraction)`` is called
+    support plus ``motion_candidates`` bones, only bones in ``reach`` when given) for the current transforms. ``between(fraction)`` is called
     after every chunk of vertices (progress and cancellation).
 
     Returns new sparse rows ``idx int64 [V, max_influences]``, ``val float64 [V, max_influences]``.
@@ -299,7 +357,7 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
     J = transforms.shape[1]
     gram = ResidualGram(anchor, frames_vm, transforms)
     if cand is None:
-        cand, cand_mask = motion_candidate_bones(gram.single_bone_errors(), idx, val, motion_candidates)
+        cand, cand_mask = motion_candidate_bones(gram.single_bone_errors(), idx, val, motion_candidates, reach)
     dense_old = sparse_to_dense(idx, val, J)
     wbar = None if neighbours is None or smoothness <= 0 else neighbours @ dense_old  # [V, J]
     C = cand.shape[1]
