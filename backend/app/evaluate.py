@@ -498,6 +498,8 @@ def format_report(res: dict) -> str:
     for label, key in rows:
         lines.append(f"{label:<34}{_fmt(res[key]):>18}{_fmt(res[key + '_clip']):>18}")
     lines.append(f"{'MCJD (motion-compensated drift)':<34}{'':>18}{_fmt(res['mcjd']):>18}")
+    lines.append("(skin L1 / SymKL / entropy are sums over the vertices (Eq. 18), so they grow with the mesh: "
+                 "compare rows, not clips)")
     lines += ["", "anchor accuracy (needs ground truth, normalized units)", "-" * 70]
     for label, key in [("MPJPE@Anchor (Eq. 32)", "mpjpe_anchor"), ("CD-J2J", "cd_j2j"), ("CD-J2B", "cd_j2b"),
                        ("CD-B2B", "cd_b2b"), ("skin precision", "skin_precision"), ("skin recall", "skin_recall"),
