@@ -8,6 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from backend.metrics import bone_distances
+
 from .rigid import proper_rotation, rigid_matrix
 from .sparse import apply_transforms, homogeneous, sparse_to_dense
 
@@ -86,8 +88,6 @@ def bones_in_reach(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, 
         anchor: float ``[V, 3]``; joints: float ``[J, 3]``; parents: int ``[J]``.
         diag: the whole anchor's box diagonal when ``anchor`` is a part of it (default: ``anchor``'s own).
     """
-    from backend.metrics import bone_distances
-
     a = np.asarray(anchor, dtype=np.float64)
     d = bone_distances(a, joints, joints, parents)  # [V, J]; a bone's own tail is its joint: leaves are points
     if diag is None:
@@ -102,8 +102,6 @@ def restrict_to_reach(weights: np.ndarray, reach: np.ndarray, anchor: np.ndarray
                       parents: np.ndarray) -> np.ndarray:
     """``weights [V, J]`` with the weight on bones out of ``reach [V, J]`` removed and the rows renormalised; a row
     left empty goes to the vertex's nearest bone in reach. Returns float64 ``[V, J]``."""
-    from backend.metrics import bone_distances
-
     w = np.where(reach, np.asarray(weights, dtype=np.float64), 0.0)
     total = w.sum(axis=1)
     empty = np.flatnonzero(total <= 0)
