@@ -416,7 +416,8 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
         numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
                             in plain_summary(json.loads(built.mesh_object["sprig_stats"])))
         warned = f"; {len(self._warnings)} warning(s): {' '.join(self._warnings)}" if self._warnings else ""
-        self.report({"WARNING" if self._warnings else "INFO"},
+        far = bool(json.loads(built.mesh_object["sprig_stats"]).get("bones_far_from_skin"))
+        self.report({"WARNING" if self._warnings or far else "INFO"},
                     f"SPRig: rigged '{source.name}' -> '{built.armature_object.name}' ({numbers}){warned}")
         return {"FINISHED"}
 
@@ -498,7 +499,9 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
             heatmap.enable(context)
         numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
                             in plain_summary(job.result.stats))
-        self.report({"INFO"}, f"SPRig: refitted '{arm_obj.name}' ({numbers})")
+        # a bone left far outside the mesh is a warning: the fit may use it to move skin far from it
+        self.report({"WARNING" if job.result.stats.get("bones_far_from_skin") else "INFO"},
+                    f"SPRig: refitted '{arm_obj.name}' ({numbers})")
         return {"FINISHED"}
 
 

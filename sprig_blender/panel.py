@@ -168,6 +168,7 @@ class SPRIG_PT_heatmap(bpy.types.Panel):
             col = layout.column(align=True)
             if data is None:
                 col.label(text="No joint drift in this rig's stats", icon="INFO")
+                col.label(text="(only rigs on the network's skeleton have it)")
             else:
                 worst = int(np.nanargmax(data.values)) if np.isfinite(data.values).any() else 0
                 col.label(text=f"Drift {float(np.nanmin(data.values)):.4g} - {float(np.nanmax(data.values)):.4g}")

@@ -103,7 +103,8 @@ class SPRIG_HeatmapSettings(bpy.types.PropertyGroup):
         items=[("INSTABILITY", "Skinning Instability", "Half L1 between this frame's weights and the anchor's"),
                ("RECON", "Reconstruction Error", "Distance between the rig's playback and the input, / box diagonal"),
                ("DRIFT", "Joint Drift (MCJD)",
-                "Colour the armature's bones by their joint's motion-compensated drift over the clip")])
+                "Colour the armature's bones by their joint's motion-compensated drift over the clip (rigs on "
+                "the skeleton network's joints only: the default skeleton from motion has no per-joint drift)")])
     scale_max: bpy.props.FloatProperty(name="Scale Max", default=0.0, min=0.0, soft_max=1.0, precision=4,
                                        update=_heatmap_refresh,
                                        description="Value shown as full red (0: the clip's 99th percentile; "

@@ -396,17 +396,29 @@ def test_keyframe_fit_reproduces_every_frame_of_a_long_clip():
         FitConfig(max_fit_frames=1)
 
 
-def test_bones_in_reach_keep_near_bones_and_the_two_nearest():
-    from backend.rigging.fit.solve import bones_in_reach
+def test_bones_in_reach_keep_near_bones_and_the_nearest_ones_tree_neighbours():
+    from backend.rigging.fit.solve import bones_in_reach, tree_hops
 
     joints = np.array([[0.0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [3.0, 0, 0]])  # a chain along x: diagonal 3
     parents = np.array([-1, 0, 1, 2])
-    points = np.array([[0.0, 0, 0], [0.2, 0.1, 0], [3.0, 0, 0.0]])
+    points = np.array([[0.0, 0, 0], [0.2, 0.1, 0], [3.5, 0, 0.0]])
     reach = bones_in_reach(points, joints, parents, 0.1, diag=3.0)  # 0.3 units
-    assert reach[0].tolist() == [True, True, False, False]  # bone 1 (from 1 to 2) only as a nearest
+    assert reach[0].tolist() == [True, True, False, False]  # bone 1 (from 1 to 2) as the nearest one's child
     assert reach[1].tolist() == [True, True, False, False]
-    assert reach[2].tolist() == [False, False, True, True]
+    # beyond the leaf: bone 2 (ending on the leaf's joint) ties with the leaf and is taken: its parent and child too
+    assert reach[2].tolist() == [False, True, True, True]
     assert bones_in_reach(points, joints, parents, 10.0).all()
+    # two legs from a root, the feet 0.36 apart: a point on the right foot keeps off the left leg with a hop limit
+    joints = np.array([[0.0, 2, 0], [-0.2, 1, 0], [-0.3, 0, 0], [0.2, 1, 0], [0.05, 0, 0]])
+    parents = np.array([-1, 0, 1, 0, 3])
+    assert tree_hops(parents)[2].tolist() == [2, 1, 0, 3, 4]
+    foot = np.array([[0.06, 0.0, 0.0]])  # nearest: the right shin (bone 3), which ends on the right foot's joint
+    reach = lambda hops: bones_in_reach(foot, joints, parents, 0.4, max_hops=hops, diag=2.0)[0].tolist()  # noqa: E731
+    assert reach(None) == [True, True, True, True, True]  # the root as the shin's parent, the rest within 0.8
+    assert reach(2) == [True, True, False, True, True]  # the left thigh is two bones away, the left foot three
+    assert reach(1) == [True, False, False, True, True]
+    # a bone nearer than NEAR_ANY_BRANCH of the reach (0.32 here) stays in reach on any branch
+    assert bones_in_reach(foot, joints, parents, 1.0, max_hops=1, diag=2.0)[0].tolist() == [True] * 5
 
 
 def test_weights_keep_to_bones_in_reach_while_the_error_still_falls():
@@ -419,7 +431,7 @@ def test_weights_keep_to_bones_in_reach_while_the_error_still_falls():
     w0 = np.full(w_gt.shape, 1.0 / w_gt.shape[1])  # every bone everywhere
     free = fit_motion(anchor, frames, w0, parents, joints, faces, FitConfig(refine_iters=6))
     limited = fit_motion(anchor, frames, w0, parents, joints, faces, FitConfig(refine_iters=6, max_bone_distance=0.2))
-    reach = bones_in_reach(anchor, joints, parents, 0.2)
+    reach = bones_in_reach(anchor, joints, parents, 0.2, max_hops=2)
     single = ResidualGram(anchor, np.ascontiguousarray(frames.transpose(1, 0, 2)),
                           limited.transforms).single_bone_errors()
     reach[np.arange(len(anchor)), single.argmin(axis=1)] = True

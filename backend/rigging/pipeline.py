@@ -674,7 +674,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         weights = full_mesh_weights(verts_n, proxy, fit.weights, transforms_n, fit_frames(K, fit_cfg.max_fit_frames),
                                     cfg.max_influences, qp_iters=fit_cfg.qp_iters,
                                     progress=lambda f: track("weights", f), joints=pivots, parents=parents0,
-                                    max_bone_distance=cfg.bone_reach)
+                                    max_bone_distance=fit_cfg.max_bone_distance, max_bone_hops=fit_cfg.max_bone_hops)
         track("weights", 1.0)
 
     # -- per-frame skinning for the instability heatmap (at the proxy's vertices, carried to its cells)

@@ -208,7 +208,8 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
                       frames: np.ndarray, max_influences: int = 4, smoothness: float = 0.01, qp_iters: int = 10,
                       motion_candidates: int = 3, neighbours: int = 3, chunk: int = 8192,
                       progress: Callable[[float], None] | None = None, joints: np.ndarray | None = None,
-                      parents: np.ndarray | None = None, max_bone_distance: float = 0.0) -> np.ndarray:
+                      parents: np.ndarray | None = None, max_bone_distance: float = 0.0,
+                      max_bone_hops: int | None = None) -> np.ndarray:
     """Every vertex's weights against the proxy's bone motion (step 3 of the module docstring).
 
     Args:
@@ -227,8 +228,9 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         chunk: vertices per batch (bounds memory: about ``chunk * (len(frames) * 3 + J * 4) * 8`` bytes for the
             residual Gram, plus the weight solve's own temporaries).
         progress: called with the fraction done after every chunk; it may raise to cancel.
-        joints, parents, max_bone_distance: with ``max_bone_distance > 0``, a vertex's weights use only the bones
-            in its reach (``FitConfig.max_bone_distance``, :func:`~backend.rigging.fit.solve.bones_in_reach`).
+        joints, parents, max_bone_distance, max_bone_hops: with ``max_bone_distance > 0``, a vertex's weights use
+            only the bones in its reach (``FitConfig.max_bone_distance`` and ``max_bone_hops``,
+            :func:`~backend.rigging.fit.solve.bones_in_reach`).
     Returns:
         float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros; co-located vertices
         share identical rows.
@@ -262,7 +264,7 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         blend += 1e-3 * W_p[proxy.cell[ids]]
         reach = None
         if limited:
-            reach = bones_in_reach(a, joints, parents, max_bone_distance, diag)
+            reach = bones_in_reach(a, joints, parents, max_bone_distance, max_bone_hops, diag)
             blend = restrict_to_reach(blend, reach, a, joints, parents)
         warm_idx, warm_val = to_sparse_rows(prune_weights(blend, M), M)
         xv = _frames_chunk(verts, frames, ids)

@@ -75,14 +75,29 @@ def mesh_neighbours(faces: np.ndarray, n_verts: int) -> sp.csr_matrix:
     return sp.diags(1.0 / deg) @ adj
 
 
-NEAREST_IN_REACH = 2  # a vertex's nearest bones are always in its reach (:func:`bones_in_reach`)
+NEAR_ANY_BRANCH = 0.4  # with a hop limit, bones this share of the reach from a vertex stay in reach on any branch
+
+
+def tree_hops(parents: np.ndarray) -> np.ndarray:
+    """``int [J, J]``: the number of joints between two bones along the tree (0 on the diagonal, 1 parent/child,
+    2 siblings or grandparent); bones of different trees are ``J`` apart."""
+    from scipy.sparse.csgraph import shortest_path
+
+    parents = np.asarray(parents).reshape(-1)
+    J = len(parents)
+    child = np.flatnonzero(parents >= 0)
+    graph = sp.csr_matrix((np.ones(len(child)), (child, parents[child])), shape=(J, J))
+    hops = shortest_path(graph, directed=False, unweighted=True)
+    return np.where(np.isfinite(hops), hops, J).astype(np.int64)
 
 
 def bones_in_reach(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, max_distance: float,
-                   diag: float | None = None) -> np.ndarray:
+                   max_hops: int | None = None, diag: float | None = None) -> np.ndarray:
     """``bool [V, J]``: the bones a vertex's weights may use: those within ``max_distance`` times the anchor box
-    diagonal of it (a bone being its segments from its joint to its children's, a leaf its joint), and always
-    its ``NEAREST_IN_REACH`` nearest bones.
+    diagonal of it (a bone being its segments from its joint to its children's, a leaf its joint) and, with
+    ``max_hops``, at most that many bones along the tree from its nearest bone unless within ``NEAR_ANY_BRANCH``
+    of that distance (so a foot beside the other foot keeps off that leg's bones); its nearest bone and that
+    bone's parent and children always.
 
     Args:
         anchor: float ``[V, 3]``; joints: float ``[J, 3]``; parents: int ``[J]``.
@@ -92,10 +107,11 @@ def bones_in_reach(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, 
     d = bone_distances(a, joints, joints, parents)  # [V, J]; a bone's own tail is its joint: leaves are points
     if diag is None:
         diag = float(np.linalg.norm(np.ptp(a, axis=0))) if len(a) else 0.0
+    hops = tree_hops(parents)[np.argmin(d, axis=1)]  # [V, J] from each vertex's nearest bone
     reach = d <= max_distance * diag
-    nearest = np.argpartition(d, min(NEAREST_IN_REACH, d.shape[1]) - 1, axis=1)[:, :NEAREST_IN_REACH]
-    np.put_along_axis(reach, nearest, True, axis=1)
-    return reach
+    if max_hops is not None:
+        reach &= (hops <= max_hops) | (d <= NEAR_ANY_BRANCH * max_distance * diag)
+    return reach | (hops <= 1)
 
 
 def restrict_to_reach(weights: np.ndarray, reach: np.ndarray, anchor: np.ndarray, joints: np.ndarray,
