@@ -403,10 +403,12 @@ def test_bones_in_reach_keep_near_bones_and_the_nearest_ones_tree_neighbours():
     parents = np.array([-1, 0, 1, 2])
     points = np.array([[0.0, 0, 0], [0.2, 0.1, 0], [3.5, 0, 0.0]])
     reach = bones_in_reach(points, joints, parents, 0.1, diag=3.0)  # 0.3 units
-    assert reach[0].tolist() == [True, True, False, False]  # bone 1 (from 1 to 2) as the nearest one's child
+    assert reach[0].tolist() == [True, True, False, False]  # bone 1 (from 1 to 2) as the second nearest
     assert reach[1].tolist() == [True, True, False, False]
-    # beyond the leaf: bone 2 (ending on the leaf's joint) ties with the leaf and is taken: its parent and child too
-    assert reach[2].tolist() == [False, True, True, True]
+    assert reach[2].tolist() == [False, False, True, True]  # beyond the leaf: the leaf and bone 2, which ends on it
+    # with a hop limit the nearest bone's parent and children are always in reach instead of the second nearest
+    hop_reach = bones_in_reach(points, joints, parents, 0.1, max_hops=3, diag=3.0)
+    assert hop_reach[2].tolist() == [False, True, True, True]  # nearest: bone 2 (ties with the leaf, lower index)
     assert bones_in_reach(points, joints, parents, 10.0).all()
     # two legs from a root, the feet 0.36 apart: a point on the right foot keeps off the left leg with a hop limit
     joints = np.array([[0.0, 2, 0], [-0.2, 1, 0], [-0.3, 0, 0], [0.2, 1, 0], [0.05, 0, 0]])
@@ -414,7 +416,7 @@ def test_bones_in_reach_keep_near_bones_and_the_nearest_ones_tree_neighbours():
     assert tree_hops(parents)[2].tolist() == [2, 1, 0, 3, 4]
     foot = np.array([[0.06, 0.0, 0.0]])  # nearest: the right shin (bone 3), which ends on the right foot's joint
     reach = lambda hops: bones_in_reach(foot, joints, parents, 0.4, max_hops=hops, diag=2.0)[0].tolist()  # noqa: E731
-    assert reach(None) == [True, True, True, True, True]  # the root as the shin's parent, the rest within 0.8
+    assert reach(None) == [False, True, True, True, True]  # the root is 1.03 away, outside 0.8
     assert reach(2) == [True, True, False, True, True]  # the left thigh is two bones away, the left foot three
     assert reach(1) == [True, False, False, True, True]
     # a bone nearer than NEAR_ANY_BRANCH of the reach (0.32 here) stays in reach on any branch

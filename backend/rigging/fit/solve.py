@@ -96,8 +96,8 @@ def bones_in_reach(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, 
     """``bool [V, J]``: the bones a vertex's weights may use: those within ``max_distance`` times the anchor box
     diagonal of it (a bone being its segments from its joint to its children's, a leaf its joint) and, with
     ``max_hops``, at most that many bones along the tree from its nearest bone unless within ``NEAR_ANY_BRANCH``
-    of that distance (so a foot beside the other foot keeps off that leg's bones); its nearest bone and that
-    bone's parent and children always.
+    of that distance (so a foot beside the other foot keeps off that leg's bones). Always in reach: the two
+    nearest bones (no ``max_hops``), or the nearest bone, its parent and its children (with it).
 
     Args:
         anchor: float ``[V, 3]``; joints: float ``[J, 3]``; parents: int ``[J]``.
@@ -107,11 +107,14 @@ def bones_in_reach(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, 
     d = bone_distances(a, joints, joints, parents)  # [V, J]; a bone's own tail is its joint: leaves are points
     if diag is None:
         diag = float(np.linalg.norm(np.ptp(a, axis=0))) if len(a) else 0.0
-    hops = tree_hops(parents)[np.argmin(d, axis=1)]  # [V, J] from each vertex's nearest bone
     reach = d <= max_distance * diag
-    if max_hops is not None:
-        reach &= (hops <= max_hops) | (d <= NEAR_ANY_BRANCH * max_distance * diag)
-    return reach | (hops <= 1)
+    if max_hops is None:  # the two nearest bones always
+        nearest = np.argpartition(d, min(2, d.shape[1]) - 1, axis=1)[:, :2]
+        np.put_along_axis(reach, nearest, True, axis=1)
+        return reach
+    hops = tree_hops(parents)[np.argmin(d, axis=1)]  # [V, J] from each vertex's nearest bone
+    reach &= (hops <= max_hops) | (d <= NEAR_ANY_BRANCH * max_distance * diag)
+    return reach | (hops <= 1)  # the nearest bone, its parent and its children always
 
 
 def restrict_to_reach(weights: np.ndarray, reach: np.ndarray, anchor: np.ndarray, joints: np.ndarray,
