@@ -64,6 +64,7 @@ class SPRIG_PT_main(bpy.types.Panel):
             col.prop(settings, "bone_count")
         col.prop(settings, "max_influences")
         col.prop(settings, "refine_motion")
+        col.prop(settings, "bone_reach")
         col.prop(settings, "heatmap_data")
         col.prop(settings, "device")
         col = layout.column(align=True)

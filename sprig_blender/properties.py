@@ -48,6 +48,11 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
     refine_motion: bpy.props.BoolProperty(
         name="Refine Motion", default=True,
         description="Alternate transform and weight refinement to lower the reconstruction error")
+    bone_reach: bpy.props.FloatProperty(
+        name="Bone Reach", default=0.25, min=0.0, max=10.0, soft_max=1.0, precision=2,
+        description="A vertex's weights use only bones within this share of the model's size of it (plus its two "
+                    "nearest and the one that moves most like it), so posing a bone moves no skin far from it; "
+                    "0: any bone (a slightly lower error, but turning the head can move the tail)")
     device: bpy.props.EnumProperty(name="Device", items=_device_items, default=0,
                                    description="Where the backend runs the models (CUDA is listed when the last "
                                                "Check Backend found a GPU, or before any check)")
@@ -73,12 +78,14 @@ class SPRIG_SceneSettings(bpy.types.PropertyGroup):
         """Options sent to the backend (fields of ``backend.rigging.pipeline.RigConfig``); Blender's world is Z up.
         The heatmap stage runs when :attr:`heatmap_data` is on or ``heatmap_wanted`` (the heatmap is shown)."""
         return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
+                "bone_reach": float(self.bone_reach),
                 "device": self.device or "auto", "up_axis": "z", "heatmap": bool(self.heatmap_data or heatmap_wanted),
                 "detail": str(int(self.bone_count)) if self.detail == "count" else self.detail}
 
     def refit_options(self) -> dict:
         """Options of a refit (no networks: no device, detail or heatmap)."""
-        return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion), "up_axis": "z"}
+        return {"max_influences": int(self.max_influences), "refine": bool(self.refine_motion),
+                "bone_reach": float(self.bone_reach), "up_axis": "z"}
 
 
 def _heatmap_toggle(self, context):

@@ -710,5 +710,9 @@ def test_menu_entry_cancel_and_plain_result_words(scene):
     assert "predicted weights" in operators.plain_note("Weight steadiness")
     assert ("Net skin instability", "0.3") in operators.stats_summary({**stats, "config": {"heatmap": True}})
     assert "Net skin instability" not in dict(operators.stats_summary(stats))  # heatmap off: not measured
+    from backend.rigging.pipeline import RigConfig
+
+    settings = bpy.context.scene.sprig  # the panel's Bone Reach starts at the backend's default, for rig and refit
+    assert settings.rig_options()["bone_reach"] == settings.refit_options()["bone_reach"] == RigConfig().bone_reach
     stats["bones_without_skin"] = ["head", "toe.L"]  # named after the bone count
     assert operators.plain_summary(stats)[:2] == [("Bones", "9", ""), ("Bones leading no vertex", "2: head, toe.L", "")]
