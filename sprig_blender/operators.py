@@ -413,11 +413,11 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
         settings.rig_object = built.mesh_object
         if context.window_manager.sprig_heatmap.enabled:
             heatmap.enable(context)
+        stats = json.loads(built.mesh_object["sprig_stats"])
         numbers = ", ".join(f"{label} {value}" + (f" ({verdict})" if verdict else "") for label, value, verdict
-                            in plain_summary(json.loads(built.mesh_object["sprig_stats"])))
+                            in plain_summary(stats))
         warned = f"; {len(self._warnings)} warning(s): {' '.join(self._warnings)}" if self._warnings else ""
-        far = bool(json.loads(built.mesh_object["sprig_stats"]).get("bones_far_from_skin"))
-        self.report({"WARNING" if self._warnings or far else "INFO"},
+        self.report({"WARNING" if self._warnings or stats.get("bones_far_from_skin") else "INFO"},
                     f"SPRig: rigged '{source.name}' -> '{built.armature_object.name}' ({numbers}){warned}")
         return {"FINISHED"}
 

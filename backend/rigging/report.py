@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from backend.rigging.fit import skin_anchor
+from backend.rigging.pipeline import BONE_FAR_FROM_SKIN
 from backend.rigging.result import RigResult
 
 log = logging.getLogger(__name__)
@@ -324,8 +325,8 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
     ]
     for label, key in (("bones leading no vertex (posing one moves skin only through small weights)",
                         "bones_without_skin"),
-                       ("bones far from the mesh (over 15% of the box diagonal from every vertex)",
-                        "bones_far_from_skin")):
+                       (f"bones far from the mesh (over {100 * BONE_FAR_FROM_SKIN:.0f}% of the box diagonal from "
+                        "every vertex)", "bones_far_from_skin")):
         if st.get(key):
             rows.append((label, f"{len(st[key])}: " + html.escape(", ".join(str(n) for n in st[key]))))
     if st.get("far_led_share") is not None:

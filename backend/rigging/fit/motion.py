@@ -370,9 +370,9 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
         return _fit_on_keyframes(a, x, w_in, parents, joints, faces, cfg, tick, start)
     reach = None
     if cfg.max_bone_distance > 0 and joints is not None and J > 1:
-        reach = bones_in_reach(a, np.asarray(joints, dtype=np.float64), parents, cfg.max_bone_distance,
-                               cfg.max_bone_hops)
-        w_in = restrict_to_reach(w_in, reach, a, np.asarray(joints, dtype=np.float64), parents)
+        c = np.asarray(joints, dtype=np.float64)
+        reach = bones_in_reach(a, c, parents, cfg.max_bone_distance, cfg.max_bone_hops)
+        w_in = restrict_to_reach(w_in, reach, a, c, parents)
     w0 = prune_weights(w_in, M).astype(np.float64)
     idx, val = to_sparse_rows(w0, M)
     tick(0.0)

@@ -186,12 +186,9 @@ def motion_candidate_bones(single_errors: np.ndarray, idx: np.ndarray, val: np.n
     n_extra = min(n_extra, J)
     if n_extra > 0:
         best = np.argpartition(single_errors, n_extra - 1, axis=1)[:, :n_extra]
+        np.put_along_axis(allowed, best, True, axis=1)
         if reach is not None:  # fewer than n_extra bones in reach: the rest are not candidates
-            best_ok = np.take_along_axis(reach, best, axis=1)
-            rows = np.repeat(np.arange(V)[:, None], best.shape[1], axis=1)
-            allowed[rows[best_ok], best[best_ok]] = True
-        else:
-            np.put_along_axis(allowed, best, True, axis=1)
+            allowed &= reach
     return _candidates_from_mask(allowed)
 
 
