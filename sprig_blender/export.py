@@ -142,6 +142,14 @@ def _topology_hint(obj: bpy.types.Object) -> str:
             "change them: apply or disable them, or pick frames where they are finished")
 
 
+def object_left_axis(obj: bpy.types.Object) -> list[float]:
+    """The object's own X axis in world space (unit length), sent as the backend's ``left_axis``: by Blender's
+    convention a character is modelled facing -Y with its left at +X, so a turned object keeps its skeleton and
+    its ``.L`` / ``.R`` names (they follow the object, not the world)."""
+    axis = obj.matrix_world.to_3x3().col[0]
+    return [float(a) for a in axis.normalized()] if axis.length > 1e-12 else [1.0, 0.0, 0.0]
+
+
 def check_exportable(obj: bpy.types.Object | None) -> None:
     """Raise ExportError unless ``obj`` is an object whose evaluated form is a mesh."""
     if obj is None:

@@ -468,6 +468,31 @@ def test_end_to_end_realdata_sequence(scene, checkpoints):
 
 
 @needs_rigger
+def test_a_turned_object_keeps_its_bones_and_names(scene, checkpoints):
+    """The same clip rigged with its object turned 180 degrees about Z: the add-on sends the object's X axis as
+    the character's left, so the bones and names are those of the unturned object (before, a new user found
+    every .L bone on the character's right and, on the Fox, 27 bones named leg1_* / bone1_* instead of 24)."""
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    verts, faces, _ = realdata_sequence("khronos_fox_run", 6)
+    source = shape_key_object("fox", verts, faces)
+    assert run_operator() == ""
+    first = bpy.data.objects["fox_rig"]
+    names = [b.name for b in first.data.bones]
+    heads = np.array([first.matrix_world @ b.head_local for b in first.data.bones])
+    source.rotation_euler = (0.0, 0.0, np.pi)
+    bpy.context.view_layer.update()
+    assert run_operator() == ""
+    rigged, armature = bpy.data.objects["fox_rigged"], bpy.data.objects["fox_rig"]
+    stats = json.loads(rigged["sprig_stats"])
+    np.testing.assert_allclose(stats["config"]["left_axis"], [-1.0, 0.0, 0.0], atol=1e-6)
+    assert [b.name for b in armature.data.bones] == names
+    turned = np.array([armature.matrix_world @ b.head_local for b in armature.data.bones])
+    size = float(np.ptp(verts[0], axis=0).max())
+    np.testing.assert_allclose(turned * [-1.0, -1.0, 1.0], heads, atol=0.02 * size)  # the same bones, turned
+    check_playback(source, rigged, stats, list(range(1, 7)))
+
+
+@needs_rigger
 def test_shape_keys_keyed_between_frames_are_read_at_their_keys(scene, checkpoints):
     """A clip imported at another frame rate than its own has its shape-key keys between frames: Rig Sequence
     reads the poses at the keys (not blends of two), and the rig plays them back there."""

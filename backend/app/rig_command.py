@@ -120,6 +120,26 @@ def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
                       per_frame=_per_input(args.per_frame, out_glb, ".npz") if args.per_frame is not None else None)
 
 
+FACING_AXES = {"+x": (1.0, 0.0, 0.0), "-x": (-1.0, 0.0, 0.0), "+y": (0.0, 1.0, 0.0), "-y": (0.0, -1.0, 0.0),
+               "+z": (0.0, 0.0, 1.0), "-z": (0.0, 0.0, -1.0)}
+
+
+def left_axis(facing: str | None, up: str) -> tuple[float, float, float] | None:
+    """The character's left side (``RigConfig.left_axis``) for a ``--facing`` axis and an ``--up`` axis: up x
+    facing (Y up facing +Z: +X). None for the default facing (+z with Y up, -y with Z up), whose left is +X.
+
+    Raises:
+        CommandError: a facing along the up axis.
+    """
+    if facing is None:
+        return None
+    up_vector = np.array(FACING_AXES["+" + up])
+    left = np.cross(up_vector, np.array(FACING_AXES[facing]))
+    if not left.any():
+        raise CommandError(f"--facing {facing} is along the up axis (--up {up}): give a horizontal direction")
+    return tuple(float(a) for a in left)
+
+
 RIG_DEFAULT_BONE_REACH = 0.25  # RigConfig.bone_reach's default (the pipeline is imported only once a file loads)
 STILL_TOLERANCE = 1e-5  # a clip whose vertices all move less than this share of the anchor diagonal is still
 
@@ -169,7 +189,8 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
-                       per_frame_predictions=args.per_frame is not None, up_axis=args.up, proxy=args.proxy,
+                       per_frame_predictions=args.per_frame is not None, up_axis=args.up,
+                       left_axis=left_axis(args.facing, args.up), proxy=args.proxy,
                        cpu_threads=args.threads, bone_reach=args.bone_reach)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
@@ -225,6 +246,7 @@ def run_rig(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     if args.max_influences < 1:
         raise CommandError("--max-influences must be at least 1")
+    left_axis(args.facing, args.up)  # a facing along the up axis is refused before any file is read
     if not args.input.exists():
         raise CommandError(f"input not found: {args.input}")
     inputs = find_sequences(args.input) if args.input.is_dir() else [args.input]
@@ -320,6 +342,9 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--max-influences", type=int, default=4)
     p.add_argument("--up", choices=["y", "z"], default="y",
                    help="the input's up axis: y (glTF, default) or z (e.g. OBJ/PLY exported from Blender Z-up)")
+    p.add_argument("--facing", choices=sorted(FACING_AXES), default=None,
+                   help="the way the character faces in the file: names its .L/.R sides and turns the skeleton "
+                        "build to it (default: +z with --up y, as glTF; -y with --up z, as Blender's front view)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="alternate transform and weight refinement (default on)")
     p.add_argument("--skeleton", choices=["motion", "network"], default="motion",

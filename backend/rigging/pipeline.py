@@ -111,6 +111,12 @@ class RigConfig:
         batch_frames: frames per skeleton-generator batch.
         up_axis: ``y`` (glTF, most files) or ``z`` (Blender's world space): the models work Y-up, so
             Z-up input is rotated on the way in and the results rotated back.
+        left_axis: the character's left side as a direction ``[x, y, z]`` in the input's axes (None: +X, the
+            convention of glTF and of Blender's own front view, where a character faces +Z / -Y). The skeleton
+            from motion is built turned so that this side lies along +X
+            (:func:`~backend.rigging.skeleton_from_motion.skeleton_from_motion`): a character turned to face
+            another way gets the same skeleton and names, with ``.L`` on its left. The Blender add-on sends the
+            object's own X axis.
         proxy: rig through a proxy of the mesh (:mod:`backend.rigging.proxy`): ``auto`` (above
             ``proxy_threshold`` vertices), ``on`` or ``off``. The skeleton, the bone motion and the weights are
             solved on about ``proxy_vertices`` well-spread vertices, then every vertex gets its own weights
@@ -153,6 +159,7 @@ class RigConfig:
     batch_frames: int = 8
     per_frame_predictions: bool = False
     up_axis: str = "y"
+    left_axis: tuple[float, float, float] | None = None
     proxy: str = "auto"
     proxy_threshold: int = 8000
     proxy_vertices: int = 4000
@@ -215,6 +222,12 @@ class RigConfig:
             raise ValueError(f"proxy must be 'auto', 'on' or 'off', got {self.proxy!r}")
         if self.up_axis not in UP_AXES:
             raise ValueError(f"up_axis must be one of {UP_AXES}, got {self.up_axis!r}")
+        if self.left_axis is not None:
+            axis = self.left_axis
+            if (not isinstance(axis, (list, tuple)) or len(axis) != 3
+                    or not all(isinstance(a, (int, float)) and not isinstance(a, bool) and np.isfinite(a) for a in axis)
+                    or not any(axis)):
+                raise ValueError(f"left_axis must be three finite numbers, not all zero, got {axis!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -610,10 +623,13 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         raise RuntimeError(f"the skeleton generator returned an invalid anchor skeleton: {exc}") from exc
     names0, tails_n, skeleton_source, motion_stats = None, None, "network", None
     if from_motion:
+        left = None if cfg.left_axis is None else np.asarray(cfg.left_axis, dtype=np.float64)
+        if left is not None and box.rotation is not None:
+            left = box.rotation @ left
         found = skeleton_from_motion(fit_verts, fit_faces, joints0, parents0,
                                      MotionSkeletonConfig(detail=cfg.motion_detail()),
                                      progress=lambda f: track("skeleton", decoding_share + (1.0 - decoding_share) * f),
-                                     surface_points=None if proxy is None else anchor)
+                                     surface_points=None if proxy is None else anchor, left_axis=left)
         log.info("%s: skeleton from motion: %d joints (the generator's has %d)", seq.name, len(found.parents),
                  len(parents0))
         joints0 = np.asarray(found.joints, dtype=np.float64)  # not rounded: the fit is sensitive to its start

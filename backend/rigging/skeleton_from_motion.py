@@ -1329,11 +1329,30 @@ def _parents_first(joints: np.ndarray, parents: np.ndarray,
     return joints, parents, inverse[bone_of_vertex]
 
 
+def heading_turn(left_axis: np.ndarray | None) -> np.ndarray | None:
+    """The rotation ``[3, 3]`` about +Y that turns the horizontal part of ``left_axis [3]`` (Y-up space) to +X,
+    or None when there is nothing to turn (no axis, an axis already along +X, or one within 30 degrees of
+    vertical, which has no heading)."""
+    if left_axis is None:
+        return None
+    axis = np.asarray(left_axis, dtype=np.float64).reshape(3)
+    norm = float(np.linalg.norm(axis))
+    horizontal = float(np.hypot(axis[0], axis[2]))
+    if not np.isfinite(norm) or norm <= 0 or horizontal < 0.5 * norm:
+        return None
+    angle = float(np.arctan2(axis[2], axis[0]))
+    if abs(angle) < 1e-9:
+        return None
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
 def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.ndarray | None = None,
                          prior_parents: np.ndarray | None = None,
                          config: MotionSkeletonConfig | None = None,
                          progress: Callable[[float], None] | None = None,
-                         surface_points: np.ndarray | None = None) -> RigSkeleton:
+                         surface_points: np.ndarray | None = None,
+                         left_axis: np.ndarray | None = None) -> RigSkeleton:
     """A skeleton for an animated mesh from its motion and shape.
 
     Args:
@@ -1349,11 +1368,37 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         surface_points: float ``[N, 3]`` the anchor's full-resolution vertices (same space) when ``verts`` is a
             proxy of a larger mesh: the mirror plane is searched on them (a proxy's cells are not a symmetric
             sampling, and on CesiumMan's 4000-vertex proxy the search found a plane 28 degrees off).
+        left_axis: float ``[3]`` the character's left side (same space; None: +X, glTF's convention for a
+            character facing +Z). The skeleton is built with the mesh turned about +Y so that this axis lies
+            along +X (and normalized again by its box there), then turned back: the skeleton and its names then do not depend on which way the character
+            faces in the world, and ``.L`` bones are on this side (when the mirror plane is not across it).
     Returns:
         :class:`RigSkeleton`.
     Raises:
         ValueError: bad shapes, non-finite values, faces out of range, bad config.
     """
+    turn = heading_turn(left_axis)
+    if turn is not None:  # build facing the canonical way (and boxed again there), then turn the skeleton back
+        x = np.asarray(verts)
+        anchor_turned = np.asarray(x[0], dtype=np.float64) @ turn.T
+        lo, hi = anchor_turned.min(axis=0), anchor_turned.max(axis=0)
+        centre, size = (lo + hi) / 2.0, float((hi - lo).max())
+
+        def turned(points: np.ndarray | None) -> np.ndarray | None:
+            return None if points is None else (np.asarray(points, dtype=np.float64) @ turn.T - centre) / size
+
+        found = skeleton_from_motion(turned(x).astype(x.dtype), faces, turned(prior_joints), prior_parents, config,
+                                     progress, turned(surface_points))
+        stats = dict(found.stats)
+        plane = stats.get("mirror_plane")
+        if plane is not None:
+            normal = np.asarray(plane["normal"], dtype=np.float64)
+            stats["mirror_plane"] = dict(plane, normal=(normal @ turn).tolist(),
+                                         offset=float(plane["offset"] * size + centre @ normal))
+        stats["heading_turn_deg"] = float(np.degrees(np.arctan2(turn[0, 2], turn[0, 0])))
+        return RigSkeleton(joints=(found.joints * size + centre) @ turn, parents=found.parents,
+                           tails=(np.asarray(found.tails) * size + centre) @ turn, names=found.names,
+                           init_weights=found.init_weights, stats=stats)
     t0 = time.perf_counter()
     report = progress if progress is not None else (lambda fraction: None)
     cfg = config or MotionSkeletonConfig()
