@@ -135,11 +135,20 @@ def topology_modifiers(obj: bpy.types.Object) -> list[str]:
 
 
 def _topology_hint(obj: bpy.types.Object) -> str:
+    """What to do about a topology change: generative modifiers can be applied, disabled or waited out; a mesh
+    cache (Alembic) reads its topology from its file, which must then be written again."""
     names = topology_modifiers(obj)
-    if not names:
-        return "rigging needs the same vertices and faces on every frame"
-    return (f"rigging needs the same vertices and faces on every frame; the modifier(s) {', '.join(names)} can "
-            "change them: apply or disable them, or pick frames where they are finished")
+    caches = [n for n in names if n.endswith("(Mesh Sequence Cache)")]
+    others = [n for n in names if n not in caches]
+    hint = "rigging needs the same vertices and faces on every frame"
+    if others:
+        hint += (f"; the modifier(s) {', '.join(others)} can change them: apply or disable them, or pick frames "
+                 "where they are finished")
+    if caches:
+        hint += (f"; the cache {', '.join(caches)} reads them from its file, whose frames differ: export the "
+                 "animation again with one vertex count for the whole clip (modifiers that change the topology, "
+                 "such as a remesh, applied before the animation or left out)")
+    return hint
 
 
 def object_left_axis(obj: bpy.types.Object) -> list[float]:

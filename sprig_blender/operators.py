@@ -135,6 +135,14 @@ def rig_target(context) -> bpy.types.Object:
     return target
 
 
+def other_selected_meshes(context, target: bpy.types.Object) -> list[str]:
+    """``'name'`` of the selected meshes besides the active one and the rig target (a rig of the target, its
+    rigged mesh or armature, does not count): Rig Sequence rigs one object and leaves these alone."""
+    active = context.active_object
+    return [f"'{o.name}'" for o in context.selected_objects
+            if o.type == "MESH" and o not in (active, target) and builder.source_of(o) is not target]
+
+
 class _BackendJobOperator:
     """What Rig Sequence and Refit share: a backend job in a worker thread, polled by a timer (modal) or waited
     on (``execute``); Esc or the panel's Cancel stops it. Subclasses define ``_start`` (start ``self._job``,
@@ -363,6 +371,10 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
         except export.ExportError as exc:
             self.report({"ERROR"}, f"SPRig: {exc}")
             return None
+        others = other_selected_meshes(context, obj)
+        if others:
+            self.report({"WARNING"}, f"SPRig: rigging only the active object '{obj.name}' (one object per run); "
+                                     f"also selected and left as they are: {', '.join(others)}")
         return obj, frames
 
     def _begin(self, context, obj: bpy.types.Object, exported: export.ExportedFrames) -> bool:

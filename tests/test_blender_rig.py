@@ -304,6 +304,21 @@ def run_operator() -> str:
     return "" if result == {"FINISHED"} else f"returned {result}"
 
 
+def test_other_selected_meshes_are_named_as_left_alone(scene):
+    """Rig Sequence rigs the active object; a second selected mesh is named in a warning (a new user found it
+    left unrigged without a word). A rig made from the target, or a non-mesh, is not counted."""
+    from sprig_blender.operators import other_selected_meshes
+
+    first = armature_tube("first", n_frames=3)
+    second = armature_tube("second", n_frames=3)
+    bpy.context.view_layer.objects.active = first
+    first.select_set(True)
+    second.select_set(True)
+    assert other_selected_meshes(bpy.context, first) == ["'second'"]
+    second["sprig_source"] = "first"  # as a rigged copy of 'first' carries it
+    assert other_selected_meshes(bpy.context, first) == []
+
+
 def test_operator_errors_leave_the_scene_unchanged(scene):
     set_backend("SUBPROCESS")
     obj = armature_tube(n_frames=6)

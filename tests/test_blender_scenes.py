@@ -285,6 +285,20 @@ def test_build_modifier_is_named_as_a_topology_change(scene):
         export.export_frames(bpy.context, obj, [1, 2, 3])
 
 
+def test_a_mesh_cache_is_told_to_be_exported_again(scene):
+    """An Alembic whose frames change their vertex count cannot be fixed by disabling its cache modifier: the
+    hint says to write the file again (a new user was told to apply or disable it)."""
+    from sprig_blender import export
+
+    obj = armature_tube(n_frames=4)
+    obj.modifiers.new("Cache", "MESH_SEQUENCE_CACHE")
+    obj.modifiers.new("Grow", "BUILD")
+    hint = export._topology_hint(obj)
+    assert "'Grow' (Build) can change them: apply or disable them" in hint
+    assert "'Cache' (Mesh Sequence Cache) reads them from its file" in hint and "export the animation again" in hint
+    assert "'Cache' (Mesh Sequence Cache) can change" not in hint
+
+
 def test_motion_screening(scene):
     """A still mesh is refused; object-level motion only and a range past the animation are warned about."""
     from sprig_blender import export
