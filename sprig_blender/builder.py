@@ -166,6 +166,8 @@ def _build(context, source, result, frames, stats, created: _Created) -> Generat
     modifier = mesh_obj.modifiers.new("SPRig Armature", "ARMATURE")
     modifier.object = arm_obj
     modifier.use_vertex_groups = True
+    for original in export.surface_modifiers(source):  # the source's subdivision, again on top of the rig
+        _copy_modifier(original, mesh_obj)
 
     context = (yield "animation") or context
     rest = np.array([np.array(arm_data.bones[name].matrix_local, dtype=np.float64) for name in bone_names])
@@ -394,17 +396,32 @@ def source_of(obj: bpy.types.Object | None) -> bpy.types.Object | None:
     return bpy.data.objects.get(name) if isinstance(name, str) else None
 
 
+def _copy_modifier(original: bpy.types.Modifier, target: bpy.types.Object) -> bpy.types.Modifier:
+    """A modifier on ``target`` with ``original``'s type, name and settings (every writable property)."""
+    copy = target.modifiers.new(original.name, original.type)
+    for prop in original.bl_rna.properties:
+        if prop.is_readonly or prop.identifier in ("name", "type") or prop.type in ("POINTER", "COLLECTION"):
+            continue
+        try:
+            setattr(copy, prop.identifier, getattr(original, prop.identifier))
+        except (AttributeError, TypeError, ValueError):  # a setting this Blender does not let a script set
+            log.debug("modifier %s: %s not copied", original.name, prop.identifier)
+    return copy
+
+
 def _rigged_mesh(context, source, anchor_frame: float, anchor: np.ndarray, created: _Created) -> bpy.types.Object:
-    """A mesh object ``<name>_rigged`` holding the evaluated source at the anchor frame, in world space."""
+    """A mesh object ``<name>_rigged`` holding the evaluated source at the anchor frame, in world space (under
+    its :func:`export.surface_modifiers`, which the rigged copy gets on top of its rig)."""
     scene = context.scene
     original_frame, original_subframe = scene.frame_current, scene.frame_subframe
     try:
         export.set_scene_frame(scene, anchor_frame)
-        depsgraph = context.evaluated_depsgraph_get()
-        evaluated = source.evaluated_get(depsgraph)
-        mesh = bpy.data.meshes.new_from_object(evaluated, preserve_all_data_layers=True, depsgraph=depsgraph)
-        created.meshes.append(mesh)
-        mesh.transform(evaluated.matrix_world)
+        with export.cage_of(source):  # the frames were read under a Subdivision Surface on top: so is the copy
+            depsgraph = context.evaluated_depsgraph_get()
+            evaluated = source.evaluated_get(depsgraph)
+            mesh = bpy.data.meshes.new_from_object(evaluated, preserve_all_data_layers=True, depsgraph=depsgraph)
+            created.meshes.append(mesh)
+            mesh.transform(evaluated.matrix_world)
     finally:
         scene.frame_set(original_frame, subframe=original_subframe)
     mesh.name = f"{source.name}_rigged"

@@ -457,6 +457,33 @@ def test_end_to_end_generated_armature_mesh(scene, checkpoints):
 
 
 @needs_rigger
+def test_a_subdivision_surface_on_top_stays_on_top(scene, checkpoints):
+    """A mesh animated under a Subdivision Surface modifier: the cage is rigged (not the subdivided mesh, which
+    a new user found baked into the copy, levels lost, 54 bones instead of 24 and 7x the time), the rigged
+    copy gets the same subdivision on top of its Armature modifier, and the source keeps its modifier on."""
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    source = armature_tube(n_frames=6)
+    subdivision = source.modifiers.new("Smooth", "SUBSURF")
+    subdivision.levels, subdivision.render_levels = 1, 2
+    cage = len(source.data.vertices)
+    subdivided = evaluated_world_verts(source)
+    assert len(subdivided) > cage
+    assert run_operator() == ""
+    rigged = bpy.data.objects["tube_rigged"]
+    assert len(rigged.data.vertices) == cage
+    assert [(m.type, m.name) for m in rigged.modifiers] == [("ARMATURE", "SPRig Armature"), ("SUBSURF", "Smooth")]
+    assert (rigged.modifiers["Smooth"].levels, rigged.modifiers["Smooth"].render_levels) == (1, 2)
+    assert subdivision.show_viewport and [m.type for m in source.modifiers] == ["ARMATURE", "SUBSURF"]
+    stats = json.loads(rigged["sprig_stats"])
+    size = float(np.ptp(subdivided, axis=0).max())
+    for frame in (1, 4, 6):  # the subdivided playback follows the subdivided original
+        bpy.context.scene.frame_set(frame)
+        played, original = evaluated_world_verts(rigged), evaluated_world_verts(source)
+        assert played.shape == original.shape
+        assert np.linalg.norm(played - original, axis=1).mean() < 4 * stats["recon_mean"] * size + 1e-6
+
+
+@needs_rigger
 def test_end_to_end_realdata_sequence(scene, checkpoints):
     set_backend("SUBPROCESS", checkpoints=checkpoints)
     verts, faces, raw = realdata_sequence("khronos_fox_run", 6)
