@@ -1370,8 +1370,9 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
             sampling, and on CesiumMan's 4000-vertex proxy the search found a plane 28 degrees off).
         left_axis: float ``[3]`` the character's left side (same space; None: +X, glTF's convention for a
             character facing +Z). The skeleton is built with the mesh turned about +Y so that this axis lies
-            along +X (and normalized again by its box there), then turned back: the skeleton and its names then do not depend on which way the character
-            faces in the world, and ``.L`` bones are on this side (when the mirror plane is not across it).
+            along +X (and normalized again by its box there), then turned back: the skeleton and its names then
+            do not depend on which way the character faces in the world, and ``.L`` bones are on this side
+            (when the mirror plane is not across it).
     Returns:
         :class:`RigSkeleton`.
     Raises:
