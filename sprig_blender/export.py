@@ -39,7 +39,7 @@ class ExportedFrames:
     local_change: float = 0.0
 
 
-# Modifiers kept on top of the rig when they end the stack (:func:`surface_modifiers`)
+# Modifiers kept after the rig's Armature modifier when they end the stack (:func:`surface_modifiers`)
 SURFACE_MODIFIERS = {"SUBSURF"}
 
 # Modifiers that can change the number of vertices or faces from frame to frame
@@ -156,8 +156,8 @@ def _topology_hint(obj: bpy.types.Object) -> str:
 
 
 def surface_modifiers(obj: bpy.types.Object) -> list:
-    """The viewport-enabled modifiers of :data:`SURFACE_MODIFIERS` types at the top of ``obj``'s stack (after every
-    other enabled modifier). What gets rigged is the cage under them, and the rigged copy gets them again on top
+    """The viewport-enabled modifiers of :data:`SURFACE_MODIFIERS` types that end ``obj``'s stack (after every
+    other enabled modifier: the bottom of Blender's modifier panel). What gets rigged is the cage under them, and the rigged copy gets them again on top
     of its Armature modifier: an artist's subdivision levels stay adjustable, and the rig is made on the few
     thousand cage vertices rather than on the subdivided mesh (a new user's Fox: 290 vertices, not 1,730)."""
     found = []
@@ -168,6 +168,20 @@ def surface_modifiers(obj: bpy.types.Object) -> list:
             break
         found.append(modifier)
     return found[::-1]
+
+
+def buried_subdivision(obj: bpy.types.Object) -> str | None:
+    """A note when a Subdivision Surface is followed by another enabled modifier (so it is not among the
+    :func:`surface_modifiers` and the subdivided mesh is what gets rigged), else None."""
+    enabled = [m for m in obj.modifiers if m.show_viewport]
+    kept = set(surface_modifiers(obj))
+    for i, modifier in enumerate(enabled):
+        if modifier.type in SURFACE_MODIFIERS and modifier not in kept:
+            after = enabled[i + 1]
+            return (f"the Subdivision Surface '{modifier.name}' comes before '{after.name}' in the modifier stack, so "
+                    f"the subdivided mesh is rigged and the copy keeps its viewport level only; move it to the "
+                    "bottom of the stack to rig the cage under it and keep it on the rigged copy")
+    return None
 
 
 @contextmanager

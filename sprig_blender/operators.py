@@ -127,8 +127,13 @@ def rig_target(context) -> bpy.types.Object:
     """
     obj = context.active_object
     if obj is None or not obj.select_get():
-        raise export.ExportError("no animated mesh selected: click the mesh to rig in the viewport or outliner"
-                                 + ("" if obj is None else f" ('{obj.name}' is active but not selected)"))
+        selected = len(context.selected_objects)
+        if obj is not None:
+            reason = f"the active object '{obj.name}' is not selected"
+        else:
+            reason = f"no active object ({selected} selected)" if selected else "no animated mesh selected"
+        raise export.ExportError(f"{reason}: Rig Sequence rigs the active object; click the mesh to rig in the "
+                                 "viewport or outliner")
     source = builder.source_of(obj)
     target = source if source is not None else obj
     export.check_exportable(target)
@@ -373,8 +378,12 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
             return None
         others = other_selected_meshes(context, obj)
         if others:
-            self.report({"WARNING"}, f"SPRig: rigging only the active object '{obj.name}' (one object per run); "
-                                     f"also selected and left as they are: {', '.join(others)}")
+            which = "the active object" if obj is context.active_object else "the original of the active rig"
+            self.report({"WARNING"}, f"SPRig: rigging only '{obj.name}', {which} (one object per run); also "
+                                     f"selected and left as they are: {', '.join(others)}")
+        buried = export.buried_subdivision(obj)
+        if buried:
+            self.report({"WARNING"}, f"SPRig: {buried}")
         return obj, frames
 
     def _begin(self, context, obj: bpy.types.Object, exported: export.ExportedFrames) -> bool:

@@ -319,6 +319,19 @@ def test_other_selected_meshes_are_named_as_left_alone(scene):
     assert other_selected_meshes(bpy.context, first) == []
 
 
+def test_a_subdivision_followed_by_another_modifier_is_named(scene):
+    from sprig_blender import export
+
+    obj = armature_tube(n_frames=3)
+    assert export.buried_subdivision(obj) is None
+    smooth = obj.modifiers.new("Smooth", "SUBSURF")
+    assert export.buried_subdivision(obj) is None and export.surface_modifiers(obj) == [smooth]
+    obj.modifiers.new("Bumps", "DISPLACE")
+    note = export.buried_subdivision(obj)
+    assert "'Smooth' comes before 'Bumps'" in note and "the subdivided mesh is rigged" in note
+    assert export.surface_modifiers(obj) == []
+
+
 def test_operator_errors_leave_the_scene_unchanged(scene):
     set_backend("SUBPROCESS")
     obj = armature_tube(n_frames=6)
@@ -334,11 +347,14 @@ def test_operator_errors_leave_the_scene_unchanged(scene):
         assert data_counts() == before
 
     bpy.context.view_layer.objects.active = None
-    attempt("no animated mesh selected")
+    attempt("no active object (1 selected): Rig Sequence rigs the active object")
     obj.select_set(False)
+    for other in bpy.context.selected_objects:
+        other.select_set(False)
+    attempt("no animated mesh selected: Rig Sequence rigs the active object; click the mesh to rig")
     bpy.context.view_layer.objects.active = obj
-    attempt("no animated mesh selected: click the mesh to rig in the viewport or outliner ('tube' is active but "
-            "not selected)")
+    attempt("the active object 'tube' is not selected: Rig Sequence rigs the active object; click the mesh to rig "
+            "in the viewport or outliner")
     bpy.context.view_layer.objects.active = camera
     camera.select_set(True)
     attempt("'camera' is not a mesh")
