@@ -45,7 +45,7 @@ from backend.rigging.fit.articulated import subtrees
 from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_rigid_fits
 from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
-from backend.rigging.fit.starts import split_motion_clusters
+from backend.rigging.fit.starts import split_motion_clusters, stable_argmin
 from backend.rigging.naming import GROUND_SHARE, mirror_plane, name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.rigging.symmetry import equalize_mirrored_chains, share_twin_parents, uncross_limbs
@@ -688,7 +688,7 @@ def _motion_clusters(anchor: np.ndarray, frames_vm: np.ndarray, n_clusters: int,
     labels = split_motion_clusters(anchor[sub], frames_vm[sub], n_clusters)
     m = int(labels.max()) + 1
     transforms = weighted_rigid_fits(anchor[sub], None, one_hot(labels, m), frames_vm[sub])[0]
-    return ResidualGram(anchor, frames_vm, transforms).single_bone_errors().argmin(axis=1)
+    return stable_argmin(ResidualGram(anchor, frames_vm, transforms).single_bone_errors())
 
 
 def _renumber(alive: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
