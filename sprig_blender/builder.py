@@ -85,15 +85,16 @@ def validate_result(result, n_verts: int, n_frames: int) -> None:
 
 
 def build_rig(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[float],
-              stats: dict | None = None) -> BuiltRig:
+              stats: dict | None = None, parent_matrices: np.ndarray | None = None) -> BuiltRig:
     """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``:
     :func:`build_rig_steps` run to the end. Raises ``BuildError`` (the result does not fit; nothing is left
     behind)."""
-    return convert.run_to_end(build_rig_steps(context, source, result, frames, stats), context)
+    return convert.run_to_end(build_rig_steps(context, source, result, frames, stats, parent_matrices), context)
 
 
 def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result, frames: list[float],
-                    stats: dict | None = None) -> Generator[str, bpy.types.Context, BuiltRig]:
+                    stats: dict | None = None,
+                    parent_matrices: np.ndarray | None = None) -> Generator[str, bpy.types.Context, BuiltRig]:
     """Create the rigged copy of ``source`` from ``result`` (a ``RigResult``) keyed at scene ``frames``, one
     step at a time: yields what it does next (a few words, for the status bar; no step takes a second on a
     200k-vertex mesh) and returns the :class:`BuiltRig`. Advance it with ``send(context)``, the context of
@@ -106,6 +107,9 @@ def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result
             ``joint_names``, ``weights [V, J]``, ``bone_transforms [K, J, 4, 4]``, ``recon_error [K, V]``,
             ``skin_instability [K, V]``, ``stats``.
         frames: ``K`` scene frames the result's frames correspond to (``frames[0]`` is the anchor).
+        parent_matrices: float ``[K, 4, 4]`` the world matrix per frame of the source's Empty parent
+            (:func:`export.kept_parent`, :attr:`export.ExportedFrames.parent_matrices`): the armature is then
+            parented to that Empty and its keys hold the motion relative to it. None: no parent kept.
     Raises:
         BuildError: the result does not fit; nothing is left behind.
     """
@@ -116,7 +120,8 @@ def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result
     previous_active = view_layer.objects.active
     previous_selected = [o for o in context.selected_objects]
     try:
-        built = yield from _build(context, source, result, frames, stats or dict(result.stats), created)
+        built = yield from _build(context, source, result, frames, stats or dict(result.stats), created,
+                                  parent_matrices)
     except BaseException:  # an error, or closed (GeneratorExit) by a cancel
         if bpy.context.mode != "OBJECT" and bpy.ops.object.mode_set.poll():
             bpy.ops.object.mode_set(mode="OBJECT")
@@ -130,7 +135,8 @@ def build_rig_steps(context: bpy.types.Context, source: bpy.types.Object, result
     return built
 
 
-def _build(context, source, result, frames, stats, created: _Created) -> Generator[str, bpy.types.Context, BuiltRig]:
+def _build(context, source, result, frames, stats, created: _Created,
+           parent_matrices: np.ndarray | None) -> Generator[str, bpy.types.Context, BuiltRig]:
     context = (yield "armature") or context
     scene = context.scene
     base = source.name
@@ -148,6 +154,10 @@ def _build(context, source, result, frames, stats, created: _Created) -> Generat
     arm_obj = bpy.data.objects.new(f"{base}_rig", arm_data)
     created.objects.append(arm_obj)
     collection.objects.link(arm_obj)
+    parent = export.kept_parent(source)
+    if parent is not None and parent_matrices is not None:  # under the same Empty, at the world place it had
+        arm_obj.parent = parent
+        arm_obj.matrix_parent_inverse = mathutils.Matrix(np.linalg.inv(parent_matrices[0]).tolist())
     arm_data.display_type = "OCTAHEDRAL"
     arm_obj.show_in_front = True
 
@@ -171,7 +181,8 @@ def _build(context, source, result, frames, stats, created: _Created) -> Generat
 
     context = (yield "animation") or context
     rest = np.array([np.array(arm_data.bones[name].matrix_local, dtype=np.float64) for name in bone_names])
-    action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents), transforms, attached, frames,
+    action = _keyframes(arm_obj, bone_names, rest, np.asarray(result.parents),
+                        in_armature_space(arm_obj, transforms, parent_matrices), attached, frames,
                         f"{base}_motion", created, KEY_TOL * max(diag, 1e-12))
 
     context = (yield "heatmap data") or context
@@ -243,8 +254,21 @@ def edited_skeleton(arm_obj: bpy.types.Object) -> dict:
             "heads": [list(b.head_local) for b in bones], "tails": [list(b.tail_local) for b in bones]}
 
 
+def in_armature_space(arm_obj: bpy.types.Object, transforms: np.ndarray,
+                      parent_matrices: np.ndarray | None) -> np.ndarray:
+    """World-space bone transforms ``[K, J, 4, 4]`` (anchor -> frame k) as the armature's keys need them: for an
+    armature under an Empty, each frame's taken relative to where the Empty carries the armature that frame
+    (``inverse(parent_k @ matrix_parent_inverse @ matrix_basis)`` times them); unchanged without one."""
+    if arm_obj.parent is None or parent_matrices is None:
+        return transforms
+    local = np.array(arm_obj.matrix_parent_inverse, dtype=np.float64) @ np.array(arm_obj.matrix_basis,
+                                                                                  dtype=np.float64)
+    carried = np.linalg.inv(np.asarray(parent_matrices, dtype=np.float64) @ local)  # [K, 4, 4]
+    return carried[:, None] @ transforms
+
+
 def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj: bpy.types.Object, result,
-                frames: list[float]) -> None:
+                frames: list[float], parent_matrices: np.ndarray | None = None) -> None:
     """Put a refit's weights and motion on an existing rig, keeping its armature's bones as the user edited them.
 
     The result's bones are matched to the armature's by name. The mesh's vertex groups of the old and new
@@ -281,8 +305,8 @@ def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj:
             pose_bone.location = (0.0, 0.0, 0.0)
             pose_bone.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
             pose_bone.scale = (1.0, 1.0, 1.0)
-        action = _keyframes(arm_obj, names, rest, parents, transforms, attached, frames, f"{action_name}_refit",
-                            created, KEY_TOL * max(diag, 1e-12))
+        action = _keyframes(arm_obj, names, rest, parents, in_armature_space(arm_obj, transforms, parent_matrices),
+                            attached, frames, f"{action_name}_refit", created, KEY_TOL * max(diag, 1e-12))
     except Exception:
         created.remove_all()
         if arm_obj.animation_data is not None:

@@ -29,6 +29,8 @@ class ExportedFrames:
         name: the object's name.
         local_change: largest change of an object-space vertex coordinate from the anchor frame (0: the
             mesh itself never deforms; any motion comes from the object's transform).
+        parent_matrices: float64 ``[K, 4, 4]`` the world matrix of the object's parent per frame when that is
+            an Empty (:func:`kept_parent`: the rig is parented to it too), else None.
     """
 
     verts: np.ndarray
@@ -37,6 +39,17 @@ class ExportedFrames:
     fps: float
     name: str
     local_change: float = 0.0
+    parent_matrices: np.ndarray | None = None
+
+
+def kept_parent(obj: bpy.types.Object) -> bpy.types.Object | None:
+    """``obj``'s parent when the rig keeps it (an Empty, parented as an object: an Alembic import's transform
+    node, an artist's placement Empty), else None (no parent, or a bone, vertex or armature parent, whose
+    motion the rig bakes in)."""
+    parent = obj.parent
+    if parent is not None and parent.type == "EMPTY" and obj.parent_type == "OBJECT":
+        return parent
+    return None
 
 
 # Modifiers kept after the rig's Armature modifier when they end the stack (:func:`surface_modifiers`)
@@ -245,6 +258,8 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
     anchor_local: np.ndarray | None = None
     local_change = 0.0  # largest change of an object-space coordinate from the anchor frame
     faces: np.ndarray | None = None
+    parent = kept_parent(obj)
+    parent_matrices = None if parent is None else np.empty((len(frames), 4, 4), dtype=np.float64)
     try:
         for index, frame in enumerate(frames):
             set_scene_frame(scene, frame)
@@ -282,6 +297,8 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
                     co = np.empty(n_verts * 3, dtype=np.float32)
                     mesh.vertices.foreach_get("co", co)
                     world = np.array(evaluated.matrix_world, dtype=np.float64)
+                    if parent is not None:
+                        parent_matrices[index] = np.array(parent.evaluated_get(depsgraph).matrix_world)
                 finally:
                     evaluated.to_mesh_clear()
             if index == 0:
@@ -306,7 +323,7 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
     step = float(np.median(np.diff(np.asarray(frames, dtype=np.float64))))
     fps = scene.render.fps / scene.render.fps_base / step
     return ExportedFrames(verts=verts, faces=faces, frames=list(frames), fps=float(fps),
-                          name=obj.name, local_change=local_change)
+                          name=obj.name, local_change=local_change, parent_matrices=parent_matrices)
 
 
 # -- is the input worth rigging? --------------------------------------------------------------------
@@ -348,7 +365,9 @@ def _frame_to_frame_change(verts: np.ndarray) -> np.ndarray:
 def trim_frames(exported: ExportedFrames, count: int) -> ExportedFrames:
     """The first ``count`` exported frames."""
     return ExportedFrames(verts=exported.verts[:count], faces=exported.faces, frames=exported.frames[:count],
-                          fps=exported.fps, name=exported.name, local_change=exported.local_change)
+                          fps=exported.fps, name=exported.name, local_change=exported.local_change,
+                          parent_matrices=None if exported.parent_matrices is None
+                          else exported.parent_matrices[:count])
 
 
 def screen_motion(exported: ExportedFrames) -> tuple[ExportedFrames, list[str]]:

@@ -413,7 +413,8 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
         if source is None:
             self.report({"ERROR"}, f"SPRig: the object '{self._source_name}' was removed while rigging")
             return {"CANCELLED"}
-        steps = builder.build_rig_steps(context, source, job.result, self._exported.frames)
+        steps = builder.build_rig_steps(context, source, job.result, self._exported.frames,
+                                        parent_matrices=self._exported.parent_matrices)
         try:
             label = next(steps)
             while True:
@@ -452,6 +453,7 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
     bl_label = "Refit"
     bl_options = {"REGISTER", "UNDO"}
     _verb = "refit"
+    _parent_matrices = None  # the original's Empty parent per frame (export.ExportedFrames.parent_matrices)
 
     @classmethod
     def poll(cls, context):
@@ -499,6 +501,7 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
                                    f"has {len(mesh_obj.data.vertices)}; run Rig Sequence again")
             return False
         self._frames = exported.frames
+        self._parent_matrices = exported.parent_matrices
         options = context.scene.sprig.refit_options()
         self._launch(context, runner.RigJob(backend, exported.verts, exported.faces, options, name=source.name,
                                             fps=exported.fps, skeleton=self._skeleton))
@@ -512,7 +515,7 @@ class SPRIG_OT_refit(_BackendJobOperator, bpy.types.Operator):
             self.report({"ERROR"}, "SPRig: the rig was removed while refitting")
             return {"CANCELLED"}
         try:
-            builder.apply_refit(context, mesh_obj, arm_obj, job.result, self._frames)
+            builder.apply_refit(context, mesh_obj, arm_obj, job.result, self._frames, self._parent_matrices)
         except Exception as exc:
             log.exception("applying the refit failed")
             self.report({"ERROR"}, f"SPRig: could not apply the refit: {exc}")

@@ -526,6 +526,40 @@ def test_end_to_end_realdata_sequence(scene, checkpoints):
 
 
 @needs_rigger
+def test_a_mesh_under_an_animated_empty_keeps_its_parent(scene, checkpoints):
+    """A mesh parented to an Empty that moves (an Alembic import's transform node): the armature hangs from the
+    same Empty, its keys hold only the motion relative to it, playback matches the original in world space, and
+    moving the Empty afterwards moves the rig with it (before, the Empty's motion was baked into the root bone
+    and the armature was left unparented)."""
+    set_backend("SUBPROCESS", checkpoints=checkpoints)
+    source = armature_tube(n_frames=6)
+    empty = bpy.data.objects.new("xform", None)
+    bpy.context.scene.collection.objects.link(empty)
+    for frame, x in ((1, 0.0), (6, 2.0)):
+        empty.location = (x, 0.5 * x, 0.0)
+        empty.rotation_euler = (0.0, 0.0, 0.3 * x)
+        empty.keyframe_insert("location", frame=frame)
+        empty.keyframe_insert("rotation_euler", frame=frame)
+    bpy.context.scene.frame_set(1)
+    source.parent = empty
+    tube_armature = bpy.data.objects["tube_armature"]
+    tube_armature.parent = empty  # the tube's own deforming rig moves with the Empty too
+    assert run_operator() == ""
+    rigged, armature = bpy.data.objects["tube_rigged"], bpy.data.objects["tube_rig"]
+    assert armature.parent == empty and rigged.parent == armature
+    stats = json.loads(rigged["sprig_stats"])
+    check_playback(source, rigged, stats, list(range(1, 7)))
+    root = armature.pose.bones[0]
+    bpy.context.scene.frame_set(6)
+    moved = np.linalg.norm(np.array(root.matrix.translation) - np.array(armature.data.bones[0].head_local))
+    assert moved < 0.2 * np.hypot(2.0, 1.0)  # the root keeps the tube's own motion, not the Empty's 2.2 units
+    empty.animation_data_clear()  # the artist moves the Empty: the rig follows
+    empty.location = (5.0, 0.0, 0.0)
+    bpy.context.view_layer.update()
+    np.testing.assert_allclose(evaluated_world_verts(rigged), evaluated_world_verts(source), atol=0.05)
+
+
+@needs_rigger
 def test_a_turned_object_keeps_its_bones_and_names(scene, checkpoints):
     """The same clip rigged with its object turned 180 degrees about Z: the add-on sends the object's X axis as
     the character's left, so the bones and names are those of the unturned object (before, a new user found
