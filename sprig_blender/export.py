@@ -31,6 +31,8 @@ class ExportedFrames:
             mesh itself never deforms; any motion comes from the object's transform).
         parent_matrices: float64 ``[K, 4, 4]`` the world matrix of the object's parent per frame when that is
             an Empty (:func:`kept_parent`: the rig is parented to it too), else None.
+        left_axis: the object's own X axis in world space on the anchor frame (:func:`object_left_axis`), the
+            character's left for the backend.
     """
 
     verts: np.ndarray
@@ -40,6 +42,7 @@ class ExportedFrames:
     name: str
     local_change: float = 0.0
     parent_matrices: np.ndarray | None = None
+    left_axis: list[float] | None = None
 
 
 def kept_parent(obj: bpy.types.Object) -> bpy.types.Object | None:
@@ -212,7 +215,8 @@ def cage_of(obj: bpy.types.Object):
 
 
 def object_left_axis(obj: bpy.types.Object) -> list[float]:
-    """The object's own X axis in world space (unit length), sent as the backend's ``left_axis``: by Blender's
+    """The object's own X axis in world space (unit length; read on the anchor frame, :attr:`ExportedFrames.
+    left_axis`), sent as the backend's ``left_axis``: by Blender's
     convention a character is modelled facing -Y with its left at +X, so a turned object keeps its skeleton and
     its ``.L`` / ``.R`` names (they follow the object, not the world)."""
     axis = obj.matrix_world.to_3x3().col[0]
@@ -260,6 +264,7 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
     faces: np.ndarray | None = None
     parent = kept_parent(obj)
     parent_matrices = None if parent is None else np.empty((len(frames), 4, 4), dtype=np.float64)
+    left_axis: list[float] | None = None
     try:
         for index, frame in enumerate(frames):
             set_scene_frame(scene, frame)
@@ -297,6 +302,8 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
                     co = np.empty(n_verts * 3, dtype=np.float32)
                     mesh.vertices.foreach_get("co", co)
                     world = np.array(evaluated.matrix_world, dtype=np.float64)
+                    if index == 0:
+                        left_axis = object_left_axis(evaluated)
                     if parent is not None:
                         parent_matrices[index] = np.array(parent.evaluated_get(depsgraph).matrix_world)
                 finally:
@@ -323,7 +330,8 @@ def export_frames_stepwise(context: bpy.types.Context, obj: bpy.types.Object,
     step = float(np.median(np.diff(np.asarray(frames, dtype=np.float64))))
     fps = scene.render.fps / scene.render.fps_base / step
     return ExportedFrames(verts=verts, faces=faces, frames=list(frames), fps=float(fps),
-                          name=obj.name, local_change=local_change, parent_matrices=parent_matrices)
+                          name=obj.name, local_change=local_change, parent_matrices=parent_matrices,
+                          left_axis=left_axis)
 
 
 # -- is the input worth rigging? --------------------------------------------------------------------
@@ -367,7 +375,7 @@ def trim_frames(exported: ExportedFrames, count: int) -> ExportedFrames:
     return ExportedFrames(verts=exported.verts[:count], faces=exported.faces, frames=exported.frames[:count],
                           fps=exported.fps, name=exported.name, local_change=exported.local_change,
                           parent_matrices=None if exported.parent_matrices is None
-                          else exported.parent_matrices[:count])
+                          else exported.parent_matrices[:count], left_axis=exported.left_axis)
 
 
 def screen_motion(exported: ExportedFrames) -> tuple[ExportedFrames, list[str]]:

@@ -544,10 +544,12 @@ def test_a_mesh_under_an_animated_empty_keeps_its_parent(scene, checkpoints):
     source.parent = empty
     tube_armature = bpy.data.objects["tube_armature"]
     tube_armature.parent = empty  # the tube's own deforming rig moves with the Empty too
+    bpy.context.scene.frame_set(6)  # the playhead where the Empty has turned: the left axis is the anchor frame's
     assert run_operator() == ""
     rigged, armature = bpy.data.objects["tube_rigged"], bpy.data.objects["tube_rig"]
     assert armature.parent == empty and rigged.parent == armature
     stats = json.loads(rigged["sprig_stats"])
+    np.testing.assert_allclose(stats["config"]["left_axis"], [1.0, 0.0, 0.0], atol=1e-6)
     check_playback(source, rigged, stats, list(range(1, 7)))
     root = armature.pose.bones[0]
     bpy.context.scene.frame_set(6)

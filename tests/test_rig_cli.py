@@ -143,6 +143,7 @@ def test_rig_folder_still_refuses_to_overwrite_a_real_input(tmp_path, checkpoint
     (["{src}", "-o", "x.glb", "--frames", "a:b"], "--frames"),
     (["{src}", "-o", "x.glb", "--max-influences", "0"], "--max-influences"),
     (["{src}", "-o", "x.glb", "--checkpoints", "{empty}"], "missing"),
+    (["{src}", "-o", "x.glb", "--facing", "+y"], "--facing +y is along the up axis (--up y)"),
 ])
 def test_rig_bad_options_are_one_line_errors(tmp_path, args, message):
     seq = multipart_sequence(n_frames=2)
@@ -227,3 +228,22 @@ def test_the_cli_default_bone_reach_is_the_pipeline_default():
     from backend.rigging.pipeline import RigConfig
 
     assert RIG_DEFAULT_BONE_REACH == RigConfig().bone_reach
+
+
+def test_rig_z_up_input_writes_a_y_up_glb_and_takes_a_facing_with_a_dash(tmp_path, checkpoints):
+    """``--up z`` (an OBJ/PLY folder from Blender): the GLB is in glTF's axes (+Y up), not lying on its back; and
+    ``--facing -y`` is read as a value (argparse took ``-y`` for an option before)."""
+    from backend.normalize import Z_UP_TO_Y_UP
+
+    seq = multipart_sequence(n_frames=4)
+    src = tmp_path / "zup.npz"
+    np.savez(src, verts=(seq.verts.astype(np.float64) @ Z_UP_TO_Y_UP).astype(np.float32), faces=seq.faces)
+    out = tmp_path / "zup_rigged.glb"
+    proc = sprig("rig", str(src), "-o", str(out), "--checkpoints", str(checkpoints), "--up", "z", "--facing", "-y",
+                 "--json", str(tmp_path / "s.json"), "-q")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    back = load_sequence(out, fps=30.0)
+    diag = np.linalg.norm(np.ptp(seq.verts[0], axis=0))
+    err = np.linalg.norm(back.verts - seq.verts, axis=-1) / diag  # the Y-up original, not the Z-up input
+    assert err.max() <= summary["recon_max"] + 1e-4

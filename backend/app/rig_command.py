@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -140,6 +141,36 @@ def left_axis(facing: str | None, up: str) -> tuple[float, float, float] | None:
     return tuple(float(a) for a in left)
 
 
+def join_facing_values(argv: list[str]) -> list[str]:
+    """``--facing -z`` as ``--facing=-z``: argparse reads a value that starts with a dash as another option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--facing" and i + 1 < len(argv) and argv[i + 1] in FACING_AXES:
+            out.append(f"--facing={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def gltf_axes(result: RigResult, up: str) -> RigResult:
+    """``result`` turned into glTF's axes (+Y up) for the GLB: a Z-up input's rig (``--up z``) would otherwise
+    lie on its back in any glTF viewer or importer. Other outputs keep the input's axes."""
+    if up != "z":
+        return result
+    from backend.normalize import Z_UP_TO_Y_UP
+
+    turn = np.eye(4)
+    turn[:3, :3] = Z_UP_TO_Y_UP
+    transforms = np.asarray(result.bone_transforms, dtype=np.float64)
+    return dataclasses.replace(
+        result, anchor_verts=(np.asarray(result.anchor_verts, dtype=np.float64) @ Z_UP_TO_Y_UP.T).astype(np.float32),
+        joints=(np.asarray(result.joints, dtype=np.float64) @ Z_UP_TO_Y_UP.T).astype(np.float32),
+        bone_transforms=(turn @ transforms @ turn.T).astype(np.float32))
+
+
 RIG_DEFAULT_BONE_REACH = 0.25  # RigConfig.bone_reach's default (the pipeline is imported only once a file loads)
 STILL_TOLERANCE = 1e-5  # a clip whose vertices all move less than this share of the anchor diagonal is still
 
@@ -204,9 +235,9 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
     finally:
         bar.close()
     with atomic_write(outputs.glb) as temp:
-        save_rigged_gltf(temp, result.anchor_verts, result.faces, result.joints, result.parents,
-                         result.joint_names, result.weights, result.bone_transforms, fps=result.fps,
-                         mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
+        glb = gltf_axes(result, args.up)
+        save_rigged_gltf(temp, glb.anchor_verts, glb.faces, glb.joints, glb.parents, glb.joint_names, glb.weights,
+                         glb.bone_transforms, fps=glb.fps, mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
     if outputs.report is not None:
         from backend.rigging.report import write_report
         with atomic_write(outputs.report) as temp:
@@ -344,7 +375,8 @@ def add_rig_command(subparsers) -> None:
                    help="the input's up axis: y (glTF, default) or z (e.g. OBJ/PLY exported from Blender Z-up)")
     p.add_argument("--facing", choices=sorted(FACING_AXES), default=None,
                    help="the way the character faces in the file: names its .L/.R sides and turns the skeleton "
-                        "build to it (default: +z with --up y, as glTF; -y with --up z, as Blender's front view)")
+                        "build to it (default: +z with --up y, as glTF; -y with --up z, as Blender's front view; "
+                        "--facing -z and --facing=-z both work)")
     p.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                    help="alternate transform and weight refinement (default on)")
     p.add_argument("--skeleton", choices=["motion", "network"], default="motion",
