@@ -38,6 +38,7 @@ def test_rig_single_file_writes_glb_report_and_json(tmp_path, checkpoints):
         assert key in summary
     assert summary["frames"] == 5 and summary["vertices"] == seq.n_verts
     assert "skin_l1" not in summary  # never computed by a rig (sprig eval scores --per-frame output)
+    assert summary["facing"] == "+z" and summary["bones"][0] == "root"
     assert (tmp_path / "r.html").read_text().lstrip().lower().startswith("<!doctype html")
     # The GLB plays back the input within the reported reconstruction error.
     back = load_sequence(out, fps=30.0)
@@ -243,6 +244,7 @@ def test_rig_z_up_input_writes_a_y_up_glb_and_takes_a_facing_with_a_dash(tmp_pat
                  "--json", str(tmp_path / "s.json"), "-q")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["facing"] == "-y" and len(summary["bones"]) == summary["joints"]
     back = load_sequence(out, fps=30.0)
     diag = np.linalg.norm(np.ptp(seq.verts[0], axis=0))
     err = np.linalg.norm(back.verts - seq.verts, axis=-1) / diag  # the Y-up original, not the Z-up input

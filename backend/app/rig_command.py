@@ -88,16 +88,34 @@ def one_line(path: Path, exc: BaseException) -> str:
     return f"{path}: {message}"
 
 
-def summary(result: RigResult) -> dict:
-    """The ``--json`` summary: the documented keys first, then the rest of the stats."""
+def summary(result: RigResult, facing: str | None = None) -> dict:
+    """The ``--json`` summary: the documented keys first, then ``facing`` (the character's facing the sides were
+    named for) and ``bones`` (the bone names), then the rest of the stats."""
     stats = result.stats
     stab = stats.get("stability") or {}
     paper = stab.get("paper_3frame") or {}
     out = {key: stats.get(key) for key in SUMMARY_KEYS}
     for key in ("blrd", "gsd", "jad"):
         out[key] = paper.get(key)
+    out["facing"] = facing
+    out["bones"] = [str(n) for n in result.joint_names]
     out["stats"] = stats
     return out
+
+
+def facing_of(args: argparse.Namespace) -> str:
+    """The ``--facing`` in effect (the default for the ``--up`` axis when none was given)."""
+    return args.facing or ("-y" if args.up == "z" else "+z")
+
+
+def side_note(result: RigResult, facing: str) -> str:
+    """One line on the rig's sides: how many ``.L`` / ``.R`` bones, for which facing (a wrong facing puts every
+    ``.L`` on the character's right), or that no mirror plane gave sides."""
+    names = [str(n) for n in result.joint_names]
+    left, right = sum(n.endswith(".L") for n in names), sum(n.endswith(".R") for n in names)
+    if not left and not right:
+        return "sides: none (no mirror plane found on the anchor frame)"
+    return f"sides: {left} .L / {right} .R bones, named for a character facing {facing} (--facing)"
 
 
 @dataclass(frozen=True)
@@ -243,7 +261,7 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
         with atomic_write(outputs.report) as temp:
             write_report(result, temp, title=seq.name, up_axis=2 if args.up == "z" else 1)
     if outputs.json is not None:
-        write_text_atomic(outputs.json, json.dumps(summary(result), indent=1) + "\n")
+        write_text_atomic(outputs.json, json.dumps(summary(result, facing_of(args)), indent=1) + "\n")
     if outputs.per_frame is not None:
         with atomic_write(outputs.per_frame) as temp:
             save_eval_input(temp, per_frame_eval_input(seq, result))
@@ -326,7 +344,7 @@ def run_rig(args: argparse.Namespace) -> int:
                        f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
                        f"network PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
                        f"{time.perf_counter() - start:.1f} s with loading -> {out}")
-            for line in skin_notes(s):
+            for line in [side_note(result, facing_of(args)), *skin_notes(s)]:
                 tqdm.write(f"  {line}")
     if failures:
         tqdm.write(f"{len(failures)} of {len(inputs)} sequences failed: {', '.join(str(p) for p in failures)}",
