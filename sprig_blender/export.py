@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -173,9 +174,10 @@ def _topology_hint(obj: bpy.types.Object) -> str:
 
 def surface_modifiers(obj: bpy.types.Object) -> list:
     """The viewport-enabled modifiers of :data:`SURFACE_MODIFIERS` types that end ``obj``'s stack (after every
-    other enabled modifier: the bottom of Blender's modifier panel). What gets rigged is the cage under them, and the rigged copy gets them again on top
-    of its Armature modifier: an artist's subdivision levels stay adjustable, and the rig is made on the few
-    thousand cage vertices rather than on the subdivided mesh (a new user's Fox: 290 vertices, not 1,730)."""
+    other enabled modifier: the bottom of Blender's modifier panel). What gets rigged is the cage under them, and
+    the rigged copy gets them again after its Armature modifier: an artist's subdivision levels stay adjustable,
+    and the rig is made on the cage rather than on the subdivided mesh (a new user's Fox: 290 vertices, not
+    1,730)."""
     found = []
     for modifier in reversed(obj.modifiers):
         if not modifier.show_viewport:
@@ -215,10 +217,10 @@ def cage_of(obj: bpy.types.Object):
 
 
 def object_left_axis(obj: bpy.types.Object) -> list[float]:
-    """The object's own X axis in world space (unit length; read on the anchor frame, :attr:`ExportedFrames.
-    left_axis`), sent as the backend's ``left_axis``: by Blender's
-    convention a character is modelled facing -Y with its left at +X, so a turned object keeps its skeleton and
-    its ``.L`` / ``.R`` names (they follow the object, not the world)."""
+    """The object's own X axis in world space (unit length), sent as the backend's ``left_axis`` (read on the
+    anchor frame: :attr:`ExportedFrames.left_axis`): by Blender's convention a character is modelled facing -Y
+    with its left at +X, so a turned object keeps its skeleton and its ``.L`` / ``.R`` names (they follow the
+    object, not the world)."""
     axis = obj.matrix_world.to_3x3().col[0]
     return [float(a) for a in axis.normalized()] if axis.length > 1e-12 else [1.0, 0.0, 0.0]
 
@@ -372,10 +374,9 @@ def _frame_to_frame_change(verts: np.ndarray) -> np.ndarray:
 
 def trim_frames(exported: ExportedFrames, count: int) -> ExportedFrames:
     """The first ``count`` exported frames."""
-    return ExportedFrames(verts=exported.verts[:count], faces=exported.faces, frames=exported.frames[:count],
-                          fps=exported.fps, name=exported.name, local_change=exported.local_change,
-                          parent_matrices=None if exported.parent_matrices is None
-                          else exported.parent_matrices[:count], left_axis=exported.left_axis)
+    return dataclasses.replace(exported, verts=exported.verts[:count], frames=exported.frames[:count],
+                               parent_matrices=None if exported.parent_matrices is None
+                               else exported.parent_matrices[:count])
 
 
 def screen_motion(exported: ExportedFrames) -> tuple[ExportedFrames, list[str]]:

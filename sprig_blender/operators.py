@@ -400,7 +400,7 @@ class SPRIG_OT_rig_sequence(_BackendJobOperator, bpy.types.Operator):
         self._source_name = obj.name
         self._exported = exported
         options = settings.rig_options(heatmap_wanted=context.window_manager.sprig_heatmap.enabled)
-        options["left_axis"] = exported.left_axis or export.object_left_axis(obj)
+        options["left_axis"] = exported.left_axis
         self._launch(context, runner.RigJob(backend, exported.verts, exported.faces, options, name=obj.name,
                                             fps=exported.fps))
         log.info("rigging %s: %d frames, %d vertices", obj.name, *exported.verts.shape[:2])
