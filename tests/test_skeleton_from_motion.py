@@ -217,6 +217,48 @@ def test_two_legged_creature_mirrored_names(separate):
     assert any(n.startswith("leg") for n in skel.names)
 
 
+@pytest.mark.parametrize("shape", ["two_legged", "one_leg_moved", "asymmetric"])
+def test_bounded_mirror_search_equals_the_unbounded_one(shape, monkeypatch):
+    """The plane search stops its nearest-point look-ups at a bound (several times faster away from a mirror);
+    the plane it returns (or None) is the one an unbounded search returns, bit for bit."""
+    from backend.rigging import naming
+
+    verts, _, _ = two_legged()
+    anchor = verts[0].astype(np.float64)
+    if shape == "one_leg_moved":  # still symmetric within the tolerance for most of the body
+        anchor = anchor + np.where(anchor[:, :1] > 0.05, [0.0, 0.0, 0.03], 0.0)
+    elif shape == "asymmetric":  # a conical helix: no mirror plane, the coarse step widens its bound twice
+        t = np.linspace(0.0, 6.0 * np.pi, 3000)
+        radius = 0.2 + 0.3 * t / (6.0 * np.pi)
+        anchor = np.stack([radius * np.cos(t), t / (6.0 * np.pi) - 0.5, radius * np.sin(t)], axis=1)
+    bounded = mirror_plane(anchor)
+    unbounded_mismatch = naming._mirror_mismatch
+    monkeypatch.setattr(naming, "_mirror_mismatch",
+                        lambda points, tree, normal, offset, bound=np.inf: unbounded_mismatch(points, tree, normal,
+                                                                                               offset))
+    exact = mirror_plane(anchor)
+    assert (bounded is None) == (exact is None)
+    if exact is not None:
+        assert np.array_equal(bounded[0], exact[0]) and bounded[1] == exact[1]
+    if shape == "two_legged":
+        assert exact is not None
+    if shape == "asymmetric":
+        assert exact is None
+
+
+def test_bounded_mirror_mismatch_is_exact_up_to_half_the_bound():
+    from scipy.spatial import cKDTree
+
+    from backend.rigging.naming import _mirror_mismatch
+
+    points = np.random.default_rng(0).normal(size=(400, 3))
+    tree = cKDTree(points)
+    normal = np.array([1.0, 0.0, 0.0])
+    exact = _mirror_mismatch(points, tree, normal, 0.1)
+    assert _mirror_mismatch(points, tree, normal, 0.1, bound=2.0 * exact + 1e-9) == exact
+    assert _mirror_mismatch(points, tree, normal, 0.1, bound=0.5 * exact) == np.inf
+
+
 @pytest.mark.parametrize("proxy_size", [100, 300])
 def test_mirror_plane_of_a_proxy_is_searched_on_the_full_mesh(proxy_size):
     """A proxy's vertices (one per grid cell) are not a mirror-symmetric sampling: searched on them alone the

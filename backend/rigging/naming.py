@@ -20,13 +20,20 @@ CENTRAL_BAND = 0.05  # an unpaired chain from the trunk whose joints lie this cl
 GROUND_SHARE = 0.35  # a side chain ending in the lowest 35 % of the anchor's height is a leg, else an arm
 ARM_START_GAP = 0.15  # on an upright body, a "leg" starting this share of the height above the lowest leg is an arm
 MIRROR_COARSE_DEG = 5.0  # the plane search's first step between normals (degrees about the up axis)
+MIRROR_COARSE_BOUND = 0.03  # the first step scores exactly only mismatches up to this (and the tolerance)
 PAIR_DISTANCE = 0.1  # chains pair as mirror twins, whatever their kind, within this (start mismatch + length difference)
 
 
-def _mirror_mismatch(points: np.ndarray, tree: cKDTree, normal: np.ndarray, offset: float) -> float:
-    """Median distance from the points mirrored in the plane ``p . normal = offset`` to their nearest point."""
+def _mirror_mismatch(points: np.ndarray, tree: cKDTree, normal: np.ndarray, offset: float,
+                     bound: float = np.inf) -> float:
+    """Median distance from the points mirrored in the plane ``p . normal = offset`` to their nearest point.
+
+    With a finite ``bound`` the nearest-point searches stop at that distance (several times faster for a plane
+    far from a mirror): a median of at most ``bound / 2`` is exact, and ``inf`` means the median exceeds
+    ``bound / 2`` (an even count's median averages its two middle distances, the upper one beyond ``bound``).
+    """
     mirrored = points - 2.0 * ((points @ normal) - offset)[:, None] * normal
-    return float(np.median(tree.query(mirrored)[0]))
+    return float(np.median(tree.query(mirrored, distance_upper_bound=bound)[0]))
 
 
 def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE,
@@ -61,14 +68,23 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE,
 
     tick = progress if progress is not None else (lambda fraction: None)
     degrees = np.arange(0.0, 180.0, MIRROR_COARSE_DEG)
+    # scored with a search bound first; while fewer than three scores are known exactly (at most half the
+    # bound), the others are scored again with a wider one: the three best are those of an unbounded search
+    bound = 2.0 * max(MIRROR_COARSE_BOUND, tolerance)
     scored = []
     for i, deg in enumerate(degrees):
         n = normal_at(deg)
         centre = float((a @ n).mean())
         for offset in centre + np.arange(-0.15, 0.15 + 1e-9, 0.01):
-            scored.append((_mirror_mismatch(coarse, coarse_tree, n, offset), float(deg), float(offset)))
+            scored.append((_mirror_mismatch(coarse, coarse_tree, n, offset, bound), float(deg), float(offset)))
         tick(0.5 * (i + 1) / len(degrees))
     scored.sort()
+    while scored[2][0] > bound / 2 and np.isfinite(bound):
+        bound_was_half = bound / 2
+        exact = [item for item in scored if item[0] <= bound_was_half]
+        bound = 4.0 * bound if bound < 0.25 else np.inf
+        scored = sorted(exact + [(_mirror_mismatch(coarse, coarse_tree, normal_at(deg), offset, bound), deg, offset)
+                                 for score, deg, offset in scored if score > bound_was_half])
     best: tuple[float, np.ndarray, float] | None = None
     fine = np.arange(-MIRROR_COARSE_DEG / 2, MIRROR_COARSE_DEG / 2 + 1e-9, 0.5)
     for c, (_, deg0, offset0) in enumerate(scored[:3]):
@@ -76,12 +92,12 @@ def mirror_plane(anchor: np.ndarray, tolerance: float = MIRROR_TOLERANCE,
             tick(0.5 + 0.5 * (c * len(fine) + i) / (3 * len(fine)))
             n = normal_at(deg)
             for offset in offset0 + np.arange(-0.01, 0.01 + 1e-9, 0.002):
-                score = _mirror_mismatch(a, tree, n, offset)
+                score = _mirror_mismatch(a, tree, n, offset, 2.0 * tolerance)
                 if best is None or score < best[0]:
                     best = (score, n, float(offset))
     _, n, offset = best
     for o in offset + np.arange(-0.002, 0.002 + 1e-9, 0.001):  # the offset to 0.001 at the best normal
-        score = _mirror_mismatch(a, tree, n, o)
+        score = _mirror_mismatch(a, tree, n, o, 2.0 * tolerance)
         if score < best[0]:
             best = (score, n, float(o))
     if best[0] > tolerance:
