@@ -111,6 +111,31 @@ def test_proxy_partitions_the_mesh():
     assert small.size == (rep == np.arange(len(rep))).sum()
 
 
+def test_proxy_vertices_follow_the_mesh_density_and_every_piece_has_one():
+    """The error is a mean over the mesh's vertices, so the proxy spreads its vertices like the mesh's: a tube
+    whose second half has four times the rings holds about four fifths of the proxy there (an area-uniform
+    sampling held half, and the rig through it missed that share of the metric), the seeds stay apart along the
+    tube, and a separate piece smaller than the sampling step still gets its own proxy vertex."""
+    x = np.concatenate([np.linspace(0.0, 1.5, 16, endpoint=False), np.linspace(1.5, 3.0, 64)])
+    n_around = 12
+    angle = 2 * np.pi * np.arange(n_around) / n_around
+    tube_verts = np.stack(np.broadcast_arrays(x[:, None], 0.25 * np.cos(angle)[None], 0.25 * np.sin(angle)[None]),
+                          -1).reshape(-1, 3)
+    _, tube_faces = tube(n_rings=len(x), n_around=n_around)
+    speck = np.array([[5.0, 0.0, 0.0], [5.01, 0.0, 0.0], [5.0, 0.01, 0.0]])  # a separate 3-vertex triangle
+    verts = np.vstack([tube_verts, speck])
+    faces = np.vstack([tube_faces, [[len(tube_verts), len(tube_verts) + 1, len(tube_verts) + 2]]])
+    proxy = build_proxy(verts, faces, colocated_representatives(verts[None]), 100)
+    on_tube = proxy.vertices[proxy.vertices < len(tube_verts)]
+    dense_share = float(np.mean(verts[on_tube, 0] >= 1.5))
+    assert abs(dense_share - 0.8) < 0.05, dense_share
+    assert (proxy.vertices >= len(tube_verts)).sum() == 1  # the speck
+    assert abs(proxy.size - 100) <= 2
+    # spread: ~80 seeds on the dense half's 64 rings leave no gap of more than three rings (measured: two)
+    rings = np.unique(np.round(verts[on_tube, 0], 6))
+    assert np.diff(rings[rings >= 1.5]).max() <= 3.01 * (1.5 / 63), np.diff(rings)
+
+
 def test_full_mesh_weights_reproduce_a_known_rig():
     rest, faces = tube()
     weights, T, _, frames = bending_rig(rest)
