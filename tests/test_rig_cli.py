@@ -145,16 +145,39 @@ def test_rig_folder_still_refuses_to_overwrite_a_real_input(tmp_path, checkpoint
     (["{src}", "-o", "x.glb", "--max-influences", "0"], "--max-influences"),
     (["{src}", "-o", "x.glb", "--checkpoints", "{empty}"], "missing"),
     (["{src}", "-o", "x.glb", "--facing", "+y"], "--facing +y is along the up axis (--up y)"),
+    (["{src}", "-o", "rig.fbx"], "-o rig.fbx: this output is written as .glb (name the file rig.glb"),
+    (["{src}", "-o", "x.glb", "--report", "r.glb"], "--report r.glb: this output is written as .html"),
+    (["{src}", "-o", "x.glb", "--json", "s.html"], "--json s.html: this output is written as .json"),
+    (["{folder}", "-o", "out", "--report", "out/r.html"], "--report must name a folder"),
 ])
 def test_rig_bad_options_are_one_line_errors(tmp_path, args, message):
     seq = multipart_sequence(n_frames=2)
     src = tmp_path / "s.npz"
     np.savez(src, verts=seq.verts, faces=seq.faces)
     (tmp_path / "empty").mkdir()
-    args = [a.format(src=src, empty=tmp_path / "empty") for a in args]
-    proc = sprig("rig", *args)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.npz", "b.npz"):
+        np.savez(folder / name, verts=seq.verts, faces=seq.faces)
+    args = [a.format(src=src, empty=tmp_path / "empty", folder=folder) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "backend.app.cli", "rig", *args], capture_output=True, text=True,
+                          cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+                          timeout=300)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.glb")) and not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize("name", ["out", "out/"])
+def test_rig_output_without_a_suffix_is_a_folder(tmp_path, checkpoints, name):
+    """``-o out`` / ``-o out/`` (a folder that does not exist yet) writes ``out/<input>_rigged.glb``; it wrote a
+    GLB file named ``out``."""
+    seq = multipart_sequence(n_frames=3)
+    src = tmp_path / "walk.npz"
+    np.savez(src, verts=seq.verts, faces=seq.faces)
+    proc = sprig("rig", str(src), "-o", str(tmp_path) + "/" + name, "--checkpoints", str(checkpoints), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out").is_dir() and (tmp_path / "out" / "walk_rigged.glb").is_file()
 
 
 def test_rig_per_frame_writes_an_eval_input_that_sprig_eval_scores(tmp_path, checkpoints):

@@ -288,11 +288,33 @@ def _per_input(option: Path, out_glb: Path, suffix: str) -> Path:
     return option / (out_glb.stem + suffix) if option.suffix == "" else option
 
 
+# what each output option writes: a file of that kind must carry one of these suffixes (a name with no suffix
+# is a folder, where the output gets the input's name)
+OUTPUT_SUFFIXES = {"-o": (".glb",), "--report": (".html", ".htm"), "--json": (".json",), "--per-frame": (".npz",)}
+
+
+def check_output_names(args: argparse.Namespace) -> None:
+    """Refuse an output file named for another format (``-o rig.fbx`` would hold a binary glTF).
+
+    Raises:
+        CommandError: naming the option, the name and the suffix it needs.
+    """
+    for option, value in (("-o", args.output), ("--report", args.report), ("--json", args.json),
+                          ("--per-frame", args.per_frame)):
+        if value is None or value.suffix == "":
+            continue
+        wanted = OUTPUT_SUFFIXES[option]
+        if value.suffix.lower() not in wanted:
+            raise CommandError(f"{option} {value}: this output is written as {wanted[0]} (name the file "
+                               f"{value.with_suffix(wanted[0]).name}, or give a folder)")
+
+
 def run_rig(args: argparse.Namespace) -> int:
     try:
         parse_frame_slice(args.frames)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    check_output_names(args)
     if args.max_influences < 1:
         raise CommandError("--max-influences must be at least 1")
     left_axis(args.facing, args.up)  # a facing along the up axis is refused before any file is read
@@ -304,6 +326,11 @@ def run_rig(args: argparse.Namespace) -> int:
     batch = len(inputs) > 1 or inputs[0] != args.input
     if batch and args.output.suffix:
         raise CommandError("with a folder as INPUT, -o must name an output folder")
+    for option, value, suffix in (("--report", args.report, ".html"), ("--json", args.json, ".json"),
+                                  ("--per-frame", args.per_frame, ".npz")):
+        if batch and value is not None and value.suffix:
+            raise CommandError(f"with a folder as INPUT, {option} must name a folder (each sequence gets "
+                               f"<name>_rigged{suffix} there), not the file {value}")
     if batch:
         inputs, earlier = drop_earlier_outputs(inputs, args)
         if earlier and not args.quiet:
@@ -356,13 +383,14 @@ def run_rig(args: argparse.Namespace) -> int:
 def plan_rig_outputs(args: argparse.Namespace, inputs: list[Path], batch: bool) -> dict[Path, RigOutputs]:
     """Check every output of the run before any work (see :mod:`backend.app.output_paths`).
 
-    A single input whose ``-o`` is an existing folder writes ``<folder>/<stem>_rigged.glb``.
+    A single input whose ``-o`` is an existing folder, or a name without a suffix (``-o out`` or ``-o out/``,
+    made if missing), writes ``<folder>/<stem>_rigged.glb``.
     Raises:
         CommandError: an output is an input, two outputs are one file, or a folder is not writable.
     """
     requested: dict[Path, RigOutputs] = {}
     for path in inputs:
-        into_folder = batch or args.output.is_dir()
+        into_folder = batch or args.output.is_dir() or args.output.suffix == ""
         out_glb = args.output / f"{path.stem}_rigged.glb" if into_folder else args.output
         requested[path] = requested_outputs(out_glb, args)
     flat = [p for outputs in requested.values() for p in outputs.paths()]
@@ -383,7 +411,8 @@ def add_rig_command(subparsers) -> None:
                     "animated GLB that plays the sequence back.")
     p.add_argument("input", type=Path, metavar="INPUT")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.glb",
-                   help="output GLB (a folder when INPUT is a folder)")
+                   help="output GLB, or a folder (a name without a suffix; made if missing) that gets "
+                        "<input name>_rigged.glb; a folder when INPUT is a folder")
     p.add_argument("--report", type=Path, metavar="REPORT.html", help="self-contained HTML report")
     p.add_argument("--json", type=Path, metavar="SUMMARY.json", help="summary numbers as JSON")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
