@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -296,11 +297,17 @@ OUTPUT_SUFFIXES = {"-o": (".glb",), "--report": (".html", ".htm"), "--json": (".
 def check_output_names(args: argparse.Namespace) -> None:
     """Refuse an output file named for another format (``-o rig.fbx`` would hold a binary glTF).
 
+    An output that names the input or another output is left to :func:`plan_rig_outputs`, whose message says
+    that (protecting the input matters more than the name).
+
     Raises:
         CommandError: naming the option, the name and the suffix it needs.
     """
-    for option, value in (("-o", args.output), ("--report", args.report), ("--json", args.json),
-                          ("--per-frame", args.per_frame)):
+    given = [("-o", args.output), ("--report", args.report), ("--json", args.json), ("--per-frame", args.per_frame)]
+    names = [os.path.abspath(value) for _, value in given if value is not None]
+    if os.path.abspath(args.input) in names or len(set(names)) < len(names):
+        return
+    for option, value in given:
         if value is None or value.suffix == "":
             continue
         wanted = OUTPUT_SUFFIXES[option]
