@@ -34,8 +34,10 @@ def test_rig_single_file_writes_glb_report_and_json(tmp_path, checkpoints):
     summary = json.loads((tmp_path / "s.json").read_text())
     for key in ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
                 "topology_flicker", "bones_without_skin", "bones_far_from_skin",
-                "far_led_share", "seconds"):
+                "far_led_share", "models_loaded", "seconds"):
         assert key in summary
+    assert [name.split(" ")[0] for name in summary["models_loaded"]] == ["skeleton_sprig.safetensors",
+                                                                         "skinning_sprig.safetensors"]
     assert summary["frames"] == 5 and summary["vertices"] == seq.n_verts
     assert "skin_l1" not in summary  # never computed by a rig (sprig eval scores --per-frame output)
     assert summary["facing"] == "+z" and summary["bones"][0] == "root"
@@ -149,6 +151,10 @@ def test_rig_folder_still_refuses_to_overwrite_a_real_input(tmp_path, checkpoint
     (["{src}", "-o", "x.glb", "--report", "r.glb"], "--report r.glb: this output is written as .html"),
     (["{src}", "-o", "x.glb", "--json", "s.html"], "--json s.html: this output is written as .json"),
     (["{folder}", "-o", "out", "--report", "out/r.html"], "--report must name a folder"),
+    (["{folder}", "-o", "out", "--detail", "300"], "--detail: a detail bone count must be between 2 and 256"),
+    (["{src}", "-o", "x.glb", "--max-influences", "100"], "--max-influences must be >= 1 and <= 64"),
+    (["{src}", "-o", "x.glb", "--bone-reach", "20"], "--bone-reach must be a number in [0, 10]"),
+    (["{src}", "-o", "x.glb", "--threads", "-1"], "--threads must be >= 0"),
 ])
 def test_rig_bad_options_are_one_line_errors(tmp_path, args, message):
     seq = multipart_sequence(n_frames=2)
@@ -272,3 +278,24 @@ def test_rig_z_up_input_writes_a_y_up_glb_and_takes_a_facing_with_a_dash(tmp_pat
     diag = np.linalg.norm(np.ptp(seq.verts[0], axis=0))
     err = np.linalg.norm(back.verts - seq.verts, axis=-1) / diag  # the Y-up original, not the Z-up input
     assert err.max() <= summary["recon_max"] + 1e-4
+
+
+def test_rig_frames_from_the_end_with_a_dash(tmp_path, checkpoints):
+    """``--frames -2:`` (the last two frames) parses like ``--frames=-2:``; argparse took ``-2:`` for an option."""
+    seq = multipart_sequence(n_frames=5)
+    src = tmp_path / "walk.npz"
+    np.savez(src, verts=seq.verts, faces=seq.faces)
+    proc = sprig("rig", str(src), "-o", str(tmp_path / "w.glb"), "--frames", "-2:", "--json",
+                 str(tmp_path / "w.json"), "--checkpoints", str(checkpoints), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "w.json").read_text())["frames"] == 2
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a torch without a CUDA device")
+def test_rig_cuda_without_a_cuda_device_names_the_option(tmp_path):
+    seq = multipart_sequence(n_frames=2)
+    src = tmp_path / "s.npz"
+    np.savez(src, verts=seq.verts, faces=seq.faces)
+    proc = sprig("rig", str(src), "-o", str(tmp_path / "x.glb"), "--device", "cuda")
+    assert proc.returncode == 2 and "--device cuda" in proc.stderr and "--device cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.glb").exists()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from backend.app.errors import EXIT_BAD_INPUT, CommandError
 from backend.app.eval_command import add_eval_command
 from backend.app.output_paths import install_termination_cleanup
-from backend.app.rig_command import add_rig_command, join_facing_values
+from backend.app.rig_command import add_rig_command, join_dash_values
 from backend.sequence import SequenceError
 
 COMMANDS: list[Callable] = [add_rig_command, add_eval_command]
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     caller's signal handling is left alone.
     """
     parser = build_parser()
-    args = parser.parse_args(join_facing_values(sys.argv[1:] if argv is None else list(argv)))
+    args = parser.parse_args(join_dash_values(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "func", None) is None:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSE
 
 SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
                 "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
-                "bones_far_from_skin", "far_led_share", "seconds")
+                "bones_far_from_skin", "far_led_share", "models_loaded", "seconds")
 
 
 def parse_frame_slice(text: str | None) -> slice | None:
@@ -140,6 +141,7 @@ def requested_outputs(out_glb: Path, args: argparse.Namespace) -> RigOutputs:
                       per_frame=_per_input(args.per_frame, out_glb, ".npz") if args.per_frame is not None else None)
 
 
+FRAME_SLICE = re.compile(r"-?\d*(:-?\d*){0,2}")  # what --frames takes (START:END:STEP, each optional)
 FACING_AXES = {"+x": (1.0, 0.0, 0.0), "-x": (-1.0, 0.0, 0.0), "+y": (0.0, 1.0, 0.0), "-y": (0.0, -1.0, 0.0),
                "+z": (0.0, 0.0, 1.0), "-z": (0.0, 0.0, -1.0)}
 
@@ -160,13 +162,16 @@ def left_axis(facing: str | None, up: str) -> tuple[float, float, float] | None:
     return tuple(float(a) for a in left)
 
 
-def join_facing_values(argv: list[str]) -> list[str]:
-    """``--facing -z`` as ``--facing=-z``: argparse reads a value that starts with a dash as another option."""
+def join_dash_values(argv: list[str]) -> list[str]:
+    """``--facing -z`` as ``--facing=-z`` and ``--frames -5:`` as ``--frames=-5:``: argparse reads a value that
+    starts with a dash as another option."""
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] == "--facing" and i + 1 < len(argv) and argv[i + 1] in FACING_AXES:
-            out.append(f"--facing={argv[i + 1]}")
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if nxt is not None and ((argv[i] == "--facing" and nxt in FACING_AXES)
+                                or (argv[i] == "--frames" and FRAME_SLICE.fullmatch(nxt) and nxt.startswith("-"))):
+            out.append(f"{argv[i]}={nxt}")
             i += 2
         else:
             out.append(argv[i])
@@ -224,6 +229,45 @@ def still_clip_warning(seq) -> str | None:
     return None
 
 
+# the RigConfig fields set from options, by option name (a refused value is named by its option)
+CONFIG_OPTIONS = {"max_influences": "--max-influences", "detail": "--detail", "bone_reach": "--bone-reach",
+                  "cpu_threads": "--threads", "device": "--device"}
+
+
+def rig_config(args: argparse.Namespace):
+    """The :class:`~backend.rigging.pipeline.RigConfig` of the options, checked.
+
+    Raises:
+        CommandError: a bad value, named by its option (checked before any input is read, once for a batch).
+    """
+    from backend.rigging.pipeline import RigConfig
+
+    config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
+                       skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
+                       models=args.models, checkpoint_dir=str(args.checkpoints),
+                       per_frame_predictions=args.per_frame is not None, up_axis=args.up,
+                       left_axis=left_axis(args.facing, args.up), proxy=args.proxy,
+                       cpu_threads=args.threads, bone_reach=args.bone_reach)
+    try:
+        config.validate()
+    except ValueError as exc:
+        message = str(exc)
+        for field_name, option in CONFIG_OPTIONS.items():
+            if message.startswith(field_name + " "):
+                message = option + message[len(field_name):]
+                break
+            if f" {field_name} " in f" {message} ":
+                message = f"{option}: {message}"
+                break
+        raise CommandError(message) from None
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CommandError("--device cuda: this torch has no usable CUDA device (use --device cpu or auto)")
+    return config
+
+
 def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=None) -> RigResult:
     """Load, rig and write the outputs of one sequence (each file written atomically). ``models``: the loaded
     models, or a function returning them (called only once the input has loaded, so a bad file is refused
@@ -232,16 +276,11 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
     warning = still_clip_warning(seq)
     if warning is not None and not args.quiet:
         print(f"warning: {warning}", file=sys.stderr)
-    from backend.rigging.pipeline import RigConfig, rig_sequence
+    from backend.rigging.pipeline import rig_sequence
 
     if callable(models):
         models = models()
-    config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
-                       skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
-                       models=args.models, checkpoint_dir=str(args.checkpoints),
-                       per_frame_predictions=args.per_frame is not None, up_axis=args.up,
-                       left_axis=left_axis(args.facing, args.up), proxy=args.proxy,
-                       cpu_threads=args.threads, bone_reach=args.bone_reach)
+    config = rig_config(args)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
 
@@ -324,6 +363,7 @@ def run_rig(args: argparse.Namespace) -> int:
     check_output_names(args)
     if args.max_influences < 1:
         raise CommandError("--max-influences must be at least 1")
+    rig_config(args)  # every option's value, before any file is read
     left_axis(args.facing, args.up)  # a facing along the up axis is refused before any file is read
     if not args.input.exists():
         raise CommandError(f"input not found: {args.input}")

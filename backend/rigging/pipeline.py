@@ -303,6 +303,15 @@ _MODEL_CACHE: dict[tuple, Any] = {}
 _MODEL_LOCK = threading.Lock()  # a server's preload and its first rig load the models once
 
 
+def loaded_model_files(models) -> list[str] | None:
+    """The checkpoint files ``models`` were loaded from, each with its training stage (``models="auto"`` says
+    only what was asked for), or None for models made in memory."""
+    infos = [getattr(models, "skeleton_info", None), getattr(models, "skinning_info", None)]
+    if any(info is None for info in infos):
+        return None
+    return [f"{Path(info.path).name} ({info.stage})" for info in infos]
+
+
 def get_models(config: RigConfig, progress: Callable[[float], None] | None = None):
     """Load (once per checkpoint folder, choice, device and file dates) the skeleton generator and the
     skinning network (``progress`` as in :func:`backend.models.inference.load_models`, when they are loaded, and
@@ -727,7 +736,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
     track("report", 0.3)
     stats: dict[str, Any] = {
         "name": seq.name, "frames": K, "vertices": V, "faces": int(len(faces)), "joints": J,
-        "models": cfg.models, "config": asdict(cfg), **quality,
+        "models": cfg.models, "models_loaded": loaded_model_files(models), "config": asdict(cfg), **quality,
         "fit_rmse_history": [r / diag for r in fit.rmse_history], "fit_seconds": fit.seconds, "fit_start": fit.start,
         "fit_keyframes": fit.keyframes,
         "bones_borrowing_motion": int(fit.borrowed.sum()),
