@@ -299,3 +299,8 @@ def test_rig_cuda_without_a_cuda_device_names_the_option(tmp_path):
     proc = sprig("rig", str(src), "-o", str(tmp_path / "x.glb"), "--device", "cuda")
     assert proc.returncode == 2 and "--device cuda" in proc.stderr and "--device cpu" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.glb").exists()
+
+
+def test_sprig_version():
+    proc = sprig("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("sprig "), proc.stdout + proc.stderr

@@ -24,9 +24,20 @@ from backend.sequence import SequenceError
 COMMANDS: list[Callable] = [add_rig_command, add_eval_command]
 
 
+def product_version() -> str:
+    """The installed package's version (``pyproject.toml``), or a note that it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sprig-blender")
+    except PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sprig", description="SPRig: temporally stable rigging of mesh sequences")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"sprig {product_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
