@@ -333,6 +333,11 @@ def _per_input(option: Path, out_glb: Path, suffix: str) -> Path:
 OUTPUT_SUFFIXES = {"-o": (".glb",), "--report": (".html", ".htm"), "--json": (".json",), "--per-frame": (".npz",)}
 
 
+def output_options(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
+    """``(option, value)`` of every output option, ``-o`` first."""
+    return [("-o", args.output), ("--report", args.report), ("--json", args.json), ("--per-frame", args.per_frame)]
+
+
 def check_output_names(args: argparse.Namespace) -> None:
     """Refuse an output file named for another format (``-o rig.fbx`` would hold a binary glTF).
 
@@ -342,7 +347,7 @@ def check_output_names(args: argparse.Namespace) -> None:
     Raises:
         CommandError: naming the option, the name and the suffix it needs.
     """
-    given = [("-o", args.output), ("--report", args.report), ("--json", args.json), ("--per-frame", args.per_frame)]
+    given = output_options(args)
     names = [os.path.abspath(value) for _, value in given if value is not None]
     if os.path.abspath(args.input) in names or len(set(names)) < len(names):
         return
@@ -361,8 +366,6 @@ def run_rig(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     check_output_names(args)
-    if args.max_influences < 1:
-        raise CommandError("--max-influences must be at least 1")
     rig_config(args)  # every option's value, before any file is read
     left_axis(args.facing, args.up)  # a facing along the up axis is refused before any file is read
     if not args.input.exists():
@@ -373,11 +376,10 @@ def run_rig(args: argparse.Namespace) -> int:
     batch = len(inputs) > 1 or inputs[0] != args.input
     if batch and args.output.suffix:
         raise CommandError("with a folder as INPUT, -o must name an output folder")
-    for option, value, suffix in (("--report", args.report, ".html"), ("--json", args.json, ".json"),
-                                  ("--per-frame", args.per_frame, ".npz")):
+    for option, value in output_options(args)[1:]:
         if batch and value is not None and value.suffix:
             raise CommandError(f"with a folder as INPUT, {option} must name a folder (each sequence gets "
-                               f"<name>_rigged{suffix} there), not the file {value}")
+                               f"<name>_rigged{OUTPUT_SUFFIXES[option][0]} there), not the file {value}")
     if batch:
         inputs, earlier = drop_earlier_outputs(inputs, args)
         if earlier and not args.quiet:

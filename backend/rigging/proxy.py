@@ -42,7 +42,6 @@ from backend.rigging.fit.sparse import prune_weights, to_sparse_rows
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class MeshProxy:
     """A coarse stand-in for a mesh (see the module docstring).
