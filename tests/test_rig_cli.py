@@ -304,3 +304,16 @@ def test_rig_cuda_without_a_cuda_device_names_the_option(tmp_path):
 def test_sprig_version():
     proc = sprig("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("sprig "), proc.stdout + proc.stderr
+
+
+def test_rig_frames_beyond_the_clip_warn(tmp_path, checkpoints):
+    """``--frames 0:1000`` on a 4-frame clip rigs the 4 frames and says so (it was silent)."""
+    seq = multipart_sequence(n_frames=4)
+    src = tmp_path / "walk.npz"
+    np.savez(src, verts=seq.verts, faces=seq.faces)
+    proc = sprig("rig", str(src), "-o", str(tmp_path / "w.glb"), "--frames", "0:1000", "--checkpoints",
+                 str(checkpoints))
+    assert proc.returncode == 0, proc.stderr
+    assert "--frames asks for 1000 frames, the clip has 4 there" in proc.stderr
+    ok = sprig("rig", str(src), "-o", str(tmp_path / "v.glb"), "--frames", "1:3", "--checkpoints", str(checkpoints))
+    assert ok.returncode == 0 and "--frames asks" not in ok.stderr

@@ -215,6 +215,17 @@ def skin_notes(stats: dict) -> list[str]:
     return lines
 
 
+def short_slice_warning(seq, frames: slice | None) -> str | None:
+    """A warning when ``--frames`` asked for more frames than the clip has from its start (``0:1000`` on a
+    28-frame clip rigs 28), else None."""
+    if frames is None or frames.stop is None or frames.stop < 0 or (frames.start or 0) < 0:
+        return None
+    asked = len(range(frames.start or 0, frames.stop, frames.step or 1))
+    if asked > seq.n_frames:
+        return f"{seq.name}: --frames asks for {asked} frames, the clip has {seq.n_frames} there: rigging those"
+    return None
+
+
 def still_clip_warning(seq) -> str | None:
     """A warning when the sequence gives no motion to rig (one frame, or frames that never change), else None:
     such a clip still rigs, but its skeleton comes from the shape alone and the Action holds one pose."""
@@ -272,10 +283,11 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
     """Load, rig and write the outputs of one sequence (each file written atomically). ``models``: the loaded
     models, or a function returning them (called only once the input has loaded, so a bad file is refused
     before any model is loaded)."""
-    seq = load_sequence(path, frames=parse_frame_slice(args.frames))
-    warning = still_clip_warning(seq)
-    if warning is not None and not args.quiet:
-        print(f"warning: {warning}", file=sys.stderr)
+    frames = parse_frame_slice(args.frames)
+    seq = load_sequence(path, frames=frames)
+    for warning in (short_slice_warning(seq, frames), still_clip_warning(seq)):
+        if warning is not None and not args.quiet:
+            print(f"warning: {warning}", file=sys.stderr)
     from backend.rigging.pipeline import rig_sequence
 
     if callable(models):
