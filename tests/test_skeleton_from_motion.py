@@ -10,7 +10,7 @@ from backend.lbs import linear_blend_skinning
 from backend.rigging.naming import mirror_plane
 from backend.rigging.skeleton_from_motion import (MotionSkeletonConfig, RigSkeleton, _merge_smooth_bends,
                                                   add_end_joints, centre_of_rotation, rotation_vectors,
-                                                  skeleton_from_motion, weld_colocated)
+                                                  skeleton_from_motion, split_bending_feet, weld_colocated)
 from backend.skeleton import reorder, topological_order, validate_tree
 
 
@@ -1024,3 +1024,43 @@ def test_names_a_chain_crossing_the_mirror_plane_is_not_a_limb():
     assert names[1:4] == ["foreleg_01.L", "foreleg_02.L", "foreleg_03.L"] and names[4] == "foreleg_01.R"
     assert names[10] == "hindleg_01.L" and names[13] == "hindleg_01.R"
     assert names[16:18] == ["tail_01", "tail_02"]
+
+
+def _foot(bend: float, n_frames: int = 8):
+    """A foot bone along x from its joint (0, 0, 0) to its tail (1, 0, 0) on the ground, its part beyond x = 0.6
+    turning up to ``bend`` radians about the z axis through (0.6, 0, 0) over the frames, the whole foot lifted a
+    little: ``(joints, parents, tails, bone_of_vertex, anchor, frames_vm)`` with a leg bone above it."""
+    x = np.linspace(0.0, 1.0, 41)
+    ring = np.array([[0.0, 0.0], [0.0, 0.05], [0.05, 0.0], [0.05, 0.05]]) - 0.025
+    anchor = np.array([[xi, 0.025 + dy, dz] for xi in x for dy, dz in ring])
+    frames = []
+    for k in range(n_frames):
+        angle = bend * np.sin(0.9 * k)
+        c, s_ = np.cos(angle), np.sin(angle)
+        rot = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+        pivot = np.array([0.6, 0.0, 0.0])
+        moved = np.where(anchor[:, :1] > 0.6, (anchor - pivot) @ rot.T + pivot, anchor)
+        frames.append(moved + [0.0, 0.01 * k, 0.0])
+    frames_vm = np.stack(frames, axis=1)
+    joints = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    tails = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    return joints, np.array([-1, 0]), tails, np.ones(len(anchor), dtype=np.int64), anchor, frames_vm
+
+
+def test_a_foot_that_bends_gets_a_toe_where_it_bends():
+    """A walking foot rolls over its ball on a few frames, too little for the parts' merging to keep the toes
+    apart: the foot bone is cut where two rigid motions fit it best, the toe leads the skin beyond the cut; a
+    rigid foot, or one that bends less than ``min_rms``, is left whole."""
+    joints, parents, tails, bone, anchor, frames_vm = _foot(0.3)
+    j2, p2, t2, b2, added = split_bending_feet(joints, parents, tails, bone, anchor, frames_vm, ground=0.1,
+                                              gain=0.5, min_rms=0.001)
+    assert added == 1 and p2.tolist() == [-1, 0, 1]
+    assert abs(j2[2, 0] - 0.6) < 0.06 and abs(j2[2, 1]) < 0.03  # the toe joint at the bend, inside the foot
+    assert np.allclose(t2[1], j2[2]) and np.allclose(t2[2], [1.0, 0.0, 0.0])  # the foot ends where the toe starts
+    assert (b2 == 2).sum() > 0.3 * len(anchor) and (anchor[b2 == 2, 0] > 0.55).all()
+    assert split_bending_feet(*_foot(0.0), ground=0.1, gain=0.5, min_rms=0.001)[4] == 0  # rigid
+    assert split_bending_feet(*_foot(0.002), ground=0.1, gain=0.5, min_rms=0.001)[4] == 0  # barely bends ...
+    assert split_bending_feet(*_foot(0.002), ground=0.1, gain=0.5, min_rms=0.0)[4] == 1  # ... (the floor decides)
+    # a leaf off the ground (a hand) is not a foot
+    assert split_bending_feet(joints, parents, tails, bone, anchor, frames_vm, ground=-0.1, gain=0.5,
+                              min_rms=0.001)[4] == 0

@@ -111,6 +111,10 @@ class MotionSkeletonConfig:
             (a foot or hoof on the ground) gets an end joint at its tip however short its chain, as riggers
             give feet a toe joint (0: none; never with an int ``detail``). End joints outside the mesh are
             pulled in like the others (``pull_inside``).
+        toe_gain, toe_min_rms: a foot (a leaf on the ground, see ``foot_height``) whose vertices one rigid motion
+            reproduces no better than ``toe_min_rms`` (RMS, normalized units) is cut in two where two rigid motions
+            lower its squared error by at least ``toe_gain`` (:func:`split_bending_feet`; ``toe_gain`` 0: never;
+            never with an int ``detail``).
         leaf_spacing: when the motion's leaf links are longer than this many times its median link, the spacing is
             the leaves' median (:func:`motion_spacing`; ``0``: never).
         limb_roots: a leg whose chain starts below a thick body (its first joint where the limb leaves the
@@ -155,6 +159,8 @@ class MotionSkeletonConfig:
     smooth_cos: float = 0.95
     symmetric: bool = True
     foot_height: float = 0.05
+    toe_gain: float = 0.5
+    toe_min_rms: float = 0.001
     limb_roots: bool = True
     leaf_spacing: float = 1.3
     missing_legs: float = 0.15
@@ -184,6 +190,9 @@ class MotionSkeletonConfig:
             raise ValueError(f"leaf_spacing must be >= 0, got {self.leaf_spacing}")
         if not 0.0 <= self.foot_height < 1.0:
             raise ValueError(f"foot_height must be in [0, 1), got {self.foot_height}")
+        if not 0.0 <= self.toe_gain < 1.0 or self.toe_min_rms < 0:
+            raise ValueError(f"toe_gain must be in [0, 1) and toe_min_rms >= 0, got {self.toe_gain}, "
+                             f"{self.toe_min_rms}")
         if not 0.0 <= self.missing_legs < 0.5:
             raise ValueError(f"missing_legs must be in [0, 0.5), got {self.missing_legs}")
         if not 0.5 <= self.max_one_sided <= 1.0:
@@ -997,6 +1006,73 @@ def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_
     return tails
 
 
+def split_bending_feet(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, bone_of_vertex: np.ndarray,
+                       anchor: np.ndarray, frames_vm: np.ndarray, ground: float, gain: float, min_rms: float,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """A toe joint where a foot bends: a leaf bone whose tail is on the ground (Y at most ``ground``), whose
+    vertices one rigid motion reproduces no better than ``min_rms`` (RMS over vertices and frames), is cut across
+    its length at 40-80 % from its joint to its tail where two rigid motions reproduce those vertices best, when
+    they lower the squared error by at least ``gain`` of the one-piece fit's. The piece beyond the cut becomes a
+    child bone (a toe) that leads those vertices, with the joint at the centre of the cut's cross-section.
+
+    A walking foot rolls over its ball on a few frames only, too little over the clip for the parts' merging
+    (``merge_error``) to keep the toes apart, so a rig without this bends the whole foot at the ankle.
+
+    Args:
+        joints, tails: float ``[J, 3]``; parents: int ``[J]`` (parents first); bone_of_vertex: int ``[U]``;
+        anchor: ``[U, 3]``; frames_vm: ``[U, K, 3]`` (vertex-major).
+    Returns:
+        ``(joints [J', 3], parents [J'], tails [J', 3], bone_of_vertex [U], added)``, new joints appended.
+    """
+    J = len(parents)
+    n_children = np.bincount(parents[parents >= 0], minlength=J)
+    new_joints, new_parents, new_tails = [], [], []
+    bone_of_vertex = np.asarray(bone_of_vertex).copy()
+    tails = np.asarray(tails, dtype=np.float64).copy()
+    K = frames_vm.shape[1]
+
+    def squared_error(idx: np.ndarray, pieces: np.ndarray) -> float:
+        """Squared error of the vertices ``idx`` under one rigid motion per piece (``pieces`` bool ``[n, P]``)."""
+        T, _, _ = weighted_rigid_fits(anchor[idx], None, pieces.astype(np.float64), frames_vm=frames_vm[idx])
+        piece = np.argmax(pieces, axis=1)
+        per_vertex = T[:, piece].transpose(1, 0, 2, 3)  # [n, K, 4, 4]
+        pred = np.einsum("vkab,vb->vka", per_vertex[..., :3, :3], anchor[idx]) + per_vertex[..., :3, 3]
+        return float(np.sum((pred - frames_vm[idx]) ** 2))
+
+    for leaf in np.flatnonzero(n_children == 0):
+        mine = np.flatnonzero(bone_of_vertex == leaf)
+        axis = tails[leaf] - joints[leaf]
+        length2 = float(axis @ axis)
+        if tails[leaf, 1] > ground or len(mine) < 16 or length2 <= 1e-12:
+            continue
+        whole = squared_error(mine, np.ones((len(mine), 1), dtype=bool))
+        if whole < min_rms ** 2 * K * len(mine):
+            continue  # a planted or still foot: nothing bends
+        t = (anchor[mine] - joints[leaf]) @ axis / length2
+        best = None
+        for cut in (0.4, 0.5, 0.6, 0.7, 0.8):
+            beyond = t > cut
+            if min(beyond.sum(), (~beyond).sum()) < 8:
+                continue
+            err = squared_error(mine, np.stack([~beyond, beyond], axis=1))
+            if best is None or err < best[0]:
+                best = (err, cut, beyond)
+        if best is None or best[0] > (1.0 - gain) * whole:
+            continue
+        _, cut, beyond = best
+        ring = np.abs(t - cut) <= 0.1
+        head = anchor[mine[ring]].mean(axis=0) if ring.any() else joints[leaf] + cut * axis
+        new_joints.append(head)
+        new_parents.append(int(leaf))
+        new_tails.append(tails[leaf].copy())
+        tails[leaf] = head
+        bone_of_vertex[mine[beyond]] = J + len(new_joints) - 1
+    if not new_joints:
+        return joints, parents, tails, bone_of_vertex, 0
+    return (np.concatenate([joints, np.asarray(new_joints)]), np.concatenate([parents, np.asarray(new_parents)]),
+            np.concatenate([tails, np.asarray(new_tails)]), bone_of_vertex, len(new_joints))
+
+
 def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, spacing: float, min_chain: int,
                    min_length: float,
                    ground: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -1492,7 +1568,12 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     validate_tree(parents, n_joints=len(joints))
     report(0.9)
     J = len(parents)
-    n_end = 0
+    n_end = n_toes = 0
+    if target is None and cfg.foot_height > 0 and cfg.toe_gain > 0:
+        ground = anchor[:, 1].min() + cfg.foot_height * np.ptp(anchor[:, 1])
+        joints, parents, tails, bone_of_vertex, n_toes = split_bending_feet(
+            joints, parents, tails, bone_of_vertex, anchor, frames_vm, ground, cfg.toe_gain, cfg.toe_min_rms)
+        J = len(parents)
     if target is None:
         ground = anchor[:, 1].min() + cfg.foot_height * np.ptp(anchor[:, 1]) if cfg.foot_height > 0 else None
         joints, parents, tails, ends = add_end_joints(joints, parents, tails, built["spacing"], cfg.end_chain,
@@ -1522,7 +1603,8 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     stats = dict(n_vertices=V, n_welded=U, n_frames_used=int(len(frame_ids)), n_clusters=built["n_clusters"],
                  n_parts=built["n_parts"], n_moving_parts=built["n_moving"],
                  n_static_parts=built["n_parts"] - built["n_moving"], n_bones=J,
-                 n_shape_bones=J + n_patch_bones - built["n_parts"] - n_end, n_end_bones=n_end,
+                 n_shape_bones=J + n_patch_bones - built["n_parts"] - n_end - n_toes, n_end_bones=n_end,
+                 n_toes=n_toes,
                  spacing=built["spacing"], mirror_plane=mirror, n_mirror_recut_chains=n_recut,
                  n_uncrossed_limbs=n_uncrossed, n_pulled_inside=n_pulled, n_limb_roots=n_limb_roots,
                  n_missing_legs=n_new_legs, n_surface_patches=n_patches, n_patch_bones=n_patch_bones,
