@@ -1569,13 +1569,12 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     report(0.9)
     J = len(parents)
     n_end = n_toes = 0
-    if target is None and cfg.foot_height > 0 and cfg.toe_gain > 0:
-        ground = anchor[:, 1].min() + cfg.foot_height * np.ptp(anchor[:, 1])
-        joints, parents, tails, bone_of_vertex, n_toes = split_bending_feet(
-            joints, parents, tails, bone_of_vertex, anchor, frames_vm, ground, cfg.toe_gain, cfg.toe_min_rms)
-        J = len(parents)
     if target is None:
         ground = anchor[:, 1].min() + cfg.foot_height * np.ptp(anchor[:, 1]) if cfg.foot_height > 0 else None
+        if ground is not None and cfg.toe_gain > 0:
+            joints, parents, tails, bone_of_vertex, n_toes = split_bending_feet(
+                joints, parents, tails, bone_of_vertex, anchor, frames_vm, ground, cfg.toe_gain, cfg.toe_min_rms)
+            J = len(parents)
         joints, parents, tails, ends = add_end_joints(joints, parents, tails, built["spacing"], cfg.end_chain,
                                                       cfg.end_fraction, ground)
         n_end = len(ends)
