@@ -279,10 +279,10 @@ def rig_config(args: argparse.Namespace):
     return config
 
 
-def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=None) -> RigResult:
-    """Load, rig and write the outputs of one sequence (each file written atomically). ``models``: the loaded
-    models, or a function returning them (called only once the input has loaded, so a bad file is refused
-    before any model is loaded)."""
+def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, config, models=None) -> RigResult:
+    """Load, rig with ``config`` (:func:`rig_config`) and write the outputs of one sequence (each file written
+    atomically). ``models``: the loaded models, or a function returning them (called only once the input has
+    loaded, so a bad file is refused before any model is loaded)."""
     frames = parse_frame_slice(args.frames)
     seq = load_sequence(path, frames=frames)
     for warning in (short_slice_warning(seq, frames), still_clip_warning(seq)):
@@ -292,7 +292,6 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, models=No
 
     if callable(models):
         models = models()
-    config = rig_config(args)
     # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
     bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
 
@@ -378,8 +377,7 @@ def run_rig(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     check_output_names(args)
-    rig_config(args)  # every option's value, before any file is read
-    left_axis(args.facing, args.up)  # a facing along the up axis is refused before any file is read
+    config = rig_config(args)  # every option's value (a facing along the up axis too), before any file is read
     if not args.input.exists():
         raise CommandError(f"input not found: {args.input}")
     inputs = find_sequences(args.input) if args.input.is_dir() else [args.input]
@@ -419,7 +417,7 @@ def run_rig(args: argparse.Namespace) -> int:
         out = outputs.glb
         start = time.perf_counter()
         try:
-            result = rig_one(path, outputs, args, models=models)
+            result = rig_one(path, outputs, args, config, models=models)
         except PER_FILE_ERRORS as exc:
             if not batch:
                 raise CommandError(one_line(path, exc)) from None

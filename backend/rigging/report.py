@@ -319,7 +319,8 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
     rows = [
         ("sequence", _fmt(st.get("name", ""))), ("frames", _fmt(result.n_frames)),
         ("vertices / faces", f"{len(result.anchor_verts)} / {len(result.faces)}"),
-        ("joints", _fmt(len(result.joints))), ("models", _fmt(", ".join(st["models_loaded"]) if st.get("models_loaded") else st.get("models", "n/a"))),
+        ("joints", _fmt(len(result.joints))),
+        ("models", _fmt(", ".join(st["models_loaded"]) if st.get("models_loaded") else st.get("models", "n/a"))),
         ("reconstruction error mean / max", f"{100 * float(result.recon_error.mean()):.4f}% / "
                                             f"{100 * float(result.recon_error.max()):.3f}% of the box diagonal"),
     ]

@@ -1034,10 +1034,8 @@ def split_bending_feet(joints: np.ndarray, parents: np.ndarray, tails: np.ndarra
     def squared_error(idx: np.ndarray, pieces: np.ndarray) -> float:
         """Squared error of the vertices ``idx`` under one rigid motion per piece (``pieces`` bool ``[n, P]``)."""
         T, _, _ = weighted_rigid_fits(anchor[idx], None, pieces.astype(np.float64), frames_vm=frames_vm[idx])
-        piece = np.argmax(pieces, axis=1)
-        per_vertex = T[:, piece].transpose(1, 0, 2, 3)  # [n, K, 4, 4]
-        pred = np.einsum("vkab,vb->vka", per_vertex[..., :3, :3], anchor[idx]) + per_vertex[..., :3, 3]
-        return float(np.sum((pred - frames_vm[idx]) ** 2))
+        errors = ResidualGram(anchor[idx], frames_vm[idx], T).single_bone_errors()  # [n, P]
+        return float(errors[np.arange(len(idx)), np.argmax(pieces, axis=1)].sum())
 
     for leaf in np.flatnonzero(n_children == 0):
         mine = np.flatnonzero(bone_of_vertex == leaf)
