@@ -12,7 +12,10 @@ Each row runs in a fresh process: ``seconds`` is the ``rig_sequence`` call alone
 beforehand, as the add-on's server keeps them); ``peak RSS`` is the process's peak resident memory
 (``ru_maxrss``), which includes the generated input clip itself (~``K * V * 12`` bytes); ``error`` is the mean
 full-mesh reconstruction error in % of the anchor's bounding-box diagonal. Dem Bones (py-dem-bones, its
-defaults, ``transAffine = 0``) gets the same clip, its anchor as rest pose and the pipeline's bone count.
+defaults, ``transAffine = 0``) gets the same clip, its anchor as rest pose and the pipeline's bone count. Beside
+it run the pipeline as shipped (articulated: bones turn about their joints) and the same pipeline with free rigid
+bones (``RigConfig.articulated=False``, ``sprig rig --no-articulated``), which solves Dem Bones' own problem (every
+bone a free rigid motion): the like-for-like comparison.
 
     python bench/bench_rig_large.py [--splits 2 4 6 9 16] [--frames 120] [--compare 2 4] [--dembones 4]
                                     [--dembones-frames 60] [--checkpoints checkpoints] [--json out.json]
@@ -126,17 +129,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_rig(n_frames: int, splits: int, proxy: str, checkpoints: str) -> dict:
+def run_rig(n_frames: int, splits: int, proxy: str, checkpoints: str, articulated: bool = True) -> dict:
     from backend.rigging.pipeline import RigConfig, get_models, rig_sequence
 
     seq = make_sequence(n_frames, splits)
-    cfg = RigConfig(checkpoint_dir=checkpoints, device="cpu", proxy=proxy)
+    cfg = RigConfig(checkpoint_dir=checkpoints, device="cpu", proxy=proxy, articulated=articulated)
     get_models(cfg)  # loaded once beforehand, as the server keeps them
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result = rig_sequence(seq, cfg)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     st = result.stats
-    return dict(method=f"ours proxy {proxy}", frames=n_frames, verts=seq.n_verts, joints=len(result.joints), wall=wall,
+    method = f"ours proxy {proxy}" if articulated else f"ours free bones {proxy}"
+    return dict(method=method, frames=n_frames, verts=seq.n_verts, joints=len(result.joints), wall=wall,
                 cpu=cpu, error_pct=100 * st["recon_mean"], proxy_vertices=st["proxy_vertices"],
                 stages=st["stage_seconds"], maxrss_mb=peak_rss_mb())
 
@@ -194,14 +198,14 @@ def responsiveness(splits: int, n_frames: int, checkpoints: str, seed: int = 0) 
 
 def child(spec: str, checkpoints: str) -> dict:
     kind, k, n, extra = spec.split(",")
-    if kind == "rig":
-        return run_rig(int(k), int(n), extra, checkpoints)
+    if kind in ("rig", "free"):
+        return run_rig(int(k), int(n), extra, checkpoints, articulated=kind == "rig")
     return run_dembones_row(int(k), int(n), int(extra))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--splits", type=int, nargs="+", default=[2, 4, 6, 9, 16],
+    parser.add_argument("--splits", type=int, nargs="*", default=[2, 4, 6, 9, 16],
                         help="edge splits per size (2: 9.3k, 4: 37k, 6: 84k, 9: 190k, 16: 598k vertices)")
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--compare", type=int, nargs="*", default=[2, 4],
@@ -229,15 +233,17 @@ def main(argv: list[str] | None = None) -> int:
             ("rig", args.frames, n, "auto")]
     for n in args.dembones:
         jobs.append(("rig", args.dembones_frames, n, "auto"))
-        jobs.append(("dembones", args.dembones_frames, n, None))  # bone count: the row above's
-    hdr = (f"{'V':>7s} {'K':>4s} {'J':>3s} {'method':22s} | {'seconds':>8s} {'cpu s':>8s} | {'peak RSS GB':>11s} | "
+        jobs.append(("free", args.dembones_frames, n, "auto"))
+        jobs.append(("dembones", args.dembones_frames, n, None))  # bone count: the articulated row's
+    hdr = (f"{'V':>7s} {'K':>4s} {'J':>3s} {'method':28s} | {'seconds':>8s} {'cpu s':>8s} | {'peak RSS GB':>11s} | "
            f"{'error %':>8s} | {'s / M vert-frames':>17s}  stages (s)")
     rows = []
     print(hdr, flush=True)
     print("-" * len(hdr), flush=True)
     for kind, k, n, extra in tqdm(jobs, desc="rows", file=sys.stderr):
         if kind == "dembones":
-            extra = rows[-1]["joints"] if rows and rows[-1]["method"].startswith("ours") else 24
+            shipped = [r for r in rows if r["method"] == "ours proxy auto" and r["frames"] == k]
+            extra = shipped[-1]["joints"] if shipped else 24
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"{kind},{k},{n},{extra}",
                "--checkpoints", args.checkpoints]
         try:
@@ -252,12 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
         method = r["method"] if r["proxy_vertices"] is None else f"{r['method']} ({r['proxy_vertices']})"
         stages = " ".join(f"{s}:{t:.1f}" for s, t in r["stages"].items() if t >= 0.05)
-        print(f"{r['verts']:7d} {r['frames']:4d} {r['joints']:3d} {method[:22]:22s} | {r['wall']:8.1f} "
+        print(f"{r['verts']:7d} {r['frames']:4d} {r['joints']:3d} {method[:28]:28s} | {r['wall']:8.1f} "
               f"{r['cpu']:8.1f} | {r['maxrss_mb'] / 1024:11.2f} | {r['error_pct']:8.4f} | "
               f"{r['wall'] / (r['verts'] * r['frames'] / 1e6):17.3f}  {stages}", flush=True)
     # growth: seconds against vertex-frames, proxy runs above 20k vertices
-    big = [r for r in rows if r["method"] != "dembones" and r["proxy_vertices"] is not None and r["verts"] > 20000
-           and r["frames"] == args.frames]
+    big = [r for r in rows if r["method"].startswith("ours proxy") and r["proxy_vertices"] is not None
+           and r["verts"] > 20000 and r["frames"] == args.frames]
     if len(big) >= 2:
         vk = np.array([r["verts"] * r["frames"] / 1e6 for r in big])
         wall = np.array([r["wall"] for r in big])
@@ -273,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{on['verts']} vertices x {on['frames']} frames: with the proxy ({on['proxy_vertices']} vertices) "
                   f"error {on['error_pct'] / off['error_pct']:.2f}x and time {on['wall'] / off['wall']:.2f}x of "
                   "the pipeline without it")
-    for i, r in enumerate(rows):
-        if r["method"] == "dembones" and i > 0 and rows[i - 1]["method"].startswith("ours"):
-            ours = rows[i - 1]
-            print(f"{r['verts']} vertices x {r['frames']} frames, {r['joints']} bones: ours / Dem Bones error "
-                  f"{ours['error_pct'] / r['error_pct']:.2f}, time {ours['wall'] / r['wall']:.2f}")
+    for r in (r for r in rows if r["method"] == "dembones"):
+        for ours in rows:
+            if ours["method"] in ("ours proxy auto", "ours free bones auto") and ours["verts"] == r["verts"] \
+                    and ours["frames"] == r["frames"]:
+                label = "articulated (shipped)" if ours["method"] == "ours proxy auto" else "free bones"
+                print(f"{r['verts']} vertices x {r['frames']} frames: ours, {label}, {ours['joints']} bones / Dem "
+                      f"Bones, {r['joints']} bones: error {ours['error_pct'] / r['error_pct']:.2f}x, time "
+                      f"{ours['wall'] / r['wall']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
