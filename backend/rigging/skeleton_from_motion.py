@@ -1107,6 +1107,23 @@ def add_end_joints(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, s
             np.concatenate([tails, heads + 0.25 * spacing * direction]), ends_a)
 
 
+def _inside_run(line: np.ndarray, anchor: np.ndarray, faces: np.ndarray, step: float, max_gap: float,
+                chunk: int = 32) -> int:
+    """How many points of ``line [N, 3]`` (``step`` apart) from its start lie inside the mesh (generalized winding
+    number), across gaps of outside points no longer than ``max_gap``: ``0`` when the first point is outside. The
+    winding numbers are computed a ``chunk`` of points at a time, only as far as the run goes."""
+    gap = 0
+    for start in range(0, len(line), chunk):
+        inside = np.abs(winding_numbers(line[start:start + chunk], anchor, faces)) >= 0.5
+        if start == 0 and not inside[0]:
+            return 0
+        for i, flag in enumerate(inside, start):
+            gap = 0 if flag else gap + 1
+            if gap * step > max_gap:
+                return i - gap + 1
+    return len(line)
+
+
 def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, bone_of_vertex: np.ndarray,
                    anchor: np.ndarray, faces: np.ndarray, spacing: float, ground: float,
                    step: float = 0.005, between: Callable[[float], None] | None = None
@@ -1158,17 +1175,11 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
         if down[1] > -0.5 * np.linalg.norm(down):  # not a leg standing under the body
             continue
         line = joints[s] + np.arange(0.0, 1.0, step)[:, None] * np.array([0.0, 1.0, 0.0])
-        inside = np.abs(winding_numbers(line, anchor, faces)) >= 0.5
-        if not inside[0]:
-            continue
         # the inside run up from s, across gaps shorter than a quarter spacing (a limb modelled apart from
         # the body, open seams)
-        run, gap = len(inside), 0
-        for i, flag in enumerate(inside):
-            gap = 0 if flag else gap + 1
-            if gap * step > 0.25 * spacing:
-                run = i - gap + 1
-                break
+        run = _inside_run(line, anchor, faces, step, 0.25 * spacing)
+        if run == 0:
+            continue
         depth = tree.query(line[:run])[0]  # distance to the nearest vertex (the surface) along the run
         if depth[0] >= 0.5 * depth.max() or depth.max() < 0.25 * spacing:
             continue  # the leg starts inside the body already (a hip found by the motion), or no thick body above
