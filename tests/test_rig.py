@@ -19,7 +19,7 @@ from backend.models.inference import RiggerModels
 from backend.models.skeleton_generator import SkeletonGenerator, SkeletonGeneratorConfig
 from backend.models.skinning_network import SkinningNetwork, SkinningNetworkConfig
 from backend.normalize import anchor_normalize
-from backend.rigging.report import render_report, write_report
+from backend.rigging.report import drawing_mesh, render_report, write_report
 from backend.rigging.pipeline import LARGE_FIT_VERTICES, RigCancelled, RigConfig, rig_sequence, select_frames
 from backend.rigging.result import RigResult
 from backend.sequence import MeshSequence
@@ -407,3 +407,33 @@ def test_skin_reach_names_bones_without_skin_and_counts_far_led_vertices():
     assert reach["bones_far_from_skin"] == ["c", "d"]  # 1.5 from either vertex: 0.25 of the diagonal (6)
     assert skin_reach(anchor, weights, joints, None, parents, list("abcdef"), diag=6.0) == {
         "bones_without_skin": ["b", "c", "d", "e"], "bones_far_from_skin": ["c", "d"], "far_led_share": 0.0}
+
+
+def _surface_area(verts: np.ndarray, faces: np.ndarray) -> float:
+    tri = verts[faces]
+    return 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
+
+
+def test_a_large_mesh_is_drawn_whole_and_light():
+    """The report draws a large mesh through a lighter one: at most ``max_faces`` faces over vertices of the
+    mesh, covering its whole surface (a UV sphere whose seam vertices are split, as a glTF export holds them:
+    nothing missing, no crack along the seam)."""
+    n_lat, n_lon = 60, 120
+    theta = np.linspace(0.05, np.pi - 0.05, n_lat)
+    phi = np.linspace(0.0, 2.0 * np.pi, n_lon + 1)  # the last column repeats the first: a split seam
+    t, p = np.meshgrid(theta, phi, indexing="ij")
+    verts = np.stack([np.sin(t) * np.cos(p), np.cos(t), np.sin(t) * np.sin(p)], -1).reshape(-1, 3)
+    idx = np.arange(n_lat * (n_lon + 1)).reshape(n_lat, n_lon + 1)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    faces = np.concatenate([np.stack([a, c, b], -1).reshape(-1, 3), np.stack([b, c, d], -1).reshape(-1, 3)])
+    drawn_faces, vertex_map = drawing_mesh(verts, faces, max_faces=1500)
+    assert len(drawn_faces) <= 1500 < len(faces)
+    assert drawn_faces.min() >= 0 and drawn_faces.max() < len(vertex_map) and vertex_map.max() < len(verts)
+    drawn = verts[vertex_map]
+    assert _surface_area(drawn, drawn_faces) > 0.9 * _surface_area(verts, faces)
+    # every part of the surface is near a drawn vertex (no region dropped)
+    from scipy.spatial import cKDTree
+
+    assert cKDTree(drawn).query(verts)[0].max() < 0.15
+    small_faces, small_map = drawing_mesh(verts, faces, max_faces=len(faces))  # small enough: drawn as it is
+    assert np.array_equal(small_faces, faces) and np.array_equal(small_map, np.arange(len(verts)))

@@ -1064,3 +1064,25 @@ def test_a_foot_that_bends_gets_a_toe_where_it_bends():
     # a leaf off the ground (a hand) is not a foot
     assert split_bending_feet(joints, parents, tails, bone, anchor, frames_vm, ground=-0.1, gain=0.5,
                               min_rms=0.001)[4] == 0
+
+
+def test_a_foot_lifted_on_the_anchor_frame_gets_its_toe_when_it_touches_down_later():
+    """The anchor frame of a walk catches one foot in the air: it is a foot all the same when its vertices come
+    down to the ground on a later frame (the clip's lowest point, here a planted foot's); a leaf that never comes
+    down (a hand) is not one."""
+    joints, parents, tails, bone, anchor, frames_vm = _foot(0.3)
+    K = frames_vm.shape[1]
+    planted = np.array([[2.0, 0.0, 0.0], [2.1, 0.0, 0.0], [2.0, 0.0, 0.1], [2.1, 0.0, 0.1]])  # bone 0's, still
+    lift = np.array([0.0, 0.5, 0.0])
+
+    def clip(down_on_later_frames: bool):
+        moved = frames_vm + lift  # every frame lifted ...
+        if down_on_later_frames:
+            moved[:, 1:] -= lift  # ... or only the anchor frame
+        a = np.concatenate([anchor + lift, planted])
+        f = np.concatenate([moved, np.repeat(planted[:, None], K, axis=1)])
+        b = np.concatenate([bone, np.zeros(len(planted), dtype=np.int64)])
+        return joints + lift, parents, tails + lift, b, a, f
+
+    assert split_bending_feet(*clip(True), ground=0.05, gain=0.5, min_rms=0.001)[4] == 1
+    assert split_bending_feet(*clip(False), ground=0.05, gain=0.5, min_rms=0.001)[4] == 0

@@ -75,19 +75,17 @@ def _arr(values, n: int | None = None) -> np.ndarray:
 
 class _MeshView:
     """An orthographic view of the mesh: ``up_axis`` vertical, the longer remaining axis horizontal (the
-    shorter one for ``side``), the third is depth; large meshes are simplified for drawing."""
+    shorter one for ``side``), the third is depth. ``drawn``: the mesh to draw, ``(faces, vertex_map)`` from
+    :func:`drawing_mesh` (None: every face of the given mesh)."""
 
-    def __init__(self, anchor: np.ndarray, faces: np.ndarray, max_faces: int = 20000, side: bool = False,
-                 up_axis: int = 1):
+    def __init__(self, anchor: np.ndarray, faces: np.ndarray, side: bool = False, up_axis: int = 1,
+                 drawn: tuple[np.ndarray, np.ndarray] | None = None):
         extent = np.ptp(anchor, axis=0)
         others = [a for a in range(3) if a != up_axis]
         horiz = max(others, key=lambda a: extent[a]) if not side else min(others, key=lambda a: extent[a])
         depth = [a for a in others if a != horiz][0]
         self.axes = (horiz, up_axis, depth)
-        self.faces = np.asarray(faces)
-        self.vertex_map = None
-        if len(faces) > max_faces:
-            self.faces, self.vertex_map = _simplify(anchor, faces, max_faces)
+        self.faces, self.vertex_map = (np.asarray(faces), None) if drawn is None else drawn
 
     def polys(self, verts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Projected triangles ``[F, 3, 2]`` back to front, their order, and flat shade values ``[F]``."""
@@ -102,20 +100,50 @@ class _MeshView:
         return tri[order][:, :, [h, u]], order, shade[order]
 
 
-def _simplify(anchor: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """A lighter mesh for drawing: simplified faces indexing (nearest) original vertices."""
-    try:
-        import fast_simplification
-        from scipy.spatial import cKDTree
+def drawing_mesh(anchor: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lighter mesh for drawing, by vertex clustering: the vertices in each cell of a grid become one (the
+    vertex nearest the cell's mean), the faces are re-indexed, and faces that collapse or repeat are dropped; the
+    grid is coarsened until at most ``max_faces`` faces remain. Every part of the surface keeps its place and
+    co-located seam vertices fall into one cell, so the picture has neither holes nor cracks. (Quadric
+    decimation, used until 2026-12-07, kept a quarter of the surface of a 189k-vertex CesiumMan with UV seams,
+    drawing a few large triangles in place of the body, and took 9 s per view at 598k vertices.)
 
-        pts, fcs = fast_simplification.simplify(np.asarray(anchor, np.float32), np.asarray(faces, np.int32),
-                                                target_reduction=1.0 - max_faces / len(faces))
-        _, nearest = cKDTree(anchor).query(pts)
-        return np.asarray(fcs, dtype=np.int64), np.asarray(nearest, dtype=np.int64)
-    except Exception as exc:  # fall back to a random face subset (the picture gets holes)
-        log.debug("simplification for drawing failed (%s); drawing a face subset", exc)
-        keep = np.random.default_rng(0).choice(len(faces), max_faces, replace=False)
-        return np.asarray(faces)[np.sort(keep)], np.arange(len(anchor))
+    Args:
+        anchor: float ``[V, 3]``; faces: int ``[F, 3]``; max_faces: at most this many faces.
+    Returns:
+        ``(faces int64 [F', 3], vertex_map int64 [V'])``: the faces index ``vertex_map``, whose entries are
+        vertices of the input.
+    """
+    a = np.asarray(anchor, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) <= max_faces:
+        return f, np.arange(len(a))
+    lo = a.min(axis=0)
+    tri = a[f]
+    area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
+    # about two faces per surface cell: start with max_faces / 2 cells on the surface
+    extent = max(float(np.ptp(a, axis=0).max()), 1e-12)
+    size = max(np.sqrt(area / (0.5 * max_faces)), extent / 2 ** 20)
+    while True:
+        grid = np.floor((a - lo) / size).astype(np.int64)  # at most 2^20 cells per axis: 21 bits each
+        _, cell = np.unique((grid[:, 0] << 42) | (grid[:, 1] << 21) | grid[:, 2], return_inverse=True)
+        cell = cell.reshape(-1)
+        fc = cell[f]
+        fc = fc[(fc[:, 0] != fc[:, 1]) & (fc[:, 1] != fc[:, 2]) & (fc[:, 0] != fc[:, 2])]
+        _, first = np.unique(np.sort(fc, axis=1), axis=0, return_index=True)
+        fc = fc[np.sort(first)]
+        if len(fc) <= max_faces:
+            break
+        size *= 1.05 * np.sqrt(len(fc) / max_faces)
+    n_cells = int(cell.max()) + 1
+    counts = np.bincount(cell, minlength=n_cells)
+    mean = np.stack([np.bincount(cell, weights=a[:, k], minlength=n_cells) for k in range(3)], 1) / counts[:, None]
+    order = np.lexsort((np.linalg.norm(a - mean[cell], axis=1), cell))  # by cell, nearest the mean first
+    vertex_map = order[np.searchsorted(cell[order], np.arange(n_cells))]
+    used = np.unique(fc)  # cells no face touches any more are not drawn
+    remap = np.full(n_cells, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return remap[fc], vertex_map[used]
 
 
 def _draw_mesh(ax, view: _MeshView, verts: np.ndarray, values: np.ndarray | None = None, vmax: float = 1.0,
@@ -220,7 +248,7 @@ def _pick_frames(result: RigResult, count: int = 4) -> list[int]:
     return picked
 
 
-def _heatmap_figure(result: RigResult, posed: np.ndarray, view: _MeshView, frames: list[int]) -> str:
+def _heatmap_figure(result: RigResult, posed: dict[int, np.ndarray], view: _MeshView, frames: list[int]) -> str:
     plt = _matplotlib()[0]
     inst_max = max(float(result.skin_instability[frames].max()), 0.05)  # floor: do not magnify noise
     err_max = max(float(result.recon_error[frames].max()), 1e-9)
@@ -378,11 +406,11 @@ def render_report(result: RigResult, title: str | None = None, max_faces: int = 
     st = result.stats or {}
     title = title or f"SPRig report: {st.get('name', 'sequence')}"
     anchor = np.asarray(result.anchor_verts, dtype=np.float64)
-    front = _MeshView(anchor, result.faces, max_faces, up_axis=up_axis)
-    side = _MeshView(anchor, result.faces, max_faces, side=True, up_axis=up_axis)
+    drawn = drawing_mesh(anchor, result.faces, max_faces)
+    front = _MeshView(anchor, result.faces, up_axis=up_axis, drawn=drawn)
+    side = _MeshView(anchor, result.faces, side=True, up_axis=up_axis, drawn=drawn)
     frames = _pick_frames(result)
-    posed = np.empty((result.n_frames, len(anchor), 3))
-    posed[frames] = skin_anchor(anchor, result.weights, np.asarray(result.bone_transforms)[frames])
+    posed = dict(zip(frames, skin_anchor(anchor, result.weights, np.asarray(result.bone_transforms)[frames])))
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",

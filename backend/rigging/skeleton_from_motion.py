@@ -1009,7 +1009,9 @@ def _tails(anchor: np.ndarray, joints: np.ndarray, parents: np.ndarray, bone_of_
 def split_bending_feet(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, bone_of_vertex: np.ndarray,
                        anchor: np.ndarray, frames_vm: np.ndarray, ground: float, gain: float, min_rms: float,
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """A toe joint where a foot bends: a leaf bone whose tail is on the ground (Y at most ``ground``), whose
+    """A toe joint where a foot bends: a leaf bone on the ground (its tail at most ``ground`` high on the anchor, or
+    its vertices on some frame at most as high above the clip's lowest point as ``ground`` is above the anchor's: a
+    walking foot lifted on the anchor frame), whose
     vertices one rigid motion reproduces no better than ``min_rms`` (RMS over vertices and frames), is cut across
     its length at 40-80 % from its joint to its tail where two rigid motions reproduce those vertices best, when
     they lower the squared error by at least ``gain`` of the one-piece fit's. The piece beyond the cut becomes a
@@ -1030,6 +1032,7 @@ def split_bending_feet(joints: np.ndarray, parents: np.ndarray, tails: np.ndarra
     bone_of_vertex = np.asarray(bone_of_vertex).copy()
     tails = np.asarray(tails, dtype=np.float64).copy()
     K = frames_vm.shape[1]
+    frame_ground = float(frames_vm[:, :, 1].min()) + (ground - float(anchor[:, 1].min()))
 
     def squared_error(idx: np.ndarray, pieces: np.ndarray) -> float:
         """Squared error of the vertices ``idx`` under one rigid motion per piece (``pieces`` bool ``[n, P]``)."""
@@ -1041,7 +1044,9 @@ def split_bending_feet(joints: np.ndarray, parents: np.ndarray, tails: np.ndarra
         mine = np.flatnonzero(bone_of_vertex == leaf)
         axis = tails[leaf] - joints[leaf]
         length2 = float(axis @ axis)
-        if tails[leaf, 1] > ground or len(mine) < 16 or length2 <= 1e-12:
+        if len(mine) < 16 or length2 <= 1e-12:
+            continue
+        if tails[leaf, 1] > ground and frames_vm[mine, :, 1].min() > frame_ground:
             continue
         whole = squared_error(mine, np.ones((len(mine), 1), dtype=bool))
         if whole < min_rms ** 2 * K * len(mine):
