@@ -80,8 +80,8 @@ class Recorder:
 
 
 def run_once(cancel_at: str | None, rng: random.Random, timeout: float = 900.0) -> dict:
-    """One interactive Rig Sequence; with ``cancel_at`` (a phase: ``export`` or a backend stage), Esc a random
-    0-0.5 s after that phase starts. Returns timings and the outcome."""
+    """One interactive Rig Sequence; with ``cancel_at`` (the start of a phase's text: ``export``, a backend stage or
+    ``building the rig: ...``), Esc a random 0-0.5 s after that phase starts. Returns timings and the outcome."""
     import bpy
     from test_blender_scenes import ModalEvent, invoke_rig_sequence, window_override
 
@@ -97,7 +97,7 @@ def run_once(cancel_at: str | None, rng: random.Random, timeout: float = 900.0) 
         time.sleep(TICK_S)
         phase = "export" if op._job is None else (runtime.stage or "starting")
         phase_start.setdefault(phase, time.monotonic())
-        if cancel_at is not None and esc_due is None and phase == cancel_at:
+        if cancel_at is not None and esc_due is None and phase.startswith(cancel_at):
             esc_due = time.monotonic() + rng.uniform(0.0, 0.5)
         with window_override():
             if esc_due is not None and esc_sent is None and time.monotonic() >= esc_due:
@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     parser.add_argument("--cancel-in", nargs="*",
                         default=["export", "skeleton", "fit", "weights", "building the rig: vertex groups"],
-                        help="phases to press Esc in: export, a backend stage, or a step of building the rig")
+                        help="phases to press Esc in: export, a backend stage, or a step of building the rig (the "
+                             "start of a phase's text is enough: 'build' is the first step of building the rig)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

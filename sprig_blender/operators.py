@@ -70,6 +70,9 @@ _PLAIN_ROWS = (
      "mean distance between the rig's playback and the input, as a share of the model's size"),
     ("Worst vertex", "recon_max", lambda v: f"{100.0 * v:.1f}% off", 0.05, 0.15,
      "the largest such distance on any vertex and frame"),
+    ("Error vs movement", "recon_vs_motion", lambda v: f"{100.0 * v:.0f}% of the movement", 0.10, 0.30,
+     "the mean playback error as a share of how far the vertices move from the first frame on average: how much "
+     "of the animation the rig leaves out (a small error on a clip that barely moves can still be most of it)"),
     ("Weight steadiness", "skin_instability_mean", lambda v: f"{100.0 * v:.0f}% of weight moves", 0.10, 0.25,
      "how much the predicted weights change over the clip (lower: steadier skinning)"),
 )

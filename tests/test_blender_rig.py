@@ -819,13 +819,16 @@ def test_menu_entry_cancel_and_plain_result_words(scene):
     draw_funcs = bpy.types.VIEW3D_MT_object._dyn_ui_initialize()
     assert operators.object_menu_entry in draw_funcs  # Object menu (and so F3 search)
     assert not bpy.ops.sprig.cancel_rig.poll()  # nothing running
-    stats = {"joints": 9, "recon_mean": 0.0059, "recon_max": 0.2, "topology_flicker": 0.67,
+    stats = {"joints": 9, "recon_mean": 0.0059, "recon_max": 0.2, "recon_vs_motion": 0.45, "topology_flicker": 0.67,
              "skin_instability_mean": 0.3, "pjdd": 0.01, "mcjd": 0.02, "config": {"heatmap": True}}
     assert operators.plain_summary(stats) == [
         ("Bones", "9", ""), ("Matches the animation", "0.59% off", "good"), ("Worst vertex", "20.0% off", "poor"),
+        ("Error vs movement", "45% of the movement", "poor"),  # a small error that is most of a small motion
         ("Weight steadiness", "30% of weight moves", "poor")]  # no verdict on the network's per-frame topology
     stats["config"]["heatmap"] = False  # no weights predicted on later frames: no weight row
-    assert [row[0] for row in operators.plain_summary(stats)][-1] == "Worst vertex"
+    assert [row[0] for row in operators.plain_summary(stats)][-1] == "Error vs movement"
+    assert "Error vs movement" not in dict((r[0], r) for r in operators.plain_summary(
+        {**stats, "recon_vs_motion": None}))  # a clip that does not move: no such verdict
     assert "predicted weights" in operators.plain_note("Weight steadiness")
     assert ("Net skin instability", "0.3") in operators.stats_summary({**stats, "config": {"heatmap": True}})
     assert "Net skin instability" not in dict(operators.stats_summary(stats))  # heatmap off: not measured

@@ -369,3 +369,20 @@ def test_a_png_renamed_to_glb_is_named_not_a_glb(tmp_path):
     (tmp_path / "picture.glb").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     with pytest.raises(SequenceError, match=r"not a GLB file: it starts with b'\\x89PNG'"):
         load_sequence(tmp_path / "picture.glb")
+
+
+def test_a_large_npz_loads_a_frame_subset_under_the_ceiling(tmp_path, monkeypatch):
+    """A stored (uncompressed) ``.npz`` larger than the vertex ceiling: a frame selection under it loads (only
+    those frames are read); the whole clip is refused with the ``SPRIG_MAX_VERTEX_FRAMES`` value that would load
+    it; a compressed copy names why a selection cannot help there."""
+    seq = _seq(40)
+    V = seq.n_verts
+    save_npz(seq, tmp_path / "big.npz")
+    save_npz(seq, tmp_path / "packed.npz", compressed=True)
+    monkeypatch.setattr(common.LIMITS, "max_vertex_frames", 3 * V)
+    with pytest.raises(SequenceError, match=rf"\(40 x {V}\) = .* set SPRIG_MAX_VERTEX_FRAMES={40 * V} or more"):
+        load_sequence(tmp_path / "big.npz")
+    part = load_sequence(tmp_path / "big.npz", frames=slice(2, 5))
+    assert part.n_frames == 3 and np.allclose(part.verts, seq.verts[2:5])
+    with pytest.raises(SequenceError, match=r"stored compressed, so selecting frames still unpacks all of it"):
+        load_sequence(tmp_path / "packed.npz", frames=slice(2, 5))

@@ -437,3 +437,23 @@ def test_a_large_mesh_is_drawn_whole_and_light():
     assert cKDTree(drawn).query(verts)[0].max() < 0.15
     small_faces, small_map = drawing_mesh(verts, faces, max_faces=len(faces))  # small enough: drawn as it is
     assert np.array_equal(small_faces, faces) and np.array_equal(small_map, np.arange(len(verts)))
+
+
+def test_playback_quality_rates_the_error_against_the_movement():
+    """``recon_vs_motion``: the mean error as a share of the mean distance the vertices move from the anchor. A
+    rig that plays nothing back (identity transforms) leaves out all of the movement; a still clip has none."""
+    from backend.rigging.pipeline import playback_quality
+    from backend.sequence import colocated_representatives
+
+    anchor = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    shift = np.array([0.0, 0.0, 0.1])
+    verts = np.stack([anchor, anchor + shift, anchor + 2 * shift])  # moves 0, 0.1, 0.2: mean 0.1
+    weights = np.ones((3, 1))
+    still = np.tile(np.eye(4), (3, 1, 1, 1))  # [K, 1, 4, 4]
+    for chunked in (False, True):
+        _, stats = playback_quality(anchor, verts, weights, still, np.zeros((1, 3)), np.array([-1]),
+                                    colocated_representatives(verts), 1.0, chunked=chunked)
+        assert stats["motion_mean"] == pytest.approx(0.1) and stats["recon_vs_motion"] == pytest.approx(1.0)
+    _, stats = playback_quality(anchor, np.stack([anchor] * 3), weights, still, np.zeros((1, 3)), np.array([-1]),
+                                np.arange(3), 1.0, chunked=False)
+    assert stats["motion_mean"] == 0.0 and stats["recon_vs_motion"] is None

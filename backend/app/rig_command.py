@@ -32,7 +32,7 @@ RIGGED_SUFFIX = "_rigged.glb"  # a batch writes <stem>_rigged.glb for each input
 # (ValueError), an output that cannot be written (OSError), a clip too large for memory.
 PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSError, MemoryError)
 
-SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "pjdd", "blrd", "gsd", "jad",
+SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "recon_vs_motion", "pjdd", "blrd", "gsd", "jad",
                 "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
                 "bones_far_from_skin", "far_led_share", "models_loaded", "seconds")
 
@@ -427,7 +427,9 @@ def run_rig(args: argparse.Namespace) -> int:
         if not args.quiet:
             s = result.stats
             tqdm.write(f"{path.name}: {s['joints']} joints, {s['frames']} frames, recon mean "
-                       f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal, "
+                       f"{100 * s['recon_mean']:.3f}% / max {100 * s['recon_max']:.3f}% of the box diagonal"
+                       + ("" if s.get("recon_vs_motion") is None else
+                          f" ({100 * s['recon_vs_motion']:.1f}% of the movement)") + ", "
                        f"network PJDD(0-2) {'-' if s.get('pjdd') is None else format(s['pjdd'], '.4f')}, "
                        f"{time.perf_counter() - start:.1f} s with loading -> {out}")
             for line in [side_note(result, facing_of(args)), *skin_notes(s)]:

@@ -75,9 +75,14 @@ def check_size(count: int, limit: int, what: str, source: str | Path) -> None:
 
 
 def check_vertex_frames(n_frames: int, n_verts: int, source: str | Path) -> None:
-    """The vertex-positions ceiling of :data:`LIMITS` for a ``[K, V, 3]`` sequence."""
-    check_size(int(n_frames) * int(n_verts), LIMITS.max_vertex_frames, f"frames x vertices ({n_frames} x {n_verts})",
-               source)
+    """The vertex-positions ceiling of :data:`LIMITS` for a ``[K, V, 3]`` sequence; the message names the
+    ``SPRIG_MAX_VERTEX_FRAMES`` value that would load it."""
+    count = int(n_frames) * int(n_verts)
+    if count > LIMITS.max_vertex_frames:
+        raise SequenceError(
+            f"{source}: frames x vertices ({n_frames} x {n_verts}) = {count:,} is above the limit of "
+            f"{LIMITS.max_vertex_frames:,} (a corrupt or hostile file, or a clip too large to load at once): set "
+            f"SPRIG_MAX_VERTEX_FRAMES={count} or more to load it, or select fewer frames")
 
 
 def read_regular_file(path: str | Path, max_bytes: int | None = None, what: str = "file") -> bytes:

@@ -499,7 +499,10 @@ def playback_quality(anchor: np.ndarray, verts_n: np.ndarray, weights: np.ndarra
         chunked: work ``chunk`` vertices at a time (no ``[K, V, 3]`` float64 array; large meshes).
     Returns:
         ``recon float32 [K, V]`` (fraction of the diagonal) and the stats entries ``recon_*``,
-        ``joint_separation_*``, ``seam_vertices``, ``seam_gap_max``.
+        ``joint_separation_*``, ``seam_vertices``, ``seam_gap_max``, ``motion_mean`` (how far the vertices are
+        from their anchor positions, mean over vertices and frames, fraction of the diagonal) and
+        ``recon_vs_motion`` (``recon_mean / motion_mean``: the share of the movement the rig leaves out; None for a
+        clip that does not move).
     """
     V = len(anchor)
     split = np.flatnonzero(seams != np.arange(V))
@@ -514,6 +517,11 @@ def playback_quality(anchor: np.ndarray, verts_n: np.ndarray, weights: np.ndarra
         gap = seam_gap(skin_anchor(anchor[both], weights[both], transforms_n),
                        np.searchsorted(both, seams[both])) if len(split) else 0.0
     separation = joint_separation(transforms_n, pivots, parents) / diag  # [K, J]
+    K = len(verts_n)
+    step = max(1, (1 << 22) // max(V, 1))  # frames per slice: ~4M positions
+    moved = sum(float(np.linalg.norm(np.asarray(verts_n[s:s + step], dtype=np.float32) - anchor.astype(np.float32),
+                                     axis=-1).sum(dtype=np.float64)) for s in range(0, K, step))
+    motion_mean = moved / (K * V) / diag
     stats = {
         "recon_mean": float(recon.mean()), "recon_max": float(recon.max()),
         "recon_mean_per_frame": recon.mean(axis=1), "recon_max_per_frame": recon.max(axis=1),
@@ -523,6 +531,8 @@ def playback_quality(anchor: np.ndarray, verts_n: np.ndarray, weights: np.ndarra
         "joint_separation_unit": "fraction of the anchor bounding-box diagonal",
         "seam_vertices": int(len(split)),
         "seam_gap_max": gap / diag,
+        "motion_mean": motion_mean,
+        "recon_vs_motion": float(recon.mean()) / motion_mean if motion_mean > 1e-9 else None,
     }
     return recon, stats
 

@@ -352,6 +352,9 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
         ("reconstruction error mean / max", f"{100 * float(result.recon_error.mean()):.4f}% / "
                                             f"{100 * float(result.recon_error.max()):.3f}% of the box diagonal"),
     ]
+    if isinstance(st.get("recon_vs_motion"), (int, float)):
+        rows.append(("error vs movement", f"{100 * st['recon_vs_motion']:.1f}% of the mean movement from the first "
+                                          f"frame ({100 * st['motion_mean']:.2f}% of the box diagonal)"))
     for label, key in (("bones leading no vertex (posing one moves skin only through small weights)",
                         "bones_without_skin"),
                        (f"bones far from the mesh (over {100 * BONE_FAR_FROM_SKIN:.0f}% of the box diagonal from "
