@@ -284,38 +284,48 @@ def rig_one(path: Path, outputs: RigOutputs, args: argparse.Namespace, config, m
     atomically). ``models``: the loaded models, or a function returning them (called only once the input has
     loaded, so a bad file is refused before any model is loaded)."""
     frames = parse_frame_slice(args.frames)
-    seq = load_sequence(path, frames=frames)
-    for warning in (short_slice_warning(seq, frames), still_clip_warning(seq)):
-        if warning is not None and not args.quiet:
-            print(f"warning: {warning}", file=sys.stderr)
-    from backend.rigging.pipeline import rig_sequence
+    # one bar from loading to the last file written (disable=None: no bar when stderr is not a terminal, where a
+    # log file would get one line per update); the rig's own stages take 5-90 %
+    bar = tqdm(total=100, desc=path.stem, unit="%", leave=False, disable=True if args.quiet else None)
 
-    if callable(models):
-        models = models()
-    # disable=None: no bar when stderr is not a terminal (a log file would get one line per update)
-    bar = tqdm(total=100, desc=seq.name, unit="%", leave=False, disable=True if args.quiet else None)
-
-    def progress(stage: str, fraction: float) -> None:
+    def at(stage: str, percent: float) -> None:
         bar.set_postfix_str(stage)
-        bar.update(int(fraction * 100) - bar.n)
+        bar.update(max(int(percent) - bar.n, 0))
 
     try:
-        result = rig_sequence(seq, config, progress=progress, models=models)
+        at("loading", 0)
+        seq = load_sequence(path, frames=frames)
+        for warning in (short_slice_warning(seq, frames), still_clip_warning(seq)):
+            if warning is not None and not args.quiet:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
+        from backend.rigging.pipeline import rig_sequence
+
+        if callable(models):
+            at("loading the models", 4)
+            models = models()
+        result = rig_sequence(seq, config, progress=lambda stage, fraction: at(stage, 5 + 85 * fraction),
+                              models=models)
+        at("writing the GLB", 90)
+        with atomic_write(outputs.glb) as temp:
+            glb = gltf_axes(result, args.up)
+            save_rigged_gltf(temp, glb.anchor_verts, glb.faces, glb.joints, glb.parents, glb.joint_names,
+                             glb.weights, glb.bone_transforms, fps=glb.fps, mesh_name=f"{seq.name}_rigged",
+                             animation_name=seq.name)
+        if outputs.report is not None:
+            from backend.rigging.report import write_report
+            at("writing the report", 93)
+            with atomic_write(outputs.report) as temp:
+                write_report(result, temp, title=seq.name, up_axis=2 if args.up == "z" else 1)
+        if outputs.json is not None:
+            at("writing the JSON", 98)
+            write_text_atomic(outputs.json, json.dumps(summary(result, facing_of(args)), indent=1) + "\n")
+        if outputs.per_frame is not None:
+            at("writing the per-frame file", 98)
+            with atomic_write(outputs.per_frame) as temp:
+                save_eval_input(temp, per_frame_eval_input(seq, result))
+        at("done", 100)
     finally:
         bar.close()
-    with atomic_write(outputs.glb) as temp:
-        glb = gltf_axes(result, args.up)
-        save_rigged_gltf(temp, glb.anchor_verts, glb.faces, glb.joints, glb.parents, glb.joint_names, glb.weights,
-                         glb.bone_transforms, fps=glb.fps, mesh_name=f"{seq.name}_rigged", animation_name=seq.name)
-    if outputs.report is not None:
-        from backend.rigging.report import write_report
-        with atomic_write(outputs.report) as temp:
-            write_report(result, temp, title=seq.name, up_axis=2 if args.up == "z" else 1)
-    if outputs.json is not None:
-        write_text_atomic(outputs.json, json.dumps(summary(result, facing_of(args)), indent=1) + "\n")
-    if outputs.per_frame is not None:
-        with atomic_write(outputs.per_frame) as temp:
-            save_eval_input(temp, per_frame_eval_input(seq, result))
     return result
 
 
