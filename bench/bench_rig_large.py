@@ -20,6 +20,10 @@ bone a free rigid motion): the like-for-like comparison.
     python bench/bench_rig_large.py [--splits 2 4 6 9 16] [--frames 120] [--compare 2 4] [--dembones 4]
                                     [--dembones-frames 60] [--checkpoints checkpoints] [--json out.json]
 
+``--cli SPLITS`` adds, per size, a row for what a user of ``sprig rig`` waits for: the clip written as an
+uncompressed ``.npz``, then ``sprig rig clip.npz -o rig.glb --report rig.html --json rig.json`` in a subprocess
+(loading, the checkpoints, the rig, the three files written): its wall time and peak resident memory.
+
 ``--responsiveness SPLITS`` instead rigs that one size (120 frames) once with a progress callback and prints the
 longest silence between two progress calls per stage, then once per stage cancels it (``should_cancel`` turns
 True a random 0-0.5 s after the stage's first progress call) and prints the seconds until ``RigCancelled``.
@@ -145,6 +149,34 @@ def run_rig(n_frames: int, splits: int, proxy: str, checkpoints: str, articulate
                 stages=st["stage_seconds"], maxrss_mb=peak_rss_mb())
 
 
+def run_cli(n_frames: int, splits: int, checkpoints: str) -> dict:
+    """``sprig rig`` end to end on the clip saved as an ``.npz`` (see the module docstring)."""
+    import os
+    import tempfile
+
+    from backend.io import save_npz
+
+    seq = make_sequence(n_frames, splits)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / f"{seq.name}.npz"
+        save_npz(seq, clip)
+        del seq
+        env = dict(os.environ, SPRIG_MAX_VERTEX_FRAMES=str(10 ** 9))
+        cmd = [sys.executable, "-m", "backend.app.cli", "rig", str(clip), "-o", str(Path(tmp) / "rig.glb"),
+               "--report", str(Path(tmp) / "rig.html"), "--json", str(Path(tmp) / "rig.json"),
+               "--checkpoints", checkpoints, "--quiet"]
+        wall0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        wall = time.perf_counter() - wall0
+        if proc.returncode != 0:
+            raise RuntimeError(f"sprig rig failed: {proc.stderr[-2000:]}")
+        summary = json.loads((Path(tmp) / "rig.json").read_text())
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return dict(method="sprig rig end to end", frames=n_frames, verts=summary["vertices"], joints=summary["joints"],
+                wall=wall, cpu=child.ru_utime + child.ru_stime, error_pct=100 * summary["recon_mean"],
+                proxy_vertices=summary["stats"].get("proxy_vertices"), stages={}, maxrss_mb=child.ru_maxrss / 1024)
+
+
 def run_dembones_row(n_frames: int, splits: int, n_bones: int) -> dict:
     from bench_fit_vs_dembones import run_dembones
 
@@ -200,6 +232,8 @@ def child(spec: str, checkpoints: str) -> dict:
     kind, k, n, extra = spec.split(",")
     if kind in ("rig", "free"):
         return run_rig(int(k), int(n), extra, checkpoints, articulated=kind == "rig")
+    if kind == "cli":
+        return run_cli(int(k), int(n), checkpoints)
     return run_dembones_row(int(k), int(n), int(extra))
 
 
@@ -212,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sizes rigged with the proxy forced on and without it, side by side")
     parser.add_argument("--dembones", type=int, nargs="*", default=[4], help="sizes also solved by Dem Bones")
     parser.add_argument("--dembones-frames", type=int, default=60)
+    parser.add_argument("--cli", type=int, nargs="*", default=[9, 16],
+                        help="sizes also run end to end through sprig rig (loading and writing included)")
     parser.add_argument("--checkpoints", default=str(ROOT / "checkpoints"))
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per row")
     parser.add_argument("--json", type=Path, default=None)
@@ -231,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.splits:  # compared sizes: the proxy forced on, then off; the others as the default (auto) picks
         jobs += [("rig", args.frames, n, "on"), ("rig", args.frames, n, "off")] if n in args.compare else [
             ("rig", args.frames, n, "auto")]
+    jobs += [("cli", args.frames, n, None) for n in args.cli]
     for n in args.dembones:
         jobs.append(("rig", args.dembones_frames, n, "auto"))
         jobs.append(("free", args.dembones_frames, n, "auto"))

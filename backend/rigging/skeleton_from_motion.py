@@ -111,7 +111,8 @@ class MotionSkeletonConfig:
             (a foot or hoof on the ground) gets an end joint at its tip however short its chain, as riggers
             give feet a toe joint (0: none; never with an int ``detail``). End joints outside the mesh are
             pulled in like the others (``pull_inside``).
-        toe_gain, toe_min_rms: a foot (a leaf on the ground, see ``foot_height``) whose vertices one rigid motion
+        toe_gain, toe_min_rms: a foot (a leaf on the ground, see ``foot_height``, on the anchor frame or on a later
+            one) whose vertices one rigid motion
             reproduces no better than ``toe_min_rms`` (RMS, normalized units) is cut in two where two rigid motions
             lower its squared error by at least ``toe_gain`` (:func:`split_bending_feet`; ``toe_gain`` 0: never;
             never with an int ``detail``).
