@@ -18,7 +18,7 @@ bones (``RigConfig.articulated=False``, ``sprig rig --no-articulated``), which s
 bone a free rigid motion): the like-for-like comparison.
 
     python bench/bench_rig_large.py [--splits 2 4 6 9 16] [--frames 120] [--compare 2 4] [--dembones 4]
-                                    [--dembones-frames 60] [--checkpoints checkpoints] [--json out.json]
+                                    [--dembones-frames 60] [--cli 9 16] [--checkpoints checkpoints] [--json out.json]
 
 ``--cli SPLITS`` adds, per size, a row for what a user of ``sprig rig`` waits for: the clip written as an
 uncompressed ``.npz``, then ``sprig rig clip.npz -o rig.glb --report rig.html --json rig.json`` in a subprocess
