@@ -22,6 +22,7 @@ from backend.normalize import anchor_normalize
 from backend.rigging.report import drawing_mesh, render_report, write_report
 from backend.rigging.pipeline import LARGE_FIT_VERTICES, RigCancelled, RigConfig, rig_sequence, select_frames
 from backend.rigging.result import RigResult
+from backend.sampling import triangle_areas
 from backend.sequence import MeshSequence
 from backend.skeleton import validate_tree
 
@@ -409,11 +410,6 @@ def test_skin_reach_names_bones_without_skin_and_counts_far_led_vertices():
         "bones_without_skin": ["b", "c", "d", "e"], "bones_far_from_skin": ["c", "d"], "far_led_share": 0.0}
 
 
-def _surface_area(verts: np.ndarray, faces: np.ndarray) -> float:
-    tri = verts[faces]
-    return 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
-
-
 def test_a_large_mesh_is_drawn_whole_and_light():
     """The report draws a large mesh through a lighter one: at most ``max_faces`` faces over vertices of the
     mesh, covering its whole surface (a UV sphere whose seam vertices are split, as a glTF export holds them:
@@ -430,7 +426,7 @@ def test_a_large_mesh_is_drawn_whole_and_light():
     assert len(drawn_faces) <= 1500 < len(faces)
     assert drawn_faces.min() >= 0 and drawn_faces.max() < len(vertex_map) and vertex_map.max() < len(verts)
     drawn = verts[vertex_map]
-    assert _surface_area(drawn, drawn_faces) > 0.9 * _surface_area(verts, faces)
+    assert triangle_areas(drawn, drawn_faces).sum() > 0.9 * triangle_areas(verts, faces).sum()
     # every part of the surface is near a drawn vertex (no region dropped)
     from scipy.spatial import cKDTree
 

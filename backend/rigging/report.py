@@ -23,6 +23,7 @@ import numpy as np
 from backend.rigging.fit import skin_anchor
 from backend.rigging.pipeline import BONE_FAR_FROM_SKIN
 from backend.rigging.result import RigResult
+from backend.sampling import triangle_areas
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ def drawing_mesh(anchor: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple
     if len(f) <= max_faces:
         return f, np.arange(len(a))
     lo = a.min(axis=0)
-    tri = a[f]
-    area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
+    area = float(triangle_areas(a, f).sum())
     # about two faces per surface cell: start with max_faces / 2 cells on the surface
     extent = max(float(np.ptp(a, axis=0).max()), 1e-12)
     size = max(np.sqrt(area / (0.5 * max_faces)), extent / 2 ** 20)
