@@ -32,8 +32,8 @@ RIGGED_SUFFIX = "_rigged.glb"  # a batch writes <stem>_rigged.glb for each input
 # (ValueError), an output that cannot be written (OSError), a clip too large for memory.
 PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSError, MemoryError)
 
-SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "recon_vs_motion", "pjdd", "blrd", "gsd", "jad",
-                "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
+SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "recon_vs_motion", "pjdd", "blrd", "gsd",
+                "jad", "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
                 "bones_far_from_skin", "far_led_share", "models_loaded", "seconds")
 
 
