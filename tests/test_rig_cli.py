@@ -18,9 +18,13 @@ from tests.test_rig import multipart_sequence
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sprig(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "backend.app.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=300)
+def sprig(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``sprig ARGS`` in a subprocess, run from the checkout (or from ``cwd``, with the checkout importable)."""
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    if cwd is not None:
+        env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "backend.app.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT if cwd is None else cwd, env=env, timeout=300)
 
 
 def test_rig_single_file_writes_glb_report_and_json(tmp_path, checkpoints):
@@ -166,9 +170,7 @@ def test_rig_bad_options_are_one_line_errors(tmp_path, args, message):
     for name in ("a.npz", "b.npz"):
         np.savez(folder / name, verts=seq.verts, faces=seq.faces)
     args = [a.format(src=src, empty=tmp_path / "empty", folder=folder) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "backend.app.cli", "rig", *args], capture_output=True, text=True,
-                          cwd=tmp_path, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-                          timeout=300)
+    proc = sprig("rig", *args, cwd=tmp_path)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("*.glb")) and not (tmp_path / "out").exists()  # nothing written

@@ -77,21 +77,20 @@ def _arr(values, n: int | None = None) -> np.ndarray:
 class _MeshView:
     """An orthographic view of the mesh: ``up_axis`` vertical, the longer remaining axis horizontal (the
     shorter one for ``side``), the third is depth. ``drawn``: the mesh to draw, ``(faces, vertex_map)`` from
-    :func:`drawing_mesh` (None: every face of the given mesh)."""
+    :func:`drawing_mesh`."""
 
-    def __init__(self, anchor: np.ndarray, faces: np.ndarray, side: bool = False, up_axis: int = 1,
-                 drawn: tuple[np.ndarray, np.ndarray] | None = None):
+    def __init__(self, anchor: np.ndarray, drawn: tuple[np.ndarray, np.ndarray], side: bool = False,
+                 up_axis: int = 1):
         extent = np.ptp(anchor, axis=0)
         others = [a for a in range(3) if a != up_axis]
         horiz = max(others, key=lambda a: extent[a]) if not side else min(others, key=lambda a: extent[a])
         depth = [a for a in others if a != horiz][0]
         self.axes = (horiz, up_axis, depth)
-        self.faces, self.vertex_map = (np.asarray(faces), None) if drawn is None else drawn
+        self.faces, self.vertex_map = drawn
 
     def polys(self, verts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Projected triangles ``[F, 3, 2]`` back to front, their order, and flat shade values ``[F]``."""
-        v = verts if self.vertex_map is None else verts[self.vertex_map]
-        tri = v[self.faces]  # [F, 3, 3]
+        tri = verts[self.vertex_map][self.faces]  # [F, 3, 3]
         h, u, d = self.axes
         depth = tri[:, :, d].mean(1)
         order = np.argsort(depth)  # far (small depth) first; the viewer looks down -depth
@@ -153,8 +152,7 @@ def _draw_mesh(ax, view: _MeshView, verts: np.ndarray, values: np.ndarray | None
     if values is None:
         colors = np.stack([shade * 0.85] * 3 + [np.ones_like(shade)], 1)
     else:
-        vals = values if view.vertex_map is None else values[view.vertex_map]
-        face_vals = vals[view.faces].mean(1)[order]
+        face_vals = values[view.vertex_map][view.faces].mean(1)[order]
         colors = plt.get_cmap(cmap)(np.clip(face_vals / max(vmax, 1e-12), 0, 1))
         colors[:, :3] *= (0.55 + 0.45 * shade)[:, None]
     ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="none", antialiased=False))
@@ -410,8 +408,8 @@ def render_report(result: RigResult, title: str | None = None, max_faces: int = 
     title = title or f"SPRig report: {st.get('name', 'sequence')}"
     anchor = np.asarray(result.anchor_verts, dtype=np.float64)
     drawn = drawing_mesh(anchor, result.faces, max_faces)
-    front = _MeshView(anchor, result.faces, up_axis=up_axis, drawn=drawn)
-    side = _MeshView(anchor, result.faces, side=True, up_axis=up_axis, drawn=drawn)
+    front = _MeshView(anchor, drawn, up_axis=up_axis)
+    side = _MeshView(anchor, drawn, side=True, up_axis=up_axis)
     frames = _pick_frames(result)
     posed = dict(zip(frames, skin_anchor(anchor, result.weights, np.asarray(result.bone_transforms)[frames])))
     parts = [

@@ -112,10 +112,9 @@ class MotionSkeletonConfig:
             give feet a toe joint (0: none; never with an int ``detail``). End joints outside the mesh are
             pulled in like the others (``pull_inside``).
         toe_gain, toe_min_rms: a foot (a leaf on the ground, see ``foot_height``, on the anchor frame or on a later
-            one) whose vertices one rigid motion
-            reproduces no better than ``toe_min_rms`` (RMS, normalized units) is cut in two where two rigid motions
-            lower its squared error by at least ``toe_gain`` (:func:`split_bending_feet`; ``toe_gain`` 0: never;
-            never with an int ``detail``).
+            one) whose vertices one rigid motion reproduces no better than ``toe_min_rms`` (RMS, normalized units)
+            is cut in two where two rigid motions lower its squared error by at least ``toe_gain``
+            (:func:`split_bending_feet`; ``toe_gain`` 0: never; never with an int ``detail``).
         leaf_spacing: when the motion's leaf links are longer than this many times its median link, the spacing is
             the leaves' median (:func:`motion_spacing`; ``0``: never).
         limb_roots: a leg whose chain starts below a thick body (its first joint where the limb leaves the
@@ -1012,11 +1011,11 @@ def split_bending_feet(joints: np.ndarray, parents: np.ndarray, tails: np.ndarra
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """A toe joint where a foot bends: a leaf bone on the ground (its tail at most ``ground`` high on the anchor, or
     its vertices on some frame at most as high above the clip's lowest point as ``ground`` is above the anchor's: a
-    walking foot lifted on the anchor frame), whose
-    vertices one rigid motion reproduces no better than ``min_rms`` (RMS over vertices and frames), is cut across
-    its length at 40-80 % from its joint to its tail where two rigid motions reproduce those vertices best, when
-    they lower the squared error by at least ``gain`` of the one-piece fit's. The piece beyond the cut becomes a
-    child bone (a toe) that leads those vertices, with the joint at the centre of the cut's cross-section.
+    walking foot lifted on the anchor frame), whose vertices one rigid motion reproduces no better than
+    ``min_rms`` (RMS over vertices and frames), is cut across its length at 40-80 % from its joint to its tail
+    where two rigid motions reproduce those vertices best, when they lower the squared error by at least ``gain``
+    of the one-piece fit's. The piece beyond the cut becomes a child bone (a toe) that leads those vertices, with
+    the joint at the centre of the cut's cross-section.
 
     A walking foot rolls over its ball on a few frames only, too little over the clip for the parts' merging
     (``merge_error``) to keep the toes apart, so a rig without this bends the whole foot at the ankle.
