@@ -273,7 +273,8 @@ def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj:
 
     The result's bones are matched to the armature's by name. The mesh's vertex groups of the old and new
     bones are replaced, the Action is replaced by a new one (same name), the heat data holds the new
-    reconstruction error (the instability belonged to the old skeleton and is dropped), and a child bone
+    reconstruction error (the instability belonged to the old skeleton and is dropped), the mesh takes the
+    refit's rest shape (``result.anchor_verts``, world space like the rig's), and a child bone
     whose head lies on its parent's tail is connected to it. Run inside an operator with ``UNDO``: one undo
     step puts everything back.
 
@@ -321,6 +322,9 @@ def apply_refit(context: bpy.types.Context, mesh_obj: bpy.types.Object, arm_obj:
         if group.name in replaced:
             mesh_obj.vertex_groups.remove(group)
     _vertex_groups(mesh_obj, names, np.asarray(result.weights, dtype=np.float32))
+    # the refit's rest shape (RigConfig.solve_rest) is the one its motion poses
+    mesh_obj.data.vertices.foreach_set("co", anchor.astype(np.float32).ravel())
+    mesh_obj.data.update()
     heatmap.store_heat_data(mesh_obj.data, frames, np.asarray(result.recon_error, dtype=np.float32))
     stats = dict(result.stats)
     stats.setdefault("joints", len(names))

@@ -141,8 +141,9 @@ def test_full_mesh_weights_reproduce_a_known_rig():
     weights, T, _, frames = bending_rig(rest)
     proxy = build_proxy(rest, faces, colocated_representatives(frames), n_target=40)
     assert proxy.size < len(rest) // 5
-    got = full_mesh_weights(frames.astype(np.float32), proxy, weights[proxy.vertices], T, fit_frames(len(T), 32),
-                            chunk=100)
+    got, solved_rest = full_mesh_weights(frames.astype(np.float32), proxy, weights[proxy.vertices], T,
+                                         fit_frames(len(T), 32), chunk=100)
+    assert solved_rest is None  # no rest solve asked for: the anchor is the rest
     assert got.dtype == np.float32 and got.shape == weights.shape
     assert np.allclose(got.sum(1), 1, atol=1e-5) and (got >= 0).all() and ((got > 0).sum(1) <= 4).all()
     diag = np.linalg.norm(np.ptp(rest, 0))
@@ -164,9 +165,11 @@ def test_full_mesh_weights_keep_seams_closed():
     rng = np.random.default_rng(0)
     noisy = weights[proxy.vertices] + 0.2 * rng.random((proxy.size, 3))
     noisy /= noisy.sum(1, keepdims=True)
-    got = full_mesh_weights(frames.astype(np.float32), proxy, noisy, T, np.arange(len(T)), chunk=64)
+    got, solved_rest = full_mesh_weights(frames.astype(np.float32), proxy, noisy, T, np.arange(len(T)), chunk=64,
+                                         rest_rounds=1)
     split = np.flatnonzero(rep != np.arange(len(rep)))
     assert len(split) and np.array_equal(got[split], got[rep[split]])
+    assert np.array_equal(solved_rest[split], solved_rest[rep[split]])  # and their rest positions too
 
 
 def test_weight_pass_reports_progress_and_stops_when_asked():

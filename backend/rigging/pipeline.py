@@ -52,6 +52,7 @@ CPU_SKIN_FRAMES = 4  # skinning frames for the heatmap when the models run on a 
 LARGE_FIT_VERTICES = 3000  # a motion fit on more vertices than this (a proxy's included) is a large one ...
 LARGE_FIT_ITERS_SHARE = 0.25  # ... and gets this share of the alternations (80 -> 20) ...
 LARGE_FIT_CANDIDATES_SHARE = 0.5  # ... and of the motion candidates (12 -> 6)
+FULL_MESH_REST_ROUNDS = 1  # with a proxy and RigConfig.solve_rest: (rest, weights) rounds of the full-mesh pass
 
 
 class RigCancelled(RuntimeError):
@@ -88,6 +89,11 @@ class RigConfig:
             (``FitConfig.refine_joints``, regularised toward the skeleton's joints); the rig's joints are
             the moved ones (``stats["joints_moved_max"]`` says how far they went) and the skeleton's tails
             follow them (:func:`backend.skeleton.carry_tails`).
+        solve_rest: solve the rig's rest shape with its weights and motion (``FitConfig.solve_rest``; with a
+            proxy, every vertex's in the full-mesh pass): the anchor frame is one pose of the clip, not the pose
+            the weights blend from, and a rest shape slightly off it lowers the error where bones meet. The
+            rig's mesh (:attr:`RigResult.anchor_verts`) is then that rest shape; ``stats["rest_moved_max"]``
+            says how far it is from the anchor frame. False: the anchor frame is the rest shape.
         models: ``sprig`` (fine-tuned), ``base`` (the static rigger run frame by frame: the paper's
             baseline) or ``auto`` (SPRig when its files exist, else base).
         frames_for_report: frames whose skeleton is generated for the stability report (anchor and
@@ -148,6 +154,7 @@ class RigConfig:
     detail: str = "auto"
     articulated: bool = True
     refine_joints: bool = True
+    solve_rest: bool = True
     models: str = "sprig"
     frames_for_report: int = -1
     skin_frames: int = -1
@@ -191,7 +198,8 @@ class RigConfig:
         return FitConfig(max_influences=self.max_influences,
                          refine_iters=int(np.ceil(self.refine_iters * iters_share)) if self.refine else 0,
                          motion_candidates=int(np.ceil(self.motion_candidates * candidates_share)),
-                         max_bone_distance=self.bone_reach, articulated=self.articulated, refine_joints=refine_joints)
+                         max_bone_distance=self.bone_reach, articulated=self.articulated, refine_joints=refine_joints,
+                         solve_rest=self.solve_rest)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -705,14 +713,21 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
 
     # -- with a proxy: every vertex's weights against the proxy's motion
     if proxy is None:
-        weights = fit.weights
+        weights, rest = fit.weights, fit.rest
     else:
         track("weights", 0.0)
-        weights = full_mesh_weights(verts_n, proxy, fit.weights, transforms_n, fit_frames(K, fit_cfg.max_fit_frames),
-                                    cfg.max_influences, qp_iters=fit_cfg.qp_iters,
-                                    progress=lambda f: track("weights", f), joints=pivots, parents=parents0,
-                                    max_bone_distance=fit_cfg.max_bone_distance, max_bone_hops=fit_cfg.max_bone_hops)
+        weights, rest = full_mesh_weights(verts_n, proxy, fit.weights, transforms_n,
+                                          fit_frames(K, fit_cfg.max_fit_frames), cfg.max_influences,
+                                          qp_iters=fit_cfg.qp_iters, progress=lambda f: track("weights", f),
+                                          joints=pivots, parents=parents0,
+                                          max_bone_distance=fit_cfg.max_bone_distance,
+                                          max_bone_hops=fit_cfg.max_bone_hops, proxy_rest=fit.rest,
+                                          rest_rounds=FULL_MESH_REST_ROUNDS if cfg.solve_rest else 0,
+                                          rest_regularisation=fit_cfg.rest_regularisation)
         track("weights", 1.0)
+    # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest) [V, 3]
+    rest_n = anchor if rest is None else rest.astype(np.float32)
+    rest_moved = float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag
 
     # -- per-frame skinning for the instability heatmap (at the proxy's vertices, carried to its cells)
     track("heatmap", 0.0)
@@ -741,7 +756,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
     track("report", 0.0)
     if seams is None:
         seams = colocated_representatives(verts_n)
-    recon, quality = playback_quality(anchor, verts_n, weights, transforms_n, pivots, parents0, seams, diag,
+    recon, quality = playback_quality(rest_n, verts_n, weights, transforms_n, pivots, parents0, seams, diag,
                                       chunked=proxy is not None, progress=lambda f: track("report", 0.3 * f))
     frame_joints_count = np.full(K, -1, dtype=np.int32)
     frame_joints_count[report_frames] = [len(p) for _, p in skeletons]
@@ -754,6 +769,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         "bones_borrowing_motion": int(fit.borrowed.sum()),
         "articulated": bool(cfg.articulated),
         "joints_moved_max": joints_moved,
+        "rest_moved_max": rest_moved,
         "proxy_vertices": None if proxy is None else proxy.size,
         "skeleton_source": skeleton_source,
         "skeleton_from_motion": motion_stats,
@@ -761,7 +777,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         # None without the heatmap stage: no weights were predicted on later frames (the zeros are no measurement)
         "skin_instability_mean": float(instability[1:].mean()) if K > 1 and cfg.heatmap else None,
         "skin_instability_mean_per_frame": instability.mean(axis=1) if K > 1 and cfg.heatmap else None,
-        **skin_reach(anchor, weights, pivots, tails_n, parents0, names0 or _joint_names(parents0), diag),
+        **skin_reach(rest_n, weights, pivots, tails_n, parents0, names0 or _joint_names(parents0), diag),
     }
     if K > 1:
         stab = stability_report(fit_verts, report_frames, skeletons)
@@ -796,7 +812,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
     stats["stage_seconds"] = dict(track.timings)
 
     return RigResult(
-        anchor_verts=np.asarray(seq.verts[0], dtype=np.float32),
+        anchor_verts=np.asarray(seq.verts[0] if rest is None else box.invert(rest_n), dtype=np.float32),
         faces=np.asarray(faces, dtype=np.int32),
         joints=box.invert(rig_joints),
         parents=parents0.astype(np.int32),

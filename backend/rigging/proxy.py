@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
 from backend.rigging.fit.solve import (ResidualGram, bones_in_reach, motion_candidate_bones, restrict_to_reach,
-                                      update_weights)
+                                      update_rest_pose, update_weights)
 from backend.rigging.fit.sparse import prune_weights, to_sparse_rows
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,10 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
                       motion_candidates: int = 3, neighbours: int = 3, chunk: int = 8192,
                       progress: Callable[[float], None] | None = None, joints: np.ndarray | None = None,
                       parents: np.ndarray | None = None, max_bone_distance: float = 0.0,
-                      max_bone_hops: int | None = None) -> np.ndarray:
-    """Every vertex's weights against the proxy's bone motion (step 3 of the module docstring).
+                      max_bone_hops: int | None = None, proxy_rest: np.ndarray | None = None,
+                      rest_rounds: int = 0, rest_regularisation: float = 1e-3
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every vertex's weights (and rest position) against the proxy's bone motion (step 3 of the module docstring).
 
     Args:
         verts: float ``[K, V, 3]`` the frames (float32 is read as is; only ``[len(frames), chunk, 3]`` float64
@@ -221,9 +223,17 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         joints, parents, max_bone_distance, max_bone_hops: with ``max_bone_distance > 0``, a vertex's weights use
             only the bones in its reach (``FitConfig.max_bone_distance`` and ``max_bone_hops``,
             :func:`~backend.rigging.fit.solve.bones_in_reach`).
+        proxy_rest: float ``[P, 3]`` the proxy's rest positions when its fit solved them
+            (``FitConfig.solve_rest``): the transforms pose those, so every vertex starts from the anchor moved
+            by its nearest proxy vertices' blended offset.
+        rest_rounds: rounds of (rest solve, weight solve) after the first weight solve
+            (:func:`~backend.rigging.fit.solve.update_rest_pose`);
+            0 keeps the anchor (or, with ``proxy_rest``, its warm start) as the rest.
+        rest_regularisation: as ``FitConfig.rest_regularisation``.
     Returns:
-        float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros; co-located vertices
-        share identical rows.
+        ``(weights, rest)``: float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros,
+        and float64 ``[V, 3]`` rest positions (None when neither ``proxy_rest`` nor ``rest_rounds``);
+        co-located vertices share identical rows and rest positions.
     """
     t0 = time.perf_counter()
     verts = np.asarray(verts)
@@ -240,14 +250,20 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
     diag = float(np.linalg.norm(np.ptp(np.asarray(verts[0], dtype=np.float64), axis=0)))
     rows_idx = np.zeros((V, M), dtype=np.int64)
     rows_val = np.zeros((V, M))
+    with_rest = proxy_rest is not None or rest_rounds > 0
+    rest = np.zeros((V, 3)) if with_rest else None
+    offset_p = None if proxy_rest is None else np.asarray(proxy_rest, dtype=np.float64) - anchor_p  # [P, 3]
     for s in range(0, len(reps), chunk):
         ids = reps[s:s + chunk]
         B = len(ids)
-        a = np.asarray(verts[0, ids], dtype=np.float64)
+        anchor_b = np.asarray(verts[0, ids], dtype=np.float64)
+        a = anchor_b
         dist, near = tree.query(a, k=k_near)
         dist, near = dist.reshape(B, k_near), near.reshape(B, k_near)
         inv = 1.0 / np.maximum(dist, 1e-9) ** 2
         inv /= inv.sum(axis=1, keepdims=True)
+        if offset_p is not None:
+            a = anchor_b + np.einsum("bn,bnc->bc", inv, offset_p[near])
         # dense [B, J] blend of the nearest proxy rows (J is a skeleton's size: small)
         blend = np.einsum("bn,bnj->bj", inv, W_p[near])
         # the cell's own proxy vertex (nearest along the mesh) always takes part
@@ -263,16 +279,27 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
                                             motion_candidates, reach)
         idx, val = update_weights(a, xv, warm_idx, warm_val, T, cand, mask, sp.identity(B, format="csr"), M,
                                   smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
+        for _ in range(rest_rounds):
+            a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a)
+            idx, val = update_weights(a, xv, idx, val, T, cand, mask, sp.identity(B, format="csr"), M,
+                                      smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
+        if rest_rounds:
+            a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a)
         rows_idx[ids], rows_val[ids] = idx, val
+        if with_rest:
+            rest[ids] = a
         if progress is not None:
             progress(min(s + chunk, len(reps)) / len(reps))
     rep = proxy.representatives
     rows_idx, rows_val = rows_idx[rep], rows_val[rep]  # seams: every vertex takes its representative's row
+    if with_rest:
+        rest = rest[rep]
     weights = np.zeros((V, J), dtype=np.float32)
     np.add.at(weights, (np.repeat(np.arange(V), M), rows_idx.ravel()), rows_val.ravel().astype(np.float32))
     log.debug("full-mesh weights: %d vertices (%d welded) on %d frames, %.2f s", V, len(reps), len(frames),
               time.perf_counter() - t0)
-    return weights
+    return weights, rest
+
 
 
 def chunked_reconstruction_error(anchor: np.ndarray, verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray,

@@ -154,7 +154,8 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
     The joints stay where the skeleton has them (``RigConfig.refine_joints`` is not applied), so the
     result's joints, tails and names are the skeleton's. Used options: ``max_influences``, ``refine``,
     ``refine_iters``, ``motion_candidates`` (sized to the mesh: :meth:`RigConfig.motion_fit_config`),
-    ``articulated``, ``up_axis``.
+    ``articulated``, ``solve_rest`` (the result's ``anchor_verts`` are then the solved rest shape, which the
+    add-on puts on the rigged mesh), ``up_axis``.
 
     Args:
         seq: the frames (frame 0 is the anchor, the skeleton's rest pose).
@@ -207,10 +208,11 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
     except FitCancelled as exc:
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms
+    rest_n = anchor if fit.rest is None else fit.rest.astype(np.float32)  # the rig's rest shape [V, 3]
 
     track("report", 0.0)
     weights = fit.weights
-    recon, quality = playback_quality(anchor, verts_n, weights, transforms_n, joints_n, parents,
+    recon, quality = playback_quality(rest_n, verts_n, weights, transforms_n, joints_n, parents,
                                       colocated_representatives(verts_n), diag, chunked=V > cfg.proxy_threshold,
                                       progress=lambda f: track("report", f))
     track("report", 1.0)
@@ -224,7 +226,8 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         "fit_keyframes": fit.keyframes, "bones_borrowing_motion": int(fit.borrowed.sum()),
         "articulated": bool(cfg.articulated),
         "joints_moved_max": 0.0,
-        **skin_reach(anchor, weights, joints_n, tails_n, parents, names, diag),
+        "rest_moved_max": float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag,
+        **skin_reach(rest_n, weights, joints_n, tails_n, parents, names, diag),
         "skeleton_source": "edited", "skeleton_from_motion": None,
         "skin_frames": [], "skin_instability_mean": None, "skin_instability_mean_per_frame": None,
         "pjdd": None, "topology_flicker": None, "mcjd": None, "joint_drift": None, "stability": None,
@@ -233,7 +236,7 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
     log.info("%s: refit %d bones (%d roots): recon mean %.4f of the diagonal, %.1f s", seq.name, J,
              stats["roots"], stats["recon_mean"], stats["seconds"])
     return RigResult(
-        anchor_verts=np.asarray(seq.verts[0], dtype=np.float32),
+        anchor_verts=np.asarray(seq.verts[0] if fit.rest is None else box.invert(rest_n), dtype=np.float32),
         faces=np.asarray(seq.faces, dtype=np.int32),
         joints=joints_user.astype(np.float32),
         parents=parents.astype(np.int32),

@@ -15,8 +15,8 @@ from backend.sequence import colocated_representatives
 
 from .articulated import (ArticulatedGaussNewton, JointRegion, project_to_articulated, refine_joints, subtrees,
                           update_articulated_transforms)
-from .solve import (bones_in_reach, candidate_bones, mesh_neighbours, restrict_to_reach, update_transforms,
-                    update_weights)
+from .solve import (bones_in_reach, candidate_bones, mesh_neighbours, restrict_to_reach, update_rest_pose,
+                    update_transforms, update_weights)
 from .sparse import blend_sparse, bone_groups, one_hot, prune_weights, rms_vertex_error, sparse_to_dense, to_sparse_rows
 from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
 
@@ -102,6 +102,12 @@ class FitConfig:
         keep_joints_inside: with ``refine_joints`` and ``faces``, a joint the step would carry out of the
             anchor mesh (generalized winding number, :func:`backend.metrics.winding_numbers`) is held at the
             last point inside on its step (:func:`.articulated.refine_joints` ``region``).
+        solve_rest: after each weight update of the refinement (not of the start trials), solve every vertex's
+            rest position for the current weights and transforms (:func:`~.solve.update_rest_pose`), kept where it
+            lowers that vertex's error; :attr:`MotionFit.rest` holds the result. The anchor frame is one pose of
+            the clip, not the pose the weights blend from; a rest shape off it lowers the error where bones meet.
+        rest_regularisation: with ``solve_rest``, the pull of each rest position toward the anchor, per frame and
+            relative to that vertex's data term.
         weld_seams: vertices at the same position on every frame (the seams of flat-shaded or UV-split
             meshes) are fitted as one vertex, with the faces remapped so the weight smoothing sees the
             seam as connected, and get identical weights (so the seams cannot open).
@@ -139,6 +145,8 @@ class FitConfig:
     refine_joints: bool = True
     joint_regularisation: float = 5e-4
     keep_joints_inside: bool = True
+    solve_rest: bool = False
+    rest_regularisation: float = 1e-3
     weld_seams: bool = True
     seam_tol: float = 1e-6
 
@@ -175,6 +183,8 @@ class MotionFit:
         welded: vertices merged into a co-located representative (``FitConfig.weld_seams``).
         joints: float64 ``[J, 3]`` the anchor joints the transforms are articulated about (the given ones,
             or refined with ``FitConfig.refine_joints``); None when no joints were given.
+        rest: float64 ``[V, 3]`` the rest positions the transforms pose (``FitConfig.solve_rest``); None: the
+            anchor itself.
     """
 
     transforms: np.ndarray
@@ -186,6 +196,7 @@ class MotionFit:
     keyframes: list[int] | None = None
     welded: int = 0
     joints: np.ndarray | None = None
+    rest: np.ndarray | None = None
 
 
 class _TransformStep:
@@ -254,6 +265,7 @@ class _FitState:
     resid: np.ndarray
     cand: np.ndarray | None = None
     cand_mask: np.ndarray | None = None
+    rest: np.ndarray | None = None
     rmse: list[float] = field(default_factory=list)
     converged: bool = False
 
@@ -273,35 +285,37 @@ def _fit_on_keyframes(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents
     sub = fit_motion(a, x[keys], weights, parents, joints, faces, replace(cfg, max_fit_frames=0),
                      progress=lambda f: tick(share * f))
     joints = sub.joints
+    rest_pose = a if sub.rest is None else sub.rest
     w = sub.weights.astype(np.float64)
     J = len(parents)
     transforms = np.empty((K, J, 4, 4))
     transforms[keys] = sub.transforms
     # the other frames: a Kabsch start from the refined weights, then block sweeps (the keyframes keep theirs)
-    rest = np.setdiff1d(np.arange(K), keys)
-    xv = np.ascontiguousarray(x[rest].transpose(1, 0, 2))
-    step = _TransformStep(a, xv, parents, joints, cfg)
-    t_rest, _ = initial_transforms(a, x[rest], w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
+    others = np.setdiff1d(np.arange(K), keys)
+    xv = np.ascontiguousarray(x[others].transpose(1, 0, 2))
+    step = _TransformStep(rest_pose, xv, parents, joints, cfg)
+    t_others, _ = initial_transforms(rest_pose, x[others], w, parents, joints, cfg.init_power, cfg.min_bone_mass, xv)
     tick(share)  # polls cancellation
-    t_rest = step.start(t_rest)
+    t_others = step.start(t_others)
     idx, val = to_sparse_rows(w, min(cfg.max_influences, J))
     groups = bone_groups(idx, val, J)
-    resid = xv - blend_sparse(a, groups, t_rest)
+    resid = xv - blend_sparse(rest_pose, groups, t_others)
     before = rms_vertex_error(resid)
     for s in range(cfg.keyframe_sweeps):  # stops early like the alternations (``tol``)
         at = share + (1.0 - share) * s / max(cfg.keyframe_sweeps, 1)
         tick(at)
-        step.sweep(resid, groups, t_rest, between=lambda f, at=at: tick(at + f * (1.0 - share) / cfg.keyframe_sweeps))
+        step.sweep(resid, groups, t_others, between=lambda f, at=at: tick(at + f * (1.0 - share) / cfg.keyframe_sweeps))
         after = rms_vertex_error(resid)
         if before - after <= cfg.tol * before:
             break
         before = after
-    transforms[rest] = t_rest
+    transforms[others] = t_others
     if log.isEnabledFor(logging.DEBUG):
         log.debug("keyframe fit: %d of %d frames, other frames' rmse %.3g", len(keys), K, rms_vertex_error(resid))
     tick(1.0)
     return MotionFit(transforms=transforms, weights=sub.weights, borrowed=sub.borrowed, rmse_history=sub.rmse_history,
-                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist(), joints=step.joints)
+                     seconds=time.perf_counter() - start, start=sub.start, keyframes=keys.tolist(), joints=step.joints,
+                     rest=sub.rest)
 
 
 def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, parents: np.ndarray,
@@ -440,6 +454,8 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     def alternate(st: _FitState, progress_at: Callable[[float], float], move_joints: bool = False) -> None:
         """One alternation on ``st`` in place (appends to ``st.rmse``, sets ``st.converged``);
         ``progress_at(f)``: the fit's progress ``f`` (0 to 1) through this alternation."""
+        rest = a if st.rest is None else st.rest
+        step.anchor = rest
         n = cfg.transform_sweeps
         for i in range(n):
             step.sweep(st.resid, st.groups, st.transforms, between=lambda f, i=i: tick(progress_at(0.5 * (i + f) / n)))
@@ -448,12 +464,15 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
             step.move_joints(st.resid, st.groups, st.transforms)
             tick(progress_at(0.75))
         if cfg.refine_weights:
-            st.idx, st.val = update_weights(a, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
+            st.idx, st.val = update_weights(rest, xv, st.idx, st.val, st.transforms, st.cand, st.cand_mask, neighbours,
                                             M, cfg.smoothness, cfg.smooth_steps, cfg.smooth_slack, cfg.qp_iters,
                                             cfg.chunk, cfg.motion_candidates,
                                             between=lambda f: tick(progress_at(0.75 + 0.25 * f)), reach=reach)
             st.groups = bone_groups(st.idx, st.val, J)
-            st.resid = xv - blend_sparse(a, st.groups, st.transforms)
+            st.resid = xv - blend_sparse(rest, st.groups, st.transforms)
+        if move_joints and cfg.solve_rest:
+            st.rest = update_rest_pose(xv, st.idx, st.val, st.transforms, a, cfg.rest_regularisation, current=rest)
+            st.resid = xv - blend_sparse(st.rest, st.groups, st.transforms)
         st.rmse.append(rms_vertex_error(st.resid))
         st.converged = st.rmse[-2] - st.rmse[-1] <= cfg.tol * st.rmse[-2] or st.rmse[-1] <= 1e-7 * scale
 
@@ -480,7 +499,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     idx, val, transforms, borrowed, rmse = best.idx, best.val, best.transforms, best.borrowed, best.rmse
     weights_out = sparse_to_dense(idx, val, J).astype(np.float32)
     return MotionFit(transforms=transforms, weights=weights_out, borrowed=borrowed, rmse_history=rmse,
-                     seconds=time.perf_counter() - start, start=best.name, joints=step.joints)
+                     seconds=time.perf_counter() - start, start=best.name, joints=step.joints, rest=best.rest)
 
 
 def _fit_welded(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents: np.ndarray, joints: np.ndarray | None,
@@ -499,4 +518,4 @@ def _fit_welded(a: np.ndarray, x: np.ndarray, weights: np.ndarray, parents: np.n
                      progress, should_cancel)
     log.debug("seams: %d of %d vertices welded onto co-located ones", len(rep) - len(keep), len(rep))
     return replace(fit, weights=fit.weights[compact], welded=int(len(rep) - len(keep)),
-                   seconds=time.perf_counter() - start)
+                   rest=None if fit.rest is None else fit.rest[compact], seconds=time.perf_counter() - start)

@@ -427,3 +427,51 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
     new_val[:, :top.shape[1]] = np.take_along_axis(W_new, top, axis=1)
     new_val /= new_val.sum(axis=1, keepdims=True)
     return new_idx, new_val
+
+
+def update_rest_pose(frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray, transforms: np.ndarray,
+                     prior: np.ndarray, regularisation: float, current: np.ndarray | None = None,
+                     chunk: int = 4096) -> np.ndarray:
+    """Every vertex's rest position with its weights and the transforms fixed (a 3x3 least-squares solve each).
+
+    LBS of a rest position ``r_v`` poses it by the blended matrix of its bones on frame ``k``,
+    ``A_kv r_v + b_kv`` (``A_kv = sum_m val_vm R_k,idx_vm``, ``b_kv`` the same blend of the translations), so
+    ``r_v`` minimising ``sum_k |A_kv r_v + b_kv - x_kv|^2 + regularisation * K * |r_v - prior_v|^2`` is one
+    symmetric 3x3 solve. The anchor frame is a pose of the clip, not the pose the weights blend from: where
+    bones meet, blending the anchor's skin by the transforms cannot reproduce the other frames exactly, and a
+    rest position off the anchor's can. ``regularisation`` keeps the rest near ``prior`` (the anchor) where
+    the data leave it free (a rigid part can turn as a whole with its transforms).
+
+    Args:
+        frames_vm: float64 vertex-major frames ``[V, K, 3]``.
+        idx, val: sparse weight rows ``[V, M]``.
+        transforms: float64 ``[K, J, 4, 4]`` rest -> frame ``k``.
+        prior: float ``[V, 3]`` the positions the rest is pulled toward.
+        regularisation: the pull's weight per frame, relative to a vertex's data term.
+        current: float ``[V, 3]`` the rest positions now: when given, a vertex keeps its current position
+            unless the solved one lowers its squared error over the frames (so the fit's error never rises).
+        chunk: vertices per batch (about ``chunk * K * M * 12`` doubles of temporaries).
+    Returns:
+        float64 ``[V, 3]``.
+    """
+    V, K, _ = frames_vm.shape
+    M = idx.shape[1]
+    T = np.asarray(transforms, dtype=np.float64)[:, :, :3, :]  # [K, J, 3, 4]
+    out = np.empty((V, 3))
+    chunk = max(64, min(chunk, int(4e6 // max(K * M * 12, 1))))
+    eye = regularisation * K * np.eye(3)
+    for s in range(0, V, chunk):
+        e = min(s + chunk, V)
+        blended = np.einsum("bm,kbmij->bkij", val[s:e], T[:, idx[s:e]])  # [B, K, 3, 4]
+        A, b = blended[..., :3], blended[..., 3]
+        lhs = np.einsum("bkij,bkil->bjl", A, A) + eye
+        rhs = np.einsum("bkij,bki->bj", A, frames_vm[s:e] - b) + regularisation * K * np.asarray(prior[s:e])
+        solved = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+        if current is not None:
+            def sq_error(r: np.ndarray) -> np.ndarray:
+                d = np.einsum("bkij,bj->bki", A, r) + b - frames_vm[s:e]
+                return np.einsum("bki,bki->b", d, d)
+            now = np.asarray(current[s:e], dtype=np.float64)
+            solved = np.where((sq_error(solved) < sq_error(now))[:, None], solved, now)
+        out[s:e] = solved
+    return out
