@@ -319,3 +319,23 @@ def test_rig_frames_beyond_the_clip_warn(tmp_path, checkpoints):
     assert "--frames asks for 1000 frames, the clip has 4 there" in proc.stderr
     ok = sprig("rig", str(src), "-o", str(tmp_path / "v.glb"), "--frames", "1:3", "--checkpoints", str(checkpoints))
     assert ok.returncode == 0 and "--frames asks" not in ok.stderr
+
+
+def test_rig_rest_solve_on_by_default_and_off_with_its_option(tmp_path, checkpoints):
+    """The rig's rest shape is solved by default (``rest_moved_max`` > 0 on a clip that bends) and is the first
+    frame with ``--no-rest-solve``; either way the GLB plays back within the reported error."""
+    seq = multipart_sequence(n_frames=5)
+    src = tmp_path / "walk.npz"
+    np.savez(src, verts=seq.verts, faces=seq.faces)
+    diag = np.linalg.norm(np.ptp(seq.verts[0], axis=0))
+    moved = {}
+    for flag in ("--rest-solve", "--no-rest-solve"):
+        out, summary_path = tmp_path / f"{flag}.glb", tmp_path / f"{flag}.json"
+        proc = sprig("rig", str(src), "-o", str(out), "--json", str(summary_path), "--checkpoints", str(checkpoints),
+                     flag, "-q")
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads(summary_path.read_text())
+        moved[flag] = summary["rest_moved_max"]
+        back = load_sequence(out, fps=30.0)
+        assert (np.linalg.norm(back.verts - seq.verts, axis=-1) / diag).max() <= summary["recon_max"] + 1e-4
+    assert moved["--no-rest-solve"] == 0.0 < moved["--rest-solve"] < 0.05, moved

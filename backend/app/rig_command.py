@@ -32,8 +32,8 @@ RIGGED_SUFFIX = "_rigged.glb"  # a batch writes <stem>_rigged.glb for each input
 # (ValueError), an output that cannot be written (OSError), a clip too large for memory.
 PER_FILE_ERRORS = (SequenceError, CheckpointError, ValueError, RuntimeError, OSError, MemoryError)
 
-SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "recon_vs_motion", "pjdd", "blrd", "gsd",
-                "jad", "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
+SUMMARY_KEYS = ("joints", "frames", "vertices", "recon_mean", "recon_max", "recon_vs_motion", "rest_moved_max", "pjdd",
+                "blrd", "gsd", "jad", "topology_flicker", "mcjd", "skin_instability_mean", "bones_without_skin",
                 "bones_far_from_skin", "far_led_share", "models_loaded", "seconds")
 
 
@@ -255,6 +255,7 @@ def rig_config(args: argparse.Namespace):
 
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
+                       solve_rest=args.rest_solve,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
                        per_frame_predictions=args.per_frame is not None, up_axis=args.up,
                        left_axis=left_axis(args.facing, args.up), proxy=args.proxy,
@@ -505,6 +506,10 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--articulated", action=argparse.BooleanOptionalAction, default=True,
                    help="bones rotate about their joints and stay attached (default); --no-articulated gives "
                         "every bone a free rigid motion")
+    p.add_argument("--rest-solve", action=argparse.BooleanOptionalAction, default=True,
+                   help="solve the rig's rest shape with its weights and motion (default): a lower error where "
+                        "bones meet, and the rig's mesh is that shape, within rest_moved_max of the first frame; "
+                        "--no-rest-solve keeps the first frame as the rest shape")
     p.add_argument("--proxy", choices=["auto", "on", "off"], default="auto",
                    help="rig through a proxy of ~4000 vertices, then give every vertex its weights: auto uses it "
                         "above 8000 vertices (much faster on large meshes)")

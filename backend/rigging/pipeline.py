@@ -52,7 +52,7 @@ CPU_SKIN_FRAMES = 4  # skinning frames for the heatmap when the models run on a 
 LARGE_FIT_VERTICES = 3000  # a motion fit on more vertices than this (a proxy's included) is a large one ...
 LARGE_FIT_ITERS_SHARE = 0.25  # ... and gets this share of the alternations (80 -> 20) ...
 LARGE_FIT_CANDIDATES_SHARE = 0.5  # ... and of the motion candidates (12 -> 6)
-FULL_MESH_REST_ROUNDS = 1  # with a proxy and RigConfig.solve_rest: (rest, weights) rounds of the full-mesh pass
+FULL_MESH_REST_ROUNDS = 2  # with a proxy and RigConfig.solve_rest: rest solves in the full-mesh pass (weights between)
 
 
 class RigCancelled(RuntimeError):
@@ -494,40 +494,42 @@ def skin_reach(anchor: np.ndarray, weights: np.ndarray, joints: np.ndarray, tail
             "bones_far_from_skin": [names[j] for j in np.flatnonzero(away)], "far_led_share": far}
 
 
-def playback_quality(anchor: np.ndarray, verts_n: np.ndarray, weights: np.ndarray, transforms_n: np.ndarray,
+def playback_quality(rest: np.ndarray, verts_n: np.ndarray, weights: np.ndarray, transforms_n: np.ndarray,
                      pivots: np.ndarray, parents: np.ndarray, seams: np.ndarray, diag: float, chunked: bool,
                      progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """How the rig plays back against the input: the per-frame per-vertex reconstruction error and the stats
     every rig reports about it (error, joint separation, seams).
 
     Args:
-        anchor: ``[V, 3]`` and verts_n ``[K, V, 3]`` normalized; weights ``[V, J]``; transforms_n ``[K, J, 4, 4]``
+        rest: ``[V, 3]`` the rig's rest shape (the anchor frame, or the solved one: ``RigConfig.solve_rest``) and
+            verts_n ``[K, V, 3]`` normalized; weights ``[V, J]``; transforms_n ``[K, J, 4, 4]``
             normalized; pivots ``[J, 3]`` the joints the motion is articulated about; parents ``[J]``;
             seams: :func:`backend.sequence.colocated_representatives` of ``verts_n``; diag: anchor box diagonal.
         chunked: work ``chunk`` vertices at a time (no ``[K, V, 3]`` float64 array; large meshes).
     Returns:
         ``recon float32 [K, V]`` (fraction of the diagonal) and the stats entries ``recon_*``,
         ``joint_separation_*``, ``seam_vertices``, ``seam_gap_max``, ``motion_mean`` (how far the vertices are
-        from their anchor positions, mean over vertices and frames, fraction of the diagonal) and
+        from their positions on the anchor frame ``verts_n[0]``, mean over vertices and frames, fraction of the
+        diagonal) and
         ``recon_vs_motion`` (``recon_mean / motion_mean``: the share of the movement the rig leaves out; None for a
         clip that does not move).
     """
-    V = len(anchor)
+    V = len(rest)
     split = np.flatnonzero(seams != np.arange(V))
     if not chunked:
-        posed = skin_anchor(anchor, weights, transforms_n)  # [K, V, 3]
+        posed = skin_anchor(rest, weights, transforms_n)  # [K, V, 3]
         recon = (np.linalg.norm(posed - verts_n, axis=-1) / diag).astype(np.float32)  # [K, V]
         gap = seam_gap(posed, seams)
     else:
-        recon = chunked_reconstruction_error(anchor, verts_n, weights, transforms_n, progress=progress)
+        recon = chunked_reconstruction_error(rest, verts_n, weights, transforms_n, progress=progress)
         recon /= diag
         both = np.union1d(split, seams[split])
-        gap = seam_gap(skin_anchor(anchor[both], weights[both], transforms_n),
+        gap = seam_gap(skin_anchor(rest[both], weights[both], transforms_n),
                        np.searchsorted(both, seams[both])) if len(split) else 0.0
     separation = joint_separation(transforms_n, pivots, parents) / diag  # [K, J]
     K = len(verts_n)
     step = max(1, (1 << 22) // max(V, 1))  # frames per slice: ~4M positions
-    anchor32, moved = anchor.astype(np.float32), 0.0
+    anchor32, moved = np.asarray(verts_n[0], dtype=np.float32), 0.0
     for s in range(0, K, step):
         away = np.asarray(verts_n[s:s + step], dtype=np.float32) - anchor32
         moved += float(np.sqrt(np.einsum("kvc,kvc->kv", away, away)).sum(dtype=np.float64))

@@ -226,9 +226,9 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         proxy_rest: float ``[P, 3]`` the proxy's rest positions when its fit solved them
             (``FitConfig.solve_rest``): the transforms pose those, so every vertex starts from the anchor moved
             by its nearest proxy vertices' blended offset.
-        rest_rounds: rounds of (rest solve, weight solve) after the first weight solve
-            (:func:`~backend.rigging.fit.solve.update_rest_pose`);
-            0 keeps the anchor (or, with ``proxy_rest``, its warm start) as the rest.
+        rest_rounds: rest solves after the weight solve (:func:`~backend.rigging.fit.solve.update_rest_pose`),
+            the weights solved again between two; 0 keeps the anchor (or, with ``proxy_rest``, its warm start)
+            as the rest.
         rest_regularisation: as ``FitConfig.rest_regularisation``.
     Returns:
         ``(weights, rest)``: float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros,
@@ -279,11 +279,10 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
                                             motion_candidates, reach)
         idx, val = update_weights(a, xv, warm_idx, warm_val, T, cand, mask, sp.identity(B, format="csr"), M,
                                   smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
-        for _ in range(rest_rounds):
-            a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a)
-            idx, val = update_weights(a, xv, idx, val, T, cand, mask, sp.identity(B, format="csr"), M,
-                                      smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
-        if rest_rounds:
+        for r in range(rest_rounds):
+            if r:
+                idx, val = update_weights(a, xv, idx, val, T, cand, mask, sp.identity(B, format="csr"), M,
+                                          smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
             a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a)
         rows_idx[ids], rows_val[ids] = idx, val
         if with_rest:

@@ -33,13 +33,15 @@ class RigResult:
     """One rig for a sequence, in the user's units.
 
     Attributes:
-        anchor_verts: float32 ``[V, 3]`` the anchor frame (the rest pose of the rig).
+        anchor_verts: float32 ``[V, 3]`` the rest shape of the rig: the anchor frame, or near it where the fit
+            solved the rest shape with the motion (``RigConfig.solve_rest``; ``stats["rest_moved_max"]`` says how
+            far, as a fraction of the anchor box diagonal).
         faces: int32 ``[F, 3]``.
         joints: float32 ``[J, 3]`` canonical joint positions (anchor frame).
         parents: int32 ``[J]``, ``-1`` for the root; parents precede children.
         joint_names: ``J`` readable bone names.
         weights: float32 ``[V, J]`` rows on the simplex, at most ``max_influences`` non-zero.
-        bone_transforms: float32 ``[K, J, 4, 4]`` rigid transforms from anchor space to frame ``k``
+        bone_transforms: float32 ``[K, J, 4, 4]`` rigid transforms from the rest shape to frame ``k``
             such that ``linear_blend_skinning(anchor_verts, weights, bone_transforms)`` reproduces frame k.
         frame_joints_count: int32 ``[K]`` joints predicted on each frame (topology-flicker diagnostics).
         recon_error: float32 ``[K, V]`` per-vertex reconstruction error / anchor box diagonal.

@@ -29,6 +29,10 @@ transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinnin
    * smoothing: a few steps of Laplacian smoothing of the weights on the mesh graph, re-projected onto
      the candidates, ``max_influences`` and the simplex, kept where they give back at most part of the
      error decrease the weight solve just made (the error still never rises).
+   * rest shape (``FitConfig.solve_rest``): every vertex's rest position, a 3x3 least-squares solve with
+     its weights and the transforms fixed, pulled toward the anchor and kept where it lowers that vertex's
+     error (:func:`~.solve.update_rest_pose`). The anchor frame is one pose of the clip, not the pose the
+     skin was bound in; blending a bent anchor's skin again cannot reproduce the other frames exactly.
 
 **Articulated mode** (``FitConfig.articulated``, the pipeline's default; :mod:`.articulated`): every
 non-root bone moves by a rotation about its own joint in its parent's frame, so on every frame a child's
