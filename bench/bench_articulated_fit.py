@@ -50,9 +50,10 @@ def flat_shaded(seq: dict) -> dict:
 
 
 def measure(verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray, joints: np.ndarray | None,
-            parents: np.ndarray | None, seconds: tuple[float, float]) -> dict:
+            parents: np.ndarray | None, seconds: tuple[float, float], rest: np.ndarray | None = None) -> dict:
+    """``rest``: the rig's rest shape (a fit's ``MotionFit.rest``, a rig's ``anchor_verts``); default the anchor."""
     diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
-    posed = skin_anchor(verts[0], weights, transforms)
+    posed = skin_anchor(verts[0] if rest is None else rest, weights, transforms)
     err = np.linalg.norm(posed - verts, axis=-1) / diag
     sep = (float(joint_separation(transforms, joints, parents).max()) / diag) if joints is not None else float("nan")
     return dict(mean=100 * float(err.mean()), max=100 * float(err.max()), sep=100 * sep,
@@ -73,7 +74,7 @@ def run_fit(seq: dict, articulated: bool) -> dict:
     t0 = clock()
     fit = fit_motion(verts[0], verts, w0, seq["parents"], seq["joints"], seq["faces"],
                      FitConfig(articulated=articulated))
-    out = measure(verts, fit.weights, fit.transforms, fit.joints, seq["parents"], since(t0))
+    out = measure(verts, fit.weights, fit.transforms, fit.joints, seq["parents"], since(t0), fit.rest)
     out["moved"] = 100 * float(np.linalg.norm(fit.joints - seq["joints"], axis=1).max()) / float(
         np.linalg.norm(np.ptp(verts[0], axis=0)))
     return out
@@ -89,7 +90,8 @@ def run_pipeline(seq: dict, articulated: bool, checkpoints: str) -> dict:
     t0 = clock()
     res = rig_sequence(ms, cfg)
     seconds = since(t0)
-    out = measure(seq["verts"], res.weights, res.bone_transforms.astype(np.float64), res.joints, res.parents, seconds)
+    out = measure(seq["verts"], res.weights, res.bone_transforms.astype(np.float64), res.joints, res.parents, seconds,
+                  res.anchor_verts.astype(np.float64))
     out.update(J=len(res.parents), fit_seconds=res.stats["fit_seconds"], moved=100 * res.stats["joints_moved_max"])
     return out
 

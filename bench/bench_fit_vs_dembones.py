@@ -106,9 +106,12 @@ def timed(fn, repeats: int = 1):
     return best
 
 
-def error_pct(verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray) -> tuple[float, float]:
+def error_pct(verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray,
+              rest: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean and largest error (% of the anchor box diagonal) of LBS of ``rest`` (default: the anchor frame; a
+    fit's ``MotionFit.rest`` when it solved one) against ``verts``."""
     diag = float(np.linalg.norm(np.ptp(verts[0], axis=0)))
-    e = reconstruction_error(verts[0], verts, weights, transforms) / diag
+    e = reconstruction_error(verts[0] if rest is None else rest, verts, weights, transforms) / diag
     return 100.0 * float(e.mean()), 100.0 * float(e.max())
 
 
@@ -131,7 +134,7 @@ def run_ours(seq: dict, weights: np.ndarray, config: FitConfig, repeats: int = 1
     verts = seq["verts"]
     fit, wall, cpu = timed(lambda: fit_motion(verts[0], verts, weights, seq["parents"], seq["joints"], seq["faces"],
                                               config), repeats)
-    mean, mx = error_pct(verts, fit.weights, fit.transforms)
+    mean, mx = error_pct(verts, fit.weights, fit.transforms, fit.rest)
     return dict(mean=mean, max=mx, wall=wall, cpu=cpu, alternations=len(fit.rmse_history) - 1)
 
 

@@ -97,7 +97,7 @@ def artist_articulated(clip: dict, config: RigConfig) -> dict:
                      config.motion_fit_config(len(verts[0]), refine_joints=False))
     db = run_dembones(dict(verts=verts, faces=clip["faces"], parents=parents), iterations=30)
     tails = bone_tails(joints, parents, min_length=0.02 * diag)
-    return dict(artist_mean=error_pct(verts, fit.weights, fit.transforms)[0], artist_db_mean=db["mean"],
+    return dict(artist_mean=error_pct(verts, fit.weights, fit.transforms, fit.rest)[0], artist_db_mean=db["mean"],
                 artist_far=far_led_share(verts[0], clip["weights"], joints, tails, parents),
                 artist_roots=len(roots), artist_slip=100 * float(slip.max()),
                 artist_slipping=[clip["joint_names"][j] for j in np.flatnonzero(slip > 1e-4)])

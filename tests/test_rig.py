@@ -321,6 +321,7 @@ def test_report_is_self_contained_html(models, tmp_path):
     text = path.read_text()
     assert text.startswith("<!DOCTYPE html>") and "robot" in text
     assert f"start: {result.stats['fit_start']}, " in text  # the motion fit's row
+    assert f"at most {100 * result.stats['rest_moved_max']:.2f}% of the box diagonal off the first frame" in text
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     # curves, skeleton stability, heatmaps, skeleton (the per-joint drift plot is of the generator's own anchor
     # skeleton: test_joint_drift_in_stats_equals_the_metric)

@@ -1049,7 +1049,7 @@ def save_rigged_gltf(path: str | Path, anchor_verts: np.ndarray, faces: np.ndarr
 
     Args:
         path: output ``.glb``.
-        anchor_verts: float ``[V, 3]`` rest mesh (the anchor frame).
+        anchor_verts: float ``[V, 3]`` rest mesh (the rig's rest shape: the anchor frame, or the solved one).
         faces: int ``[F, 3]``.
         joints: float ``[J, 3]`` rest joint positions.
         parents: int ``[J]``, -1 for roots (several roots are allowed).

@@ -353,6 +353,9 @@ def _summary_rows(result: RigResult) -> list[tuple[str, str]]:
     if isinstance(st.get("recon_vs_motion"), (int, float)):
         rows.append(("error vs movement", f"{100 * st['recon_vs_motion']:.1f}% of the mean movement from the first "
                                           f"frame ({100 * st['motion_mean']:.2f}% of the box diagonal)"))
+    if isinstance(st.get("rest_moved_max"), (int, float)) and st["rest_moved_max"] > 0:
+        rows.append(("rest shape", f"solved with the motion: at most {100 * st['rest_moved_max']:.2f}% of the box "
+                                   "diagonal off the first frame"))
     for label, key in (("bones leading no vertex (posing one moves skin only through small weights)",
                         "bones_without_skin"),
                        (f"bones far from the mesh (over {100 * BONE_FAR_FROM_SKIN:.0f}% of the box diagonal from "
