@@ -450,28 +450,41 @@ def update_rest_pose(frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray, tr
         regularisation: the pull's weight per frame, relative to a vertex's data term.
         current: float ``[V, 3]`` the rest positions now: when given, a vertex keeps its current position
             unless the solved one lowers its squared error over the frames (so the fit's error never rises).
-        chunk: vertices per batch (about ``chunk * K * M * 12`` doubles of temporaries).
+        chunk: vertices per batch (about ``chunk * K * 12`` doubles per temporary).
     Returns:
         float64 ``[V, 3]``.
     """
     V, K, _ = frames_vm.shape
     M = idx.shape[1]
-    T = np.asarray(transforms, dtype=np.float64)[:, :, :3, :]  # [K, J, 3, 4]
+    J = transforms.shape[1]
+    # each bone's 3x4 matrices on every frame in one row, so a vertex's blend is M row gathers
+    flat = np.ascontiguousarray(np.asarray(transforms, dtype=np.float64)[:, :, :3, :].transpose(1, 0, 2, 3)
+                                ).reshape(J, K * 12)  # [J, K*12]
     out = np.empty((V, 3))
-    chunk = max(64, min(chunk, int(4e6 // max(K * M * 12, 1))))
-    eye = regularisation * K * np.eye(3)
+    chunk = max(64, min(chunk, int(4e6 // max(K * 12, 1))))
+    pull = regularisation * K
     for s in range(0, V, chunk):
         e = min(s + chunk, V)
-        blended = np.einsum("bm,kbmij->bkij", val[s:e], T[:, idx[s:e]])  # [B, K, 3, 4]
-        A, b = blended[..., :3], blended[..., 3]
-        lhs = np.einsum("bkij,bkil->bjl", A, A) + eye
-        rhs = np.einsum("bkij,bki->bj", A, frames_vm[s:e] - b) + regularisation * K * np.asarray(prior[s:e])
+        blended = val[s:e, :1] * flat[idx[s:e, 0]]
+        for m in range(1, M):
+            blended += val[s:e, m:m + 1] * flat[idx[s:e, m]]
+        blended = blended.reshape(e - s, K, 3, 4)
+        A = blended[..., :3].reshape(e - s, K * 3, 3)  # the frames' 3x3 blocks stacked
+        target = (frames_vm[s:e] - blended[..., 3]).reshape(e - s, K * 3, 1)
+        At = A.transpose(0, 2, 1)
+        lhs = At @ A
+        lhs[:, [0, 1, 2], [0, 1, 2]] += pull
+        rhs = (At @ target)[..., 0] + pull * np.asarray(prior[s:e], dtype=np.float64)
         solved = np.linalg.solve(lhs, rhs[..., None])[..., 0]
         if current is not None:
-            def sq_error(r: np.ndarray) -> np.ndarray:
-                d = np.einsum("bkij,bj->bki", A, r) + b - frames_vm[s:e]
-                return np.einsum("bki,bki->b", d, d)
             now = np.asarray(current[s:e], dtype=np.float64)
-            solved = np.where((sq_error(solved) < sq_error(now))[:, None], solved, now)
+            better = _stacked_sq_error(A, target, solved) < _stacked_sq_error(A, target, now)
+            solved = np.where(better[:, None], solved, now)
         out[s:e] = solved
     return out
+
+
+def _stacked_sq_error(A: np.ndarray, target: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``|A_b r_b - target_b|^2`` per row: ``A [B, 3K, 3]``, ``target [B, 3K, 1]``, ``r [B, 3]`` -> ``[B]``."""
+    d = A @ r[..., None] - target
+    return np.einsum("bki,bki->b", d, d)
