@@ -158,7 +158,8 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
     add-on puts on the rigged mesh), ``up_axis``.
 
     Args:
-        seq: the frames (frame 0 is the anchor, the skeleton's rest pose).
+        seq: the frames (frame 0 is the anchor: the skeleton's rest pose, and the start of the rest shape with
+            ``solve_rest``).
         skeleton: joints, parents (parents first, one root), names, tails in ``seq``'s space;
             ``init_weights [V, J]`` optional (default: :func:`nearest_bone_weights`).
     Returns:

@@ -1,8 +1,8 @@
 """Motion fitting: per-frame rigid bone transforms (and refined weights) that reproduce a mesh sequence.
 
-Given the anchor mesh (the rest pose of the rig), skinning weights and a skeleton, we look for rigid
-transforms ``T_kj`` (anchor space -> frame ``k``) such that linear blend skinning of the anchor,
-``x_kv ~= sum_j w_vj T_kj [a_v, 1]``, reproduces every frame.
+Given the anchor mesh (the rig's rest pose, unless its rest shape is solved too: ``solve_rest`` below), skinning
+weights and a skeleton, we look for rigid transforms ``T_kj`` (anchor space -> frame ``k``) such that linear
+blend skinning of the anchor, ``x_kv ~= sum_j w_vj T_kj [a_v, 1]``, reproduces every frame.
 
 1. **Start**: a weighted rigid (Kabsch) fit per bone and frame, bone ``j``'s vertices weighted by
    ``w_vj ** init_power``. Bones with too little (or degenerate, e.g. collinear) support borrow the

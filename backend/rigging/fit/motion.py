@@ -327,7 +327,7 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
     reproduces every frame.
 
     Args:
-        anchor: float ``[V, 3]`` rest (anchor) vertices.
+        anchor: float ``[V, 3]`` anchor vertices: the rest shape, or its start and prior with ``solve_rest``.
         frames: float ``[K, V, 3]`` target frames (frame 0 is usually the anchor itself).
         weights: float ``[V, J]`` initial skinning weights (any non-negative rows; pruned here).
         parents: int ``[J]`` skeleton tree (parents precede children).
