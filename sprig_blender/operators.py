@@ -55,6 +55,7 @@ _SUMMARY_ROWS = (
     ("Joints", ("joints",), lambda v: f"{int(v)}"),
     ("Recon error", ("recon_mean",), lambda v: f"{100.0 * v:.3f}% of diag"),
     ("Recon max", ("recon_max",), lambda v: f"{100.0 * v:.3f}% of diag"),
+    ("Rest shape vs first frame", ("rest_moved_max",), lambda v: f"at most {100.0 * v:.2f}% of diag"),
     ("Skin led by far bones", ("far_led_share",), lambda v: f"{100.0 * v:.1f}% of vertices"),
     ("Net PJDD (frames 0-2)", ("pjdd",), lambda v: f"{v:.4g}"),
     ("Net topology flicker", ("topology_flicker", "flicker"), lambda v: f"{100.0 * v:.0f}% of frames"),

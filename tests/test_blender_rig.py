@@ -832,6 +832,9 @@ def test_menu_entry_cancel_and_plain_result_words(scene):
     assert "predicted weights" in operators.plain_note("Weight steadiness")
     assert ("Net skin instability", "0.3") in operators.stats_summary({**stats, "config": {"heatmap": True}})
     assert "Net skin instability" not in dict(operators.stats_summary(stats))  # heatmap off: not measured
+    # the rig's rest shape: how far it is from the first exported frame
+    assert ("Rest shape vs first frame", "at most 0.25% of diag") in operators.stats_summary(
+        {**stats, "rest_moved_max": 0.0025})
     from backend.rigging.pipeline import RigConfig
 
     settings = bpy.context.scene.sprig  # the panel's Bone Reach starts at the backend's default, for rig and refit

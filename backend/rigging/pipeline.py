@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, skin_anchor
+from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, rest_move_limits, skin_anchor
 from backend.metrics import bone_distances, far_led_share, joint_separation, motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
 from backend.rigging.proxy import build_proxy, chunked_reconstruction_error, fit_frames, full_mesh_weights, use_proxy
@@ -725,7 +725,8 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
                                           max_bone_distance=fit_cfg.max_bone_distance,
                                           max_bone_hops=fit_cfg.max_bone_hops, proxy_rest=fit.rest,
                                           rest_rounds=FULL_MESH_REST_ROUNDS if cfg.solve_rest else 0,
-                                          rest_regularisation=fit_cfg.rest_regularisation)
+                                          rest_regularisation=fit_cfg.rest_regularisation,
+                                          rest_max_move=rest_move_limits(anchor, faces, fit_cfg.rest_max_edge_share))
         track("weights", 1.0)
     # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest) [V, 3]
     rest_n = anchor if rest is None else rest.astype(np.float32)

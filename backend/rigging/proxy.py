@@ -200,8 +200,8 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
                       progress: Callable[[float], None] | None = None, joints: np.ndarray | None = None,
                       parents: np.ndarray | None = None, max_bone_distance: float = 0.0,
                       max_bone_hops: int | None = None, proxy_rest: np.ndarray | None = None,
-                      rest_rounds: int = 0, rest_regularisation: float = 1e-3
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
+                      rest_rounds: int = 0, rest_regularisation: float = 1e-3,
+                      rest_max_move: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Every vertex's weights (and rest position) against the proxy's bone motion (step 3 of the module docstring).
 
     Args:
@@ -230,6 +230,8 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
             the weights solved again between two; 0 keeps the anchor (or, with ``proxy_rest``, its warm start)
             as the rest.
         rest_regularisation: as ``FitConfig.rest_regularisation``.
+        rest_max_move: float ``[V]`` how far each vertex's rest may be from the anchor (warm start included;
+            :func:`~backend.rigging.fit.solve.rest_move_limits`); None: no limit.
     Returns:
         ``(weights, rest)``: float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros,
         and float64 ``[V, 3]`` rest positions (None when neither ``proxy_rest`` nor ``rest_rounds``);
@@ -262,8 +264,13 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         dist, near = dist.reshape(B, k_near), near.reshape(B, k_near)
         inv = 1.0 / np.maximum(dist, 1e-9) ** 2
         inv /= inv.sum(axis=1, keepdims=True)
+        cap = None if rest_max_move is None else np.asarray(rest_max_move[ids], dtype=np.float64)
         if offset_p is not None:
-            a = anchor_b + np.einsum("bn,bnc->bc", inv, offset_p[near])
+            offset = np.einsum("bn,bnc->bc", inv, offset_p[near])
+            if cap is not None:
+                length = np.linalg.norm(offset, axis=1)
+                offset *= np.minimum(1.0, cap / np.maximum(length, 1e-300))[:, None]
+            a = anchor_b + offset
         # dense [B, J] blend of the nearest proxy rows (J is a skeleton's size: small)
         blend = np.einsum("bn,bnj->bj", inv, W_p[near])
         # the cell's own proxy vertex (nearest along the mesh) always takes part
@@ -283,7 +290,7 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
             if r:
                 idx, val = update_weights(a, xv, idx, val, T, cand, mask, sp.identity(B, format="csr"), M,
                                           smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
-            a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a)
+            a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a, max_move=cap)
         rows_idx[ids], rows_val[ids] = idx, val
         if with_rest:
             rest[ids] = a

@@ -431,7 +431,7 @@ def update_weights(anchor: np.ndarray, frames_vm: np.ndarray, idx: np.ndarray, v
 
 def update_rest_pose(frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray, transforms: np.ndarray,
                      prior: np.ndarray, regularisation: float, current: np.ndarray | None = None,
-                     chunk: int = 4096) -> np.ndarray:
+                     max_move: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
     """Every vertex's rest position with its weights and the transforms fixed (a 3x3 least-squares solve each).
 
     LBS of a rest position ``r_v`` poses it by the blended matrix of its bones on frame ``k``,
@@ -450,6 +450,9 @@ def update_rest_pose(frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray, tr
         regularisation: the pull's weight per frame, relative to a vertex's data term.
         current: float ``[V, 3]`` the rest positions now: when given, a vertex keeps its current position
             unless the solved one lowers its squared error over the frames (so the fit's error never rises).
+        max_move: float ``[V]`` how far each rest position may be from its prior (the solve's step toward a
+            farther point is cut to this length): a rest shape that keeps every vertex within a share of its
+            shortest edge of the anchor (:func:`rest_move_limits`) cannot pinch or fold the surface.
         chunk: vertices per batch (about ``chunk * K * 12`` doubles per temporary).
     Returns:
         float64 ``[V, 3]``.
@@ -476,6 +479,13 @@ def update_rest_pose(frames_vm: np.ndarray, idx: np.ndarray, val: np.ndarray, tr
         lhs[:, [0, 1, 2], [0, 1, 2]] += pull
         rhs = (At @ target)[..., 0] + pull * np.asarray(prior[s:e], dtype=np.float64)
         solved = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+        if max_move is not None:
+            base = np.asarray(prior[s:e], dtype=np.float64)
+            step = solved - base
+            length = np.linalg.norm(step, axis=1)
+            cap = np.asarray(max_move[s:e], dtype=np.float64)
+            cut = length > cap
+            solved[cut] = base[cut] + step[cut] * (cap[cut] / length[cut])[:, None]
         if current is not None:
             now = np.asarray(current[s:e], dtype=np.float64)
             better = _stacked_sq_error(A, target, solved) < _stacked_sq_error(A, target, now)
@@ -488,3 +498,21 @@ def _stacked_sq_error(A: np.ndarray, target: np.ndarray, r: np.ndarray) -> np.nd
     """``|A_b r_b - target_b|^2`` per row: ``A [B, 3K, 3]``, ``target [B, 3K, 1]``, ``r [B, 3]`` -> ``[B]``."""
     d = A @ r[..., None] - target
     return np.einsum("bki,bki->b", d, d)
+
+
+def rest_move_limits(points: np.ndarray, faces: np.ndarray | None, share: float) -> np.ndarray | None:
+    """``share`` of each vertex's shortest non-zero edge on ``points [V, 3]`` (``faces [F, 3]``): float64 ``[V]``,
+    the farthest :func:`update_rest_pose` may move it (0 for a vertex on no edge). None without faces or when
+    ``share`` is infinite (no limit)."""
+    if faces is None or not np.isfinite(share):
+        return None
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    p = np.asarray(points, dtype=np.float64)
+    a, b = np.concatenate([f[:, 0], f[:, 1], f[:, 2]]), np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    length = np.linalg.norm(p[a] - p[b], axis=1)
+    keep = length > 0
+    shortest = np.full(len(p), np.inf)
+    np.minimum.at(shortest, a[keep], length[keep])
+    np.minimum.at(shortest, b[keep], length[keep])
+    shortest[~np.isfinite(shortest)] = 0.0
+    return share * shortest
