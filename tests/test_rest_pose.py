@@ -94,3 +94,25 @@ def test_full_mesh_pass_solves_every_vertex_rest():
         errors[solve] = (reconstruction_error(frames[0] if rest is None else rest, frames, got, fit.transforms)
                          / diag).mean()
     assert errors[True] < 0.95 * errors[False], errors
+
+
+def test_untangle_walks_turned_faces_back_toward_the_anchor():
+    """A rest shape whose one vertex crosses the opposite edge turns its faces over; those faces' vertices are
+    walked back until no face is turned more than the limit, and faces that were fine are left alone."""
+    from backend.rigging.fit import untangle_rest
+
+    anchor, faces = tube()
+    rest = anchor + 1e-3  # a small shift moves no face
+    same, moved = untangle_rest(anchor, rest, faces)
+    assert moved == 0 and np.array_equal(same, rest)
+    v = 200
+    ring_neighbour = v + 12  # the next ring's vertex: crossing past it turns the faces between them over
+    rest[v] = anchor[v] + 1.5 * (anchor[ring_neighbour] - anchor[v])
+    fixed, moved = untangle_rest(anchor, rest, faces)
+    assert 1 <= moved <= 8
+    n0 = np.cross(anchor[faces[:, 1]] - anchor[faces[:, 0]], anchor[faces[:, 2]] - anchor[faces[:, 0]])
+    n1 = np.cross(fixed[faces[:, 1]] - fixed[faces[:, 0]], fixed[faces[:, 2]] - fixed[faces[:, 0]])
+    cos = np.einsum("fc,fc->f", n0, n1) / np.linalg.norm(n0, axis=1) / np.linalg.norm(n1, axis=1)
+    assert cos.min() > np.cos(np.radians(30))
+    far = np.linalg.norm(anchor - anchor[v], axis=1) > 0.5
+    assert np.array_equal(fixed[far], rest[far])  # nothing away from the fold moved

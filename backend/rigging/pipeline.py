@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from backend.rigging.fit import FitCancelled, FitConfig, fit_motion, prune_weights, rest_move_limits, skin_anchor
+from backend.rigging.fit import (FitCancelled, FitConfig, fit_motion, prune_weights, rest_move_limits, skin_anchor,
+                                 untangle_rest)
 from backend.metrics import bone_distances, far_led_share, joint_separation, motion_compensated_joint_drift, skeleton_stability
 from backend.normalize import UP_AXES, anchor_normalize
 from backend.rigging.proxy import build_proxy, chunked_reconstruction_error, fit_frames, full_mesh_weights, use_proxy
@@ -510,9 +511,8 @@ def playback_quality(rest: np.ndarray, verts_n: np.ndarray, weights: np.ndarray,
         ``recon float32 [K, V]`` (fraction of the diagonal) and the stats entries ``recon_*``,
         ``joint_separation_*``, ``seam_vertices``, ``seam_gap_max``, ``motion_mean`` (how far the vertices are
         from their positions on the anchor frame ``verts_n[0]``, mean over vertices and frames, fraction of the
-        diagonal) and
-        ``recon_vs_motion`` (``recon_mean / motion_mean``: the share of the movement the rig leaves out; None for a
-        clip that does not move).
+        diagonal) and ``recon_vs_motion`` (``recon_mean / motion_mean``: the share of the movement the rig leaves
+        out; None for a clip that does not move).
     """
     V = len(rest)
     split = np.flatnonzero(seams != np.arange(V))
@@ -726,9 +726,13 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
                                           max_bone_hops=fit_cfg.max_bone_hops, proxy_rest=fit.rest,
                                           rest_rounds=FULL_MESH_REST_ROUNDS if cfg.solve_rest else 0,
                                           rest_regularisation=fit_cfg.rest_regularisation,
-                                          rest_max_move=rest_move_limits(anchor, faces, fit_cfg.rest_max_edge_share))
+                                          rest_max_move=rest_move_limits(anchor, faces, fit_cfg.rest_max_edge_share)
+                                          if cfg.solve_rest else None, faces=faces)
         track("weights", 1.0)
-    # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest) [V, 3]
+    # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest), no face turned [V, 3]
+    rest_untangled = 0
+    if rest is not None:
+        rest, rest_untangled = untangle_rest(anchor, rest, faces)
     rest_n = anchor if rest is None else rest.astype(np.float32)
     rest_moved = float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag
 
@@ -773,6 +777,7 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         "articulated": bool(cfg.articulated),
         "joints_moved_max": joints_moved,
         "rest_moved_max": rest_moved,
+        "rest_vertices_untangled": rest_untangled,
         "proxy_vertices": None if proxy is None else proxy.size,
         "skeleton_source": skeleton_source,
         "skeleton_from_motion": motion_stats,

@@ -36,10 +36,14 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
 from backend.rigging.fit.solve import (ResidualGram, bones_in_reach, motion_candidate_bones, restrict_to_reach,
-                                      update_rest_pose, update_weights)
+                                      untangle_rest, update_rest_pose, update_weights)
 from backend.rigging.fit.sparse import prune_weights, to_sparse_rows
 
 log = logging.getLogger(__name__)
+
+CARRY_NEIGHBOURS = 16
+"""Proxy vertices whose rest offsets are blended (Gaussian in the distance, the width the proxy's spacing) into a
+vertex's start in the full-mesh pass."""
 
 
 @dataclass
@@ -201,7 +205,8 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
                       parents: np.ndarray | None = None, max_bone_distance: float = 0.0,
                       max_bone_hops: int | None = None, proxy_rest: np.ndarray | None = None,
                       rest_rounds: int = 0, rest_regularisation: float = 1e-3,
-                      rest_max_move: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                      rest_max_move: np.ndarray | None = None, faces: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """Every vertex's weights (and rest position) against the proxy's bone motion (step 3 of the module docstring).
 
     Args:
@@ -225,13 +230,17 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
             :func:`~backend.rigging.fit.solve.bones_in_reach`).
         proxy_rest: float ``[P, 3]`` the proxy's rest positions when its fit solved them
             (``FitConfig.solve_rest``): the transforms pose those, so every vertex starts from the anchor moved
-            by its nearest proxy vertices' blended offset.
+            by its nearest proxy vertices' blended offset (a smooth field, bounded by the proxy fit's own
+            ``rest_max_edge_share`` of the proxy's edges), and its own rest solves stay near that start.
         rest_rounds: rest solves after the weight solve (:func:`~backend.rigging.fit.solve.update_rest_pose`),
             the weights solved again between two; 0 keeps the anchor (or, with ``proxy_rest``, its warm start)
             as the rest.
         rest_regularisation: as ``FitConfig.rest_regularisation``.
-        rest_max_move: float ``[V]`` how far each vertex's rest may be from the anchor (warm start included;
-            :func:`~backend.rigging.fit.solve.rest_move_limits`); None: no limit.
+        rest_max_move: float ``[V]`` how far each vertex's rest solves may move it from its start (the anchor, or
+            the proxy's rest carried to it; :func:`~backend.rigging.fit.solve.rest_move_limits` of the full mesh:
+            a quarter of a vertex's shortest edge keeps neighbours from crossing); None: no limit.
+        faces: int ``[F, 3]`` the mesh's faces: with a rest solved, faces the solves turned over are walked back
+            toward their start (:func:`~backend.rigging.fit.solve.untangle_rest`).
     Returns:
         ``(weights, rest)``: float32 ``[V, J]`` rows on the simplex with at most ``max_influences`` non-zeros,
         and float64 ``[V, 3]`` rest positions (None when neither ``proxy_rest`` nor ``rest_rounds``);
@@ -255,6 +264,10 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
     with_rest = proxy_rest is not None or rest_rounds > 0
     rest = np.zeros((V, 3)) if with_rest else None
     offset_p = None if proxy_rest is None else np.asarray(proxy_rest, dtype=np.float64) - anchor_p  # [P, 3]
+    starts = np.zeros((V, 3)) if with_rest else None
+    if offset_p is not None:  # the proxy's offsets are carried by a smooth kernel: no jump where the neighbours change
+        k_carry = min(CARRY_NEIGHBOURS, proxy.size)
+        spacing = float(np.median(tree.query(anchor_p, k=min(5, proxy.size))[0][:, -1])) or 1.0
     for s in range(0, len(reps), chunk):
         ids = reps[s:s + chunk]
         B = len(ids)
@@ -264,13 +277,13 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         dist, near = dist.reshape(B, k_near), near.reshape(B, k_near)
         inv = 1.0 / np.maximum(dist, 1e-9) ** 2
         inv /= inv.sum(axis=1, keepdims=True)
+        if offset_p is not None:  # the proxy's rest shape, carried to these vertices: the rests' start and prior
+            d_c, near_c = tree.query(anchor_b, k=k_carry)
+            kernel = np.exp(-(d_c.reshape(B, k_carry) / spacing) ** 2) + 1e-12
+            kernel /= kernel.sum(axis=1, keepdims=True)
+            a = anchor_b + np.einsum("bn,bnc->bc", kernel, offset_p[near_c.reshape(B, k_carry)])
+        start_b = a
         cap = None if rest_max_move is None else np.asarray(rest_max_move[ids], dtype=np.float64)
-        if offset_p is not None:
-            offset = np.einsum("bn,bnc->bc", inv, offset_p[near])
-            if cap is not None:
-                length = np.linalg.norm(offset, axis=1)
-                offset *= np.minimum(1.0, cap / np.maximum(length, 1e-300))[:, None]
-            a = anchor_b + offset
         # dense [B, J] blend of the nearest proxy rows (J is a skeleton's size: small)
         blend = np.einsum("bn,bnj->bj", inv, W_p[near])
         # the cell's own proxy vertex (nearest along the mesh) always takes part
@@ -284,22 +297,26 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
         gram = ResidualGram(a, xv, T)
         cand, mask = motion_candidate_bones(gram.single_bone_errors(), *to_sparse_rows(blend, min(J, (k_near + 1) * M)),
                                             motion_candidates, reach)
-        idx, val = update_weights(a, xv, warm_idx, warm_val, T, cand, mask, sp.identity(B, format="csr"), M,
-                                  smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
-        for r in range(rest_rounds):
+        pull_to_start = sp.identity(B, format="csr")  # smoothness pulls each row toward its own start
+        idx, val = update_weights(a, xv, warm_idx, warm_val, T, cand, mask, pull_to_start, M, smoothness,
+                                  smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
+        for r in range(rest_rounds):  # rest, (weights, rest), ...
             if r:
-                idx, val = update_weights(a, xv, idx, val, T, cand, mask, sp.identity(B, format="csr"), M,
-                                          smoothness, smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
-            a = update_rest_pose(xv, idx, val, T, anchor_b, rest_regularisation, current=a, max_move=cap)
+                idx, val = update_weights(a, xv, idx, val, T, cand, mask, pull_to_start, M, smoothness,
+                                          smooth_steps=0, smooth_slack=0.0, qp_iters=qp_iters, chunk=B)
+            a = update_rest_pose(xv, idx, val, T, start_b, rest_regularisation, current=a, max_move=cap)
         rows_idx[ids], rows_val[ids] = idx, val
         if with_rest:
-            rest[ids] = a
+            rest[ids], starts[ids] = a, start_b
         if progress is not None:
             progress(min(s + chunk, len(reps)) / len(reps))
     rep = proxy.representatives
     rows_idx, rows_val = rows_idx[rep], rows_val[rep]  # seams: every vertex takes its representative's row
     if with_rest:
-        rest = rest[rep]
+        rest, starts = rest[rep], starts[rep]
+        if faces is not None:
+            rest, walked = untangle_rest(np.asarray(verts[0], dtype=np.float64), rest, faces, toward=starts)
+            log.debug("full-mesh rest: %d vertices walked back from turned faces", walked)
     weights = np.zeros((V, J), dtype=np.float32)
     np.add.at(weights, (np.repeat(np.arange(V), M), rows_idx.ravel()), rows_val.ravel().astype(np.float32))
     log.debug("full-mesh weights: %d vertices (%d welded) on %d frames, %.2f s", V, len(reps), len(frames),

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from backend.normalize import anchor_normalize
-from backend.rigging.fit import FitCancelled, fit_motion, prune_weights
+from backend.rigging.fit import FitCancelled, fit_motion, prune_weights, untangle_rest
 from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, playback_quality, skin_reach
 from backend.rigging.result import RigResult
 from backend.rigging.rig_skeleton import RigSkeleton
@@ -209,7 +209,10 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
     except FitCancelled as exc:
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms
-    rest_n = anchor if fit.rest is None else fit.rest.astype(np.float32)  # the rig's rest shape [V, 3]
+    rest_untangled = 0
+    if fit.rest is not None:  # the rig's rest shape [V, 3], no face turned
+        rest, rest_untangled = untangle_rest(anchor, fit.rest, seq.faces)
+    rest_n = anchor if fit.rest is None else rest.astype(np.float32)
 
     track("report", 0.0)
     weights = fit.weights
@@ -228,6 +231,7 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         "articulated": bool(cfg.articulated),
         "joints_moved_max": 0.0,
         "rest_moved_max": float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag,
+        "rest_vertices_untangled": rest_untangled,
         **skin_reach(rest_n, weights, joints_n, tails_n, parents, names, diag),
         "skeleton_source": "edited", "skeleton_from_motion": None,
         "skin_frames": [], "skin_instability_mean": None, "skin_instability_mean_per_frame": None,

@@ -57,7 +57,7 @@ from .articulated import ArticulatedGaussNewton, project_to_articulated, subtree
 from .motion import FitCancelled, FitConfig, MotionFit, fit_motion
 from .rigid import weighted_rigid_fits
 from .solve import (candidate_bones, mesh_neighbours, motion_candidate_bones, project_simplex, rest_move_limits,
-                    update_rest_pose, update_transforms, update_weights)
+                    untangle_rest, update_rest_pose, update_transforms, update_weights)
 from .sparse import prune_weights, reconstruction_error, skin_anchor
 from .starts import cluster_by_motion, initial_transforms, match_clusters_to_bones, split_motion_clusters
 
@@ -65,6 +65,6 @@ __all__ = [
     "ArticulatedGaussNewton", "FitCancelled", "FitConfig", "MotionFit", "candidate_bones", "cluster_by_motion", "fit_motion",
     "initial_transforms", "match_clusters_to_bones", "mesh_neighbours", "motion_candidate_bones", "project_simplex",
     "project_to_articulated", "prune_weights", "reconstruction_error", "rest_move_limits", "skin_anchor",
-    "split_motion_clusters", "subtrees", "update_articulated_transforms", "update_rest_pose", "update_transforms",
-    "update_weights", "weighted_rigid_fits",
+    "split_motion_clusters", "subtrees", "untangle_rest", "update_articulated_transforms", "update_rest_pose",
+    "update_transforms", "update_weights", "weighted_rigid_fits",
 ]

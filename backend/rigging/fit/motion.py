@@ -175,7 +175,7 @@ class MotionFit:
     """Result of :func:`fit_motion`.
 
     Attributes:
-        transforms: float64 ``[K, J, 4, 4]`` rigid transforms from anchor space to frame ``k``.
+        transforms: float64 ``[K, J, 4, 4]`` rigid transforms from the rest (the anchor, or ``rest``) to frame ``k``.
         weights: float32 ``[V, J]`` rows on the simplex, at most ``max_influences`` non-zero.
         borrowed: bool ``[J]`` bones whose motion was borrowed from another bone at the start.
         rmse_history: RMS per-vertex error (input units) after the start and after each alternation;
