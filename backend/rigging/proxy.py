@@ -324,7 +324,6 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
     return weights, rest
 
 
-
 def chunked_reconstruction_error(anchor: np.ndarray, verts: np.ndarray, weights: np.ndarray, transforms: np.ndarray,
                                  chunk: int = 2048, progress: Callable[[float], None] | None = None) -> np.ndarray:
     """Per-frame per-vertex distance ``float32 [K, V]`` between LBS of ``anchor [V, 3]`` (``weights [V, J]``,
