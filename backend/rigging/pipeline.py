@@ -731,8 +731,8 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         track("weights", 1.0)
     # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest), no face turned [V, 3]
     rest_untangled = 0
-    if rest is not None:
-        rest, rest_untangled = untangle_rest(anchor, rest, faces)
+    if rest is not None and proxy is None:  # (the full-mesh pass untangles its own)
+        rest, rest_untangled = untangle_rest(anchor, rest, faces, between=lambda: track("fit", 1.0))
     rest_n = anchor if rest is None else rest.astype(np.float32)
     rest_moved = float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag
 

@@ -519,12 +519,14 @@ def rest_move_limits(points: np.ndarray, faces: np.ndarray | None, share: float)
 
 
 def untangle_rest(anchor: np.ndarray, rest: np.ndarray, faces: np.ndarray | None, toward: np.ndarray | None = None,
-                  max_turn_deg: float = 30.0, rounds: int = 8) -> tuple[np.ndarray, int]:
+                  max_turn_deg: float = 30.0, rounds: int = 8,
+                  between: Callable[[], None] | None = None) -> tuple[np.ndarray, int]:
     """``rest [V, 3]`` with every face turned over, or turned by more than ``max_turn_deg`` against ``anchor [V, 3]``
     (its normal), walked back toward ``toward`` (default: the anchor, whose faces are not turned): each round
     halves those faces' vertices' distance to it, and after ``rounds`` rounds the vertices still on such faces are
     put on it. The rest solve moves each vertex on its own, so a thin face whose corners move differently can turn
-    over, and a rig whose rest mesh has a turned face shows a dark streak in Rest Position.
+    over, and a rig whose rest mesh has a turned face shows a dark streak in Rest Position. ``between()`` is
+    called after every round (progress and cancellation on a large mesh).
 
     Returns:
         ``(float64 [V, 3], number of vertices walked back)``.
@@ -549,4 +551,6 @@ def untangle_rest(anchor: np.ndarray, rest: np.ndarray, faces: np.ndarray | None
         bad = np.unique(f[turned])
         touched[bad] = True
         out[bad] = goal[bad] if r == rounds else goal[bad] + 0.5 * (out[bad] - goal[bad])
+        if between is not None:
+            between()
     return out, int(touched.sum())
