@@ -59,30 +59,27 @@ LIMITS = _limits_from_env()
 """The ceilings every loader checks (one object; change its fields to raise or lower them)."""
 
 
-def check_size(count: int, limit: int, what: str, source: str | Path) -> None:
+def check_size(count: int, limit: int, what: str, source: str | Path, needed: int | None = None) -> None:
     """Raise :class:`SequenceError` when ``count`` elements exceed ``limit`` (checked before allocating).
 
     Args:
         count: what the file declares (e.g. frames x vertices), as a Python int (no overflow).
         limit: the ceiling, usually derived from :data:`LIMITS`.
         what: the quantity, for the message (``"frames x vertices"``).
+        needed: the ``SPRIG_MAX_VERTEX_FRAMES`` value that would load the file, named in the message when known.
     """
     if count > limit:
-        raise SequenceError(
-            f"{source}: {what} = {count:,} is above the limit of {limit:,} "
-            f"(a corrupt or hostile file, or a clip too large to load at once; set SPRIG_MAX_VERTEX_FRAMES "
-            f"to raise the ceiling, or select fewer frames)")
+        how = ("; set SPRIG_MAX_VERTEX_FRAMES to raise the ceiling, or select fewer frames)" if needed is None else
+               f"): set SPRIG_MAX_VERTEX_FRAMES={needed} or more to load it, or select fewer frames")
+        raise SequenceError(f"{source}: {what} = {count:,} is above the limit of {limit:,} "
+                            f"(a corrupt or hostile file, or a clip too large to load at once{how}")
 
 
 def check_vertex_frames(n_frames: int, n_verts: int, source: str | Path) -> None:
     """The vertex-positions ceiling of :data:`LIMITS` for a ``[K, V, 3]`` sequence; the message names the
     ``SPRIG_MAX_VERTEX_FRAMES`` value that would load it."""
     count = int(n_frames) * int(n_verts)
-    if count > LIMITS.max_vertex_frames:
-        raise SequenceError(
-            f"{source}: frames x vertices ({n_frames} x {n_verts}) = {count:,} is above the limit of "
-            f"{LIMITS.max_vertex_frames:,} (a corrupt or hostile file, or a clip too large to load at once): set "
-            f"SPRIG_MAX_VERTEX_FRAMES={count} or more to load it, or select fewer frames")
+    check_size(count, LIMITS.max_vertex_frames, f"frames x vertices ({n_frames} x {n_verts})", source, needed=count)
 
 
 def read_regular_file(path: str | Path, max_bytes: int | None = None, what: str = "file") -> bytes:
