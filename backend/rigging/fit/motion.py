@@ -475,11 +475,12 @@ def fit_motion(anchor: np.ndarray, frames: np.ndarray, weights: np.ndarray, pare
                                             cfg.chunk, cfg.motion_candidates,
                                             between=lambda f: tick(progress_at(0.75 + 0.25 * f)), reach=reach)
             st.groups = bone_groups(st.idx, st.val, J)
-            st.resid = xv - blend_sparse(rest, st.groups, st.transforms)
-        if move_joints and cfg.solve_rest:
+        solving_rest = move_joints and cfg.solve_rest
+        if solving_rest:
             st.rest = update_rest_pose(xv, st.idx, st.val, st.transforms, a, cfg.rest_regularisation, current=rest,
                                        max_move=rest_limits)
-            st.resid = xv - blend_sparse(st.rest, st.groups, st.transforms)
+        if cfg.refine_weights or solving_rest:  # one residual for the new weights and rest
+            st.resid = xv - blend_sparse(a if st.rest is None else st.rest, st.groups, st.transforms)
         st.rmse.append(rms_vertex_error(st.resid))
         st.converged = st.rmse[-2] - st.rmse[-1] <= cfg.tol * st.rmse[-2] or st.rmse[-1] <= 1e-7 * scale
 
