@@ -90,6 +90,9 @@ class RigConfig:
             (``FitConfig.refine_joints``, regularised toward the skeleton's joints); the rig's joints are
             the moved ones (``stats["joints_moved_max"]`` says how far they went) and the skeleton's tails
             follow them (:func:`backend.skeleton.carry_tails`).
+        free_start_iters: with ``articulated`` and ``refine_joints``, the motion fit's first alternations fit free
+            rigid bones, then the joints move to where those turn and the articulated fit goes on from there
+            (``FitConfig.free_start_iters``); 0: articulated from the start.
         solve_rest: solve the rig's rest shape with its weights and motion (``FitConfig.solve_rest``; with a
             proxy, every vertex's in the full-mesh pass): the anchor frame is one pose of the clip, not the pose
             the weights blend from, and a rest shape slightly off it lowers the error where bones meet. The
@@ -155,6 +158,7 @@ class RigConfig:
     detail: str = "auto"
     articulated: bool = True
     refine_joints: bool = True
+    free_start_iters: int = 12
     solve_rest: bool = True
     models: str = "sprig"
     frames_for_report: int = -1
@@ -200,7 +204,7 @@ class RigConfig:
                          refine_iters=int(np.ceil(self.refine_iters * iters_share)) if self.refine else 0,
                          motion_candidates=int(np.ceil(self.motion_candidates * candidates_share)),
                          max_bone_distance=self.bone_reach, articulated=self.articulated, refine_joints=refine_joints,
-                         solve_rest=self.solve_rest)
+                         free_start_iters=self.free_start_iters, solve_rest=self.solve_rest)
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -208,7 +212,8 @@ class RigConfig:
         if not isinstance(self.n_points, int) or not 16 <= self.n_points <= max_points:
             raise ValueError(f"n_points must be an integer in [16, {max_points}], got {self.n_points!r}")
         # upper bounds: a request (e.g. a server line) must not buy an endless run or allocation
-        for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("motion_candidates", 0, 256),
+        for name, low, high in (("max_influences", 1, 64), ("refine_iters", 0, 1000), ("free_start_iters", 0, 1000),
+                                ("motion_candidates", 0, 256),
                                 ("max_joints", 1, 1024),
                                 ("batch_frames", 1, 4096), ("stop_after_repeats", 0, 1024),
                                 ("proxy_threshold", 0, 2**31 - 1), ("proxy_vertices", 64, 1_000_000),

@@ -478,3 +478,29 @@ def refine_joints(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[
     if not np.sum(resid ** 2) < np.sum(old ** 2):
         return None
     return trial, c, resid
+
+
+def articulate_free_motion(anchor: np.ndarray, frames_vm: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]],
+                           transforms: np.ndarray, joints: np.ndarray, parents: np.ndarray, regularisation: float,
+                           region: JointRegion | None = None) -> np.ndarray:
+    """The joints that let an articulated motion follow a free one best: every bone keeps the global rotation of
+    its free rigid motion, and the joints (with the root's path) are the least-squares best for those rotations
+    (:func:`refine_joints` from the :func:`project_to_articulated` start, regularised toward ``joints``).
+
+    Free bones fitted to the clip find where each pair of neighbouring parts really turns about; a skeleton
+    placed from the shape alone is often off there (on CesiumMan's walk the head's and the hand's joints sat at the
+    top of the head and below the wrist), and an articulated fit started from it stays near it.
+
+    Args:
+        anchor: ``[V, 3]``; frames_vm: ``[V, K, 3]``; groups: per-bone sparse weights of the free fit.
+        transforms: float ``[K, J, 4, 4]`` the free fit's rigid motions; joints: ``[J, 3]`` the skeleton's joints
+            (start and prior); parents: ``[J]`` with a single root (index 0).
+        regularisation, region: as :func:`refine_joints` (``region`` keeps the joints inside the mesh).
+    Returns:
+        float64 ``[J, 3]`` joints (``joints`` itself when the solve fails).
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    start = project_to_articulated(transforms, joints, parents)
+    out = refine_joints(anchor, frames_vm, groups, start, joints, joints, parents, regularisation, region)
+    return joints if out is None else out[1]
+
