@@ -159,6 +159,7 @@ def test_rig_folder_still_refuses_to_overwrite_a_real_input(tmp_path, checkpoint
     (["{src}", "-o", "x.glb", "--max-influences", "100"], "--max-influences must be >= 1 and <= 64"),
     (["{src}", "-o", "x.glb", "--bone-reach", "20"], "--bone-reach must be a number in [0, 10]"),
     (["{src}", "-o", "x.glb", "--threads", "-1"], "--threads must be >= 0"),
+    (["{src}", "-o", "x.glb", "--free-start", "-1"], "--free-start must be >= 0"),
 ])
 def test_rig_bad_options_are_one_line_errors(tmp_path, args, message):
     seq = multipart_sequence(n_frames=2)
@@ -329,10 +330,10 @@ def test_rig_rest_solve_on_by_default_and_off_with_its_option(tmp_path, checkpoi
     np.savez(src, verts=seq.verts, faces=seq.faces)
     diag = np.linalg.norm(np.ptp(seq.verts[0], axis=0))
     moved = {}
-    for flag in ("--rest-solve", "--no-rest-solve"):
+    for flag in ("--rest-solve", "--no-rest-solve"):  # (the second also without the fit's free start)
         out, summary_path = tmp_path / f"{flag}.glb", tmp_path / f"{flag}.json"
         proc = sprig("rig", str(src), "-o", str(out), "--json", str(summary_path), "--checkpoints", str(checkpoints),
-                     flag, "-q")
+                     flag, "-q", *(["--free-start", "0"] if flag == "--no-rest-solve" else []))
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(summary_path.read_text())
         moved[flag] = summary["rest_moved_max"]

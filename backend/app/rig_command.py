@@ -242,7 +242,7 @@ def still_clip_warning(seq) -> str | None:
 
 # the RigConfig fields set from options, by option name (a refused value is named by its option)
 CONFIG_OPTIONS = {"max_influences": "--max-influences", "detail": "--detail", "bone_reach": "--bone-reach",
-                  "cpu_threads": "--threads", "device": "--device"}
+                  "cpu_threads": "--threads", "device": "--device", "free_start_iters": "--free-start"}
 
 
 def rig_config(args: argparse.Namespace):
@@ -255,7 +255,7 @@ def rig_config(args: argparse.Namespace):
 
     config = RigConfig(device=args.device, max_influences=args.max_influences, refine=args.refine,
                        skeleton=args.skeleton, detail=args.detail, articulated=args.articulated,
-                       solve_rest=args.rest_solve,
+                       solve_rest=args.rest_solve, free_start_iters=args.free_start,
                        models=args.models, checkpoint_dir=str(args.checkpoints),
                        per_frame_predictions=args.per_frame is not None, up_axis=args.up,
                        left_axis=left_axis(args.facing, args.up), proxy=args.proxy,
@@ -506,6 +506,10 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--articulated", action=argparse.BooleanOptionalAction, default=True,
                    help="bones rotate about their joints and stay attached (default); --no-articulated gives "
                         "every bone a free rigid motion")
+    p.add_argument("--free-start", type=int, default=12, metavar="N",
+                   help="with --articulated: the motion fit's first N alternations fit free rigid bones, then the "
+                        "joints move to where those turn before the articulated fit goes on (default 12; lower "
+                        "error on real clips); 0: articulated from the start, joints near the built skeleton's")
     p.add_argument("--rest-solve", action=argparse.BooleanOptionalAction, default=True,
                    help="solve the rig's rest shape with its weights and motion (default): a lower error where "
                         "bones meet, and the rig's mesh is that shape, within rest_moved_max of the first frame; "

@@ -487,9 +487,9 @@ def articulate_free_motion(anchor: np.ndarray, frames_vm: np.ndarray, groups: li
     its free rigid motion, and the joints (with the root's path) are the least-squares best for those rotations
     (:func:`refine_joints` from the :func:`project_to_articulated` start, regularised toward ``joints``).
 
-    Free bones fitted to the clip find where each pair of neighbouring parts really turns about; a skeleton
-    placed from the shape alone is often off there (on CesiumMan's walk the head's and the hand's joints sat at the
-    top of the head and below the wrist), and an articulated fit started from it stays near it.
+    Free bones fitted to the clip find where each pair of neighbouring parts really turns; a skeleton placed from
+    the shape is often off there (on CesiumMan's walk its head joint sat at the top of the head, 0.19 of the box
+    from the artist's nearest joint), and an articulated fit started from it stays near it.
 
     Args:
         anchor: ``[V, 3]``; frames_vm: ``[V, K, 3]``; groups: per-bone sparse weights of the free fit.
@@ -503,4 +503,3 @@ def articulate_free_motion(anchor: np.ndarray, frames_vm: np.ndarray, groups: li
     start = project_to_articulated(transforms, joints, parents)
     out = refine_joints(anchor, frames_vm, groups, start, joints, joints, parents, regularisation, region)
     return joints if out is None else out[1]
-

@@ -98,13 +98,13 @@ class FitConfig:
             once after each per-bone sweep (:class:`.articulated.ArticulatedGaussNewton`): per-bone descent
             alone creeps along chains of bones that share vertices.
         articulated_block_sweep: with ``articulated``, run the exact per-bone sweep before the joint steps.
-        free_start_iters: with ``articulated``, ``refine_joints`` and the weights refined, the first this many of the ``refine_iters``
-            alternations fit free rigid bones (starts and trials included, no rest solve); then the joints move to
-            where those motions turn (:func:`.articulated.articulate_free_motion`) and the articulated fit goes on
-            from the free weights for the remaining alternations. A skeleton placed from the shape is often off
-            the clip's real pivots, and an articulated fit started from it stays near them: on CesiumMan's walk
-            (37k vertices through a proxy) 12 free alternations lowered the error from 0.034 to 0.025 % in less
-            time, and moved the joints nearer the artist's (docs/fitting.md). 0: articulated from the start.
+        free_start_iters: with ``articulated``, ``refine_joints`` and the weights refined, the first this many of
+            the ``refine_iters`` alternations fit free rigid bones (starts and trials included, no rest solve);
+            then the joints move to where those motions turn (:func:`.articulated.articulate_free_motion`) and
+            the articulated fit goes on from the free weights for the remaining alternations. A skeleton placed
+            from the shape is often off the clip's real pivots, and an articulated fit started from it stays near
+            them: on CesiumMan's walk (37k vertices through a proxy) 12 free alternations lowered the error from
+            0.034 to 0.027 % in less time (docs/fitting.md). 0: articulated from the start.
         free_start_joint_regularisation: the pull of the joints toward the skeleton's in the free start's joint
             solve (as ``joint_regularisation``). 100x the refinement's: free bones that barely move, or that help
             other bones' skin, turn about points the data hardly fixes; at 5e-4 the corpus creatures' joints
