@@ -736,8 +736,10 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
         track("weights", 1.0)
     # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest), no face turned [V, 3]
     rest_untangled = 0
+    if seams is None:
+        seams = colocated_representatives(verts_n)
     if rest is not None and proxy is None:  # (the full-mesh pass untangles its own)
-        rest, rest_untangled = untangle_rest(anchor, rest, faces, between=lambda: track("fit", 1.0))
+        rest, rest_untangled = untangle_rest(anchor, rest, faces, seams=seams, between=lambda: track("fit", 1.0))
     rest_n = anchor if rest is None else rest.astype(np.float32)
     rest_moved = float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag
 
@@ -766,8 +768,6 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
 
     # -- report
     track("report", 0.0)
-    if seams is None:
-        seams = colocated_representatives(verts_n)
     recon, quality = playback_quality(rest_n, verts_n, weights, transforms_n, pivots, parents0, seams, diag,
                                       chunked=proxy is not None, progress=lambda f: track("report", 0.3 * f))
     frame_joints_count = np.full(K, -1, dtype=np.int32)

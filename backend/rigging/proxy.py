@@ -315,7 +315,7 @@ def full_mesh_weights(verts: np.ndarray, proxy: MeshProxy, proxy_weights: np.nda
     if with_rest:
         rest, starts = rest[rep], starts[rep]
         if faces is not None:
-            rest, walked = untangle_rest(np.asarray(verts[0], dtype=np.float64), rest, faces, toward=starts,
+            rest, walked = untangle_rest(np.asarray(verts[0], dtype=np.float64), rest, faces, toward=starts, seams=rep,
                                          between=None if progress is None else lambda: progress(1.0))
             log.debug("full-mesh rest: %d vertices walked back from turned faces", walked)
     weights = np.zeros((V, J), dtype=np.float32)
