@@ -210,14 +210,15 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms
     rest_untangled = 0
-    if fit.rest is not None:  # the rig's rest shape [V, 3], no face turned
-        rest, rest_untangled = untangle_rest(anchor, fit.rest, seq.faces)
+    seams = colocated_representatives(verts_n)
+    if fit.rest is not None:  # the rig's rest shape [V, 3], no face turned, seams closed
+        rest, rest_untangled = untangle_rest(anchor, fit.rest, seq.faces, seams=seams)
     rest_n = anchor if fit.rest is None else rest.astype(np.float32)
 
     track("report", 0.0)
     weights = fit.weights
     recon, quality = playback_quality(rest_n, verts_n, weights, transforms_n, joints_n, parents,
-                                      colocated_representatives(verts_n), diag, chunked=V > cfg.proxy_threshold,
+                                      seams, diag, chunked=V > cfg.proxy_threshold,
                                       progress=lambda f: track("report", f))
     track("report", 1.0)
     track.finish()
