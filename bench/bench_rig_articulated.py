@@ -10,6 +10,9 @@ creatures, each with its artist / ground-truth skeleton:
   vertices, ground-truth joint count, no learning) and ``net`` (the shipped generator's own anchor skeleton);
 * ``out``: the share of the rig's anchor joints outside the anchor mesh (generalized winding number below
   0.5; the artists' own skeletons: 0.06 on the real clips, 0.03 on the corpus clips);
+* ``played``: the share of the rig's joints outside the mesh over the whole animation (every joint posed by its
+  bone on every frame, against that frame's mesh: what an animator sees during playback; the anchor alone hid
+  knees that leave a thin leg while it bends);
 * ``far``: the share of the anchor's vertices whose largest weight is on a bone that is not among the four
   bones nearest to them (``backend.metrics.far_led_share``): skin that posing a far bone moves, which the
   reconstruction error cannot see where several bones move alike (the artists' own weights on the real clips:
@@ -56,7 +59,9 @@ from bench_fit_vs_dembones import error_pct, run_dembones  # noqa: E402
 from bench_rig_scaling import make_sequence  # noqa: E402
 from bench_skeleton import REALDATA, load_corpus, load_realdata, network_skeleton  # noqa: E402
 
-from backend.metrics import cd_j2j, far_led_share, joint_separation, kmeans_joints, outside_fraction  # noqa: E402
+from backend.metrics import (cd_j2j, far_led_share, joint_separation, kmeans_joints, outside_fraction,  # noqa: E402
+                             winding_numbers)
+from backend.rigging.fit.articulated import posed_joints  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.fit import fit_motion  # noqa: E402
 from backend.rigging.pipeline import RigConfig, get_models, rig_sequence  # noqa: E402
@@ -115,6 +120,7 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     row = dict(name=clip["name"], set=clip["set"], joints=len(result.parents), gt_joints=len(clip["parents"]),
                cd=cd_j2j(box.apply(result.joints), gt),
                out=outside_fraction(result.joints, verts[0], clip["faces"]),
+               played=played_outside(result, verts, clip["faces"]),
                far=far_led_share(verts[0], result.weights, result.joints, result.tails, result.parents),
                kmeans=cd_j2j(kmeans_joints(box.apply(verts[0]), len(clip["parents"])), gt),
                net=cd_j2j(network_skeleton(models, box.apply(verts), clip["faces"]), gt),
@@ -130,6 +136,15 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     return row
 
 
+def played_outside(result, verts: np.ndarray, faces: np.ndarray) -> float:
+    """Share of the rig's joint-frames outside the mesh: every joint posed by its own bone's transform on every
+    frame, tested against that frame's mesh (generalized winding number below 0.5)."""
+    posed = posed_joints(result.bone_transforms, result.joints)  # [K, J, 3]
+    outside = [np.abs(winding_numbers(posed[k], np.asarray(verts[k], dtype=np.float64), faces)) < 0.5
+               for k in range(len(posed))]
+    return float(np.mean(outside))
+
+
 def fmt(r: dict) -> str:
     ratio = r["joints"] / r["gt_joints"]
     db = (f"{r['db_mean']:7.3f} {r['recon_mean'] / max(r['db_mean'], 1e-9):6.2f}x" if "db_mean" in r
@@ -137,7 +152,7 @@ def fmt(r: dict) -> str:
     artist = (f"{r['artist_mean']:6.3f} {r['artist_mean'] / max(r['artist_db_mean'], 1e-9):5.2f}x" if "artist_mean" in r
               else f"{'-':>6s} {'-':>6s}")
     return (f"{r['name'][:28]:28s} {r['joints']:3d}/{r['gt_joints']:<3d} {ratio:4.2f} | {r['cd']:.4f} "
-            f"{r['kmeans']:.4f} {r['net']:.4f} | {r['out']:4.2f} {r['far']:4.2f} | {r['sep']:8.1e} {r['seam']:8.1e} | {r['recon_mean']:6.3f} "
+            f"{r['kmeans']:.4f} {r['net']:.4f} | {r['out']:4.2f} {r['played']:4.2f} {r['far']:4.2f} | {r['sep']:8.1e} {r['seam']:8.1e} | {r['recon_mean']:6.3f} "
             f"{r['recon_max']:6.2f} | {db} | {artist} | {r['seconds']:5.1f}")
 
 
@@ -156,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     clips = load_clips(args.clips, args.cache)
     rows = [rig_clip(c, config, models, not args.no_dembones) for c in tqdm(clips, desc="rigging")]
 
-    print(f"{'clip':28s} {'J/GT':7s} {'ratio':4s} | {'CD-J2J k-means net':20s} | {'out  far':9s} | {'sep %':8s} {'seam %':8s} | "
+    print(f"{'clip':28s} {'J/GT':7s} {'ratio':4s} | {'CD-J2J k-means net':20s} | {'out  play far':14s} | {'sep %':8s} {'seam %':8s} | "
           f"{'recon % mean max':13s} | {'DB mean ratio':15s} | {'artist ratio':13s} | {'s':>5s}")
     for group in ("real", "seams", "sample", "corpus"):
         part = [r for r in rows if r["set"] == group]
@@ -168,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'mean ' + group + f' ({len(part)})':28s} ratio {min(ratios):.2f}-{max(ratios):.2f} | "
               f"{np.mean([r['cd'] for r in part]):.4f} {np.mean([r['kmeans'] for r in part]):.4f} "
               f"{np.mean([r['net'] for r in part]):.4f} | {np.mean([r['out'] for r in part]):4.2f} "
-              f"{np.mean([r['far'] for r in part]):4.2f} | max sep {max(r['sep'] for r in part):.1e} | "
+              f"{np.mean([r['played'] for r in part]):4.2f} {np.mean([r['far'] for r in part]):4.2f} | "
+              f"max sep {max(r['sep'] for r in part):.1e} | "
               f"recon mean {np.mean([r['recon_mean'] for r in part]):.3f}")
     for r in rows:
         if "artist_slip" in r:

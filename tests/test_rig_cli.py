@@ -330,10 +330,10 @@ def test_rig_rest_solve_on_by_default_and_off_with_its_option(tmp_path, checkpoi
     np.savez(src, verts=seq.verts, faces=seq.faces)
     diag = np.linalg.norm(np.ptp(seq.verts[0], axis=0))
     moved = {}
-    for flag in ("--rest-solve", "--no-rest-solve"):  # (the second also without the fit's free start)
+    for flag in ("--rest-solve", "--no-rest-solve"):  # (the first also with the fit's free start)
         out, summary_path = tmp_path / f"{flag}.glb", tmp_path / f"{flag}.json"
         proc = sprig("rig", str(src), "-o", str(out), "--json", str(summary_path), "--checkpoints", str(checkpoints),
-                     flag, "-q", *(["--free-start", "0"] if flag == "--no-rest-solve" else []))
+                     flag, "-q", *(["--free-start", "12"] if flag == "--rest-solve" else []))
         assert proc.returncode == 0, proc.stderr
         summary = json.loads(summary_path.read_text())
         moved[flag] = summary["rest_moved_max"]

@@ -506,10 +506,11 @@ def add_rig_command(subparsers) -> None:
     p.add_argument("--articulated", action=argparse.BooleanOptionalAction, default=True,
                    help="bones rotate about their joints and stay attached (default); --no-articulated gives "
                         "every bone a free rigid motion")
-    p.add_argument("--free-start", type=int, default=12, metavar="N",
+    p.add_argument("--free-start", type=int, default=0, metavar="N",
                    help="with --articulated: the motion fit's first N alternations fit free rigid bones, then the "
-                        "joints move to where those turn before the articulated fit goes on (default 12; lower "
-                        "error on real clips); 0: articulated from the start, joints near the built skeleton's")
+                        "joints move to where those turn before the articulated fit goes on (e.g. 12: a quarter "
+                        "lower error on the real bench clips, but joints less repeatable; default 0: articulated "
+                        "from the start, joints near the built skeleton's)")
     p.add_argument("--rest-solve", action=argparse.BooleanOptionalAction, default=True,
                    help="solve the rig's rest shape with its weights and motion (default): a lower error where "
                         "bones meet, and the rig's mesh is that shape, within rest_moved_max of the first frame; "
