@@ -12,7 +12,8 @@ creatures, each with its artist / ground-truth skeleton:
   0.5; the artists' own skeletons: 0.06 on the real clips, 0.03 on the corpus clips);
 * ``played``: the share of the rig's joints outside the mesh over the whole animation (every joint posed by its
   bone on every frame, against that frame's mesh: what an animator sees during playback; the anchor alone hid
-  knees that leave a thin leg while it bends);
+  knees that leave a thin leg while it bends); on the real clips the artist's own per-frame joints the same way
+  (printed under the table);
 * ``far``: the share of the anchor's vertices whose largest weight is on a bone that is not among the four
   bones nearest to them (``backend.metrics.far_led_share``): skin that posing a far bone moves, which the
   reconstruction error cannot see where several bones move alike (the artists' own weights on the real clips:
@@ -120,13 +121,15 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     row = dict(name=clip["name"], set=clip["set"], joints=len(result.parents), gt_joints=len(clip["parents"]),
                cd=cd_j2j(box.apply(result.joints), gt),
                out=outside_fraction(result.joints, verts[0], clip["faces"]),
-               played=played_outside(result, verts, clip["faces"]),
+               played=outside_over_frames(posed_joints(result.bone_transforms, result.joints), verts, clip["faces"]),
                far=far_led_share(verts[0], result.weights, result.joints, result.tails, result.parents),
                kmeans=cd_j2j(kmeans_joints(box.apply(verts[0]), len(clip["parents"])), gt),
                net=cd_j2j(network_skeleton(models, box.apply(verts), clip["faces"]), gt),
                sep=100 * st["joint_separation_max"], seam=100 * st["seam_gap_max"],
                recon_mean=100 * st["recon_mean"], recon_max=100 * st["recon_max"], seconds=seconds,
                names=list(result.joint_names))
+    if "frame_joints" in clip:
+        row["artist_played"] = outside_over_frames(clip["frame_joints"], verts, clip["faces"])
     if dembones and clip["set"] in ("real", "seams", "sample"):
         db = run_dembones(dict(verts=verts.astype(np.float64), faces=clip["faces"], parents=result.parents),
                           iterations=30, n_bones=len(result.parents))
@@ -136,12 +139,13 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     return row
 
 
-def played_outside(result, verts: np.ndarray, faces: np.ndarray) -> float:
-    """Share of the rig's joint-frames outside the mesh: every joint posed by its own bone's transform on every
-    frame, tested against that frame's mesh (generalized winding number below 0.5)."""
-    posed = posed_joints(result.bone_transforms, result.joints)  # [K, J, 3]
-    outside = [np.abs(winding_numbers(posed[k], np.asarray(verts[k], dtype=np.float64), faces)) < 0.5
-               for k in range(len(posed))]
+def outside_over_frames(frame_joints: np.ndarray, verts: np.ndarray, faces: np.ndarray) -> float:
+    """Share of joint-frames outside the mesh: ``frame_joints [K, J, 3]`` (a rig's joints posed by their bones,
+    or an artist's per-frame joints), each frame's tested against that frame's mesh (generalized winding number
+    below 0.5)."""
+    outside = [np.abs(winding_numbers(np.asarray(frame_joints[k], dtype=np.float64),
+                                      np.asarray(verts[k], dtype=np.float64), faces)) < 0.5
+               for k in range(len(frame_joints))]
     return float(np.mean(outside))
 
 
@@ -192,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(r['artist_slipping'])} joints" + (f" ({', '.join(r['artist_slipping'])})"
                                                           if r["artist_slipping"] else "")
                   + f"; far-led skin with the artist's own weights {r['artist_far']:.2f}")
+    for r in rows:
+        if "artist_played" in r:
+            print(f"joints outside while it plays {r['name'][:28]:28s} ours {r['played']:.3f}, the artist's "
+                  f"{r['artist_played']:.3f} of joint-frames")
     if not args.no_speed:
         seq = make_sequence(60, 1)
         t0 = time.perf_counter()

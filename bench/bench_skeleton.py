@@ -53,7 +53,7 @@ def load_realdata(folder: Path) -> list[dict]:
     for path in sorted(folder.glob("*.npz")):
         d = np.load(path)
         clips.append(dict(name=path.stem, set="real", verts=d["verts"], faces=d["faces"], joints=d["joints"][0],
-                          parents=d["parents"], weights=d["weights"], skin_mats=d["skin_mats"],
+                          frame_joints=d["joints"], parents=d["parents"], weights=d["weights"], skin_mats=d["skin_mats"],
                           joint_names=[str(n) for n in d["joint_names"]]))
     return clips
 
