@@ -502,6 +502,26 @@ def skin_reach(anchor: np.ndarray, weights: np.ndarray, joints: np.ndarray, tail
             "bones_far_from_skin": [names[j] for j in np.flatnonzero(away)], "far_led_share": far}
 
 
+def rig_rest_shape(anchor: np.ndarray, rest: np.ndarray | None, faces: np.ndarray, seams: np.ndarray,
+                   diag: float, untangle: bool = True, between: Callable[[], None] | None = None
+                   ) -> tuple[np.ndarray, int, float]:
+    """The rig's rest shape: the anchor frame ``anchor [V, 3]``, or the fit's ``rest [V, 3]`` (``RigConfig.solve_rest``)
+    with the faces it turned walked back, seams kept closed (:func:`~backend.rigging.fit.untangle_rest` with
+    ``seams``, unless ``untangle`` is False because the caller already did).
+
+    Returns:
+        ``(float32 [V, 3] rest shape, vertices walked back, largest distance from the anchor / diag)``.
+    """
+    if rest is None:
+        return np.asarray(anchor, dtype=np.float32), 0, 0.0
+    untangled = 0
+    if untangle:
+        rest, untangled = untangle_rest(anchor, rest, faces, seams=seams, between=between)
+    rest_n = np.asarray(rest, dtype=np.float32)
+    moved = float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag
+    return rest_n, untangled, moved
+
+
 def playback_quality(rest: np.ndarray, verts_n: np.ndarray, weights: np.ndarray, transforms_n: np.ndarray,
                      pivots: np.ndarray, parents: np.ndarray, seams: np.ndarray, diag: float, chunked: bool,
                      progress: Callable[[float], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -736,14 +756,11 @@ def _rig_sequence(seq: MeshSequence, cfg: RigConfig, progress: Callable[[str, fl
                                           rest_max_move=rest_move_limits(anchor, faces, fit_cfg.rest_max_edge_share)
                                           if cfg.solve_rest else None, faces=faces)
         track("weights", 1.0)
-    # the rig's rest shape: the anchor frame, or where the fit moved it (RigConfig.solve_rest), no face turned [V, 3]
-    rest_untangled = 0
     if seams is None:
         seams = colocated_representatives(verts_n)
-    if rest is not None and proxy is None:  # (the full-mesh pass untangles its own)
-        rest, rest_untangled = untangle_rest(anchor, rest, faces, seams=seams, between=lambda: track("fit", 1.0))
-    rest_n = anchor if rest is None else rest.astype(np.float32)
-    rest_moved = float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag
+    # the rig's rest shape (with a proxy, the full-mesh pass untangled its own)
+    rest_n, rest_untangled, rest_moved = rig_rest_shape(anchor, rest, faces, seams, diag, untangle=proxy is None,
+                                                        between=lambda: track("fit", 1.0))
 
     # -- per-frame skinning for the instability heatmap (at the proxy's vertices, carried to its cells)
     track("heatmap", 0.0)

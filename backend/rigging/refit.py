@@ -24,8 +24,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from backend.normalize import anchor_normalize
-from backend.rigging.fit import FitCancelled, fit_motion, prune_weights, untangle_rest
-from backend.rigging.pipeline import RigCancelled, RigConfig, _clean, _Progress, playback_quality, skin_reach
+from backend.rigging.fit import FitCancelled, fit_motion, prune_weights
+from backend.rigging.pipeline import (RigCancelled, RigConfig, _clean, _Progress, playback_quality, rig_rest_shape,
+                                     skin_reach)
 from backend.rigging.result import RigResult
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.sequence import MeshSequence, colocated_representatives
@@ -209,11 +210,8 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
     except FitCancelled as exc:
         raise RigCancelled(str(exc)) from exc
     transforms_n = fit.transforms
-    rest_untangled = 0
     seams = colocated_representatives(verts_n)
-    if fit.rest is not None:  # the rig's rest shape [V, 3], no face turned, seams closed
-        rest, rest_untangled = untangle_rest(anchor, fit.rest, seq.faces, seams=seams)
-    rest_n = anchor if fit.rest is None else rest.astype(np.float32)
+    rest_n, rest_untangled, rest_moved = rig_rest_shape(anchor, fit.rest, seq.faces, seams, diag)
 
     track("report", 0.0)
     weights = fit.weights
@@ -231,7 +229,7 @@ def refit_sequence(seq: MeshSequence, skeleton: RigSkeleton, config: RigConfig |
         "fit_keyframes": fit.keyframes, "bones_borrowing_motion": int(fit.borrowed.sum()),
         "articulated": bool(cfg.articulated),
         "joints_moved_max": 0.0,
-        "rest_moved_max": float(np.linalg.norm(rest_n.astype(np.float64) - anchor, axis=1).max()) / diag,
+        "rest_moved_max": rest_moved,
         "rest_vertices_untangled": rest_untangled,
         **skin_reach(rest_n, weights, joints_n, tails_n, parents, names, diag),
         "skeleton_source": "edited", "skeleton_from_motion": None,
