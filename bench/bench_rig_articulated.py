@@ -60,8 +60,7 @@ from bench_fit_vs_dembones import error_pct, run_dembones  # noqa: E402
 from bench_rig_scaling import make_sequence  # noqa: E402
 from bench_skeleton import REALDATA, load_corpus, load_realdata, network_skeleton  # noqa: E402
 
-from backend.metrics import (cd_j2j, far_led_share, joint_separation, kmeans_joints, outside_fraction,  # noqa: E402
-                             winding_numbers)
+from backend.metrics import cd_j2j, far_led_share, joint_separation, kmeans_joints, outside_fraction  # noqa: E402
 from backend.rigging.fit.articulated import posed_joints  # noqa: E402
 from backend.normalize import AnchorBox  # noqa: E402
 from backend.rigging.fit import fit_motion  # noqa: E402
@@ -121,7 +120,8 @@ def rig_clip(clip: dict, config: RigConfig, models, dembones: bool) -> dict:
     row = dict(name=clip["name"], set=clip["set"], joints=len(result.parents), gt_joints=len(clip["parents"]),
                cd=cd_j2j(box.apply(result.joints), gt),
                out=outside_fraction(result.joints, verts[0], clip["faces"]),
-               played=outside_over_frames(posed_joints(result.bone_transforms, result.joints), verts, clip["faces"]),
+               played=outside_over_frames(posed_joints(result.bone_transforms, result.joints), verts,
+                                          clip["faces"]),
                far=far_led_share(verts[0], result.weights, result.joints, result.tails, result.parents),
                kmeans=cd_j2j(kmeans_joints(box.apply(verts[0]), len(clip["parents"])), gt),
                net=cd_j2j(network_skeleton(models, box.apply(verts), clip["faces"]), gt),
@@ -143,10 +143,7 @@ def outside_over_frames(frame_joints: np.ndarray, verts: np.ndarray, faces: np.n
     """Share of joint-frames outside the mesh: ``frame_joints [K, J, 3]`` (a rig's joints posed by their bones,
     or an artist's per-frame joints), each frame's tested against that frame's mesh (generalized winding number
     below 0.5)."""
-    outside = [np.abs(winding_numbers(np.asarray(frame_joints[k], dtype=np.float64),
-                                      np.asarray(verts[k], dtype=np.float64), faces)) < 0.5
-               for k in range(len(frame_joints))]
-    return float(np.mean(outside))
+    return float(np.mean([outside_fraction(frame_joints[k], verts[k], faces) for k in range(len(frame_joints))]))
 
 
 def fmt(r: dict) -> str:
