@@ -18,11 +18,17 @@ bones (``RigConfig.articulated=False``, ``sprig rig --no-articulated``), which s
 bone a free rigid motion): the like-for-like comparison.
 
     python bench/bench_rig_large.py [--splits 2 4 6 9 16] [--frames 120] [--compare 2 4] [--dembones 4]
-                                    [--dembones-frames 60] [--cli 9 16] [--checkpoints checkpoints] [--json out.json]
+                                    [--dembones-frames 60] [--cli 9 16] [--bone-counts 4] [--checkpoints checkpoints]
+                                    [--json out.json]
 
 ``--cli SPLITS`` adds, per size, a row for what a user of ``sprig rig`` waits for: the clip written as an
 uncompressed ``.npz``, then ``sprig rig clip.npz -o rig.glb --report rig.html --json rig.json`` in a subprocess
 (loading, the checkpoints, the rig, the three files written): its wall time and peak resident memory.
+
+``--bone-counts SPLITS`` adds, at those sizes (``--dembones-frames``), what the Dem Bones comparison depends on:
+the skeleton from motion at its ``coarse`` and ``fine`` details, and CesiumMan's own skeleton (the clip is exactly
+its LBS) with the skinning network's weights as the fit's start, then with the artist's own weights; each
+articulated and with free bones, and Dem Bones at each bone count (the artist's skeleton once).
 
 ``--responsiveness SPLITS`` instead rigs that one size (120 frames) once with a progress callback and prints the
 longest silence between two progress calls per stage, then once per stage cancels it (``should_cancel`` turns
@@ -133,17 +139,44 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_rig(n_frames: int, splits: int, proxy: str, checkpoints: str, articulated: bool = True) -> dict:
+def artist_skeleton(n_frames: int, splits: int, with_weights: bool):
+    """CesiumMan's own skeleton on the clip's first frame (the anchor), as a ``RigSkeleton`` for ``rig_sequence``;
+    ``with_weights``: the artist's weights (interpolated like the clip's) as the motion fit's start."""
+    from backend.rigging.rig_skeleton import RigSkeleton
+
+    d = np.load(CESIUM)
+    first = cesium_transforms(n_frames)[0]  # [J, 4, 4]
+    rest_joints = d["rest_joints"].astype(np.float64)
+    joints = np.einsum("jab,jb->ja", first[:, :3, :3], rest_joints) + first[:, :3, 3]
+    weights = None
+    if with_weights:
+        weights = d["weights"].astype(np.float64)
+        if splits > 1:
+            points, _, n_new = lattice_subdivide(d["faces"], len(d["rest_verts"]), splits)
+            weights = interpolate(points, d["faces"], weights, splits, n_new)
+    return RigSkeleton(joints=joints, parents=d["parents"].astype(np.int32), init_weights=weights)
+
+
+def run_rig(n_frames: int, splits: int, proxy: str, checkpoints: str, articulated: bool = True,
+            detail: str = "auto", artist: str = "") -> dict:
+    """One ``rig_sequence`` row. ``detail``: ``RigConfig.detail``; ``artist``: ``""`` (the skeleton from motion),
+    ``"skeleton"`` (the artist's skeleton, the skinning network's weights as the fit's start) or ``"weights"``
+    (the artist's skeleton and weights)."""
     from backend.rigging.pipeline import RigConfig, get_models, rig_sequence
 
     seq = make_sequence(n_frames, splits)
-    cfg = RigConfig(checkpoint_dir=checkpoints, device="cpu", proxy=proxy, articulated=articulated)
+    cfg = RigConfig(checkpoint_dir=checkpoints, device="cpu", proxy=proxy, articulated=articulated, detail=detail)
+    skeleton = artist_skeleton(n_frames, splits, artist == "weights") if artist else None
     get_models(cfg)  # loaded once beforehand, as the server keeps them
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    result = rig_sequence(seq, cfg)
+    result = rig_sequence(seq, cfg, skeleton=skeleton)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     st = result.stats
     method = f"ours proxy {proxy}" if articulated else f"ours free bones {proxy}"
+    if artist:
+        method = f"{method}, artist's {'skeleton + weights' if artist == 'weights' else 'skeleton'}"
+    elif detail != "auto":
+        method = f"{method}, detail {detail}"
     return dict(method=method, frames=n_frames, verts=seq.n_verts, joints=len(result.joints), wall=wall,
                 cpu=cpu, error_pct=100 * st["recon_mean"], proxy_vertices=st["proxy_vertices"],
                 stages=st["stage_seconds"], maxrss_mb=peak_rss_mb())
@@ -229,9 +262,9 @@ def responsiveness(splits: int, n_frames: int, checkpoints: str, seed: int = 0) 
 
 
 def child(spec: str, checkpoints: str) -> dict:
-    kind, k, n, extra = spec.split(",")
+    kind, k, n, extra, detail, artist = (spec.split(",") + ["auto", ""])[:6]
     if kind in ("rig", "free"):
-        return run_rig(int(k), int(n), extra, checkpoints, articulated=kind == "rig")
+        return run_rig(int(k), int(n), extra, checkpoints, articulated=kind == "rig", detail=detail, artist=artist)
     if kind == "cli":
         return run_cli(int(k), int(n), checkpoints)
     return run_dembones_row(int(k), int(n), int(extra))
@@ -253,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--responsiveness", type=int, default=None, metavar="SPLITS",
                         help="measure progress silences and cancel latency at this size instead")
+    parser.add_argument("--bone-counts", type=int, nargs="*", default=[], metavar="SPLITS",
+                        help="at these sizes (Dem Bones' frame count) also the skeleton's coarse and fine details and "
+                             "CesiumMan's own skeleton (with the network's weights, then its own as the start), "
+                             "articulated and free, each beside Dem Bones at the same bone count")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.responsiveness is not None:
@@ -272,17 +309,26 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(("rig", args.dembones_frames, n, "auto"))
         jobs.append(("free", args.dembones_frames, n, "auto"))
         jobs.append(("dembones", args.dembones_frames, n, None))  # bone count: the articulated row's
+    sweep = [("detail", "coarse"), ("detail", "fine"), ("artist", "skeleton"), ("artist", "weights")]
+    for n in args.bone_counts:
+        for what, value in sweep:
+            detail, artist = (value, "") if what == "detail" else ("auto", value)
+            jobs.append(("rig", args.dembones_frames, n, "auto", detail, artist))
+            jobs.append(("free", args.dembones_frames, n, "auto", detail, artist))
+            if value != "weights":  # the same bone count as the row before
+                jobs.append(("dembones", args.dembones_frames, n, "like-last"))
     hdr = (f"{'V':>7s} {'K':>4s} {'J':>3s} {'method':28s} | {'seconds':>8s} {'cpu s':>8s} | {'peak RSS GB':>11s} | "
            f"{'error %':>8s} | {'s / M vert-frames':>17s}  stages (s)")
     rows = []
     print(hdr, flush=True)
     print("-" * len(hdr), flush=True)
-    for kind, k, n, extra in tqdm(jobs, desc="rows", file=sys.stderr):
+    for kind, k, n, extra, *variant in tqdm(jobs, desc="rows", file=sys.stderr):
         if kind == "dembones":
-            shipped = [r for r in rows if r["method"] == "ours proxy auto" and r["frames"] == k]
-            extra = shipped[-1]["joints"] if shipped else 24
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"{kind},{k},{n},{extra}",
-               "--checkpoints", args.checkpoints]
+            like = [r for r in rows if r["frames"] == k and (
+                r["method"] == "ours proxy auto" if extra is None else r["method"].startswith("ours"))]
+            extra = like[-1]["joints"] if like else 24
+        spec = ",".join(str(v) for v in (kind, k, n, extra, *variant))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", spec, "--checkpoints", args.checkpoints]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=args.timeout)
         except subprocess.TimeoutExpired:
@@ -299,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['cpu']:8.1f} | {r['maxrss_mb'] / 1024:11.2f} | {r['error_pct']:8.4f} | "
               f"{r['wall'] / (r['verts'] * r['frames'] / 1e6):17.3f}  {stages}", flush=True)
     # growth: seconds against vertex-frames, proxy runs above 20k vertices
-    big = [r for r in rows if r["method"].startswith("ours proxy") and r["proxy_vertices"] is not None
+    big = [r for r in rows if r["method"].startswith("ours proxy") and "," not in r["method"]
+           and r["proxy_vertices"] is not None
            and r["verts"] > 20000 and r["frames"] == args.frames]
     if len(big) >= 2:
         vk = np.array([r["verts"] * r["frames"] / 1e6 for r in big])
@@ -318,9 +365,12 @@ def main(argv: list[str] | None = None) -> int:
                   "the pipeline without it")
     for r in (r for r in rows if r["method"] == "dembones"):
         for ours in rows:
-            if ours["method"] in ("ours proxy auto", "ours free bones auto") and ours["verts"] == r["verts"] \
-                    and ours["frames"] == r["frames"]:
-                label = "articulated (shipped)" if ours["method"] == "ours proxy auto" else "free bones"
+            if ours["method"].startswith(("ours proxy auto", "ours free bones auto")) and ours["verts"] == r["verts"] \
+                    and ours["frames"] == r["frames"] and ours["joints"] == r["joints"]:
+                label = ours["method"].replace("ours proxy auto", "articulated").replace("ours free bones auto",
+                                                                                         "free bones")
+                if label == "articulated":
+                    label = "articulated (shipped)"
                 print(f"{r['verts']} vertices x {r['frames']} frames: ours, {label}, {ours['joints']} bones / Dem "
                       f"Bones, {r['joints']} bones: error {ours['error_pct'] / r['error_pct']:.2f}x, time "
                       f"{ours['wall'] / r['wall']:.2f}x")
