@@ -904,6 +904,23 @@ def test_a_chest_two_legs_leave_is_not_part_of_either_leg():
     assert [n[:-2] for n in names[14:17]] == [n[:-2] for n in names[17:20]]
 
 
+def test_a_pelvis_off_the_plane_two_legs_leave_is_not_part_of_either_leg():
+    """The joint both hind legs leave sits 0.04 to the left of the mirror plane (a root part's centre leaning to
+    one side, as on CesiumMan's 37k-vertex proxy): it still belongs to neither leg, so neither leg is named after
+    it nor hangs under the other's name (it was ``hindleg_01.L``, with the right leg under it)."""
+    from backend.rigging.naming import name_bones
+
+    anchor = _standing_quadruped_anchor(0.0)
+    joints = np.concatenate([_TRUNK_JOINTS[:7], [[0.10, 0.48, -0.35],  # 7 pelvis, 0.04 left of x = 0.06
+                                                 [0.16, 0.45, -0.35], [0.16, 0.2, -0.35], [0.16, 0.02, -0.35],  # L
+                                                 [-0.04, 0.45, -0.35], [-0.04, 0.2, -0.35], [-0.04, 0.02, -0.35]]])
+    parents = np.concatenate([_TRUNK_PARENTS[:7], [1, 7, 8, 9, 7, 11, 12]])
+    names, _ = name_bones(joints, parents, anchor)
+    assert not names[7].startswith(("leg", "hindleg", "foreleg"))
+    assert names[8].endswith("_01.L") and names[11].endswith("_01.R")
+    assert [n[:-2] for n in names[8:11]] == [n[:-2] for n in names[11:14]]
+
+
 def test_no_hip_joints_under_a_thin_body():
     """A fin under a fish's tall, flat body (thinner than half a bone spacing): its vertical line runs far up
     the body, but there is no trunk to hang a hip in, so no joint is added."""

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy.spatial import cKDTree
 
+from backend.skeleton import topological_order
+
 MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 MIRROR_TREE_POINTS = 8000  # the mirrored points' neighbours are searched among at most this many vertices ...
 MIRROR_COARSE_TREE_POINTS = 3000  # ... and among this many in the coarse search
@@ -250,9 +252,21 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     # goes on to one side: that girdle is not part of the limb
     girdles: list[int] = []
     split: list[tuple[int, list[int]]] = []
+    below = [[] for _ in range(len(parents))]  # every joint's descendants
+    for j in reversed(topological_order(parents)):
+        if parents[j] >= 0:
+            below[int(parents[j])].extend([int(j)] + below[int(j)])
+
+    def both_ways(u: int) -> bool:
+        """Limbs leave ``u`` to both sides: a girdle even a little off the plane (a root part's centre leaning
+        to one side; on CesiumMan's 37k-vertex proxy the pelvis joint sat 0.04 left and took the left leg's
+        name, the right leg hanging under it)."""
+        kids = np.flatnonzero(parents == u)
+        return len(kids) >= 2 and {"L", "R"} <= {chain_side([int(k)] + below[int(k)], side) for k in kids}
+
     for origin, chain in all_chains:
         k = 0
-        while k < len(chain) - 1 and not side[chain[k]]:
+        while k < len(chain) - 1 and (not side[chain[k]] or both_ways(chain[k])):
             k += 1
         if 0 < k and chain_side(chain[k:], side) and int((parents == chain[k - 1]).sum()) >= 2:
             girdles.extend(chain[:k])
