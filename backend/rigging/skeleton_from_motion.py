@@ -46,7 +46,7 @@ from backend.rigging.fit.rigid import proper_rotation, rigid_matrix, weighted_ri
 from backend.rigging.fit.solve import ResidualGram
 from backend.rigging.fit.sparse import one_hot
 from backend.rigging.fit.starts import split_motion_clusters, stable_argmin
-from backend.rigging.naming import GROUND_SHARE, SIDE_TOLERANCE, mirror_plane, name_bones, plane_distance
+from backend.rigging.naming import GROUND_SHARE, mirror_plane, name_bones
 from backend.rigging.rig_skeleton import RigSkeleton
 from backend.rigging.symmetry import equalize_mirrored_chains, share_twin_parents, uncross_limbs
 from backend.sequence import colocated_representatives
@@ -491,22 +491,6 @@ def merge_rigid_parts(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_mat
     return remap[parts], transforms
 
 
-def part_sides(anchor: np.ndarray, parts: np.ndarray, n_parts: int,
-               plane: tuple[np.ndarray, float] | None, share: float = 0.3) -> np.ndarray:
-    """Which side of the mirror plane each part leans to: ``+1`` (left) for a part with at least ``share`` of its
-    vertices on the left (beyond ``SIDE_TOLERANCE``) and at least twice as many there as on the right, ``-1``
-    the other way round, 0 otherwise (central, or no plane). A part where two limbs meet (the inner top of a
-    thigh with some of the crotch) leans to its limb's side while most of it is near the plane. ``int64 [P]``."""
-    if plane is None:
-        return np.zeros(n_parts, dtype=np.int64)
-    d = plane_distance(anchor, plane)
-    size = np.maximum(np.bincount(parts, minlength=n_parts), 1)
-    left = np.bincount(parts, weights=(d > SIDE_TOLERANCE).astype(np.float64), minlength=n_parts) / size
-    right = np.bincount(parts, weights=(d < -SIDE_TOLERANCE).astype(np.float64), minlength=n_parts) / size
-    return np.where((left >= share) & (left >= 2.0 * right), 1,
-                    np.where((right >= share) & (right >= 2.0 * left), -1, 0)).astype(np.int64)
-
-
 # ---------------------------------------------------------------------------------------------
 # Shape chains
 
@@ -675,25 +659,15 @@ def _root_part(anchor: np.ndarray, parts: np.ndarray, P: int, links: dict[tuple[
     return int(next(p for p in order if eligible[p]))
 
 
-CROSS_SIDE_COST = 1e3
-"""Added to the cost of a link between a part leaning left and one leaning right (neither the root): the spanning
-tree takes such a link only where the parts connect no other way. The two thighs turn apart about one hip axis,
-a hinge whose link costs almost nothing, and on CesiumMan's 37k-vertex proxy the tree hung the left leg from a
-part holding the inner top of the right thigh."""
-
-
-def _part_tree(P: int, root: int, links: dict[tuple[int, int], np.ndarray], link_cost: dict,
-               sides: np.ndarray | None = None) -> np.ndarray:
-    """Parents ``[P]`` of the part graph's minimum spanning tree (``link_cost``; a link between parts leaning to
-    opposite sides, ``sides`` from :func:`part_sides`, costs ``CROSS_SIDE_COST`` more), rooted at ``root``."""
+def _part_tree(P: int, root: int, links: dict[tuple[int, int], np.ndarray], link_cost: dict) -> np.ndarray:
+    """Parents ``[P]`` of the part graph's minimum spanning tree (``link_cost``), rooted at ``root``."""
     if P == 1:
         return np.array([-1])
     rows, cols, vals = [], [], []
     for (a, b), c in link_cost.items():
         rows.append(a)
         cols.append(b)
-        crossing = sides is not None and root not in (a, b) and sides[a] * sides[b] < 0
-        vals.append(c + 1e-9 + (CROSS_SIDE_COST if crossing else 0.0))
+        vals.append(c + 1e-9)
     mst = minimum_spanning_tree(sp.csr_matrix((vals, (rows, cols)), shape=(P, P))).tocoo()
     nbr: list[list[int]] = [[] for _ in range(P)]
     for a, b in zip(mst.row, mst.col):
@@ -825,8 +799,7 @@ def _merge_smooth_bends(parts: np.ndarray, part_parent: np.ndarray, part_joint: 
 
 def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w: sp.csr_matrix,
            cfg: MotionSkeletonConfig, max_parts: int, merge_error: float, spacing_scale: float,
-           target: int | None, spacing_override: float | None = None,
-           plane: tuple[np.ndarray, float] | None = None) -> dict:
+           target: int | None, spacing_override: float | None = None) -> dict:
     U = len(anchor)
     min_size = max(4, int(np.ceil(cfg.min_part_fraction * U)))
     clusters = _motion_clusters(anchor, frames_vm, max_parts, cfg.cluster_vertices)
@@ -847,7 +820,7 @@ def _build(anchor: np.ndarray, frames_vm: np.ndarray, adj: sp.csr_matrix, adj_w:
         joint_of[(a, b)] = c
         link_cost[(a, b)] = res
     root = _root_part(anchor, parts, P, links)
-    part_parent = _part_tree(P, root, links, link_cost, part_sides(anchor, parts, P, plane))
+    part_parent = _part_tree(P, root, links, link_cost)
     root_centre = anchor[parts == root].mean(axis=0)
     part_joint = np.zeros((P, 3))
     part_joint[root] = root_centre
@@ -1169,11 +1142,8 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     is thin (its distance to the nearest vertex less than half the largest above it) the vertical line up from
     ``s`` is followed inside the mesh (across gaps shorter than a quarter ``spacing``: a limb modelled apart),
     and the point on it farthest from the surface (the body's middle there) becomes a new joint between ``s``
-    and its parent when it lies at least 0.75 ``spacing`` above ``s``, in the body the leg hangs from (among the
-    eight vertices nearest it one is led by the leg's parent bone, an ancestor of it or another of its
-    descendants: the line up from a crotch can run on through a neck into a head, the thickest place on it, as
-    on CesiumMan's 37k-vertex proxy, whose head hangs from the root beside the pelvis), in a body at least half a
-    ``spacing`` thick there (its distance to the nearest vertex at least a quarter ``spacing``: not a fish's fin). The
+    and its parent when it lies at least 0.75 ``spacing`` above ``s`` in a body at least half a ``spacing``
+    thick there (its distance to the nearest vertex at least a quarter ``spacing``: not a fish's fin). The
     vertices around that new bone (within twice the leg's radius at ``s`` of the segment, not the leg's own) are
     given to it.
 
@@ -1194,7 +1164,6 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
     tree = cKDTree(anchor)
     new_joints: list[np.ndarray] = []
     leaves = np.flatnonzero(n_children == 0)
-    subtree = subtrees(parents)  # parents precede children (the joints added below are appended)
     for i, leaf in enumerate(leaves):
         if between is not None:
             between(i / len(leaves))
@@ -1223,13 +1192,6 @@ def add_limb_roots(joints: np.ndarray, parents: np.ndarray, tails: np.ndarray, b
         hip = line[k]
         if np.linalg.norm(hip - joints[s]) < 0.75 * spacing:
             continue
-        family = set(subtree[int(parents[s])].tolist()) - set(chain)
-        p = int(parents[s])
-        while p >= 0:
-            family.add(p)
-            p = int(parents[p])
-        if not family & set(bone_of_vertex[tree.query(hip, k=8)[1]].tolist()):
-            continue  # not in the body the leg hangs from
         # the new bone's vertices: around the segment hip -> s, not the leg's own
         seg = joints[s] - hip
         length2 = float(seg @ seg)
@@ -1555,11 +1517,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
     max_parts, merge_error, spacing_scale, target = _detail_knobs(cfg)
     max_parts = min(max_parts, max(1, U // 8))
     report(0.05)
-    searched_plane = mirror_plane(anchor if surface_points is None else np.asarray(surface_points, dtype=np.float64),
-                                  progress=lambda f: report(0.05 + 0.15 * f))
-    plane = searched_plane if cfg.symmetric else None  # the names use the plane either way
-    report(0.2)
-    built = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, spacing_scale, target, plane=plane)
+    built = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, spacing_scale, target)
     if target is not None and len(built["parents"]) != target:
         # meet the requested count by the chain spacing (coarser or finer), keeping the closest
         best = built
@@ -1567,7 +1525,7 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         for i, scale in enumerate(scales):
             report(0.4 + 0.2 * i / len(scales))
             trial = _build(anchor, frames_vm, adj, adj_w, cfg, max_parts, merge_error, 1.0, target,
-                           spacing_override=built["spacing"] * scale, plane=plane)
+                           spacing_override=built["spacing"] * scale)
             if abs(len(trial["parents"]) - target) < abs(len(best["parents"]) - target):
                 best = trial
         built = best
@@ -1582,6 +1540,10 @@ def skeleton_from_motion(verts: np.ndarray, faces: np.ndarray, prior_joints: np.
         n_patch_bones = before - len(parents)
     tails = _tails(anchor, joints, parents, bone_of_vertex, built["spacing"])
     n_recut = 0
+    report(0.65)
+    searched_plane = mirror_plane(anchor if surface_points is None else np.asarray(surface_points, dtype=np.float64),
+                                  progress=lambda f: report(0.65 + 0.15 * f))
+    plane = searched_plane if cfg.symmetric else None  # the names use the plane either way
     report(0.8)
     if plane is not None:
         joints, parents, bone_of_vertex, n_recut = equalize_mirrored_chains(joints, parents, tails, bone_of_vertex,
