@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.spatial import cKDTree
 
-from backend.skeleton import topological_order
+from backend.rigging.fit.articulated import subtrees
 
 MIRROR_TOLERANCE = 0.015  # median mirrored-vertex mismatch (share of the box) below which the anchor is symmetric
 MIRROR_TREE_POINTS = 8000  # the mirrored points' neighbours are searched among at most this many vertices ...
@@ -252,17 +252,14 @@ def name_bones(joints: np.ndarray, parents: np.ndarray, anchor: np.ndarray,
     # goes on to one side: that girdle is not part of the limb
     girdles: list[int] = []
     split: list[tuple[int, list[int]]] = []
-    below = [[] for _ in range(len(parents))]  # every joint's descendants
-    for j in reversed(topological_order(parents)):
-        if parents[j] >= 0:
-            below[int(parents[j])].extend([int(j)] + below[int(j)])
+    subtree = subtrees(parents)  # every joint with its descendants
 
     def both_ways(u: int) -> bool:
         """Limbs leave ``u`` to both sides: a girdle even a little off the plane (a root part's centre leaning
         to one side; on the proxies of CesiumMan subdivided to 9.3k and 84k vertices the pelvis joint took the
         left leg's name and the right leg hung under it)."""
         kids = np.flatnonzero(parents == u)
-        return len(kids) >= 2 and {"L", "R"} <= {chain_side([int(k)] + below[int(k)], side) for k in kids}
+        return len(kids) >= 2 and {"L", "R"} <= {chain_side(subtree[int(k)].tolist(), side) for k in kids}
 
     for origin, chain in all_chains:
         k = 0
