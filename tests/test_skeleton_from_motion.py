@@ -906,8 +906,9 @@ def test_a_chest_two_legs_leave_is_not_part_of_either_leg():
 
 def test_a_pelvis_off_the_plane_two_legs_leave_is_not_part_of_either_leg():
     """The joint both hind legs leave sits 0.04 to the left of the mirror plane (a root part's centre leaning to
-    one side, as on CesiumMan's 37k-vertex proxy): it still belongs to neither leg, so neither leg is named after
-    it nor hangs under the other's name (it was ``hindleg_01.L``, with the right leg under it)."""
+    one side, as on the proxies of CesiumMan subdivided to 9.3k and 84k vertices): it still belongs to neither leg,
+    so neither leg is named after it nor hangs under the other's name (it was ``hindleg_01.L``, with the right leg
+    under it)."""
     from backend.rigging.naming import name_bones
 
     anchor = _standing_quadruped_anchor(0.0)
